@@ -1,0 +1,338 @@
+"""Job files (TOML) loaded into frozen, validated dataclasses.
+
+A job file is a set of sections; each section is one frozen dataclass below.  Everything
+is validated when the file is loaded (:func:`load_job`): unknown keys, wrong types,
+impossible values and missing input files fail at once with the file, the key and the
+valid choices named.  Relative paths are resolved against the job file's folder.
+
+Units are in the names: ``detector_distance_m``, ``photon_energy_ev``, ``time_limit_min``.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from hpcdiff.config._schema import (
+    _Context,
+    build_section,
+    fraction,
+    non_negative,
+    positive,
+    to_plain,
+)
+
+
+def percent(value: float) -> str | None:
+    """Field check: a percentile in [0, 100]."""
+    return None if 0 <= value <= 100 else "must lie between 0 and 100"
+
+from hpcdiff.errors import ConfigError
+
+# --------------------------------------------------------------------------- sections
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """Where the experiment's files are.
+
+    ``frames`` lists CXI/HDF5 files or glob patterns (relative to the job file); together
+    they form one run, frame identity being (file, index).  ``geometry`` is a CrystFEL
+    ``.geom``; ``stream`` a CrystFEL ``.stream`` with orientations (Fourier job);
+    ``labels`` an HDF5 labels file (training and evaluation).
+    """
+
+    name: str = "experiment"
+    frames: tuple[str, ...] = ()
+    geometry: Path | None = None
+    stream: Path | None = None
+    labels: Path | None = None
+    data_path: str | None = None
+    pedestal: Path | None = None
+    gain: Path | None = None
+
+
+@dataclass(frozen=True)
+class SimulateConfig:
+    """A simulated experiment (the embedded default data set); see :mod:`hpcdiff.simulate`."""
+
+    n_frames: int = field(default=200, metadata={"check": positive})
+    seed: int = 0
+    detector: Literal["cspad", "small"] = "cspad"
+    geometry: Path | None = None
+    preset: str = "moderate"
+    diffuse_fraction: float = field(default=0.3, metadata={"check": fraction})
+    frames_per_file: int = field(default=100, metadata={"check": positive})
+    photon_energy_ev: float = field(default=9500.0, metadata={"check": positive})
+    detector_distance_m: float = field(default=0.1, metadata={"check": positive})
+    cell_nm: tuple[float, ...] = (7.9, 7.9, 3.8)
+    cell_angles_deg: tuple[float, ...] = (90.0, 90.0, 90.0)
+    compression: Literal["none", "gzip", "lz4"] = "gzip"
+    processes: int = field(default=1, metadata={"check": positive})
+
+    def __post_init__(self) -> None:
+        if len(self.cell_nm) != 3 or min(self.cell_nm) <= 0:
+            raise ValueError(f"cell_nm must be three positive lengths, got {self.cell_nm}")
+        if len(self.cell_angles_deg) != 3:
+            raise ValueError(f"cell_angles_deg must be three angles, got {self.cell_angles_deg}")
+
+
+@dataclass(frozen=True)
+class CorrectionsConfig:
+    """Detector corrections applied before background removal."""
+
+    common_mode: bool = True
+    common_mode_threshold_photons: float = field(default=0.5, metadata={"check": positive})
+    convert_to_photons: bool = True
+    bad_pixel_frames: int = field(default=50, metadata={"check": non_negative})
+
+
+@dataclass(frozen=True)
+class BackgroundConfig:
+    """Background removal and normalisation (:mod:`hpcdiff.background`)."""
+
+    method: Literal["radial", "local", "none"] = "radial"
+    radial_statistic: Literal["median", "clipped_mean"] = "median"
+    n_radial_bins: int = field(default=400, metadata={"check": positive})
+    local_filter: Literal["median", "percentile"] = "median"
+    local_size_px: int = field(default=15, metadata={"check": positive})
+    local_percentile: float = field(default=50.0, metadata={"check": percent})
+    mask_bragg: bool = True
+    bragg_sigma: float = field(default=5.0, metadata={"check": positive})
+    compression: Literal["none", "sqrt", "log"] = "none"
+    clip_sigma: float = field(default=5.0, metadata={"check": positive})
+    image_size_px: int = field(default=224, metadata={"check": positive})
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    """VGG16 feature extraction (:mod:`hpcdiff.features`).
+
+    ``weights`` is a checkpoint path, ``"hub"`` (the torch hub cache) or ``"random:SEED"``.
+    """
+
+    weights: str = "hub"
+    layer: Literal["fc6+fc7", "fc7", "pool5", "gap"] = "fc6+fc7"
+    batch_size: int = field(default=16, metadata={"check": positive})
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = True
+    channels_last: bool = True
+    compile: bool = False
+
+
+@dataclass(frozen=True)
+class LearnConfig:
+    """PCA + logistic regression (:mod:`hpcdiff.learn`)."""
+
+    n_components: int = field(default=50, metadata={"check": positive})
+    n_train: int = field(default=500, metadata={"check": positive})
+    n_test: int = field(default=500, metadata={"check": non_negative})
+    random_state: int = 0
+    target: Literal["binary", "classes"] = "binary"
+    C: float = field(default=1.0, metadata={"check": positive})
+    pca_from: Literal["gather", "statistics"] = "gather"
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How ranks work: batches, prefetch, checkpoints, rejects, devices."""
+
+    checkpoint_every: int = field(default=64, metadata={"check": positive})
+    prefetch_batches: int = field(default=2, metadata={"check": positive})
+    max_reject_fraction: float = field(default=0.01, metadata={"check": fraction})
+    threads_per_rank: int | None = field(default=None, metadata={"check": positive})
+    gpu: Literal["auto", "none", "local_rank"] = "auto"
+    progress_interval_s: float = field(default=10.0, metadata={"check": positive})
+
+
+@dataclass(frozen=True)
+class SlurmConfig:
+    """SLURM settings for ``hpcdiff slurm render|submit`` and ``hpcdiff reprocess``."""
+
+    job_name: str = "hpcdiff"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    nodes: int = field(default=1, metadata={"check": positive})
+    tasks_per_node: int = field(default=4, metadata={"check": positive})
+    gpus_per_task: int = field(default=1, metadata={"check": non_negative})
+    cpus_per_task: int = field(default=8, metadata={"check": positive})
+    mem: str | None = None
+    time_limit_min: int = field(default=120, metadata={"check": positive})
+    signal_ahead_s: int = field(default=300, metadata={"check": non_negative})
+    requeue: bool = True
+    constraint: str | None = None
+    mpi: str = "pmi2"
+    setup: tuple[str, ...] = ()
+    extra_directives: tuple[str, ...] = ()
+    array_throttle: int = field(default=10, metadata={"check": positive})
+    site_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """The dask cluster of the Fourier job."""
+
+    kind: Literal["local", "slurm", "mpi", "address"] = "local"
+    address: str | None = None
+    n_workers: int = field(default=2, metadata={"check": positive})
+    threads_per_worker: int = field(default=1, metadata={"check": positive})
+    memory_per_worker: str = "4GiB"
+    dashboard_address: str = ":0"
+
+
+@dataclass(frozen=True)
+class FourierConfig:
+    """The Fourier job: merge, common-arc similarity, diffusion maps (:mod:`hpcdiff.merge`)."""
+
+    grid_size: int = field(default=200, metadata={"check": positive})
+    extent: Literal["hkl", "q"] = "hkl"
+    max_hkl: float = field(default=10.0, metadata={"check": positive})
+    max_q_per_nm: float = field(default=3.0, metadata={"check": positive})
+    mask_bragg_radius_hkl: float = field(default=0.0, metadata={"check": non_negative})
+    symmetrise: Literal["none", "friedel", "laue"] = "none"
+    min_overlap: int = field(default=20, metadata={"check": positive})
+    frames_per_task: int = field(default=16, metadata={"check": positive})
+    similarity_block: int = field(default=256, metadata={"check": positive})
+    image_downsample: int = field(default=8, metadata={"check": positive})
+    n_diffusion_coords: int = field(default=4, metadata={"check": positive})
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
+
+
+@dataclass(frozen=True)
+class OutputConfig:
+    """Where results go; nothing there is overwritten without ``--force``."""
+
+    dir: Path = Path("hpcdiff-out")
+    model: Path | None = None
+    report: bool = True
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """A whole job file.  Sections absent from the file take their defaults."""
+
+    experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
+    simulate: SimulateConfig | None = None
+    corrections: CorrectionsConfig = field(default_factory=CorrectionsConfig)
+    background: BackgroundConfig = field(default_factory=BackgroundConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    learn: LearnConfig = field(default_factory=LearnConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    fourier: FourierConfig = field(default_factory=FourierConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)
+    source: Path | None = field(default=None, compare=False, init=False)
+
+    def frame_files(self) -> list[Path]:
+        """The experiment's frame files, globs expanded, in sorted order within each pattern."""
+        base = self.source.parent if self.source is not None else Path.cwd()
+        files: list[Path] = []
+        for pattern in self.experiment.frames:
+            full = pattern if Path(pattern).is_absolute() else str(base / pattern)
+            matches = sorted(glob.glob(full)) if glob.has_magic(full) else [full]
+            files.extend(Path(m) for m in matches)
+        return files
+
+    def to_dict(self) -> dict:
+        """Plain-value form of the job (paths as strings), for outputs and hashing."""
+        plain = to_plain(self)
+        plain.pop("source", None)
+        return plain
+
+    def config_hash(self) -> str:
+        """SHA-256 (first 16 hex digits) of the job's canonical JSON form; stamps outputs."""
+        text = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def parse_job(
+    mapping: dict, *, source: str = "<job>", base_dir: Path | None = None
+) -> JobConfig:
+    """Validate a job given as a mapping (the parsed TOML) into a :class:`JobConfig`."""
+    ctx = _Context(source, base_dir or Path.cwd())
+    job = build_section(JobConfig, mapping, key="", ctx=ctx)
+    return job
+
+
+def load_job(path: str | Path, *, check_files: bool = True) -> JobConfig:
+    """Load and validate a job file.
+
+    Parameters
+    ----------
+    path
+        The TOML job file.
+    check_files
+        Also check that every input file the job names exists (frames, geometry, stream,
+        labels).  A job with a ``[simulate]`` section may name inputs the simulator writes;
+        those are not required to exist yet.
+
+    Raises
+    ------
+    ConfigError
+        Naming the file, the key and what was expected.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read job file ({exc.strerror})") from None
+    try:
+        mapping = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    job = parse_job(mapping, source=str(path), base_dir=path.resolve().parent)
+    job = _with_source(job, path.resolve())
+    if check_files and job.simulate is None:
+        _check_inputs(job)
+    return job
+
+
+def _with_source(job: JobConfig, source: Path) -> JobConfig:
+    object.__setattr__(job, "source", source)
+    return job
+
+
+def _check_inputs(job: JobConfig) -> None:
+    src = str(job.source)
+    exp = job.experiment
+    for key in ("geometry", "stream", "labels", "pedestal", "gain"):
+        value = getattr(exp, key)
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"{src}: [experiment.{key}] file {value} does not exist")
+    base = job.source.parent if job.source else Path.cwd()
+    for i, pattern in enumerate(exp.frames):
+        full = pattern if Path(pattern).is_absolute() else str(base / pattern)
+        matches = glob.glob(full) if glob.has_magic(full) else ([full] if Path(full).is_file() else [])
+        if not matches:
+            raise ConfigError(
+                f"{src}: [experiment.frames[{i}]] {pattern!r} matches no file (looked in {base})"
+            )
+
+
+__all__ = [
+    "BackgroundConfig",
+    "ClusterConfig",
+    "ConfigError",
+    "CorrectionsConfig",
+    "ExperimentConfig",
+    "FeaturesConfig",
+    "FourierConfig",
+    "JobConfig",
+    "LearnConfig",
+    "OutputConfig",
+    "ParallelConfig",
+    "SimulateConfig",
+    "SlurmConfig",
+    "load_job",
+    "parse_job",
+    "positive",
+]

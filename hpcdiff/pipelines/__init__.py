@@ -1,0 +1,1 @@
+"""The jobs: glue from a validated job config to stages to outputs."""

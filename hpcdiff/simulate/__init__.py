@@ -1,0 +1,1 @@
+"""Simulated serial-crystallography experiments with ground truth for every stage."""
