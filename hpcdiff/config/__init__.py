@@ -26,13 +26,13 @@ from hpcdiff.config._schema import (
     positive,
     to_plain,
 )
+from hpcdiff.errors import ConfigError
 
 
 def percent(value: float) -> str | None:
     """Field check: a percentile in [0, 100]."""
     return None if 0 <= value <= 100 else "must lie between 0 and 100"
 
-from hpcdiff.errors import ConfigError
 
 # --------------------------------------------------------------------------- sections
 
@@ -254,9 +254,7 @@ class JobConfig:
 # --------------------------------------------------------------------------- loading
 
 
-def parse_job(
-    mapping: dict, *, source: str = "<job>", base_dir: Path | None = None
-) -> JobConfig:
+def parse_job(mapping: dict, *, source: str = "<job>", base_dir: Path | None = None) -> JobConfig:
     """Validate a job given as a mapping (the parsed TOML) into a :class:`JobConfig`."""
     ctx = _Context(source, base_dir or Path.cwd())
     job = build_section(JobConfig, mapping, key="", ctx=ctx)
@@ -311,7 +309,9 @@ def _check_inputs(job: JobConfig) -> None:
     base = job.source.parent if job.source else Path.cwd()
     for i, pattern in enumerate(exp.frames):
         full = pattern if Path(pattern).is_absolute() else str(base / pattern)
-        matches = glob.glob(full) if glob.has_magic(full) else ([full] if Path(full).is_file() else [])
+        matches = (
+            glob.glob(full) if glob.has_magic(full) else ([full] if Path(full).is_file() else [])
+        )
         if not matches:
             raise ConfigError(
                 f"{src}: [experiment.frames[{i}]] {pattern!r} matches no file (looked in {base})"
