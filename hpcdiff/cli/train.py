@@ -1,0 +1,205 @@
+"""``hpcdiff train``: features file + labels -> model file, report JSON and printed table.
+
+Flags override the job file; without a job file the ``[learn]`` defaults apply (PCA 50,
+500 train / 500 test, binary target).  With ``--job``, inputs and outputs default to
+``<output.dir>/features.h5``, ``[experiment] labels``, ``[output] model`` (or
+``<output.dir>/model.npz``) and ``<model>.report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+from hpcdiff.config import JobConfig, LearnConfig, load_job
+from hpcdiff.errors import ConfigError
+
+DEFAULT_FEATURES_NAME = "features.h5"
+DEFAULT_MODEL_NAME = "model.npz"
+
+
+# ----------------------------------------------------------------- shared by train/predict/evaluate
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def add_job_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--job", metavar="JOB.toml", help="job file giving defaults for every path")
+    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_learn_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("learning (default: the job's [learn] section)")
+    g.add_argument(
+        "--target", choices=["binary", "classes"], help="diffuse 0/1, or ordered classes"
+    )
+    g.add_argument("--n-components", type=positive_int, help="PCA dimension (method: 50)")
+    g.add_argument("--n-train", type=positive_int, help="training frames (method: 500)")
+    g.add_argument("--n-test", type=non_negative_int, help="test frames (method: 500)")
+    g.add_argument("--random-state", type=int, help="seed of the split and the fits")
+    g.add_argument("--C", type=positive_float, dest="C", help="inverse regularisation strength")
+    g.add_argument("--pca-from", choices=["gather", "statistics"], help="PCA by SVD or from Gram")
+
+
+def load_job_arg(args: argparse.Namespace) -> JobConfig | None:
+    return load_job(args.job, check_files=False) if getattr(args, "job", None) else None
+
+
+def learn_config(args: argparse.Namespace, job: JobConfig | None) -> LearnConfig:
+    """The job's ``[learn]`` section (or defaults) with command-line overrides."""
+    cfg = job.learn if job is not None else LearnConfig()
+    changes: dict[str, Any] = {}
+    for name in ("target", "n_components", "n_train", "n_test", "random_state", "C", "pca_from"):
+        value = getattr(args, name, None)
+        if value is not None:
+            changes[name] = value
+    return dataclasses.replace(cfg, **changes)
+
+
+def output_dir(job: JobConfig | None) -> Path:
+    return Path(job.output.dir) if job is not None else Path.cwd()
+
+
+def default_features(job: JobConfig | None) -> Path | None:
+    return output_dir(job) / DEFAULT_FEATURES_NAME if job is not None else None
+
+
+def default_model(job: JobConfig | None) -> Path | None:
+    if job is None:
+        return None
+    return Path(job.output.model) if job.output.model else output_dir(job) / DEFAULT_MODEL_NAME
+
+
+def pick(value: Any, default: Any, *, flag: str, what: str) -> Any:
+    """A path from a flag, else from the job; a ConfigError naming the flag when neither."""
+    chosen = value if value is not None else default
+    if chosen is None:
+        raise ConfigError(f"no {what}: give {flag} (or --job with the corresponding entry)")
+    return Path(chosen)
+
+
+def report_path_for(model: Path) -> Path:
+    return model.with_name(model.stem + ".report.json")
+
+
+# ----------------------------------------------------------------- train
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "train",
+        help="fit PCA + logistic regression on a features file and labels",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--features", help="features file (HDF5, from `hpcdiff features`)")
+    p.add_argument("--labels", help="labels file (HDF5)")
+    p.add_argument("--model", help="model file to write (.npz)")
+    p.add_argument("--report", help="report JSON to write (default: <model>.report.json)")
+    add_job_argument(p)
+    add_learn_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from hpcdiff.io.featurefile import read_features
+    from hpcdiff.io.labels import read_labels
+    from hpcdiff.io.outputs import ensure_writable, write_json
+    from hpcdiff.learn import align_labels, format_report, targets, train
+    from hpcdiff.progress import Progress, print_summary
+
+    job = load_job_arg(args)
+    cfg = learn_config(args, job)
+    features_path = pick(
+        args.features, default_features(job), flag="--features", what="features file"
+    )
+    labels_path = pick(
+        args.labels, job.experiment.labels if job else None, flag="--labels", what="labels file"
+    )
+    model_path = pick(args.model, default_model(job), flag="--model", what="model output")
+    report_path = Path(args.report) if args.report else report_path_for(model_path)
+    ensure_writable(model_path, force=args.force)
+    ensure_writable(report_path, force=args.force)
+
+    t0 = time.perf_counter()
+    steps = ["read features", "align labels", "split + fit", "save"]
+    with Progress(len(steps), label="train", unit="steps", enabled=not args.quiet) as bar:
+        fs = read_features(features_path)
+        bar.update()
+        labels = align_labels(fs, read_labels(labels_path), source=labels_path)
+        y, class_names = targets(labels, cfg.target)
+        bar.update()
+        config_hash = job.config_hash() if job is not None else None
+        try:
+            result = train(
+                fs,
+                y,
+                class_names=class_names,
+                cfg=cfg,
+                config_hash=config_hash,
+                extra={"features_file": str(features_path), "labels_file": str(labels_path)},
+            )
+        except ValueError as exc:  # too few frames or classes for the requested split / PCA
+            raise ConfigError(
+                f"cannot train on {features_path} with {labels_path}: {exc}"
+            ) from None
+        bar.update()
+        result.model.save(model_path, force=args.force)
+        report = {
+            "kind": "train",
+            "features": str(features_path),
+            "labels": str(labels_path),
+            "model": str(model_path),
+            "learn": dataclasses.asdict(cfg),
+            "n_train": int(result.train_rows.size),
+            "n_test": int(result.test_rows.size),
+            "test": result.report,
+            "feature": result.model.metadata_["feature"],
+            "provenance": {
+                k: result.model.metadata_.get(k)
+                for k in ("hpcdiff_version", "config_hash", "created_utc")
+            },
+        }
+        write_json(report_path, report, force=args.force)
+        bar.update()
+    if result.report is not None:
+        print(
+            format_report(
+                result.report, title=f"held-out test set ({result.test_rows.size} frames)"
+            )
+        )
+    w = fs.meta.weights
+    print_summary(
+        "hpcdiff train: done",
+        {
+            "frames": len(fs),
+            "train / test": f"{result.train_rows.size} / {result.test_rows.size}",
+            "features": f"{fs.meta.layer} ({fs.meta.n_features}), weights {w.get('name')}"
+            + ("" if w.get("pretrained") else " [NOT pretrained]"),
+            "PCA": f"{cfg.n_components} components ({cfg.pca_from}), "
+            f"{result.model.pca_.explained_variance_ratio_.sum():.1%} of variance",
+            "model": model_path,
+            "report": report_path,
+            "time": f"{time.perf_counter() - t0:.1f} s",
+        },
+    )
+    return 0

@@ -1,0 +1,56 @@
+"""PCA + logistic regression of VGG16 features: statistics, model files, metrics, workflow.
+
+Nothing here imports torch; scikit-learn is imported when a model is fitted or scored.
+"""
+
+from __future__ import annotations
+
+from hpcdiff.learn.metrics import (
+    BINARY_CLASS_NAMES,
+    classification_report,
+    format_report,
+    format_side_by_side,
+)
+from hpcdiff.learn.model import DiffuseClassifier, ModelMismatchError
+from hpcdiff.learn.pca_stats import (
+    PCABasis,
+    PCAStatistics,
+    pca_from_array,
+    pca_from_statistics,
+)
+from hpcdiff.learn.predictions import Predictions, PredictionWriter, read_predictions
+from hpcdiff.learn.split import split_sizes, stratified_split
+from hpcdiff.learn.workflow import (
+    TrainResult,
+    align_labels,
+    cross_experiment,
+    evaluate,
+    report_from_predictions,
+    targets,
+    train,
+)
+
+__all__ = [
+    "BINARY_CLASS_NAMES",
+    "DiffuseClassifier",
+    "ModelMismatchError",
+    "PCABasis",
+    "PCAStatistics",
+    "PredictionWriter",
+    "Predictions",
+    "TrainResult",
+    "align_labels",
+    "classification_report",
+    "cross_experiment",
+    "evaluate",
+    "format_report",
+    "format_side_by_side",
+    "pca_from_array",
+    "pca_from_statistics",
+    "read_predictions",
+    "report_from_predictions",
+    "split_sizes",
+    "stratified_split",
+    "targets",
+    "train",
+]

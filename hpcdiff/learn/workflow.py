@@ -1,0 +1,183 @@
+"""Train, apply and evaluate on whole features files: the steps behind ``hpcdiff train``,
+``predict`` and ``evaluate`` (and the root rank of the distributed classify job).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcdiff.errors import FormatError
+from hpcdiff.io.featurefile import FeatureSet
+from hpcdiff.learn.metrics import BINARY_CLASS_NAMES, classification_report
+from hpcdiff.learn.model import DiffuseClassifier
+from hpcdiff.learn.pca_stats import PCAStatistics, pca_from_statistics
+from hpcdiff.learn.split import stratified_split
+
+
+def targets(labels: Any, target: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Label vector and class names for a target.
+
+    Parameters
+    ----------
+    labels
+        :class:`hpcdiff.io.labels.Labels` (rows already aligned with the features).
+    target
+        ``"binary"``: ``diffuse`` 0/1 named ``("non-diffuse", "diffuse")``; ``"classes"``: the
+        ordered amount-of-diffuse ``class`` with the labels file's ``class_names``.
+    """
+    if target == "binary":
+        return np.asarray(labels.diffuse, dtype=np.int64), BINARY_CLASS_NAMES
+    if target == "classes":
+        return np.asarray(labels.diffuse_class, dtype=np.int64), tuple(labels.class_names)
+    raise ValueError(f"target must be 'binary' or 'classes', got {target!r}")
+
+
+def align_labels(features: FeatureSet, labels: Any, *, source: str | Path = "labels") -> Any:
+    """The labels of every frame in ``features``, in the features' row order.
+
+    Raises
+    ------
+    FormatError
+        Naming the labels file and the frames without a label.
+    """
+    try:
+        return labels.lookup(features.frame_ids, source=source)
+    except KeyError as exc:
+        raise FormatError(source, str(exc.args[0]) if exc.args else str(exc)) from None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """A fitted model, its held-out report and the rows used.
+
+    Attributes
+    ----------
+    model
+        Fitted :class:`DiffuseClassifier`.
+    report
+        :func:`~hpcdiff.learn.metrics.classification_report` on the test rows (``None`` when
+        ``n_test = 0``).
+    train_rows, test_rows
+        ``int64`` row indices into the features file.
+    """
+
+    model: DiffuseClassifier
+    report: dict[str, Any] | None
+    train_rows: np.ndarray
+    test_rows: np.ndarray
+
+
+def train(
+    features: FeatureSet,
+    y: np.ndarray,
+    *,
+    class_names: tuple[str, ...],
+    cfg: Any,
+    config_hash: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> TrainResult:
+    """Split, fit PCA + logistic regression on the training rows, report on the test rows.
+
+    Parameters
+    ----------
+    features
+        The features file in memory.
+    y
+        ``(n,)`` labels aligned with ``features`` rows.
+    cfg
+        A :class:`hpcdiff.config.LearnConfig` (``n_components``, ``n_train``, ``n_test``,
+        ``random_state``, ``target``, ``C``, ``pca_from``).
+    """
+    y = np.asarray(y, dtype=np.int64)
+    train_rows, test_rows = stratified_split(
+        y, n_train=cfg.n_train, n_test=cfg.n_test, random_state=cfg.random_state
+    )
+    x_train = features.features[train_rows]
+    pca = None
+    if cfg.pca_from == "statistics":
+        pca = pca_from_statistics(PCAStatistics.from_array(x_train), cfg.n_components)
+    model = DiffuseClassifier(n_components=cfg.n_components, C=cfg.C, random_state=cfg.random_state)
+    model.fit(
+        x_train,
+        y[train_rows],
+        class_names=class_names,
+        feature_meta=features.meta,
+        pca=pca,
+        target=cfg.target,
+        config_hash=config_hash,
+        extra={
+            "pca_from": cfg.pca_from,
+            "n_test": int(test_rows.size),
+            **(extra or {}),
+        },
+    )
+    report = evaluate(model, features, y, rows=test_rows) if test_rows.size else None
+    return TrainResult(model, report, train_rows, test_rows)
+
+
+def evaluate(
+    model: DiffuseClassifier,
+    features: FeatureSet,
+    y: np.ndarray,
+    *,
+    rows: np.ndarray | None = None,
+    source: str | Path | None = None,
+) -> dict[str, Any]:
+    """Apply ``model`` to ``features`` (checked compatible) and report against labels ``y``."""
+    model.check_compatible(features.meta, source=source)
+    x = features.features if rows is None else features.features[rows]
+    y = np.asarray(y, dtype=np.int64)
+    y = y if rows is None else y[rows]
+    proba = model.predict_proba(x)
+    return classification_report(y, np.argmax(proba, axis=1), proba, class_names=model.class_names_)
+
+
+def report_from_predictions(
+    y_true: np.ndarray, proba: np.ndarray, *, class_names: tuple[str, ...]
+) -> dict[str, Any]:
+    """Report from stored class probabilities ``(n, K)`` (``hpcdiff evaluate --predictions``)."""
+    proba = np.asarray(proba, dtype=np.float64)
+    return classification_report(y_true, np.argmax(proba, axis=1), proba, class_names=class_names)
+
+
+def cross_experiment(
+    train_features: FeatureSet,
+    train_y: np.ndarray,
+    test_features: FeatureSet,
+    test_y: np.ndarray,
+    *,
+    class_names: tuple[str, ...],
+    cfg: Any,
+    names: tuple[str, str] = ("A", "B"),
+    config_hash: str | None = None,
+) -> tuple[dict[str, dict[str, Any]], TrainResult]:
+    """Within- and cross-experiment scores side by side.
+
+    Trains on experiment A (its split) and on experiment B (its split), and reports:
+    ``"A->A"`` (A's model on A's test rows), ``"B->B"`` (B's model on B's test rows),
+    ``"A->B"`` (A's model on the same B test rows, so the last two compare directly) and
+    ``"A->B all"`` (A's model on every B frame).
+
+    Returns
+    -------
+    reports, result_a
+        Reports keyed as above, and A's :class:`TrainResult` (its model can be saved).
+    """
+    a, b = names
+    res_a = train(
+        train_features, train_y, class_names=class_names, cfg=cfg, config_hash=config_hash
+    )
+    res_b = train(test_features, test_y, class_names=class_names, cfg=cfg, config_hash=config_hash)
+    if res_a.report is None or res_b.report is None:
+        raise ValueError("cross-experiment evaluation needs n_test > 0")
+    reports = {
+        f"{a}->{a}": res_a.report,
+        f"{b}->{b}": res_b.report,
+        f"{a}->{b}": evaluate(res_a.model, test_features, test_y, rows=res_b.test_rows),
+        f"{a}->{b} all": evaluate(res_a.model, test_features, test_y),
+    }
+    return reports, res_a
