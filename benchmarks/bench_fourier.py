@@ -1,0 +1,296 @@
+"""Benchmark of the Fourier job's kernels: merge throughput, CC vs frames, similarity scaling.
+
+Prints numbers, medians and ratios (not a test).  Sections:
+
+1. merge: frames/s per worker (one process, one thread) mapping CSPAD frames
+   (2.3 M pixels; polarisation and solid-angle correction, radial background, 200^3 grid).
+2. cc: a simulated CSPAD experiment (``hpcdiff.simulate``, preset ``easy``, all frames
+   diffuse) merged into the 200^3 hkl grid; Pearson CC of the merged map with the true
+   diffuse intensity (truth.h5) after n frames.
+3. similarity: common-arc similarity of N = 500, 1000, 2000 frames (pairs/s, total time,
+   fitted growth exponent of time vs N), and for small N the speed ratio against the
+   straightforward method (each frame a dense 200^3 volume, pairwise correlation over
+   voxels finite in both) with the largest difference of the results.  Frames are made
+   cheaply: real Ewald-sphere geometry of the CSPAD detector at reduced pixel sampling
+   (every ``stride``-th pixel along fs and ss), random orientations, values sampled from a
+   smooth random 3D map plus noise, binned into the 200^3 grid.
+
+Usage::
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_fourier.py            # everything (~10 min)
+    python benchmarks/bench_fourier.py --quick                       # reduced sizes
+    python benchmarks/bench_fourier.py --sections similarity --sizes 500 1000 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+
+def _rotations(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 3, 3))
+    for i in range(n):
+        q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+        q = q * np.sign(np.diag(r))
+        out[i] = q if np.linalg.det(q) > 0 else -q
+    return out
+
+
+def _orientations(n: int, seed: int, cell_nm=(7.9, 7.9, 3.8)) -> np.ndarray:
+    inv = np.diag(1.0 / np.asarray(cell_nm))
+    return np.stack([inv @ r.T for r in _rotations(n, seed)])
+
+
+def bench_merge(n_frames: int, grid_size: int) -> dict:
+    """Frames/s of process_frames on CSPAD-sized synthetic frames, one process."""
+    from hpcdiff.geometry import cspad_like_geometry
+    from hpcdiff.merge import Grid
+    from hpcdiff.pipelines.fourier import DetectorCache, FourierSettings, process_frames
+
+    geom = cspad_like_geometry(clen_m=0.1)
+    detector = DetectorCache(geom)
+    rng = np.random.default_rng(0)
+    frames = rng.gamma(2.0, 50.0, size=(n_frames, *geom.slab_shape)).astype(np.float32)
+    orient = _orientations(n_frames, 1)
+    settings = FourierSettings(Grid(grid_size, 10.0), Grid(grid_size // 2, 10.0), n_radial_bins=400)
+    kw = dict(detector=detector, settings=settings)
+    process_frames(
+        frames[:1], orient[:1], photon_energy_ev=np.full(1, 9500.0), clen_m=np.full(1, 0.1), **kw
+    )  # warm caches
+    times = []
+    for _repeat in range(3):  # one task of n_frames frames, as a dask worker runs it
+        t0 = time.perf_counter()
+        process_frames(
+            frames,
+            orient,
+            photon_energy_ev=np.full(n_frames, 9500.0),
+            clen_m=np.full(n_frames, 0.1),
+            **kw,
+        )
+        times.append(time.perf_counter() - t0)
+    med = statistics.median(times) / n_frames
+    print(
+        f"merge: CSPAD {geom.slab_shape[0]}x{geom.slab_shape[1]} slab "
+        f"({int(detector.valid.sum())} valid pixels), grid {grid_size}^3 + similarity grid "
+        f"{grid_size // 2}^3, polarisation/solid angle, radial median background: tasks of "
+        f"{n_frames} frames, median of 3: {med * 1e3:.0f} ms/frame = {1 / med:.2f} frames/s per worker"
+    )
+    return {"seconds_per_frame_median": med, "frames_per_s_per_worker": 1 / med, "n": n_frames}
+
+
+def bench_cc(n_frames: int, grid_size: int, steps: list[int], workdir: Path) -> dict:
+    """CC of the merged map with the truth after n frames of a simulated CSPAD experiment."""
+    from hpcdiff.config import SimulateConfig, load_job
+    from hpcdiff.merge import MergeAccumulator, map_correlation
+    from hpcdiff.pipelines.fourier import FourierSettings, plan_frames, process_chunk, read_truth
+    from hpcdiff.simulate import simulate_experiment
+
+    cfg = SimulateConfig(
+        n_frames=n_frames,
+        detector="cspad",
+        preset="easy",
+        diffuse_fraction=1.0,
+        compression="none",
+        frames_per_file=n_frames,
+        truth_grid_size=grid_size,
+        truth_max_hkl=10.0,
+        seed=7,
+    )
+    t0 = time.perf_counter()
+    sim = simulate_experiment(cfg, workdir / "sim", force=True)
+    t_sim = time.perf_counter() - t0
+    job = load_job(sim.job)
+    import dataclasses
+
+    source = job.source
+    job = dataclasses.replace(
+        job,
+        fourier=dataclasses.replace(
+            job.fourier,
+            grid_size=grid_size,
+            max_hkl=10.0,
+            similarity_grid_size=32,
+            mask_bragg_radius_hkl=0.15,
+        ),
+    )
+    object.__setattr__(job, "source", source)  # relative frame patterns resolve against it
+    plan = plan_frames(job)
+    settings = FourierSettings.from_job(job)
+    truth, _axes = read_truth(sim.truth)
+    acc = MergeAccumulator.empty(settings.grid)
+    rows_done = 0
+    out = []
+    t0 = time.perf_counter()
+    for n in steps:
+        if n > len(plan):
+            break
+        part, _ = process_chunk(plan, range(rows_done, n), settings)
+        acc.merge(part)
+        rows_done = n
+        cc, nvox = map_correlation(acc.intensity(), truth)
+        per_voxel = float(acc.counts.sum() / max(np.count_nonzero(acc.counts), 1))
+        out.append({"frames": n, "cc": cc, "voxels": nvox, "pixels_per_voxel": per_voxel})
+        print(
+            f"cc: {n:4d} frames merged -> CC(merged, truth) = {cc:.3f} over {nvox} voxels "
+            f"({per_voxel:.1f} pixels per measured voxel)"
+        )
+    t_merge = time.perf_counter() - t0
+    print(
+        f"cc: simulated {n_frames} CSPAD frames in {t_sim:.0f} s (preset easy, all diffuse, Bragg "
+        f"pixels within 0.15 hkl masked); merged into {grid_size}^3 in {t_merge:.0f} s"
+    )
+    return {"steps": out, "simulate_s": t_sim, "merge_s": t_merge}
+
+
+def synthetic_frames(n: int, *, grid_size: int, stride: int, seed: int = 0):
+    """Per-frame sparse voxel sets from CSPAD Ewald-sphere geometry at reduced pixel sampling."""
+    from hpcdiff.geometry import DetectorModel, cspad_like_geometry
+    from hpcdiff.merge import Grid, bin_frame, fractional_hkl
+
+    geom = cspad_like_geometry(clen_m=0.1)
+    model = DetectorModel.build(geom, clen_m=0.1, photon_energy_ev=9500.0)
+    valid = model.valid[::stride, ::stride]
+    q = model.q_vectors[::stride, ::stride][valid]
+    grid = Grid(grid_size, 10.0)
+    rng = np.random.default_rng(seed)
+    coarse = rng.normal(size=(12, 12, 12))  # a smooth random 3D map (nearest of 12^3 cells)
+    orient = _orientations(n, seed + 1)
+    frames = []
+    for i in range(n):
+        hkl = fractional_hkl(q, orient[i])
+        cell = np.clip(((hkl + 10.0) / (20.0 / 12)).astype(np.int64), 0, 11)
+        vals = coarse[cell[:, 0], cell[:, 1], cell[:, 2]] + rng.normal(scale=0.5, size=len(hkl))
+        frames.append(bin_frame(vals, grid.voxel_index(hkl)))
+    return frames, grid, int(valid.sum())
+
+
+def bench_similarity(
+    sizes: list[int], small_n: int, grid_size: int, stride: int, block: int, min_overlap: int
+) -> dict:
+    from hpcdiff.similarity import common_arc_similarity, common_arc_similarity_dense
+
+    n_max = max([*sizes, small_n])
+    t0 = time.perf_counter()
+    frames, grid, n_pix = synthetic_frames(n_max, grid_size=grid_size, stride=stride)
+    t_make = time.perf_counter() - t0
+    nvox = [len(f) for f in frames]
+    print(
+        f"similarity: frames = CSPAD Ewald-sphere geometry (clen 0.1 m, 9.5 keV), 1 pixel in {stride} "
+        f"along fs and ss ({n_pix} pixels), random orientations, values from a smooth random "
+        f"3D map + noise, binned into {grid_size}^3 (hkl +-10): median {int(np.median(nvox))} voxels "
+        f"per frame; made {n_max} frames in {t_make:.0f} s"
+    )
+    res: dict = {
+        "frames": {"stride": stride, "pixels": n_pix, "median_voxels": float(np.median(nvox))}
+    }
+    # speed ratio against the dense method, small N
+    sub = frames[:small_n]
+    t0 = time.perf_counter()
+    s_sparse, o_sparse = common_arc_similarity(
+        sub, n_voxels=grid.n_voxels, min_overlap=min_overlap, block=block
+    )
+    t_sparse = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    s_dense, o_dense = common_arc_similarity_dense(
+        sub, n_voxels=grid.n_voxels, min_overlap=min_overlap
+    )
+    t_dense = time.perf_counter() - t0
+    same_nan = bool(np.array_equal(np.isnan(s_sparse), np.isnan(s_dense)))
+    diff = float(np.nanmax(np.abs(s_sparse - s_dense)))
+    print(
+        f"similarity: N={small_n}: sparse {t_sparse:.2f} s, dense 200^3 volumes {t_dense:.1f} s, "
+        f"speed-up x{t_dense / t_sparse:.0f}; max |diff| {diff:.1e}, overlaps equal "
+        f"{bool(np.array_equal(o_sparse, o_dense))}, NaN pattern equal {same_nan}"
+    )
+    res["vs_dense"] = {
+        "n": small_n,
+        "sparse_s": t_sparse,
+        "dense_s": t_dense,
+        "ratio": t_dense / t_sparse,
+        "max_abs_diff": diff,
+    }
+    rows = []
+    for n in sizes:
+        t0 = time.perf_counter()
+        sim, ovl = common_arc_similarity(
+            frames[:n], n_voxels=grid.n_voxels, min_overlap=min_overlap, block=block
+        )
+        dt = time.perf_counter() - t0
+        pairs = n * (n - 1) // 2
+        finite = int((np.isfinite(sim).sum() - n) // 2)
+        rows.append(
+            {"n": n, "seconds": dt, "pairs_per_s": pairs / dt, "pairs_with_similarity": finite}
+        )
+        print(
+            f"similarity: N={n:5d}: {dt:7.1f} s, {pairs / dt:,.0f} pairs/s, "
+            f"{finite}/{pairs} pairs with >= {min_overlap} common voxels "
+            f"(median overlap {np.median(ovl[np.triu_indices(n, 1)]):.0f})"
+        )
+    if len(rows) >= 2:
+        slope = float(
+            np.polyfit(np.log([r["n"] for r in rows]), np.log([r["seconds"] for r in rows]), 1)[0]
+        )
+        print(f"similarity: time ~ N^{slope:.2f} (least-squares fit of log time vs log N)")
+        res["growth_exponent"] = slope
+    res["sizes"] = rows
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--sections",
+        nargs="+",
+        default=["merge", "cc", "similarity"],
+        choices=["merge", "cc", "similarity"],
+    )
+    p.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
+    p.add_argument("--grid-size", type=int, default=200)
+    p.add_argument("--merge-frames", type=int, default=8)
+    p.add_argument("--cc-frames", type=int, default=48)
+    p.add_argument("--sizes", type=int, nargs="+", default=[500, 1000, 2000])
+    p.add_argument("--dense-n", type=int, default=24, help="N of the dense comparison")
+    p.add_argument("--stride", type=int, default=3, help="pixel sampling of the similarity frames")
+    p.add_argument("--block", type=int, default=256)
+    p.add_argument("--min-overlap", type=int, default=20)
+    p.add_argument("--json", type=Path, help="also write the numbers here")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.merge_frames, args.cc_frames, args.sizes, args.dense_n = 3, 16, [100, 200, 400], 12
+    print(
+        f"bench_fourier: {os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, numpy {np.__version__}"
+    )
+    report: dict = {}
+    if "merge" in args.sections:
+        report["merge"] = bench_merge(args.merge_frames, args.grid_size)
+    if "cc" in args.sections:
+        steps = sorted(
+            {s for s in (2, 4, 8, 16, 32, 64, 128, args.cc_frames) if s <= args.cc_frames}
+        )
+        with tempfile.TemporaryDirectory(prefix="bench_fourier_") as tmp:
+            report["cc"] = bench_cc(args.cc_frames, args.grid_size, steps, Path(tmp))
+    if "similarity" in args.sections:
+        report["similarity"] = bench_similarity(
+            args.sizes, args.dense_n, args.grid_size, args.stride, args.block, args.min_overlap
+        )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,303 @@
+"""Diffusion maps (Coifman and Lafon 2006) from similarity or distance matrices.
+
+Kernels
+    From a correlation-type similarity ``S`` (the method's choice): ``K = exp((S - 1) / eps)``,
+    which equals ``exp(S / eps)`` up to a constant factor that the normalisation removes.
+    From distances ``D``: a Gaussian ``K = exp(-D^2 / eps)`` with ``eps`` by default the
+    squared median distance to each point's ``k``-th nearest neighbour (:func:`knn_bandwidth`).
+    Missing similarities (NaN) give kernel 0.
+
+Normalisation
+    ``alpha = 1`` density normalisation ``K_a = K / (q_i q_j)`` with ``q = K 1``, then the
+    row-stochastic ``P = D^-1 K_a``.  Its eigenvectors come from the symmetric conjugate
+    ``D^-1/2 K_a D^-1/2`` with :func:`scipy.linalg.eigh`; right eigenvectors
+    ``psi = D^-1/2 v``, scaled so ``psi_0 = 1``; diffusion coordinates
+    ``lambda_k^t psi_k``, ``k = 1..n_coords``.  Frames with no kernel weight to any other
+    frame (isolated) get NaN coordinates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+
+
+def kernel_from_similarity(similarity: np.ndarray, *, epsilon: float = 1.0) -> np.ndarray:
+    """Kernel ``exp((S - 1) / epsilon)`` from a correlation-type similarity.
+
+    Parameters
+    ----------
+    similarity
+        ``(n, n)`` symmetric, values in [-1, 1], NaN where undefined.
+    epsilon
+        Kernel width in correlation units (1.0: plain ``exp(S)`` as in the method).
+
+    Returns
+    -------
+    np.ndarray
+        ``(n, n)`` float64 in [0, 1], 0 where the similarity is NaN.
+    """
+    s = _square(similarity, "similarity")
+    if not epsilon > 0:
+        raise ValueError(f"epsilon must be > 0, got {epsilon}")
+    with np.errstate(invalid="ignore"):
+        k = np.exp((s - 1.0) / epsilon)
+    return np.where(np.isfinite(k), k, 0.0)
+
+
+def knn_bandwidth(distances: np.ndarray, *, k: int = 10) -> float:
+    """Gaussian bandwidth ``eps``: the squared median distance to the ``k``-th nearest neighbour.
+
+    Parameters
+    ----------
+    distances
+        ``(n, n)`` distances, NaN where missing; the diagonal is ignored.
+    k
+        Neighbour rank (clipped to ``n - 1``).
+
+    Returns
+    -------
+    float
+        ``eps`` in squared distance units (> 0).
+    """
+    d = _square(distances, "distances").copy()
+    n = d.shape[0]
+    if n < 2:
+        raise ValueError("need at least 2 points for a bandwidth")
+    np.fill_diagonal(d, np.inf)
+    d = np.where(np.isfinite(d), d, np.inf)
+    kk = min(max(k, 1), n - 1)
+    kth = np.sort(d, axis=1)[:, kk - 1]
+    kth = kth[np.isfinite(kth)]
+    if kth.size == 0:
+        raise ValueError("no finite distances to set a bandwidth from")
+    med = float(np.median(kth))
+    if med <= 0:
+        positive = kth[kth > 0]
+        med = float(np.median(positive)) if positive.size else 1.0
+    return med * med
+
+
+def kernel_from_distances(
+    distances: np.ndarray, *, epsilon: float | None = None, k: int = 10
+) -> tuple[np.ndarray, float]:
+    """Gaussian kernel ``exp(-D^2 / eps)``.
+
+    Parameters
+    ----------
+    distances
+        ``(n, n)`` symmetric distances, NaN where missing.
+    epsilon
+        Bandwidth (squared distance units); None: :func:`knn_bandwidth` with ``k``.
+    k
+        Neighbour rank of the bandwidth heuristic.
+
+    Returns
+    -------
+    kernel : np.ndarray
+        ``(n, n)`` float64, 0 where the distance is NaN.
+    epsilon : float
+        The bandwidth used.
+    """
+    d = _square(distances, "distances")
+    eps = knn_bandwidth(d, k=k) if epsilon is None else float(epsilon)
+    if not eps > 0:
+        raise ValueError(f"epsilon must be > 0, got {eps}")
+    with np.errstate(invalid="ignore"):
+        kern = np.exp(-(d * d) / eps)
+    return np.where(np.isfinite(kern), kern, 0.0), eps
+
+
+@dataclass(frozen=True)
+class DiffusionMap:
+    """Result of :func:`diffusion_map`.
+
+    Attributes
+    ----------
+    eigenvalues
+        ``(n_coords + 1,)`` float64 of the Markov matrix, descending; the first is 1.
+    coords
+        ``(n, n_coords)`` float64 diffusion coordinates ``lambda_k^t psi_k``, NaN for
+        isolated frames.
+    connected
+        ``(n,)`` bool, frames with kernel weight to at least one other frame.
+    """
+
+    eigenvalues: np.ndarray
+    coords: np.ndarray
+    connected: np.ndarray
+
+
+def diffusion_map(
+    kernel: np.ndarray, *, n_coords: int = 4, alpha: float = 1.0, t: float = 1.0
+) -> DiffusionMap:
+    """Diffusion coordinates from a symmetric, non-negative kernel.
+
+    Parameters
+    ----------
+    kernel
+        ``(n, n)`` symmetric, >= 0 (NaN treated as 0).
+    n_coords
+        Nontrivial coordinates to return (fewer if fewer connected frames).
+    alpha
+        Density normalisation exponent (1: Laplace-Beltrami, independent of sampling density).
+    t
+        Diffusion time.
+
+    Returns
+    -------
+    DiffusionMap
+    """
+    k = _square(kernel, "kernel")
+    k = np.where(np.isfinite(k), k, 0.0)
+    if np.any(k < 0):
+        raise ValueError("kernel has negative entries")
+    if not np.allclose(k, k.T, rtol=1e-10, atol=1e-12):
+        raise ValueError("kernel is not symmetric")
+    n = k.shape[0]
+    off = k - np.diag(np.diag(k))
+    connected = off.sum(axis=1) > 0
+    idx = np.flatnonzero(connected)
+    coords = np.full((n, n_coords), np.nan)
+    m = idx.size
+    n_eff = min(n_coords, max(m - 1, 0))
+    if n_eff == 0:
+        return DiffusionMap(np.ones(1), coords, connected)
+    kc = k[np.ix_(idx, idx)]
+    q = kc.sum(axis=1)
+    ka = kc / np.outer(q**alpha, q**alpha)
+    d = ka.sum(axis=1)
+    sq = np.sqrt(d)
+    sym = ka / np.outer(sq, sq)
+    sym = 0.5 * (sym + sym.T)
+    w, v = scipy.linalg.eigh(sym, subset_by_index=[m - n_eff - 1, m - 1])
+    order = np.argsort(w)[::-1]
+    w, v = w[order], v[:, order]
+    # right eigenvectors of P, normalised so sum_i pi_i psi_k(i)^2 = 1 (pi = d / sum d):
+    # psi_0 = 1 for a connected kernel; each sign fixed so the largest |entry| is positive
+    psi = v / sq[:, None] * np.sqrt(d.sum())
+    big = psi[np.argmax(np.abs(psi), axis=0), np.arange(psi.shape[1])]
+    psi = psi * np.where(big < 0, -1.0, 1.0)
+    coords[idx, :n_eff] = psi[:, 1:] * (w[1:] ** t)
+    return DiffusionMap(w, coords, connected)
+
+
+def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve of ``scores`` for binary ``labels`` (ties count half).
+
+    Parameters
+    ----------
+    scores
+        ``(n,)`` float; NaN entries are left out.
+    labels
+        ``(n,)`` 0/1 or bool; 1 is the positive class (diffuse).
+
+    Returns
+    -------
+    float
+        AUC in [0, 1] (Mann-Whitney U / (n_pos n_neg)); NaN if a class is empty.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    labels = np.asarray(labels).astype(bool)
+    if scores.shape != labels.shape:
+        raise ValueError(f"scores {scores.shape} and labels {labels.shape} differ")
+    ok = np.isfinite(scores)
+    s, y = scores[ok], labels[ok]
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(s)
+    u = ranks[y].sum() - n_pos * (n_pos + 1) / 2.0
+    return float(u / (n_pos * n_neg))
+
+
+def coordinate_aucs(coords: np.ndarray, labels: np.ndarray) -> list[dict[str, float]]:
+    """ROC AUC of each diffusion coordinate as a diffuse / non-diffuse score.
+
+    A coordinate's sign is arbitrary, so the separating power is stated as
+    ``max(AUC, 1 - AUC)`` alongside the raw AUC.
+
+    Returns
+    -------
+    list of dict
+        One per coordinate: ``coordinate`` (1-based), ``auc``, ``auc_max`` (= max(AUC, 1-AUC)).
+    """
+    coords = np.asarray(coords)
+    out = []
+    for j in range(coords.shape[1]):
+        auc = roc_auc(coords[:, j], labels)
+        out.append({"coordinate": j + 1, "auc": auc, "auc_max": float(max(auc, 1.0 - auc))})
+    return out
+
+
+def plot_diffusion(
+    coords: np.ndarray,
+    labels: np.ndarray | None,
+    path: str | Path,
+    *,
+    title: str = "diffusion map",
+    label_names: tuple[str, str] = ("no diffuse", "diffuse"),
+) -> Path:
+    """Scatter plot of the first two diffusion coordinates coloured by label, saved as PNG.
+
+    Parameters
+    ----------
+    coords
+        ``(n, >=1)`` diffusion coordinates (NaN rows skipped).
+    labels
+        ``(n,)`` 0/1, or None for one colour.
+    path
+        PNG file to write (the caller checks for overwrites).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    coords = np.asarray(coords, dtype=np.float64)
+    fig = Figure(figsize=(5.0, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    x = coords[:, 0]
+    y = coords[:, 1] if coords.shape[1] > 1 else np.zeros_like(x)
+    ok = np.isfinite(x) & np.isfinite(y)
+    if labels is None:
+        ax.scatter(x[ok], y[ok], s=8, c="tab:blue")
+    else:
+        lab = np.asarray(labels).astype(bool)
+        for value, colour, name in (
+            (False, "tab:blue", label_names[0]),
+            (True, "tab:red", label_names[1]),
+        ):
+            sel = ok & (lab == value)
+            ax.scatter(x[sel], y[sel], s=8, c=colour, label=f"{name} ({int(sel.sum())})", alpha=0.7)
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel("diffusion coordinate 1")
+    ax.set_ylabel("diffusion coordinate 2" if coords.shape[1] > 1 else "")
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=100, format="png")
+    return path
+
+
+def _square(a: np.ndarray, name: str) -> np.ndarray:
+    a = np.asarray(a, dtype=np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"{name} must be a square (n, n) matrix, got shape {a.shape}")
+    return a
+
+
+__all__ = [
+    "DiffusionMap",
+    "coordinate_aucs",
+    "diffusion_map",
+    "kernel_from_distances",
+    "kernel_from_similarity",
+    "knn_bandwidth",
+    "plot_diffusion",
+    "roc_auc",
+]

@@ -1,0 +1,956 @@
+"""The Fourier job: merge frames into a 3D reciprocal-space grid, compare frames, diffusion maps.
+
+Stages (each a pure function; dask only in :func:`run_fourier`):
+
+1. :func:`plan_frames`: the frames with an orientation (CrystFEL stream chunks matched to
+   frame files by name and event), their photon energies, labels.
+2. :func:`process_frames` (one dask task per ``frames_per_task`` frames, via
+   :func:`process_chunk`): each frame's pixels are divided by polarisation times solid angle
+   at the frame's own detector distance, the isotropic (radial) or local background is
+   removed, the residual is mapped to ``hkl`` with the frame's orientation and binned on
+   the merge grid (a dense :class:`~hpcdiff.merge.MergeAccumulator` per task) and on the
+   similarity grid (sparse, per frame); the normalised residual is downsampled for the
+   image-space similarity.
+3. The per-task accumulators are reduced in a dask tree; per-frame sparse voxel sets become
+   the sparse matrices of :mod:`hpcdiff.similarity`, whose row blocks run as dask tasks.
+4. Diffusion maps of the common-arc and image-space similarities, ROC AUC of each
+   coordinate against the labels, PNG plots.
+
+Outputs (in ``out_dir``): ``merged.h5``, ``similarity.h5``, ``diffusion.h5``,
+``diffusion_common_arc.png``, ``diffusion_image.png``, ``fourier_summary.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import h5py
+import numpy as np
+
+from hpcdiff.config import JobConfig
+from hpcdiff.diffusion import (
+    DiffusionMap,
+    coordinate_aucs,
+    diffusion_map,
+    kernel_from_distances,
+    kernel_from_similarity,
+    plot_diffusion,
+)
+from hpcdiff.errors import ConfigError, FormatError
+from hpcdiff.io.outputs import atomic_path, ensure_writable, provenance, write_json
+from hpcdiff.merge import (
+    FrameVoxels,
+    Grid,
+    MergeAccumulator,
+    map_correlation,
+    map_frame_grids,
+)
+from hpcdiff.similarity import (
+    assemble,
+    blocks,
+    common_arc_block,
+    image_block,
+    image_vectors,
+    sparse_frames,
+)
+
+OUTPUT_NAMES = (
+    "merged.h5",
+    "similarity.h5",
+    "diffusion.h5",
+    "diffusion_common_arc.png",
+    "diffusion_image.png",
+    "fourier_summary.json",
+)
+
+
+# --------------------------------------------------------------------------- settings
+
+
+@dataclass(frozen=True)
+class FourierSettings:
+    """Everything a worker needs to process frames (picklable, no file handles).
+
+    Attributes
+    ----------
+    grid, similarity_grid
+        Merge grid and common-arc similarity grid.
+    bragg_radius_hkl
+        Pixels this close to integer ``hkl`` are left out of both grids.
+    background
+        ``"radial"``, ``"local"`` or ``"none"``.
+    radial_statistic, n_radial_bins, radial_clip_sigma
+        Radial background parameters (:class:`~hpcdiff.config.BackgroundConfig`).
+    local_filter, local_size_px, local_percentile, local_bin_px
+        Local background parameters.
+    compression, clip_sigma
+        Normalisation of the image-space frames.
+    image_downsample
+        Mean-pooling factor of the image-space frames.
+    polarisation_degree
+        Horizontal polarisation fraction of the beam (1.0 for an XFEL).
+    """
+
+    grid: Grid
+    similarity_grid: Grid
+    bragg_radius_hkl: float = 0.0
+    background: str = "radial"
+    radial_statistic: str = "median"
+    n_radial_bins: int = 400
+    local_filter: str = "median"
+    local_size_px: int = 15
+    local_percentile: float = 50.0
+    local_bin_px: int = 5
+    radial_clip_sigma: float = 3.0
+    compression: str = "none"
+    clip_sigma: float = 5.0
+    image_downsample: int = 8
+    polarisation_degree: float = 1.0
+
+    @classmethod
+    def from_job(cls, job: JobConfig) -> FourierSettings:
+        """Settings from the job's ``[fourier]`` and ``[background]`` sections."""
+        f, b = job.fourier, job.background
+        half = f.max_hkl if f.extent == "hkl" else f.max_q_per_nm
+        if f.symmetrise == "laue" and f.extent == "q":
+            raise ConfigError(
+                f"{job.source}: [fourier.symmetrise] 'laue' needs extent = 'hkl' "
+                "(mmm sign flips act on Miller indices)"
+            )
+        return cls(
+            grid=Grid(f.grid_size, half, f.extent),
+            similarity_grid=Grid(f.similarity_grid_size or f.grid_size, half, f.extent),
+            bragg_radius_hkl=f.mask_bragg_radius_hkl,
+            background=b.method,
+            radial_statistic=b.radial_statistic,
+            n_radial_bins=b.n_radial_bins,
+            local_filter=b.local_filter,
+            local_size_px=b.local_size_px,
+            local_percentile=b.local_percentile,
+            local_bin_px=b.local_bin_px,
+            radial_clip_sigma=b.radial_clip_sigma,
+            compression=b.compression,
+            clip_sigma=b.clip_sigma,
+            image_downsample=f.image_downsample,
+        )
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class FramePlan:
+    """The frames the job merges: those with an orientation.
+
+    Attributes
+    ----------
+    files
+        The run's frame files (global frame numbers run through them in order).
+    data_path
+        Frame dataset override (None: from the geometry).
+    geometry
+        :class:`~hpcdiff.io.geom.DetectorGeometry`.
+    numbers
+        ``(n,)`` int64 global frame numbers of the oriented frames, increasing.
+    frame_ids
+        Their :class:`~hpcdiff.io.cxi.FrameId`.
+    orientations
+        ``(n, 3, 3)`` float64 rows ``astar, bstar, cstar`` (nm^-1, lab frame).
+    photon_energy_ev
+        ``(n,)`` float64 from the stream; NaN where the stream has none (then from the
+        frame file or the geometry).
+    labels
+        ``(n,)`` int8 diffuse 0/1, or None without a labels file.
+    n_frames_total, n_multi_crystal
+        Frames in the run; chunks with more than one crystal (the first is used).
+    """
+
+    files: tuple[str, ...]
+    data_path: str | None
+    geometry: Any
+    numbers: np.ndarray
+    frame_ids: tuple[Any, ...]
+    orientations: np.ndarray
+    photon_energy_ev: np.ndarray
+    labels: np.ndarray | None
+    n_frames_total: int
+    n_multi_crystal: int = 0
+
+    def __len__(self) -> int:
+        return int(self.numbers.size)
+
+
+def _chunk_key(filename: str, index: int | None) -> tuple[str, int]:
+    return (Path(filename).name, 0 if index is None else int(index))
+
+
+def plan_frames(job: JobConfig) -> FramePlan:
+    """Match the stream's oriented chunks to the run's frames.
+
+    A chunk matches the frame whose file has the same name (folders ignored: streams
+    record the paths the indexer saw) and whose index is the chunk's event (``//N``;
+    0 without an event).
+
+    Raises
+    ------
+    ConfigError
+        When the job names no frames, geometry or stream.
+    FormatError
+        When the stream orients no frame of the run.
+    """
+    from hpcdiff.io.cxi import FrameSource
+    from hpcdiff.io.geom import read_geom
+    from hpcdiff.io.stream import read_stream
+
+    exp = job.experiment
+    src = job.source or "<job>"
+    if exp.stream is None:
+        raise ConfigError(f"{src}: [experiment.stream] is needed by the Fourier job (orientations)")
+    if exp.geometry is None:
+        raise ConfigError(f"{src}: [experiment.geometry] is needed by the Fourier job")
+    files = [str(f) for f in job.frame_files()]
+    if not files:
+        raise ConfigError(f"{src}: [experiment.frames] names no frame file")
+    geom = read_geom(exp.geometry)
+    with FrameSource(files, geometry=geom, data_path=exp.data_path) as source:
+        frame_ids = list(source.frame_ids)
+    index = {_chunk_key(fid.file, fid.index): i for i, fid in enumerate(frame_ids)}
+    stream = read_stream(exp.stream)
+    found: dict[int, tuple[np.ndarray, float]] = {}
+    n_multi = 0
+    for chunk in stream.chunks:
+        if not chunk.crystals:
+            continue
+        key = _chunk_key(chunk.image_filename, chunk.frame_index)
+        if key not in index:
+            continue
+        n_multi += len(chunk.crystals) > 1
+        energy = chunk.photon_energy_ev if chunk.photon_energy_ev is not None else np.nan
+        found.setdefault(index[key], (chunk.crystals[0].reciprocal_matrix, float(energy)))
+    if not found:
+        raise FormatError(
+            exp.stream,
+            f"no chunk with a crystal matches a frame of the run ({len(files)} file(s), e.g. "
+            f"{Path(files[0]).name}); chunks name files {stream.chunks[0].image_filename!r}..."
+            if stream.chunks
+            else "the stream has no chunks",
+        )
+    numbers = np.array(sorted(found), dtype=np.int64)
+    orientations = np.stack([found[i][0] for i in numbers])
+    energies = np.array([found[i][1] for i in numbers], dtype=np.float64)
+    ids = tuple(frame_ids[i] for i in numbers)
+    labels = None
+    if exp.labels is not None:
+        from hpcdiff.io.labels import read_labels
+
+        try:
+            found_labels = read_labels(exp.labels).lookup(list(ids), source=exp.labels)
+        except KeyError as exc:
+            raise FormatError(exp.labels, str(exc.args[0])) from None
+        labels = found_labels.diffuse.astype(np.int8)
+    return FramePlan(
+        files=tuple(files),
+        data_path=exp.data_path,
+        geometry=geom,
+        numbers=numbers,
+        frame_ids=ids,
+        orientations=orientations,
+        photon_energy_ev=energies,
+        labels=labels,
+        n_frames_total=len(frame_ids),
+        n_multi_crystal=int(n_multi),
+    )
+
+
+# --------------------------------------------------------------------------- per-frame work
+
+
+class DetectorCache:
+    """Per-pixel geometry at each detector distance met, computed once per distance.
+
+    Parameters
+    ----------
+    geom
+        The detector geometry.
+    polarisation_degree
+        Horizontal polarisation fraction.
+    max_entries
+        Distances kept (least recently used dropped).
+    """
+
+    def __init__(
+        self, geom: Any, *, polarisation_degree: float = 1.0, max_entries: int = 8
+    ) -> None:
+        self.geom = geom
+        self.polarisation_degree = polarisation_degree
+        self.max_entries = max_entries
+        self._cache: OrderedDict[float, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._valid: np.ndarray | None = None
+        self._panels: np.ndarray | None = None
+        self._rings: dict[tuple[float, int], Any] = {}
+
+    @property
+    def valid(self) -> np.ndarray:
+        """``(n_ss, n_fs)`` bool: on a panel and not in a bad region."""
+        if self._valid is None:
+            from hpcdiff.geometry import bad_region_mask, panel_index_map
+
+            self._panels = panel_index_map(self.geom)
+            self._valid = (self._panels >= 0) & ~bad_region_mask(self.geom)
+        return self._valid
+
+    @property
+    def panel_index(self) -> np.ndarray:
+        """``(n_ss, n_fs)`` int16 panel of each pixel, -1 off-panel."""
+        _ = self.valid
+        assert self._panels is not None
+        return self._panels
+
+    def at(self, clen_m: float) -> tuple[np.ndarray, np.ndarray]:
+        """Unit scattering directions ``k_out - k_in`` (``|k| = 1``) ``(n_ss, n_fs, 3)`` and the
+        correction factor ``polarisation * solid_angle_sr`` ``(n_ss, n_fs)`` at ``clen_m``.
+
+        ``q = directions / lambda_nm``.
+        """
+        from hpcdiff.geometry import pixel_positions_m, polarisation_factor, solid_angle_sr
+
+        key = round(float(clen_m), 7)
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        pos = pixel_positions_m(self.geom, clen_m=clen_m)
+        unit = pos / np.linalg.norm(pos, axis=-1, keepdims=True)
+        unit[..., 2] -= 1.0
+        corr = polarisation_factor(pos, degree=self.polarisation_degree) * solid_angle_sr(
+            self.geom, pos
+        )
+        self._cache[key] = (unit, corr)
+        if len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
+            self._rings.clear()
+        return unit, corr
+
+    def rings(self, clen_m: float, n_bins: int) -> Any:
+        """|q| rings of equal width over the valid pixels at ``clen_m``, as prepared
+        :class:`~hpcdiff.background.Segments` (ring index -1 off the valid pixels).
+
+        Rings depend on the scattering angle only (not the wavelength), so one set serves
+        every frame at this distance.
+        """
+        from hpcdiff.background.segments import as_segments
+
+        key = (round(float(clen_m), 7), int(n_bins))
+        if key not in self._rings:
+            unit, _ = self.at(clen_m)
+            q_abs = np.linalg.norm(unit, axis=-1)
+            valid = self.valid & np.isfinite(q_abs)
+            lo, hi = float(np.min(q_abs[valid])), float(np.max(q_abs[valid]))
+            edges = np.linspace(lo, hi, n_bins + 1)
+            ring = np.searchsorted(edges, np.where(valid, q_abs, lo), side="right") - 1
+            ring = np.clip(ring, 0, n_bins - 1).astype(np.int32)
+            ring[~valid] = -1
+            self._rings[key] = as_segments(ring, n_segments=n_bins)
+        return self._rings[key]
+
+
+@dataclass
+class ChunkFrames:
+    """What one task returns besides its accumulator.
+
+    Attributes
+    ----------
+    numbers
+        ``(k,)`` global frame numbers.
+    similarity_frames
+        ``k`` frames binned on the similarity grid.
+    images
+        ``(k, h, w)`` float32 normalised residuals, downsampled.
+    seconds
+        Wall time of the task.
+    """
+
+    numbers: np.ndarray
+    similarity_frames: list[FrameVoxels]
+    images: np.ndarray
+    seconds: float = 0.0
+
+
+def _background(
+    corrected: np.ndarray,
+    *,
+    valid: np.ndarray,
+    detector: DetectorCache,
+    rings: Any,
+    settings: FourierSettings,
+) -> np.ndarray:
+    if settings.background == "none":
+        return np.zeros_like(corrected)
+    if settings.background == "radial":
+        from hpcdiff.background import radial_background
+
+        return radial_background(
+            corrected,
+            rings,
+            valid=valid,
+            statistic=settings.radial_statistic,
+            clip_sigma=settings.radial_clip_sigma,
+        )
+    from hpcdiff.background import local_background
+
+    return local_background(
+        corrected,
+        detector.panel_index,
+        valid=valid,
+        size_px=settings.local_size_px,
+        statistic=settings.local_filter,
+        percentile=settings.local_percentile,
+        bin_px=settings.local_bin_px,
+    )
+
+
+def process_frames(
+    frames: np.ndarray,
+    orientations: np.ndarray,
+    *,
+    photon_energy_ev: np.ndarray,
+    clen_m: np.ndarray,
+    detector: DetectorCache,
+    settings: FourierSettings,
+    numbers: np.ndarray | None = None,
+) -> tuple[MergeAccumulator, ChunkFrames]:
+    """Merge a batch of frames and bin them for the similarities (array in, arrays out).
+
+    Parameters
+    ----------
+    frames
+        ``(k, n_ss, n_fs)`` float slab frames (ADU or photons).
+    orientations
+        ``(k, 3, 3)`` rows ``astar, bstar, cstar``, nm^-1 lab frame.
+    photon_energy_ev, clen_m
+        ``(k,)`` per-frame photon energy (eV) and camera length (m, without coffset).
+    detector
+        Per-pixel geometry cache.
+    settings
+        Grids and background settings.
+    numbers
+        ``(k,)`` global frame numbers (default ``0..k-1``).
+
+    Returns
+    -------
+    (MergeAccumulator, ChunkFrames)
+    """
+    from hpcdiff.background import normalise
+    from hpcdiff.geometry import photon_energy_to_wavelength_m
+    from hpcdiff.similarity import downsample
+
+    t0 = time.perf_counter()
+    frames = np.asarray(frames)
+    k = frames.shape[0]
+    if orientations.shape != (k, 3, 3):
+        raise ValueError(f"orientations {orientations.shape} do not match {k} frames")
+    valid = detector.valid
+    if frames.shape[1:] != valid.shape:
+        raise ValueError(f"frames {frames.shape[1:]} do not match the detector slab {valid.shape}")
+    acc = MergeAccumulator.empty(settings.grid)
+    sim_frames: list[FrameVoxels] = []
+    residuals = np.empty(frames.shape, np.float32)
+    for i in range(k):
+        unit, corr = detector.at(float(clen_m[i]))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            corrected = (frames[i] / corr).astype(np.float32)
+        ok = valid & np.isfinite(corrected)
+        rings = None
+        if settings.background == "radial":
+            rings = detector.rings(float(clen_m[i]), settings.n_radial_bins)
+        residual = corrected - _background(
+            corrected, valid=ok, detector=detector, rings=rings, settings=settings
+        )
+        residual = np.where(ok, residual, np.nan).astype(np.float32)
+        residuals[i] = residual
+        lam_nm = photon_energy_to_wavelength_m(float(photon_energy_ev[i])) * 1e9
+        merged, binned = map_frame_grids(
+            residual,
+            unit / lam_nm,
+            orientations[i],
+            grids=(settings.grid, settings.similarity_grid),
+            valid=ok & np.isfinite(residual),
+            bragg_radius_hkl=settings.bragg_radius_hkl,
+        )
+        acc.add_frame(merged)
+        sim_frames.append(binned)
+    normed = normalise(
+        np.nan_to_num(residuals),
+        valid=np.isfinite(residuals),
+        compression=settings.compression,
+        clip_sigma=settings.clip_sigma,
+    )
+    images = downsample(np.where(valid, normed, np.nan), settings.image_downsample)
+    nums = np.arange(k) if numbers is None else np.asarray(numbers)
+    return acc, ChunkFrames(nums, sim_frames, images, time.perf_counter() - t0)
+
+
+_DETECTOR: list[DetectorCache] = []  # this process's cache for the geometry it last saw
+
+
+def _detector(geom: Any, polarisation_degree: float) -> DetectorCache:
+    if (
+        not _DETECTOR
+        or _DETECTOR[0].geom is not geom
+        or (_DETECTOR[0].polarisation_degree != polarisation_degree)
+    ):
+        _DETECTOR[:] = [DetectorCache(geom, polarisation_degree=polarisation_degree)]
+    return _DETECTOR[0]
+
+
+def process_chunk(
+    plan: FramePlan, rows: Sequence[int], settings: FourierSettings
+) -> tuple[MergeAccumulator, ChunkFrames]:
+    """Read and process the plan's frames ``rows`` (indices into ``plan.numbers``): one dask task.
+
+    Reads the frames from their files (each worker opens them itself), takes each frame's
+    photon energy from the stream (else the file, else the geometry) and camera length
+    from the file (else the geometry), then :func:`process_frames`.
+    """
+    from hpcdiff.io.cxi import FrameSource
+
+    rows = np.asarray(rows, dtype=np.int64)
+    numbers = plan.numbers[rows]
+    detector = _detector(plan.geometry, settings.polarisation_degree)
+    with FrameSource(plan.files, geometry=plan.geometry, data_path=plan.data_path) as source:
+        frames = np.stack([source.read(int(n), int(n) + 1)[0] for n in numbers])
+        values = [source.frame_values(int(n), int(n) + 1) for n in numbers]
+    energies = plan.photon_energy_ev[rows].copy()
+    clens = np.empty(len(rows))
+    for j, v in enumerate(values):
+        if not np.isfinite(energies[j]):
+            energies[j] = _number(
+                v, "photon_energy_ev", plan.geometry.photon_energy, "photon energy", plan
+            )
+        clens[j] = _number(v, "clen_m", plan.geometry.panels[0].clen, "camera length (clen)", plan)
+    return process_frames(
+        frames,
+        plan.orientations[rows],
+        photon_energy_ev=energies,
+        clen_m=clens,
+        detector=detector,
+        settings=settings,
+        numbers=numbers,
+    )
+
+
+def _number(
+    values: dict[str, np.ndarray], key: str, fallback: Any, what: str, plan: FramePlan
+) -> float:
+    if key in values and np.isfinite(values[key][0]):
+        return float(values[key][0])
+    if isinstance(fallback, int | float):
+        return float(fallback)
+    raise FormatError(
+        plan.geometry.source or "geometry",
+        f"no {what} for the frames: neither the frame files nor the geometry give a number",
+    )
+
+
+def merge_accumulators(*accs: MergeAccumulator) -> MergeAccumulator:
+    """Sum of accumulators (a new one; inputs untouched): the tree-reduction step."""
+    out = accs[0].copy()
+    for a in accs[1:]:
+        out.merge(a)
+    return out
+
+
+# --------------------------------------------------------------------------- the job
+
+
+@dataclass
+class FourierResult:
+    """What :func:`run_fourier` produced (also written to ``out_dir``)."""
+
+    merged: MergeAccumulator
+    common_arc: np.ndarray
+    overlap: np.ndarray
+    image_distance: np.ndarray
+    image_correlation: np.ndarray
+    maps: dict[str, DiffusionMap]
+    summary: dict[str, Any] = field(default_factory=dict)
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+def run_fourier(
+    job: JobConfig,
+    client: Any,
+    *,
+    out_dir: str | Path | None = None,
+    force: bool = False,
+    log: IO[str] | None = None,
+) -> FourierResult:
+    """Run the Fourier job on a connected dask client and write its outputs.
+
+    Parameters
+    ----------
+    job
+        The validated job.
+    client
+        A :class:`distributed.Client` (see :func:`hpcdiff.parallel.dask_cluster.open_cluster`).
+    out_dir
+        Output folder (default ``job.output.dir``).
+    force
+        Overwrite existing outputs.
+    log
+        Progress messages (default stderr).
+
+    Raises
+    ------
+    OutputExistsError
+        Before any work, when an output exists and ``force`` is false.
+    """
+    from hpcdiff.parallel.dask_cluster import track, tree_reduce
+
+    log = log if log is not None else sys.stderr
+    out = Path(out_dir if out_dir is not None else job.output.dir)
+    for name in OUTPUT_NAMES:
+        ensure_writable(out / name, force=force)
+    settings = FourierSettings.from_job(job)
+    fcfg = job.fourier
+    t_start = time.perf_counter()
+    plan = plan_frames(job)
+    n = len(plan)
+    if n < 2:
+        raise FormatError(
+            job.experiment.stream or "stream",
+            f"only {n} oriented frame(s); the Fourier job needs at least 2",
+        )
+    print(
+        f"fourier: {n} oriented frames of {plan.n_frames_total}; grid {settings.grid.size}^3 "
+        f"({settings.grid.extent} +-{settings.grid.half_width:g}), similarity grid "
+        f"{settings.similarity_grid.size}^3",
+        file=log,
+        flush=True,
+    )
+
+    # 1. map: one task per chunk of frames; 2. tree reduction of the accumulators
+    plan_f = client.scatter(plan, broadcast=True)
+    chunks = blocks(n, fcfg.frames_per_task)
+    tasks = [
+        client.submit(process_chunk, plan_f, list(range(s, e)), settings, pure=False)
+        for s, e in chunks
+    ]
+    acc_fs = [client.submit(operator.itemgetter(0), t) for t in tasks]
+    frame_fs = [client.submit(operator.itemgetter(1), t) for t in tasks]
+    del tasks
+    t0 = time.perf_counter()
+    total_f = tree_reduce(client, acc_fs, merge_accumulators)
+    track(frame_fs, "merge", log=log)
+    parts: list[ChunkFrames] = client.gather(frame_fs)
+    merged: MergeAccumulator = total_f.result()
+    del acc_fs, total_f
+    t_merge = time.perf_counter() - t0
+    task_s = float(sum(p.seconds for p in parts))
+    merged = merged.symmetrised(fcfg.symmetrise)
+
+    # 3. similarities, row blocks as tasks
+    sim_frames = [f for p in parts for f in p.similarity_frames]
+    t0 = time.perf_counter()
+    mats_f = client.scatter(
+        sparse_frames(sim_frames, n_voxels=settings.similarity_grid.n_voxels), broadcast=True
+    )
+    sblocks = blocks(n, fcfg.similarity_block)
+    sim_fs = [
+        client.submit(common_arc_block, mats_f, s, e, min_overlap=fcfg.min_overlap, pure=False)
+        for s, e in sblocks
+    ]
+    track(sim_fs, "common-arc similarity", log=log)
+    common_arc, overlap = assemble(n, client.gather(sim_fs))
+    t_sim = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    vec_f = client.scatter(image_vectors(np.concatenate([p.images for p in parts])), broadcast=True)
+    img_fs = [client.submit(image_block, vec_f, s, e, pure=False) for s, e in sblocks]
+    track(img_fs, "image similarity", log=log)
+    img_parts = client.gather(img_fs)
+    image_distance, _ = assemble(n, [p[0] for p in img_parts], diagonal=0.0)
+    image_correlation, _ = assemble(n, [p[1] for p in img_parts], diagonal=1.0)
+    t_img = time.perf_counter() - t0
+
+    # 4. diffusion maps
+    k = fcfg.n_diffusion_coords
+    img_kernel, img_eps = kernel_from_distances(image_distance, k=fcfg.diffusion_knn)
+    maps = {
+        "common_arc": diffusion_map(
+            kernel_from_similarity(common_arc, epsilon=fcfg.diffusion_epsilon), n_coords=k
+        ),
+        "image": diffusion_map(img_kernel, n_coords=k),
+        "image_correlation": diffusion_map(
+            kernel_from_similarity(image_correlation, epsilon=fcfg.diffusion_epsilon), n_coords=k
+        ),
+    }
+    summary: dict[str, Any] = {
+        "n_frames_oriented": n,
+        "n_frames_total": plan.n_frames_total,
+        "n_multi_crystal_chunks": plan.n_multi_crystal,
+        "n_workers": len(client.scheduler_info(n_workers=-1).get("workers", {})),
+        "grid": {
+            "size": settings.grid.size,
+            "extent": settings.grid.extent,
+            "half_width": settings.grid.half_width,
+        },
+        "similarity_grid_size": settings.similarity_grid.size,
+        "voxels_measured": int(np.count_nonzero(merged.counts)),
+        "pairs_with_similarity": int(
+            (np.isfinite(common_arc).sum() - np.isfinite(np.diag(common_arc)).sum()) // 2
+        ),
+        "pairs_total": n * (n - 1) // 2,
+        "median_overlap": float(np.median(overlap[np.triu_indices(n, 1)])),
+        "image_kernel_epsilon": img_eps,
+        "timing_s": {
+            "merge_wall": t_merge,
+            "merge_task_sum": task_s,
+            "frames_per_s_per_worker": n / task_s if task_s > 0 else None,
+            "common_arc": t_sim,
+            "image_similarity": t_img,
+        },
+        "auc": {},
+    }
+    if plan.labels is not None:
+        summary["auc_note"] = (
+            "per coordinate: auc and auc_max = max(AUC, 1 - AUC) (a coordinate's sign is arbitrary)"
+        )
+        for name, dm in maps.items():
+            summary["auc"][name] = coordinate_aucs(dm.coords, plan.labels)
+    if fcfg.truth is not None:
+        cc, nvox = truth_correlation(merged, fcfg.truth)
+        summary["truth_correlation"] = {"cc": cc, "voxels": nvox, "file": str(fcfg.truth)}
+
+    # 5. outputs
+    stamp = provenance(job.config_hash(), job=json.dumps(job.to_dict(), sort_keys=True))
+    out.mkdir(parents=True, exist_ok=True)
+    outputs = {
+        "merged": write_merged(out / "merged.h5", merged, stamp=stamp, force=force),
+        "similarity": write_similarity(
+            out / "similarity.h5",
+            plan,
+            common_arc=common_arc,
+            overlap=overlap,
+            image_distance=image_distance,
+            image_correlation=image_correlation,
+            stamp=stamp,
+            min_overlap=fcfg.min_overlap,
+            force=force,
+        ),
+        "diffusion": write_diffusion(out / "diffusion.h5", plan, maps, stamp=stamp, force=force),
+    }
+    for name, title in (
+        ("common_arc", "common-arc correlation"),
+        ("image", "image-space distance"),
+    ):
+        path = out / f"diffusion_{name}.png"
+        with atomic_path(path, force=force) as tmp:
+            plot_diffusion(maps[name].coords, plan.labels, tmp, title=f"diffusion map: {title}")
+        outputs[f"plot_{name}"] = path
+    summary["timing_s"]["total"] = time.perf_counter() - t_start
+    summary["provenance"] = {k2: v for k2, v in stamp.items() if k2 != "job"}
+    outputs["summary"] = write_json(out / "fourier_summary.json", summary, force=force)
+    print(_summary_text(summary), file=log, flush=True)
+    return FourierResult(
+        merged, common_arc, overlap, image_distance, image_correlation, maps, summary, outputs
+    )
+
+
+def _summary_text(summary: dict[str, Any]) -> str:
+    t = summary["timing_s"]
+    lines = [
+        f"fourier: merged {summary['n_frames_oriented']} frames into {summary['voxels_measured']} voxels "
+        f"in {t['merge_wall']:.1f} s ({t['frames_per_s_per_worker'] or 0:.2f} frames/s per worker)",
+        f"fourier: common-arc pairs with similarity {summary['pairs_with_similarity']}/{summary['pairs_total']} "
+        f"(median overlap {summary['median_overlap']:.0f} voxels), {t['common_arc']:.1f} s",
+    ]
+    if "truth_correlation" in summary:
+        tc = summary["truth_correlation"]
+        lines.append(f"fourier: CC(merged, truth) = {tc['cc']:.3f} over {tc['voxels']} voxels")
+    for name, rows in summary["auc"].items():
+        aucs = ", ".join(f"{r['auc_max']:.3f}" for r in rows)
+        lines.append(f"fourier: {name} diffusion coords ROC AUC max(AUC, 1-AUC): {aucs}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_merged(
+    path: Path, merged: MergeAccumulator, *, stamp: dict[str, Any], force: bool = False
+) -> Path:
+    """Write the merged map: ``intensity`` (NaN where unmeasured), ``counts``, ``sums``, axes."""
+    grid = merged.grid
+    names = ("h", "k", "l") if grid.extent == "hkl" else ("qx_per_nm", "qy_per_nm", "qz_per_nm")
+    with atomic_path(path, force=force) as tmp, h5py.File(tmp, "w") as h5:
+        opts = {"compression": "gzip", "compression_opts": 4, "chunks": True}
+        h5.create_dataset("intensity", data=merged.intensity().astype(np.float32), **opts)
+        h5.create_dataset("counts", data=merged.counts.reshape(grid.shape), **opts)
+        h5.create_dataset("sums", data=merged.sums.reshape(grid.shape), **opts)
+        for name in names:
+            h5.create_dataset(name, data=grid.axis())
+        h5["intensity"].attrs["axes"] = json.dumps(list(names))
+        h5["intensity"].attrs["unit"] = "background-subtracted counts per (polarisation x sr)"
+        h5.attrs.update({k: v for k, v in stamp.items()})
+        h5.attrs["grid_size"] = grid.size
+        h5.attrs["grid_extent"] = grid.extent
+        h5.attrs["grid_half_width"] = grid.half_width
+        h5.attrs["n_frames"] = merged.n_frames
+    return path
+
+
+def _ids(h5: h5py.File, plan: FramePlan) -> None:
+    h5.create_dataset(
+        "file",
+        data=np.array([f.file for f in plan.frame_ids], dtype=object),
+        dtype=h5py.string_dtype("utf-8"),
+    )
+    h5.create_dataset("index", data=np.array([f.index for f in plan.frame_ids], dtype=np.int64))
+    h5.create_dataset("frame_number", data=plan.numbers)
+    if plan.labels is not None:
+        h5.create_dataset("diffuse", data=plan.labels)
+
+
+def write_similarity(
+    path: Path,
+    plan: FramePlan,
+    *,
+    common_arc: np.ndarray,
+    overlap: np.ndarray,
+    image_distance: np.ndarray,
+    image_correlation: np.ndarray,
+    stamp: dict[str, Any],
+    min_overlap: int,
+    force: bool = False,
+) -> Path:
+    """Write the N x N similarity matrices with the frame ids alongside."""
+    with atomic_path(path, force=force) as tmp, h5py.File(tmp, "w") as h5:
+        _ids(h5, plan)
+        h5.create_dataset("common_arc", data=common_arc)
+        h5["common_arc"].attrs["description"] = (
+            "Pearson CC over common voxels; NaN below min_overlap"
+        )
+        h5["common_arc"].attrs["min_overlap"] = min_overlap
+        h5.create_dataset("overlap", data=overlap.astype(np.int32))
+        h5.create_dataset("image_distance", data=image_distance)
+        h5.create_dataset("image_correlation", data=image_correlation)
+        h5.attrs.update(stamp)
+    return path
+
+
+def write_diffusion(
+    path: Path,
+    plan: FramePlan,
+    maps: dict[str, DiffusionMap],
+    *,
+    stamp: dict[str, Any],
+    force: bool = False,
+) -> Path:
+    """Write each model's diffusion coordinates and eigenvalues (group per model)."""
+    with atomic_path(path, force=force) as tmp, h5py.File(tmp, "w") as h5:
+        _ids(h5, plan)
+        for name, dm in maps.items():
+            g = h5.create_group(name)
+            g.create_dataset("coords", data=dm.coords)
+            g.create_dataset("eigenvalues", data=dm.eigenvalues)
+            g.create_dataset("connected", data=dm.connected)
+        h5.attrs.update(stamp)
+    return path
+
+
+def read_truth(
+    path: str | Path,
+) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Read a 3D reference map and its axes from HDF5.
+
+    The map is the 3D dataset named ``intensity`` (in any group, e.g. ``/diffuse/intensity``
+    of :func:`hpcdiff.simulate.simulate_experiment`'s ``truth.h5``), else the first 3D
+    dataset; its axes are the 1D datasets ``h``, ``k``, ``l`` beside it (or at the top
+    level): uniformly spaced voxel centres in Miller-index units.
+
+    Raises
+    ------
+    FormatError
+        Naming the file and what is missing.
+    """
+    path = Path(path)
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise FormatError(path, f"cannot open as HDF5 ({exc})") from None
+    with h5:
+        cubes: list[str] = []
+
+        def visit(name: str, obj: Any) -> None:
+            if isinstance(obj, h5py.Dataset) and obj.ndim == 3:
+                cubes.append(name)
+
+        h5.visititems(visit)
+        if not cubes:
+            raise FormatError(path, "no 3D dataset (expected the map on an h, k, l grid)")
+        named = [c for c in cubes if c.rsplit("/", 1)[-1] == "intensity"]
+        name = named[0] if named else cubes[0]
+        volume = np.asarray(h5[name][()], dtype=np.float64)
+        group = name.rsplit("/", 1)[0] if "/" in name else ""
+        axes = []
+        for ax, n in zip(("h", "k", "l"), volume.shape, strict=True):
+            cands = [k for k in (f"{group}/{ax}" if group else ax, ax) if k in h5]
+            if not cands:
+                raise FormatError(path, f"no axis dataset {ax!r} for the 3D map", dataset=name)
+            a = np.asarray(h5[cands[0]][()], dtype=np.float64)
+            if a.shape != (n,):
+                raise FormatError(
+                    path, f"axis {ax!r} has shape {a.shape}, expected ({n},)", dataset=cands[0]
+                )
+            axes.append(a)
+    return volume, (axes[0], axes[1], axes[2])
+
+
+def truth_correlation(merged: MergeAccumulator, truth_path: str | Path) -> tuple[float, int]:
+    """Pearson CC between the merged map and a reference map, over measured voxels.
+
+    The reference is sampled at the merged grid's voxel centres (nearest voxel).  Only
+    grids in ``hkl`` are compared.
+    """
+    if merged.grid.extent != "hkl":
+        raise ConfigError("truth comparison needs a merge grid in hkl (extent = 'hkl')")
+    volume, axes = read_truth(truth_path)
+    centres = merged.grid.axis()
+    idx = []
+    masks = []
+    for a in axes:
+        step = (a[-1] - a[0]) / max(len(a) - 1, 1)
+        i = np.rint((centres - a[0]) / step).astype(np.int64)
+        ok = (i >= 0) & (i < len(a))
+        masks.append(ok)
+        idx.append(np.clip(i, 0, len(a) - 1))
+    sampled = volume[np.ix_(idx[0], idx[1], idx[2])]
+    ok3 = masks[0][:, None, None] & masks[1][None, :, None] & masks[2][None, None, :]
+    sampled = np.where(ok3, sampled, np.nan)
+    return map_correlation(merged.intensity(), sampled)
+
+
+__all__ = [
+    "ChunkFrames",
+    "DetectorCache",
+    "FourierResult",
+    "FourierSettings",
+    "FramePlan",
+    "merge_accumulators",
+    "plan_frames",
+    "process_chunk",
+    "process_frames",
+    "read_truth",
+    "run_fourier",
+    "truth_correlation",
+    "write_diffusion",
+    "write_merged",
+    "write_similarity",
+]

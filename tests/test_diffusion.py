@@ -1,0 +1,110 @@
+"""Diffusion maps: kernels, normalisation, cluster separation, AUC, plot."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hpcdiff.diffusion import (
+    coordinate_aucs,
+    diffusion_map,
+    kernel_from_distances,
+    kernel_from_similarity,
+    knn_bandwidth,
+    plot_diffusion,
+    roc_auc,
+)
+
+
+def two_clusters(n: int = 30, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat([0, 1], n // 2)
+    points = rng.normal(scale=0.3, size=(n, 5)) + 4.0 * labels[:, None]
+    perm = rng.permutation(n)
+    return points[perm], labels[perm]
+
+
+def distances(points: np.ndarray) -> np.ndarray:
+    return np.linalg.norm(points[:, None] - points[None], axis=-1)
+
+
+def test_two_clusters_separate_on_first_coordinate_from_distances():
+    points, labels = two_clusters()
+    kern, eps = kernel_from_distances(distances(points))
+    assert eps > 0 and np.all((kern >= 0) & (kern <= 1))
+    dm = diffusion_map(kern, n_coords=3)
+    c1 = dm.coords[:, 0]
+    assert np.all(np.isfinite(c1))
+    assert (
+        c1[labels == 0].max() < c1[labels == 1].min()
+        or c1[labels == 1].max() < c1[labels == 0].min()
+    )
+    assert coordinate_aucs(dm.coords, labels)[0]["auc_max"] == 1.0
+    assert dm.eigenvalues[0] == pytest.approx(1.0)
+    assert np.all(np.diff(dm.eigenvalues) <= 1e-12)
+
+
+def test_two_clusters_separate_from_correlation_similarity():
+    rng = np.random.default_rng(1)
+    base = rng.normal(size=(2, 200))
+    labels = np.repeat([0, 1], 12)
+    signals = base[labels] + rng.normal(scale=0.8, size=(24, 200))
+    sim = np.corrcoef(signals)
+    sim[0, 5] = sim[5, 0] = np.nan  # a missing pair: kernel 0
+    kern = kernel_from_similarity(sim, epsilon=0.2)
+    assert kern[0, 5] == 0.0 and kern[1, 1] == 1.0
+    dm = diffusion_map(kern, n_coords=2)
+    assert roc_auc(dm.coords[:, 0], labels) in (0.0, 1.0)
+
+
+def test_markov_normalisation_first_psi_constant():
+    points, _ = two_clusters(20, seed=2)
+    kern, _ = kernel_from_distances(distances(points), epsilon=50.0)
+    dm = diffusion_map(kern, n_coords=2, t=0)  # t = 0: coords are psi_1, psi_2
+    # right eigenvectors of P = D^-1 K_a satisfy P psi = lambda psi
+    q = kern.sum(1)
+    ka = kern / np.outer(q, q)
+    p = ka / ka.sum(1, keepdims=True)
+    for j in range(2):
+        np.testing.assert_allclose(
+            p @ dm.coords[:, j], dm.eigenvalues[j + 1] * dm.coords[:, j], atol=1e-10
+        )
+
+
+def test_isolated_frames_get_nan_coordinates():
+    points, _ = two_clusters(10)
+    sim = np.corrcoef(points)
+    sim[3, :] = sim[:, 3] = np.nan
+    dm = diffusion_map(kernel_from_similarity(sim), n_coords=2)
+    assert not dm.connected[3] and dm.connected.sum() == 9
+    assert np.all(np.isnan(dm.coords[3])) and np.all(np.isfinite(np.delete(dm.coords, 3, 0)))
+
+
+def test_kernel_validation():
+    with pytest.raises(ValueError, match="square"):
+        diffusion_map(np.ones((2, 3)))
+    with pytest.raises(ValueError, match="not symmetric"):
+        diffusion_map(np.array([[1.0, 0.2], [0.5, 1.0]]))
+    with pytest.raises(ValueError, match="negative"):
+        diffusion_map(np.array([[1.0, -0.2], [-0.2, 1.0]]))
+
+
+def test_knn_bandwidth_heuristic():
+    d = np.array([[0, 1, 2], [1, 0, 3], [2, 3, 0]], float)
+    # 1st neighbour distances 1, 1, 2 -> median 1 -> eps 1; 2nd: 2, 3, 3 -> 9
+    assert knn_bandwidth(d, k=1) == 1.0 and knn_bandwidth(d, k=2) == 9.0
+
+
+def test_roc_auc_against_pairs():
+    rng = np.random.default_rng(3)
+    s, y = rng.normal(size=50), rng.integers(0, 2, 50)
+    pairs = [(a > b) + 0.5 * (a == b) for a in s[y == 1] for b in s[y == 0]]
+    assert roc_auc(s, y) == pytest.approx(np.mean(pairs))
+    assert np.isnan(roc_auc(s, np.zeros(50)))
+
+
+def test_plot_writes_png(tmp_path):
+    points, labels = two_clusters()
+    dm = diffusion_map(kernel_from_distances(distances(points))[0], n_coords=2)
+    path = plot_diffusion(dm.coords, labels, tmp_path / "dm.png", title="test")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
