@@ -1,0 +1,51 @@
+"""Background removal and normalisation: array functions on numpy or cupy slabs.
+
+Frames are ``(n, n_ss, n_fs)`` slabs as the geometry addresses them; every stage works
+on the slab through per-pixel index arrays (ring, panel, pixel map), computed once per
+detector, and a bool ``valid`` mask that travels with the data.
+
+* :func:`radial_background` / :func:`radial_profile`: per-|q|-ring median or clipped mean;
+* :func:`local_background`: median or percentile filter per panel, never across gaps;
+* :func:`bragg_mask`: pixels standing ``k`` sigma above the background;
+* :func:`normalise`: robust per-frame scaling, clipping, optional compression;
+* :func:`cnn_images`: assembled, area-downsampled ``(n, 3, 224, 224)`` float32 in [0, 1].
+
+The stages are chained by :class:`hpcdiff.preprocess.Preprocessor` (also importable
+from here).
+"""
+
+from typing import Any
+
+from hpcdiff.background.images import cnn_images
+from hpcdiff.background.local import PanelRect, local_background, panel_rectangles
+from hpcdiff.background.normalise import normalise, normalised_limit, robust_scale
+from hpcdiff.background.peaks import bragg_mask, grow_mask
+from hpcdiff.background.radial import radial_background, radial_profile
+from hpcdiff.background.segments import Segments
+
+
+def __getattr__(name: str) -> Any:
+    # Preprocessor lives in hpcdiff.preprocess (it imports this package); load it lazily.
+    if name in ("Preprocessor", "PreprocessResult"):
+        from hpcdiff import preprocess
+
+        return getattr(preprocess, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = [
+    "PanelRect",
+    "PreprocessResult",
+    "Preprocessor",
+    "Segments",
+    "bragg_mask",
+    "cnn_images",
+    "grow_mask",
+    "local_background",
+    "normalise",
+    "normalised_limit",
+    "panel_rectangles",
+    "radial_background",
+    "radial_profile",
+    "robust_scale",
+]

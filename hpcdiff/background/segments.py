@@ -1,0 +1,351 @@
+"""Robust statistics over labelled pixel groups (|q| rings, ASICs), for batches of frames.
+
+A :class:`Segments` object groups the pixels of a detector slab by an integer label
+(ring index, ASIC index; ``-1`` = not in any group).  It is built once per detector and
+reused for every frame.  The statistics are vectorised over all segments and all frames
+of a batch at once, with no Python loop over segments:
+
+* percentiles and medians place each segment's pixels in one row of a padded
+  ``(n, n_segments, max_size)`` array (equal-size segments such as ASICs need no padding)
+  and select the order statistics of every row at once with one ``partition`` call:
+  excluded pixels and padding are split between -inf and +inf so that the wanted order
+  statistic of every row lands in the same column (exact; a sort where that is
+  impossible);
+* means, clipped means and standard deviations use ``bincount`` over
+  ``frame * n_segments + label``.
+
+All functions take numpy or cupy arrays (see :mod:`hpcdiff.backend`) and return arrays
+of the same kind.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from hpcdiff.backend import array_module, to_numpy
+
+
+class Segments:
+    """Pixels of a slab grouped by label, with the index arrays the statistics need.
+
+    Parameters
+    ----------
+    labels
+        ``(n_ss, n_fs)`` integer array; pixel ``p`` belongs to segment ``labels[p]``,
+        ``-1`` (any negative value) excludes it.
+    n_segments
+        Number of segments; default ``labels.max() + 1``.  Segments with no pixels are
+        allowed (their statistics are NaN).
+
+    Attributes
+    ----------
+    shape : tuple of int
+        The slab shape ``(n_ss, n_fs)``.
+    n_segments : int
+    labels : ndarray, (n_ss * n_fs,) int64
+        Flat labels, ``-1`` for excluded pixels.
+    order : ndarray, (m,) int64
+        Flat indices of the ``m`` labelled pixels, grouped by segment (stable).
+    sorted_labels : ndarray, (m,) int64
+        ``labels[order]``, non-decreasing.
+    positions : ndarray, (m,) int64
+        Position of each of the ``order`` pixels within its segment.
+    starts, sizes : ndarray, (n_segments,) int64
+        Where each segment starts in ``order`` and how many pixels it has.
+    """
+
+    def __init__(self, labels: Any, *, n_segments: int | None = None) -> None:
+        lab = to_numpy(labels)
+        if lab.ndim != 2:
+            raise ValueError(
+                f"segment labels must be a 2-D slab (n_ss, n_fs), got shape {lab.shape}"
+            )
+        if not np.issubdtype(lab.dtype, np.integer):
+            raise TypeError(f"segment labels must be integers, got dtype {lab.dtype}")
+        flat = lab.astype(np.int64).ravel()
+        flat[flat < 0] = -1
+        top = int(flat.max()) + 1 if flat.size else 0
+        if n_segments is None:
+            n_segments = top
+        elif top > n_segments:
+            raise ValueError(f"label {top - 1} found but n_segments is {n_segments}")
+        self.shape: tuple[int, int] = (int(lab.shape[0]), int(lab.shape[1]))
+        self.n_segments = int(n_segments)
+        self.labels = flat
+        inside = np.flatnonzero(flat >= 0)
+        self.order = inside[np.argsort(flat[inside], kind="stable")]
+        self.sorted_labels = flat[self.order]
+        self.sizes = np.bincount(self.sorted_labels, minlength=self.n_segments).astype(np.int64)
+        self.starts = np.concatenate(([0], np.cumsum(self.sizes)[:-1])).astype(np.int64)
+        self.positions = np.arange(self.order.size) - self.starts[self.sorted_labels]
+        # equal-size segments (ASICs) are sorted as rows of a 2-D array instead
+        self.uniform = bool(self.n_segments > 0 and (self.sizes == self.sizes[0]).all())
+        self._device: dict[int, dict[str, Any]] = {}
+        self._subsamples: dict[tuple[int, int], Segments] = {}
+
+    def subsample(self, stride: int, *, keep_below: int = 256) -> Segments:
+        """Every ``stride``-th pixel of each segment (all of segments smaller than ``keep_below``).
+
+        For statistics that need not see every pixel (first estimates, noise levels);
+        cached, so it costs nothing after the first call.
+        """
+        if stride <= 1:
+            return self
+        key = (int(stride), int(keep_below))
+        cache = self._subsamples
+        if key not in cache:
+            keep = (self.positions % stride == 0) | (self.sizes[self.sorted_labels] < keep_below)
+            labels = np.full(self.labels.size, -1, dtype=np.int64)
+            labels[self.order[keep]] = self.sorted_labels[keep]
+            cache[key] = Segments(labels.reshape(self.shape), n_segments=self.n_segments)
+        return cache[key]
+
+    @property
+    def n_pixels(self) -> int:
+        """Number of labelled pixels."""
+        return int(self.order.size)
+
+    def arrays(self, xp: ModuleType) -> dict[str, Any]:
+        """The index arrays as arrays of module ``xp`` (copied to the device once, cached)."""
+        names = ("labels", "order", "sorted_labels", "positions", "sizes", "starts")
+        if xp is np:
+            return {k: getattr(self, k) for k in names}
+        key = id(xp)
+        if key not in self._device:
+            self._device[key] = {k: xp.asarray(getattr(self, k)) for k in names}
+        return self._device[key]
+
+
+def as_segments(labels: Segments | Any, *, n_segments: int | None = None) -> Segments:
+    """``labels`` itself if it is a :class:`Segments`, else ``Segments(labels)``."""
+    return labels if isinstance(labels, Segments) else Segments(labels, n_segments=n_segments)
+
+
+def _rows(values: Any, shape: tuple[int, int]) -> Any:
+    if values.shape[-2:] != shape:
+        raise ValueError(f"frames have slab shape {values.shape[-2:]}, segments expect {shape}")
+    return values.reshape(-1, shape[0] * shape[1])
+
+
+def _valid_rows(values_rows: Any, valid: Any | None, xp: ModuleType) -> Any:
+    finite = xp.isfinite(values_rows)
+    if valid is None:
+        return finite
+    v = valid.reshape(-1, values_rows.shape[1]) if valid.ndim > 2 else valid.reshape(1, -1)
+    return finite & v
+
+
+def percentile_rows(x: Any, ok: Any, q: float) -> Any:
+    """Percentile of the valid entries of each row (numpy's ``"linear"`` interpolation).
+
+    Rows may hold different numbers of valid entries.  The invalid entries of each row
+    are set to -inf or +inf in such numbers that the two order statistics the percentile
+    needs fall in the same two columns for every row; one ``partition`` then finds them
+    all (O(size)).  Where no such split exists (extreme percentiles) the rows are sorted.
+
+    Parameters
+    ----------
+    x
+        ``(..., L)`` values.
+    ok
+        ``(..., L)`` bool, entries that count (non-finite values never count).
+    q
+        Percentile in [0, 100].
+
+    Returns
+    -------
+    ndarray, (...)
+        dtype of ``x`` (float64 for integer ``x``); NaN for rows without a valid entry.
+    """
+    xp = array_module(x, ok)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(xp.float64)
+    ok = ok & xp.isfinite(x)
+    length = x.shape[-1]
+    count = ok.sum(axis=-1)
+    pos = (count - 1).clip(0) * (q / 100.0)
+    lo = xp.floor(pos).astype(xp.int64)
+    step = (xp.minimum(lo + 1, (count - 1).clip(0)) - lo)[..., None]  # 0 or 1
+    frac = (pos - lo).astype(x.dtype)
+    inf = xp.asarray(np.inf, dtype=x.dtype)
+    target = int(lo.max()) if lo.size else 0
+    n_low = xp.where(count > 0, target - lo, 0)
+    if length and bool((n_low <= length - count).all()):
+        rank = xp.cumsum(~ok, axis=-1, dtype=xp.int32)  # 1-based rank among invalid entries
+        y = xp.where(ok, x, xp.where(rank <= n_low[..., None], -inf, inf))
+        second = min(target + 1, length - 1)
+        part = xp.partition(y, [target, second] if second > target else target, axis=-1)
+        a = part[..., target]
+        b = xp.where(step[..., 0] > 0, part[..., second], a)
+    else:
+        s = xp.sort(xp.where(ok, x, inf), axis=-1) if length else x
+        ilo = lo[..., None].clip(0, max(length - 1, 0))
+        a = xp.take_along_axis(s, ilo, axis=-1)[..., 0] if length else xp.zeros(lo.shape, x.dtype)
+        b = xp.take_along_axis(s, ilo + step, axis=-1)[..., 0] if length else a
+    with np.errstate(invalid="ignore"):
+        out = a + (b - a) * frac
+    return xp.where(count > 0, out, xp.asarray(np.nan, dtype=x.dtype))
+
+
+def segment_percentile(
+    values: Any, segments: Segments, q: float, *, valid: Any | None = None
+) -> Any:
+    """Per-frame, per-segment percentile (numpy's ``"linear"`` interpolation).
+
+    Parameters
+    ----------
+    values
+        ``(n, n_ss, n_fs)`` frames (or one ``(n_ss, n_fs)`` frame, treated as ``n = 1``).
+    segments
+        The pixel groups.
+    q
+        Percentile in [0, 100]; 50 is the median.
+    valid
+        Optional bool mask, slab or per frame; excluded pixels do not count.
+
+    Returns
+    -------
+    ndarray, (n, n_segments)
+        float32 for float32 input, else float64; NaN where a segment has no valid pixel.
+    """
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must lie in [0, 100], got {q}")
+    xp = array_module(values, valid)
+    g, gok, _ = _gather(values, segments, valid, xp)
+    n, k = g.shape[0], segments.n_segments
+    if segments.uniform:
+        size = int(segments.sizes[0])
+        return percentile_rows(g.reshape(n, k, size), gok.reshape(n, k, size), q)
+    ix = segments.arrays(xp)
+    width = int(segments.sizes.max()) if k else 0
+    rows = xp.zeros((n, k, width), dtype=g.dtype)
+    rows_ok = xp.zeros((n, k, width), dtype=bool)
+    rows[:, ix["sorted_labels"], ix["positions"]] = g
+    rows_ok[:, ix["sorted_labels"], ix["positions"]] = gok
+    return percentile_rows(rows, rows_ok, q)
+
+
+def segment_median(values: Any, segments: Segments, *, valid: Any | None = None) -> Any:
+    """Per-frame, per-segment median; see :func:`segment_percentile`."""
+    return segment_percentile(values, segments, 50.0, valid=valid)
+
+
+def segment_moments(
+    values: Any, segments: Segments, *, valid: Any | None = None
+) -> tuple[Any, Any, Any]:
+    """Per-frame, per-segment count, mean and standard deviation (float64 accumulation).
+
+    Returns
+    -------
+    count, mean, std : ndarray, (n, n_segments)
+        ``count`` int64; ``mean`` and ``std`` float64, NaN where ``count == 0``.
+    """
+    xp = array_module(values, valid)
+    g, gok, labels = _gather(values, segments, valid, xp)
+    return _moments(g, gok, labels, segments.n_segments, xp)
+
+
+def _gather(values: Any, segments: Segments, valid: Any | None, xp: ModuleType) -> tuple:
+    """Labelled pixels in segment order: values (n, m), valid (n, m), labels (m,)."""
+    ix = segments.arrays(xp)
+    rows = _rows(values, segments.shape)
+    ok = xp.broadcast_to(_valid_rows(rows, valid, xp), rows.shape)
+    g = xp.take(rows, ix["order"], axis=1)
+    gok = xp.take(ok, ix["order"], axis=1)
+    return g, gok, ix["sorted_labels"]
+
+
+def _moments(rows: Any, ok: Any, labels: Any, n_seg: int, xp: ModuleType) -> tuple[Any, Any, Any]:
+    n = rows.shape[0]
+    ok = xp.broadcast_to(ok, rows.shape)
+    idx = (labels[None, :] + n_seg * xp.arange(n)[:, None])[ok]
+    v = rows[ok].astype(xp.float64)
+    size = n * n_seg
+    cnt = xp.bincount(idx, minlength=size)
+    s1 = xp.bincount(idx, weights=v, minlength=size)
+    s2 = xp.bincount(idx, weights=v * v, minlength=size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s1 / cnt
+        var = xp.maximum(s2 / cnt - mean * mean, 0.0)
+    shape = (n, n_seg)
+    return cnt.reshape(shape).astype(xp.int64), mean.reshape(shape), xp.sqrt(var).reshape(shape)
+
+
+def segment_clipped_stats(
+    values: Any,
+    segments: Segments,
+    *,
+    valid: Any | None = None,
+    sigma: float = 3.0,
+    max_iter: int = 5,
+) -> tuple[Any, Any]:
+    """Sigma-clipped mean and standard deviation per frame and segment.
+
+    Pixels further than ``sigma`` standard deviations from their segment's mean are
+    dropped and the moments recomputed, until nothing changes or ``max_iter`` passes.
+
+    Returns
+    -------
+    mean, std : ndarray, (n, n_segments) float64
+        NaN where a segment has no valid pixel.
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    xp = array_module(values, valid)
+    g, ok, labels = _gather(values, segments, valid, xp)
+    keep = ok
+    cnt, mean, std = _moments(g, keep, labels, segments.n_segments, xp)
+    for _ in range(max_iter):
+        m = xp.take(mean, labels, axis=1)
+        s = xp.take(std, labels, axis=1)
+        new = ok & (xp.abs(g - m) <= sigma * s)
+        if bool((new == keep).all()):
+            break
+        keep = new
+        cnt, mean, std = _moments(g, keep, labels, segments.n_segments, xp)
+    return mean, std
+
+
+def expand(profile: Any, segments: Segments, *, fill: float = np.nan) -> Any:
+    """Spread per-segment values back onto the slab.
+
+    Parameters
+    ----------
+    profile
+        ``(n, n_segments)`` values.
+    segments
+        The pixel groups.
+    fill
+        Value of pixels outside every segment.
+
+    Returns
+    -------
+    ndarray, (n, n_ss, n_fs)
+        ``out[i, p] = profile[i, labels[p]]``; same dtype as ``profile``.
+    """
+    xp = array_module(profile)
+    labels = segments.arrays(xp)["labels"]
+    if profile.ndim != 2 or profile.shape[1] != segments.n_segments:
+        raise ValueError(
+            f"profile must have shape (n, {segments.n_segments}), got {tuple(profile.shape)}"
+        )
+    padded = xp.concatenate(
+        [profile, xp.full((profile.shape[0], 1), fill, dtype=profile.dtype)], axis=1
+    )
+    out = xp.take(padded, xp.where(labels >= 0, labels, segments.n_segments), axis=1)
+    return out.reshape((profile.shape[0], *segments.shape))
+
+
+__all__ = [
+    "Segments",
+    "percentile_rows",
+    "as_segments",
+    "expand",
+    "segment_clipped_stats",
+    "segment_median",
+    "segment_moments",
+    "segment_percentile",
+]

@@ -1,0 +1,422 @@
+"""The classification preprocessor: raw slab frames -> CNN images.
+
+:class:`Preprocessor` glues the array stages of :mod:`hpcdiff.corrections` and
+:mod:`hpcdiff.background` to one detector (:class:`hpcdiff.geometry.DetectorModel`).
+Everything that depends only on the detector (ring index, panel rectangles, ASIC index,
+pixel map, per-pixel gain) is computed once, in the constructor; a call then runs, for a
+batch ``(n, n_ss, n_fs)``:
+
+1. pedestal and gain maps (optional): ``(raw - pedestal) * gain``;
+2. ADU -> photons with the geometry's ``adu_per_eV`` and each frame's photon energy;
+3. per-ASIC common-mode subtraction from the zero-photon pixels;
+4. background: per-|q|-ring median / clipped mean (``radial``), per-panel median or
+   percentile filter (``local``) or nothing (``none``);
+5. Bragg-peak masking (pixels ``bragg_sigma`` above the background, per |q| ring); with
+   ``clipped_mean`` the radial background is re-estimated without the peaks;
+6. robust normalisation; masked pixels are 0 (neutral) and flagged in ``valid``;
+7. assembled, area-downsampled ``(n, 3, size, size)`` float32 images in [0, 1].
+
+numpy frames are processed with numpy, cupy frames with cupy (see :mod:`hpcdiff.backend`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from hpcdiff.backend import array_module
+from hpcdiff.background import (
+    Segments,
+    bragg_mask,
+    cnn_images,
+    local_background,
+    normalise,
+    normalised_limit,
+    panel_rectangles,
+    radial_background,
+)
+from hpcdiff.config import BackgroundConfig, CorrectionsConfig
+from hpcdiff.corrections import (
+    BadPixels,
+    adu_to_photons,
+    apply_pedestal_gain,
+    asic_index,
+    find_bad_pixels,
+    read_calibration,
+    subtract_common_mode,
+)
+
+
+@dataclass(frozen=True)
+class PreprocessResult:
+    """Intermediate products of one batch, for reports and checks.
+
+    All arrays are ``(n, n_ss, n_fs)`` on the device of the input frames.
+
+    Attributes
+    ----------
+    corrected
+        Frames after pedestal/gain, photon conversion and common mode (photons, or ADU
+        when ``convert_to_photons`` is off).
+    background
+        The background that was subtracted (0 for ``method = "none"``), NaN where unknown.
+    residual
+        ``corrected - background``; NaN on invalid pixels.
+    normalised
+        Robustly normalised residual in ``[-L, L]``; 0 (neutral) on invalid pixels.
+    valid
+        bool, pixels that carry signal: on a panel, not bad, not a Bragg peak, finite.
+    bragg
+        bool, pixels masked as Bragg peaks.
+    """
+
+    corrected: Any
+    background: Any
+    residual: Any
+    normalised: Any
+    valid: Any
+    bragg: Any
+
+
+def _adu_per_ev_map(model: Any) -> np.ndarray | None:
+    """Per-pixel ADU per eV from the geometry's panels; None if a panel lacks it."""
+    geom = model.geom
+    per_panel = []
+    for p in geom.panels:
+        value = p.adu_per_ev
+        if value is None and getattr(p, "adu_per_photon", None) is not None:
+            value = p.adu_per_photon / model.photon_energy_ev
+        if value is None:
+            return None
+        per_panel.append(float(value))
+    idx = model.panel_index
+    table = np.asarray(per_panel + [np.nan], dtype=np.float64)
+    return table[np.where(idx >= 0, idx, len(per_panel))]
+
+
+class Preprocessor:
+    """Raw frames of one detector -> normalised residuals -> CNN images.
+
+    Parameters
+    ----------
+    model
+        The detector (:class:`hpcdiff.geometry.DetectorModel`): uses ``valid``,
+        ``panel_index``, ``radial_bins()``, ``pixel_map()`` and ``geom.panels``.
+    background_cfg
+        Background and normalisation settings.
+    corrections_cfg
+        Detector-correction settings.
+    adu_per_ev
+        Detector gain in ADU per eV: a scalar or ``(n_ss, n_fs)`` map; default the
+        geometry's per-panel ``adu_per_eV``.  Required when photon conversion or common
+        mode is on and the geometry gives none.
+    bad_pixel_mask
+        ``(n_ss, n_fs)`` bool, True on bad pixels (e.g. :meth:`find_bad_pixels`); added
+        to the geometry's mask.
+    pedestal, gain
+        Optional ``(n_ss, n_fs)`` maps (:func:`hpcdiff.corrections.read_calibration`).
+
+    Raises
+    ------
+    ValueError
+        If a map has the wrong shape, or the gain is needed and unknown.
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        background_cfg: BackgroundConfig | None = None,
+        corrections_cfg: CorrectionsConfig | None = None,
+        *,
+        adu_per_ev: float | np.ndarray | None = None,
+        bad_pixel_mask: np.ndarray | None = None,
+        pedestal: np.ndarray | None = None,
+        gain: np.ndarray | None = None,
+    ) -> None:
+        self.model = model
+        self.cfg = background_cfg or BackgroundConfig()
+        self.corrections = corrections_cfg or CorrectionsConfig()
+        shape = tuple(model.panel_index.shape)
+        self.slab_shape: tuple[int, int] = (int(shape[0]), int(shape[1]))
+        for name, m in (("bad_pixel_mask", bad_pixel_mask), ("pedestal", pedestal), ("gain", gain)):
+            if m is not None and tuple(np.shape(m)) != self.slab_shape:
+                raise ValueError(f"{name} has shape {np.shape(m)}, the detector slab is {shape}")
+        if adu_per_ev is None:
+            adu_per_ev = _adu_per_ev_map(model)
+        needs_gain = self.corrections.convert_to_photons or self.corrections.common_mode
+        if adu_per_ev is None and needs_gain:
+            raise ValueError(
+                "the detector gain is unknown: the geometry gives no adu_per_eV (or "
+                "adu_per_photon) for every panel; pass adu_per_ev= or turn off "
+                "[corrections] convert_to_photons and common_mode"
+            )
+        self.adu_per_ev = None if adu_per_ev is None else np.asarray(adu_per_ev, np.float64)
+        self.pedestal = None if pedestal is None else np.asarray(pedestal, np.float32)
+        self.gain = None if gain is None else np.asarray(gain, np.float32)
+        self.panel_index = np.asarray(model.panel_index)
+        self.ring_index, self.ring_edges = model.radial_bins(self.cfg.n_radial_bins)
+        self.rings = Segments(self.ring_index, n_segments=self.cfg.n_radial_bins)
+        self.panels = panel_rectangles(self.panel_index)
+        asic_shape = tuple(self.corrections.asic_shape) or None
+        self.asics = Segments(asic_index(self.panel_index, asic_shape=asic_shape))
+        self.pixmap = model.pixel_map()
+        self.bad_pixel_mask = (
+            np.zeros(self.slab_shape, bool)
+            if bad_pixel_mask is None
+            else np.asarray(bad_pixel_mask, bool)
+        )
+        self._device: dict[int, dict[str, Any]] = {}
+
+    @classmethod
+    def from_job(
+        cls, job: Any, model: Any, *, bad_pixel_mask: np.ndarray | None = None
+    ) -> Preprocessor:
+        """A preprocessor for a job: its ``[background]``, ``[corrections]`` and the
+        ``[experiment]`` pedestal and gain maps (read with
+        :func:`hpcdiff.corrections.read_calibration`; FormatError on a wrong shape).
+
+        Parameters
+        ----------
+        job
+            A :class:`hpcdiff.config.JobConfig`.
+        model
+            The detector.
+        bad_pixel_mask
+            Optional ``(n_ss, n_fs)`` bool bad pixels.
+        """
+        shape = tuple(int(v) for v in model.panel_index.shape)
+        exp = job.experiment
+        pedestal = None if exp.pedestal is None else read_calibration(exp.pedestal, shape=shape)
+        gain = None if exp.gain is None else read_calibration(exp.gain, shape=shape)
+        return cls(
+            model,
+            job.background,
+            job.corrections,
+            bad_pixel_mask=bad_pixel_mask,
+            pedestal=pedestal,
+            gain=gain,
+        )
+
+    # ------------------------------------------------------------------ helpers
+
+    @property
+    def valid(self) -> np.ndarray:
+        """``(n_ss, n_fs)`` bool pixels used: the geometry's valid pixels minus bad pixels."""
+        return np.asarray(self.model.valid, bool) & ~self.bad_pixel_mask
+
+    @property
+    def limit(self) -> float:
+        """Largest absolute normalised value (maps to 0 and 1 in the images)."""
+        return normalised_limit(compression=self.cfg.compression, clip_sigma=self.cfg.clip_sigma)
+
+    def _arrays(self, xp: Any) -> dict[str, Any]:
+        key = id(xp)
+        if key not in self._device:
+            self._device[key] = {
+                "valid": xp.asarray(self.valid),
+                "panel_index": xp.asarray(self.panel_index),
+                "adu_per_ev": None if self.adu_per_ev is None else xp.asarray(self.adu_per_ev),
+                "pedestal": None if self.pedestal is None else xp.asarray(self.pedestal),
+                "gain": None if self.gain is None else xp.asarray(self.gain),
+            }
+        return self._device[key]
+
+    def _energies(self, photon_energy_ev: Any, n: int) -> np.ndarray:
+        energy = np.asarray(photon_energy_ev, dtype=np.float64)
+        if energy.ndim == 0:
+            energy = np.full(n, float(energy))
+        if energy.shape != (n,):
+            raise ValueError(f"photon_energy_ev must be a scalar or ({n},), got {energy.shape}")
+        return energy
+
+    def _photon_unit(self, photon_energy_ev: Any, n: int) -> float:
+        """One photon in the unit of :meth:`correct`'s output (1, or typical ADU per photon)."""
+        c = self.corrections
+        if c.convert_to_photons or self.adu_per_ev is None:
+            return 1.0
+        gain = float(np.nanmedian(self.adu_per_ev[np.asarray(self.model.valid, bool)]))
+        return gain * float(np.mean(self._energies(photon_energy_ev, n)))
+
+    def _check(self, frames: Any) -> Any:
+        if frames.ndim != 3 or tuple(frames.shape[1:]) != self.slab_shape:
+            raise ValueError(
+                f"frames must be (n, {self.slab_shape[0]}, {self.slab_shape[1]}) slabs of "
+                f"this detector, got shape {tuple(frames.shape)}"
+            )
+        xp = array_module(frames)
+        return frames if frames.dtype == np.float32 else frames.astype(xp.float32)
+
+    # ------------------------------------------------------------------ stages
+
+    def correct(self, frames: Any, *, photon_energy_ev: Any) -> Any:
+        """Pedestal/gain, ADU -> photons and common mode.
+
+        Parameters
+        ----------
+        frames
+            ``(n, n_ss, n_fs)`` raw frames, ADU (numpy or cupy).
+        photon_energy_ev
+            Scalar or ``(n,)`` photon energy of each frame, eV.
+
+        Returns
+        -------
+        ndarray, (n, n_ss, n_fs) float32
+            Photons (or ADU when ``convert_to_photons`` is off).
+        """
+        frames = self._check(frames)
+        xp = array_module(frames)
+        dev = self._arrays(xp)
+        x = apply_pedestal_gain(frames, pedestal=dev["pedestal"], gain=dev["gain"])
+        c = self.corrections
+        if not (c.convert_to_photons or c.common_mode):
+            return x
+        energy = xp.asarray(self._energies(photon_energy_ev, frames.shape[0]))
+        gain = xp.where(dev["valid"], dev["adu_per_ev"], 1.0)
+        x = adu_to_photons(x, adu_per_ev=gain, photon_energy_ev=energy)
+        if c.common_mode:
+            x = subtract_common_mode(
+                x,
+                self.asics,
+                threshold=c.common_mode_threshold_photons,
+                valid=dev["valid"],
+                method=c.common_mode_method,
+            )
+        if not c.convert_to_photons:
+            x = x * (gain[None] * energy[:, None, None]).astype(xp.float32)
+        return x
+
+    def _background(self, x: Any, valid: Any) -> Any:
+        cfg = self.cfg
+        xp = array_module(x)
+        if cfg.method == "radial":
+            return radial_background(
+                x,
+                self.rings,
+                valid=valid,
+                statistic=cfg.radial_statistic,
+                clip_sigma=cfg.radial_clip_sigma,
+            )
+        if cfg.method == "local":
+            return local_background(
+                x,
+                self.panels,
+                valid=valid,
+                size_px=cfg.local_size_px,
+                statistic=cfg.local_filter,
+                percentile=cfg.local_percentile,
+                bin_px=cfg.local_bin_px,
+            )
+        return xp.zeros_like(x)
+
+    def residual(self, frames: Any, *, photon_energy_ev: Any) -> PreprocessResult:
+        """Run every stage up to the normalised residual.
+
+        Parameters
+        ----------
+        frames
+            ``(n, n_ss, n_fs)`` raw frames, ADU (numpy or cupy).
+        photon_energy_ev
+            Scalar or ``(n,)`` photon energy of each frame, eV.
+
+        Returns
+        -------
+        PreprocessResult
+        """
+        x = self.correct(frames, photon_energy_ev=photon_energy_ev)
+        xp = array_module(x)
+        dev = self._arrays(xp)
+        valid = xp.broadcast_to(dev["valid"], x.shape) & xp.isfinite(x)
+        bg = self._background(x, valid)
+        r = x - bg
+        valid = valid & xp.isfinite(r)
+        if self.cfg.mask_bragg:
+            bragg = bragg_mask(
+                r,
+                self.rings,
+                valid=valid,
+                k_sigma=self.cfg.bragg_sigma,
+                grow_px=self.cfg.bragg_grow_px,
+                panel_index=dev["panel_index"],
+                min_excess=self._photon_unit(photon_energy_ev, x.shape[0])
+                * self.cfg.bragg_min_photons,
+            )
+            valid = valid & ~bragg
+            if self.cfg.method == "radial" and self.cfg.radial_statistic == "clipped_mean":
+                bg = self._background(x, valid)
+                r = x - bg
+                valid = valid & xp.isfinite(r)
+        else:
+            bragg = xp.zeros(x.shape, dtype=bool)
+        z = normalise(
+            r, valid=valid, compression=self.cfg.compression, clip_sigma=self.cfg.clip_sigma
+        )
+        r = xp.where(valid, r, xp.float32(np.nan))
+        return PreprocessResult(
+            corrected=x, background=bg, residual=r, normalised=z, valid=valid, bragg=bragg
+        )
+
+    def __call__(self, frames: Any, *, photon_energy_ev: Any) -> Any:
+        """CNN images of raw frames.
+
+        Parameters
+        ----------
+        frames
+            ``(n, n_ss, n_fs)`` raw frames, ADU (numpy or cupy).
+        photon_energy_ev
+            Scalar or ``(n,)`` photon energy of each frame, eV.
+
+        Returns
+        -------
+        ndarray, (n, 3, size, size) float32
+            In [0, 1], ``size = image_size_px``; 0.5 is the neutral (masked / gap) value.
+        """
+        res = self.residual(frames, photon_energy_ev=photon_energy_ev)
+        return cnn_images(
+            res.normalised,
+            pixmap=self.pixmap,
+            valid=res.valid,
+            size=self.cfg.image_size_px,
+            limit=self.limit,
+        )
+
+    def find_bad_pixels(self, frames: Any, *, photon_energy_ev: Any) -> BadPixels:
+        """Judge bad pixels over many raw frames and add them to :attr:`bad_pixel_mask`.
+
+        Frames are pedestal/gain corrected and converted to photons (no common mode, so a
+        dead pixel still reads exactly 0); hot pixels are judged against their |q| ring.
+
+        Parameters
+        ----------
+        frames
+            ``(n, n_ss, n_fs)`` raw frames, ADU, ``n >= 10`` (e.g. ``bad_pixel_frames``).
+        photon_energy_ev
+            Scalar or ``(n,)`` photon energy, eV.
+
+        Returns
+        -------
+        BadPixels
+            What was found (numpy); the mask is also kept for later calls.
+        """
+        frames = self._check(frames)
+        xp = array_module(frames)
+        dev = self._arrays(xp)
+        x = apply_pedestal_gain(frames, pedestal=dev["pedestal"], gain=dev["gain"])
+        if dev["adu_per_ev"] is not None:
+            energy = xp.asarray(self._energies(photon_energy_ev, frames.shape[0]))
+            gain = xp.where(dev["valid"], dev["adu_per_ev"], 1.0)
+            x = adu_to_photons(x, adu_per_ev=gain, photon_energy_ev=energy)
+        found = find_bad_pixels(
+            x,
+            groups=xp.asarray(self.ring_index),
+            valid=xp.asarray(np.asarray(self.model.valid, bool)),
+            dead_fraction=self.corrections.bad_pixel_dead_fraction,
+            hot_sigma=self.corrections.bad_pixel_hot_sigma,
+        )
+        self.bad_pixel_mask = self.bad_pixel_mask | found.mask
+        self._device.clear()
+        return found
+
+
+__all__ = ["PreprocessResult", "Preprocessor"]
