@@ -59,10 +59,15 @@ class ExperimentConfig:
 
 @dataclass(frozen=True)
 class SimulateConfig:
-    """A simulated experiment (the embedded default data set); see :mod:`hpcdiff.simulate`."""
+    """A simulated experiment (the embedded default data set); see :mod:`hpcdiff.simulate`.
+
+    ``preset`` is a difficulty level of :data:`hpcdiff.simulate.presets.PRESETS`;
+    ``noise = false`` writes expected (noise-free) frames; ``truth_grid_size`` and
+    ``truth_max_hkl`` set the hkl grid of the true diffuse intensity in ``truth.h5``.
+    """
 
     n_frames: int = field(default=200, metadata={"check": positive})
-    seed: int = 0
+    seed: int = field(default=0, metadata={"check": non_negative})
     detector: Literal["cspad", "small"] = "cspad"
     geometry: Path | None = None
     preset: str = "moderate"
@@ -72,10 +77,19 @@ class SimulateConfig:
     detector_distance_m: float = field(default=0.1, metadata={"check": positive})
     cell_nm: tuple[float, ...] = (7.9, 7.9, 3.8)
     cell_angles_deg: tuple[float, ...] = (90.0, 90.0, 90.0)
-    compression: Literal["none", "gzip", "lz4"] = "gzip"
+    compression: Literal["none", "gzip", "lz4", "bitshuffle"] = "lz4"
     processes: int = field(default=1, metadata={"check": positive})
+    n_atoms: int = field(default=150, metadata={"check": positive})
+    noise: bool = True
+    truth_grid_size: int = field(default=200, metadata={"check": positive})
+    truth_max_hkl: float = field(default=10.0, metadata={"check": positive})
 
     def __post_init__(self) -> None:
+        from hpcdiff.simulate.presets import PRESETS
+
+        if self.preset not in PRESETS:
+            valid = ", ".join(PRESETS)
+            raise ValueError(f"preset {self.preset!r} is unknown; valid presets: {valid}")
         if len(self.cell_nm) != 3 or min(self.cell_nm) <= 0:
             raise ValueError(f"cell_nm must be three positive lengths, got {self.cell_nm}")
         if len(self.cell_angles_deg) != 3:
@@ -84,17 +98,40 @@ class SimulateConfig:
 
 @dataclass(frozen=True)
 class CorrectionsConfig:
-    """Detector corrections applied before background removal."""
+    """Detector corrections applied before background removal (:mod:`hpcdiff.corrections`).
+
+    ``common_mode_method``: ``"median"`` of the pixels below the photon threshold in each
+    ASIC, or ``"histogram"`` (peak of their zero-photon histogram).  ``asic_shape``
+    splits panels into ASICs (``[185, 194]`` for psana's 2x1 slabs); empty = one ASIC
+    per panel.  Bad pixels are judged over ``bad_pixel_frames`` frames (0 = only the
+    geometry's mask): dead = zero in ``bad_pixel_dead_fraction`` of them, hot = median
+    ``bad_pixel_hot_sigma`` robust sigmas above its |q| ring.
+    """
 
     common_mode: bool = True
     common_mode_threshold_photons: float = field(default=0.5, metadata={"check": positive})
+    common_mode_method: Literal["median", "histogram"] = "median"
+    asic_shape: tuple[int, ...] = ()
     convert_to_photons: bool = True
     bad_pixel_frames: int = field(default=50, metadata={"check": non_negative})
+    bad_pixel_dead_fraction: float = field(default=0.9, metadata={"check": fraction})
+    bad_pixel_hot_sigma: float = field(default=10.0, metadata={"check": positive})
+
+    def __post_init__(self) -> None:
+        if self.asic_shape and (len(self.asic_shape) != 2 or min(self.asic_shape) < 1):
+            raise ValueError(f"asic_shape must be [rows, columns] or empty, got {self.asic_shape}")
 
 
 @dataclass(frozen=True)
 class BackgroundConfig:
-    """Background removal and normalisation (:mod:`hpcdiff.background`)."""
+    """Background removal and normalisation (:mod:`hpcdiff.background`).
+
+    ``local_bin_px``: block size of the fast local filter (1 = exact full-resolution
+    filter).  ``radial_clip_sigma``: clipping of ``radial_statistic = "clipped_mean"``.
+    Bragg peaks: pixels ``bragg_sigma`` noise sigmas and at least ``bragg_min_photons``
+    above the background (diffuse speckles reach 5 sigma at low counts), grown by
+    ``bragg_grow_px``.  Normalised values are clipped to ``+-clip_sigma``, then compressed.
+    """
 
     method: Literal["radial", "local", "none"] = "radial"
     radial_statistic: Literal["median", "clipped_mean"] = "median"
@@ -102,8 +139,12 @@ class BackgroundConfig:
     local_filter: Literal["median", "percentile"] = "median"
     local_size_px: int = field(default=15, metadata={"check": positive})
     local_percentile: float = field(default=50.0, metadata={"check": percent})
+    local_bin_px: int = field(default=5, metadata={"check": positive})
+    radial_clip_sigma: float = field(default=3.0, metadata={"check": positive})
     mask_bragg: bool = True
     bragg_sigma: float = field(default=5.0, metadata={"check": positive})
+    bragg_grow_px: int = field(default=1, metadata={"check": non_negative})
+    bragg_min_photons: float = field(default=5.0, metadata={"check": non_negative})
     compression: Literal["none", "sqrt", "log"] = "none"
     clip_sigma: float = field(default=5.0, metadata={"check": positive})
     image_size_px: int = field(default=224, metadata={"check": positive})
@@ -114,6 +155,8 @@ class FeaturesConfig:
     """VGG16 feature extraction (:mod:`hpcdiff.features`).
 
     ``weights`` is a checkpoint path, ``"hub"`` (the torch hub cache) or ``"random:SEED"``.
+    ``bf16`` is bfloat16 autocast on GPUs; ``bf16_cpu`` the same on CPUs (off by default:
+    fast only with bf16 instructions, and features then differ from fp32 at ~1e-2).
     """
 
     weights: str = "hub"
@@ -121,6 +164,7 @@ class FeaturesConfig:
     batch_size: int = field(default=16, metadata={"check": positive})
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True
+    bf16_cpu: bool = False
     channels_last: bool = True
     compile: bool = False
 
@@ -140,7 +184,17 @@ class LearnConfig:
 
 @dataclass(frozen=True)
 class ParallelConfig:
-    """How ranks work: batches, prefetch, checkpoints, rejects, devices."""
+    """How ranks work: batches, prefetch, checkpoints, rejects, devices.
+
+    Each rank writes a checkpoint shard every ``checkpoint_every`` frames; its reader
+    thread keeps up to ``prefetch_batches`` batches ready (and, with
+    ``overlap_preprocess``, also removes their background, so that only the CNN runs on
+    the main thread).  The job fails at the end if more than ``max_reject_fraction`` of
+    the frames could not be used.  ``threads_per_rank`` (CPU threads for torch) defaults
+    to ``SLURM_CPUS_PER_TASK``, else the node's cores shared among its ranks.  ``gpu``:
+    ``"auto"`` (GPU by node-local rank when there are GPUs), ``"local_rank"`` (require
+    one), ``"none"`` (CPU).  The root logs progress every ``progress_interval_s``.
+    """
 
     checkpoint_every: int = field(default=64, metadata={"check": positive})
     prefetch_batches: int = field(default=2, metadata={"check": positive})
@@ -148,6 +202,7 @@ class ParallelConfig:
     threads_per_rank: int | None = field(default=None, metadata={"check": positive})
     gpu: Literal["auto", "none", "local_rank"] = "auto"
     progress_interval_s: float = field(default=10.0, metadata={"check": positive})
+    overlap_preprocess: bool = True
 
 
 @dataclass(frozen=True)
@@ -172,11 +227,35 @@ class SlurmConfig:
     extra_directives: tuple[str, ...] = ()
     array_throttle: int = field(default=10, metadata={"check": positive})
     site_file: Path | None = None
+    log_dir: Path | None = None
+
+
+@dataclass(frozen=True)
+class ReprocessConfig:
+    """Overnight reprocessing of a whole experiment (:mod:`hpcdiff.pipelines.reprocess`).
+
+    ``runs`` lists glob patterns (relative to the job file) of run folders (each holding
+    frame files matching ``frames``) or of per-run job files (``*.toml``, whose
+    ``[experiment]`` section names the run's files).  A run is named after its folder,
+    or its job file's stem (its folder's name for ``job.toml``).  The trained model is
+    ``[output] model``; per-run results go under ``[output] dir``.
+    """
+
+    runs: tuple[str, ...] = ()
+    frames: str = "*.cxi"
 
 
 @dataclass(frozen=True)
 class ClusterConfig:
-    """The dask cluster of the Fourier job."""
+    """The dask cluster of the Fourier job (:mod:`hpcdiff.parallel.dask_cluster`).
+
+    ``kind``: ``"local"`` (LocalCluster of ``n_workers`` processes), ``"slurm"``
+    (dask-jobqueue SLURMCluster scaled to ``n_workers``, one worker process per job with
+    ``threads_per_worker`` cores), ``"mpi"`` (dask-mpi inside an existing allocation:
+    rank 0 scheduler, rank 1 client, the rest workers) or ``"address"`` (join the
+    scheduler at ``address``).  ``queue``, ``account``, ``walltime_min``,
+    ``job_extra_directives`` and ``job_script_prologue`` go into the SLURM job script.
+    """
 
     kind: Literal["local", "slurm", "mpi", "address"] = "local"
     address: str | None = None
@@ -184,13 +263,39 @@ class ClusterConfig:
     threads_per_worker: int = field(default=1, metadata={"check": positive})
     memory_per_worker: str = "4GiB"
     dashboard_address: str = ":0"
+    queue: str | None = None
+    account: str | None = None
+    walltime_min: int = field(default=60, metadata={"check": positive})
+    job_extra_directives: tuple[str, ...] = ()
+    job_script_prologue: tuple[str, ...] = ()
+    interface: str | None = None
+    local_directory: str | None = None
+    connect_timeout_s: float = field(default=60.0, metadata={"check": positive})
+
+    def __post_init__(self) -> None:
+        if self.kind == "address" and not self.address:
+            raise ValueError("kind 'address' needs address = 'tcp://HOST:PORT' of a scheduler")
 
 
 @dataclass(frozen=True)
 class FourierConfig:
-    """The Fourier job: merge, common-arc similarity, diffusion maps (:mod:`hpcdiff.merge`)."""
+    """The Fourier job: merge, common-arc similarity, diffusion maps (:mod:`hpcdiff.merge`).
+
+    The merge grid is ``grid_size**3`` voxels spanning ``+-max_hkl`` (``extent = "hkl"``)
+    or ``+-max_q_per_nm`` (``extent = "q"``, crystal-frame Cartesian, nm^-1 without 2 pi).
+    The common-arc similarity bins frames on a grid of ``similarity_grid_size`` (default:
+    ``grid_size``) over the same extent.  ``diffusion_epsilon`` is the width of the
+    ``exp((CC - 1) / eps)`` kernel; image-space distances use a Gaussian kernel whose
+    bandwidth is the squared median distance to the ``diffusion_knn``-th neighbour.
+    ``truth`` is an optional HDF5 map (e.g. a simulation's ``truth.h5``) to validate the
+    merge against.
+    """
 
     grid_size: int = field(default=200, metadata={"check": positive})
+    similarity_grid_size: int | None = field(default=None, metadata={"check": positive})
+    diffusion_epsilon: float = field(default=1.0, metadata={"check": positive})
+    diffusion_knn: int = field(default=10, metadata={"check": positive})
+    truth: Path | None = None
     extent: Literal["hkl", "q"] = "hkl"
     max_hkl: float = field(default=10.0, metadata={"check": positive})
     max_q_per_nm: float = field(default=3.0, metadata={"check": positive})
@@ -227,6 +332,7 @@ class JobConfig:
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     fourier: FourierConfig = field(default_factory=FourierConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    reprocess: ReprocessConfig | None = None
     source: Path | None = field(default=None, compare=False, init=False)
 
     def frame_files(self) -> list[Path]:
@@ -330,6 +436,7 @@ __all__ = [
     "LearnConfig",
     "OutputConfig",
     "ParallelConfig",
+    "ReprocessConfig",
     "SimulateConfig",
     "SlurmConfig",
     "load_job",
