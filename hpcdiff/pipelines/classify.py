@@ -1,0 +1,903 @@
+"""The classify job under MPI: features, training and prediction, frames split across ranks.
+
+Every command runs the same distributed frame stage (:func:`_frame_stage`): the root
+checks the inputs and the output folder once and tells the other ranks
+(:func:`~hpcdiff.parallel.mpi.root_decides`); each rank binds its GPU by node-local rank,
+reads its contiguous block of frames with a prefetching reader thread, removes the
+background, computes VGG16 features and writes checkpoint shards
+(:func:`~hpcdiff.parallel.mpi.distributed_map`).  Then:
+
+``features`` (:func:`run_features`)
+    the root streams the shards into one features file ordered by frame.
+``train`` (:func:`run_train`)
+    the root writes the features file as ``features`` does; features reach the root, gathered (``learn.pca_from = "gather"``: ``Gatherv`` of
+    float32 rows and frame numbers) or as PCA statistics (``"statistics"``: count, sum and
+    Gram matrix reduced with ``Reduce``; every rank projects its own rows on the broadcast
+    axes and only the projections are gathered).  The root fits logistic regression,
+    prints the precision/recall table, writes the model and its report, and broadcasts
+    the model.
+``predict`` (:func:`run_predict`)
+    the model is broadcast, each rank predicts its own frames into its shards, and the
+    root writes one predictions file ordered by frame.
+
+Outputs in ``output.dir`` (``KIND`` is ``features``, ``train`` or ``predict``):
+``KIND.shards/`` (checkpoints, removed after success), ``KIND-rejects.jsonl`` (one JSON
+object per unusable frame or file: ``file``, ``index`` (``null`` for a whole file),
+``reason``), ``KIND-run.json`` (the run report), and the results: ``features.h5``;
+``model.npz`` (or ``output.model``), ``train-report.json`` and ``features.h5``;
+``predictions.h5``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcdiff.config import JobConfig
+from hpcdiff.errors import ConfigError, FormatError, HpcdiffError, OutputExistsError
+from hpcdiff.io.outputs import atomic_path, provenance, write_json
+from hpcdiff.parallel.mpi import (
+    FrameBatch,
+    LoopOutcome,
+    Timings,
+    distributed_map,
+    gather_rows,
+    node_local_rank,
+    reduce_sum,
+    root_decides,
+    select_device,
+    threads_per_rank,
+    timings_table,
+)
+from hpcdiff.parallel.partition import partition
+from hpcdiff.parallel.shards import ShardStore
+
+log = logging.getLogger("hpcdiff.classify")
+
+
+class TooManyRejects(HpcdiffError):
+    """More frames were rejected than ``parallel.max_reject_fraction`` allows.
+
+    Raised on every rank at the end of the job, after every output was written.
+    """
+
+    collective = True
+
+
+# --------------------------------------------------------------------------- rank setup
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    """Where one rank runs: its place in the job and on its node, its device and threads."""
+
+    rank: int
+    size: int
+    local_rank: int
+    local_size: int
+    device: str
+    threads: int
+    host: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain form for the run report."""
+        return dict(self.__dict__)
+
+
+def setup_rank(comm: Any, job: JobConfig) -> RankInfo:
+    """Bind this rank to a device (GPU by node-local rank, or CPU) and set its CPU threads."""
+    import torch
+
+    local_rank, local_size = node_local_rank(comm)
+    device = select_device(
+        job.parallel.gpu,
+        requested=job.features.device,
+        local_rank=local_rank,
+        local_size=local_size,
+    )
+    if device.startswith("cuda"):
+        torch.cuda.set_device(torch.device(device))
+    threads = threads_per_rank(job.parallel.threads_per_rank, local_size=local_size)
+    torch.set_num_threads(threads)
+    return RankInfo(
+        comm.Get_rank(), comm.Get_size(), local_rank, local_size, device, threads, platform.node()
+    )
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """The run's readable frame files and the files that could not be opened."""
+
+    files: tuple[str, ...]
+    frames_per_file: tuple[int, ...]
+    file_rejects: tuple[dict[str, Any], ...] = ()
+
+    @property
+    def n_frames(self) -> int:
+        return int(sum(self.frames_per_file))
+
+
+def _geometry(job: JobConfig) -> Any:
+    if job.experiment.geometry is None:
+        return None
+    from hpcdiff.io.geom import read_geom
+
+    return read_geom(job.experiment.geometry)
+
+
+def probe_files(job: JobConfig) -> RunFiles:
+    """Open each frame file once: keep the readable ones, record the others as rejects.
+
+    Raises
+    ------
+    ConfigError
+        If the job names no frame files, or none of them can be read.
+    """
+    from hpcdiff.io.cxi import FrameSource
+
+    files = [str(f) for f in job.frame_files()]
+    if not files:
+        raise ConfigError(f"{job.source}: [experiment.frames] names no frame files")
+    geom = _geometry(job)
+    good: list[str] = []
+    counts: list[int] = []
+    rejects: list[dict[str, Any]] = []
+    for f in files:
+        try:
+            with FrameSource([f], geometry=geom, data_path=job.experiment.data_path) as src:
+                counts.append(src.n_frames)
+            good.append(f)
+        except (OSError, FormatError, ValueError, KeyError) as exc:
+            rejects.append({"file": f, "index": None, "reason": f"cannot read file: {exc}"})
+            log.warning("rejecting %s: %s", f, exc)
+    if not good:
+        raise ConfigError(
+            f"{job.source}: none of the {len(files)} frame files can be read; first: "
+            f"{rejects[0]['reason']}"
+        )
+    return RunFiles(tuple(good), tuple(counts), tuple(rejects))
+
+
+class FrameReader:
+    """``read(start, stop) -> FrameBatch`` for the prefetch thread, with rejects.
+
+    A range that fails to read is retried frame by frame; frames that still fail, or that
+    hold NaN/inf pixels, become rejects (global frame, reason) instead of results.
+    """
+
+    def __init__(self, source: Any, *, timings: Timings | None = None) -> None:
+        self.source = source
+        self.timings = timings if timings is not None else Timings()
+
+    def _read(self, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        with self.timings.section("read", stop - start):
+            return self.source.read(start, stop), self.source.frame_values(start, stop)
+
+    def __call__(self, start: int, stop: int) -> FrameBatch:
+        rejects: list[tuple[int, str]] = []
+        try:
+            frames, values = self._read(start, stop)
+            numbers = np.arange(start, stop, dtype=np.int64)
+        except (OSError, FormatError, ValueError, KeyError):
+            parts, vals, nums = [], [], []
+            for i in range(start, stop):
+                try:
+                    f, v = self._read(i, i + 1)
+                except (OSError, FormatError, ValueError, KeyError) as exc:
+                    rejects.append((i, f"cannot read frame: {exc}"))
+                    continue
+                parts.append(f)
+                vals.append(v)
+                nums.append(i)
+            shape = (0, *self.source.slab_shape)
+            frames = np.concatenate(parts) if parts else np.empty(shape, np.float32)
+            numbers = np.asarray(nums, dtype=np.int64)
+            values = {k: np.concatenate([v[k] for v in vals]) for k in (vals[0] if vals else {})}
+        finite = np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
+        if not finite.all():
+            for i in np.flatnonzero(~finite):
+                rejects.append((int(numbers[i]), "frame holds NaN or inf pixel values"))
+            frames, numbers = frames[finite], numbers[finite]
+            values = {k: v[finite] for k, v in values.items()}
+        return FrameBatch(start, stop, frames, numbers, values, sorted(rejects))
+
+
+class Featurizer:
+    """Frames -> CNN images -> VGG16 features, timing each stage.
+
+    Parameters
+    ----------
+    job
+        Background, corrections and features settings.
+    model
+        The detector (:class:`hpcdiff.geometry.DetectorModel`).
+    device
+        Torch device of this rank.
+    timings
+        Where ``preprocess`` and ``features`` times go.
+    bad_pixel_mask, pedestal, gain
+        ``(n_ss, n_fs)`` maps for :class:`hpcdiff.preprocess.Preprocessor`, or ``None``.
+    """
+
+    def __init__(
+        self,
+        job: JobConfig,
+        *,
+        model: Any,
+        device: str,
+        timings: Timings,
+        bad_pixel_mask: np.ndarray | None = None,
+        pedestal: np.ndarray | None = None,
+        gain: np.ndarray | None = None,
+    ) -> None:
+        from hpcdiff.features import FeatureExtractor
+        from hpcdiff.preprocess import Preprocessor
+
+        self.default_energy_ev = model.photon_energy_ev
+        self.preprocess = Preprocessor(
+            model,
+            job.background,
+            job.corrections,
+            bad_pixel_mask=bad_pixel_mask,
+            pedestal=pedestal,
+            gain=gain,
+        )
+        fc = job.features
+        self.extractor = FeatureExtractor(
+            fc.weights,
+            layer=fc.layer,
+            device=device,
+            bf16=fc.bf16,
+            channels_last=fc.channels_last,
+            compile=fc.compile,
+            batch_size=fc.batch_size,
+        )
+        self.timings = timings
+
+    def images(self, batch: FrameBatch) -> np.ndarray:
+        """``(n, 3, H, W)`` float32 CNN images of the batch's frames."""
+        n = len(batch.numbers)
+        energy = batch.values.get("photon_energy_ev")
+        if energy is None:
+            energy = np.full(n, self.default_energy_ev)
+        with self.timings.section("preprocess", n):
+            return self.preprocess(batch.frames, photon_energy_ev=energy)
+
+    def prepare(self, batch: FrameBatch) -> FrameBatch:
+        """Add the CNN images to ``batch`` (run in the reader thread, overlapping the CNN)."""
+        if len(batch.numbers):
+            batch.images = self.images(batch)
+        return batch
+
+    def features(self, batch: FrameBatch) -> np.ndarray:
+        """``(n, d)`` float32 features of the batch's frames."""
+        images = batch.images if batch.images is not None else self.images(batch)
+        with self.timings.section("features", len(images)):
+            return self.extractor.extract(images)
+
+    def __call__(self, batch: FrameBatch) -> dict[str, np.ndarray]:
+        return {"features": self.features(batch)}
+
+
+def detector_model(geometry: Any, values: dict[str, np.ndarray]) -> Any:
+    """:class:`hpcdiff.geometry.DetectorModel` at the camera length and energy in ``values``."""
+    from hpcdiff.geometry import DetectorModel
+
+    clen = values.get("clen_m")
+    energy = values.get("photon_energy_ev")
+    return DetectorModel.build(
+        geometry,
+        clen_m=None if clen is None else float(clen[0]),
+        photon_energy_ev=None if energy is None else float(energy[0]),
+    )
+
+
+def _calibration(
+    job: JobConfig, shape: tuple[int, int]
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    from hpcdiff.corrections import read_calibration
+
+    exp = job.experiment
+    pedestal = None if exp.pedestal is None else read_calibration(exp.pedestal, shape=shape)
+    gain = None if exp.gain is None else read_calibration(exp.gain, shape=shape)
+    return pedestal, gain
+
+
+_MIN_BAD_PIXEL_FRAMES = 10
+
+
+def _bad_pixels(
+    job: JobConfig,
+    source: Any,
+    model: Any,
+    pedestal: np.ndarray | None,
+    gain: np.ndarray | None,
+) -> np.ndarray | None:
+    """Root: bad pixels judged over the run's first ``bad_pixel_frames`` finite frames."""
+    from hpcdiff.preprocess import Preprocessor
+
+    n = min(job.corrections.bad_pixel_frames, source.n_frames)
+    if n < _MIN_BAD_PIXEL_FRAMES:
+        return None
+    frames = source.read(0, n)
+    finite = np.isfinite(frames.reshape(n, -1)).all(axis=1)
+    if finite.sum() < _MIN_BAD_PIXEL_FRAMES:
+        return None
+    energy = source.frame_values(0, n).get("photon_energy_ev")
+    energy = model.photon_energy_ev if energy is None else energy[finite]
+    pre = Preprocessor(model, job.background, job.corrections, pedestal=pedestal, gain=gain)
+    found = pre.find_bad_pixels(frames[finite], photon_energy_ev=energy)
+    log.info("bad pixels from %d frames: %d", int(finite.sum()), int(found.mask.sum()))
+    return pre.bad_pixel_mask
+
+
+def _reader(
+    reader: FrameReader, featurizer: Featurizer, overlap: bool
+) -> Callable[[int, int], FrameBatch]:
+    if not overlap:
+        return reader
+    return lambda start, stop: featurizer.prepare(reader(start, stop))
+
+
+# --------------------------------------------------------------------------- the frame stage
+
+
+@dataclass
+class StageResult:
+    """What :func:`_frame_stage` leaves for the command that called it (every rank)."""
+
+    kind: str
+    run: RunFiles
+    store: ShardStore
+    outcome: LoopOutcome
+    rank_info: RankInfo
+    weights_info: dict[str, Any]
+    frame_ids: list[Any]
+    outputs: dict[str, Path] = field(default_factory=dict)
+
+
+def _outputs(job: JobConfig, kind: str, results: dict[str, Path]) -> dict[str, Path]:
+    out = job.output.dir
+    return {
+        **results,
+        "rejects": out / f"{kind}-rejects.jsonl",
+        "run_report": out / f"{kind}-run.json",
+    }
+
+
+def _frame_stage(
+    job: JobConfig,
+    kind: str,
+    *,
+    comm: Any,
+    results: dict[str, Path],
+    make_process: Callable[[Featurizer], Callable[[FrameBatch], dict[str, np.ndarray]]],
+    force: bool,
+    stop: Any,
+    state_extra: dict[str, Any] | None = None,
+) -> StageResult:
+    """The distributed frame stage every command shares.
+
+    The root refuses finished outputs (unless ``force``), opens the frame files and
+    prepares the shard folder (resuming the same job); then each rank binds its device,
+    builds the detector model, preprocessor and feature extractor and runs
+    :func:`~hpcdiff.parallel.mpi.distributed_map` with ``make_process(featurizer)``.
+    ``state_extra`` joins the checkpoint state (e.g. the model hash of a prediction run).
+    """
+    from hpcdiff.io.cxi import FrameSource
+
+    rank = comm.Get_rank()
+    outputs = _outputs(job, kind, results)
+    config_hash = job.config_hash()
+    shard_dir = job.output.dir / f"{kind}.shards"
+
+    def preflight() -> RunFiles:
+        existing = [p for p in outputs.values() if p.exists()]
+        if existing and not force:
+            raise OutputExistsError(
+                f"{existing[0]} exists already (an output of '{kind}' in {job.output.dir}); "
+                f"pass --force to redo the '{kind}' run, or choose another output.dir"
+            )
+        run = probe_files(job)
+        ShardStore.prepare(
+            shard_dir,
+            config_hash=config_hash,
+            n_frames=run.n_frames,
+            files=list(run.files),
+            extra=state_extra,
+            force=force,
+        )
+        return run
+
+    run = root_decides(comm, preflight)
+    info = setup_rank(comm, job)
+    log.debug("rank %d on %s: device %s, %d threads", rank, info.host, info.device, info.threads)
+
+    geometry = _geometry(job)
+    timings = Timings()
+    with FrameSource(run.files, geometry=geometry, data_path=job.experiment.data_path) as source:
+        # every rank builds the same detector model from frame 0's camera length and energy
+        model = detector_model(geometry, source.frame_values(0, 1))
+        pedestal, gain = _calibration(job, source.slab_shape)
+        mask = root_decides(comm, lambda: _bad_pixels(job, source, model, pedestal, gain))
+        featurizer = Featurizer(
+            job,
+            model=model,
+            device=info.device,
+            timings=timings,
+            bad_pixel_mask=mask,
+            pedestal=pedestal,
+            gain=gain,
+        )
+        store = ShardStore(shard_dir)
+        outcome = distributed_map(
+            comm,
+            n_frames=run.n_frames,
+            read=_reader(
+                FrameReader(source, timings=timings), featurizer, job.parallel.overlap_preprocess
+            ),
+            process=make_process(featurizer),
+            store=store,
+            config_hash=config_hash,
+            batch_size=job.features.batch_size,
+            checkpoint_every=job.parallel.checkpoint_every,
+            prefetch_batches=job.parallel.prefetch_batches,
+            stop=stop,
+            progress_interval_s=job.parallel.progress_interval_s,
+            timings=timings,
+        )
+        frame_ids = source.frame_ids
+    return StageResult(
+        kind,
+        run,
+        store,
+        outcome,
+        info,
+        featurizer.extractor.weights_info,
+        frame_ids,
+        outputs,
+    )
+
+
+def _finish(
+    comm: Any,
+    job: JobConfig,
+    stage: StageResult,
+    *,
+    force: bool,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any] | None:
+    """Rejects file, timing table and run report on the root; the reject check on all ranks."""
+    per_rank = comm.gather(
+        {"rank": stage.rank_info.as_dict(), "timings": stage.outcome.timings.as_dict()}, root=0
+    )
+    report = None
+    n_rejects = 0
+    if comm.Get_rank() == 0:
+        rejects = [
+            {"file": stage.frame_ids[f].file, "index": stage.frame_ids[f].index, "reason": r}
+            for f, r in stage.store.rejects()
+        ]
+        rejects = [*stage.run.file_rejects, *rejects]
+        n_rejects = len(rejects)
+        with atomic_path(stage.outputs["rejects"], force=force) as tmp:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in rejects))
+        total = stage.run.n_frames + len(stage.run.file_rejects)
+        out = stage.outcome
+        report = {
+            "kind": stage.kind,
+            "frames": {
+                "total": stage.run.n_frames,
+                "done_before": out.done_before,
+                "processed": out.processed,
+                "rejected": n_rejects,
+                "files_rejected": len(stage.run.file_rejects),
+            },
+            "reject_fraction": n_rejects / total if total else 0.0,
+            "elapsed_s": round(out.elapsed_s, 3),
+            "frames_per_s": round(out.processed / out.elapsed_s, 3) if out.elapsed_s > 0 else None,
+            "ranks": comm.Get_size(),
+            "devices": [r["rank"] for r in per_rank],
+            "timings": [r["timings"] for r in per_rank],
+            "weights": stage.weights_info,
+            "weights_sha256": stage.weights_info.get("sha256"),
+            "outputs": {k: str(v) for k, v in stage.outputs.items()},
+            **(extra or {}),
+            **provenance(job.config_hash()),
+        }
+        write_json(stage.outputs["run_report"], report, force=force)
+        print(f"per-stage time and throughput ({stage.kind}, {comm.Get_size()} rank(s)):")
+        print(timings_table(report["timings"]))
+        stage.store.remove()
+    n_rejects = comm.bcast(n_rejects, root=0)
+    total = stage.run.n_frames + len(stage.run.file_rejects)
+    if total and n_rejects / total > job.parallel.max_reject_fraction:
+        raise TooManyRejects(
+            f"{n_rejects} of {total} frames/files rejected (more than parallel."
+            f"max_reject_fraction = {job.parallel.max_reject_fraction}); see "
+            f"{stage.outputs['rejects']}"
+        )
+    return report
+
+
+def _read_local(comm: Any, stage: StageResult, names: list[str]) -> tuple[np.ndarray, dict]:
+    """This rank's block of results from the shards (whoever wrote them)."""
+    start, stop = partition(stage.run.n_frames, comm.Get_rank(), comm.Get_size())
+    return stage.store.read(names, start=start, stop=stop)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def run_features(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = None) -> Path:
+    """``hpcdiff features``: the distributed feature stage alone; returns the features file."""
+    path = job.output.dir / "features.h5"
+    stage = _frame_stage(
+        job,
+        "features",
+        comm=comm,
+        results={"features": path},
+        make_process=lambda fz: fz,
+        force=force,
+        stop=stop,
+    )
+    if comm.Get_rank() == 0:
+        _write_features_file(job, stage, path, force=force)
+    _finish(comm, job, stage, force=force)
+    return path
+
+
+def _write_features_file(job: JobConfig, stage: StageResult, path: Path, *, force: bool) -> None:
+    from hpcdiff.io.featurefile import FeatureWriter
+
+    meta = feature_meta(job, stage.weights_info)
+    step = 4096
+    with FeatureWriter(path, meta=meta, force=force) as writer:
+        for lo in range(0, stage.run.n_frames, step):
+            frames, arrays = stage.store.read(["features"], start=lo, stop=lo + step)
+            if len(frames):
+                writer.append([stage.frame_ids[f] for f in frames], arrays["features"])
+
+
+def feature_meta(job: JobConfig, weights_info: dict[str, Any]) -> Any:
+    """:class:`~hpcdiff.io.featurefile.FeatureMeta` of the features this job computes."""
+    from hpcdiff.features import LAYER_SIZES
+    from hpcdiff.io.featurefile import FeatureMeta
+
+    return FeatureMeta(
+        layer=job.features.layer,
+        n_features=int(LAYER_SIZES[job.features.layer]),
+        weights=weights_info,
+        background=job.to_dict()["background"],
+        config_hash=job.config_hash(),
+    )
+
+
+def default_model_path(job: JobConfig) -> Path:
+    """``[output] model``, or ``output.dir/model.npz``."""
+    return job.output.model if job.output.model is not None else job.output.dir / "model.npz"
+
+
+@dataclass(frozen=True)
+class _Split:
+    train: np.ndarray  # (n_train,) int64 global frame numbers, sorted
+    test: np.ndarray  # (n_test,) int64
+    y_train: np.ndarray  # (n_train,) int64 labels
+    y_test: np.ndarray
+    class_names: tuple[str, ...]
+
+
+def _choose_split(job: JobConfig, stage: StageResult) -> _Split:
+    """Root: the labelled frames with features, split stratified into train and test."""
+    from hpcdiff.io.labels import read_labels
+    from hpcdiff.learn import stratified_split, targets
+
+    if job.experiment.labels is None:
+        raise ConfigError(f"{job.source}: training needs [experiment] labels = 'labels.h5'")
+    done = stage.store.done_frames()
+    rejected = np.array([f for f, _ in stage.store.rejects()], dtype=np.int64)
+    valid = np.setdiff1d(done, rejected)
+    labels = read_labels(job.experiment.labels)
+    try:
+        mine = labels.lookup([stage.frame_ids[f] for f in valid], source=job.experiment.labels)
+    except KeyError as exc:
+        raise FormatError(job.experiment.labels, str(exc.args[0])) from None
+    y, class_names = targets(mine, job.learn.target)
+    lc = job.learn
+    try:
+        tr, te = stratified_split(
+            y, n_train=lc.n_train, n_test=lc.n_test, random_state=lc.random_state
+        )
+    except ValueError as exc:
+        raise FormatError(
+            job.experiment.labels, f"cannot split the labelled frames: {exc}"
+        ) from None
+    return _Split(valid[tr], valid[te], y[tr], y[te], tuple(class_names))
+
+
+def _gather_labelled(
+    comm: Any, frames: np.ndarray, rows: np.ndarray, wanted: np.ndarray
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """Gather the rows of ``wanted`` frames to the root, with their frame numbers."""
+    keep = np.isin(frames, wanted)
+    x = gather_rows(comm, np.ascontiguousarray(rows[keep]))
+    f = gather_rows(comm, frames[keep])
+    return x, f
+
+
+def run_train(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = None) -> Any:
+    """``hpcdiff classify train``: distributed features, root fits PCA + logistic regression.
+
+    Returns
+    -------
+    DiffuseClassifier
+        The fitted model, on every rank (broadcast from the root).
+    """
+    from hpcdiff.learn import (
+        DiffuseClassifier,
+        PCAStatistics,
+        classification_report,
+        format_report,
+        pca_from_array,
+        pca_from_statistics,
+    )
+
+    model_path = default_model_path(job)
+    report_path = job.output.dir / "train-report.json"
+    features_path = job.output.dir / "features.h5"
+    stage = _frame_stage(
+        job,
+        "train",
+        comm=comm,
+        results={"model": model_path, "report": report_path, "features": features_path},
+        make_process=lambda fz: fz,
+        force=force,
+        stop=stop,
+    )
+    rank = comm.Get_rank()
+    lc = job.learn
+    if rank == 0:  # every frame's features, for retraining without recomputing them
+        _write_features_file(job, stage, features_path, force=force)
+    split = root_decides(comm, lambda: _choose_split(job, stage))
+    frames, arrays = _read_local(comm, stage, ["features"])
+    x_local = arrays["features"].astype(np.float32, copy=False)
+    if x_local.ndim != 2:  # this rank has no frames with features
+        x_local = np.empty((0, _n_features(job)), np.float32)
+    meta = feature_meta(job, stage.weights_info)
+    timings = stage.outcome.timings
+    model = None
+    t0 = time.perf_counter()
+    if lc.pca_from == "gather":
+        with timings.section("collective"):
+            x_train, f_train = _gather_labelled(comm, frames, x_local, split.train)
+        if rank == 0:
+            _check_order(f_train, split.train)
+            pca = pca_from_array(x_train, lc.n_components, random_state=lc.random_state)
+            model = DiffuseClassifier(
+                n_components=lc.n_components, C=lc.C, random_state=lc.random_state
+            ).fit(
+                x_train,
+                split.y_train,
+                class_names=split.class_names,
+                feature_meta=meta,
+                pca=pca,
+                target=lc.target,
+                config_hash=job.config_hash(),
+                extra=_model_extra(job, split, comm),
+            )
+    else:
+        in_train = np.isin(frames, split.train)
+        stats = (
+            PCAStatistics.from_array(x_local[in_train])
+            if in_train.any()
+            else (PCAStatistics.empty(_n_features(job)))
+        )
+        with timings.section("collective"):
+            total = reduce_sum(comm, stats.to_buffer())
+        pca = None
+        if rank == 0:
+            pca = pca_from_statistics(
+                PCAStatistics.from_buffer(total, _n_features(job)), lc.n_components
+            )
+        with timings.section("collective"):
+            pca = comm.bcast(pca, root=0)
+            z_train, f_train = _gather_labelled(comm, frames, pca.transform(x_local), split.train)
+        if rank == 0:
+            _check_order(f_train, split.train)
+            model = DiffuseClassifier(
+                n_components=lc.n_components, C=lc.C, random_state=lc.random_state
+            ).fit_projected(
+                z_train,
+                split.y_train,
+                pca=pca,
+                class_names=split.class_names,
+                feature_meta=meta,
+                target=lc.target,
+                config_hash=job.config_hash(),
+                n_train=len(split.train),
+                extra=_model_extra(job, split, comm),
+            )
+    with timings.section("collective"):
+        model = comm.bcast(model, root=0)
+    # every rank scores its own test frames; only (n, K) probabilities reach the root
+    in_test = np.isin(frames, split.test)
+    proba_local = (
+        model.predict_proba(x_local[in_test])
+        if in_test.any()
+        else np.empty((0, len(model.class_names_)))
+    )
+    with timings.section("collective"):
+        proba = gather_rows(comm, proba_local)
+        f_test = gather_rows(comm, frames[in_test])
+    timings.add("learn", time.perf_counter() - t0, len(split.train))
+    if rank == 0:
+        _check_order(f_test, split.test)
+        report = (
+            classification_report(
+                split.y_test, np.argmax(proba, axis=1), proba, class_names=model.class_names_
+            )
+            if len(split.test)
+            else None
+        )
+        model.save(model_path, force=force)
+        title = (
+            f"held-out test frames ({len(split.test)}; trained on {len(split.train)}, "
+            f"PCA from {lc.pca_from})"
+        )
+        if report is not None:
+            print(format_report(report, title=title))
+        write_json(
+            report_path,
+            {
+                "report": report,
+                "n_train": len(split.train),
+                "n_test": len(split.test),
+                "pca_from": lc.pca_from,
+                "model": str(model_path),
+                **provenance(job.config_hash(), weights_sha256=stage.weights_info.get("sha256")),
+            },
+            force=force,
+        )
+    _finish(comm, job, stage, force=force, extra={"model": str(model_path)})
+    return model
+
+
+def _model_extra(job: JobConfig, split: _Split, comm: Any) -> dict[str, Any]:
+    return {
+        "pca_from": job.learn.pca_from,
+        "n_test": int(len(split.test)),
+        "ranks": comm.Get_size(),
+    }
+
+
+def _check_order(got: np.ndarray, expected: np.ndarray) -> None:
+    if not np.array_equal(got, expected):
+        raise RuntimeError("gathered frames are not the frames chosen for training/testing")
+
+
+def _n_features(job: JobConfig) -> int:
+    from hpcdiff.features import LAYER_SIZES
+
+    return int(LAYER_SIZES[job.features.layer])
+
+
+def run_predict(
+    job: JobConfig,
+    *,
+    comm: Any,
+    force: bool = False,
+    stop: Any = None,
+    model: Path | None = None,
+) -> Path:
+    """``hpcdiff classify predict``: every rank predicts its own frames; one file per run.
+
+    Writes ``output.dir/predictions.h5`` ordered by frame::
+
+        frame_file (n,) str, frame_index (n,) int64, frame (n,) int64 global frame number,
+        class (n,) int16, probability (n,) float32 (of that class),
+        diffuse_score (n,) float32 (1 - P(class 0)), proba (n, K) float32
+        attrs: class_names (JSON), model, model_sha256, provenance
+
+    Returns
+    -------
+    Path
+        The predictions file.
+    """
+    from hpcdiff.io.outputs import sha256_file
+    from hpcdiff.learn import DiffuseClassifier
+
+    model_path = Path(model) if model is not None else default_model_path(job)
+
+    def load() -> tuple[Any, str]:
+        return DiffuseClassifier.load(model_path), sha256_file(model_path)
+
+    clf, model_sha = root_decides(comm, load)
+    path = job.output.dir / "predictions.h5"
+
+    def make_process(fz: Featurizer) -> Callable[[FrameBatch], dict[str, np.ndarray]]:
+        try:
+            clf.check_compatible(feature_meta(job, fz.extractor.weights_info), source=job.source)
+        except HpcdiffError as exc:  # the same on every rank: no abort needed
+            exc.collective = True  # type: ignore[attr-defined]
+            raise
+
+        def process(batch: FrameBatch) -> dict[str, np.ndarray]:
+            x = fz.features(batch)
+            with fz.timings.section("predict", len(x)):
+                proba = clf.predict_proba(x)
+            label = np.argmax(proba, axis=1)
+            return {
+                "class": label.astype(np.int16),
+                "probability": proba[np.arange(len(label)), label].astype(np.float32),
+                "diffuse_score": clf.diffuse_score(proba).astype(np.float32),
+                "proba": proba.astype(np.float32),
+            }
+
+        return process
+
+    stage = _frame_stage(
+        job,
+        "predict",
+        comm=comm,
+        results={"predictions": path},
+        make_process=make_process,
+        force=force,
+        stop=stop,
+        state_extra={"model_sha256": model_sha},
+    )
+    if comm.Get_rank() == 0:
+        _write_predictions(job, stage, path, clf, model_path, model_sha, force=force)
+    _finish(
+        comm, job, stage, force=force, extra={"model": str(model_path), "model_sha256": model_sha}
+    )
+    return path
+
+
+def _write_predictions(
+    job: JobConfig,
+    stage: StageResult,
+    path: Path,
+    clf: Any,
+    model_path: Path,
+    model_sha: str,
+    *,
+    force: bool,
+) -> None:
+    import h5py
+
+    names = ["class", "probability", "diffuse_score", "proba"]
+    frames, arrays = stage.store.read(names)
+    if not len(frames):
+        arrays = {
+            "class": np.empty(0, np.int16),
+            "probability": np.empty(0, np.float32),
+            "diffuse_score": np.empty(0, np.float32),
+            "proba": np.empty((0, len(clf.class_names_)), np.float32),
+        }
+    ids = [stage.frame_ids[f] for f in frames]
+    with atomic_path(path, force=force) as tmp, h5py.File(tmp, "w") as h5:
+        h5.create_dataset(
+            "frame_file", data=[i.file for i in ids], dtype=h5py.string_dtype("utf-8")
+        )
+        h5.create_dataset("frame_index", data=np.array([i.index for i in ids], dtype=np.int64))
+        h5.create_dataset("frame", data=frames.astype(np.int64))
+        for name in names:
+            h5.create_dataset(name, data=arrays[name])
+        h5.attrs["class_names"] = json.dumps(list(clf.class_names_))
+        h5.attrs["model"] = str(model_path)
+        h5.attrs["model_sha256"] = model_sha
+        for key, value in provenance(
+            job.config_hash(), weights_sha256=stage.weights_info.get("sha256")
+        ).items():
+            h5.attrs[key] = value
