@@ -536,14 +536,16 @@ def test_predictions_are_the_same_on_1_2_3_ranks(experiment: Path) -> None:
         assert report["weights_sha256"] and len(report["devices"]) == n
         assert f"rank {n - 1}" in proc.stdout  # per-rank timing table
     for n in (2, 3):
-        assert np.array_equal(preds[n]["frame"], np.arange(36))
+        assert np.array_equal(preds[n]["frame_file"], preds[1]["frame_file"])
         assert np.array_equal(preds[n]["frame_index"], preds[1]["frame_index"])
         assert np.array_equal(preds[n]["class"], preds[1]["class"])
         np.testing.assert_allclose(preds[n]["probability"], preds[1]["probability"], atol=1e-5)
         np.testing.assert_allclose(preds[n]["diffuse_score"], preds[1]["diffuse_score"], atol=1e-5)
+    assert len(preds[1]["frame_index"]) == 36
     assert set(preds[1]["class"].tolist()) <= {0, 1}
-    assert np.all((preds[1]["probability"] >= 0.5) & (preds[1]["probability"] <= 1))
-    np.testing.assert_allclose(preds[1]["proba"].sum(axis=1), 1, atol=1e-5)
+    p_class = preds[1]["class_probability"]
+    assert np.all((p_class >= 0.5) & (p_class <= 1))
+    np.testing.assert_allclose(preds[1]["probability"].sum(axis=1), 1, atol=1e-5)
 
 
 @pytest.mark.mpi

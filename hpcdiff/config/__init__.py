@@ -181,6 +181,13 @@ class LearnConfig:
     C: float = field(default=1.0, metadata={"check": positive})
     pca_from: Literal["gather", "statistics"] = "gather"
 
+    def __post_init__(self) -> None:
+        if self.n_components >= self.n_train:
+            raise ValueError(
+                f"n_components ({self.n_components}) must be smaller than n_train "
+                f"({self.n_train}): PCA needs fewer components than training frames"
+            )
+
 
 @dataclass(frozen=True)
 class ParallelConfig:

@@ -191,7 +191,7 @@ def pca_from_array(x: np.ndarray, n_components: int, *, random_state: int = 0) -
             f"n_components must lie in [1, min(n_features={x.shape[1]}, n_rows - 1={x.shape[0] - 1})],"
             f" got {n_components}"
         )
-    pca = PCA(n_components=n_components, random_state=random_state).fit(x)
+    pca = PCA(n_components=n_components, svd_solver="full", random_state=random_state).fit(x)
     return PCABasis(
         pca.mean_.astype(np.float64),
         flip_signs(pca.components_.astype(np.float64)),

@@ -259,6 +259,7 @@ class Featurizer:
             layer=fc.layer,
             device=device,
             bf16=fc.bf16,
+            bf16_cpu=fc.bf16_cpu,
             channels_last=fc.channels_last,
             compile=fc.compile,
             batch_size=fc.batch_size,
@@ -623,6 +624,12 @@ def _choose_split(job: JobConfig, stage: StageResult) -> _Split:
         raise FormatError(
             job.experiment.labels, f"cannot split the labelled frames: {exc}"
         ) from None
+    if lc.n_components >= len(tr):
+        raise ConfigError(
+            f"{job.source}: [learn.n_components] is {lc.n_components}, but only {len(tr)} "
+            "frames are left for training; PCA needs fewer components than training frames "
+            "(lower n_components, or give more labelled frames)"
+        )
     return _Split(valid[tr], valid[te], y[tr], y[te], tuple(class_names))
 
 
@@ -802,12 +809,10 @@ def run_predict(
 ) -> Path:
     """``hpcdiff classify predict``: every rank predicts its own frames; one file per run.
 
-    Writes ``output.dir/predictions.h5`` ordered by frame::
-
-        frame_file (n,) str, frame_index (n,) int64, frame (n,) int64 global frame number,
-        class (n,) int16, probability (n,) float32 (of that class),
-        diffuse_score (n,) float32 (1 - P(class 0)), proba (n, K) float32
-        attrs: class_names (JSON), model, model_sha256, provenance
+    Writes ``output.dir/predictions.h5`` ordered by frame, in the layout of
+    :mod:`hpcdiff.learn.predictions` (frame file and index, class, class probability,
+    probability of every class, diffuse score; attrs: class names, model and its SHA-256,
+    weights SHA-256, provenance).
 
     Returns
     -------
@@ -836,13 +841,7 @@ def run_predict(
             x = fz.features(batch)
             with fz.timings.section("predict", len(x)):
                 proba = clf.predict_proba(x)
-            label = np.argmax(proba, axis=1)
-            return {
-                "class": label.astype(np.int16),
-                "probability": proba[np.arange(len(label)), label].astype(np.float32),
-                "diffuse_score": clf.diffuse_score(proba).astype(np.float32),
-                "proba": proba.astype(np.float32),
-            }
+            return {"proba": proba.astype(np.float32)}
 
         return process
 
@@ -874,30 +873,30 @@ def _write_predictions(
     *,
     force: bool,
 ) -> None:
-    import h5py
+    """Combine the ranks' shards into one predictions file ordered by frame.
 
-    names = ["class", "probability", "diffuse_score", "proba"]
-    frames, arrays = stage.store.read(names)
-    if not len(frames):
-        arrays = {
-            "class": np.empty(0, np.int16),
-            "probability": np.empty(0, np.float32),
-            "diffuse_score": np.empty(0, np.float32),
-            "proba": np.empty((0, len(clf.class_names_)), np.float32),
-        }
+    The layout is :mod:`hpcdiff.learn.predictions`' (read it with ``read_predictions``).
+    """
+    from hpcdiff.learn.predictions import PredictionWriter
+
+    frames, arrays = stage.store.read(["proba"])
+    proba = arrays["proba"] if len(frames) else np.empty((0, len(clf.class_names_)), np.float32)
     ids = [stage.frame_ids[f] for f in frames]
-    with atomic_path(path, force=force) as tmp, h5py.File(tmp, "w") as h5:
-        h5.create_dataset(
-            "frame_file", data=[i.file for i in ids], dtype=h5py.string_dtype("utf-8")
+    attrs = {
+        "model": str(model_path),
+        "model_sha256": model_sha,
+        "target": clf.metadata_.get("target", "binary"),
+        "weights_sha256": stage.weights_info.get("sha256") or "",
+    }
+    with PredictionWriter(
+        path,
+        class_names=tuple(clf.class_names_),
+        attrs=attrs,
+        config_hash=job.config_hash(),
+        force=force,
+    ) as writer:
+        writer.append(
+            np.array([i.file for i in ids], dtype=object),
+            np.array([i.index for i in ids], dtype=np.int64),
+            proba,
         )
-        h5.create_dataset("frame_index", data=np.array([i.index for i in ids], dtype=np.int64))
-        h5.create_dataset("frame", data=frames.astype(np.int64))
-        for name in names:
-            h5.create_dataset(name, data=arrays[name])
-        h5.attrs["class_names"] = json.dumps(list(clf.class_names_))
-        h5.attrs["model"] = str(model_path)
-        h5.attrs["model_sha256"] = model_sha
-        for key, value in provenance(
-            job.config_hash(), weights_sha256=stage.weights_info.get("sha256")
-        ).items():
-            h5.attrs[key] = value

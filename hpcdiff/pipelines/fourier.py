@@ -582,6 +582,8 @@ class FourierResult:
     maps: dict[str, DiffusionMap]
     summary: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Path] = field(default_factory=dict)
+    frame_ids: tuple[Any, ...] = ()
+    labels: np.ndarray | None = None
 
 
 def run_fourier(
@@ -759,7 +761,16 @@ def run_fourier(
     outputs["summary"] = write_json(out / "fourier_summary.json", summary, force=force)
     print(_summary_text(summary), file=log, flush=True)
     return FourierResult(
-        merged, common_arc, overlap, image_distance, image_correlation, maps, summary, outputs
+        merged,
+        common_arc,
+        overlap,
+        image_distance,
+        image_correlation,
+        maps,
+        summary,
+        outputs,
+        frame_ids=plan.frame_ids,
+        labels=plan.labels,
     )
 
 

@@ -418,8 +418,9 @@ def _write_truth(
 
 def job_toml_text(cfg: SimulateConfig, files_glob: str = "frames_*.cxi") -> str:
     """Text of the job file that points at a simulated experiment's files."""
-    n_train = max(1, cfg.n_frames // 2)
-    n_test = cfg.n_frames - n_train
+    n_train = max(2, cfg.n_frames // 2)
+    n_test = max(0, cfg.n_frames - n_train)
+    n_components = min(50, n_train - 1)
     return (
         f"# Job file written by hpcdiff simulate (preset {cfg.preset!r}, seed {cfg.seed}).\n"
         "# Paths are relative to this file.\n\n"
@@ -432,7 +433,8 @@ def job_toml_text(cfg: SimulateConfig, files_glob: str = "frames_*.cxi") -> str:
         f'data_path = "{DATA_PATH}"\n\n'
         "[learn]\n"
         f"n_train = {n_train}\n"
-        f"n_test = {n_test}\n\n"
+        f"n_test = {n_test}\n"
+        f"n_components = {n_components}\n\n"
         "[output]\n"
         'dir = "hpcdiff-out"\n'
     )
