@@ -50,6 +50,7 @@ def run(args: argparse.Namespace) -> int:
     result = run_demo(settings)
     total = sum(result.seconds.values())
     print()
+    print(result.table)
     print(
         f"weights: {result.weights} (layer {result.layer}); "
         f"{'pretrained' if result.pretrained else 'RANDOM, NOT pretrained'}"

@@ -113,4 +113,9 @@ def run(args: argparse.Namespace) -> int:
             job = _simulated(job, out, force=args.force)
         result = run_fourier(job, session.client, out_dir=out, force=args.force)
     print(f"fourier: outputs in {out}: " + ", ".join(p.name for p in result.outputs.values()))
+    from hpcdiff.pipelines.reports import write_fourier_report
+
+    page = write_fourier_report(job, result, out)
+    if page is not None:
+        print(f"fourier: report {page}")
     return 0

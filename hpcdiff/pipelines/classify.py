@@ -777,6 +777,7 @@ def run_train(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = Non
             force=force,
         )
     _finish(comm, job, stage, force=force, extra={"model": str(model_path)})
+    _write_report(comm, job, "train")
     return model
 
 
@@ -860,7 +861,26 @@ def run_predict(
     _finish(
         comm, job, stage, force=force, extra={"model": str(model_path), "model_sha256": model_sha}
     )
+    _write_report(comm, job, "predict")
     return path
+
+
+def _write_report(comm: Any, job: JobConfig, kind: str) -> None:
+    """Root: the job's HTML report (``output.dir/report/``), after every result is written.
+
+    A failure here is logged, never raised: the results the report shows are safe already.
+    """
+    if comm.Get_rank() != 0:
+        return
+    from hpcdiff.pipelines.reports import write_classify_report
+
+    try:
+        page = write_classify_report(job, kind)
+    except Exception:  # noqa: BLE001 - the report must not fail a finished job
+        log.exception("could not write the %s report; the results are complete", kind)
+        return
+    if page is not None:
+        log.info("report: %s", page)
 
 
 def _write_predictions(

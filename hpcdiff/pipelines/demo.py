@@ -289,8 +289,6 @@ def run_demo(settings: DemoSettings, *, stream: IO[str] | None = None) -> DemoRe
         train_job=job,
         predict_job=load_job(predict_job),
         fourier=fourier,
-        weights=weights,
-        layer=layer,
         weights_reason=reason,
         seconds=seconds,
     )
