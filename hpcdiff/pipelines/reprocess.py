@@ -714,7 +714,36 @@ def summarise(job: JobConfig, *, queue: Mapping[str, str] | None = None) -> dict
     figure.savefig(tmp, format="png", dpi=100)
     os.replace(tmp, layout.plot)
     write_json(layout.report, report, force=True)
+    if job.output.report:
+        _write_html(job, report, figure, layout.root / "report")
     return report
+
+
+def _write_html(job: JobConfig, summary: dict[str, Any], figure: Any, out: Path) -> Path:
+    """The summary as an HTML page: totals, the per-run table and the plot."""
+    from hpcdiff.report import Report
+
+    page = Report(
+        f"hpcdiff reprocess: {job.experiment.name}",
+        provenance={k: summary.get(k) for k in ("hpcdiff_version", "config_hash", "created_utc")},
+    )
+    totals = summary["totals"]
+    page.add_section(
+        "Experiment",
+        text=(
+            f"{totals['done']} of {totals['runs']} runs done, {totals['frames']} frames, "
+            f"{totals['rejects']} rejected. Failed: {', '.join(summary['failed']) or 'none'}. "
+            f"Incomplete: {', '.join(summary['incomplete']) or 'none'}."
+        ),
+    )
+    columns = ["run", "state", "frames", "rejects", "diffuse_fraction"]
+    page.add_table(
+        "Runs",
+        [[r.get(c, "") if r.get(c) is not None else "" for c in columns] for r in summary["runs"]],
+        columns=columns,
+    )
+    page.add_figure("Diffuse fraction per run", figure)
+    return page.write(out, force=True)
 
 
 def load_experiment(path: str | Path) -> JobConfig:
