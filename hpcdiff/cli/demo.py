@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--new-frames", type=int, default=48, help="new frames to classify")
     p.add_argument("--ranks", type=int, default=2, help="MPI ranks (1 = one process)")
     p.add_argument("--detector", choices=["cspad", "small"], default="cspad")
-    p.add_argument("--preset", default="easy", help="difficulty preset of the simulation")
+    p.add_argument("--preset", default="moderate", help="difficulty preset of the simulation")
     p.add_argument(
         "--weights",
         help="VGG16 weights: checkpoint path, 'hub' or 'random:SEED' (default: best available)",

@@ -74,7 +74,10 @@ def learn_config(args: argparse.Namespace, job: JobConfig | None) -> LearnConfig
         value = getattr(args, name, None)
         if value is not None:
             changes[name] = value
-    return dataclasses.replace(cfg, **changes)
+    try:
+        return dataclasses.replace(cfg, **changes)
+    except ValueError as exc:
+        raise ConfigError(f"cannot train on these [learn] settings: {exc}") from None
 
 
 def output_dir(job: JobConfig | None) -> Path:

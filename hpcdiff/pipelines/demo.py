@@ -42,7 +42,7 @@ class DemoSettings:
     n_train_frames: int = 160
     n_new_frames: int = 48
     detector: str = "cspad"
-    preset: str = "easy"
+    preset: str = "moderate"
     seed: int = 2026
     ranks: int = 2
     weights: str | None = None
