@@ -12,6 +12,12 @@ Usage::
     cluster = SlurmCluster.start(tmp_dir)
     cluster.run(["sinfo"])
     cluster.stop()
+
+or, in a test module (one cluster per module, so two modules never run two at once)::
+
+    @pytest.fixture(scope="module")
+    def slurm_cluster(tmp_path_factory):
+        yield from running_cluster(tmp_path_factory)
 """
 
 from __future__ import annotations
@@ -25,8 +31,11 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
 
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 BINARIES = ("slurmctld", "slurmd", "sbatch", "squeue", "scontrol", "munged", "mungekey")
@@ -58,10 +67,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _node_line(host: str) -> str:
+def _node_line(host: str, *, cpus: int | None = None) -> str:
+    """The node's ``NodeName=`` line from ``slurmd -C``; ``cpus`` declares that many CPUs.
+
+    A declared count above the real one needs ``SlurmdParameters=config_overrides`` (the
+    node is taken to be as slurm.conf says instead of being drained); it is declared as
+    one socket of ``cpus`` single-thread cores so that ``CR_Core`` can hand out each.
+    """
     out = subprocess.run(["slurmd", "-C"], capture_output=True, text=True, check=True).stdout
     line = next(x for x in out.splitlines() if x.startswith("NodeName="))
     words = [w for w in line.split() if not w.startswith("NodeName=")]
+    if cpus is not None:
+        layout = ("CPUs", "Boards", "SocketsPerBoard", "CoresPerSocket", "ThreadsPerCore")
+        words = [w for w in words if w.split("=", 1)[0] not in layout]
+        words = [
+            f"CPUs={cpus}",
+            "Boards=1",
+            "SocketsPerBoard=1",
+            f"CoresPerSocket={cpus}",
+            "ThreadsPerCore=1",
+            *words,
+        ]
     return f"NodeName={host} NodeAddr=127.0.0.1 {' '.join(words)} State=UNKNOWN"
 
 
@@ -72,6 +98,8 @@ class SlurmCluster:
     root: Path
     host: str
     env: dict[str, str] = field(default_factory=dict)
+    cpus: int | None = None
+    """CPUs the node declares (``None``: as ``slurmd -C`` finds them)."""
 
     @property
     def conf(self) -> Path:
@@ -83,13 +111,20 @@ class SlurmCluster:
         return self.root / "jobcomp.txt"
 
     @classmethod
-    def start(cls, root: Path, *, timeout_s: float = 30.0) -> SlurmCluster:
-        """Start munged, slurmctld and slurmd under ``root``; wait for the node to be idle."""
+    def start(cls, root: Path, *, cpus: int | None = None, timeout_s: float = 30.0) -> SlurmCluster:
+        """Start munged, slurmctld and slurmd under ``root``; wait for the node to be idle.
+
+        ``cpus`` declares more (or fewer) CPUs than the machine has, e.g. 4 on a 2-core
+        box so that a 3-task job fits; ``None`` keeps the real count.
+        """
         root.mkdir(parents=True, exist_ok=True)
         root.chmod(0o755)
         host = platform.node().split(".")[0]
         cluster = cls(
-            root=root, host=host, env={**os.environ, "SLURM_CONF": str(root / "slurm.conf")}
+            root=root,
+            host=host,
+            env={**os.environ, "SLURM_CONF": str(root / "slurm.conf")},
+            cpus=cpus,
         )
         for sub in ("state", "spool", "munge"):
             (root / sub).mkdir(exist_ok=True)
@@ -153,7 +188,8 @@ class SlurmCluster:
                 "SchedulerParameters=sched_interval=1",
                 "SlurmctldTimeout=30",
                 "SlurmdTimeout=30",
-                _node_line(self.host),
+                *(["SlurmdParameters=config_overrides"] if self.cpus is not None else []),
+                _node_line(self.host, cpus=self.cpus),
                 "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
                 "",
             ]
@@ -194,6 +230,25 @@ class SlurmCluster:
                 states[fields["JobId"]] = fields.get("JobState", "")
         return states
 
+    def wait_job(self, job_id: str, *, timeout_s: float) -> str:
+        """Wait until job ``job_id`` has ended (for good, not requeued); return its state.
+
+        Raises
+        ------
+        AssertionError
+            After ``timeout_s``, with the queue and the finished jobs' states.
+        """
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            state = self.job_states().get(job_id)
+            if state is not None and state not in ("PENDING", "REQUEUED"):
+                return state
+            time.sleep(0.3)
+        queue = self.run(["squeue"], check=False).stdout
+        raise AssertionError(
+            f"job {job_id} not finished after {timeout_s} s\n{queue}\njobcomp: {self.job_states()}"
+        )
+
     def cancel_all(self, *, timeout_s: float = 30.0) -> None:
         """Cancel every job of this cluster and wait until the queue is empty."""
         user = pwd.getpwuid(os.geteuid()).pw_name
@@ -228,4 +283,29 @@ class SlurmCluster:
                 os.kill(pid, signal.SIGKILL)
 
 
-__all__ = ["SlurmCluster", "ensure_slurm_packages"]
+def running_cluster(
+    tmp_path_factory: pytest.TempPathFactory, *, cpus: int | None = None
+) -> Iterator[SlurmCluster]:
+    """Body of a test module's cluster fixture: start, point ``SLURM_CONF`` at it, stop.
+
+    Skips the tests, with the reason, where SLURM cannot run.  ``SLURM_CONF`` is set in
+    ``os.environ`` while the cluster runs (the CLI's sbatch and dask-jobqueue read it)
+    and restored afterwards.
+    """
+    reason = ensure_slurm_packages()
+    if reason is not None:
+        pytest.skip(f"no test SLURM cluster: {reason}")
+    cluster = SlurmCluster.start(tmp_path_factory.mktemp("slurm"), cpus=cpus)
+    previous = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        if previous is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = previous
+
+
+__all__ = ["SlurmCluster", "ensure_slurm_packages", "running_cluster"]

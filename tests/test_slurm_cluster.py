@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from slurm_cluster import SlurmCluster, ensure_slurm_packages
+from slurm_cluster import SlurmCluster, running_cluster
 
 from hpcdiff.cli import main
 from hpcdiff.config import SimulateConfig
@@ -58,22 +58,9 @@ RUN_FRAMES = {"r01": 32, "r02": 8, "r03": 8}
 """Frames per run; r01 is long enough to be signalled part-way."""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmCluster]:
-    reason = ensure_slurm_packages()
-    if reason is not None:
-        pytest.skip(f"no test SLURM cluster: {reason}")
-    cluster = SlurmCluster.start(tmp_path_factory.mktemp("slurm"))
-    previous = os.environ.get("SLURM_CONF")
-    os.environ["SLURM_CONF"] = str(cluster.conf)
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
-        if previous is None:
-            os.environ.pop("SLURM_CONF", None)
-        else:
-            os.environ["SLURM_CONF"] = previous
+    yield from running_cluster(tmp_path_factory)
 
 
 def _wait(

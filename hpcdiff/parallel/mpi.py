@@ -335,10 +335,19 @@ def node_local_rank(comm: Any) -> tuple[int, int]:
 
 
 def slurm_cpus_per_task(environ: dict[str, str] | None = None) -> int | None:
-    """``SLURM_CPUS_PER_TASK`` as a positive integer, ``None`` when unset or not a number."""
-    env = os.environ if environ is None else environ
-    value = env.get("SLURM_CPUS_PER_TASK", "")
-    return int(value) if value.isdigit() and int(value) > 0 else None
+    """SLURM's CPUs per task, from :class:`~hpcdiff.slurm.env.SlurmEnvironment`.
+
+    ``None`` when unset or 0, and (with a warning naming the variable) when the SLURM
+    environment holds something SLURM does not write: a thread count is only a hint.
+    """
+    from hpcdiff.slurm.env import SlurmEnvironment, SlurmEnvironmentError
+
+    try:
+        slurm = SlurmEnvironment.from_environ(os.environ if environ is None else environ)
+    except SlurmEnvironmentError as exc:
+        log.warning("%s; ignoring the SLURM CPU count", exc)
+        return None
+    return slurm.cpus_per_task or None
 
 
 def threads_per_rank(
