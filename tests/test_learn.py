@@ -122,6 +122,19 @@ def test_stratified_split_is_stratified_disjoint_and_seeded():
 
 
 # ----------------------------------------------------------------------------- model
+def test_model_is_invariant_to_the_feature_scale():
+    """Whitened PCA scores: features 1e-4 times smaller give the same classifier."""
+    x, y = _data(120)
+    big = DiffuseClassifier(n_components=4).fit(
+        x, y, class_names=BINARY_CLASS_NAMES, feature_meta=META
+    )
+    small = DiffuseClassifier(n_components=4).fit(
+        x * 1e-4, y, class_names=BINARY_CLASS_NAMES, feature_meta=META
+    )
+    np.testing.assert_allclose(big.predict_proba(x), small.predict_proba(x * 1e-4), atol=1e-6)
+    assert np.mean(small.predict(x * 1e-4) == y) > 0.9
+
+
 def test_model_matches_sklearn_pipeline():
     from sklearn.decomposition import PCA
     from sklearn.linear_model import LogisticRegression
@@ -130,7 +143,7 @@ def test_model_matches_sklearn_pipeline():
     model = DiffuseClassifier(n_components=4).fit(
         x, y, class_names=BINARY_CLASS_NAMES, feature_meta=META
     )
-    z = PCA(n_components=4).fit(x.astype(np.float64))
+    z = PCA(n_components=4, whiten=True).fit(x.astype(np.float64))
     lr = LogisticRegression(max_iter=2000).fit(z.transform(x), y)
     np.testing.assert_allclose(
         model.predict_proba(x), lr.predict_proba(z.transform(x)), rtol=1e-4, atol=1e-6

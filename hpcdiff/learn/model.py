@@ -160,6 +160,9 @@ class DiffuseClassifier:
     ) -> DiffuseClassifier:
         """Fit the logistic regression on PCA scores ``z`` ``(n, k)`` already projected.
 
+        The scores are whitened (divided by each component's standard deviation) before
+        the fit, here and in :meth:`predict_proba`.
+
         For distributed training: ranks project their rows with ``pca.transform`` and only
         ``(n, k)`` scores reach the root.
         """
@@ -168,7 +171,7 @@ class DiffuseClassifier:
         z = np.asarray(z, dtype=np.float64)
         y = np.asarray(y, dtype=np.int64)
         lr = LogisticRegression(C=self.C, max_iter=self.max_iter, random_state=self.random_state)
-        lr.fit(z, y)
+        lr.fit(_whiten(z, pca), y)
         self.pca_ = pca
         self.coef_ = lr.coef_.astype(np.float64)
         self.intercept_ = lr.intercept_.astype(np.float64)
@@ -206,7 +209,7 @@ class DiffuseClassifier:
             raise ValueError(
                 f"features must be (n, {self.pca_.components_.shape[1]}); got {x.shape}"
             )
-        scores = self.pca_.transform(x) @ self.coef_.T + self.intercept_
+        scores = _whiten(self.pca_.transform(x), self.pca_) @ self.coef_.T + self.intercept_
         if self.coef_.shape[0] == 1:
             p1 = 1.0 / (1.0 + np.exp(-scores[:, 0]))
             seen = np.stack([1.0 - p1, p1], axis=1)
@@ -326,6 +329,19 @@ class DiffuseClassifier:
         model.feature_meta_ = _meta_from_dict(path, meta.get("feature", {}))
         model.metadata_ = meta
         return model
+
+
+def _whiten(z: np.ndarray, pca: PCABasis) -> np.ndarray:
+    """PCA scores divided by their training standard deviation (unit variance per component).
+
+    Logistic regression is fit on whitened scores so that its L2 penalty treats every
+    component alike, whatever the scale of the features (random-weight VGG16 features are
+    orders of magnitude smaller than pretrained ones; unscaled, they collapse to the
+    majority class).  The scale is the saved ``explained_variance_``: nothing extra to store.
+    """
+    sd = np.sqrt(np.maximum(np.asarray(pca.explained_variance_, dtype=np.float64), 0.0))
+    floor = max(float(sd.max(initial=0.0)) * 1e-12, np.finfo(np.float64).tiny)
+    return z / np.maximum(sd, floor)
 
 
 def _meta_to_dict(meta: FeatureMeta) -> dict[str, Any]:
