@@ -11,7 +11,9 @@
   many frames, never from one frame's zeros.
 
 Array functions take numpy or cupy batches ``(n, n_ss, n_fs)`` and return the same kind;
-ASIC statistics are vectorised over all ASICs and frames (:mod:`hpcdiff.background.segments`).
+on cupy the ASIC statistics are vectorised over all ASICs and frames
+(:mod:`hpcdiff.background.segments`), on numpy a loop partitions each ASIC's contiguous
+slice (faster on a CPU, same result).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from hpcdiff.background.segments import (
     Segments,
     as_segments,
     expand,
+    percentile_sorted_1d,
     segment_clipped_stats,
     segment_median,
     segment_moments,
@@ -193,7 +196,8 @@ def _histogram_peak(
     n_bins = int(np.ceil(2 * threshold / bin_width))
     take = xp.where(labels >= 0, labels, 0)
     rel = rows - xp.take(centre, take, axis=1)
-    b = xp.floor((rel + threshold) / bin_width).astype(xp.int64)
+    # NaN (an ASIC without a level, or a non-finite pixel) -> bin -1, outside the histogram
+    b = xp.floor(xp.where(xp.isfinite(rel), (rel + threshold) / bin_width, -1)).astype(xp.int64)
     use = ok & (b >= 0) & (b < n_bins) & (labels >= 0)[None, :]
     seg_frame = labels[None, :] + n_seg * xp.arange(n)[:, None]
     idx = (seg_frame * n_bins + b)[use]
@@ -270,17 +274,13 @@ def common_mode_offsets(
         raise ValueError(f"n_iter must be >= 1, got {n_iter}")
     ix = segs.arrays(xp)
     rows = frames.reshape(n, -1)
-    take = xp.where(ix["labels"] >= 0, ix["labels"], 0)
     allowed = xp.isfinite(rows)
     if valid is not None:
         allowed &= xp.broadcast_to(valid, frames.shape).reshape(n, -1)
-    level = xp.zeros((n, segs.n_segments), dtype=frames.dtype)
-    for i in range(n_iter):
-        start = xp.where(xp.isfinite(level), level, 0)
-        below = rows < xp.take(start, take, axis=1) + threshold
-        # early passes only centre the window: every 4th pixel of each ASIC is plenty
-        use = segs if i == n_iter - 1 else segs.subsample(4)
-        level = segment_median(frames, use, valid=(below & allowed).reshape(frames.shape))
+    if xp is np:
+        level = _zero_photon_level_numpy(rows, allowed, segs, threshold, n_iter)
+    else:
+        level = _zero_photon_level(frames, rows, allowed, segs, threshold, n_iter, xp)
     if method == "median":
         return level
     width = threshold / 5 if bin_width is None else float(bin_width)
@@ -290,6 +290,77 @@ def common_mode_offsets(
         rows, allowed, ix["labels"], segs.n_segments, level, threshold, width, xp
     )
     return peak.astype(level.dtype)
+
+
+def _zero_photon_level(
+    frames: Any, rows: Any, allowed: Any, segs: Segments, threshold: float, n_iter: int, xp: Any
+) -> Any:
+    """Iterated median below ``level + threshold``, vectorised over ASICs (cupy path)."""
+    n = rows.shape[0]
+    ix = segs.arrays(xp)
+    take = xp.where(ix["labels"] >= 0, ix["labels"], 0)
+    level = xp.zeros((n, segs.n_segments), dtype=frames.dtype)
+    for i in range(n_iter):
+        start = xp.where(xp.isfinite(level), level, 0)
+        below = rows < xp.take(start, take, axis=1) + threshold
+        # early passes only centre the window: every 4th pixel of each ASIC is plenty
+        use = segs if i == n_iter - 1 else segs.subsample(4)
+        level = segment_median(frames, use, valid=(below & allowed).reshape(frames.shape))
+    return level
+
+
+def _zero_photon_level_numpy(
+    rows: np.ndarray, allowed: np.ndarray, segs: Segments, threshold: float, n_iter: int
+) -> np.ndarray:
+    """numpy path of :func:`_zero_photon_level`: one small median per frame and ASIC.
+
+    The pixels of each ASIC are gathered once into a contiguous slice (a reshape when
+    every ASIC has the same size), its valid pixels kept, and each pass selects those
+    below ``level + threshold`` and partitions them.  Early passes use the same
+    every-4th-pixel subsample as :meth:`Segments.subsample`, so the result equals the
+    vectorised path exactly.
+
+    Parameters
+    ----------
+    rows
+        ``(n, n_ss * n_fs)`` frames.
+    allowed
+        ``(n, n_ss * n_fs)`` bool, finite and valid pixels.
+
+    Returns
+    -------
+    ndarray, (n, n_asics)
+        dtype of ``rows`` (float64 for integer frames); NaN where no pixel is below.
+    """
+    n, k = rows.shape[0], segs.n_segments
+    dtype = rows.dtype if np.issubdtype(rows.dtype, np.floating) else np.dtype(np.float64)
+    g = np.take(rows, segs.order, axis=1).astype(dtype, copy=False)
+    gok = np.take(allowed, segs.order, axis=1)
+    # the pixels Segments.subsample(4) keeps, in segment order: early passes look at these
+    early = (segs.positions % 4 == 0) | (segs.sizes[segs.sorted_labels] < 256)
+    level = np.full((n, k), np.nan, dtype=dtype)
+    thr = dtype.type(threshold)
+    nz = np.flatnonzero(segs.sizes > 0)
+    if nz.size == 0:
+        return level
+    starts = segs.starts[nz]
+    for i in range(n):
+        # each ASIC's valid pixels, contiguous: ASIC s is vals[e - c : e]
+        vals, vals_early = g[i][gok[i]], early[gok[i]]
+        counts = np.add.reduceat(gok[i], starts, dtype=np.int64)
+        ends = np.cumsum(counts)
+        for s, c, e in zip(nz.tolist(), counts.tolist(), ends.tolist(), strict=True):
+            v_all = vals[e - c : e]
+            v_early = v_all[vals_early[e - c : e]]
+            lev = dtype.type(np.nan)
+            for it in range(n_iter):
+                v = v_early if it < n_iter - 1 else v_all
+                # a pass that found nothing restarts the window at 0, as the cupy path
+                start = lev if np.isfinite(lev) else dtype.type(0)
+                sel = v[v < start + thr]
+                lev = percentile_sorted_1d(sel, 50.0) if sel.size else dtype.type(np.nan)
+            level[i, s] = lev
+    return level
 
 
 def subtract_common_mode(

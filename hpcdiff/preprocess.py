@@ -153,6 +153,10 @@ class Preprocessor:
                 "[corrections] convert_to_photons and common_mode"
             )
         self.adu_per_ev = None if adu_per_ev is None else np.asarray(adu_per_ev, np.float64)
+        if self.adu_per_ev is not None:
+            used = np.broadcast_to(self.adu_per_ev, self.slab_shape)[np.asarray(model.valid, bool)]
+            if not (np.isfinite(used).all() and (used > 0).all()):
+                raise ValueError("adu_per_ev must be finite and > 0 on every valid pixel")
         self.pedestal = None if pedestal is None else np.asarray(pedestal, np.float32)
         self.gain = None if gain is None else np.asarray(gain, np.float32)
         self.panel_index = np.asarray(model.panel_index)
@@ -218,10 +222,28 @@ class Preprocessor:
                 "valid": xp.asarray(self.valid),
                 "panel_index": xp.asarray(self.panel_index),
                 "adu_per_ev": None if self.adu_per_ev is None else xp.asarray(self.adu_per_ev),
+                "ev_per_adu": None if self.adu_per_ev is None else xp.asarray(self._ev_per_adu()),
                 "pedestal": None if self.pedestal is None else xp.asarray(self.pedestal),
                 "gain": None if self.gain is None else xp.asarray(self.gain),
             }
         return self._device[key]
+
+    def _ev_per_adu(self) -> np.ndarray:
+        """``(n_ss, n_fs)`` float32 ``1 / adu_per_ev`` on valid pixels, 1 elsewhere."""
+        assert self.adu_per_ev is not None
+        gain = np.where(self.valid, self.adu_per_ev, 1.0)
+        return (1.0 / gain).astype(np.float32)
+
+    def _to_photons(self, x: Any, energy: np.ndarray, dev: dict[str, Any]) -> Any:
+        """``x / (adu_per_ev * E)`` in place, as float32 products (no batch-sized map).
+
+        ``x`` is a float32 ``(n, n_ss, n_fs)`` batch this class owns (a fresh copy);
+        ``energy`` the ``(n,)`` photon energies, eV.
+        """
+        xp = array_module(x)
+        x *= dev["ev_per_adu"][None]
+        x *= xp.asarray((1.0 / energy).astype(x.dtype))[:, None, None]
+        return x
 
     def _energies(self, photon_energy_ev: Any, n: int) -> np.ndarray:
         energy = np.asarray(photon_energy_ev, dtype=np.float64)
@@ -272,9 +294,10 @@ class Preprocessor:
         c = self.corrections
         if not (c.convert_to_photons or c.common_mode):
             return x
-        energy = xp.asarray(self._energies(photon_energy_ev, frames.shape[0]))
-        gain = xp.where(dev["valid"], dev["adu_per_ev"], 1.0)
-        x = adu_to_photons(x, adu_per_ev=gain, photon_energy_ev=energy)
+        energies = self._energies(photon_energy_ev, frames.shape[0])
+        if not (np.isfinite(energies).all() and (energies > 0).all()):
+            raise ValueError("photon energies must be finite and > 0 eV")
+        x = self._to_photons(x, energies, dev)
         if c.common_mode:
             x = subtract_common_mode(
                 x,
@@ -284,6 +307,8 @@ class Preprocessor:
                 method=c.common_mode_method,
             )
         if not c.convert_to_photons:
+            energy = xp.asarray(energies)
+            gain = xp.where(dev["valid"], dev["adu_per_ev"], 1.0)
             x = x * (gain[None] * energy[:, None, None]).astype(xp.float32)
         return x
 

@@ -2,8 +2,8 @@
 
 A :class:`Segments` object groups the pixels of a detector slab by an integer label
 (ring index, ASIC index; ``-1`` = not in any group).  It is built once per detector and
-reused for every frame.  The statistics are vectorised over all segments and all frames
-of a batch at once, with no Python loop over segments:
+reused for every frame.  For cupy arrays the statistics are vectorised over all segments
+and all frames of a batch at once, with no Python loop over segments:
 
 * percentiles and medians place each segment's pixels in one row of a padded
   ``(n, n_segments, max_size)`` array (equal-size segments such as ASICs need no padding)
@@ -13,6 +13,12 @@ of a batch at once, with no Python loop over segments:
   impossible);
 * means, clipped means and standard deviations use ``bincount`` over
   ``frame * n_segments + label``.
+
+On the CPU (numpy arrays) two faster exact paths replace these: the pixels are gathered
+in segment order once, order statistics come from ``np.partition`` on each segment's
+contiguous slice (:func:`_percentile_sorted`), and every clipping pass sums contiguous
+slices with ``np.add.reduceat`` (:func:`_moments_sorted`).  cupy arrays keep the
+vectorised path above, which suits a GPU.
 
 All functions take numpy or cupy arrays (see :mod:`hpcdiff.backend`) and return arrays
 of the same kind.
@@ -216,6 +222,8 @@ def segment_percentile(
     xp = array_module(values, valid)
     g, gok, _ = _gather(values, segments, valid, xp)
     n, k = g.shape[0], segments.n_segments
+    if xp is np:
+        return _percentile_sorted(g, gok, segments, q)
     if segments.uniform:
         size = int(segments.sizes[0])
         return percentile_rows(g.reshape(n, k, size), gok.reshape(n, k, size), q)
@@ -226,6 +234,50 @@ def segment_percentile(
     rows[:, ix["sorted_labels"], ix["positions"]] = g
     rows_ok[:, ix["sorted_labels"], ix["positions"]] = gok
     return percentile_rows(rows, rows_ok, q)
+
+
+def percentile_sorted_1d(v: np.ndarray, q: float) -> Any:
+    """Percentile of a 1-D numpy array of valid values, as :func:`percentile_rows`.
+
+    ``np.partition`` on the two order statistics the ``"linear"`` rule needs; the
+    interpolation is done in the dtype of ``v`` exactly as :func:`percentile_rows` does
+    it, so the two agree bit for bit.  ``v`` must be floating and non-empty.
+    """
+    count = v.size
+    pos = (count - 1) * (q / 100.0)
+    lo = int(np.floor(pos))
+    hi = min(lo + 1, count - 1)
+    frac = v.dtype.type(pos - lo)
+    part = np.partition(v, (lo, hi) if hi > lo else lo)
+    a = part[lo]
+    b = part[hi]
+    return a + (b - a) * frac
+
+
+def _percentile_sorted(g: np.ndarray, gok: np.ndarray, segments: Segments, q: float) -> Any:
+    """numpy path of :func:`segment_percentile`: one partition per frame and segment.
+
+    ``g`` and ``gok`` are ``(n, m)`` pixels gathered in segment order, so each segment's
+    valid pixels form one contiguous slice once the invalid ones are dropped.
+    """
+    if not np.issubdtype(g.dtype, np.floating):
+        g = g.astype(np.float64)
+    gok = gok & np.isfinite(g)
+    n, k = g.shape[0], segments.n_segments
+    out = np.full((n, k), np.nan, dtype=g.dtype)
+    nz = np.flatnonzero(segments.sizes > 0)
+    if nz.size == 0:
+        return out
+    starts = segments.starts[nz]
+    for i in range(n):
+        vals = g[i][gok[i]]
+        counts = np.add.reduceat(gok[i], starts, dtype=np.int64)
+        ends = np.cumsum(counts)
+        row = out[i]
+        for s, c, e in zip(nz.tolist(), counts.tolist(), ends.tolist(), strict=True):
+            if c:
+                row[s] = percentile_sorted_1d(vals[e - c : e], q)
+    return out
 
 
 def segment_median(values: Any, segments: Segments, *, valid: Any | None = None) -> Any:
@@ -245,6 +297,8 @@ def segment_moments(
     """
     xp = array_module(values, valid)
     g, gok, labels = _gather(values, segments, valid, xp)
+    if xp is np:
+        return _moments_sorted(g, gok, segments)
     return _moments(g, gok, labels, segments.n_segments, xp)
 
 
@@ -274,6 +328,51 @@ def _moments(rows: Any, ok: Any, labels: Any, n_seg: int, xp: ModuleType) -> tup
     return cnt.reshape(shape).astype(xp.int64), mean.reshape(shape), xp.sqrt(var).reshape(shape)
 
 
+def _moments_sorted(g: np.ndarray, keep: np.ndarray, segments: Segments) -> tuple:
+    """numpy path of :func:`_moments` for pixels gathered in segment order.
+
+    Contiguous per-segment sums (``np.add.reduceat``) instead of a scattered ``bincount``;
+    the same count, mean and std up to float64 summation order.
+    """
+    n, k = g.shape[0], segments.n_segments
+    cnt = np.zeros((n, k), dtype=np.int64)
+    s1 = np.zeros((n, k), dtype=np.float64)
+    s2 = np.zeros((n, k), dtype=np.float64)
+    nz = np.flatnonzero(segments.sizes > 0)
+    if nz.size:
+        starts = segments.starts[nz]
+        w = np.where(keep, g, 0).astype(np.float64, copy=False)
+        cnt[:, nz] = np.add.reduceat(keep, starts, axis=1, dtype=np.int64)
+        s1[:, nz] = np.add.reduceat(w, starts, axis=1)
+        np.multiply(w, w, out=w)
+        s2[:, nz] = np.add.reduceat(w, starts, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s1 / cnt
+        var = np.maximum(s2 / cnt - mean * mean, 0.0)
+    return cnt, mean, np.sqrt(var)
+
+
+def _clipped_sorted(
+    g: np.ndarray, ok: np.ndarray, segments: Segments, sigma: float, max_iter: int
+) -> tuple[Any, Any]:
+    """numpy path of :func:`segment_clipped_stats` on pixels gathered in segment order."""
+    sizes = segments.sizes
+    cnt, mean, std = _moments_sorted(g, ok, segments)
+    keep = ok
+    for _ in range(max_iter):
+        # np.repeat spreads each segment's value over its contiguous slice (no gather)
+        d = np.repeat(mean, sizes, axis=1)
+        np.subtract(g, d, out=d)  # |g - mean| in float64, in one buffer
+        np.abs(d, out=d)
+        new = d <= np.repeat(sigma * std, sizes, axis=1)
+        new &= ok
+        if bool((new == keep).all()):
+            break
+        keep = new
+        cnt, mean, std = _moments_sorted(g, keep, segments)
+    return mean, std
+
+
 def segment_clipped_stats(
     values: Any,
     segments: Segments,
@@ -296,6 +395,8 @@ def segment_clipped_stats(
         raise ValueError(f"sigma must be > 0, got {sigma}")
     xp = array_module(values, valid)
     g, ok, labels = _gather(values, segments, valid, xp)
+    if xp is np:
+        return _clipped_sorted(g, ok, segments, sigma, max_iter)
     keep = ok
     cnt, mean, std = _moments(g, keep, labels, segments.n_segments, xp)
     for _ in range(max_iter):
@@ -342,6 +443,7 @@ def expand(profile: Any, segments: Segments, *, fill: float = np.nan) -> Any:
 __all__ = [
     "Segments",
     "percentile_rows",
+    "percentile_sorted_1d",
     "as_segments",
     "expand",
     "segment_clipped_stats",

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -132,13 +133,43 @@ def _tensor_sha256(state_dict: Mapping[str, Any]) -> str:
     for key in sorted(state_dict):
         arr = state_dict[key].detach().cpu().contiguous().numpy()
         digest.update(key.encode() + b"\0" + str(arr.shape).encode() + b"\0")
-        digest.update(np.ascontiguousarray(arr, dtype="<f4").tobytes())
+        # hash the array's own buffer: the same bytes as tobytes(), without a copy
+        digest.update(memoryview(np.ascontiguousarray(arr, dtype="<f4")).cast("B"))
     return digest.hexdigest()
 
 
-def _random_weights(spec: str) -> LoadedWeights:
+def _random_state_dict(seed: int) -> dict[str, Any]:
+    """Seeded untrained VGG16 weights, drawn straight into float32 tensors.
+
+    The same values as ``VGG16(generator=torch.Generator().manual_seed(seed))`` (torchvision's
+    init: Kaiming-normal, fan-out, ReLU conv kernels; N(0, 0.01) linear weights; zero biases;
+    drawn in module order from one generator), without first building the modules, whose
+    default initialisation draws every weight a second time from the global generator.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        torchvision key names, float32 on the CPU.
+    """
     import torch
 
+    gen = torch.Generator().manual_seed(seed)
+    state: dict[str, Any] = {}
+    for key, shape in _expected_shapes().items():
+        t = torch.empty(shape, dtype=torch.float32)
+        if key.endswith(".bias"):
+            t.zero_()
+        elif len(shape) == 4:  # conv kernel (out, in, kh, kw): fan_out = out * kh * kw
+            t.normal_(0.0, math.sqrt(2.0 / (shape[0] * shape[2] * shape[3])), generator=gen)
+        elif len(shape) == 2:
+            t.normal_(0.0, 0.01, generator=gen)
+        else:
+            raise AssertionError(f"unexpected VGG16 parameter {key} of shape {shape}")
+        state[key] = t
+    return state
+
+
+def _random_weights(spec: str) -> LoadedWeights:
     text = spec.split(":", 1)[1]
     try:
         seed = int(text)
@@ -146,8 +177,7 @@ def _random_weights(spec: str) -> LoadedWeights:
         raise WeightsError(
             f"VGG16 weights {spec!r}: expected 'random:SEED' with an integer SEED"
         ) from None
-    gen = torch.Generator().manual_seed(seed)
-    state = VGG16(generator=gen).state_dict()
+    state = _random_state_dict(seed)
     info = WeightsInfo(
         name=f"random:{seed} (untrained, not pretrained)",
         path=None,
