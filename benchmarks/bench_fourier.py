@@ -248,6 +248,27 @@ def bench_similarity(
     return res
 
 
+def _flat_rows(prefix: str, value: object, rows: list[dict]) -> None:
+    """Numbers of a nested report as suite rows (``metric`` = dotted path)."""
+    if isinstance(value, dict):
+        for key, sub in value.items():
+            _flat_rows(f"{prefix}.{key}" if prefix else str(key), sub, rows)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        rows.append({"metric": prefix, "value": value, "unit": "", "note": ""})
+
+
+def run(quick: bool = False) -> dict:
+    """Suite entry (``benchmarks/run.py``): the same measurements as the command line."""
+    with tempfile.TemporaryDirectory(prefix="bench_fourier_") as tmp:
+        out = Path(tmp) / "fourier.json"
+        main(["--json", str(out), *(["--quick"] if quick else [])])
+        report = json.loads(out.read_text())
+    rows: list[dict] = []
+    _flat_rows("", report, rows)
+    return {"title": "Fourier job: merge, CC with truth, common-arc similarity", "rows": rows,
+            **report}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
