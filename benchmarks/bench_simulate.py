@@ -43,7 +43,22 @@ def _median_time(fn, repeats: int, *, clock=time.perf_counter) -> float:
     return statistics.median(times)
 
 
-def main() -> None:
+def run(quick: bool = False) -> dict:
+    """Suite entry (``benchmarks/run.py``): the command line's measurements as rows."""
+    with tempfile.TemporaryDirectory(prefix="bench_simulate_") as tmp:
+        out = Path(tmp) / "simulate.json"
+        argv = ["--json", str(out), "--frames", "4" if quick else "12"]
+        main([*argv, *(["--repeats", "1"] if quick else ["--write"])])
+        result = json.loads(out.read_text())
+    rows = [
+        {"metric": key, "value": value, "unit": "", "note": "CSPAD-like detector"}
+        for key, value in result.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    ]
+    return {"title": "Simulator: full-size frames per second per core", "rows": rows, **result}
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--detector", choices=("cspad", "small"), default="cspad")
     parser.add_argument("--frames", type=int, default=12, help="frames per timing")
@@ -51,7 +66,7 @@ def main() -> None:
     parser.add_argument("--preset", default="moderate")
     parser.add_argument("--write", action="store_true", help="also time simulate_experiment")
     parser.add_argument("--json", type=Path, help="write the numbers here too")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     cfg = SimulateConfig(detector=args.detector, preset=args.preset, seed=0)
     t0 = time.perf_counter()
