@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from hpcdiff.errors import HpcdiffError, OutputExistsError
 
@@ -118,61 +118,31 @@ def _job_text(
     out: Path,
     n_train: int,
     n_test: int,
-    model: Path | None,
+    model: Path,
 ) -> str:
-    """A demo job file: the simulator's ``[experiment]`` plus the demo's settings."""
+    """A demo job file: the simulator's ``[experiment]`` (absolute paths) plus the demo's settings."""
     import tomllib
 
-    experiment = tomllib.loads(sim_job.read_text())["experiment"]
+    import tomli_w
+
     base = sim_job.parent
-    lines = ["# Written by hpcdiff demo.", "", "[experiment]"]
-    for key, value in experiment.items():
-        if key in ("geometry", "stream", "labels"):
-            value = str((base / value).resolve())
-        elif key == "frames":
-            value = [str((base / v).resolve()) for v in value]
-        lines.append(f"{key} = {_toml(value)}")
-    lines += [
-        "",
-        "[features]",
-        f"weights = {_toml(weights)}",
-        f"layer = {_toml(layer)}",
-        "batch_size = 8",
-        "",
-        "[learn]",
-        f"n_train = {n_train}",
-        f"n_test = {n_test}",
-        f"n_components = {min(50, n_train - 1)}",
-        "",
-        "[parallel]",
-        "checkpoint_every = 16",
-        "progress_interval_s = 5.0",
-        "",
-        "[fourier]",
-        f"grid_size = {settings.grid_size}",
-        f"truth = {_toml(str((base / 'truth.h5').resolve()))}",
-        "",
-        "[fourier.cluster]",
-        'kind = "local"',
-        "n_workers = 2",
-        "threads_per_worker = 1",
-        "",
-        "[output]",
-        f"dir = {_toml(str(out))}",
-    ]
-    if model is not None:
-        lines.append(f"model = {_toml(str(model))}")
-    return "\n".join(lines) + "\n"
-
-
-def _toml(value: Any) -> str:
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value)
+    experiment = tomllib.loads(sim_job.read_text())["experiment"]
+    for key in ("geometry", "stream", "labels"):
+        experiment[key] = str((base / experiment[key]).resolve())
+    experiment["frames"] = [str((base / f).resolve()) for f in experiment["frames"]]
+    job = {
+        "experiment": experiment,
+        "features": {"weights": weights, "layer": layer, "batch_size": 8},
+        "learn": {"n_train": n_train, "n_test": n_test, "n_components": min(50, n_train - 1)},
+        "parallel": {"checkpoint_every": 16, "progress_interval_s": 5.0},
+        "fourier": {
+            "grid_size": settings.grid_size,
+            "truth": str((base / "truth.h5").resolve()),
+            "cluster": {"kind": "local", "n_workers": 2, "threads_per_worker": 1},
+        },
+        "output": {"dir": str(out), "model": str(model)},
+    }
+    return "# Written by hpcdiff demo.\n\n" + tomli_w.dumps(job)
 
 
 def _run_classify(action: str, job: Path, *, ranks: int, say: Callable[[str], None]) -> None:
