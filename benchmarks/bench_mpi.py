@@ -262,7 +262,8 @@ def _parser() -> argparse.ArgumentParser:
 
 def run(quick: bool = False) -> dict:
     """Suite entry (``benchmarks/run.py``): full-size CSPAD frames on 1 and 2 ranks."""
-    argv = ["--detector", "cspad", "--frames", "16" if quick else "32"]
+    # enough batches that filling the pipeline (the first batch is never overlapped) is small
+    argv = ["--detector", "cspad", "--frames", "48" if quick else "96"]
     argv += ["--repeats", "1" if quick else "3"]
     record = measure(_parser().parse_args(argv))
     rows = [
