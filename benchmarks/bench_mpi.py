@@ -263,7 +263,7 @@ def _parser() -> argparse.ArgumentParser:
 def run(quick: bool = False) -> dict:
     """Suite entry (``benchmarks/run.py``): full-size CSPAD frames on 1 and 2 ranks."""
     # enough batches that filling the pipeline (the first batch is never overlapped) is small
-    argv = ["--detector", "cspad", "--frames", "48" if quick else "96"]
+    argv = ["--detector", "cspad", "--frames", "48" if quick else "192"]
     argv += ["--repeats", "1" if quick else "3"]
     record = measure(_parser().parse_args(argv))
     rows = [
