@@ -70,11 +70,9 @@ def read_calibration(
     import h5py
 
     path = Path(path)
-    try:
-        fh = h5py.File(path, "r")
-    except OSError as exc:
-        raise FormatError(path, f"cannot open as HDF5 ({exc})") from None
-    with fh:
+    from hpcdiff.io.hdf5 import open_hdf5
+
+    with open_hdf5(path) as fh:
         if dataset is None:
             found: list[str] = []
             fh.visititems(

@@ -33,6 +33,7 @@ import hdf5plugin  # noqa: F401  (registers the lz4/bitshuffle/... filters with 
 import numpy as np
 
 from hpcdiff.errors import FormatError
+from hpcdiff.io.hdf5 import open_hdf5
 from hpcdiff.io.outputs import atomic_path
 
 if TYPE_CHECKING:
@@ -516,12 +517,7 @@ class FrameSource:
         if h5 is not None:
             self._handles.move_to_end(file)
             return h5
-        try:
-            h5 = h5py.File(file, "r")
-        except FileNotFoundError:
-            raise FormatError(file, "file not found") from None
-        except OSError as exc:
-            raise FormatError(file, f"cannot open as HDF5 ({exc})") from None
+        h5 = open_hdf5(file)
         self._handles[file] = h5
         while len(self._handles) > self.max_open:
             _, old = self._handles.popitem(last=False)
@@ -778,13 +774,7 @@ def summarise_cxi(path: str | Path, *, data_path: str | None = None) -> dict[str
         where no frame dataset is found).
     """
     path = Path(path)
-    try:
-        h5 = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise FormatError(path, "file not found") from None
-    except OSError as exc:
-        raise FormatError(path, f"cannot open as HDF5 ({exc})") from None
-    with h5:
+    with open_hdf5(path) as h5:
         datasets = [
             {
                 "path": d.name,

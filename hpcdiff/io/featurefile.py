@@ -27,6 +27,7 @@ import numpy as np
 
 from hpcdiff import __version__
 from hpcdiff.errors import FormatError
+from hpcdiff.io.hdf5 import open_hdf5
 from hpcdiff.io.outputs import atomic_path, ensure_writable, provenance
 
 FORMAT_VERSION = 1
@@ -317,23 +318,14 @@ def _read_meta(path: Path, h5: h5py.File) -> FeatureMeta:
 def read_feature_meta(path: str | Path) -> FeatureMeta:
     """Only the metadata of a features file (no arrays read)."""
     path = Path(path)
-    with _open(path) as h5:
+    with open_hdf5(path, what="features file") as h5:
         return _read_meta(path, h5)
-
-
-def _open(path: Path) -> h5py.File:
-    try:
-        return h5py.File(path, "r")
-    except FileNotFoundError:
-        raise FormatError(path, "features file does not exist") from None
-    except OSError as exc:
-        raise FormatError(path, f"not a readable HDF5 file ({exc})") from None
 
 
 def read_features(path: str | Path) -> FeatureSet:
     """Read a whole features file."""
     path = Path(path)
-    with _open(path) as h5:
+    with open_hdf5(path, what="features file") as h5:
         meta = _read_meta(path, h5)
         files = np.asarray(h5["frame_file"].asstr()[...], dtype=object)
         indices = h5["frame_index"][...].astype(np.int64)
@@ -347,7 +339,7 @@ def iter_feature_batches(
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Yield ``(files, indices, features)`` slices of at most ``batch_rows`` rows, in file order."""
     path = Path(path)
-    with _open(path) as h5:
+    with open_hdf5(path, what="features file") as h5:
         _read_meta(path, h5)
         n = h5["features"].shape[0]
         for start in range(0, n, batch_rows):
@@ -406,7 +398,7 @@ def merge_feature_shards(
     # frame ids only (small) decide the order; features are copied block by block
     id_parts = []
     for s in shards:
-        with _open(Path(s)) as h5:
+        with open_hdf5(Path(s)) as h5:
             id_parts.append(
                 (np.asarray(h5["frame_file"].asstr()[...], dtype=object), h5["frame_index"][...])
             )
@@ -439,7 +431,7 @@ def merge_feature_shards(
         config_hash=ref.config_hash,
         extra={**ref.extra, "merged_from": [str(s) for s in shards]},
     )
-    handles = [_open(Path(s)) for s in shards]
+    handles = [open_hdf5(Path(s)) for s in shards]
     try:
         with FeatureWriter(out, meta=meta, force=force) as writer:
             for lo in range(0, files.size, block_rows):

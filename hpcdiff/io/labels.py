@@ -29,6 +29,7 @@ import numpy as np
 
 from hpcdiff.errors import FormatError
 from hpcdiff.io.cxi import FrameId
+from hpcdiff.io.hdf5 import open_hdf5
 from hpcdiff.io.outputs import atomic_path, provenance
 
 _DATASETS = {
@@ -231,13 +232,7 @@ def read_labels(path: str | Path) -> Labels:
         or ``class_names`` is not a JSON list.
     """
     path = Path(path)
-    try:
-        h5 = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise FormatError(path, "labels file not found") from None
-    except OSError as exc:
-        raise FormatError(path, f"cannot open as HDF5 ({exc})") from None
-    with h5:
+    with open_hdf5(path, what="labels file") as h5:
         arrays: dict[str, np.ndarray] = {}
         for name, dtype in _DATASETS.items():
             dset = h5.get(name)

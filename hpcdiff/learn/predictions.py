@@ -25,6 +25,7 @@ import numpy as np
 
 from hpcdiff import __version__
 from hpcdiff.errors import FormatError
+from hpcdiff.io.hdf5 import open_hdf5
 from hpcdiff.io.outputs import atomic_path, provenance
 
 _STR = h5py.string_dtype("utf-8")
@@ -159,13 +160,7 @@ def read_predictions(path: str | Path) -> Predictions:
         Naming the file and the missing or malformed dataset.
     """
     path = Path(path)
-    try:
-        h5 = h5py.File(path, "r")
-    except FileNotFoundError:
-        raise FormatError(path, "predictions file does not exist") from None
-    except OSError as exc:
-        raise FormatError(path, f"not a readable HDF5 file ({exc})") from None
-    with h5:
+    with open_hdf5(path, what="predictions file") as h5:
         for name in _DATASETS:
             if name not in h5:
                 raise FormatError(

@@ -45,6 +45,7 @@ from hpcdiff.diffusion import (
     plot_diffusion,
 )
 from hpcdiff.errors import ConfigError, FormatError
+from hpcdiff.io.hdf5 import open_hdf5
 from hpcdiff.io.outputs import atomic_path, ensure_writable, provenance, write_json
 from hpcdiff.merge import (
     FrameVoxels,
@@ -892,11 +893,7 @@ def read_truth(
         Naming the file and what is missing.
     """
     path = Path(path)
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise FormatError(path, f"cannot open as HDF5 ({exc})") from None
-    with h5:
+    with open_hdf5(path) as h5:
         cubes: list[str] = []
 
         def visit(name: str, obj: Any) -> None:
