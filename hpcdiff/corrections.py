@@ -43,6 +43,25 @@ CommonModeMethod = Literal["median", "histogram"]
 # --------------------------------------------------------------------------- calibration maps
 
 
+def read_pedestal_and_gain(
+    experiment: Any, *, shape: tuple[int, int]
+) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The ``[experiment]`` ``pedestal`` and ``gain`` maps of a job, each ``None`` if unset.
+
+    Parameters
+    ----------
+    experiment
+        A :class:`hpcdiff.config.ExperimentConfig`.
+    shape
+        ``(n_ss, n_fs)`` detector slab the maps must match.
+    """
+    pedestal = (
+        None if experiment.pedestal is None else read_calibration(experiment.pedestal, shape=shape)
+    )
+    gain = None if experiment.gain is None else read_calibration(experiment.gain, shape=shape)
+    return pedestal, gain
+
+
 def read_calibration(
     path: str | Path, *, shape: tuple[int, int], dataset: str | None = None
 ) -> np.ndarray:

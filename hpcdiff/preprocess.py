@@ -44,7 +44,7 @@ from hpcdiff.corrections import (
     apply_pedestal_gain,
     asic_index,
     find_bad_pixels,
-    read_calibration,
+    read_pedestal_and_gain,
     subtract_common_mode,
 )
 
@@ -191,9 +191,7 @@ class Preprocessor:
             Optional ``(n_ss, n_fs)`` bool bad pixels.
         """
         shape = tuple(int(v) for v in model.panel_index.shape)
-        exp = job.experiment
-        pedestal = None if exp.pedestal is None else read_calibration(exp.pedestal, shape=shape)
-        gain = None if exp.gain is None else read_calibration(exp.gain, shape=shape)
+        pedestal, gain = read_pedestal_and_gain(job.experiment, shape=shape)
         return cls(
             model,
             job.background,

@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from hpcdiff.config import JobConfig
+from hpcdiff.corrections import read_pedestal_and_gain
 from hpcdiff.errors import ConfigError, FormatError, HpcdiffError, OutputExistsError
 from hpcdiff.io.outputs import atomic_path, provenance, write_json
 from hpcdiff.parallel.mpi import (
@@ -304,17 +305,6 @@ def detector_model(geometry: Any, values: dict[str, np.ndarray]) -> Any:
     )
 
 
-def _calibration(
-    job: JobConfig, shape: tuple[int, int]
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    from hpcdiff.corrections import read_calibration
-
-    exp = job.experiment
-    pedestal = None if exp.pedestal is None else read_calibration(exp.pedestal, shape=shape)
-    gain = None if exp.gain is None else read_calibration(exp.gain, shape=shape)
-    return pedestal, gain
-
-
 _MIN_BAD_PIXEL_FRAMES = 10
 
 
@@ -430,7 +420,7 @@ def _frame_stage(
     with FrameSource(run.files, geometry=geometry, data_path=job.experiment.data_path) as source:
         # every rank builds the same detector model from frame 0's camera length and energy
         model = detector_model(geometry, source.frame_values(0, 1))
-        pedestal, gain = _calibration(job, source.slab_shape)
+        pedestal, gain = read_pedestal_and_gain(job.experiment, shape=source.slab_shape)
         mask = root_decides(comm, lambda: _bad_pixels(job, source, model, pedestal, gain))
         featurizer = Featurizer(
             job,
