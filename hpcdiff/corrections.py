@@ -246,6 +246,7 @@ def common_mode_offsets(
     method: CommonModeMethod = "median",
     bin_width: float | None = None,
     n_iter: int = 2,
+    stride: int = 1,
 ) -> Any:
     """Per-frame, per-ASIC common-mode offset, from the pixels that saw no photon.
 
@@ -274,6 +275,10 @@ def common_mode_offsets(
         Histogram bin width (``"histogram"``), unit of ``frames``.
     n_iter
         Median passes (>= 1).
+    stride
+        Estimate from every ``stride``-th pixel of each ASIC (:meth:`Segments.subsample`;
+        all pixels of ASICs under 256 pixels); the early, window-centring passes use
+        every ``4 * stride``-th.  1 = every pixel.
 
     Returns
     -------
@@ -289,15 +294,17 @@ def common_mode_offsets(
         raise ValueError(f"unknown common-mode method {method!r}; valid: 'median', 'histogram'")
     if n_iter < 1:
         raise ValueError(f"n_iter must be >= 1, got {n_iter}")
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
     ix = segs.arrays(xp)
     rows = frames.reshape(n, -1)
     allowed = xp.isfinite(rows)
     if valid is not None:
         allowed &= xp.broadcast_to(valid, frames.shape).reshape(n, -1)
     if xp is np:
-        level = _zero_photon_level_numpy(rows, allowed, segs, threshold, n_iter)
+        level = _zero_photon_level_numpy(rows, allowed, segs, threshold, n_iter, stride)
     else:
-        level = _zero_photon_level(frames, rows, allowed, segs, threshold, n_iter, xp)
+        level = _zero_photon_level(frames, rows, allowed, segs, threshold, n_iter, xp, stride)
     if method == "median":
         return level
     width = threshold / 5 if bin_width is None else float(bin_width)
@@ -310,7 +317,14 @@ def common_mode_offsets(
 
 
 def _zero_photon_level(
-    frames: Any, rows: Any, allowed: Any, segs: Segments, threshold: float, n_iter: int, xp: Any
+    frames: Any,
+    rows: Any,
+    allowed: Any,
+    segs: Segments,
+    threshold: float,
+    n_iter: int,
+    xp: Any,
+    stride: int = 1,
 ) -> Any:
     """Iterated median below ``level + threshold``, vectorised over ASICs (cupy path)."""
     n = rows.shape[0]
@@ -320,22 +334,26 @@ def _zero_photon_level(
     for i in range(n_iter):
         start = xp.where(xp.isfinite(level), level, 0)
         below = rows < xp.take(start, take, axis=1) + threshold
-        # early passes only centre the window: every 4th pixel of each ASIC is plenty
-        use = segs if i == n_iter - 1 else segs.subsample(4)
+        # early passes only centre the window: every 4th pixel of the sample is plenty
+        use = segs.subsample(stride if i == n_iter - 1 else 4 * stride)
         level = segment_median(frames, use, valid=(below & allowed).reshape(frames.shape))
     return level
 
 
 def _zero_photon_level_numpy(
-    rows: np.ndarray, allowed: np.ndarray, segs: Segments, threshold: float, n_iter: int
+    rows: np.ndarray,
+    allowed: np.ndarray,
+    segs: Segments,
+    threshold: float,
+    n_iter: int,
+    stride: int = 1,
 ) -> np.ndarray:
     """numpy path of :func:`_zero_photon_level`: one small median per frame and ASIC.
 
-    The pixels of each ASIC are gathered once into a contiguous slice (a reshape when
-    every ASIC has the same size), its valid pixels kept, and each pass selects those
-    below ``level + threshold`` and partitions them.  Early passes use the same
-    every-4th-pixel subsample as :meth:`Segments.subsample`, so the result equals the
-    vectorised path exactly.
+    The sampled pixels of each ASIC (``segs.subsample(stride)``) are gathered once into a
+    contiguous slice, its valid pixels kept, and each pass selects those below
+    ``level + threshold`` and partitions them.  Early passes use the same
+    ``segs.subsample(4 * stride)`` as the vectorised path, so the results are equal.
 
     Parameters
     ----------
@@ -351,10 +369,12 @@ def _zero_photon_level_numpy(
     """
     n, k = rows.shape[0], segs.n_segments
     dtype = rows.dtype if np.issubdtype(rows.dtype, np.floating) else np.dtype(np.float64)
-    g = np.take(rows, segs.order, axis=1).astype(dtype, copy=False)
-    gok = np.take(allowed, segs.order, axis=1)
-    # the pixels Segments.subsample(4) keeps, in segment order: early passes look at these
-    early = (segs.positions % 4 == 0) | (segs.sizes[segs.sorted_labels] < 256)
+    sample = segs.subsample(stride)
+    g = np.take(rows, sample.order, axis=1).astype(dtype, copy=False)
+    gok = np.take(allowed, sample.order, axis=1)
+    # which sampled pixels segs.subsample(4 * stride) keeps: early passes look at these
+    early = np.isin(sample.order, segs.subsample(4 * stride).order, assume_unique=True)
+    segs = sample
     level = np.full((n, k), np.nan, dtype=dtype)
     thr = dtype.type(threshold)
     nz = np.flatnonzero(segs.sizes > 0)
@@ -387,6 +407,7 @@ def subtract_common_mode(
     threshold: float,
     valid: Any | None = None,
     method: CommonModeMethod = "median",
+    stride: int = 1,
 ) -> Any:
     """Frames minus their per-ASIC common-mode offsets (:func:`common_mode_offsets`).
 
@@ -397,7 +418,9 @@ def subtract_common_mode(
     """
     xp = array_module(frames, valid)
     segs = as_segments(asics)
-    off = common_mode_offsets(frames, segs, threshold=threshold, valid=valid, method=method)
+    off = common_mode_offsets(
+        frames, segs, threshold=threshold, valid=valid, method=method, stride=stride
+    )
     shift = expand(xp.where(xp.isfinite(off), off, 0).astype(frames.dtype), segs, fill=0)
     return frames - shift
 

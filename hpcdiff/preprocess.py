@@ -28,6 +28,7 @@ import numpy as np
 
 from hpcdiff.backend import array_module
 from hpcdiff.background import (
+    RingOrderImages,
     Segments,
     bragg_mask,
     cnn_images,
@@ -172,6 +173,7 @@ class Preprocessor:
             else np.asarray(bad_pixel_mask, bool)
         )
         self._device: dict[int, dict[str, Any]] = {}
+        self._ring_order: RingOrderImages | None = None
 
     @classmethod
     def from_job(
@@ -303,6 +305,7 @@ class Preprocessor:
                 threshold=c.common_mode_threshold_photons,
                 valid=dev["valid"],
                 method=c.common_mode_method,
+                stride=c.common_mode_stride,
             )
         if not c.convert_to_photons:
             energy = xp.asarray(energies)
@@ -362,8 +365,7 @@ class Preprocessor:
                 k_sigma=self.cfg.bragg_sigma,
                 grow_px=self.cfg.bragg_grow_px,
                 panel_index=dev["panel_index"],
-                min_excess=self._photon_unit(photon_energy_ev, x.shape[0])
-                * self.cfg.bragg_min_photons,
+                min_excess=self.bragg_min_excess(photon_energy_ev, x.shape[0]),
             )
             valid = valid & ~bragg
             if self.cfg.method == "radial" and self.cfg.radial_statistic == "clipped_mean":
@@ -395,6 +397,8 @@ class Preprocessor:
         ndarray, (n, 3, size, size) float32
             In [0, 1], ``size = image_size_px``; 0.5 is the neutral (masked / gap) value.
         """
+        if self.cfg.method == "radial" and isinstance(frames, np.ndarray):
+            return self._ring_order_images(frames, photon_energy_ev)
         res = self.residual(frames, photon_energy_ev=photon_energy_ev)
         return cnn_images(
             res.normalised,
@@ -403,6 +407,43 @@ class Preprocessor:
             size=self.cfg.image_size_px,
             limit=self.limit,
         )
+
+    @property
+    def ring_order(self) -> RingOrderImages:
+        """The ring-order radial chain of this detector (built on first use; ``method`` must
+        be ``"radial"``): :meth:`__call__` runs it on numpy frames after :meth:`correct`."""
+        if self._ring_order is None:
+            self._ring_order = RingOrderImages(
+                self.rings,
+                valid=self.valid,
+                panel_index=self.panel_index,
+                pixmap=self.pixmap,
+                cfg=self.cfg,
+                limit=self.limit,
+            )
+        return self._ring_order
+
+    def bragg_min_excess(self, photon_energy_ev: Any, n: int) -> float:
+        """Smallest excess over the background of a Bragg peak, unit of :meth:`correct`'s
+        output: ``bragg_min_photons`` photons at the batch's mean photon energy."""
+        return self._photon_unit(photon_energy_ev, n) * self.cfg.bragg_min_photons
+
+    def _ring_order_images(self, frames: np.ndarray, photon_energy_ev: Any) -> np.ndarray:
+        """The numpy path of :meth:`__call__` for the radial background: :meth:`correct`,
+        then :attr:`ring_order` (the same images as the slab-order chain, without moving
+        every pixel between slab and ring order at every stage), one frame at a time."""
+        frames = self._check(frames)
+        n = frames.shape[0]
+        energy = self._energies(photon_energy_ev, n)
+        min_excess = self.bragg_min_excess(energy, n)
+        chain = self.ring_order
+        out = np.empty((n, 3, self.cfg.image_size_px, self.cfg.image_size_px), np.float32)
+        # one frame at a time: a frame's temporaries (tens of MB for a CSPAD) stay in the
+        # CPU cache and are reused from the heap instead of being mapped fresh per batch
+        for i in range(n):
+            x = self.correct(frames[i : i + 1], photon_energy_ev=energy[i : i + 1])
+            out[i : i + 1] = chain(x, min_excess=min_excess)
+        return out
 
     def find_bad_pixels(self, frames: Any, *, photon_energy_ev: Any) -> BadPixels:
         """Judge bad pixels over many raw frames and add them to :attr:`bad_pixel_mask`.
@@ -439,6 +480,7 @@ class Preprocessor:
         )
         self.bad_pixel_mask = self.bad_pixel_mask | found.mask
         self._device.clear()
+        self._ring_order = None
         return found
 
 

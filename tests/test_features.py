@@ -14,6 +14,7 @@ torch = pytest.importorskip("torch")
 
 from hpcdiff.errors import FormatError  # noqa: E402
 from hpcdiff.features import LAYER_SIZES, FeatureExtractor, WeightsError, load_weights  # noqa: E402
+from hpcdiff.features.extractor import cpu_has_native_bf16  # noqa: E402
 from hpcdiff.features.vgg16 import VGG16  # noqa: E402
 from hpcdiff.features.weights import (  # noqa: E402
     CAFFE_MEAN_BGR,
@@ -79,7 +80,8 @@ def test_torchvision_checkpoint_loads_and_matches_torchvision(tmp_path, monkeypa
     ckpt.parent.mkdir(parents=True)
     torch.save(tv.state_dict(), ckpt)
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))
-    fx = FeatureExtractor("hub", layer="fc7", device="cpu", channels_last=False)
+    # fp32 on every CPU: the reference is torchvision's fp32 forward pass
+    fx = FeatureExtractor("hub", layer="fc7", device="cpu", channels_last=False, bf16_cpu=False)
     info = fx.weights_info
     assert info["pretrained"] is True and info["path"] == str(ckpt.resolve())
     assert info["preprocessing"]["style"] == "torchvision"
@@ -132,7 +134,14 @@ def test_random_extractor_features_reproducible():
     assert f1.shape == (3, 512) and f1.dtype == np.float32
     np.testing.assert_allclose(f1, f2, rtol=1e-5, atol=1e-6)  # batching does not matter
     assert fx.weights_info["pretrained"] is False
-    assert fx.run_info()["autocast"] is None  # no bf16 on CPU unless asked
+    # bf16 on the CPU by default only where it is native (and fast); fp32 when asked
+    native = cpu_has_native_bf16()
+    assert fx.run_info()["autocast"] == ("torch.bfloat16" if native else None)
+    fp32 = FeatureExtractor("random:1", layer="gap", device="cpu", bf16_cpu=False)
+    assert fp32.run_info()["autocast"] is None
+    np.testing.assert_allclose(fp32.extract(x), f2, rtol=5e-2, atol=5e-2 if native else 1e-6)
+    with pytest.raises(ValueError, match="bf16_cpu must be true, false or 'auto'"):
+        FeatureExtractor("random:1", layer="gap", device="cpu", bf16_cpu="yes")
 
 
 def test_missing_checkpoint_says_how_to_get_it(tmp_path, monkeypatch):
@@ -179,7 +188,7 @@ def test_caffe_preprocessing_applied(tmp_path, random_conv_checkpoint):
     ckpt = tmp_path / "caffe.pth"
     ckpt.write_bytes(random_conv_checkpoint.read_bytes())
     _caffe_sidecar(ckpt)
-    fx = FeatureExtractor(str(ckpt), layer="gap", device="cpu", channels_last=False)
+    fx = FeatureExtractor(str(ckpt), layer="gap", device="cpu", channels_last=False, bf16_cpu=False)
     assert fx.weights_info["preprocessing"]["style"] == "caffe"
     x = _images(2)
     # the normalisation: RGB [0, 1] -> BGR 0-255 minus the BGR means
@@ -253,3 +262,112 @@ def test_gpu_matches_cpu(random_conv_checkpoint):
     np.testing.assert_allclose(gpu.extract(x), cpu, rtol=1e-3, atol=1e-3)
     bf = FeatureExtractor(str(random_conv_checkpoint), layer="gap", device="cuda", bf16=True)
     np.testing.assert_allclose(bf.extract(x), cpu, rtol=5e-2, atol=5e-2)
+
+
+class _DLPackOnly:
+    """An array exposing only the DLPack protocol (as cupy does), delegating to a tensor."""
+
+    def __init__(self, tensor):
+        self._tensor = tensor
+
+    def __dlpack__(self, *args, **kwargs):
+        return self._tensor.__dlpack__(*args, **kwargs)
+
+    def __dlpack_device__(self):
+        return self._tensor.__dlpack_device__()
+
+
+def test_extract_torch_and_dlpack_input_match_numpy(random_conv_checkpoint):
+    cuda_was_initialized = torch.cuda.is_initialized()
+    fx = FeatureExtractor(str(random_conv_checkpoint), layer="gap", device="cpu", batch_size=2)
+    x = _images(3)
+    want = fx.extract(x)
+    # contiguous, non-contiguous (transposed storage), channels-last, float64, DLPack-only
+    transposed = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 1, 3, 2))).transpose(2, 3)
+    assert not transposed.is_contiguous()
+    inputs = {
+        "tensor": torch.from_numpy(x),
+        "non-contiguous": transposed,
+        "channels-last": torch.from_numpy(x).contiguous(memory_format=torch.channels_last),
+        "float64": torch.from_numpy(x.astype(np.float64)),
+        "dlpack": _DLPackOnly(torch.from_numpy(x)),
+    }
+    for name, images in inputs.items():
+        got = fx.extract(images)
+        assert got.shape == (3, 512) and got.dtype == np.float32, name
+        np.testing.assert_array_equal(got, want, err_msg=name)
+    assert fx._pinned is None  # no pinned staging on the CPU
+    if not cuda_was_initialized:
+        assert not torch.cuda.is_initialized()  # the CPU path never touches CUDA
+
+
+@pytest.mark.parametrize("wrap", [torch.from_numpy, lambda a: _DLPackOnly(torch.from_numpy(a))])
+def test_extract_validates_tensor_input(random_conv_checkpoint, wrap):
+    fx = FeatureExtractor(str(random_conv_checkpoint), layer="gap", device="cpu")
+    with pytest.raises(ValueError, match=r"\(n, 3, H, W\); got \(2, 1, 64, 64\)"):
+        fx.extract(wrap(np.zeros((2, 1, 64, 64), np.float32)))
+    with pytest.raises(ValueError, match=r"\(n, 3, H, W\); got \(3, 64, 64\)"):
+        fx.extract(wrap(np.zeros((3, 64, 64), np.float32)))
+    with pytest.raises(ValueError, match="at least 32 x 32"):
+        fx.extract(wrap(np.zeros((1, 3, 16, 64), np.float32)))
+    for dtype in (np.uint8, np.int64):
+        with pytest.raises(
+            ValueError, match=f"floating point in \\[0, 1\\]; got dtype {dtype.__name__}"
+        ):
+            fx.extract(wrap(np.zeros((1, 3, 64, 64), dtype)))
+    assert fx.extract(wrap(np.zeros((0, 3, 64, 64), np.float32))).shape == (0, 512)
+
+
+def test_extract_unreadable_dlpack_is_a_type_error(random_conv_checkpoint):
+    class Broken:
+        def __dlpack__(self, *args, **kwargs):
+            raise BufferError("no export")
+
+        def __dlpack_device__(self):
+            return (1, 0)  # kDLCPU
+
+    fx = FeatureExtractor(str(random_conv_checkpoint), layer="gap", device="cpu")
+    with pytest.raises(TypeError, match="Broken could not be read through DLPack"):
+        fx.extract(Broken())
+
+
+@pytest.mark.gpu
+def test_gpu_tensor_input_and_pinned_buffer(random_conv_checkpoint):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    fx = FeatureExtractor(str(random_conv_checkpoint), layer="gap", device="cuda", batch_size=2)
+    x = _images(5)
+    want = fx.extract(x)  # numpy: staged through the pinned buffer
+    buf = fx._pinned
+    assert buf is not None and buf.is_pinned() and buf.numel() == 2 * 3 * 64 * 64
+    np.testing.assert_allclose(fx.extract(x), want, rtol=1e-3, atol=1e-3)
+    fx.extract(_images(3, size=32))  # smaller images fit the same buffer
+    assert fx._pinned.data_ptr() == buf.data_ptr()  # reused across calls
+    # device input never goes through the host buffer; bf16 tolerance
+    fx._pinned = None
+    on_gpu = torch.from_numpy(x).cuda()
+    for images in (on_gpu, on_gpu.double().transpose(2, 3).contiguous().transpose(2, 3)):
+        np.testing.assert_allclose(fx.extract(images), want, rtol=5e-2, atol=5e-2)
+    pinned = torch.from_numpy(x).pin_memory()  # already pinned: copied straight to the GPU
+    np.testing.assert_allclose(fx.extract(pinned), want, rtol=5e-2, atol=5e-2)
+    assert fx._pinned is None
+    # a CPU extractor takes CUDA input too (moved with .to)
+    cpu = FeatureExtractor(str(random_conv_checkpoint), layer="gap", device="cpu")
+    np.testing.assert_array_equal(cpu.extract(on_gpu), cpu.extract(x))
+    # larger images: the buffer grows
+    big = _images(2, size=96)
+    np.testing.assert_allclose(fx.extract(big), cpu.extract(big), rtol=5e-2, atol=5e-2)
+    assert fx._pinned.numel() == 2 * 3 * 96 * 96
+
+
+@pytest.mark.gpu
+def test_gpu_cupy_input(random_conv_checkpoint):
+    cupy = pytest.importorskip("cupy")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    fx = FeatureExtractor(str(random_conv_checkpoint), layer="gap", device="cuda", batch_size=2)
+    x = _images(3)
+    want = fx.extract(x)
+    fx._pinned = None
+    np.testing.assert_allclose(fx.extract(cupy.asarray(x)), want, rtol=5e-2, atol=5e-2)
+    assert fx._pinned is None  # cupy data never visited the host

@@ -103,8 +103,9 @@ def test_clipped_stats_fast_path_equals_bincount(max_iter):
     np.testing.assert_allclose(s1, s2, rtol=1e-7, atol=1e-10)
 
 
+@pytest.mark.parametrize("stride", [1, 4])
 @pytest.mark.parametrize("uniform", [True, False])
-def test_common_mode_loop_equals_vectorised(uniform):
+def test_common_mode_loop_equals_vectorised(uniform, stride):
     rng = np.random.default_rng(int(uniform))
     lab = np.full((40, 600), -1)
     lab[:20, :300], lab[:20, 300:], lab[20:, :300] = 0, 1, 2
@@ -120,15 +121,34 @@ def test_common_mode_loop_equals_vectorised(uniform):
     valid = rng.random((40, 600)) > 0.1
     rows = x.reshape(3, -1)
     allowed = np.isfinite(rows) & valid.ravel()[None]
-    got = C._zero_photon_level_numpy(rows, allowed, segs, 0.5, 2)
-    want = C._zero_photon_level(x, rows, allowed, segs, 0.5, 2, np)
+    got = C._zero_photon_level_numpy(rows, allowed, segs, 0.5, 2, stride)
+    want = C._zero_photon_level(x, rows, allowed, segs, 0.5, 2, np, stride)
     assert got.dtype == np.float32
     np.testing.assert_array_equal(got, want)
     assert np.isnan(got[1, 0]) and np.isnan(got[:, 5]).all()
     assert np.nanmax(np.abs(got[:, 1:4] - 0.2)) < 0.05
     for method in ("median", "histogram"):
-        off = C.common_mode_offsets(x, segs, threshold=0.5, valid=valid, method=method)
+        off = C.common_mode_offsets(
+            x, segs, threshold=0.5, valid=valid, method=method, stride=stride
+        )
         assert off.shape == (3, 6) and np.isnan(off[:, 5]).all()
+
+
+def test_common_mode_stride_estimate_is_close_to_every_pixel():
+    """Every 4th pixel of a CSPAD-sized ASIC: the level moves by a few % of the noise."""
+    rng = np.random.default_rng(7)
+    lab = np.zeros((185, 194), dtype=np.int64)
+    segs = S.Segments(lab)
+    noise = 0.15
+    x = rng.poisson(0.2, (20, 185, 194)) + rng.normal(0.3, noise, (20, 185, 194))
+    x = x.astype(np.float32)
+    full = C.common_mode_offsets(x, segs, threshold=0.5, stride=1)[:, 0]
+    fourth = C.common_mode_offsets(x, segs, threshold=0.5, stride=4)[:, 0]
+    assert np.abs(full - 0.3).max() < 0.02
+    assert np.abs(fourth - full).max() < 0.05 * noise
+    assert not np.array_equal(fourth, full)  # a subsample, not every pixel
+    with pytest.raises(ValueError, match="stride"):
+        C.common_mode_offsets(x, segs, threshold=0.5, stride=0)
 
 
 def test_preprocessor_photons_equal_adu_to_photons():

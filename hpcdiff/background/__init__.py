@@ -8,7 +8,9 @@ detector, and a bool ``valid`` mask that travels with the data.
 * :func:`local_background`: median or percentile filter per panel, never across gaps;
 * :func:`bragg_mask`: pixels standing ``k`` sigma above the background;
 * :func:`normalise`: robust per-frame scaling, clipping, optional compression;
-* :func:`cnn_images`: assembled, area-downsampled ``(n, 3, 224, 224)`` float32 in [0, 1].
+* :func:`cnn_images`: assembled, area-downsampled ``(n, 3, 224, 224)`` float32 in [0, 1];
+* :class:`RingOrderImages`: the radial chain above on numpy frames, kept in ring order
+  (the CPU path of the preprocessor; the same images, fewer passes over the pixels).
 
 The stages are chained by :class:`hpcdiff.preprocess.Preprocessor` (also importable
 from here).
@@ -21,6 +23,7 @@ from hpcdiff.background.local import PanelRect, local_background, panel_rectangl
 from hpcdiff.background.normalise import normalise, normalised_limit, robust_scale
 from hpcdiff.background.peaks import bragg_mask, grow_mask
 from hpcdiff.background.radial import radial_background, radial_profile
+from hpcdiff.background.ring_order import RingOrderImages
 from hpcdiff.background.segments import Segments
 
 
@@ -37,6 +40,7 @@ __all__ = [
     "PanelRect",
     "PreprocessResult",
     "Preprocessor",
+    "RingOrderImages",
     "Segments",
     "bragg_mask",
     "cnn_images",

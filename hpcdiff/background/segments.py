@@ -239,7 +239,8 @@ def segment_percentile(
 def percentile_sorted_1d(v: np.ndarray, q: float) -> Any:
     """Percentile of a 1-D numpy array of valid values, as :func:`percentile_rows`.
 
-    ``np.partition`` on the two order statistics the ``"linear"`` rule needs; the
+    One ``np.partition`` finds the lower order statistic the ``"linear"`` rule needs and a
+    minimum over the upper part the next one; the
     interpolation is done in the dtype of ``v`` exactly as :func:`percentile_rows` does
     it, so the two agree bit for bit.  ``v`` must be floating and non-empty.
     """
@@ -248,9 +249,11 @@ def percentile_sorted_1d(v: np.ndarray, q: float) -> Any:
     lo = int(np.floor(pos))
     hi = min(lo + 1, count - 1)
     frac = v.dtype.type(pos - lo)
-    part = np.partition(v, (lo, hi) if hi > lo else lo)
+    part = np.partition(v, lo)
     a = part[lo]
-    b = part[hi]
+    # the next order statistic is the smallest value above position lo: a linear scan,
+    # much cheaper than a second selection
+    b = part[lo + 1 :].min() if hi > lo else a
     return a + (b - a) * frac
 
 
@@ -355,21 +358,32 @@ def _moments_sorted(g: np.ndarray, keep: np.ndarray, segments: Segments) -> tupl
 def _clipped_sorted(
     g: np.ndarray, ok: np.ndarray, segments: Segments, sigma: float, max_iter: int
 ) -> tuple[Any, Any]:
-    """numpy path of :func:`segment_clipped_stats` on pixels gathered in segment order."""
+    """numpy path of :func:`segment_clipped_stats` on pixels gathered in segment order.
+
+    One frame at a time, so that the float64 working arrays of a frame stay in the CPU
+    cache; a frame stops iterating once its kept pixels no longer change (the batch-wide
+    loop of the cupy path gives the same result: further passes change nothing).
+    """
+    n, k = g.shape[0], segments.n_segments
+    mean = np.full((n, k), np.nan)
+    std = np.full((n, k), np.nan)
     sizes = segments.sizes
-    cnt, mean, std = _moments_sorted(g, ok, segments)
-    keep = ok
-    for _ in range(max_iter):
-        # np.repeat spreads each segment's value over its contiguous slice (no gather)
-        d = np.repeat(mean, sizes, axis=1)
-        np.subtract(g, d, out=d)  # |g - mean| in float64, in one buffer
-        np.abs(d, out=d)
-        new = d <= np.repeat(sigma * std, sizes, axis=1)
-        new &= ok
-        if bool((new == keep).all()):
-            break
-        keep = new
-        cnt, mean, std = _moments_sorted(g, keep, segments)
+    for i in range(n):
+        gi, oki = g[i : i + 1], ok[i : i + 1]
+        _, m, s = _moments_sorted(gi, oki, segments)
+        keep = oki
+        for _ in range(max_iter):
+            # np.repeat spreads each segment's value over its contiguous slice (no gather)
+            d = np.repeat(m, sizes, axis=1)
+            np.subtract(gi, d, out=d)  # |g - mean| in float64, in one buffer
+            np.abs(d, out=d)
+            new = d <= np.repeat(sigma * s, sizes, axis=1)
+            new &= oki
+            if bool((new == keep).all()):
+                break
+            keep = new
+            _, m, s = _moments_sorted(gi, keep, segments)
+        mean[i], std[i] = m[0], s[0]
     return mean, std
 
 
