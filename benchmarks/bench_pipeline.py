@@ -7,25 +7,26 @@ Usage::
                                         [--threads N] [--compile] [--detector cspad|small]
     python benchmarks/run.py --only pipeline [--quick]
 
-Frames are simulated once (:func:`hpcdiff.simulate.build_simulator`, CSPAD-like slab
-1480 x 1552, assembled 1731 x 1734) and written to a temporary folder as an lz4 and a gzip
-CXI file.  Each stage of ours then runs stand-alone over all frames (as the classify job
-runs them): read (:class:`hpcdiff.io.cxi.FrameSource`), detector corrections and the
-radial chain in ring order (:class:`hpcdiff.background.RingOrderImages`, the CPU path,
-one frame at a time), the slab-order array functions of the same stages (the path cupy
-arrays take) and the local background, VGG16 ``fc6+fc7`` features (batched,
-channels_last; bf16 autocast on the CPU when it measures faster, ``torch.compile`` with
-``--compile`` when it measures faster), PCA + logistic-regression predict; then the whole
-chain end to end, as the classify job runs it (a reader thread reads and preprocesses
-the next batch while the main thread runs VGG16 on this one) and in one thread.  In the
-same run a baseline does the same job the straightforward way, one
+Frames are simulated once (:func:`hpcdiff.simulate.build_simulator`, CSPAD-like slab 1480
+x 1552, assembled 1731 x 1734) and written to a temporary folder as an lz4 and a gzip CXI
+file. Each stage of ours then runs stand-alone over all frames (as the classify job runs
+them): read (:class:`hpcdiff.io.cxi.FrameSource`), detector corrections and the radial
+chain in ring order (:class:`hpcdiff.background.RingOrderImages`, the CPU path, one frame
+at a time), the slab-order array functions of the same stages (the path cupy arrays take)
+and the local background, the whole preprocessing on one thread and on the rank's threads
+(torch's thread count: frames of a batch run concurrently), VGG16 ``fc6+fc7`` features
+(batched, channels_last; bf16 autocast on the CPU when it measures faster,
+``torch.compile`` with ``--compile`` when it measures faster), PCA + logistic-regression
+predict; then the whole chain end to end, as the classify job runs it (a reader thread
+reads and preprocesses the next batch while the main thread runs VGG16 on this one) and in
+one thread. In the same run a baseline does the same job the straightforward way, one
 frame at a time: numpy per-ASIC common mode, a per-ring ``np.median`` loop over
-precomputed ring pixel lists, a per-ring sigma-clipping loop for Bragg peaks, assembly
-by fancy indexing, a box blur and ``scipy.ndimage.zoom`` to 224 x 224, per-image fp32
-eager VGG16 (and ``scipy.ndimage.median_filter`` per panel for the local background).  Every figure is
-the median of ``repeats`` timed passes after a one-frame warm-up; the speed-ups are
-ours / baseline.  With CUDA the same chain runs on the GPU (cupy arrays when cupy
-imports); without it one row says so and nothing is invented.  VGG16 weights are
+precomputed ring pixel lists, a per-ring sigma-clipping loop for Bragg peaks, assembly by
+fancy indexing, a box blur and ``scipy.ndimage.zoom`` to 224 x 224, per-image fp32 eager
+VGG16 (and ``scipy.ndimage.median_filter`` per panel for the local background). Every
+figure is the median of ``repeats`` timed passes after a one-frame warm-up; the speed-ups
+are ours / baseline. With CUDA the same chain runs on the GPU (cupy arrays when cupy
+imports); without it one row says so and nothing is invented. VGG16 weights are
 ``random:0`` by default (throughput does not depend on their values).
 """
 
@@ -409,9 +410,14 @@ def cpu_rows(
     rows: list[Row] = []
     extra: dict[str, Any] = {}
     t0 = time.perf_counter()
-    pre = Preprocessor(exp.model, BackgroundConfig(), CorrectionsConfig())
+    import torch
+
+    threads = torch.get_num_threads()  # as a rank: preprocessing and VGG16 share its threads
+    pre = Preprocessor(exp.model, BackgroundConfig(), CorrectionsConfig(), threads=threads)
+    single = Preprocessor(exp.model, BackgroundConfig(), CorrectionsConfig())
     bcfg = pre.cfg
     pre(frames[:1], photon_energy_ev=energy[:1])  # warm-up: resampling matrix
+    single(frames[:1], photon_energy_ev=energy[:1])
     base = Baseline(pre, size=bcfg.image_size_px)
     extra["setup_s"] = {"detector maps (ours + baseline)": time.perf_counter() - t0}
 
@@ -462,7 +468,7 @@ def cpu_rows(
     min_excess = pre.bragg_min_excess(energy, n)
     ours_ring = timed(
         "ours: radial + Bragg + normalise + images, ring order (CPU path)",
-        lambda i, _: pre.ring_order(corrected[i : i + 1], min_excess=min_excess),
+        lambda i, _: pre.ring_order(corrected[i : i + 1], min_excess=min_excess[i : i + 1]),
         per_frame,
         "RingOrderImages, per frame, as the Preprocessor runs it",
     )
@@ -507,11 +513,17 @@ def cpu_rows(
         lambda a, b: cnn_images(z[a:b], pixmap=pre.pixmap, valid=ok[a:b], limit=pre.limit),
         spans,
     )
-    ours_pre = timed(
-        "ours: whole preprocessing (Preprocessor)",
-        lambda a, b: pre(frames[a:b], photon_energy_ev=energy[a:b]),
+    timed(
+        "ours: whole preprocessing (Preprocessor, 1 thread)",
+        lambda a, b: single(frames[a:b], photon_energy_ev=energy[a:b]),
         spans,
         "corrections + radial + Bragg + normalise + images",
+    )
+    ours_pre = timed(
+        f"ours: whole preprocessing (Preprocessor, {threads} threads)",
+        lambda a, b: pre(frames[a:b], photon_energy_ev=energy[a:b]),
+        spans,
+        "frames of a batch on the rank's threads, as the classify job runs it",
     )
     images = np.concatenate([pre(frames[a:b], photon_energy_ev=energy[a:b]) for a, b in spans])
     extractor, vgg_rows, vgg_rates = choose_extractor(

@@ -92,6 +92,15 @@ def resolve_device(device: str) -> Device:
     raise ValueError(f"unknown device {device!r}; valid choices: 'auto', 'cpu', 'cuda'")
 
 
+def cuda_index(device: str) -> int | None:
+    """The CUDA device number of a torch device string (``"cuda"`` -> 0, ``"cuda:1"`` -> 1);
+    ``None`` for any other device (``"cpu"``)."""
+    kind, _, number = str(device).partition(":")
+    if kind != "cuda":
+        return None
+    return int(number) if number else 0
+
+
 def to_numpy(x: Any) -> np.ndarray:
     """A numpy array from a numpy or cupy array (copies from the device if needed)."""
     if _is_cupy_array(x):
@@ -125,6 +134,7 @@ def to_device(x: Any, device: str) -> Any:
 __all__ = [
     "Device",
     "array_module",
+    "cuda_index",
     "gpu_available",
     "ndimage_module",
     "resolve_device",

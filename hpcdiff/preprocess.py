@@ -17,10 +17,15 @@ batch ``(n, n_ss, n_fs)``:
 7. assembled, area-downsampled ``(n, 3, size, size)`` float32 images in [0, 1].
 
 numpy frames are processed with numpy, cupy frames with cupy (see :mod:`hpcdiff.backend`).
+numpy frames go one at a time (a frame's temporaries stay in the CPU cache), on
+``threads`` threads (numpy and scipy release the GIL in the heavy loops); every frame's
+result depends on that frame alone, so batch size and thread count never change an image.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +43,7 @@ from hpcdiff.background import (
     panel_rectangles,
     radial_background,
 )
+from hpcdiff.background.images import resampling_matrix
 from hpcdiff.config import BackgroundConfig, CorrectionsConfig
 from hpcdiff.corrections import (
     BadPixels,
@@ -118,11 +124,14 @@ class Preprocessor:
         to the geometry's mask.
     pedestal, gain
         Optional ``(n_ss, n_fs)`` maps (:func:`hpcdiff.corrections.read_calibration`).
+    threads
+        CPU threads for numpy frames (frames of a batch run concurrently, one per
+        thread); cupy frames run as one batch on the GPU whatever this says.
 
     Raises
     ------
     ValueError
-        If a map has the wrong shape, or the gain is needed and unknown.
+        If a map has the wrong shape, the gain is needed and unknown, or ``threads < 1``.
     """
 
     def __init__(
@@ -135,7 +144,11 @@ class Preprocessor:
         bad_pixel_mask: np.ndarray | None = None,
         pedestal: np.ndarray | None = None,
         gain: np.ndarray | None = None,
+        threads: int = 1,
     ) -> None:
+        if int(threads) < 1:
+            raise ValueError(f"threads must be >= 1, got {threads}")
+        self.threads = int(threads)
         self.model = model
         self.cfg = background_cfg or BackgroundConfig()
         self.corrections = corrections_cfg or CorrectionsConfig()
@@ -253,13 +266,14 @@ class Preprocessor:
             raise ValueError(f"photon_energy_ev must be a scalar or ({n},), got {energy.shape}")
         return energy
 
-    def _photon_unit(self, photon_energy_ev: Any, n: int) -> float:
-        """One photon in the unit of :meth:`correct`'s output (1, or typical ADU per photon)."""
+    def _photon_unit(self, photon_energy_ev: Any, n: int) -> np.ndarray:
+        """``(n,)`` one photon of each frame in the unit of :meth:`correct`'s output: 1, or
+        (``convert_to_photons`` off) the median ADU per eV times the frame's energy."""
         c = self.corrections
         if c.convert_to_photons or self.adu_per_ev is None:
-            return 1.0
+            return np.ones(n)
         gain = float(np.nanmedian(self.adu_per_ev[np.asarray(self.model.valid, bool)]))
-        return gain * float(np.mean(self._energies(photon_energy_ev, n)))
+        return gain * self._energies(photon_energy_ev, n)
 
     def _check(self, frames: Any) -> Any:
         if frames.ndim != 3 or tuple(frames.shape[1:]) != self.slab_shape:
@@ -388,7 +402,8 @@ class Preprocessor:
         Parameters
         ----------
         frames
-            ``(n, n_ss, n_fs)`` raw frames, ADU (numpy or cupy).
+            ``(n, n_ss, n_fs)`` raw frames, ADU: numpy (one frame at a time on
+            :attr:`threads` threads; the radial chain in ring order) or cupy (one batch).
         photon_energy_ev
             Scalar or ``(n,)`` photon energy of each frame, eV.
 
@@ -396,9 +411,14 @@ class Preprocessor:
         -------
         ndarray, (n, 3, size, size) float32
             In [0, 1], ``size = image_size_px``; 0.5 is the neutral (masked / gap) value.
+            Frame ``i``'s image depends on frame ``i`` alone.
         """
-        if self.cfg.method == "radial" and isinstance(frames, np.ndarray):
-            return self._ring_order_images(frames, photon_energy_ev)
+        if isinstance(frames, np.ndarray):
+            return self._numpy_images(frames, photon_energy_ev)
+        return self._slab_images(frames, photon_energy_ev)
+
+    def _slab_images(self, frames: Any, photon_energy_ev: Any) -> Any:
+        """:meth:`residual` then :func:`cnn_images`, on the whole batch (any array type)."""
         res = self.residual(frames, photon_energy_ev=photon_energy_ev)
         return cnn_images(
             res.normalised,
@@ -423,27 +443,55 @@ class Preprocessor:
             )
         return self._ring_order
 
-    def bragg_min_excess(self, photon_energy_ev: Any, n: int) -> float:
-        """Smallest excess over the background of a Bragg peak, unit of :meth:`correct`'s
-        output: ``bragg_min_photons`` photons at the batch's mean photon energy."""
+    def bragg_min_excess(self, photon_energy_ev: Any, n: int) -> np.ndarray:
+        """``(n,)`` smallest excess over the background of a Bragg peak in each frame, unit
+        of :meth:`correct`'s output: ``bragg_min_photons`` photons of that frame."""
         return self._photon_unit(photon_energy_ev, n) * self.cfg.bragg_min_photons
 
-    def _ring_order_images(self, frames: np.ndarray, photon_energy_ev: Any) -> np.ndarray:
-        """The numpy path of :meth:`__call__` for the radial background: :meth:`correct`,
-        then :attr:`ring_order` (the same images as the slab-order chain, without moving
-        every pixel between slab and ring order at every stage), one frame at a time."""
+    def _numpy_images(self, frames: np.ndarray, photon_energy_ev: Any) -> np.ndarray:
+        """The numpy path of :meth:`__call__`: one frame at a time, on :attr:`threads`.
+
+        With the radial background, :meth:`correct` then :attr:`ring_order` (the same
+        images as the slab-order chain, without moving every pixel between slab and ring
+        order at every stage); otherwise :meth:`_slab_images` of each frame.
+        """
         frames = self._check(frames)
         n = frames.shape[0]
         energy = self._energies(photon_energy_ev, n)
-        min_excess = self.bragg_min_excess(energy, n)
-        chain = self.ring_order
-        out = np.empty((n, 3, self.cfg.image_size_px, self.cfg.image_size_px), np.float32)
-        # one frame at a time: a frame's temporaries (tens of MB for a CSPAD) stay in the
-        # CPU cache and are reused from the heap instead of being mapped fresh per batch
-        for i in range(n):
-            x = self.correct(frames[i : i + 1], photon_energy_ev=energy[i : i + 1])
-            out[i : i + 1] = chain(x, min_excess=min_excess)
+        size = self.cfg.image_size_px
+        out = np.empty((n, 3, size, size), np.float32)
+        # everything built on first use is built here, before any thread starts
+        self._arrays(np)
+        if self.cfg.method == "radial":
+            chain = self.ring_order
+            min_excess = self.bragg_min_excess(energy, n)
+
+            def image(i: int) -> None:
+                x = self.correct(frames[i : i + 1], photon_energy_ev=energy[i : i + 1])
+                out[i : i + 1] = chain(x, min_excess=min_excess[i : i + 1])
+
+        else:
+            resampling_matrix(self.pixmap, size)
+
+            def image(i: int) -> None:
+                out[i : i + 1] = self._slab_images(frames[i : i + 1], energy[i : i + 1])
+
+        self._each(image, n)
         return out
+
+    def _each(self, fn: Callable[[int], None], n: int) -> None:
+        """``fn(i)`` for ``i`` in ``range(n)``, on up to :attr:`threads` threads.
+
+        The first exception of any call is raised here, once every call has ended.
+        """
+        workers = min(self.threads, n)
+        if workers <= 1:
+            for i in range(n):
+                fn(i)
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="hpcdiff-preprocess") as pool:
+            for _ in pool.map(fn, range(n)):
+                pass
 
     def find_bad_pixels(self, frames: Any, *, photon_energy_ev: Any) -> BadPixels:
         """Judge bad pixels over many raw frames and add them to :attr:`bad_pixel_mask`.

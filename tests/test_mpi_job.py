@@ -534,6 +534,10 @@ def test_predictions_are_the_same_on_1_2_3_ranks(experiment: Path) -> None:
         assert report["ranks"] == n and len(report["timings"]) == n
         assert report["frames"]["processed"] == 36 and report["config_hash"]
         assert report["weights_sha256"] and len(report["devices"]) == n
+        for device in report["devices"]:  # how each rank computed: device, threads, dtype
+            assert device["preprocess"] == f"numpy on {device['threads']} thread(s)"
+            assert device["features"]["device"] == "cpu"
+            assert device["features"]["autocast"] in (None, "torch.bfloat16")
         assert f"rank {n - 1}" in proc.stdout  # per-rank timing table
     for n in (2, 3):
         assert np.array_equal(preds[n]["frame_file"], preds[1]["frame_file"])
@@ -612,6 +616,8 @@ def test_features_killed_with_sigusr1_then_resumed_equal_an_uninterrupted_run(
     got = read_features(experiment.parent / "out_kill" / "features.h5")
     want = read_features(experiment.parent / "out" / "features.h5")  # uninterrupted (train)
     assert got.keys == want.keys
+    processing = got.meta.extra["processing"]
+    assert processing["preprocess"].startswith("numpy on") and processing["features"]["layer"]
     np.testing.assert_allclose(got.features, want.features, rtol=1e-4, atol=1e-5)
     assert not shards.exists()  # checkpoints are removed once the result is written
     # a finished run is not overwritten without --force

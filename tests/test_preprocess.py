@@ -183,6 +183,59 @@ def test_input_checks(model):
     assert Preprocessor(bare, BackgroundConfig(), raw_cfg).adu_per_ev is None
 
 
+@pytest.mark.parametrize("method", ["radial", "local", "none"])
+def test_threads_give_the_same_images_as_one_thread(model, method):
+    cfg = BackgroundConfig(method=method)
+    frames = to_adu(model, photons(model, 5, seed=4))
+    frames[2, 10:14, 3] = np.nan
+    one = Preprocessor(model, cfg, CorrectionsConfig())(frames, photon_energy_ev=ENERGY_EV)
+    pre = Preprocessor(model, cfg, CorrectionsConfig(), threads=3)
+    assert pre.threads == 3
+    np.testing.assert_array_equal(pre(frames, photon_energy_ev=ENERGY_EV), one)
+    # the numpy frame-at-a-time path equals the whole-batch array functions (the cupy path)
+    batch = pre._slab_images(frames, ENERGY_EV)
+    np.testing.assert_allclose(one, batch, rtol=0, atol=2e-6)
+    assert one.std() > 0.01
+
+
+@pytest.mark.parametrize("convert_to_photons", [True, False])
+def test_each_image_depends_on_its_frame_alone(model, convert_to_photons):
+    """Batch composition never changes an image: the Bragg threshold is one photon *of that
+    frame* (in ADU when photon conversion is off), not of the batch's mean energy."""
+    corr = CorrectionsConfig(convert_to_photons=convert_to_photons)
+    pre = Preprocessor(model, BackgroundConfig(bragg_min_photons=5.0), corr, threads=2)
+    energy = np.array([6000.0, 9500.0, 12000.0])
+    ph = photons(model, 3, seed=5, level=0.02)  # ~no pixel holds 2 photons by chance
+    rng = np.random.default_rng(5)
+    on = np.argwhere(model.panel_index >= 0)
+    # 6-photon peaks in frame 0 (6 keV), 4-photon peaks in the others: only frame 0 has
+    # Bragg peaks.  In ADU, a threshold from the batch's mean energy (9.2 keV) would spare
+    # frame 0's peaks (36,000 g < 45,800 g ADU) and mask frame 2's (48,000 g > 45,800 g).
+    for i, peak in enumerate((6.0, 4.0, 4.0)):
+        for r, c in on[rng.choice(len(on), 40, replace=False)]:
+            ph[i, r, c] += peak
+    frames = np.stack([to_adu(model, ph[i], energy[i]) for i in range(3)])
+    together = pre(frames, photon_energy_ev=energy)
+    for i in range(3):
+        alone = pre(frames[i : i + 1], photon_energy_ev=energy[i : i + 1])
+        np.testing.assert_array_equal(alone[0], together[i])
+    excess = pre.bragg_min_excess(energy, 3)
+    gain = float(np.median(pre.adu_per_ev[np.asarray(model.valid, bool)]))
+    np.testing.assert_allclose(excess, 5.0 * (1.0 if convert_to_photons else gain * energy))
+    for i in range(3):
+        res = pre.residual(frames[i : i + 1], photon_energy_ev=energy[i])
+        assert (res.bragg.sum() > 0) == (i == 0)
+
+
+def test_threads_checked_and_errors_reach_the_caller(model):
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        Preprocessor(model, threads=0)
+    pre = Preprocessor(model, threads=2)
+    frames = to_adu(model, photons(model, 4))
+    with pytest.raises(ValueError, match="photon energies must be finite and > 0"):
+        pre(frames, photon_energy_ev=[ENERGY_EV, ENERGY_EV, -1.0, ENERGY_EV])
+
+
 def test_importable_from_background_package():
     from hpcdiff.background import Preprocessor as FromBackground
 

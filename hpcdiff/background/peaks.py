@@ -60,7 +60,7 @@ def bragg_mask(
     grow_px: int = 1,
     panel_index: Any | None = None,
     noise_stride: int = 4,
-    min_excess: float = 0.0,
+    min_excess: Any = 0.0,
 ) -> Any:
     """Pixels standing more than ``k_sigma`` noise levels above the background.
 
@@ -89,7 +89,8 @@ def bragg_mask(
     min_excess
         Also require this excess over the segment's mean (unit of ``residual``): at low
         photon counts, speckles of diffuse scattering reach ``k_sigma`` too; Bragg peaks
-        are far brighter (the preprocessor uses 5 photons).
+        are far brighter (the preprocessor uses 5 photons).  A scalar, or ``(n,)`` one
+        value per frame.
     noise_stride
         Estimate the noise from every ``noise_stride``-th pixel of each segment (all
         pixels of segments under 256 pixels); 1 = every pixel.
@@ -107,7 +108,10 @@ def bragg_mask(
     segs = as_segments(segments)
     noise_segs = segs.subsample(noise_stride)
     mean, std = segment_clipped_stats(batch, noise_segs, valid=valid, sigma=clip_sigma, max_iter=3)
-    threshold = expand(mean + xp.maximum(k_sigma * std, min_excess), segs)
+    floor = xp.asarray(min_excess, dtype=std.dtype)
+    if floor.ndim == 1:
+        floor = floor[:, None]  # one value per frame
+    threshold = expand(mean + xp.maximum(k_sigma * std, floor), segs)
     with_noise = xp.isfinite(threshold)
     peaks = with_noise & (batch > xp.where(with_noise, threshold, 0))
     if valid is not None:

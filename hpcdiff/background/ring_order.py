@@ -155,14 +155,19 @@ class RingOrderImages:
         ok &= np.isfinite(r)
         return r
 
-    def _bragg(self, r: np.ndarray, ok: np.ndarray, min_excess: float) -> np.ndarray:
+    def _bragg(
+        self, r: np.ndarray, ok: np.ndarray, min_excess: float | np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """Ring positions ``(frame, position)`` of grown Bragg peaks, as :func:`bragg_mask`."""
         cfg = self.cfg
         segs = self.noise_segments
         mean, std = _clipped_sorted(
             r[:, self.noise_take], ok[:, self.noise_take], segs, sigma=3.0, max_iter=3
         )
-        threshold = _float32_floor(mean + np.maximum(cfg.bragg_sigma * std, min_excess))
+        floor = np.asarray(min_excess, dtype=np.float64)
+        if floor.ndim == 1:
+            floor = floor[:, None]  # one value per frame
+        threshold = _float32_floor(mean + np.maximum(cfg.bragg_sigma * std, floor))
         peaks = r > np.repeat(threshold, self.rings.sizes, axis=1)
         peaks &= ok
         frame, pos = np.nonzero(peaks)
@@ -230,7 +235,9 @@ class RingOrderImages:
         unit = np.clip((mean / np.float32(self.limit) + 1) / 2, 0, 1).astype(np.float32)
         return np.ascontiguousarray(np.broadcast_to(unit[:, None], (n, 3, size, size)))
 
-    def __call__(self, corrected: np.ndarray, *, min_excess: float = 0.0) -> np.ndarray:
+    def __call__(
+        self, corrected: np.ndarray, *, min_excess: float | np.ndarray = 0.0
+    ) -> np.ndarray:
         """CNN images of corrected frames.
 
         Parameters
@@ -239,7 +246,7 @@ class RingOrderImages:
             ``(n, n_ss, n_fs)`` float32 frames after detector corrections (photons), numpy.
         min_excess
             Smallest excess over the ring mean a Bragg peak must have, unit of
-            ``corrected`` (:func:`~hpcdiff.background.bragg_mask`).
+            ``corrected`` (:func:`~hpcdiff.background.bragg_mask`): a scalar or ``(n,)``.
 
         Returns
         -------

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from hpcdiff.backend import cuda_index, gpu_available
 from hpcdiff.config import JobConfig
 from hpcdiff.corrections import read_pedestal_and_gain
 from hpcdiff.errors import ConfigError, FormatError, HpcdiffError, OutputExistsError
@@ -229,6 +230,8 @@ class Featurizer:
         Where ``preprocess`` and ``features`` times go.
     bad_pixel_mask, pedestal, gain
         ``(n_ss, n_fs)`` maps for :class:`hpcdiff.preprocess.Preprocessor`, or ``None``.
+    threads
+        CPU threads of the preprocessor for numpy frames (the rank's ``threads``).
     """
 
     def __init__(
@@ -241,6 +244,7 @@ class Featurizer:
         bad_pixel_mask: np.ndarray | None = None,
         pedestal: np.ndarray | None = None,
         gain: np.ndarray | None = None,
+        threads: int = 1,
     ) -> None:
         from hpcdiff.features import FeatureExtractor
         from hpcdiff.preprocess import Preprocessor
@@ -253,7 +257,11 @@ class Featurizer:
             bad_pixel_mask=bad_pixel_mask,
             pedestal=pedestal,
             gain=gain,
+            threads=threads,
         )
+        # GPU ranks remove the background with cupy on their own device where cupy works
+        gpu = cuda_index(device)
+        self.preprocess_gpu = gpu if gpu is not None and gpu_available() else None
         fc = job.features
         self.extractor = FeatureExtractor(
             fc.weights,
@@ -267,14 +275,33 @@ class Featurizer:
         )
         self.timings = timings
 
-    def images(self, batch: FrameBatch) -> np.ndarray:
-        """``(n, 3, H, W)`` float32 CNN images of the batch's frames."""
+    def describe(self) -> dict[str, Any]:
+        """Where and how this rank preprocesses and extracts features (for run reports)."""
+        pre = (
+            f"cupy on cuda:{self.preprocess_gpu}"
+            if self.preprocess_gpu is not None
+            else f"numpy on {self.preprocess.threads} thread(s)"
+        )
+        return {"preprocess": pre, "features": self.extractor.run_info()}
+
+    def images(self, batch: FrameBatch) -> Any:
+        """``(n, 3, H, W)`` float32 CNN images of the batch's frames: numpy, or a cupy array
+        on :attr:`preprocess_gpu` (read by the feature extractor without a host copy)."""
         n = len(batch.numbers)
         energy = batch.values.get("photon_energy_ev")
         if energy is None:
             energy = np.full(n, self.default_energy_ev)
         with self.timings.section("preprocess", n):
-            return self.preprocess(batch.frames, photon_energy_ev=energy)
+            if self.preprocess_gpu is None:
+                return self.preprocess(batch.frames, photon_energy_ev=energy)
+            import cupy
+
+            # the current cupy device is per thread: this may run in the reader thread
+            with cupy.cuda.Device(self.preprocess_gpu):
+                images = self.preprocess(cupy.asarray(batch.frames), photon_energy_ev=energy)
+                # done before the timing ends and before the CNN thread reads the images
+                cupy.cuda.get_current_stream().synchronize()
+            return images
 
     def prepare(self, batch: FrameBatch) -> FrameBatch:
         """Add the CNN images to ``batch`` (run in the reader thread, overlapping the CNN)."""
@@ -356,6 +383,7 @@ class StageResult:
     weights_info: dict[str, Any]
     frame_ids: list[Any]
     outputs: dict[str, Path] = field(default_factory=dict)
+    processing: dict[str, Any] = field(default_factory=dict)  # Featurizer.describe()
 
 
 def _outputs(job: JobConfig, kind: str, results: dict[str, Path]) -> dict[str, Path]:
@@ -430,6 +458,7 @@ def _frame_stage(
             bad_pixel_mask=mask,
             pedestal=pedestal,
             gain=gain,
+            threads=info.threads,
         )
         store = ShardStore(shard_dir)
         outcome = distributed_map(
@@ -458,6 +487,7 @@ def _frame_stage(
         featurizer.extractor.weights_info,
         frame_ids,
         outputs,
+        featurizer.describe(),
     )
 
 
@@ -471,7 +501,11 @@ def _finish(
 ) -> dict[str, Any] | None:
     """Rejects file, timing table and run report on the root; the reject check on all ranks."""
     per_rank = comm.gather(
-        {"rank": stage.rank_info.as_dict(), "timings": stage.outcome.timings.as_dict()}, root=0
+        {
+            "rank": {**stage.rank_info.as_dict(), **stage.processing},
+            "timings": stage.outcome.timings.as_dict(),
+        },
+        root=0,
     )
     report = None
     n_rejects = 0
@@ -552,7 +586,7 @@ def run_features(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = 
 def _write_features_file(job: JobConfig, stage: StageResult, path: Path, *, force: bool) -> None:
     from hpcdiff.io.featurefile import FeatureWriter
 
-    meta = feature_meta(job, stage.weights_info)
+    meta = feature_meta(job, stage.weights_info, processing=stage.processing)
     step = 4096
     with FeatureWriter(path, meta=meta, force=force) as writer:
         for lo in range(0, stage.run.n_frames, step):
@@ -561,8 +595,12 @@ def _write_features_file(job: JobConfig, stage: StageResult, path: Path, *, forc
                 writer.append([stage.frame_ids[f] for f in frames], arrays["features"])
 
 
-def feature_meta(job: JobConfig, weights_info: dict[str, Any]) -> Any:
-    """:class:`~hpcdiff.io.featurefile.FeatureMeta` of the features this job computes."""
+def feature_meta(
+    job: JobConfig, weights_info: dict[str, Any], *, processing: dict[str, Any] | None = None
+) -> Any:
+    """:class:`~hpcdiff.io.featurefile.FeatureMeta` of the features this job computes;
+    ``processing`` (:meth:`Featurizer.describe` of the root rank: device, bf16 or fp32)
+    is recorded in its ``extra``, not compared."""
     from hpcdiff.features import LAYER_SIZES
     from hpcdiff.io.featurefile import FeatureMeta
 
@@ -572,6 +610,7 @@ def feature_meta(job: JobConfig, weights_info: dict[str, Any]) -> Any:
         weights=weights_info,
         background=job.to_dict()["background"],
         config_hash=job.config_hash(),
+        extra={} if processing is None else {"processing": processing},
     )
 
 
@@ -671,7 +710,7 @@ def run_train(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = Non
     x_local = arrays["features"].astype(np.float32, copy=False)
     if x_local.ndim != 2:  # this rank has no frames with features
         x_local = np.empty((0, _n_features(job)), np.float32)
-    meta = feature_meta(job, stage.weights_info)
+    meta = feature_meta(job, stage.weights_info, processing=stage.processing)
     timings = stage.outcome.timings
     model = None
     t0 = time.perf_counter()
