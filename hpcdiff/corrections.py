@@ -373,7 +373,7 @@ def _zero_photon_level_numpy(
     g = np.take(rows, sample.order, axis=1).astype(dtype, copy=False)
     gok = np.take(allowed, sample.order, axis=1)
     # which sampled pixels segs.subsample(4 * stride) keeps: early passes look at these
-    early = np.isin(sample.order, segs.subsample(4 * stride).order, assume_unique=True)
+    early = segs.subsample(4 * stride).labels.ravel()[sample.order] >= 0
     segs = sample
     level = np.full((n, k), np.nan, dtype=dtype)
     thr = dtype.type(threshold)

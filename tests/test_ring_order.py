@@ -14,7 +14,6 @@ import dataclasses
 import numpy as np
 import pytest
 
-from hpcdiff.background import RingOrderImages, cnn_images
 from hpcdiff.background.ring_order import _float32_floor
 from hpcdiff.config import BackgroundConfig, CorrectionsConfig
 from hpcdiff.geometry import DetectorModel, small_geometry
@@ -47,14 +46,8 @@ def _frames(model: DetectorModel, n: int = 3, seed: int = 0) -> np.ndarray:
 
 
 def _reference(pre: Preprocessor, frames: np.ndarray, energy) -> np.ndarray:
-    res = pre.residual(frames, photon_energy_ev=energy)
-    return cnn_images(
-        res.normalised,
-        pixmap=pre.pixmap,
-        valid=res.valid,
-        size=pre.cfg.image_size_px,
-        limit=pre.limit,
-    )
+    """``Preprocessor.residual`` then ``cnn_images`` on the whole batch, in slab order."""
+    return pre._slab_images(frames, energy)
 
 
 @pytest.mark.parametrize(
@@ -106,14 +99,7 @@ def test_bad_pixels_found_later_reach_the_ring_order_path(model):
 def test_needs_radial_method(model):
     pre = Preprocessor(model, BackgroundConfig(method="local"), CorrectionsConfig())
     with pytest.raises(ValueError, match="radial"):
-        RingOrderImages(
-            pre.rings,
-            valid=pre.valid,
-            panel_index=pre.panel_index,
-            pixmap=pre.pixmap,
-            cfg=pre.cfg,
-            limit=pre.limit,
-        )
+        pre.ring_order  # noqa: B018 - the property builds the chain
 
 
 def test_float32_floor_keeps_comparisons_exact():
