@@ -39,10 +39,13 @@ def bench_features(
 
     images = np.random.default_rng(0).random((n_images, 3, 224, 224), dtype=np.float32)
     configs = [
-        ("fp32 eager, per image", {"batch_size": 1, "channels_last": False, "bf16": False}),
+        (
+            "fp32 eager, per image",
+            {"batch_size": 1, "channels_last": False, "bf16": False, "bf16_cpu": False},
+        ),
         (
             "fp32 batched, channels_last",
-            {"batch_size": n_images, "channels_last": True, "bf16": False},
+            {"batch_size": n_images, "channels_last": True, "bf16": False, "bf16_cpu": False},
         ),
         (
             "bf16 batched, channels_last",

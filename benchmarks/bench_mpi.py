@@ -35,8 +35,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")
-
 LAUNCH_VARS = ("PMI_SIZE", "PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
 
 JOB = """\
@@ -85,15 +83,25 @@ def write_job(folder: Path, name: str, args: argparse.Namespace, *, overlap: boo
 
 def stage_rates(job_path: Path, repeats: int) -> dict[str, float]:
     """Frames/s of read, preprocess and features alone (one thread, data in memory)."""
-    import numpy as np
     import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # as one rank of threads_per_rank = 1
+    try:
+        return _stage_rates(job_path, repeats)
+    finally:
+        torch.set_num_threads(previous)  # the rest of a suite run keeps its threads
+
+
+def _stage_rates(job_path: Path, repeats: int) -> dict[str, float]:
+    """:func:`stage_rates` on whatever threads torch has."""
+    import numpy as np
 
     from hpcdiff.config import load_job
     from hpcdiff.io.cxi import FrameSource
     from hpcdiff.parallel.mpi import FrameBatch, Timings
     from hpcdiff.pipelines.classify import Featurizer, _geometry, detector_model
 
-    torch.set_num_threads(1)
     job = load_job(job_path)
     geom = _geometry(job)
     files = [str(f) for f in job.frame_files()]
@@ -127,7 +135,10 @@ def stage_rates(job_path: Path, repeats: int) -> dict[str, float]:
 
 
 def run_job(job_path: Path, ranks: int) -> dict:
+    # one OpenMP thread per rank, as threads_per_rank = 1 asks; set for the job's processes
+    # only, so that the other benchmarks of a suite run keep their own thread counts
     env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS}
+    env.setdefault("OMP_NUM_THREADS", "1")
     cmd = [sys.executable, "-m", "hpcdiff", "features", str(job_path), "--force"]
     if ranks > 1:
         mpiexec = shutil.which("mpiexec")

@@ -520,7 +520,7 @@ def cpu_rows(
         "corrections + radial + Bragg + normalise + images",
     )
     ours_pre = timed(
-        f"ours: whole preprocessing (Preprocessor, {threads} threads)",
+        f"ours: whole preprocessing (Preprocessor, {threads} thread(s))",
         lambda a, b: pre(frames[a:b], photon_energy_ev=energy[a:b]),
         spans,
         "frames of a batch on the rank's threads, as the classify job runs it",

@@ -107,8 +107,8 @@ class CorrectionsConfig:
     geometry's mask): dead = zero in ``bad_pixel_dead_fraction`` of them, hot = median
     ``bad_pixel_hot_sigma`` robust sigmas above its |q| ring.  ``common_mode_stride``:
     each ASIC's level is estimated from every ``stride``-th of its pixels (4: about 9,000
-    of a CSPAD ASIC's 35,890, a median good to about 1.3 % of the zero-photon noise;
-    1 = every pixel).
+    of a CSPAD ASIC's 35,890; on 200 simulated ASICs the level moves by 1.4 % rms of the
+    zero-photon noise from the every-pixel estimate; 1 = every pixel).
     """
 
     common_mode: bool = True
@@ -160,9 +160,10 @@ class FeaturesConfig:
 
     ``weights`` is a checkpoint path, ``"hub"`` (the torch hub cache) or ``"random:SEED"``.
     ``bf16`` is bfloat16 autocast on GPUs; ``bf16_cpu`` the same on CPUs: ``"auto"`` turns
-    it on where the CPU has bf16 instructions (AVX512-BF16, AMX; about 2x faster there,
-    emulated and slower elsewhere).  bf16 features differ from fp32 at ~1e-2; every output
-    records which was used.
+    it on where the CPU has bf16 instructions (AVX512-BF16, AMX: 3x the fp32 rate of VGG16
+    on a 2-core Sapphire Rapids, ``benchmarks/bench_pipeline.py``; emulated and slower
+    elsewhere).  bf16 features differ from fp32 at ~1e-2; run reports and features files
+    record which was used.
     """
 
     weights: str = "hub"
