@@ -10,6 +10,7 @@ Units are in the names: ``detector_distance_m``, ``photon_energy_ev``, ``time_li
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -348,7 +349,9 @@ class JobConfig:
     fourier: FourierConfig = field(default_factory=FourierConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     reprocess: ReprocessConfig | None = None
-    source: Path | None = field(default=None, compare=False, init=False)
+    source: Path | None = field(default=None, compare=False, kw_only=True, metadata={"toml": False})
+    """The job file this job was loaded from (relative frame patterns resolve against its
+    folder); not a TOML key, not hashed, kept by :func:`dataclasses.replace`."""
 
     def frame_files(self) -> list[Path]:
         """The experiment's frame files, globs expanded, in sorted order within each pattern."""
@@ -409,14 +412,9 @@ def load_job(path: str | Path, *, check_files: bool = True) -> JobConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     job = parse_job(mapping, source=str(path), base_dir=path.resolve().parent)
-    job = _with_source(job, path.resolve())
+    job = dataclasses.replace(job, source=path.resolve())
     if check_files and job.simulate is None:
         _check_inputs(job)
-    return job
-
-
-def _with_source(job: JobConfig, source: Path) -> JobConfig:
-    object.__setattr__(job, "source", source)
     return job
 
 

@@ -346,7 +346,7 @@ class DetectorCache:
         Rings depend on the scattering angle only (not the wavelength), so one set serves
         every frame at this distance.
         """
-        from hpcdiff.background.segments import as_segments
+        from hpcdiff.segments import as_segments
 
         key = (round(float(clen_m), 7), int(n_bins))
         if key not in self._rings:
