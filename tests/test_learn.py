@@ -16,6 +16,7 @@ from hpcdiff.errors import FormatError
 from hpcdiff.io.cxi import FrameId
 from hpcdiff.io.featurefile import FeatureMeta, FeatureSet, read_features, write_features
 from hpcdiff.io.labels import Labels, write_labels
+from hpcdiff.io.predictions import read_predictions
 from hpcdiff.learn import (
     BINARY_CLASS_NAMES,
     DiffuseClassifier,
@@ -26,7 +27,6 @@ from hpcdiff.learn import (
     format_report,
     format_side_by_side,
     pca_from_statistics,
-    read_predictions,
     split_sizes,
     stratified_split,
     train,

@@ -73,6 +73,7 @@ def run(args: argparse.Namespace) -> int:
     from hpcdiff.io.featurefile import read_features
     from hpcdiff.io.labels import read_labels
     from hpcdiff.io.outputs import ensure_writable, provenance, write_json
+    from hpcdiff.io.predictions import read_predictions
     from hpcdiff.learn import (
         DiffuseClassifier,
         align_labels,
@@ -80,7 +81,6 @@ def run(args: argparse.Namespace) -> int:
         evaluate,
         format_report,
         format_side_by_side,
-        read_predictions,
         report_from_predictions,
         targets,
     )

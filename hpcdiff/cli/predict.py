@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
 
     from hpcdiff.io.featurefile import iter_feature_batches, read_feature_meta
     from hpcdiff.io.outputs import ensure_writable, sha256_file
-    from hpcdiff.learn import DiffuseClassifier, PredictionWriter
+    from hpcdiff.io.predictions import PredictionWriter
+    from hpcdiff.learn import DiffuseClassifier
     from hpcdiff.progress import Progress, print_summary
 
     job = load_job_arg(args)

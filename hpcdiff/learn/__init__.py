@@ -18,7 +18,6 @@ from hpcdiff.learn.pca_stats import (
     pca_from_array,
     pca_from_statistics,
 )
-from hpcdiff.learn.predictions import Predictions, PredictionWriter, read_predictions
 from hpcdiff.learn.split import split_sizes, stratified_split
 from hpcdiff.learn.workflow import (
     TrainResult,
@@ -36,8 +35,6 @@ __all__ = [
     "ModelMismatchError",
     "PCABasis",
     "PCAStatistics",
-    "PredictionWriter",
-    "Predictions",
     "TrainResult",
     "align_labels",
     "classification_report",
@@ -47,7 +44,6 @@ __all__ = [
     "format_side_by_side",
     "pca_from_array",
     "pca_from_statistics",
-    "read_predictions",
     "report_from_predictions",
     "split_sizes",
     "stratified_split",

@@ -840,7 +840,7 @@ def run_predict(
     """``hpcdiff classify predict``: every rank predicts its own frames; one file per run.
 
     Writes ``output.dir/predictions.h5`` ordered by frame, in the layout of
-    :mod:`hpcdiff.learn.predictions` (frame file and index, class, class probability,
+    :mod:`hpcdiff.io.predictions` (frame file and index, class, class probability,
     probability of every class, diffuse score; attrs: class names, model and its SHA-256,
     weights SHA-256, provenance).
 
@@ -924,9 +924,9 @@ def _write_predictions(
 ) -> None:
     """Combine the ranks' shards into one predictions file ordered by frame.
 
-    The layout is :mod:`hpcdiff.learn.predictions`' (read it with ``read_predictions``).
+    The layout is :mod:`hpcdiff.io.predictions`' (read it with ``read_predictions``).
     """
-    from hpcdiff.learn.predictions import PredictionWriter
+    from hpcdiff.io.predictions import PredictionWriter
 
     frames, arrays = stage.store.read(["proba"])
     proba = arrays["proba"] if len(frames) else np.empty((0, len(clf.class_names_)), np.float32)

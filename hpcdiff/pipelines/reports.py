@@ -128,7 +128,7 @@ def add_predictions(report: Report, job: JobConfig, *, examples: int = 4) -> str
     """
     from hpcdiff.io.labels import read_labels
     from hpcdiff.learn import classification_report, format_report
-    from hpcdiff.learn.predictions import read_predictions
+    from hpcdiff.io.predictions import read_predictions
 
     pred = read_predictions(Path(job.output.dir) / "predictions.h5")
     score = pred.diffuse_score
