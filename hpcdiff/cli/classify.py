@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from hpcdiff.pipelines.layout import MODEL_NAME
+
 EXIT_TOO_MANY_REJECTS = 65
 """Exit status when rejects exceed ``parallel.max_reject_fraction`` (``EX_DATAERR``)."""
 
@@ -45,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     predict = actions.add_parser("predict", help="apply a trained model to every frame")
     add_common(predict)
     predict.add_argument(
-        "--model", help="model file (default: [output] model, or output.dir/model.h5)"
+        "--model",
+        help=f"model file (default: [output] model, or output.dir/{MODEL_NAME})",
     )
     predict.set_defaults(func=run)
 

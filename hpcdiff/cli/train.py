@@ -17,9 +17,6 @@ from typing import Any
 from hpcdiff.config import JobConfig, LearnConfig, load_job
 from hpcdiff.errors import ConfigError
 
-DEFAULT_FEATURES_NAME = "features.h5"
-DEFAULT_MODEL_NAME = "model.npz"
-
 
 # ----------------------------------------------------------------- shared by train/predict/evaluate
 def positive_int(text: str) -> int:
@@ -85,13 +82,15 @@ def output_dir(job: JobConfig | None) -> Path:
 
 
 def default_features(job: JobConfig | None) -> Path | None:
-    return output_dir(job) / DEFAULT_FEATURES_NAME if job is not None else None
+    from hpcdiff.pipelines.layout import ClassifyLayout
+
+    return ClassifyLayout.from_job(job).features if job is not None else None
 
 
 def default_model(job: JobConfig | None) -> Path | None:
-    if job is None:
-        return None
-    return Path(job.output.model) if job.output.model else output_dir(job) / DEFAULT_MODEL_NAME
+    from hpcdiff.pipelines.layout import ClassifyLayout
+
+    return ClassifyLayout.from_job(job).model if job is not None else None
 
 
 def pick(value: Any, default: Any, *, flag: str, what: str) -> Any:

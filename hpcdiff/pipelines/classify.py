@@ -61,6 +61,7 @@ from hpcdiff.parallel.mpi import (
 )
 from hpcdiff.parallel.partition import partition
 from hpcdiff.parallel.shards import ShardStore
+from hpcdiff.pipelines.layout import ClassifyLayout
 
 log = logging.getLogger("hpcdiff.classify")
 
@@ -387,12 +388,8 @@ class StageResult:
 
 
 def _outputs(job: JobConfig, kind: str, results: dict[str, Path]) -> dict[str, Path]:
-    out = job.output.dir
-    return {
-        **results,
-        "rejects": out / f"{kind}-rejects.jsonl",
-        "run_report": out / f"{kind}-run.json",
-    }
+    files = ClassifyLayout.from_job(job).stage(kind)
+    return {**results, "rejects": files.rejects, "run_report": files.run_report}
 
 
 def _frame_stage(
@@ -419,7 +416,7 @@ def _frame_stage(
     rank = comm.Get_rank()
     outputs = _outputs(job, kind, results)
     config_hash = job.config_hash()
-    shard_dir = job.output.dir / f"{kind}.shards"
+    shard_dir = ClassifyLayout.from_job(job).stage(kind).shards
 
     def preflight() -> RunFiles:
         existing = [p for p in outputs.values() if p.exists()]
@@ -567,7 +564,7 @@ def _read_local(comm: Any, stage: StageResult, names: list[str]) -> tuple[np.nda
 
 def run_features(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = None) -> Path:
     """``hpcdiff features``: the distributed feature stage alone; returns the features file."""
-    path = job.output.dir / "features.h5"
+    path = ClassifyLayout.from_job(job).features
     stage = _frame_stage(
         job,
         "features",
@@ -615,8 +612,8 @@ def feature_meta(
 
 
 def default_model_path(job: JobConfig) -> Path:
-    """``[output] model``, or ``output.dir/model.npz``."""
-    return job.output.model if job.output.model is not None else job.output.dir / "model.npz"
+    """``[output] model``, or the layout's default (:attr:`ClassifyLayout.model`)."""
+    return ClassifyLayout.from_job(job).model
 
 
 @dataclass(frozen=True)
@@ -690,8 +687,9 @@ def run_train(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = Non
     )
 
     model_path = default_model_path(job)
-    report_path = job.output.dir / "train-report.json"
-    features_path = job.output.dir / "features.h5"
+    layout = ClassifyLayout.from_job(job)
+    report_path = layout.train_report
+    features_path = layout.features
     stage = _frame_stage(
         job,
         "train",
@@ -858,7 +856,7 @@ def run_predict(
         return DiffuseClassifier.load(model_path), sha256_file(model_path)
 
     clf, model_sha = root_decides(comm, load)
-    path = job.output.dir / "predictions.h5"
+    path = ClassifyLayout.from_job(job).predictions
 
     def make_process(fz: Featurizer) -> Callable[[FrameBatch], dict[str, np.ndarray]]:
         try:

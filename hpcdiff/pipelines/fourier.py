@@ -54,6 +54,7 @@ from hpcdiff.merge import (
     map_correlation,
     map_frame_grids,
 )
+from hpcdiff.pipelines.layout import FourierLayout
 from hpcdiff.similarity import (
     assemble,
     blocks,
@@ -62,16 +63,6 @@ from hpcdiff.similarity import (
     image_vectors,
     sparse_frames,
 )
-
-OUTPUT_NAMES = (
-    "merged.h5",
-    "similarity.h5",
-    "diffusion.h5",
-    "diffusion_common_arc.png",
-    "diffusion_image.png",
-    "fourier_summary.json",
-)
-
 
 # --------------------------------------------------------------------------- settings
 
@@ -619,8 +610,9 @@ def run_fourier(
 
     log = log if log is not None else sys.stderr
     out = Path(out_dir if out_dir is not None else job.output.dir)
-    for name in OUTPUT_NAMES:
-        ensure_writable(out / name, force=force)
+    files = FourierLayout(out)
+    for path in files.outputs:
+        ensure_writable(path, force=force)
     settings = FourierSettings.from_job(job)
     fcfg = job.fourier
     t_start = time.perf_counter()
@@ -735,9 +727,9 @@ def run_fourier(
     stamp = provenance(job.config_hash(), job=json.dumps(job.to_dict(), sort_keys=True))
     out.mkdir(parents=True, exist_ok=True)
     outputs = {
-        "merged": write_merged(out / "merged.h5", merged, stamp=stamp, force=force),
+        "merged": write_merged(files.merged, merged, stamp=stamp, force=force),
         "similarity": write_similarity(
-            out / "similarity.h5",
+            files.similarity,
             plan,
             common_arc=common_arc,
             overlap=overlap,
@@ -747,19 +739,19 @@ def run_fourier(
             min_overlap=fcfg.min_overlap,
             force=force,
         ),
-        "diffusion": write_diffusion(out / "diffusion.h5", plan, maps, stamp=stamp, force=force),
+        "diffusion": write_diffusion(files.diffusion, plan, maps, stamp=stamp, force=force),
     }
     for name, title in (
         ("common_arc", "common-arc correlation"),
         ("image", "image-space distance"),
     ):
-        path = out / f"diffusion_{name}.png"
+        path = files.plot(name)
         with atomic_path(path, force=force) as tmp:
             plot_diffusion(maps[name].coords, plan.labels, tmp, title=f"diffusion map: {title}")
         outputs[f"plot_{name}"] = path
     summary["timing_s"]["total"] = time.perf_counter() - t_start
     summary["provenance"] = {k2: v for k2, v in stamp.items() if k2 != "job"}
-    outputs["summary"] = write_json(out / "fourier_summary.json", summary, force=force)
+    outputs["summary"] = write_json(files.summary, summary, force=force)
     print(_summary_text(summary), file=log, flush=True)
     return FourierResult(
         merged,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from hpcdiff.config import JobConfig
+from hpcdiff.pipelines.layout import ClassifyLayout
 from hpcdiff.report import Report
 from hpcdiff.report import figures as F
 
@@ -91,8 +92,8 @@ def add_training(report: Report, job: JobConfig) -> None:
     from hpcdiff.io.labels import read_labels
     from hpcdiff.learn import DiffuseClassifier, format_report
 
-    out = Path(job.output.dir)
-    train = _json(out / "train-report.json")
+    layout = ClassifyLayout.from_job(job)
+    train = _json(layout.train_report)
     held_out = train.get("report")
     report.add_section("Classifier: held-out frames of the training run")
     if held_out is None:
@@ -104,8 +105,8 @@ def add_training(report: Report, job: JobConfig) -> None:
             "Confusion matrix (held-out)",
             F.confusion_matrix_figure(np.array(cm["matrix"]), class_names=cm["labels"]),
         )
-    model = DiffuseClassifier.load(train.get("model") or out / "model.npz")
-    features_path = out / "features.h5"
+    model = DiffuseClassifier.load(train.get("model") or layout.model)
+    features_path = layout.features
     if features_path.is_file() and job.experiment.labels is not None:
         feats = read_features(features_path)
         labels = read_labels(job.experiment.labels).lookup(feats.frame_ids)
@@ -127,10 +128,10 @@ def add_predictions(report: Report, job: JobConfig, *, examples: int = 4) -> str
         The precision/recall table against the labels, when the job names a labels file.
     """
     from hpcdiff.io.labels import read_labels
-    from hpcdiff.learn import classification_report, format_report
     from hpcdiff.io.predictions import read_predictions
+    from hpcdiff.learn import classification_report, format_report
 
-    pred = read_predictions(Path(job.output.dir) / "predictions.h5")
+    pred = read_predictions(ClassifyLayout.from_job(job).predictions)
     score = pred.diffuse_score
     report.add_section("Predictions")
     report.add_text(
@@ -269,15 +270,15 @@ def write_classify_report(job: JobConfig, kind: str, *, force: bool = False) -> 
     """``output.dir/report/`` of a ``classify train`` or ``classify predict``."""
     if not job.output.report:
         return None
-    out = Path(job.output.dir)
-    run = _json(out / f"{kind}-run.json")
+    layout = ClassifyLayout.from_job(job)
+    run = _json(layout.stage(kind).run_report)
     report = new_report(f"hpcdiff classify {kind}: {job.experiment.name}", job, run)
     if kind == "train":
         add_training(report, job)
     else:
         add_predictions(report, job)
     add_throughput(report, run, kind=kind)
-    return report.write(out / "report", force=True)
+    return report.write(layout.report_dir, force=True)
 
 
 def write_fourier_report(job: JobConfig, fourier: Any, out_dir: Path) -> Path | None:
