@@ -19,10 +19,17 @@ from hpcdiff.learn.pca_stats import (
     pca_from_statistics,
 )
 from hpcdiff.learn.predictions import Predictions, PredictionWriter, read_predictions
-from hpcdiff.learn.split import split_sizes, stratified_split
+from hpcdiff.learn.split import (
+    order_split,
+    split_rows,
+    split_sizes,
+    stratified_split,
+    too_few_labelled,
+)
 from hpcdiff.learn.workflow import (
     TrainResult,
     align_labels,
+    labelled_rows,
     cross_experiment,
     evaluate,
     report_from_predictions,
@@ -40,6 +47,7 @@ __all__ = [
     "Predictions",
     "TrainResult",
     "align_labels",
+    "labelled_rows",
     "classification_report",
     "cross_experiment",
     "evaluate",
@@ -49,8 +57,11 @@ __all__ = [
     "pca_from_statistics",
     "read_predictions",
     "report_from_predictions",
+    "order_split",
+    "split_rows",
     "split_sizes",
     "stratified_split",
     "targets",
+    "too_few_labelled",
     "train",
 ]
