@@ -127,8 +127,7 @@ class Labels:
             for k, key in enumerate(keys):
                 if key in seen:
                     raise ValueError(
-                        f"labels list frame {FrameId(*key)} more than once"
-                        + self._at(seen[key], k)
+                        f"labels list frame {FrameId(*key)} more than once" + self._at(seen[key], k)
                     )
                 seen[key] = k
 
@@ -282,9 +281,11 @@ class Labels:
         missing = np.flatnonzero(pos < 0)
         if missing.size:
             row = int(missing[0])
-            more = f"; {missing.size - 1} more row(s) name frames the run lacks" if (
-                missing.size > 1
-            ) else ""
+            more = (
+                f"; {missing.size - 1} more row(s) name frames the run lacks"
+                if (missing.size > 1)
+                else ""
+            )
             files = sorted({f.file for f in frame_ids})
             raise self.error_at(
                 row,
@@ -343,7 +344,7 @@ class Labels:
             and np.array_equal(self.file, other.file)
             and np.array_equal(self.index, other.index)
             and np.array_equal(self.diffuse, other.diffuse)
-            and np.array_equal(self.diffuse_strength, other.diffuse_strength)
+            and np.array_equal(self.diffuse_strength, other.diffuse_strength, equal_nan=True)
             and np.array_equal(self.diffuse_class, other.diffuse_class)
         )
 
@@ -510,7 +511,7 @@ def read_labels_h5(path: str | Path) -> Labels:
             diffuse_class=arrays["class"],
             class_names=class_names,
             attrs=attrs,
-            source=np.full(lengths["file"], str(path), dtype=np.str_),
+            source=np.array([str(path)] * lengths["file"], dtype=np.str_),
             line=np.arange(1, lengths["file"] + 1, dtype=np.int64),
         )
     except ValueError as exc:

@@ -61,7 +61,9 @@ def sniff(path: str | Path) -> str:
         if _LIST_LINE.match(line):
             return "list"
         return "csv" if "," in line else "list"
-    raise FormatError(path, "labels file holds no line; expected a CSV header or path //index lines")
+    raise FormatError(
+        path, "labels file holds no line; expected a CSV header or path //index lines"
+    )
 
 
 def _text_lines(path: Path) -> list[tuple[int, str]]:
@@ -113,8 +115,7 @@ def class_of(
             line=line,
         )
     hint = (
-        "; say which classes exist with [experiment] class_names (or --class-names), class 0 "
-        "first"
+        "; say which classes exist with [experiment] class_names (or --class-names), class 0 first"
         if tuple(names) == BINARY_NAMES
         else ""
     )
@@ -151,7 +152,7 @@ def read_labels_csv(path: str | Path, *, class_names: Sequence[str] | None = Non
     lines = _all_lines(path)
     header_at = None
     names_from_file: tuple[str, ...] | None = None
-    for k, (n, s) in enumerate(lines):
+    for k, (_n, s) in enumerate(lines):
         if not s:
             continue
         m = _CLASS_NAMES_LINE.match(s)
@@ -212,7 +213,9 @@ def read_labels_csv(path: str | Path, *, class_names: Sequence[str] | None = Non
         key = (file, index)
         if key in seen:
             raise FormatError(
-                path, f"frame {file} //{index} is labelled twice (first at line {seen[key]})", line=n
+                path,
+                f"frame {file} //{index} is labelled twice (first at line {seen[key]})",
+                line=n,
             )
         seen[key] = n
         classes.append(class_of(row[col["label"]], names, path=path, line=n))

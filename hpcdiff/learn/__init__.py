@@ -29,9 +29,9 @@ from hpcdiff.learn.split import (
 from hpcdiff.learn.workflow import (
     TrainResult,
     align_labels,
-    labelled_rows,
     cross_experiment,
     evaluate,
+    labelled_rows,
     report_from_predictions,
     targets,
     train,

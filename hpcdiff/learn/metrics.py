@@ -159,9 +159,7 @@ def format_report(
     return "\n".join(lines)
 
 
-def format_side_by_side(
-    reports: Mapping[str, Mapping[str, Any]], *, published: bool = True
-) -> str:
+def format_side_by_side(reports: Mapping[str, Mapping[str, Any]], *, published: bool = True) -> str:
     """Several reports (e.g. within- and cross-experiment) as one table, one column block each.
 
     Rows: precision / recall / F1 of each class, accuracy, ROC AUC, n.  With ``published``,
@@ -174,8 +172,7 @@ def format_side_by_side(
         paper = {
             "paper": {
                 "classes": {
-                    n: {"precision": p, "recall": r}
-                    for n, (p, r) in PUBLISHED.classes.items()
+                    n: {"precision": p, "recall": r} for n, (p, r) in PUBLISHED.classes.items()
                 },
                 "accuracy": PUBLISHED.accuracy,
                 "n": PUBLISHED.n_test,

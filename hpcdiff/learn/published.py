@@ -56,9 +56,7 @@ class PublishedFigures:
         """Plain form for JSON reports."""
         return {
             "accuracy": self.accuracy,
-            "classes": {
-                k: {"precision": p, "recall": r} for k, (p, r) in self.classes.items()
-            },
+            "classes": {k: {"precision": p, "recall": r} for k, (p, r) in self.classes.items()},
             "n_train": self.n_train,
             "n_test": self.n_test,
             "data": self.data,

@@ -120,7 +120,9 @@ def split_rows(
     raise ValueError(f"split must be 'stratified' or 'order', got {method!r}")
 
 
-def too_few_labelled(n_labelled: int, *, n_components: int, n_train: int, n_test: int) -> str | None:
+def too_few_labelled(
+    n_labelled: int, *, n_components: int, n_train: int, n_test: int
+) -> str | None:
     """Why ``n_labelled`` labelled frames cannot train this model, or ``None`` when they can.
 
     PCA needs more training frames than ``n_components``; with fewer labelled frames than
