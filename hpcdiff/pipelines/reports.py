@@ -85,10 +85,21 @@ def strength_curve(
     return np.array(xs), np.array(ys)
 
 
+def _labelled(job: JobConfig, frame_ids: list[Any]) -> tuple[np.ndarray, Any]:
+    """Rows of ``frame_ids`` that the job's labels name, and their labels (labels of
+    frames not in ``frame_ids`` are left out: a report shows what it can)."""
+    from hpcdiff.io.labels import read_labels
+
+    labels = read_labels(job.experiment.labels, class_names=job.experiment.class_names or None)
+    pos = labels.match_run(frame_ids)
+    keep = np.flatnonzero(pos >= 0)
+    order = keep[np.argsort(pos[keep], kind="stable")]
+    return pos[order], labels.take(order)
+
+
 def add_training(report: Report, job: JobConfig) -> None:
     """Held-out precision/recall, confusion matrix and PCA scatter of a ``classify train``."""
     from hpcdiff.io.featurefile import read_features
-    from hpcdiff.io.labels import read_labels
     from hpcdiff.learn import DiffuseClassifier, format_report
 
     out = Path(job.output.dir)
@@ -108,9 +119,7 @@ def add_training(report: Report, job: JobConfig) -> None:
     features_path = out / "features.h5"
     if features_path.is_file() and job.experiment.labels is not None:
         feats = read_features(features_path)
-        rows, labels = read_labels(
-            job.experiment.labels, class_names=job.experiment.class_names or None
-        ).for_run(feats.frame_ids)
+        rows, labels = _labelled(job, feats.frame_ids)
         report.add_figure(
             "PCA of VGG16 features (training run)",
             F.pca_scatter_figure(
@@ -129,7 +138,6 @@ def add_predictions(report: Report, job: JobConfig, *, examples: int = 4) -> str
     str or None
         The precision/recall table against the labels, when the job names a labels file.
     """
-    from hpcdiff.io.labels import read_labels
     from hpcdiff.learn import classification_report, format_report
     from hpcdiff.learn.predictions import read_predictions
 
@@ -143,9 +151,7 @@ def add_predictions(report: Report, job: JobConfig, *, examples: int = 4) -> str
     add_confidence_table(report, pred)
     table = None
     if job.experiment.labels is not None and len(score):
-        rows, labels = read_labels(
-            job.experiment.labels, class_names=job.experiment.class_names or None
-        ).for_run(pred.frame_ids)
+        rows, labels = _labelled(job, pred.frame_ids)
         y_true = np.asarray(labels.diffuse, dtype=np.int64)
         y_pred = (score[rows] >= 0.5).astype(np.int64)
         result = classification_report(
