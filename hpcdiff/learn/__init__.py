@@ -18,12 +18,19 @@ from hpcdiff.learn.pca_stats import (
     pca_from_array,
     pca_from_statistics,
 )
-from hpcdiff.learn.split import split_sizes, stratified_split
+from hpcdiff.learn.split import (
+    order_split,
+    split_rows,
+    split_sizes,
+    stratified_split,
+    too_few_labelled,
+)
 from hpcdiff.learn.workflow import (
     TrainResult,
     align_labels,
     cross_experiment,
     evaluate,
+    labelled_rows,
     report_from_predictions,
     targets,
     train,
@@ -37,6 +44,7 @@ __all__ = [
     "PCAStatistics",
     "TrainResult",
     "align_labels",
+    "labelled_rows",
     "classification_report",
     "cross_experiment",
     "evaluate",
@@ -45,8 +53,11 @@ __all__ = [
     "pca_from_array",
     "pca_from_statistics",
     "report_from_predictions",
+    "order_split",
+    "split_rows",
     "split_sizes",
     "stratified_split",
     "targets",
+    "too_few_labelled",
     "train",
 ]

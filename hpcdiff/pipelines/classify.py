@@ -25,7 +25,8 @@ Outputs in ``output.dir`` (``KIND`` is ``features``, ``train`` or ``predict``):
 object per unusable frame or file: ``file``, ``index`` (``null`` for a whole file),
 ``reason``), ``KIND-run.json`` (the run report), and the results: ``features.h5``;
 ``model.npz`` (or ``output.model``), ``train-report.json`` and ``features.h5``;
-``predictions.h5``.
+``predictions.h5`` with ``predictions.csv`` and ``diffuse.lst`` beside it
+(:mod:`hpcdiff.io.prediction_lists`).
 """
 
 from __future__ import annotations
@@ -626,37 +627,26 @@ class _Split:
 
 
 def _choose_split(job: JobConfig, stage: StageResult) -> _Split:
-    """Root: the labelled frames with features, split stratified into train and test."""
-    from hpcdiff.io.labels import read_labels
-    from hpcdiff.learn import stratified_split, targets
+    """Root: the labelled frames with features, split into train and test
+    (:func:`hpcdiff.learn.labelled.labelled_split`; unlabelled frames are not used)."""
+    from hpcdiff.io.labels import describe_spec, read_labels
+    from hpcdiff.learn.labelled import labelled_split
 
     if job.experiment.labels is None:
-        raise ConfigError(f"{job.source}: training needs [experiment] labels = 'labels.h5'")
+        raise ConfigError(f"{job.source}: training needs [experiment] labels = 'labels.csv'")
     done = stage.store.done_frames()
     rejected = np.array([f for f, _ in stage.store.rejects()], dtype=np.int64)
-    valid = np.setdiff1d(done, rejected)
-    labels = read_labels(job.experiment.labels)
-    try:
-        mine = labels.lookup([stage.frame_ids[f] for f in valid], source=job.experiment.labels)
-    except KeyError as exc:
-        raise FormatError(job.experiment.labels, str(exc.args[0])) from None
-    y, class_names = targets(mine, job.learn.target)
-    lc = job.learn
-    try:
-        tr, te = stratified_split(
-            y, n_train=lc.n_train, n_test=lc.n_test, random_state=lc.random_state
-        )
-    except ValueError as exc:
-        raise FormatError(
-            job.experiment.labels, f"cannot split the labelled frames: {exc}"
-        ) from None
-    if lc.n_components >= len(tr):
-        raise ConfigError(
-            f"{job.source}: [learn.n_components] is {lc.n_components}, but only {len(tr)} "
-            "frames are left for training; PCA needs fewer components than training frames "
-            "(lower n_components, or give more labelled frames)"
-        )
-    return _Split(valid[tr], valid[te], y[tr], y[te], tuple(class_names))
+    names = job.experiment.class_names or None
+    s = labelled_split(
+        read_labels(job.experiment.labels, class_names=names),
+        stage.frame_ids,
+        np.setdiff1d(done, rejected),
+        job.learn,
+        source=describe_spec(job.experiment.labels),
+        job_source=job.source,
+        skip_files=[r["file"] for r in stage.run.file_rejects],
+    )
+    return _Split(s.train, s.test, s.y_train, s.y_test, s.class_names)
 
 
 def _gather_labelled(
@@ -798,6 +788,8 @@ def run_train(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = Non
                 "n_train": len(split.train),
                 "n_test": len(split.test),
                 "pca_from": lc.pca_from,
+                "split": lc.split,
+                "published": _published(),
                 "model": str(model_path),
                 **provenance(job.config_hash(), weights_sha256=stage.weights_info.get("sha256")),
             },
@@ -806,6 +798,12 @@ def run_train(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = Non
     _finish(comm, job, stage, force=force, extra={"model": str(model_path)})
     _write_report(comm, job, "train")
     return model
+
+
+def _published() -> dict[str, Any]:
+    from hpcdiff.learn.published import PUBLISHED
+
+    return PUBLISHED.as_dict()
 
 
 def _model_extra(job: JobConfig, split: _Split, comm: Any) -> dict[str, Any]:
@@ -873,18 +871,24 @@ def run_predict(
 
         return process
 
+    from hpcdiff.io.prediction_lists import prediction_outputs
+
+    lists = prediction_outputs(path, clf.class_names_)  # predictions.csv, diffuse.lst, ...
     stage = _frame_stage(
         job,
         "predict",
         comm=comm,
-        results={"predictions": path},
+        results={"predictions": path, **lists},
         make_process=make_process,
         force=force,
         stop=stop,
         state_extra={"model_sha256": model_sha},
     )
     if comm.Get_rank() == 0:
+        from hpcdiff.io.prediction_lists import write_prediction_outputs_from_file
+
         _write_predictions(job, stage, path, clf, model_path, model_sha, force=force)
+        write_prediction_outputs_from_file(path, force=force)
     _finish(
         comm, job, stage, force=force, extra={"model": str(model_path), "model_sha256": model_sha}
     )

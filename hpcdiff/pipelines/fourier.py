@@ -23,6 +23,7 @@ Outputs (in ``out_dir``): ``merged.h5``, ``similarity.h5``, ``diffusion.h5``,
 from __future__ import annotations
 
 import json
+import logging
 import operator
 import sys
 import time
@@ -243,11 +244,14 @@ def plan_frames(job: JobConfig) -> FramePlan:
     if exp.labels is not None:
         from hpcdiff.io.labels import read_labels
 
+        all_labels = read_labels(exp.labels, class_names=exp.class_names or None)
         try:
-            found_labels = read_labels(exp.labels).lookup(list(ids), source=exp.labels)
-        except KeyError as exc:
-            raise FormatError(exp.labels, str(exc.args[0])) from None
-        labels = found_labels.diffuse.astype(np.int8)
+            labels = all_labels.lookup(list(ids)).diffuse.astype(np.int8)
+        except KeyError as exc:  # labels of some frames only: no label colours or AUCs
+            logging.getLogger("hpcdiff.fourier").warning(
+                "labels cover only some merged frames (%s); diffusion maps without labels",
+                exc.args[0] if exc.args else exc,
+            )
     return FramePlan(
         files=tuple(files),
         data_path=exp.data_path,

@@ -86,10 +86,21 @@ def strength_curve(
     return np.array(xs), np.array(ys)
 
 
+def _labelled(job: JobConfig, frame_ids: list[Any]) -> tuple[np.ndarray, Any]:
+    """Rows of ``frame_ids`` that the job's labels name, and their labels (labels of
+    frames not in ``frame_ids`` are left out: a report shows what it can)."""
+    from hpcdiff.io.labels import read_labels
+
+    labels = read_labels(job.experiment.labels, class_names=job.experiment.class_names or None)
+    pos = labels.match_run(frame_ids)
+    keep = np.flatnonzero(pos >= 0)
+    order = keep[np.argsort(pos[keep], kind="stable")]
+    return pos[order], labels.take(order)
+
+
 def add_training(report: Report, job: JobConfig) -> None:
     """Held-out precision/recall, confusion matrix and PCA scatter of a ``classify train``."""
     from hpcdiff.io.featurefile import read_features
-    from hpcdiff.io.labels import read_labels
     from hpcdiff.learn import DiffuseClassifier, format_report
 
     layout = ClassifyLayout.from_job(job)
@@ -109,13 +120,14 @@ def add_training(report: Report, job: JobConfig) -> None:
     features_path = layout.features
     if features_path.is_file() and job.experiment.labels is not None:
         feats = read_features(features_path)
-        labels = read_labels(job.experiment.labels).lookup(feats.frame_ids)
+        rows, labels = _labelled(job, feats.frame_ids)
         report.add_figure(
             "PCA of VGG16 features (training run)",
             F.pca_scatter_figure(
-                model.pca_.transform(feats.features), labels.diffuse, class_names=BINARY
+                model.pca_.transform(feats.features[rows]), labels.diffuse, class_names=BINARY
             ),
-            caption="first two principal components, coloured by the labels file",
+            caption=f"first two principal components of the {len(rows)} labelled frames, "
+            "coloured by the labels file",
         )
 
 
@@ -127,7 +139,6 @@ def add_predictions(report: Report, job: JobConfig, *, examples: int = 4) -> str
     str or None
         The precision/recall table against the labels, when the job names a labels file.
     """
-    from hpcdiff.io.labels import read_labels
     from hpcdiff.io.predictions import read_predictions
     from hpcdiff.learn import classification_report, format_report
 
@@ -138,17 +149,24 @@ def add_predictions(report: Report, job: JobConfig, *, examples: int = 4) -> str
         f"{len(score)} frames; {int((score >= 0.5).sum())} predicted diffuse "
         f"(diffuse fraction {np.mean(score >= 0.5) if len(score) else float('nan'):.3f})."
     )
+    add_confidence_table(report, pred)
     table = None
     if job.experiment.labels is not None and len(score):
-        labels = read_labels(job.experiment.labels).lookup(pred.frame_ids)
+        rows, labels = _labelled(job, pred.frame_ids)
         y_true = np.asarray(labels.diffuse, dtype=np.int64)
-        y_pred = (score >= 0.5).astype(np.int64)
+        y_pred = (score[rows] >= 0.5).astype(np.int64)
         result = classification_report(
-            y_true, y_pred, np.stack([1 - score, score], axis=1), class_names=BINARY
+            y_true, y_pred, np.stack([1 - score[rows], score[rows]], axis=1), class_names=BINARY
         )
-        table = format_report(result, title=f"{len(y_true)} frames against the labels file")
+        table = format_report(
+            result, title=f"{len(y_true)} labelled of {len(score)} frames against the labels file"
+        )
         report.add_preformatted(table, title="Precision / recall against the labels")
-        x, y = strength_curve(np.asarray(labels.diffuse_strength), y_true == y_pred)
+        strength = np.asarray(labels.diffuse_strength)
+        known = np.isfinite(strength)
+        if not known.any():
+            return table
+        x, y = strength_curve(strength[known], (y_true == y_pred)[known])
         report.add_figure(
             "Accuracy against diffuse strength",
             F.accuracy_curve_figure(
@@ -165,6 +183,50 @@ def add_predictions(report: Report, job: JobConfig, *, examples: int = 4) -> str
             "(Bragg peaks and bad pixels masked)",
         )
     return table
+
+
+def confident_frames(predictions: Any, *, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the ``n`` most and the ``n`` least confident predictions.
+
+    Confidence is the probability of the predicted class; the most confident come first
+    in falling order, the least confident (nearest the decision boundary) in rising order.
+    """
+    p = np.max(np.asarray(predictions.proba), axis=1) if len(predictions.proba) else np.empty(0)
+    order = np.argsort(-p, kind="stable")
+    k = min(n, p.size)
+    most = order[:k]
+    least = order[::-1][: min(k, p.size - k)] if p.size > k else np.empty(0, np.int64)
+    return most.astype(np.int64), least.astype(np.int64)
+
+
+def add_confidence_table(report: Report, predictions: Any, *, n: int = 10) -> None:
+    """Tables of the most and least confident frames, with their file and index."""
+    most, least = confident_frames(predictions, n=n)
+    labels = predictions.labels
+    proba = np.asarray(predictions.proba)
+    score = predictions.diffuse_score
+    columns = ["file", "index", "class", "probability", "diffuse score"]
+
+    def rows(picks: np.ndarray) -> list[list[Any]]:
+        return [
+            [
+                str(predictions.files[r]),
+                int(predictions.indices[r]),
+                predictions.class_names[int(labels[r])],
+                round(float(proba[r, labels[r]]), 4),
+                round(float(score[r]), 4),
+            ]
+            for r in picks.tolist()
+        ]
+
+    if most.size:
+        report.add_table(f"Most confident frames ({most.size})", rows(most), columns=columns)
+    if least.size:
+        report.add_table(
+            f"Least confident frames ({least.size}): worth a look, or a label",
+            rows(least),
+            columns=columns,
+        )
 
 
 def example_frames(job: JobConfig, predictions: Any, *, n: int = 4) -> tuple[list, list, list]:
