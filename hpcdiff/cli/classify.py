@@ -62,9 +62,10 @@ def run_mpi_job(args: argparse.Namespace, body: Callable[[Any, Any, Any], object
     """
     from hpcdiff.config import load_job
     from hpcdiff.errors import HpcdiffError
-    from hpcdiff.parallel.mpi import abort_on_error, get_comm, setup_logging
+    from hpcdiff.parallel.mpi import abort_on_error, get_comm
     from hpcdiff.parallel.signals import EXIT_PREEMPTED, Preempted, stop_on_signals
     from hpcdiff.pipelines.classify import TooManyRejects
+    from hpcdiff.progress import setup_logging
 
     comm = get_comm()
     rank = comm.Get_rank()

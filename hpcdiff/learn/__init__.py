@@ -14,6 +14,7 @@ from hpcdiff.learn.metrics import (
 from hpcdiff.learn.model import DiffuseClassifier, ModelMismatchError
 from hpcdiff.learn.pca_stats import (
     PCABasis,
+    PCAReduction,
     PCAStatistics,
     pca_from_array,
     pca_from_statistics,
@@ -30,6 +31,7 @@ from hpcdiff.learn.workflow import (
     align_labels,
     cross_experiment,
     evaluate,
+    fit_model,
     labelled_rows,
     report_from_predictions,
     targets,
@@ -41,6 +43,7 @@ __all__ = [
     "DiffuseClassifier",
     "ModelMismatchError",
     "PCABasis",
+    "PCAReduction",
     "PCAStatistics",
     "TrainResult",
     "align_labels",
@@ -48,6 +51,7 @@ __all__ = [
     "classification_report",
     "cross_experiment",
     "evaluate",
+    "fit_model",
     "format_report",
     "format_side_by_side",
     "pca_from_array",

@@ -14,7 +14,7 @@ from hpcdiff.errors import FormatError
 from hpcdiff.io.featurefile import FeatureSet
 from hpcdiff.learn.metrics import BINARY_CLASS_NAMES, classification_report
 from hpcdiff.learn.model import DiffuseClassifier
-from hpcdiff.learn.pca_stats import PCAStatistics, pca_from_statistics
+from hpcdiff.learn.pca_stats import PCABasis, PCAStatistics, pca_from_statistics
 from hpcdiff.learn.split import split_rows, too_few_labelled
 
 
@@ -148,24 +148,78 @@ def train(
     pca = None
     if cfg.pca_from == "statistics":
         pca = pca_from_statistics(PCAStatistics.from_array(x_train), cfg.n_components)
-    model = DiffuseClassifier(n_components=cfg.n_components, C=cfg.C, random_state=cfg.random_state)
-    model.fit(
+    model = fit_model(
         x_train,
         y_full[train_rows],
         class_names=class_names,
+        cfg=cfg,
         feature_meta=features.meta,
         pca=pca,
-        target=cfg.target,
+        n_test=int(test_rows.size),
         config_hash=config_hash,
-        extra={
-            "pca_from": cfg.pca_from,
-            "n_test": int(test_rows.size),
-            "split": getattr(cfg, "split", "stratified"),
-            **(extra or {}),
-        },
+        extra={"split": cfg.split, **(extra or {})},
     )
     report = evaluate(model, features, y_full, rows=test_rows) if test_rows.size else None
     return TrainResult(model, report, train_rows, test_rows)
+
+
+def fit_model(
+    rows: np.ndarray,
+    y: np.ndarray,
+    *,
+    class_names: tuple[str, ...],
+    cfg: Any,
+    feature_meta: Any,
+    pca: PCABasis | None = None,
+    projected: bool = False,
+    n_test: int = 0,
+    config_hash: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> DiffuseClassifier:
+    """Fit PCA + logistic regression on training rows: the one fit of serial and MPI training.
+
+    Parameters
+    ----------
+    rows
+        ``(n_train, d)`` feature rows, or with ``projected`` their ``(n_train, k)``
+        projections on ``pca`` (a distributed "statistics" collect gathers only those).
+    y
+        ``(n_train,)`` labels.
+    cfg
+        A :class:`hpcdiff.config.LearnConfig`.
+    feature_meta
+        :class:`~hpcdiff.io.featurefile.FeatureMeta` of the rows.
+    pca
+        Axes computed elsewhere (from statistics); ``None``: fitted on ``rows``.
+    n_test
+        Held-out rows (recorded in the model's metadata with ``cfg.pca_from`` and ``extra``).
+    """
+    meta_extra = {"pca_from": cfg.pca_from, "n_test": int(n_test), **(extra or {})}
+    model = DiffuseClassifier(n_components=cfg.n_components, C=cfg.C, random_state=cfg.random_state)
+    if projected:
+        if pca is None:
+            raise ValueError("projected rows need the pca they were projected on")
+        return model.fit_projected(
+            rows,
+            y,
+            pca=pca,
+            class_names=class_names,
+            feature_meta=feature_meta,
+            target=cfg.target,
+            config_hash=config_hash,
+            n_train=len(rows),
+            extra=meta_extra,
+        )
+    return model.fit(
+        rows,
+        y,
+        class_names=class_names,
+        feature_meta=feature_meta,
+        pca=pca,
+        target=cfg.target,
+        config_hash=config_hash,
+        extra=meta_extra,
+    )
 
 
 def evaluate(

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import logging
-import operator
 import sys
 import time
 from collections import OrderedDict
@@ -555,6 +554,14 @@ def _number(
     )
 
 
+def chunk_task(
+    plan: FramePlan, start: int, stop: int, *, settings: FourierSettings
+) -> tuple[MergeAccumulator, ChunkFrames]:
+    """:func:`process_chunk` of the plan's frames ``start:stop`` (a block of
+    :func:`~hpcdiff.parallel.dask_blocks.map_blocks`)."""
+    return process_chunk(plan, range(start, stop), settings)
+
+
 def merge_accumulators(*accs: MergeAccumulator) -> MergeAccumulator:
     """Sum of accumulators (a new one; inputs untouched): the tree-reduction step."""
     out = accs[0].copy()
@@ -610,7 +617,7 @@ def run_fourier(
     OutputExistsError
         Before any work, when an output exists and ``force`` is false.
     """
-    from hpcdiff.parallel.dask_cluster import track, tree_reduce
+    from hpcdiff.parallel.dask_blocks import MappedBlocks, map_blocks, worker_count
 
     log = log if log is not None else sys.stderr
     out = Path(out_dir if out_dir is not None else job.output.dir)
@@ -636,21 +643,21 @@ def run_fourier(
     )
 
     # 1. map: one task per chunk of frames; 2. tree reduction of the accumulators
-    plan_f = client.scatter(plan, broadcast=True)
-    chunks = blocks(n, fcfg.frames_per_task)
-    tasks = [
-        client.submit(process_chunk, plan_f, list(range(s, e)), settings, pure=False)
-        for s, e in chunks
-    ]
-    acc_fs = [client.submit(operator.itemgetter(0), t) for t in tasks]
-    frame_fs = [client.submit(operator.itemgetter(1), t) for t in tasks]
-    del tasks
     t0 = time.perf_counter()
-    total_f = tree_reduce(client, acc_fs, merge_accumulators)
-    track(frame_fs, "merge", log=log)
-    parts: list[ChunkFrames] = client.gather(frame_fs)
-    merged: MergeAccumulator = total_f.result()
-    del acc_fs, total_f
+    mapped = map_blocks(
+        client,
+        chunk_task,
+        plan,
+        blocks(n, fcfg.frames_per_task),
+        reduce=merge_accumulators,
+        label="merge",
+        log=log,
+        settings=settings,
+    )
+    parts: list[ChunkFrames] = mapped.parts
+    assert mapped.reduced is not None  # reduced: one accumulator of every chunk
+    merged: MergeAccumulator = mapped.reduced
+    del mapped
     t_merge = time.perf_counter() - t0
     task_s = float(sum(p.seconds for p in parts))
     merged = merged.symmetrised(fcfg.symmetrise)
@@ -658,22 +665,23 @@ def run_fourier(
     # 3. similarities, row blocks as tasks
     sim_frames = [f for p in parts for f in p.similarity_frames]
     t0 = time.perf_counter()
-    mats_f = client.scatter(
-        sparse_frames(sim_frames, n_voxels=settings.similarity_grid.n_voxels), broadcast=True
-    )
     sblocks = blocks(n, fcfg.similarity_block)
-    sim_fs = [
-        client.submit(common_arc_block, mats_f, s, e, min_overlap=fcfg.min_overlap, pure=False)
-        for s, e in sblocks
-    ]
-    track(sim_fs, "common-arc similarity", log=log)
-    common_arc, overlap = assemble(n, client.gather(sim_fs))
+    sim: MappedBlocks[Any] = map_blocks(
+        client,
+        common_arc_block,
+        sparse_frames(sim_frames, n_voxels=settings.similarity_grid.n_voxels),
+        sblocks,
+        label="common-arc similarity",
+        log=log,
+        min_overlap=fcfg.min_overlap,
+    )
+    common_arc, overlap = assemble(n, sim.parts)
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
-    vec_f = client.scatter(image_vectors(np.concatenate([p.images for p in parts])), broadcast=True)
-    img_fs = [client.submit(image_block, vec_f, s, e, pure=False) for s, e in sblocks]
-    track(img_fs, "image similarity", log=log)
-    img_parts = client.gather(img_fs)
+    vectors = image_vectors(np.concatenate([p.images for p in parts]))
+    img_parts = map_blocks(
+        client, image_block, vectors, sblocks, label="image similarity", log=log
+    ).parts
     image_distance, _ = assemble(n, [p[0] for p in img_parts], diagonal=0.0)
     image_correlation, _ = assemble(n, [p[1] for p in img_parts], diagonal=1.0)
     t_img = time.perf_counter() - t0
@@ -694,7 +702,7 @@ def run_fourier(
         "n_frames_oriented": n,
         "n_frames_total": plan.n_frames_total,
         "n_multi_crystal_chunks": plan.n_multi_crystal,
-        "n_workers": len(client.scheduler_info(n_workers=-1).get("workers", {})),
+        "n_workers": worker_count(client),
         "grid": {
             "size": settings.grid.size,
             "extent": settings.grid.extent,
