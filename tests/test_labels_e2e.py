@@ -136,6 +136,12 @@ def test_feature_file_commands_use_labelled_frames(
     assert main([*args, *few]) == 1  # 16 labelled frames split 8 / 8: 8 train for PCA(20)
     err = capsys.readouterr().err
     assert "only 16 labelled frame(s), of which 8 train" in err and "n_components = 20" in err
+    # a labelled frame the features lack: the file and line, no traceback
+    bad = tmp_path / "bad.csv"
+    bad.write_text((experiment.parent / "labels.csv").read_text() + "1,frames_000.cxi,99,1,x\n")
+    assert main([*args, "--labels", str(bad), "--force"]) == 1
+    err = capsys.readouterr().err
+    assert f"{bad}, line {LABELLED + 2}: frame frames_000.cxi //99 is not in the run" in err
     preds = tmp_path / "run7.h5"
     argv = ["predict", "--job", str(experiment), "--model", str(model), "--out", str(preds)]
     assert main([*argv, "--quiet"]) == 0

@@ -223,17 +223,17 @@ class Labels:
         absolute: dict[tuple[str, int], int] = {}
         by_name: dict[tuple[str, int], int] = {}
         name_files: dict[str, set[str]] = {}
-        for pos, fid in enumerate(frame_ids):
-            exact.setdefault((fid.file, fid.index), pos)
-            absolute.setdefault((os.path.abspath(fid.file), fid.index), pos)
+        for k, fid in enumerate(frame_ids):
+            exact.setdefault((fid.file, fid.index), k)
+            absolute.setdefault((os.path.abspath(fid.file), fid.index), k)
             name = os.path.basename(fid.file)
-            by_name.setdefault((name, fid.index), pos)
+            by_name.setdefault((name, fid.index), k)
             name_files.setdefault(name, set()).add(fid.file)
         assert self.source is not None
         out = np.full(len(self), -1, dtype=np.int64)
         taken: dict[int, int] = {}
         for row, (f, i) in enumerate(zip(self.file.tolist(), self.index.tolist(), strict=True)):
-            pos = exact.get((f, i))
+            pos: int | None = exact.get((f, i))
             if pos is None:
                 for base in _bases(str(self.source[row])):
                     pos = absolute.get((os.path.abspath(os.path.join(base, f)), i))

@@ -351,7 +351,7 @@ def write_labels_csv(path: str | Path, labels: Labels, *, force: bool = False) -
     return Path(path)
 
 
-def list_text(files: Sequence[str], indices: Sequence[int]) -> str:
+def list_text(files: Sequence[str], indices: Sequence[int] | np.ndarray) -> str:
     """CrystFEL list text: one ``path //index`` line per frame."""
     return "".join(f"{f} //{int(i)}\n" for f, i in zip(files, indices, strict=True))
 

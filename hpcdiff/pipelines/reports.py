@@ -91,6 +91,7 @@ def _labelled(job: JobConfig, frame_ids: list[Any]) -> tuple[np.ndarray, Any]:
     frames not in ``frame_ids`` are left out: a report shows what it can)."""
     from hpcdiff.io.labels import read_labels
 
+    assert job.experiment.labels is not None
     labels = read_labels(job.experiment.labels, class_names=job.experiment.class_names or None)
     pos = labels.match_run(frame_ids)
     keep = np.flatnonzero(pos >= 0)
