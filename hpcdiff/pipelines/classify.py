@@ -537,6 +537,7 @@ def _finish(
             "timings": [r["timings"] for r in per_rank],
             "weights": stage.weights_info,
             "weights_sha256": stage.weights_info.get("sha256"),
+            "features": stage.processing.get("features", {}),
             "outputs": {k: str(v) for k, v in stage.outputs.items()},
             **(extra or {}),
             **provenance(job.config_hash()),
@@ -602,15 +603,21 @@ def feature_meta(
     ``processing`` (:meth:`Featurizer.describe` of the root rank: device, bf16 or fp32)
     is recorded in its ``extra``, not compared."""
     from hpcdiff.features import LAYER_SIZES
+    from hpcdiff.features.layers import layer_note, resolve_layer
     from hpcdiff.io.featurefile import FeatureMeta
 
+    layer = resolve_layer(job.features.layer, weights_info.get("layers", ()))
+    extra: dict[str, Any] = {} if processing is None else {"processing": processing}
+    note = layer_note(job.features.layer, weights_info.get("layers", ()))
+    if note is not None:
+        extra["layer_note"] = note
     return FeatureMeta(
-        layer=job.features.layer,
-        n_features=int(LAYER_SIZES[job.features.layer]),
+        layer=layer,
+        n_features=int(LAYER_SIZES[layer]),
         weights=weights_info,
         background=job.to_dict()["background"],
         config_hash=job.config_hash(),
-        extra={} if processing is None else {"processing": processing},
+        extra=extra,
     )
 
 
@@ -709,7 +716,7 @@ def run_train(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = Non
     frames, arrays = _read_local(comm, stage, ["features"])
     x_local = arrays["features"].astype(np.float32, copy=False)
     if x_local.ndim != 2:  # this rank has no frames with features
-        x_local = np.empty((0, _n_features(job)), np.float32)
+        x_local = np.empty((0, _n_features(job, stage.weights_info)), np.float32)
     meta = feature_meta(job, stage.weights_info, processing=stage.processing)
     timings = stage.outcome.timings
     model = None
@@ -737,14 +744,14 @@ def run_train(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = Non
         stats = (
             PCAStatistics.from_array(x_local[in_train])
             if in_train.any()
-            else (PCAStatistics.empty(_n_features(job)))
+            else (PCAStatistics.empty(_n_features(job, stage.weights_info)))
         )
         with timings.section("collective"):
             total = reduce_sum(comm, stats.to_buffer())
         pca = None
         if rank == 0:
             pca = pca_from_statistics(
-                PCAStatistics.from_buffer(total, _n_features(job)), lc.n_components
+                PCAStatistics.from_buffer(total, _n_features(job, stage.weights_info)), lc.n_components
             )
         with timings.section("collective"):
             pca = comm.bcast(pca, root=0)
@@ -823,10 +830,8 @@ def _check_order(got: np.ndarray, expected: np.ndarray) -> None:
         raise RuntimeError("gathered frames are not the frames chosen for training/testing")
 
 
-def _n_features(job: JobConfig) -> int:
-    from hpcdiff.features import LAYER_SIZES
-
-    return int(LAYER_SIZES[job.features.layer])
+def _n_features(job: JobConfig, weights_info: dict[str, Any]) -> int:
+    return int(feature_meta(job, weights_info).n_features)
 
 
 def run_predict(
