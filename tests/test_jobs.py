@@ -29,12 +29,21 @@ def test_check_reports_missing_inputs(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_check_accepts_a_simulated_experiment(tmp_path: Path, capsys) -> None:
     from hpcdiff.config import SimulateConfig
+    from hpcdiff.features.weights import hub_checkpoint_path
     from hpcdiff.simulate import simulate_experiment
 
     sim = simulate_experiment(
-        SimulateConfig(n_frames=4, detector="small", truth_grid_size=8, processes=1),
+        SimulateConfig(
+            n_frames=12, detector="small", truth_grid_size=8, processes=1, diffuse_fraction=0.5
+        ),
         tmp_path / "sim",
     )
+    # the simulator's job names no weights: "hub", absent here, is the one problem check finds
+    if not hub_checkpoint_path().is_file():
+        assert main(["check", str(sim.job)]) == 1
+        assert "1 problem(s)" in capsys.readouterr().out
+    with sim.job.open("a") as fh:
+        fh.write('\n[features]\nweights = "random:0"\n')
     assert main(["check", str(sim.job)]) == 0
     out = capsys.readouterr().out
-    assert "valid" in out and "1 frame file" in out
+    assert "valid" in out and "1 frame file" in out and "12 labelled" in out
