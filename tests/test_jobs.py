@@ -22,9 +22,11 @@ def test_example_job_files_parse(path: Path) -> None:
 def test_check_reports_missing_inputs(capsys: pytest.CaptureFixture[str]) -> None:
     path = Path(__file__).resolve().parents[1] / "jobs" / "train-cspad.toml"
     assert main(["check", str(path)]) == 1
-    err = capsys.readouterr().err
-    assert "train-cspad.toml" in err
-    assert "does not exist" in err or "matches no file" in err
+    out = capsys.readouterr().out
+    assert "train-cspad.toml" in out
+    # every missing input at once, each with what to do
+    assert "[experiment.geometry]" in out and "[experiment.labels]" in out
+    assert "matches no file" in out and out.count("->") >= 3
 
 
 def test_check_accepts_a_simulated_experiment(tmp_path: Path, capsys) -> None:

@@ -167,7 +167,11 @@ def _check_inputs_exist(job: JobConfig, result: CheckResult, mode: str) -> Any:
                 "file does not exist",
                 f"fix the path in {_src(job)} (relative paths are relative to the job file)",
             )
-    if not exp.frames:
+    if not exp.frames and job.reprocess is not None:
+        result.notes.append(
+            "frames come from [reprocess] runs: check one run's files with a job naming them"
+        )
+    elif not exp.frames:
         result.add(
             "[experiment.frames]",
             "the job names no frame files",
