@@ -135,6 +135,8 @@ def summarise_predictions(path: str | Path) -> dict[str, Any]:
         "model": p.attrs.get("model"),
         "model_sha256": p.attrs.get("model_sha256"),
         "weights_sha256": p.attrs.get("weights_sha256"),
+        "layer": p.attrs.get("feature_layer"),
+        "layer_note": p.attrs.get("feature_layer_note") or None,
         "hpcdiff_version": p.attrs.get("hpcdiff_version"),
     }
 
@@ -155,6 +157,7 @@ def summarise_model(path: str | Path) -> dict[str, Any]:
         "n_train": meta.get("n_train"),
         "train_class_counts": meta.get("train_class_counts"),
         "layer": fm.layer,
+        "layer_note": meta.get("feature", {}).get("layer_note"),
         "n_features": fm.n_features,
         "weights": _weights(fm.weights),
         "background_method": fm.background_method,

@@ -751,7 +751,8 @@ def run_train(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = Non
         pca = None
         if rank == 0:
             pca = pca_from_statistics(
-                PCAStatistics.from_buffer(total, _n_features(job, stage.weights_info)), lc.n_components
+                PCAStatistics.from_buffer(total, _n_features(job, stage.weights_info)),
+                lc.n_components,
             )
         with timings.section("collective"):
             pca = comm.bcast(pca, root=0)
@@ -941,6 +942,8 @@ def _write_predictions(
         "model_sha256": model_sha,
         "target": clf.metadata_.get("target", "binary"),
         "weights_sha256": stage.weights_info.get("sha256") or "",
+        "feature_layer": clf.feature_meta_.layer,
+        "feature_layer_note": clf.feature_meta_.extra.get("layer_note") or "",
     }
     with PredictionWriter(
         path,
