@@ -236,6 +236,10 @@ def test_verify_small_fake_state_dict_lists_every_problem(tmp_path):
     assert "features.0.weight (64, 3, 5, 5)" in text
     assert "missing convolution weights" in text
     assert r.layers == ()
+    # the legacy (non-zip) format of older checkpoints is read too (without mmap)
+    legacy = tmp_path / "legacy.pth"
+    torch.save({"head.weight": torch.zeros(2)}, legacy, _use_new_zipfile_serialization=False)
+    assert verify_checkpoint(legacy).unknown_keys == ["head.weight"]
     junk = tmp_path / "junk.pth"
     junk.write_text("not a checkpoint")
     assert "not a torch state dict" in verify_checkpoint(junk).problems[0]
