@@ -257,6 +257,10 @@ def test_stream_that_does_not_parse(tmp_path, experiment, conv_ckpt):
     )
     r = _check(_job(tmp_path, experiment, conv_ckpt, experiment=exp))
     assert len(r.problems) == 1 and "does not parse" in r.problems[0].what
+    # the Fourier job needs a stream at all
+    exp = exp.replace(f'stream = "{stream}"\n', "")
+    r = _check(_job(tmp_path, experiment, conv_ckpt, experiment=exp), mode="fourier")
+    assert [p.where for p in r.problems] == ["[experiment.stream]"]
 
 
 def test_every_problem_is_listed_at_once(tmp_path, experiment, conv_ckpt, capsys):

@@ -139,6 +139,12 @@ def check_job(job: JobConfig, *, mode: str = "auto") -> CheckResult:
         _check_model(job, result, weights)
     if mode in ("train", "predict", "features"):
         _check_outputs(job, result, mode)
+    if mode == "fourier" and job.experiment.stream is None:
+        result.add(
+            "[experiment.stream]",
+            "the Fourier job needs crystal orientations",
+            'name the CrystFEL stream of the run: stream = "run.stream" (indexamajig output)',
+        )
     if job.experiment.stream is not None and job.experiment.stream.is_file():
         _check_stream(job, result)
     if job.fourier.truth is not None:
