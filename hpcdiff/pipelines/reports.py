@@ -33,7 +33,9 @@ def _devices(devices: Any) -> str | None:
 
 def _layer(job: JobConfig, run: dict[str, Any]) -> str:
     """The layer the run used (``layer = "auto"`` resolved), with why where it is not fc6+fc7."""
-    features = run.get("features") if isinstance(run.get("features"), dict) else {}
+    features = run.get("features")
+    if not isinstance(features, dict):
+        features = {}
     layer = str(features.get("layer") or job.features.layer)
     note = features.get("layer_note")
     return f"{layer} ({note})" if note else layer
