@@ -124,6 +124,13 @@ def test_download_refuses_unchecked_and_reports_http_errors(server, tmp_path):
     assert not dest.exists() and _leftovers(tmp_path) == []
 
 
+def test_download_into_a_folder_that_cannot_be_made(server, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the folder should be")
+    with pytest.raises(DownloadError, match="cannot write into"):
+        download_checkpoint(f"{server}/models/ok.pth", blocker / "sub" / "x-12345678.pth")
+
+
 def test_download_offline_is_a_clear_error(tmp_path):
     # a port nothing listens on: connection refused, as on a node without internet
     import socket

@@ -100,8 +100,14 @@ def download_checkpoint(
             f"{dest} exists already; `hpcdiff weights verify {dest}` checks it, "
             "--force downloads it again"
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
+    except OSError as exc:
+        raise DownloadError(
+            f"cannot write into {dest.parent} ({exc.strerror}); choose another place with "
+            "--dest, or set TORCH_HOME to a writable folder"
+        ) from None
     tmp = Path(tmp_name)
     digest = hashlib.sha256()
     manual = f"Download it on a machine with internet access and copy it to {dest}"
