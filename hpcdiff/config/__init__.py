@@ -167,6 +167,9 @@ class FeaturesConfig:
     """VGG16 feature extraction (:mod:`hpcdiff.features`).
 
     ``weights`` is a checkpoint path, ``"hub"`` (the torch hub cache) or ``"random:SEED"``.
+    ``layer = "auto"`` is the method's ``fc6+fc7`` where the weights hold the fc layers and
+    the best conv layer (``hpcdiff.features.layers.BEST_CONV_LAYER``) with conv-only
+    weights; outputs record the layer used, and say when it is not fc6+fc7.
     ``bf16`` is bfloat16 autocast on GPUs; ``bf16_cpu`` the same on CPUs: ``"auto"`` turns
     it on where the CPU has bf16 instructions (AVX512-BF16, AMX: 3x the fp32 rate of VGG16
     on a 2-core Sapphire Rapids, ``benchmarks/bench_pipeline.py``; emulated and slower
@@ -175,7 +178,7 @@ class FeaturesConfig:
     """
 
     weights: str = "hub"
-    layer: Literal["fc6+fc7", "fc7", "pool5", "gap"] = "fc6+fc7"
+    layer: Literal["auto", "fc6+fc7", "fc7", "pool5", "gap"] = "auto"
     batch_size: int = field(default=16, metadata={"check": positive})
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True

@@ -522,6 +522,7 @@ def _write_run_report(
         "timings": [r["timings"] for r in per_rank],
         "weights": stage.weights_info,
         "weights_sha256": stage.weights_info.get("sha256"),
+        "features": stage.processing.get("features", {}),
         "outputs": {k: str(v) for k, v in stage.outputs.items()},
         **(extra or {}),
         **provenance(job.config_hash()),
@@ -578,15 +579,21 @@ def feature_meta(
     ``processing`` (:meth:`Featurizer.describe` of the root rank: device, bf16 or fp32)
     is recorded in its ``extra``, not compared."""
     from hpcdiff.features import LAYER_SIZES
+    from hpcdiff.features.layers import layer_note, resolve_layer
     from hpcdiff.io.featurefile import FeatureMeta
 
+    layer = resolve_layer(job.features.layer, weights_info.get("layers", ()))
+    extra: dict[str, Any] = {} if processing is None else {"processing": processing}
+    note = layer_note(job.features.layer, weights_info.get("layers", ()))
+    if note is not None:
+        extra["layer_note"] = note
     return FeatureMeta(
-        layer=job.features.layer,
-        n_features=int(LAYER_SIZES[job.features.layer]),
+        layer=layer,
+        n_features=int(LAYER_SIZES[layer]),
         weights=weights_info,
         background=job.to_dict()["background"],
         config_hash=job.config_hash(),
-        extra={} if processing is None else {"processing": processing},
+        extra=extra,
     )
 
 
@@ -661,12 +668,14 @@ def run_train(job: JobConfig, *, comm: Comm, force: bool = False, stop: Any = No
     frames, arrays = _read_local(comm, stage, ["features"])
     x_local = arrays["features"].astype(np.float32, copy=False)
     if x_local.ndim != 2:  # this rank has no frames with features
-        x_local = np.empty((0, _n_features(job)), np.float32)
+        x_local = np.empty((0, _n_features(job, stage.weights_info)), np.float32)
     meta = feature_meta(job, stage.weights_info, processing=stage.processing)
     timings = stage.outcome.timings
     t0 = time.perf_counter()
     reduction = (
-        PCAReduction(_n_features(job), lc.n_components) if lc.pca_from == "statistics" else None
+        PCAReduction(_n_features(job, stage.weights_info), lc.n_components)
+        if lc.pca_from == "statistics"
+        else None
     )
     train = collect_rows(
         comm, frames, x_local, wanted=split.train, reduce=reduction, timings=timings
@@ -761,10 +770,8 @@ def _write_training(
     )
 
 
-def _n_features(job: JobConfig) -> int:
-    from hpcdiff.features import LAYER_SIZES
-
-    return int(LAYER_SIZES[job.features.layer])
+def _n_features(job: JobConfig, weights_info: dict[str, Any]) -> int:
+    return int(feature_meta(job, weights_info).n_features)
 
 
 def run_predict(
@@ -883,6 +890,8 @@ def _write_predictions(
         "model_sha256": model_sha,
         "target": clf.metadata_.get("target", "binary"),
         "weights_sha256": stage.weights_info.get("sha256") or "",
+        "feature_layer": clf.feature_meta_.layer,
+        "feature_layer_note": clf.feature_meta_.extra.get("layer_note") or "",
     }
     with PredictionWriter(
         path,

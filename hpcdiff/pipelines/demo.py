@@ -77,17 +77,22 @@ def choose_weights(requested: str | None = None) -> tuple[str, str, str]:
     -------
     weights, layer, reason
     """
+    from hpcdiff.features.layers import BEST_CONV_LAYER
     from hpcdiff.features.weights import hub_checkpoint_path
 
     if requested:
-        layer = "gap" if requested.endswith("_caffe.pth") else "fc6+fc7"
+        layer = BEST_CONV_LAYER if requested.endswith("_caffe.pth") else "fc6+fc7"
         return requested, layer, "requested on the command line"
     hub = hub_checkpoint_path()
     if hub.is_file():
         return "hub", "fc6+fc7", f"torchvision ImageNet checkpoint found at {hub}"
     conv = Path(os.environ.get("HPCDIFF_WEIGHTS", CONV_ONLY_DEFAULT))
     if conv.is_file():
-        return str(conv), "gap", f"ImageNet conv-only weights found at {conv} (no fc layers)"
+        return (
+            str(conv),
+            BEST_CONV_LAYER,
+            f"ImageNet conv-only weights found at {conv} (no fc layers)",
+        )
     return (
         "random:0",
         "fc6+fc7",

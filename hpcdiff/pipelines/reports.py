@@ -32,6 +32,16 @@ def _devices(devices: Any) -> str | None:
     return ", ".join(f"{n} x {name}" for name, n in names.items())
 
 
+def _layer(job: JobConfig, run: dict[str, Any]) -> str:
+    """The layer the run used (``layer = "auto"`` resolved), with why where it is not fc6+fc7."""
+    features = run.get("features")
+    if not isinstance(features, dict):
+        features = {}
+    layer = str(features.get("layer") or job.features.layer)
+    note = features.get("layer_note")
+    return f"{layer} ({note})" if note else layer
+
+
 def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -49,7 +59,7 @@ def new_report(title: str, job: JobConfig, run: dict[str, Any]) -> Report:
             "weights": weights.get("name") if isinstance(weights, dict) else weights,
             "weights_sha256": run.get("weights_sha256"),
             "pretrained": {True: "yes", False: "no: RANDOM weights"}.get(pretrained, "n/a"),
-            "feature layer": job.features.layer,
+            "feature layer": _layer(job, run),
             "ranks": run.get("ranks"),
             "devices": _devices(run.get("devices")),
             "created_utc": run.get("created_utc"),
