@@ -231,7 +231,7 @@ def test_n_components_and_n_train_too_large(tmp_path, experiment, conv_ckpt):
     wheres = [p.where for p in r.problems]
     assert wheres == ["[learn.n_train]", "[learn.n_components]"], _wheres(r)
     assert "more than the 40 labelled frames" in r.problems[0].what
-    assert "only 25 labelled frames are left for training" in r.problems[1].what
+    assert "of which 25 train" in r.problems[1].what
 
 
 def test_truth_without_axes(tmp_path, experiment, conv_ckpt):

@@ -66,7 +66,7 @@ def test_features_file_says_which_layer_and_why(tmp_path, capsys):
 
 
 def test_predictions_file(tmp_path, capsys):
-    from hpcdiff.learn.predictions import PredictionWriter
+    from hpcdiff.io.predictions import PredictionWriter
 
     proba = np.array([[0.9, 0.1], [0.2, 0.8], [0.4, 0.6], [0.7, 0.3]], np.float32)
     ids = _ids(4)

@@ -117,7 +117,7 @@ def summarise_features(path: str | Path) -> dict[str, Any]:
 
 def summarise_predictions(path: str | Path) -> dict[str, Any]:
     """Frames per predicted class, diffuse-score quantiles and the model of a predictions file."""
-    from hpcdiff.learn.predictions import read_predictions
+    from hpcdiff.io.predictions import read_predictions
 
     p = read_predictions(path)
     score = p.diffuse_score

@@ -17,7 +17,6 @@ labels, else ``predict``; the data, weights, stream and truth checks apply to ev
 from __future__ import annotations
 
 import glob
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -86,11 +85,13 @@ class CheckResult:
         }
 
 
-def read_run_labels(path: str | Path) -> Any:
-    """The one way ``check`` reads a labels file (any form :func:`read_labels` accepts)."""
+def read_run_labels(job: JobConfig) -> Any:
+    """The one way ``check`` reads ``[experiment] labels`` (any form and spec that
+    :func:`hpcdiff.io.labels.read_labels` accepts, with the job's class names)."""
     from hpcdiff.io.labels import read_labels
 
-    return read_labels(path)
+    assert job.experiment.labels is not None
+    return read_labels(job.experiment.labels, class_names=job.experiment.class_names or None)
 
 
 def choose_mode(job: JobConfig, mode: str = "auto") -> str:
@@ -249,110 +250,97 @@ def _check_frames(job: JobConfig, result: CheckResult, geom: Any) -> list[Any]:
     return ids
 
 
-def _match_rows(labels: Any, frame_ids: Sequence[Any]) -> tuple[np.ndarray, list[int]]:
-    """For each run frame, its label row (-1: none); and the label rows the run lacks.
-
-    Matching is :meth:`Labels.lookup`'s: same file string and index, else the same base name
-    and index where base names are unique among the labels' files.
-    """
-    run_exact = {(f.file, f.index): k for k, f in enumerate(frame_ids)}
-    run_names = {(Path(f.file).name, f.index): k for k, f in enumerate(frame_ids)}
-    label_files = set(labels.file.tolist())
-    unique_names = len({Path(f).name for f in label_files}) == len(label_files)
-    row_of = np.full(len(frame_ids), -1, dtype=np.int64)
-    absent: list[int] = []
-    for row, (file, index) in enumerate(
-        zip(labels.file.tolist(), labels.index.tolist(), strict=True)
-    ):
-        k = run_exact.get((file, index))
-        if k is None and unique_names:
-            k = run_names.get((Path(file).name, index))
-        if k is None:
-            absent.append(row)
-        else:
-            row_of[k] = row
-    return row_of, absent
-
-
 def _check_labels(
     job: JobConfig, result: CheckResult, frame_ids: list[Any], *, training: bool
 ) -> None:
-    from hpcdiff.learn import split_sizes, stratified_split, targets
+    from hpcdiff.io.labels import describe_spec, label_sources
+    from hpcdiff.learn import split_rows, split_sizes, targets
+    from hpcdiff.learn.split import too_few_labelled
 
-    path = job.experiment.labels
-    if path is None:
+    spec = job.experiment.labels
+    if spec is None:
         result.add(
             "[experiment.labels]",
             "training needs labels",
-            'name a labels file: labels = "labels.h5" (hpcdiff labels file, CSV '
+            'name a labels file: labels = "labels.csv" (hpcdiff labels file, CSV '
             "file,index,label or CrystFEL list files; `hpcdiff label JOB.toml` makes one)",
         )
         return
-    if not path.is_file():
+    if not all(p.is_file() for p, _ in label_sources(spec)):
         return  # reported with the other missing inputs
+    where = f"[experiment.labels] {describe_spec(spec)}"
     try:
-        labels = read_run_labels(path)
+        labels = read_run_labels(job)
     except (HpcdiffError, ValueError, OSError) as exc:
-        result.add(f"[experiment.labels] {path}", f"cannot be read: {exc}", "fix or remake it")
+        result.add(where, f"cannot be read: {exc}", "fix or remake it")
         return
     if not frame_ids:
         return  # no readable frames: reported already
-    row_of, absent = _match_rows(labels, frame_ids)
-    labelled = np.flatnonzero(row_of >= 0)
-    result.n_labelled = int(labelled.size)
-    if absent:
-        listed = ", ".join(f"{labels.file[r]} //{labels.index[r]}" for r in absent[:5])
-        more = f" and {len(absent) - 5} more" if len(absent) > 5 else ""
+    try:
+        positions = labels.match_run(frame_ids)
+    except HpcdiffError as exc:
+        result.add(where, str(exc), "fix the labels file")
+        return
+    absent = np.flatnonzero(positions < 0)
+    if absent.size:
+        listed = "; ".join(
+            f"{labels.file[r]} //{labels.index[r]} ({labels.where(int(r))})" for r in absent[:5]
+        )
+        more = f" and {absent.size - 5} more" if absent.size > 5 else ""
         result.add(
-            f"[experiment.labels] {path}",
-            f"{len(absent)} labelled frame(s) are not in the run: {listed}{more}",
+            where,
+            f"{absent.size} labelled frame(s) are not in the run ({listed}{more})",
             "point [experiment] frames at the files these labels were made for, or remove "
             "those rows",
         )
-    if labelled.size == 0:
+    mine = labels.take(np.flatnonzero(positions >= 0))
+    n = len(mine.index)
+    result.n_labelled = n
+    if n == 0:
         result.add(
-            f"[experiment.labels] {path}",
+            where,
             f"none of the run's {len(frame_ids)} frames has a label",
             "use the labels of this run (file names must match the frame files by path or "
             "base name)",
         )
         return
-    unlabelled = len(frame_ids) - labelled.size
+    unlabelled = len(frame_ids) - n
     if unlabelled:
         result.notes.append(
             f"{unlabelled} of the run's {len(frame_ids)} frames have no label; "
-            f"training uses the {labelled.size} labelled frames"
+            f"training uses the {n} labelled frames"
         )
-    try:
-        mine = labels.lookup([frame_ids[k] for k in labelled], source=path)
-    except KeyError as exc:  # the matching above is lookup's; this should not happen
-        result.add(f"[experiment.labels] {path}", str(exc.args[0]), "fix the labels file")
-        return
     if not training:
         return
     lc = job.learn
-    n = int(labelled.size)
     if lc.n_train > n:
         result.add(
             "[learn.n_train]",
             f"is {lc.n_train}, more than the {n} labelled frames of the run",
             f"set n_train (and n_test) to fit {n} frames, or label more frames",
         )
-    n_tr, n_te = split_sizes(n, n_train=lc.n_train, n_test=lc.n_test)
-    if lc.n_components >= min(n_tr, lc.n_train):
+    why = too_few_labelled(n, n_components=lc.n_components, n_train=lc.n_train, n_test=lc.n_test)
+    if why is not None:
+        n_tr, _ = split_sizes(n, n_train=lc.n_train, n_test=lc.n_test)
         result.add(
             "[learn.n_components]",
-            f"is {lc.n_components}, but only {n_tr} labelled frames are left for training",
+            why,
             f"PCA needs fewer components than training frames: set n_components below {n_tr}, "
             "or label more frames",
         )
     y, names = targets(mine, lc.target)
     try:
-        stratified_split(y, n_train=lc.n_train, n_test=lc.n_test, random_state=lc.random_state)
+        split_rows(
+            y,
+            n_train=lc.n_train,
+            n_test=lc.n_test,
+            random_state=lc.random_state,
+            method=lc.split,
+        )
     except ValueError as exc:
         counts = ", ".join(f"{names[c]} {int((y == c).sum())}" for c in range(len(names)))
         result.add(
-            f"[experiment.labels] {path}",
+            where,
             f"the labelled frames cannot be split into training and test sets ({exc}); "
             f"labelled per class: {counts}",
             "label more frames of the rare class",
