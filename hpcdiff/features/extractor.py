@@ -134,7 +134,8 @@ class FeatureExtractor:
         model.load_state_dict(dict(loaded.state_dict), strict=strict)
         model.eval().requires_grad_(False)
         if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            # Module.to(memory_format=...) is documented torch API its stubs omit
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._model = model.to(self.device)
         forward: Callable[[torch.Tensor], torch.Tensor] = self._forward
         self._run = torch.compile(forward) if compile else forward

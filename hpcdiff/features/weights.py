@@ -134,7 +134,7 @@ def _tensor_sha256(state_dict: Mapping[str, Any]) -> str:
         arr = state_dict[key].detach().cpu().contiguous().numpy()
         digest.update(key.encode() + b"\0" + str(arr.shape).encode() + b"\0")
         # hash the array's own buffer: the same bytes as tobytes(), without a copy
-        digest.update(memoryview(np.ascontiguousarray(arr, dtype="<f4")).cast("B"))
+        digest.update(np.ascontiguousarray(arr, dtype="<f4").data.cast("B"))
     return digest.hexdigest()
 
 

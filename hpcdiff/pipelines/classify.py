@@ -2,20 +2,22 @@
 
 Every command runs the same distributed frame stage (:func:`_frame_stage`): the root
 checks the inputs and the output folder once and tells the other ranks
-(:func:`~hpcdiff.parallel.mpi.root_decides`); each rank binds its GPU by node-local rank,
-reads its contiguous block of frames with a prefetching reader thread, removes the
+(:func:`~hpcdiff.parallel.mpi.root_decides`); each rank binds its GPU by node-local rank
+(:func:`~hpcdiff.parallel.placement.setup_rank`), reads its contiguous block of frames with a prefetching reader thread, removes the
 background, computes VGG16 features and writes checkpoint shards
-(:func:`~hpcdiff.parallel.mpi.distributed_map`).  Then:
+(:func:`~hpcdiff.parallel.frame_loop.distributed_map`).  Then:
 
 ``features`` (:func:`run_features`)
     the root streams the shards into one features file ordered by frame.
 ``train`` (:func:`run_train`)
-    the root writes the features file as ``features`` does; features reach the root, gathered (``learn.pca_from = "gather"``: ``Gatherv`` of
-    float32 rows and frame numbers) or as PCA statistics (``"statistics"``: count, sum and
-    Gram matrix reduced with ``Reduce``; every rank projects its own rows on the broadcast
-    axes and only the projections are gathered).  The root fits logistic regression,
-    prints the precision/recall table, writes the model and its report, and broadcasts
-    the model.
+    the root writes the features file as ``features`` does; the collect hook
+    (:func:`~hpcdiff.parallel.collect.collect_rows`) brings the training rows to the root,
+    gathered (``learn.pca_from = "gather"``: ``Gatherv`` of float32 rows and frame numbers)
+    or as PCA statistics (``"statistics"``: count, sum and Gram matrix reduced with
+    ``Reduce``; every rank projects its own rows on the broadcast axes and only the
+    projections are gathered).  The root fits with :func:`hpcdiff.learn.fit_model` (the
+    serial ``learn.train``'s fit), prints the precision/recall table, writes the model and
+    its report, and broadcasts the model.
 ``predict`` (:func:`run_predict`)
     the model is broadcast, each rank predicts its own frames into its shards, and the
     root writes one predictions file ordered by frame.
@@ -71,9 +73,6 @@ class TooManyRejects(HpcdiffError):
     """
 
     collective = True
-
-
-# --------------------------------------------------------------------------- rank setup
 
 
 # --------------------------------------------------------------------------- inputs
@@ -170,8 +169,8 @@ class FrameReader:
             values = {k: np.concatenate([v[k] for v in vals]) for k in (vals[0] if vals else {})}
         finite = np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
         if not finite.all():
-            for i in np.flatnonzero(~finite):
-                rejects.append((int(numbers[i]), "frame holds NaN or inf pixel values"))
+            for k in np.flatnonzero(~finite):
+                rejects.append((int(numbers[k]), "frame holds NaN or inf pixel values"))
             frames, numbers = frames[finite], numbers[finite]
             values = {k: v[finite] for k, v in values.items()}
         return FrameBatch(start, stop, frames, numbers, values, sorted(rejects))
@@ -369,7 +368,7 @@ def _frame_stage(
     The root refuses finished outputs (unless ``force``), opens the frame files and
     prepares the shard folder (resuming the same job); then each rank binds its device,
     builds the detector model, preprocessor and feature extractor and runs
-    :func:`~hpcdiff.parallel.mpi.distributed_map` with ``make_process(featurizer)``.
+    :func:`~hpcdiff.parallel.frame_loop.distributed_map` with ``make_process(featurizer)``.
     ``state_extra`` joins the checkpoint state (e.g. the model hash of a prediction run).
     """
     from hpcdiff.io.cxi import FrameSource

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from hpcdiff.errors import HpcdiffError, OutputExistsError
 from hpcdiff.pipelines.layout import ClassifyLayout
@@ -193,7 +193,7 @@ def run_demo(settings: DemoSettings, *, stream: IO[str] | None = None) -> DemoRe
     seconds: dict[str, float] = {}
 
     t = time.perf_counter()
-    common = dict(
+    common: dict[str, Any] = dict(
         seed=settings.seed,
         detector=settings.detector,
         preset=settings.preset,
