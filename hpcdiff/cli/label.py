@@ -25,8 +25,8 @@ import argparse
 import getpass
 import logging
 import socket
+import signal
 import sys
-import threading
 from pathlib import Path
 
 from hpcdiff.config import JobConfig, load_job
@@ -76,6 +76,10 @@ def tunnel_hint(port: int) -> str:
     )
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def run(args: argparse.Namespace) -> int:
     from hpcdiff.label import open_labeller
     from hpcdiff.label.server import make_server
@@ -114,14 +118,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"hpcdiff label: warning: listening on {host}: anyone who can reach this "
               "machine can label", file=sys.stderr)  # fmt: skip
     sys.stdout.flush()
-    thread = threading.Thread(target=server.serve_forever, name="hpcdiff-label-http", daemon=True)
-    thread.start()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        thread.join()
+        server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        server.shutdown()
+        signal.signal(signal.SIGTERM, previous)
         server.server_close()
         labeller.close()
         print(f"hpcdiff label: stopped; {len(s.labels)} labels in {s.store.path}")

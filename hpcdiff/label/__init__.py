@@ -70,7 +70,7 @@ class Labeller:
     def close(self) -> None:
         if self.worker is not None:
             self.worker.stop()
-            self.worker.join(timeout=30)
+            self.worker.join(timeout=5)  # a daemon: it ends with the process
         self.frames.close()
 
 
