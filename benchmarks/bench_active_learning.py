@@ -226,9 +226,7 @@ def measure(
     curves: dict[str, list[list[float]]] = {"random": [], "active": []}
     estimates: list[list[float | None]] = []
     for seed in range(s.seeds):
-        pool, test = stratified_split(
-            y, n_train=n_pool_max, n_test=N_TEST, random_state=seed
-        )
+        pool, test = stratified_split(y, n_train=n_pool_max, n_test=N_TEST, random_state=seed)
         for kind in ("random", "active"):
             t = time.perf_counter()
             acc, est = _curve(
@@ -242,9 +240,7 @@ def measure(
                 f"({time.perf_counter() - t:.0f} s)")  # fmt: skip
     target = float(np.median([c[-1] for c in curves["random"]]))
     med = {k: np.median(np.array(v), axis=0).tolist() for k, v in curves.items()}
-    needed = {
-        k: [_needed(points, c, target) for c in v] for k, v in curves.items()
-    }
+    needed = {k: [_needed(points, c, target) for c in v] for k, v in curves.items()}
     needed_median_curve = {k: _needed(points, med[k], target) for k in med}
     gaps = [
         [e - a for e, a in zip(es, accs, strict=True) if e is not None]
@@ -257,8 +253,7 @@ def measure(
         "median_curve": med,
         "needed_per_seed": needed,
         "needed_on_median_curve": needed_median_curve,
-        "estimate_minus_test_median": float(np.median(np.concatenate(gaps)))
-        if any(gaps) else None,
+        "estimate_minus_test_median": float(np.median(np.concatenate(gaps))) if any(gaps) else None,
         "chance": float(max(np.mean(y), 1 - np.mean(y))),
     }
 
@@ -299,7 +294,7 @@ def run(
         changes["detector"] = detector
         changes["detector_distance_m"] = 0.1 if detector == "cspad" else 0.06
     s = dataclasses.replace(s, **changes)
-    w_label, spec = (("custom", weights) if weights else weights_spec())
+    w_label, spec = ("custom", weights) if weights else weights_spec()
     rows: list[dict[str, Any]] = []
     results: dict[str, Any] = {}
     for preset in s.presets:

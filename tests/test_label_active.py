@@ -52,9 +52,7 @@ def test_select_offers_uncertain_unlabelled_frames_spread_out():
     x, y = blobs(sep=3.0)
     learner = ActiveLearner(x, n_classes=2, n_components=10, n_candidates=20)
     rng = np.random.default_rng(1)
-    rows = np.concatenate(
-        [rng.choice(np.flatnonzero(y == c), 6, replace=False) for c in (0, 1)]
-    )
+    rows = np.concatenate([rng.choice(np.flatnonzero(y == c), 6, replace=False) for c in (0, 1)])
     assert learner.fit(rows, y[rows])
     picked = learner.select(rows, n=5, random_state=0)
     assert len(picked) == len(set(picked)) == 5

@@ -99,8 +99,14 @@ def test_label_frames_with_the_keyboard_undo_and_reload(experiment: Path, tmp_pa
     proc, url = _start(experiment, labels)
     opts = webdriver.ChromeOptions()
     opts.binary_location = exe
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1400,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1400,1000",
+    ):
         opts.add_argument(flag)
     driver = webdriver.Chrome(service=Service(driver_path), options=opts)
     try:
@@ -157,7 +163,9 @@ def test_label_frames_with_the_keyboard_undo_and_reload(experiment: Path, tmp_pa
     got = _read(labels)
     expected = {(Path(f).name, int(i)): lab for f, i, lab in answers}
     assert {(Path(f).name, int(i)): lab for f, i, lab in got} == expected
-    assert (Path(skipped[0]).name, int(skipped[1])) not in {(Path(f).name, int(i)) for f, i, _ in got}
+    assert (Path(skipped[0]).name, int(skipped[1])) not in {
+        (Path(f).name, int(i)) for f, i, _ in got
+    }
 
 
 def _read(path: Path) -> list[tuple[str, str, str]]:

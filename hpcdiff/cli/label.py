@@ -24,8 +24,8 @@ from __future__ import annotations
 import argparse
 import getpass
 import logging
-import socket
 import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -43,20 +43,39 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("job", metavar="JOB.toml", help="job file (frames, geometry, preprocessing)")
-    p.add_argument("--port", type=int, default=DEFAULT_PORT,
-                   help=f"port to serve on (default {DEFAULT_PORT}; 0: any free port)")
-    p.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only)")
-    p.add_argument("--labels", metavar="PATH", default=None,
-                   help="labels file (.csv: CSV; else HDF5); default [experiment] labels, "
-                        "else <output.dir>/labels.csv")
-    p.add_argument("--features", metavar="PATH", default=None,
-                   help="features file (default <output.dir>/features.h5 where it exists)")
-    p.add_argument("--classes", default=None,
-                   help="comma-separated class names for [learn] target = 'classes'")
+    p.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port to serve on (default {DEFAULT_PORT}; 0: any free port)",
+    )
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
+    p.add_argument(
+        "--labels",
+        metavar="PATH",
+        default=None,
+        help="labels file (.csv: CSV; else HDF5); default [experiment] labels, "
+        "else <output.dir>/labels.csv",
+    )
+    p.add_argument(
+        "--features",
+        metavar="PATH",
+        default=None,
+        help="features file (default <output.dir>/features.h5 where it exists)",
+    )
+    p.add_argument(
+        "--classes", default=None, help="comma-separated class names for [learn] target = 'classes'"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the random order")
-    p.add_argument("--no-compute", action="store_true",
-                   help="do not compute missing features (random order for those frames)")
+    p.add_argument(
+        "--no-compute",
+        action="store_true",
+        help="do not compute missing features (random order for those frames)",
+    )
     p.set_defaults(func=run)  # fmt: skip
 
 
@@ -71,9 +90,7 @@ def _check_inputs(job: JobConfig) -> None:
 
 def tunnel_hint(port: int) -> str:
     """The SSH command that forwards ``port`` of this host to the user's own machine."""
-    return (
-        f"ssh -N -L {port}:127.0.0.1:{port} {getpass.getuser()}@{socket.getfqdn()}"
-    )
+    return f"ssh -N -L {port}:127.0.0.1:{port} {getpass.getuser()}@{socket.getfqdn()}"
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -104,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
             f"cannot listen on {args.host}:{args.port} ({exc.strerror}); "
             "choose another --port (or --port 0 for any free one)"
         ) from None
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), int(server.server_address[1])
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     s = labeller.session
     print(f"hpcdiff label: {s.store.path} ({len(s.labels)} of {len(s.frame_ids)} frames "

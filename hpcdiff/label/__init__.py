@@ -124,9 +124,7 @@ def open_labeller(
         raise ConfigError(f"features file {fpath} does not exist")
     worker = None
     if compute_features and not table.have.all():
-        worker = FeatureWorker(
-            table, frames.feature_computer, batch_size=job.features.batch_size
-        )
+        worker = FeatureWorker(table, frames.feature_computer, batch_size=job.features.batch_size)
         table.source = (table.source + " + " if table.source else "") + "computed"
         notes.append(
             f"computing {int((~table.have).sum())} frames' features "

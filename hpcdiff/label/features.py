@@ -66,11 +66,7 @@ class FeatureTable:
         """``(rows, x[rows], version)`` of the rows known now (copies)."""
         with self.lock:
             rows = np.flatnonzero(self.have)
-            x = (
-                self.x[rows].copy()
-                if self.x is not None
-                else np.zeros((0, 0), dtype=np.float32)
-            )
+            x = self.x[rows].copy() if self.x is not None else np.zeros((0, 0), dtype=np.float32)
             return rows, x, self.version
 
     def progress(self) -> dict[str, Any]:

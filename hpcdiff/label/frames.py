@@ -84,6 +84,7 @@ class RunFrames:
         from hpcdiff.corrections import read_pedestal_and_gain
         from hpcdiff.io.cxi import FrameSource
         from hpcdiff.pipelines.classify import _bad_pixels, _geometry, detector_model, probe_files
+
         self.job = job
         self.run = probe_files(job)
         self.geometry = _geometry(job)
@@ -155,9 +156,7 @@ class RunFrames:
         pixmap = pre.pixmap
         raw = pixmap.assemble(frames[0], fill=np.nan)
         valid_raw = raw[np.isfinite(raw)]
-        lo, hi = (
-            np.percentile(valid_raw, [0.5, 99.8]) if valid_raw.size else (0.0, 1.0)
-        )
+        lo, hi = np.percentile(valid_raw, [0.5, 99.8]) if valid_raw.size else (0.0, 1.0)
         res = pre.residual(frames, photon_energy_ev=energy)
         cnn = cnn_images(
             res.normalised, pixmap=pre.pixmap, valid=res.valid,
@@ -169,8 +168,11 @@ class RunFrames:
         view = reduce_to(view, MAX_VIEW_PX)
         limit = float(pre.limit)
         out = {
-            "raw": png_gray(to_uint8(_sqrt_stretch(reduce_to(raw, MAX_VIEW_PX), float(lo),
-                                                   float(hi)), lo=0.0, hi=1.0)),
+            "raw": png_gray(
+                to_uint8(
+                    _sqrt_stretch(reduce_to(raw, MAX_VIEW_PX), float(lo), float(hi)), lo=0.0, hi=1.0
+                )
+            ),
             "cnn": png_gray(to_uint8(np.asarray(cnn)[0, 0], lo=0.0, hi=1.0, fill=128)),
             "view": png_gray(to_uint8(view, lo=-limit, hi=limit, fill=128)),
         }

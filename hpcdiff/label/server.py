@@ -60,7 +60,9 @@ class LabelApp:
         sc = self.session.scheme
         return {
             "target": sc.target,
-            "classes": [{"name": n, "key": k} for n, k in zip(sc.class_names, sc.keys, strict=True)],
+            "classes": [
+                {"name": n, "key": k} for n, k in zip(sc.class_names, sc.keys, strict=True)
+            ],
             "title": self.title,
         }
 

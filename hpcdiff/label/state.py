@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from hpcdiff.io.cxi import FrameId
-from hpcdiff.label.active import ActiveLearner, AccuracyEstimate
+from hpcdiff.label.active import AccuracyEstimate, ActiveLearner
 from hpcdiff.label.features import FeatureTable
 from hpcdiff.label.store import LabelRows, LabelStore
 
