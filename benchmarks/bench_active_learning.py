@@ -315,10 +315,12 @@ def run(
              "value": round(res["target_accuracy"], 4), "unit": "", "note": note},
             {"metric": f"{preset}: labels active ordering needs for it (median)",
              "value": na, "unit": "labels",
-             "note": f"per seed {res['needed_per_seed']['active']} (None: not within {cap})"},
+             "note": f"per seed {res['needed_per_seed']['active']} (None: not within {cap}); "
+                     f"on the median curve {res['needed_on_median_curve']['active']}"},
             {"metric": f"{preset}: labels random ordering needs for it (median)",
              "value": nr, "unit": "labels",
-             "note": f"per seed {res['needed_per_seed']['random']}"},
+             "note": f"per seed {res['needed_per_seed']['random']}; "
+                     f"on the median curve {res['needed_on_median_curve']['random']}"},
             {"metric": f"{preset}: label saving of active ordering", "value":
              round(nr / na, 2) if na else None, "unit": "x", "note": "random / active"},
             {"metric": f"{preset}: page's CV estimate minus test accuracy (median)",

@@ -237,3 +237,24 @@ def test_wrong_labels_file_is_refused(tmp_path: Path):
     p.write_bytes(b"not hdf5")
     with pytest.raises(FormatError):
         LabelStore(p, scheme=BINARY).read()
+
+
+def test_features_file_fills_the_table_by_file_or_base_name(tmp_path: Path):
+    from hpcdiff.io.featurefile import FeatureMeta, write_features
+    from hpcdiff.label.features import load_features_file
+
+    fr = frames(20)
+    meta = FeatureMeta(layer="gap", n_features=4, weights={"name": "random:0"},
+                       background={"method": "radial"})  # fmt: skip
+    # the features file names the files by another folder, and lacks frames 0..4
+    ids = [FrameId("/elsewhere/" + Path(f.file).name, f.index) for f in fr[5:]]
+    x = np.arange(15 * 4, dtype=np.float32).reshape(15, 4)
+    path = write_features(tmp_path / "features.h5", ids, x, meta=meta)
+    table = FeatureTable(20)
+    assert load_features_file(path, fr, layer="gap", table=table) == 15
+    rows, got, _ = table.snapshot()
+    assert rows.tolist() == list(range(5, 20))
+    np.testing.assert_array_equal(got, x)
+    other = FeatureTable(20)
+    assert load_features_file(path, fr, layer="pool5", table=other) == 0
+    assert other.progress()["done"] == 0

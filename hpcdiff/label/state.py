@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from hpcdiff.io.cxi import FrameId
-from hpcdiff.label.active import AccuracyEstimate, ActiveLearner
+from hpcdiff.label.active import MIN_PER_CLASS, AccuracyEstimate, ActiveLearner
 from hpcdiff.label.features import FeatureTable
 from hpcdiff.label.store import LabelRows, LabelStore
 
@@ -328,7 +328,7 @@ class LabellingSession:
                 "n_outside_run": self.n_outside,
                 "counts": self.counts(),
                 "model": "fitted" if self._fitted else "waiting",
-                "min_per_class": 3,
+                "min_per_class": MIN_PER_CLASS,
                 "accuracy": None if est is None else est.as_dict(),
                 "features": None if self.features is None else self.features.progress(),
                 "can_undo": bool(c and c.history),
