@@ -162,8 +162,9 @@ def _curve(
     points: Sequence[int],
     s: Settings,
     quick: bool,
-) -> tuple[list[float], list[float | None]]:
-    """Test accuracy (and the page's CV estimate) at each count of ``points`` labels.
+) -> tuple[list[float], list[float | None], list[float]]:
+    """Test accuracy, the page's CV estimate and the model's expected accuracy (active
+    ordering) at each count of ``points`` labels.
 
     Both orderings start from the same random order; the active one leaves it once the
     learner is ready (3 labels of each class) and then takes the learner's choices,
@@ -179,6 +180,7 @@ def _curve(
     taken: set[int] = set()
     acc: list[float] = []
     est: list[float | None] = []
+    expected: list[float] = []
     cursor = 0
     for target in points:
         while len(labelled) < target:
@@ -201,7 +203,9 @@ def _curve(
         acc.append(float(np.mean(np.argmax(proba, axis=1) == y[test])))
         e = learner.accuracy_estimate(rows, yp[rows]) if active else None
         est.append(None if e is None else e.accuracy)
-    return acc, est
+        if active:
+            expected.append(learner.expected_accuracy())
+    return acc, est, expected
 
 
 def _needed(points: Sequence[int], curve: Sequence[float], target: float) -> int | None:
@@ -225,17 +229,19 @@ def measure(
     points = _schedule(n_max, quick)
     curves: dict[str, list[list[float]]] = {"random": [], "active": []}
     estimates: list[list[float | None]] = []
+    expectations: list[list[float]] = []
     for seed in range(s.seeds):
         pool, test = stratified_split(y, n_train=n_pool_max, n_test=N_TEST, random_state=seed)
         for kind in ("random", "active"):
             t = time.perf_counter()
-            acc, est = _curve(
+            acc, est, expected = _curve(
                 x, y, pool, test, active=kind == "active", seed=seed, points=points, s=s,
                 quick=quick,
             )  # fmt: skip
             curves[kind].append(acc)
             if kind == "active":
                 estimates.append(est)
+                expectations.append(expected)
             log(f"    seed {seed} {kind}: acc@{points[-1]} {acc[-1]:.3f} "
                 f"({time.perf_counter() - t:.0f} s)")  # fmt: skip
     target = float(np.median([c[-1] for c in curves["random"]]))
@@ -246,7 +252,12 @@ def measure(
         [e - a for e, a in zip(es, accs, strict=True) if e is not None]
         for es, accs in zip(estimates, curves["active"], strict=True)
     ]
+    exp_gaps = [
+        e - a for es, accs in zip(expectations, curves["active"], strict=True)
+        for e, a in zip(es, accs, strict=True)
+    ]  # fmt: skip
     return {
+        "expected_minus_test_median": float(np.median(exp_gaps)),
         "points": points,
         "target_accuracy": target,
         "n_random_for_target": n_max,
@@ -327,6 +338,9 @@ def run(
              "value": None if res["estimate_minus_test_median"] is None
              else round(res["estimate_minus_test_median"], 4), "unit": "",
              "note": "active ordering; negative = the page under-states accuracy"},
+            {"metric": f"{preset}: model's expected accuracy minus test accuracy (median)",
+             "value": round(res["expected_minus_test_median"], 4), "unit": "",
+             "note": "active ordering; mean max probability over the pool"},
         ]  # fmt: skip
     return {
         "title": "Active learning: labels needed for the accuracy of 500 random labels",

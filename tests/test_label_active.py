@@ -89,6 +89,8 @@ def test_accuracy_estimate_is_high_on_separable_classes_and_chance_on_noise():
     est = learner.accuracy_estimate(rows, y[rows])
     assert est is not None and est.folds == 5 and est.n == 200
     assert est.accuracy > 0.95 and est.low <= est.accuracy <= est.high
+    learner.fit(rows, y[rows])
+    assert 0.9 < learner.expected_accuracy() <= 1.0
     # labels unrelated to the features: the estimate's interval holds the chance level
     noise = np.random.default_rng(3).integers(0, 2, 200)
     est = learner.accuracy_estimate(rows, noise)

@@ -230,6 +230,7 @@ def test_session_turns_active_with_features_and_estimates_accuracy(path: Path):
     acc = summary["accuracy"]
     assert acc["n"] == 30 and acc["low"] <= acc["accuracy"] <= acc["high"]
     assert acc["accuracy"] >= 0.8
+    assert 0.8 <= summary["expected_accuracy"] <= 1.0 and summary["n_with_features"] == n
 
 
 def test_wrong_labels_file_is_refused(tmp_path: Path):

@@ -321,6 +321,11 @@ class LabellingSession:
         with self._lock:
             self.refresh()
             est = self.estimate()
+            expected = (
+                self._learner.expected_accuracy()
+                if self._fitted and self._learner is not None
+                else None
+            )
             c = self._clients.get(cid) if cid is not None else None
             return {
                 "n_frames": len(self.frame_ids),
@@ -330,6 +335,8 @@ class LabellingSession:
                 "model": "fitted" if self._fitted else "waiting",
                 "min_per_class": MIN_PER_CLASS,
                 "accuracy": None if est is None else est.as_dict(),
+                "expected_accuracy": expected,
+                "n_with_features": len(self._learner_rows),
                 "features": None if self.features is None else self.features.progress(),
                 "can_undo": bool(c and c.history),
                 "skipped": len(c.skipped) if c else 0,
