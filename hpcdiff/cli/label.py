@@ -135,13 +135,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"hpcdiff label: warning: listening on {host}: anyone who can reach this "
               "machine can label", file=sys.stderr)  # fmt: skip
     sys.stdout.flush()
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # SIGINT too: a shell starts background jobs with SIGINT ignored
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         server.serve_forever(poll_interval=0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         server.server_close()
         labeller.close()
         print(f"hpcdiff label: stopped; {len(s.labels)} labels in {s.store.path}")
