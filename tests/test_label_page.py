@@ -172,3 +172,19 @@ def _read(path: Path) -> list[tuple[str, str, str]]:
     with open(path, newline="") as fh:
         rows = list(csv.DictReader(fh))
     return [(r["file"], r["index"], r["label"]) for r in rows]
+
+
+def test_a_busy_port_is_a_clear_error(experiment: Path, tmp_path: Path, capsys):
+    import socket
+
+    from hpcdiff.cli import main
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        rc = main(["label", str(experiment), "--port", str(port), "--no-compute",
+                   "--labels", str(tmp_path / "labels.csv")])  # fmt: skip
+    assert rc == 1
+    err = capsys.readouterr().err
+    assert f"127.0.0.1:{port}" in err and "--port" in err

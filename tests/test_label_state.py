@@ -259,3 +259,17 @@ def test_features_file_fills_the_table_by_file_or_base_name(tmp_path: Path):
     other = FeatureTable(20)
     assert load_features_file(path, fr, layer="pool5", table=other) == 0
     assert other.progress()["done"] == 0
+
+
+def test_class_targets_write_their_class_names_and_diffuse_flag(tmp_path: Path):
+    scheme = LabelScheme.for_target("classes", ["none", "weak", "moderate", "strong"])
+    store = LabelStore(tmp_path / "labels.h5", scheme=scheme)
+    fr = frames(3)
+    store.set(fr[0], 2)
+    store.set(fr[1], 0)
+    lab = read_labels(tmp_path / "labels.h5")
+    assert lab.class_names == ("none", "weak", "moderate", "strong")
+    assert lab.diffuse_class.tolist() == [2, 0] and lab.diffuse.tolist() == [1, 0]
+    other = LabelStore(tmp_path / "labels.h5", scheme=LabelScheme.for_target("classes", ["a", "b"]))
+    with pytest.raises(FormatError, match="class_names"):
+        other.read()
