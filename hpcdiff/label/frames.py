@@ -89,6 +89,7 @@ class RunFrames:
         self.run = probe_files(job)
         self.geometry = _geometry(job)
         self._lock = threading.Lock()
+        self._render_lock = threading.Lock()
         self.source = FrameSource(
             self.run.files, geometry=self.geometry, data_path=job.experiment.data_path
         )
@@ -142,13 +143,18 @@ class RunFrames:
         ``[-L, L]`` mapped to ``0..255`` (128 = no excess over the background; gaps and
         masked pixels 128), for the page's contrast slider.
         """
-        with self._lock:
-            hit = self._pngs.get(row)
-            if hit is not None:
-                self._pngs.move_to_end(row)
-                return hit
         if not 0 <= row < self.n_frames:
             raise IndexError(f"frame {row} is not in 0..{self.n_frames - 1}")
+        # the page asks for a frame's three images at once: one renders, the others wait
+        with self._render_lock:
+            with self._lock:
+                hit = self._pngs.get(row)
+                if hit is not None:
+                    self._pngs.move_to_end(row)
+                    return hit
+            return self._render(row)
+
+    def _render(self, row: int) -> dict[str, bytes]:
         from hpcdiff.background import cnn_images
 
         frames, energy = self.read(row, row + 1)
