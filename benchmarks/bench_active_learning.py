@@ -67,7 +67,7 @@ class Settings:
     n_components: int = 50
 
 
-QUICK = Settings("small", 0.06, ("moderate",), 700, 3)
+QUICK = Settings("small", 0.06, ("moderate",), 1500, 2)  # reuses the full run's cache
 FULL = Settings("small", 0.06, ("moderate", "hard"), 1500, 5)
 
 
