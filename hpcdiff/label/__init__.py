@@ -51,10 +51,25 @@ __all__ = [
 
 
 def default_labels_path(job: JobConfig) -> Path:
-    """``[experiment] labels`` when the job names one, else ``output.dir/labels.csv``."""
-    if job.experiment.labels is not None:
-        return Path(job.experiment.labels)
-    return job.output.dir / "labels.csv"
+    """``[experiment] labels`` when the job names one file, else ``output.dir/labels.csv``.
+
+    Raises
+    ------
+    ConfigError
+        When ``[experiment] labels`` names several CrystFEL list files: the page writes one
+        file, so name it with ``--labels``.
+    """
+    from hpcdiff.errors import ConfigError
+
+    spec = job.experiment.labels
+    if spec is None:
+        return job.output.dir / "labels.csv"
+    if isinstance(spec, str | Path):
+        return Path(spec)
+    raise ConfigError(
+        f"{job.source}: [experiment] labels names several list files; the labelling page "
+        "writes one labels file: give it with --labels labels.csv"
+    )
 
 
 @dataclass
