@@ -273,3 +273,19 @@ def test_class_targets_write_their_class_names_and_diffuse_flag(tmp_path: Path):
     other = LabelStore(tmp_path / "labels.h5", scheme=LabelScheme.for_target("classes", ["a", "b"]))
     with pytest.raises(FormatError, match="class_names"):
         other.read()
+
+
+def test_csv_comments_class_names_and_crystfel_indices(tmp_path: Path):
+    p = tmp_path / "classes.csv"
+    p.write_text("# made by hand\n# class_names = none,weak,strong\n"
+                 "File,Index,Class\n/data/a.cxi,//3,weak\n# a comment\n/data/a.cxi,4,2\n")  # fmt: skip
+    scheme = LabelScheme.for_target("classes", ["none", "weak", "strong"])
+    store = LabelStore(p, scheme=scheme)
+    assert store.read().label == {("/data/a.cxi", 3): 1, ("/data/a.cxi", 4): 2}
+    store.set(FrameId("/data/a.cxi", 5), 0)
+    lines = p.read_text().splitlines()
+    assert lines[0] == "# class_names = none,weak,strong" and lines[1] == "file,index,label"
+    assert lines[2:] == ["/data/a.cxi,3,weak", "/data/a.cxi,4,strong", "/data/a.cxi,5,none"]
+    other = LabelStore(p, scheme=LabelScheme.for_target("classes", ["x", "y"]))
+    with pytest.raises(FormatError, match="line 1"):
+        other.read()

@@ -13,10 +13,11 @@ labelled frame is offered first; a batch repeats this, counting the frames alrea
 The running accuracy (:meth:`ActiveLearner.accuracy_estimate`) is stratified k-fold
 cross-validation on the labelled frames, with a Wilson 95 % interval.  Frames chosen as
 uncertain are harder than average, so under active ordering it *under*-states the accuracy
-on all frames (by 19 points, median, on the simulated ``hard`` preset); the model's own
-expected accuracy over every frame (:meth:`ActiveLearner.expected_accuracy`) is shown
-beside it, within a few points of held-out accuracy there
-(``benchmarks/bench_active_learning.py`` measures both).
+on all frames (median over the learning curve, simulated small detector, ImageNet ``gap``:
+3, 19 and 3 points low on presets moderate, hard, subtle).  The model's own expected
+accuracy over every frame (:meth:`ActiveLearner.expected_accuracy`) is shown beside it: 2
+points low on moderate and hard, but 20 points *high* on subtle, where the model is weak
+and over-confident (``benchmarks/bench_active_learning.py`` measures both).
 """
 
 from __future__ import annotations
@@ -263,7 +264,8 @@ class ActiveLearner:
         model expects of itself on the whole run, if its probabilities are calibrated.
 
         Unlike :meth:`accuracy_estimate` it is not pulled down by actively chosen (hard)
-        labels; ``benchmarks/bench_active_learning.py`` measures both against held-out frames.
+        labels, but it is optimistic where the model is weak (over-confident logistic
+        regression); ``benchmarks/bench_active_learning.py`` measures both.
         """
         if not self.fitted:
             raise RuntimeError("the learner is not fitted yet")

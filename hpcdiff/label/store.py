@@ -1,7 +1,8 @@
 """The labels file of the labelling page: read, merged and replaced atomically on every answer.
 
 Two forms, chosen by the path: ``*.csv`` is a CSV with the header ``file,index,label``
-(``label`` the class name; extra columns, e.g. ``diffuse_strength``, are kept as they are);
+(``label`` the class name; extra columns, e.g. ``diffuse_strength``, are kept as they are;
+class targets begin with a ``# class_names = a,b,c`` comment, as ``hpcdiff.io`` writes it);
 anything else is hpcdiff's HDF5 labels file (:mod:`hpcdiff.io.labels`).
 
 Every change is one read-modify-write under an exclusive ``fcntl.flock`` on
@@ -17,6 +18,7 @@ import csv
 import fcntl
 import io
 import os
+import re
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -30,6 +32,7 @@ from hpcdiff.io.cxi import FrameId
 from hpcdiff.io.outputs import atomic_path
 from hpcdiff.learn.metrics import BINARY_CLASS_NAMES
 
+_CLASS_NAMES_LINE = re.compile(r"^#\s*class_names\s*[=:]\s*(?P<names>.*)$", re.IGNORECASE)
 _BINARY_ALIASES = {
     "non-diffuse": 0, "nondiffuse": 0, "non_diffuse": 0, "none": 0, "no": 0,
     "diffuse": 1, "yes": 1,
@@ -169,30 +172,45 @@ class LabelStore:
         return self._read_csv() if self.is_csv else self._read_hdf5()
 
     def _read_csv(self) -> LabelRows:
-        text = self.path.read_text(encoding="utf-8-sig")
-        reader = csv.reader(io.StringIO(text))
-        header = next(reader, None)
-        if header is None:
-            return LabelRows()
-        cols = [h.strip() for h in header]
-        for need in ("file", "index", "label"):
-            if need not in cols:
-                raise FormatError(
-                    self.path, f"CSV labels need a header with file,index,label; found {cols}",
-                    line=1,
-                )  # fmt: skip
-        at = {c: k for k, c in enumerate(cols)}
-        extras = [c for c in cols if c not in ("file", "index", "label")]
-        rows = LabelRows(columns=extras)
-        for line, rec in enumerate(reader, start=2):
-            if not rec or all(not v.strip() for v in rec):
+        """CSV as ``hpcdiff.io`` reads it: ``#`` comments (``# class_names = a,b,c`` before
+        the header names the classes), a header with ``file,index,label`` in any order and
+        case (``class`` stands in for ``label``), ``index`` also as CrystFEL's ``//3``."""
+        lines = self.path.read_text(encoding="utf-8-sig").splitlines()
+        header: list[str] | None = None
+        at: dict[str, int] = {}
+        extras: list[str] = []
+        rows = LabelRows()
+        for line, text in enumerate(lines, start=1):
+            if not text.strip():
                 continue
-            if len(rec) < len(cols):
+            if text.lstrip().startswith("#"):
+                m = _CLASS_NAMES_LINE.match(text.strip())
+                if m and header is None:
+                    self._check_class_names(m.group("names"), line)
+                continue
+            rec = next(csv.reader([text]))
+            if header is None:
+                header = [h.strip() for h in rec]
+                low = [h.lower() for h in header]
+                label = "label" if "label" in low else ("class" if "class" in low else None)
+                if "file" not in low or "index" not in low or label is None:
+                    raise FormatError(
+                        self.path,
+                        f"CSV labels need a header with file,index,label; found {header}",
+                        line=line,
+                    )
+                at = {"file": low.index("file"), "index": low.index("index"),
+                      "label": low.index(label)}  # fmt: skip
+                extras = [h for k, h in enumerate(header) if k not in at.values()]
+                rows.columns = extras
+                continue
+            if len(rec) != len(header):
                 raise FormatError(
-                    self.path, f"expected {len(cols)} columns, found {len(rec)}", line=line
+                    self.path, f"expected {len(header)} columns, found {len(rec)}", line=line
                 )
+            raw_index = rec[at["index"]].strip().removeprefix("//")
             try:
-                index = int(rec[at["index"]])
+                index = int(raw_index)
             except ValueError:
                 raise FormatError(
                     self.path, f"index {rec[at['index']]!r} is not an integer", line=line
@@ -210,8 +228,17 @@ class LabelStore:
                 raise FormatError(self.path, f"frame {FrameId(*key)} is listed twice", line=line)
             rows.label[key] = cls
             if extras:
-                rows.extra[key] = {c: rec[at[c]] for c in extras}
+                rows.extra[key] = {h: rec[header.index(h)] for h in extras}
         return rows
+
+    def _check_class_names(self, text: str, line: int) -> None:
+        names = tuple(x.strip() for x in text.split(",") if x.strip())
+        if self.scheme.target == "classes" and names != self.scheme.class_names:
+            raise FormatError(
+                self.path,
+                f"class_names {list(names)} differ from the job's {list(self.scheme.class_names)}",
+                line=line,
+            )
 
     def _read_hdf5(self) -> LabelRows:
         from hpcdiff.io.labels import read_labels
@@ -293,6 +320,8 @@ class LabelStore:
 
     def _write_csv(self, rows: LabelRows) -> None:
         buf = io.StringIO()
+        if self.scheme.target == "classes":  # as hpcdiff.io writes class names
+            buf.write(f"# class_names = {','.join(self.scheme.class_names)}\n")
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["file", "index", "label", *rows.columns])
         for key in sorted(rows.label):
