@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hpcdiff import corrections as C
-from hpcdiff.background import segments as S
+from hpcdiff import segments as S
 
 
 def _labels(rng: np.random.Generator, shape=(40, 50), n_seg=33) -> np.ndarray:
