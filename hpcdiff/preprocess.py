@@ -312,7 +312,8 @@ class Preprocessor:
         c = self.corrections
         if c.convert_to_photons or self.adu_per_ev is None:
             return np.ones(n)
-        gain = float(np.nanmedian(self.adu_per_ev[np.asarray(self.model.valid, bool)]))
+        per_pixel = np.broadcast_to(self.adu_per_ev, self.slab_shape)
+        gain = float(np.nanmedian(per_pixel[np.asarray(self.model.valid, bool)]))
         return gain * self._energies(photon_energy_ev, n)
 
     def _check(self, frames: Any) -> Any:
