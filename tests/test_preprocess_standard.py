@@ -282,3 +282,20 @@ def test_feature_files_without_the_key_are_seed_features():
                       {"method": "radial", "preprocessing": "standard"})  # fmt: skip
     assert old.differences(seed) == [] and seed.differences(old) == []
     assert old.differences(new) == ["background.preprocessing 'seed' != 'standard'"]
+
+
+@pytest.mark.gpu
+def test_cupy_matches_numpy(model):
+    cupy = pytest.importorskip("cupy")
+    from hpcdiff.backend import gpu_available
+
+    if not gpu_available():
+        pytest.skip("no CUDA device")
+    cfg = dataclasses.replace(STANDARD, q_smooth_per_nm=0.08, compression="sqrt")
+    pre = standard(model, cfg, CorrectionsConfig())
+    frames = noise_frames(model, n=2, level=3.0, kind="water ring")
+    frames[1] += crystal_photons(model)[0] * np.float32(_adu_per_photon(model))
+    cpu = pre(frames, photon_energy_ev=ENERGY_EV)
+    gpu = pre(cupy.asarray(frames), photon_energy_ev=ENERGY_EV)
+    assert isinstance(gpu, cupy.ndarray)
+    np.testing.assert_allclose(gpu.get(), cpu, atol=1e-4)
