@@ -102,11 +102,14 @@ def speed_rows(n_frames: int = 8, repeats: int = 3, log: Any = print) -> list[di
     return rows
 
 
+BACKGROUNDS = ("radial", "standard")  # seed recipe (radial background), standard recipe
+
+
 def _settings(base: acc.Settings, n: int, **changes: Any) -> acc.Settings:
     return dataclasses.replace(
         base,
         n_frames=n,
-        backgrounds=("radial", "standard"),
+        backgrounds=BACKGROUNDS,
         radial_q_range=RADIAL_Q,
         n_radial_bins=40,
         **changes,
@@ -233,7 +236,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speed-frames", type=int, default=None)
     p.add_argument("--no-accuracy", action="store_true", help="speed rows only")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument("--backgrounds", nargs="*", help="radial (seed recipe), standard")
     args = p.parse_args(argv)
+    if args.backgrounds:
+        global BACKGROUNDS
+        BACKGROUNDS = tuple(args.backgrounds)
     run(
         args.quick, preset=args.preset, n_train=args.n_train, n_test=args.n_test,
         speed_frames=args.speed_frames, accuracy=not args.no_accuracy, threads=args.threads,

@@ -512,6 +512,7 @@ class Preprocessor:
                 matrix=self.qmatrix,
                 size=size,
                 limit=self.limit,
+                cell=cfg.q_cell,
                 smooth=smooth,
             )
         return cnn_images(

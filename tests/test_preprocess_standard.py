@@ -189,6 +189,33 @@ def test_same_crystal_at_two_distances_and_energies_agrees_in_q(clen2, energy2):
         assert np.corrcoef(seed[0][both] - 0.5, seed[1][both] - 0.5)[0, 1] < 0.6
 
 
+@pytest.mark.parametrize("smooth", [0.0, 0.2])
+def test_pure_noise_images_are_alike_on_any_detector(smooth):
+    """Cells of unit noise whatever the pixels per cell (distance, pixel size); the mean
+    cell of the alternative statistic is noisier where cells hold fewer pixels.  (Cells
+    wider than pixels here: where pixels are split over several cells, neighbouring cells
+    share noise and the smoothed significance is no longer of unit variance.)"""
+    stats: dict[str, list[float]] = {"significance": [], "mean": []}
+    for clen, pixel_m in ((0.08, 500e-6), (0.16, 250e-6)):
+        geom = small_geometry(clen_m=clen, pixel_size_m=pixel_m, panel_shape=(48, 64))
+        m = DetectorModel.build(geom, photon_energy_ev=ENERGY_EV)
+        frames = noise_frames(m, n=3, level=2.0, kind="falling")
+        for cell in stats:
+            cfg = dataclasses.replace(
+                STANDARD, image_size_px=24, q_max_per_nm=1.5, q_cell=cell, q_smooth_per_nm=smooth
+            )
+            pre = standard(m, cfg)
+            images = pre(frames, photon_energy_ev=ENERGY_EV)[:, 0]
+            cov = (pre.qmatrix @ np.asarray(m.valid, np.float32).ravel()).reshape(24, 24) > 0.5
+            stats[cell].append(float(images[:, cov].std()))
+    sig, mean = stats["significance"], stats["mean"]
+    # smoothed cells are few independent samples: a looser bound
+    assert sig[0] == pytest.approx(sig[1], rel=0.1 if smooth == 0 else 0.2)
+    if smooth == 0:
+        assert sig[0] == pytest.approx(1 / (2 * 5.0), rel=0.1)  # unit noise, limit 5
+        assert mean[1] < 0.6 * mean[0]  # 4x the pixels per cell: half the noise
+
+
 def test_qspace_matrix_places_pixels_by_their_q(model):
     size, q_max = 32, 2.0
     m = qspace_matrix(model, size=size, q_max_per_nm=q_max)
@@ -227,8 +254,9 @@ def test_gaussian_matrix_rows_are_normalised():
     ],
 )
 @pytest.mark.parametrize("convert_to_photons", [True, False])
-def test_ring_order_chain_equals_slab_path(model, changes, convert_to_photons):
-    cfg = dataclasses.replace(STANDARD, **changes)
+@pytest.mark.parametrize("cell", ["significance", "mean"])
+def test_ring_order_chain_equals_slab_path(model, changes, convert_to_photons, cell):
+    cfg = dataclasses.replace(STANDARD, q_cell=cell, **changes)
     corr = CorrectionsConfig(convert_to_photons=convert_to_photons)
     frames = noise_frames(model, n=3, level=3.0, kind="water ring")
     frames[1] += crystal_photons(model)[0] * np.float32(_adu_per_photon(model))

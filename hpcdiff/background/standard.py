@@ -25,9 +25,13 @@ background's shape:
 6. the q-space image (:func:`qspace_matrix`, :func:`qspace_images`): each pixel's
    scattering vector, projected on the detector plane, ``(q_x, q_y)`` in nm^-1, is binned
    onto a fixed ``size x size`` grid spanning ``[-q_max_per_nm, q_max_per_nm]`` (x to the
-   right, y up, beam at the centre); a cell is the area-weighted mean of the valid pixels
-   in it (pixels larger than a cell are split into sub-pixels); cells with no valid pixel
-   take the neutral value 0 (0.5 in the image).  An optional Gaussian smoothing of sigma
+   right, y up, beam at the centre); a cell is ``sum(w z) / sqrt(sum(w^2))`` over the valid
+   pixels in it (``w`` their area in the cell; pixels larger than a cell are split into
+   sub-pixels): unit variance for pure noise however many pixels a cell holds, and the
+   significance of the cell's photons for a signal, so the same on every detector and
+   distance (``q_cell = "mean"``, the area-weighted mean, is the alternative: its noise
+   depends on the pixels per cell); cells with no valid pixel take the neutral value 0
+   (0.5 in the image).  An optional Gaussian smoothing of sigma
    ``q_smooth_per_nm`` (normalised convolution over the covered cells) averages the noise
    at the scale of diffuse speckles (about one reciprocal cell, ``1/a``).
 
@@ -257,17 +261,46 @@ def gaussian_matrix(size: int, sigma_cells: float) -> np.ndarray:
     return g.astype(np.float32)
 
 
-def grid_images(num: Any, den: Any, *, limit: float, smooth: Any | None = None) -> Any:
+def squared_weights(matrix: Any) -> Any:
+    """The matrix of squared weights (``matrix.multiply(matrix)``), made once per matrix."""
+    hit = _SQUARED.get(id(matrix))
+    if hit is None or hit[0] is not matrix:
+        if len(_SQUARED) > 8:
+            _SQUARED.clear()
+        hit = _SQUARED[id(matrix)] = (matrix, matrix.multiply(matrix).tocsr())
+    return hit[1]
+
+
+_SQUARED: dict[int, tuple[Any, Any]] = {}
+
+
+def grid_images(
+    num: Any,
+    den: Any,
+    den2: Any,
+    *,
+    limit: float,
+    cell: str = "significance",
+    smooth: Any | None = None,
+) -> Any:
     """``(n, 3, size, size)`` float32 images in [0, 1] from per-cell weighted sums.
 
     Parameters
     ----------
-    num, den
-        ``(n, size, size)`` float32 sums of ``w z`` and of ``w`` over the valid pixels.
+    num, den, den2
+        ``(n, size, size)`` float32 sums of ``w z``, ``w`` and ``w^2`` over the valid pixels
+        of each cell (``w`` the area weights of :func:`qspace_matrix`).
     limit
-        ``z`` in ``[-limit, limit]`` maps to ``[0, 1]``.
+        Cell values in ``[-limit, limit]`` map to ``[0, 1]`` (clipped).
+    cell
+        ``"significance"``: ``sum(w z) / sqrt(sum(w^2))``, unit variance for pure noise
+        whatever the number of pixels in the cell, and, for a signal, the significance of
+        the photons in the cell (the same on every detector and distance: a q cell holds
+        the same photons); ``"mean"``: ``sum(w z) / sum(w)``, whose noise falls as the
+        square root of the pixels per cell (so differs between detectors).
     smooth
-        Optional ``(size, size)`` :func:`gaussian_matrix` (same array module).
+        Optional ``(size, size)`` :func:`gaussian_matrix` ``G`` (same array module):
+        ``G num G^T`` over ``G den G^T`` (mean) or ``sqrt(G^2 den2 G^2^T)`` (significance).
 
     Returns
     -------
@@ -276,18 +309,36 @@ def grid_images(num: Any, den: Any, *, limit: float, smooth: Any | None = None) 
     """
     xp = array_module(num, den)
     covered = den > 1e-6
-    if smooth is not None:
-        num = smooth @ num @ smooth.T
-        den = smooth @ den @ smooth.T
-    ok = covered & (den > 1e-6)
-    mean = xp.where(ok, num / xp.where(ok, den, xp.float32(1)), xp.float32(0))
-    unit = xp.clip((mean / xp.float32(limit) + 1) / 2, 0, 1).astype(xp.float32)
+    if cell == "mean":
+        norm = den
+        if smooth is not None:
+            num = smooth @ num @ smooth.T
+            norm = smooth @ den @ smooth.T
+    elif cell == "significance":
+        norm = den2
+        if smooth is not None:
+            g2 = smooth * smooth
+            num = smooth @ num @ smooth.T
+            norm = g2 @ den2 @ g2.T
+        norm = xp.sqrt(xp.maximum(norm, xp.float32(0)))
+    else:
+        raise ValueError(f"unknown q cell statistic {cell!r}; valid: 'significance', 'mean'")
+    ok = covered & (norm > 1e-12)
+    value = xp.where(ok, num / xp.where(ok, norm, xp.float32(1)), xp.float32(0))
+    unit = xp.clip((value / xp.float32(limit) + 1) / 2, 0, 1).astype(xp.float32)
     n, size = unit.shape[0], unit.shape[-1]
     return xp.ascontiguousarray(xp.broadcast_to(unit[:, None], (n, 3, size, size)))
 
 
 def qspace_images(
-    values: Any, *, valid: Any, matrix: Any, size: int, limit: float, smooth: Any | None = None
+    values: Any,
+    *,
+    valid: Any,
+    matrix: Any,
+    size: int,
+    limit: float,
+    cell: str = "significance",
+    smooth: Any | None = None,
 ) -> Any:
     """q-space CNN images of noise-unit slab frames (the slab-order / cupy path).
 
@@ -302,7 +353,9 @@ def qspace_images(
     size
         Grid edge.
     limit
-        Largest absolute value of ``values`` (maps to 0 and 1).
+        Cell values in ``[-limit, limit]`` map to ``[0, 1]``.
+    cell
+        Cell statistic, see :func:`grid_images`.
     smooth
         Optional :func:`gaussian_matrix` (numpy; moved to the values' device).
 
@@ -316,12 +369,15 @@ def qspace_images(
     xp = array_module(values, valid)
     n = values.shape[0]
     flat = xp.where(valid, values, xp.float32(0)).reshape(n, -1).astype(xp.float32)
-    ok = valid.reshape(n, -1).astype(xp.float32)
-    m = matrix if xp is np else _on_device(matrix)
+    ok = xp.ascontiguousarray(valid.reshape(n, -1).astype(xp.float32).T)
+    m2 = squared_weights(matrix)
+    m, m2 = (matrix, m2) if xp is np else (_on_device(matrix), _on_device(m2))
     num = xp.asarray(m @ xp.ascontiguousarray(flat.T)).T.reshape(n, size, size)
-    den = xp.asarray(m @ xp.ascontiguousarray(ok.T)).T.reshape(n, size, size)
+    den = xp.asarray(m @ ok).T.reshape(n, size, size)
+    den2 = xp.asarray(m2 @ ok).T.reshape(n, size, size)
     g = None if smooth is None else xp.asarray(smooth)
-    return grid_images(xp.ascontiguousarray(num), xp.ascontiguousarray(den), limit=limit, smooth=g)
+    c = xp.ascontiguousarray
+    return grid_images(c(num), c(den), c(den2), limit=limit, cell=cell, smooth=g)
 
 
 # --------------------------------------------------------------------------- ring-order chain
@@ -366,6 +422,7 @@ class StandardRingOrder(RingOrderImages):
         self.valid &= good
         self.pol = np.where(good, pol, 1.0).astype(np.float32)
         self.inv_pol = (1.0 / self.pol).astype(np.float32)
+        self.matrix_sq = self.matrix.multiply(self.matrix).tocsr()
         self.guard_take = self.position[slab_subsample(n_pix)]
         self.guard_take = self.guard_take[self.guard_take >= 0]
         size = int(cfg.image_size_px)
@@ -441,13 +498,19 @@ class StandardRingOrder(RingOrderImages):
         size = self.size
         num = np.empty((n, size * size), dtype=np.float32)
         den = np.empty((n, size * size), dtype=np.float32)
+        den2 = np.empty((n, size * size), dtype=np.float32)
         for i in range(n):
             num[i] = self.matrix @ z[i]
-            den[i] = self.matrix @ ok[i].astype(np.float32)
+            w = ok[i].astype(np.float32)
+            den[i] = self.matrix @ w
+            den2[i] = self.matrix_sq @ w
+        shape = (n, size, size)
         return grid_images(
-            num.reshape(n, size, size),
-            den.reshape(n, size, size),
+            num.reshape(shape),
+            den.reshape(shape),
+            den2.reshape(shape),
             limit=self.limit,
+            cell=cfg.q_cell,
             smooth=self.smooth,
         )
 
@@ -463,4 +526,5 @@ __all__ = [
     "qspace_images",
     "qspace_matrix",
     "slab_subsample",
+    "squared_weights",
 ]

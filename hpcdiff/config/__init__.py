@@ -143,7 +143,8 @@ class BackgroundConfig:
     ``(I - B) / sqrt(B + read_noise_photons^2)`` (photons), a robust per-frame rescale only
     where the noise scale leaves ``[1/standard_guard, standard_guard]``, and a q-space CNN
     image (``q_max_per_nm`` half-width, optional Gaussian smoothing of
-    ``q_smooth_per_nm`` sigma).
+    ``q_smooth_per_nm`` sigma; ``q_cell``: a cell's ``sum(w z) / sqrt(sum(w^2))``, unit
+    noise on every detector, or the area-weighted ``"mean"``).
     """
 
     preprocessing: Literal["seed", "standard"] = "seed"
@@ -151,6 +152,7 @@ class BackgroundConfig:
     standard_guard: float = field(default=2.0, metadata={"check": positive})
     q_max_per_nm: float = field(default=4.0, metadata={"check": positive})
     q_smooth_per_nm: float = field(default=0.0, metadata={"check": non_negative})
+    q_cell: Literal["significance", "mean"] = "significance"
     method: Literal["radial", "local", "none"] = "radial"
     radial_statistic: Literal["median", "clipped_mean"] = "median"
     n_radial_bins: int = field(default=400, metadata={"check": positive})
