@@ -3,13 +3,15 @@
 Usage::
 
     python benchmarks/bench_accuracy.py [--quick] [--presets easy hard] [--n-frames 40]
-        [--threads 2] [--out DIR] [--force]
+        [--threads 2] [--out DIR] [--force] [--backgrounds radial standard]
+        [--weights imagenet-conv] [--layers gap pool5]
     python benchmarks/run.py --only accuracy [--quick]
 
 For each preset a simulated experiment is made in memory (frame ``i`` from ``(seed, i)``,
 half the frames diffuse; the small detector in quick mode, the CSPAD-like one otherwise),
 detector-corrected and background-removed as the classify job does (bad pixels from the
-first frames, ``radial`` and ``local`` background), and scored on one stratified split
+first frames; the seed recipe with ``radial`` and ``local`` background, and the
+``standard`` recipe of :mod:`hpcdiff.background.standard`: ``--backgrounds``), and scored on one stratified split
 (:func:`hpcdiff.learn.stratified_split`, the method's proportional 500/500 rule):
 
 * the method: VGG16 features of the CNN image -> PCA(50) -> logistic regression, for each
@@ -46,6 +48,7 @@ PRETRAINED_CONV = Path("/tmp/hpcdiff-weights/vgg16_features_imagenet_caffe.pth")
 """Conv-only ImageNet weights made by ``shared/tools/vgg16-imagenet-conv/make_vgg16_features.sh``."""
 
 BACKGROUNDS: tuple[str, ...] = ("radial", "local")
+"""Seed recipe with these ``method`` values; ``"standard"`` is the standard recipe."""
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,10 @@ class Settings:
     seed: int = 0
     diffuse_fraction: float = 0.5
     bf16_cpu: bool = True
+    backgrounds: tuple[str, ...] = BACKGROUNDS
+    photon_energy_ev: float = 9500.0
+    geometry: str | None = None  # a CrystFEL .geom for the simulator instead of ``detector``
+    radial_q_range: tuple[float, float] | None = None  # fixed rings, nm^-1 (transfer checks)
 
 
 QUICK = Settings("small", 0.06, ("moderate", "hard"), 32, ("gap", "pool5"))
@@ -83,8 +90,9 @@ class Experiment:
 # --------------------------------------------------------------------------- weights
 
 
-def weight_specs() -> list[tuple[str, str]]:
-    """``(label, spec)`` of the weights to compare: random, then each pretrained one present."""
+def weight_specs(only: Sequence[str] | None = None) -> list[tuple[str, str]]:
+    """``(label, spec)`` of the weights to compare: random, then each pretrained one present
+    (those labelled in ``only`` when given)."""
     from hpcdiff.features.weights import hub_checkpoint_path
 
     specs = [("random", "random:0")]
@@ -92,6 +100,8 @@ def weight_specs() -> list[tuple[str, str]]:
         specs.append(("imagenet-conv", str(PRETRAINED_CONV)))
     if hub_checkpoint_path().is_file():
         specs.append(("imagenet-hub", "hub"))
+    if only:
+        specs = [s for s in specs if s[0] in only]
     return specs
 
 
@@ -155,7 +165,6 @@ def measure_preset(
     preset: str, settings: Settings, extractors: dict[str, Extractor], *, log: Any = print
 ) -> Experiment:
     """Simulate one preset's frames and compute radial features and pool5 vectors."""
-    from hpcdiff.background import cnn_images
     from hpcdiff.config import BackgroundConfig, CorrectionsConfig, SimulateConfig
     from hpcdiff.geometry import DetectorModel
     from hpcdiff.preprocess import Preprocessor
@@ -165,6 +174,8 @@ def measure_preset(
 
     cfg = SimulateConfig(
         n_frames=settings.n_frames,
+        photon_energy_ev=settings.photon_energy_ev,
+        geometry=None if settings.geometry is None else Path(settings.geometry),
         seed=settings.seed,
         detector=settings.detector,
         preset=preset,
@@ -194,35 +205,40 @@ def measure_preset(
     pre = {"radial": Preprocessor(model, BackgroundConfig(method="radial"), corrections)}
     found = pre["radial"].find_bad_pixels(first, photon_energy_ev=energy) if n_bad >= 10 else None
     mask = None if found is None else found.mask
-    pre["local"] = Preprocessor(
-        model, BackgroundConfig(method="local"), corrections, bad_pixel_mask=mask
+    for bg in settings.backgrounds:
+        if bg != "radial":
+            bcfg = (
+                BackgroundConfig(preprocessing="standard")
+                if bg == "standard"
+                else BackgroundConfig(method=bg)  # type: ignore[arg-type]
+            )
+            pre[bg] = Preprocessor(model, bcfg, corrections, bad_pixel_mask=mask)
+    q_lo, q_hi = settings.radial_q_range or (None, None)
+    profiler = RadialProfiler.from_model(
+        model, n_bins=settings.n_radial_bins, bad_pixel_mask=mask, q_min=q_lo, q_max=q_hi
     )
-    profiler = RadialProfiler.from_model(model, n_bins=settings.n_radial_bins, bad_pixel_mask=mask)
     seconds["setup"] += time.perf_counter() - t
 
     strength = np.empty(n)
     radial = np.empty((n, profiler.n_rings))
     radial_all = np.empty_like(radial)
-    pool5 = {(bg, w): np.empty((n, 25088), np.float32) for bg in BACKGROUNDS for w in extractors}
+    backgrounds = settings.backgrounds
+    pool5 = {(bg, w): np.empty((n, 25088), np.float32) for bg in backgrounds for w in extractors}
     for start, stop in _batches(n, settings.batch_size):
         if stop <= n_bad:
             frames, s = first[start:stop], first_strength[start:stop]
         else:
             frames, s = simulate(start, stop)
         strength[start:stop] = s
-        for bg in BACKGROUNDS:
+        for bg in ("radial", *(b for b in backgrounds if b != "radial")):
             t = time.perf_counter()
             res = pre[bg].residual(frames, photon_energy_ev=energy)
             if bg == "radial":  # bad pixels are in no ring of the profiler
                 radial[start:stop] = profiler(res.corrected, valid=res.valid)
                 radial_all[start:stop] = profiler(res.corrected)
-            images = cnn_images(
-                res.normalised,
-                pixmap=pre[bg].pixmap,
-                valid=res.valid,
-                size=pre[bg].cfg.image_size_px,
-                limit=pre[bg].limit,
-            )
+                if bg not in backgrounds:
+                    continue
+            images = pre[bg].images(res)
             seconds[f"preprocess {bg}"] += time.perf_counter() - t
             for label, ex in extractors.items():
                 t = time.perf_counter()
@@ -431,6 +447,9 @@ def run(
     out: str | Path | None = None,
     force: bool = False,
     log: Any = print,
+    backgrounds: Sequence[str] | None = None,
+    weights: Sequence[str] | None = None,
+    layers: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Benchmark entry point for ``benchmarks/run.py``."""
     import dataclasses
@@ -445,12 +464,16 @@ def run(
         changes["presets"] = tuple(presets)
     if n_frames:
         changes["n_frames"] = int(n_frames)
+    if backgrounds:
+        changes["backgrounds"] = tuple(backgrounds)
+    if layers:
+        changes["layers"] = tuple(layers)
     settings = dataclasses.replace(settings, **changes)
     t0 = time.perf_counter()
     extractors = {
         label: Extractor(spec, device=device, bf16_cpu=settings.bf16_cpu,
                          batch_size=settings.batch_size)
-        for label, spec in weight_specs()
+        for label, spec in weight_specs(weights)
     }  # fmt: skip
     load_s = time.perf_counter() - t0
     experiments, results = [], []
@@ -491,10 +514,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=None, help="folder for accuracy.json and the PNG figure")
     p.add_argument("--force", action="store_true", help="overwrite outputs in --out")
     p.add_argument("--json", action="store_true", help="print the result as JSON too")
+    p.add_argument("--backgrounds", nargs="*", help="radial, local (seed recipe), standard")
+    p.add_argument("--weights", nargs="*", help="weights labels: random, imagenet-conv, ...")
+    p.add_argument("--layers", nargs="*", help="layers: gap, pool5, fc6+fc7")
     args = p.parse_args(argv)
     result = run(
         args.quick, presets=args.presets, n_frames=args.n_frames, threads=args.threads,
-        device=args.device, out=args.out, force=args.force,
+        device=args.device, out=args.out, force=args.force, backgrounds=args.backgrounds,
+        weights=args.weights, layers=args.layers,
     )  # fmt: skip
     print(f"{result['title']} (device {result['device']}, {result['torch_threads']} threads)")
     for row in result["rows"]:

@@ -10,7 +10,10 @@ detector, and a bool ``valid`` mask that travels with the data.
 * :func:`normalise`: robust per-frame scaling, clipping, optional compression;
 * :func:`cnn_images`: assembled, area-downsampled ``(n, 3, 224, 224)`` float32 in [0, 1];
 * :class:`RingOrderImages`: the radial chain above on numpy frames, kept in ring order
-  (the CPU path of the preprocessor; the same images, fewer passes over the pixels).
+  (the CPU path of the preprocessor; the same images, fewer passes over the pixels);
+* :mod:`hpcdiff.background.standard`: the ``"standard"`` recipe, residuals in units of
+  their expected noise on a fixed q-space grid (the same q per image pixel on every
+  detector, distance and energy).
 
 The stages are chained by :class:`hpcdiff.preprocess.Preprocessor`, one floor up (it
 imports this package; this package never imports it).  Pixel groups (:class:`Segments`,

@@ -83,11 +83,23 @@ class FeatureMeta:
                 f"weights {self.weights.get('name')} (sha256 {self.weights_sha256[:12]}) != "
                 f"{other.weights.get('name')} (sha256 {other.weights_sha256[:12]})"
             )
+        # a key one side lacks (a file written before the key existed) has its default
+        defaults = _background_defaults()
         for key in sorted(set(self.background) | set(other.background)):
-            a, b = self.background.get(key), other.background.get(key)
+            a = self.background.get(key, defaults.get(key))
+            b = other.background.get(key, defaults.get(key))
             if a != b:
                 diffs.append(f"background.{key} {a!r} != {b!r}")
         return diffs
+
+
+def _background_defaults() -> dict[str, Any]:
+    """``[background]`` defaults (:class:`hpcdiff.config.BackgroundConfig`), JSON-like."""
+    import dataclasses
+
+    from hpcdiff.config import BackgroundConfig
+
+    return dataclasses.asdict(BackgroundConfig())
 
 
 @dataclass(frozen=True)
