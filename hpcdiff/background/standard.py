@@ -55,8 +55,8 @@ import numpy as np
 from hpcdiff.backend import array_module
 from hpcdiff.background.normalise import _compress
 from hpcdiff.background.ring_order import RingOrderImages
-from hpcdiff.segments import Segments
 from hpcdiff.geometry import scattering_vectors
+from hpcdiff.segments import Segments
 
 #: Pixels per frame above which the guard's noise scale is estimated from a subsample.
 GUARD_MAX_SAMPLES = 1 << 16
