@@ -28,15 +28,14 @@ from typing import Any
 
 import numpy as np
 
-from hpcdiff.simulate.detector_effects import DetectorResponse, FrameDrift
+from hpcdiff.simulate.detector_effects import DetectorResponse, FrameDrift, quantise
+from hpcdiff.simulate.diffuse_models import DiffuseModel, LatticeFactor, model_grid
+from hpcdiff.simulate.molecules import CellContent, random_molecule
 from hpcdiff.simulate.physics import (
-    NOMINAL_BACKGROUND,
     BackgroundParams,
     MolecularTransform,
     background_per_usr,
     bragg_photons,
-    diffuse_weight,
-    draw_background,
     random_rotation,
     reciprocal_basis,
     wavelength_nm,
@@ -50,6 +49,7 @@ from hpcdiff.simulate.presets import (
     draw_diffuse_strength,
     get_preset,
 )
+from hpcdiff.simulate.randomise import BackgroundFamily, ExperimentDraw
 
 EXPERIMENT_KEY = 2**32
 """First random-stream key of experiment-level draws (frame indices stay below it)."""
@@ -73,7 +73,8 @@ class DetectorArrays:
 
     Built from a :class:`hpcdiff.geometry.DetectorModel` by :meth:`from_model`, or directly
     (tests).  ``q_vectors`` nm^-1 (NaN off-panel), ``polarisation`` dimensionless,
-    ``solid_angle_sr`` sr, ``panel_index`` int16 (-1 off-panel), ``valid`` bool.
+    ``solid_angle_sr`` sr, ``panel_index`` int16 (-1 off-panel), ``valid`` bool,
+    ``positions_m`` (n_ss, n_fs, 3) lab positions (m; needed for a beamstop shadow).
     """
 
     q_vectors: np.ndarray
@@ -84,6 +85,7 @@ class DetectorArrays:
     photon_energy_ev: float
     adu_per_ev: float = DEFAULT_ADU_PER_EV
     max_adu: float = DEFAULT_MAX_ADU
+    positions_m: np.ndarray | None = None
 
     @property
     def slab_shape(self) -> tuple[int, int]:
@@ -108,6 +110,7 @@ class DetectorArrays:
             photon_energy_ev=float(model.photon_energy_ev),
             adu_per_ev=float(adu_per_ev if adu_per_ev is not None else DEFAULT_ADU_PER_EV),
             max_adu=float(max_adu),
+            positions_m=np.asarray(model.positions_m),
         )
 
 
@@ -222,11 +225,38 @@ class FrameSimulator:
         preset: str | Preset = "moderate",
         diffuse_fraction: float = 0.3,
         n_atoms: int = 150,
+        experiment: ExperimentDraw | None = None,
+        content: CellContent | None = None,
     ) -> None:
         self.detector = detector
         self.seed = int(seed)
         self.preset = preset if isinstance(preset, Preset) else get_preset(preset)
         self.diffuse_fraction = float(diffuse_fraction)
+        if experiment is None:
+            experiment = ExperimentDraw(
+                preset=self.preset.name,
+                diffuse=DiffuseModel("displacement", sigma_nm=self.preset.displacement_sigma_nm),
+                space_group="P1",
+                cell_nm=(float(cell_nm[0]), float(cell_nm[1]), float(cell_nm[2])),
+                angles_deg=(
+                    float(cell_angles_deg[0]),
+                    float(cell_angles_deg[1]),
+                    float(cell_angles_deg[2]),
+                ),
+                molecule="random",
+                molecule_shape="globular",
+                n_atoms=int(n_atoms),
+                detector_distance_m=float("nan"),
+                photon_energy_ev=float(detector.photon_energy_ev),
+                adu_per_photon=None,
+                read_noise_photons=0.12,
+            )
+        self.experiment = experiment
+        self.family: BackgroundFamily = experiment.background
+        if content is not None:
+            cell_nm, cell_angles_deg = content.cell_nm, content.angles_deg
+        else:
+            cell_nm, cell_angles_deg = experiment.cell_nm, experiment.angles_deg
         self.cell_nm = tuple(float(v) for v in cell_nm)
         self.cell_angles_deg = tuple(float(v) for v in cell_angles_deg)
         self.basis = reciprocal_basis(self.cell_nm, self.cell_angles_deg)
@@ -254,20 +284,47 @@ class FrameSimulator:
                 "ratio is undefined: move the detector or change the photon energy"
             )
         self._band = np.flatnonzero(band)
-        self.transform = MolecularTransform.random(
+        if content is None:
+            content = random_molecule(
+                np.random.default_rng([self.seed, EXPERIMENT_KEY]),
+                cell_nm=self.cell_nm,
+                angles_deg=self.cell_angles_deg,
+                space_group=experiment.space_group,
+                n_atoms=experiment.n_atoms,
+                shape=experiment.molecule_shape,
+            )
+        self.content = content
+        frac = content.frac
+        if not (experiment.space_group == "P1" and content.shape == "globular"):
+            frac = frac - frac.mean(axis=0)  # the transform's origin at the centroid
+        self.transform = MolecularTransform.from_atoms(
+            frac,
             self.cell_nm,
             self.cell_angles_deg,
-            rng=np.random.default_rng([self.seed, EXPERIMENT_KEY]),
+            weights=None if np.all(content.weights == 1) else content.weights,
             q_max_per_nm=float(self.q_abs.max()),
-            n_atoms=n_atoms,
             normalise_band=RATIO_BAND_PER_NM,
+            keep_amplitude=experiment.diffuse.name == "rigid_body",
+        )
+        self.diffuse_model = experiment.diffuse
+        self.diffuse_grid = model_grid(self.transform, self.diffuse_model)
+        if self.transform.amplitude is not None:  # only the rigid-body set-up needs it
+            self.transform = dataclasses.replace(self.transform, amplitude=None)
+        self.lattice_factor = (
+            LatticeFactor.build(self.diffuse_model.correlation)
+            if self.diffuse_model.name == "correlated"
+            else None
         )
         self.response = DetectorResponse.build(
             detector.panel_index,
             rng=np.random.default_rng([self.seed, EXPERIMENT_KEY + 1]),
             adu_per_photon=detector.adu_per_ev * detector.photon_energy_ev,
             max_adu=detector.max_adu,
+            read_noise_photons=experiment.read_noise_photons,
+            dead_panels=experiment.dead_panels,
         )
+        self._streak_idx, self._streak_val = self._streak_shape()
+        self._shadow_idx = self._beamstop_shadow()
         self._radial_edges = np.linspace(0.0, float(self.q_abs.max()) * 1.001 + 1e-6, 257)
         # |q| table for isotropic terms: 8192 steps, pixel = linear interpolation between two
         self._table_q = np.linspace(0.0, float(self.q_abs.max()) * 1.0001 + 1e-6, 8193).astype(
@@ -281,49 +338,82 @@ class FrameSimulator:
         bw = self.pol_omega_usr[self._band].astype(np.float64)
         self._band_table_weights = np.bincount(bi, bw * (1 - bf), minlength=8193)
         self._band_table_weights[1:] += np.bincount(bi, bw * bf, minlength=8193)[:-1]
-        by_sigma: dict[float, float] = {}
-        for p in PRESETS.values():
-            if p.displacement_sigma_nm not in by_sigma:
-                by_sigma[p.displacement_sigma_nm] = self._diffuse_scale(p.displacement_sigma_nm)
-        self.diffuse_scale_per_usr = {
-            name: by_sigma[p.displacement_sigma_nm] for name, p in PRESETS.items()
-        }
-        if self.preset.name not in self.diffuse_scale_per_usr:
-            self.diffuse_scale_per_usr[self.preset.name] = self._diffuse_scale(
-                self.preset.displacement_sigma_nm
-            )
-        # isotropic debris per usr per unit level: K <w |F|^2>_sphere(|q|), on the |q| table
-        self._debris_table = (
-            self.diffuse_scale_per_usr[self.preset.name]
-            * self._shell_average(self._table_q, self.preset.displacement_sigma_nm)
-        ).astype(np.float32)
-        # K w(|q|) P Omega of the active preset: diffuse photons = strength * this * |F|^2
-        weight = diffuse_weight(self.q_abs, sigma_nm=self.preset.displacement_sigma_nm)
-        self._diffuse_factor = (
-            np.float32(self.diffuse_scale_per_usr[self.preset.name]) * weight * self.pol_omega_usr
+        self._streak_band = (
+            float(np.sum(self._streak_val[np.isin(self._streak_idx, self._band)], dtype=np.float64))
+            if self._streak_idx.size
+            else 0.0
         )
+        # one K for the experiment's diffuse model; every preset scales it by its strength
+        k_model = self._diffuse_scale()
+        self.diffuse_scale_per_usr = {name: k_model for name in PRESETS}
+        self.diffuse_scale_per_usr.setdefault(self.preset.name, k_model)
+        # isotropic debris per usr per unit level: K <G>_sphere(|q|), on the |q| table
+        self._debris_table = (k_model * self._shell_average(self._table_q)).astype(np.float32)
+        # K P Omega: diffuse photons = strength * this * G(hkl) [* S(hkl)]
+        self._diffuse_factor = np.float32(k_model) * self.pol_omega_usr
 
     # ------------------------------------------------------------------ set-up
 
-    def _diffuse_scale(self, sigma_nm: float) -> float:
+    def _diffuse_scale(self) -> float:
         """``K`` such that a unit-strength frame of median shape has diffuse = background.
 
-        Sum over band pixels of ``P Omega background_nominal(|q|)`` over the same sum of
-        ``P Omega <w |F|^2>_sphere(|q|)`` (spherical average over orientations).
+        Sum over band pixels of ``P Omega background_nominal`` (the family's median shot,
+        jet streak included) over the same sum of ``P Omega <G>_sphere(|q|)`` (the diffuse
+        model's spherical average; the correlated model's lattice factor averages to 1).
         """
         q = self.q_abs[self._band]
         w = self.pol_omega_usr[self._band].astype(np.float64)
-        diffuse = self._shell_average(q, sigma_nm)
-        background = background_per_usr(q, NOMINAL_BACKGROUND).astype(np.float64)
-        return float(np.sum(w * background) / np.sum(w * diffuse))
+        diffuse = self._shell_average(q)
+        background = background_per_usr(q, self.family.nominal).astype(np.float64)
+        total_bg = float(np.sum(w * background)) + self.family.streak_level * self._streak_band
+        return total_bg / float(np.sum(w * diffuse))
 
-    def _shell_average(self, q_abs: np.ndarray, sigma_nm: float) -> np.ndarray:
-        """``<w |F|^2>_sphere`` at ``q_abs`` (float64), from 256 shells of the transform grid."""
+    def _shell_average(self, q_abs: np.ndarray) -> np.ndarray:
+        """``<G>_sphere`` at ``q_abs`` (float64), from 256 shells of the model's grid."""
         edges = self._radial_edges
-        avg = self.transform.radial_average(edges, sigma_nm=sigma_nm)
+        avg = self.diffuse_grid.radial_average(edges)
         centres = 0.5 * (edges[1:] + edges[:-1])
         ok = np.isfinite(avg)
         return np.interp(q_abs, centres[ok], avg[ok])
+
+    def _streak_shape(self) -> tuple[np.ndarray, np.ndarray]:
+        """Pixels of the jet streak and their photons per unit level (P Omega included).
+
+        The streak runs through the beam along ``streak_angle_rad`` in the detector plane:
+        ``exp(-q_across^2 / (2 w^2)) exp(-|q_along| / decay)``; kept where above 1e-4.
+        """
+        fam = self.family
+        if fam.streak_level <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        c, s = math.cos(fam.streak_angle_rad), math.sin(fam.streak_angle_rad)
+        along = np.abs(c * self.q_t[0] + s * self.q_t[1])
+        across = -s * self.q_t[0] + c * self.q_t[1]
+        shape = np.exp(
+            -0.5 * (across / fam.streak_width_per_nm) ** 2 - along / fam.streak_decay_per_nm
+        )
+        idx = np.flatnonzero(shape > 1e-4)
+        return idx, (shape[idx] * self.pol_omega_usr[idx]).astype(np.float32)
+
+    def _beamstop_shadow(self) -> np.ndarray:
+        """Pixels (indices into the on-panel pixels) in the beamstop's shadow."""
+        exp = self.experiment
+        pos = self.detector.positions_m
+        if exp.beamstop_radius_m <= 0 or pos is None:
+            return np.zeros(0, dtype=np.int64)
+        xy = pos.reshape(-1, 3)[self._on, :2]
+        x, y = xy[:, 0], xy[:, 1]
+        r = exp.beamstop_radius_m
+        inside = np.hypot(x, y) < r
+        half = 0.3 * r
+        if exp.beamstop_arm == "+x":
+            inside |= (x > 0) & (np.abs(y) < half)
+        elif exp.beamstop_arm == "-x":
+            inside |= (x < 0) & (np.abs(y) < half)
+        elif exp.beamstop_arm == "+y":
+            inside |= (y > 0) & (np.abs(x) < half)
+        elif exp.beamstop_arm == "-y":
+            inside |= (y < 0) & (np.abs(x) < half)
+        return np.flatnonzero(inside)
 
     # ------------------------------------------------------------------ frames
 
@@ -343,10 +433,11 @@ class FrameSimulator:
         rng = np.random.default_rng([self.seed, int(index)])
         rotation = random_rotation(rng)
         strength = draw_diffuse_strength(rng, self.preset, diffuse_fraction=self.diffuse_fraction)
-        background = draw_background(rng)
+        background = self.family.draw(rng, np.random.default_rng([self.seed, int(index), 2]))
         debris = draw_debris(rng, self.preset)
-        lattice_scale = LATTICE_PHOTONS * math.exp(0.5 * rng.standard_normal())
-        pulse_scale = math.exp(0.2 * rng.standard_normal())
+        exp = self.experiment
+        lattice_scale = exp.lattice_photons * math.exp(0.5 * rng.standard_normal())
+        pulse_scale = math.exp(exp.pulse_sigma * rng.standard_normal())
         drift = self.response.draw_drift(rng)
         reciprocal = self.basis @ rotation.T
         truth = FrameTruth(
@@ -378,7 +469,8 @@ class FrameSimulator:
         diffuse = self._diffuse_per_usr(idx, reciprocal, strength, preset)
         bg = background_per_usr(self.q_abs[idx], background)
         w = self.pol_omega_usr[idx]
-        return float(np.dot(w, diffuse) / np.dot(w, bg))
+        streak = background.streak_level * self._streak_band * idx.size / self._band.size
+        return float(np.dot(w, diffuse) / (np.dot(w, bg) + streak))
 
     def _diffuse_per_usr(
         self,
@@ -391,8 +483,10 @@ class FrameSimulator:
         if hkl is None:
             hkl = self.q[idx] @ np.linalg.inv(reciprocal).astype(np.float32)
         k = np.float32(strength * self.diffuse_scale_per_usr[preset.name])
-        weight = diffuse_weight(self.q_abs[idx], sigma_nm=preset.displacement_sigma_nm)
-        return k * weight * self.transform.continuous(hkl)
+        out = k * self.diffuse_grid.continuous(hkl)
+        if self.lattice_factor is not None:
+            out *= self.lattice_factor(np.ascontiguousarray(hkl.T))
+        return out
 
     def components(self, index: int, *, twin: bool = False) -> tuple[FrameComponents, FrameTruth]:
         """Expected photons of each term of frame ``index``.
@@ -409,24 +503,43 @@ class FrameSimulator:
 
     def _components(self, truth: FrameTruth, *, twin: bool) -> tuple[FrameComponents, FrameTruth]:
         bg_table, debris_table = self._isotropic_tables(truth)
-        diffuse, truth = self._diffuse(truth, twin=twin)
-        terms = (
-            self._from_table(bg_table),
+        hkl = self._hkl(truth)
+        diffuse, truth = self._diffuse(truth, twin=twin, hkl=hkl)
+        background = self._from_table(bg_table)
+        self._add_streak(background, truth)
+        terms = [
+            background,
             self._from_table(debris_table),
             diffuse if diffuse is not None else np.zeros(self.q_abs.shape, dtype=np.float32),
-            self._bragg(truth),
-        )
+            self._bragg(truth, hkl=hkl),
+        ]
+        for term in terms:
+            self._shade(term)
         return FrameComponents(*(self._to_slab(a) for a in terms)), truth
 
     def _expected_total(self, truth: FrameTruth, *, twin: bool) -> tuple[np.ndarray, FrameTruth]:
         """Expected photons (n_ss, n_fs): the sum of the components, in fewer passes."""
         bg_table, debris_table = self._isotropic_tables(truth)
         total = self._from_table(bg_table + debris_table)
-        total += self._bragg(truth)
-        diffuse, truth = self._diffuse(truth, twin=twin)
+        self._add_streak(total, truth)
+        hkl = self._hkl(truth)
+        total += self._bragg(truth, hkl=hkl)
+        diffuse, truth = self._diffuse(truth, twin=twin, hkl=hkl)
         if diffuse is not None:
             total += diffuse
+        self._shade(total)
         return self._to_slab(total), truth
+
+    def _add_streak(self, values: np.ndarray, truth: FrameTruth) -> None:
+        """Add the jet streak (photons, pulse included) in place."""
+        level = truth.background.streak_level * truth.pulse_scale
+        if level > 0 and self._streak_idx.size:
+            values[self._streak_idx] += np.float32(level) * self._streak_val
+
+    def _shade(self, values: np.ndarray) -> None:
+        """Attenuate the pixels in the beamstop's shadow, in place."""
+        if self._shadow_idx.size:
+            values[self._shadow_idx] *= np.float32(self.experiment.beamstop_transmission)
 
     def _isotropic_tables(self, truth: FrameTruth) -> tuple[np.ndarray, np.ndarray]:
         """Background and debris photons per usr on the |q| table, pulse scale included."""
@@ -442,7 +555,7 @@ class FrameSimulator:
         out *= self.pol_omega_usr
         return out
 
-    def _bragg(self, truth: FrameTruth) -> np.ndarray:
+    def _bragg(self, truth: FrameTruth, *, hkl: np.ndarray | None = None) -> np.ndarray:
         bragg = bragg_photons(
             self.q,
             truth.reciprocal,
@@ -452,7 +565,7 @@ class FrameSimulator:
             pixel_q_area=self.pixel_q_area,
             spot_sigma_per_nm=SPOT_SIGMA_PER_NM,
             excitation_sigma_per_nm=EXCITATION_SIGMA_PER_NM,
-            hkl=self._hkl(truth),
+            hkl=hkl if hkl is not None else self._hkl(truth),
         )
         bragg *= np.float32(truth.pulse_scale)
         return bragg
@@ -461,7 +574,9 @@ class FrameSimulator:
         """(n, 3) float32 fractional hkl of the pixels (a view of a (3, n) array)."""
         return (np.linalg.inv(truth.reciprocal).T.astype(np.float32) @ self.q_t).T
 
-    def _diffuse(self, truth: FrameTruth, *, twin: bool) -> tuple[np.ndarray | None, FrameTruth]:
+    def _diffuse(
+        self, truth: FrameTruth, *, twin: bool, hkl: np.ndarray | None = None
+    ) -> tuple[np.ndarray | None, FrameTruth]:
         """Diffuse photons per pixel (``None`` when there are none) and the truth with its ratio.
 
         The band's background sum comes from the |q| table and per-bin pixel weights, so
@@ -470,13 +585,28 @@ class FrameSimulator:
         if truth.strength <= 0 or twin:
             return None, truth
         s = np.float32(truth.pulse_scale)
-        diffuse = self.transform.continuous(self._hkl(truth))
+        if hkl is None:
+            hkl = self._hkl(truth)
+        diffuse = self.diffuse_grid.continuous(hkl)
+        if self.lattice_factor is not None:
+            diffuse *= self.lattice_factor(hkl.T)
         diffuse *= self._diffuse_factor
         diffuse *= np.float32(truth.strength) * s
         bg_table = background_per_usr(self._table_q, truth.background) * s
         background = float(np.dot(self._band_table_weights, bg_table.astype(np.float64)))
+        background += truth.background.streak_level * truth.pulse_scale * self._streak_band
         ratio = float(np.sum(diffuse[self._band], dtype=np.float64)) / background
         return diffuse, dataclasses.replace(truth, ratio=ratio)
+
+    def shadow_mask(self) -> np.ndarray:
+        """(n_ss, n_fs) bool: pixels in the beamstop's shadow."""
+        out = np.zeros(self.q_abs.shape, dtype=bool)
+        out[self._shadow_idx] = True
+        if self._all_on:
+            return out.reshape(self.detector.slab_shape)
+        full = np.zeros(self.detector.slab_shape[0] * self.detector.slab_shape[1], dtype=bool)
+        full[self._on] = out
+        return full.reshape(self.detector.slab_shape)
 
     def _to_slab(self, values: np.ndarray) -> np.ndarray:
         shape = self.detector.slab_shape
@@ -487,7 +617,7 @@ class FrameSimulator:
         return out.reshape(shape)
 
     def frame(
-        self, index: int, *, twin: bool = False, noise: bool = True
+        self, index: int, *, twin: bool = False, noise: bool = True, dtype: str | None = None
     ) -> tuple[np.ndarray, FrameTruth]:
         """Frame ``index`` as the detector writes it.
 
@@ -500,47 +630,67 @@ class FrameSimulator:
             state; with ``noise`` also the same noise streams).
         noise
             Draw Poisson photon and read noise; ``False`` gives the expected frame.
+        dtype
+            ``None``: float32 ADU as computed; ``"int16"``, ``"int32"``: rounded to the
+            detector's integers, saturating at ``min(max_adu, dtype max)``
+            (:func:`~hpcdiff.simulate.detector_effects.quantise`); ``"float32"``: as None.
 
         Returns
         -------
         frame : numpy.ndarray
-            (n_ss, n_fs) float32 ADU.
+            (n_ss, n_fs) ADU, float32 or ``dtype``.
         truth : FrameTruth
         """
         truth, drift = self.parameters(index)
         photons, truth = self._expected_total(truth, twin=twin)
         rng = np.random.default_rng([self.seed, int(index), 1]) if noise else None
-        return self.response.to_adu(photons, drift, rng=rng), truth
+        adu = self.response.to_adu(photons, drift, rng=rng)
+        if dtype is not None and dtype != "float32":
+            adu = quantise(adu, dtype=dtype, max_adu=self.response.max_adu)
+        return adu, truth
 
     # ------------------------------------------------------------------ calibration
 
-    def calibrate(self, preset: str | Preset, *, n_orientations: int = 8) -> dict[str, float]:
+    def calibrate(
+        self,
+        preset: str | Preset,
+        *,
+        n_orientations: int = 8,
+        nominal_background: bool = False,
+        statistic: str = "median",
+    ) -> dict[str, float]:
         """Measure a preset's diffuse-to-background ratio on this detector.
 
         ``n_orientations`` shots with random orientation and background shape (stream
-        ``[seed, 2**32 + 2, k]``) at the preset's nominal strength; the noise-free ratio is
-        measured on every 2nd band pixel.
+        ``[seed, 2**32 + 2, k]``; the family's median shot with ``nominal_background``) at
+        the preset's nominal strength; the noise-free ratio is measured on every 2nd band
+        pixel.
 
         Returns
         -------
         dict
-            ``nominal_ratio``, ``measured_ratio`` (median over shots), ``measured_min``,
-            ``measured_max``, ``diffuse_scale_per_usr``.
+            ``nominal_ratio``, ``measured_ratio`` (``statistic`` ``median`` or ``mean``
+            over shots), ``measured_min``, ``measured_max``, ``diffuse_scale_per_usr``.
         """
         p = preset if isinstance(preset, Preset) else get_preset(preset)
         if p.name not in self.diffuse_scale_per_usr:
-            self.diffuse_scale_per_usr[p.name] = self._diffuse_scale(p.displacement_sigma_nm)
+            self.diffuse_scale_per_usr[p.name] = self._diffuse_scale()
         ratios = []
         for k in range(n_orientations):
             rng = np.random.default_rng([self.seed, EXPERIMENT_KEY + 2, k])
             reciprocal = self.basis @ random_rotation(rng).T
-            background = draw_background(rng)
+            background = self.family.draw(
+                rng, np.random.default_rng([self.seed, EXPERIMENT_KEY + 2, k, 2])
+            )
+            if nominal_background:
+                background = self.family.nominal
             ratios.append(
                 self._band_ratio(reciprocal, background, p.nominal_ratio, preset=p, step=2)
             )
+        measure = np.mean if statistic == "mean" else np.median
         return {
             "nominal_ratio": p.nominal_ratio,
-            "measured_ratio": float(np.median(ratios)),
+            "measured_ratio": float(measure(ratios)),
             "measured_min": float(np.min(ratios)),
             "measured_max": float(np.max(ratios)),
             "diffuse_scale_per_usr": self.diffuse_scale_per_usr[p.name],
@@ -556,7 +706,8 @@ class FrameSimulator:
         -------
         dict
             ``intensity`` (size, size, size) float32 photons per usr for strength 1
-            (``K * w(|q|) * |F(hkl)|^2``), ``axis`` (size,) float64, ``half_width``.
+            (``K * G(hkl)``, times the lattice factor ``S(hkl)`` of the correlated model),
+            ``axis`` (size,) float64, ``half_width``.
         """
         step = 2.0 * max_hkl / size
         axis = -max_hkl + (np.arange(size) + 0.5) * step
@@ -565,9 +716,11 @@ class FrameSimulator:
         k_scale = np.float32(self.diffuse_scale_per_usr[self.preset.name])
         for i, h in enumerate(axis):
             hkl = np.stack([np.full_like(kk, h), kk, ll], axis=-1).astype(np.float32)
-            q_abs = np.linalg.norm(hkl @ self.basis.astype(np.float32), axis=-1)
-            w = diffuse_weight(q_abs, sigma_nm=self.preset.displacement_sigma_nm)
-            out[i] = k_scale * w * self.transform.continuous(hkl)
+            values = self.diffuse_grid.continuous(hkl)
+            if self.lattice_factor is not None:
+                flat = np.ascontiguousarray(hkl.reshape(-1, 3).T)
+                values *= self.lattice_factor(flat).reshape(values.shape)
+            out[i] = k_scale * values
         return {"intensity": out, "axis": axis, "half_width": float(max_hkl)}
 
 
