@@ -67,6 +67,28 @@ LATTICE_PHOTONS = 400.0
 """Median photons of a fully recorded reflection with |F|^2 = 1 (band mean)."""
 
 
+COARSE_MIN_STEPS = 3.0
+"""The diffuse term is evaluated on every 2nd pixel when its grid step spans this many pixels."""
+
+
+def _coarse_axis(n: int) -> np.ndarray:
+    """Every 2nd index of ``range(n)`` and the last one."""
+    idx = np.arange(0, n, 2)
+    if idx[-1] != n - 1:
+        idx = np.append(idx, n - 1)
+    return idx
+
+
+@dataclass(frozen=True)
+class _CoarsePlan:
+    """Coarse pixels of the smooth diffuse term and the bilinear fill of the others."""
+
+    q_t: np.ndarray  # (3, n_coarse) float32 q of the coarse pixels
+    corners: tuple[np.ndarray, ...]  # 4 x (n,) int32: coarse (r, c), (r, c+1), (r+1, c), (r+1, c+1)
+    w_row: np.ndarray  # (n,) float32 row weight of the (r+1) corners
+    w_col: np.ndarray  # (n,) float32 column weight of the (c+1) corners
+
+
 @dataclass(frozen=True)
 class DetectorArrays:
     """The per-pixel arrays the simulator needs, all (n_ss, n_fs).
@@ -297,15 +319,21 @@ class FrameSimulator:
         frac = content.frac
         if not (experiment.space_group == "P1" and content.shape == "globular"):
             frac = frac - frac.mean(axis=0)  # the transform's origin at the centroid
+        q_cover = float(self.q_abs.max())
+        q_limit = experiment.resolution_limit_per_nm
+        if q_limit > 0:  # the falloff is below 3e-4 beyond q_limit + 1 nm^-1
+            q_cover = min(q_cover, q_limit + 1.0)
         self.transform = MolecularTransform.from_atoms(
             frac,
             self.cell_nm,
             self.cell_angles_deg,
             weights=None if np.all(content.weights == 1) else content.weights,
-            q_max_per_nm=float(self.q_abs.max()),
+            q_max_per_nm=q_cover,
             normalise_band=RATIO_BAND_PER_NM,
             keep_amplitude=experiment.diffuse.name == "rigid_body",
         )
+        if q_limit > 0:
+            self.transform = self.transform.with_resolution_limit(q_limit)
         self.diffuse_model = experiment.diffuse
         self.diffuse_grid = model_grid(self.transform, self.diffuse_model)
         if self.transform.amplitude is not None:  # only the rigid-body set-up needs it
@@ -315,6 +343,7 @@ class FrameSimulator:
             if self.diffuse_model.name == "correlated"
             else None
         )
+        self._coarse = self._coarse_plan()
         self.response = DetectorResponse.build(
             detector.panel_index,
             rng=np.random.default_rng([self.seed, EXPERIMENT_KEY + 1]),
@@ -375,6 +404,87 @@ class FrameSimulator:
         centres = 0.5 * (edges[1:] + edges[:-1])
         ok = np.isfinite(avg)
         return np.interp(q_abs, centres[ok], avg[ok])
+
+    def _coarse_plan(self) -> _CoarsePlan | None:
+        """Where the smooth diffuse term may be evaluated on every 2nd pixel and upsampled.
+
+        When the model grid's step in q is at least :data:`COARSE_MIN_STEPS` pixel steps
+        and every panel is a slab rectangle, the diffuse term is interpolated at every 2nd
+        row and column of each panel (plus its last row and column) and filled in
+        bilinearly within the panel: a quarter of the 3D interpolations, for a function
+        that is itself piecewise linear on a coarser scale.  ``None``: every pixel.
+        """
+        from hpcdiff.simulate.detector_effects import panel_boxes
+
+        grid_step = float(np.min(np.linalg.norm(self.basis, axis=1))) / self.transform.oversampling
+        omega = self.detector.solid_angle_sr.reshape(-1)[self._on]
+        pixel_step = math.sqrt(float(np.median(omega))) / self.wavelength_nm
+        if grid_step < COARSE_MIN_STEPS * pixel_step:
+            return None
+        boxes = panel_boxes(self.detector.panel_index)
+        if boxes is None:
+            return None
+        n_slab = self.detector.panel_index.size
+        n_fs = self.detector.slab_shape[1]
+        to_on = np.full(n_slab, -1, dtype=np.int64)
+        to_on[self._on] = np.arange(self._on.size)
+        coarse_parts, fine_parts = [], []
+        corners: list[list[np.ndarray]] = [[], [], [], []]
+        wr_parts, wc_parts = [], []
+        n_coarse = 0
+        for ss0, ss1, fs0, fs1 in boxes:
+            rows = _coarse_axis(ss1 - ss0)
+            cols = _coarse_axis(fs1 - fs0)
+            cr, ccol = np.meshgrid(rows + ss0, cols + fs0, indexing="ij")
+            coarse_parts.append(to_on[(cr * n_fs + ccol).ravel()])
+            fr, fc = np.arange(ss1 - ss0), np.arange(fs1 - fs0)
+            jr = np.clip(np.searchsorted(rows, fr, side="right") - 1, 0, len(rows) - 2)
+            jc = np.clip(np.searchsorted(cols, fc, side="right") - 1, 0, len(cols) - 2)
+            wr = (fr - rows[jr]) / (rows[jr + 1] - rows[jr])
+            wc = (fc - cols[jc]) / (cols[jc + 1] - cols[jc])
+            JR, JC = np.meshgrid(jr, jc, indexing="ij")
+            WR, WC = np.meshgrid(wr, wc, indexing="ij")
+            nc = len(cols)
+            base = n_coarse + JR * nc + JC
+            for k, off in enumerate((0, 1, nc, nc + 1)):
+                corners[k].append((base + off).ravel())
+            wr_parts.append(WR.ravel())
+            wc_parts.append(WC.ravel())
+            FR, FC = np.meshgrid(fr + ss0, fc + fs0, indexing="ij")
+            fine_parts.append(to_on[(FR * n_fs + FC).ravel()])
+            n_coarse += len(rows) * len(cols)
+        coarse = np.concatenate(coarse_parts)
+        fine = np.concatenate(fine_parts)
+        if np.any(coarse < 0) or np.any(fine < 0):
+            return None
+        order = np.argsort(fine)  # plan arrays in on-pixel order
+        if not np.array_equal(fine[order], np.arange(self._on.size)):
+            return None  # panels do not cover every on-panel pixel once
+        return _CoarsePlan(
+            q_t=np.ascontiguousarray(self.q_t[:, coarse]),
+            corners=tuple(np.concatenate(c)[order].astype(np.int32) for c in corners),
+            w_row=np.concatenate(wr_parts)[order].astype(np.float32),
+            w_col=np.concatenate(wc_parts)[order].astype(np.float32),
+        )
+
+    def _smooth_diffuse(self, reciprocal: np.ndarray, hkl: np.ndarray) -> np.ndarray:
+        """The model grid ``G`` at every on-panel pixel (coarse plan when there is one)."""
+        plan = self._coarse
+        if plan is None:
+            return self.diffuse_grid.continuous(hkl)
+        inv_t = np.linalg.inv(reciprocal).T.astype(np.float32)
+        values = self.diffuse_grid.continuous((inv_t @ plan.q_t).T)
+        c00, c01, c10, c11 = (np.take(values, c) for c in plan.corners)
+        c01 -= c00
+        c01 *= plan.w_col
+        c01 += c00
+        c11 -= c10
+        c11 *= plan.w_col
+        c11 += c10
+        c11 -= c01
+        c11 *= plan.w_row
+        c11 += c01
+        return c11
 
     def _streak_shape(self) -> tuple[np.ndarray, np.ndarray]:
         """Pixels of the jet streak and their photons per unit level (P Omega included).
@@ -587,7 +697,7 @@ class FrameSimulator:
         s = np.float32(truth.pulse_scale)
         if hkl is None:
             hkl = self._hkl(truth)
-        diffuse = self.diffuse_grid.continuous(hkl)
+        diffuse = self._smooth_diffuse(truth.reciprocal, hkl)
         if self.lattice_factor is not None:
             diffuse *= self.lattice_factor(hkl.T)
         diffuse *= self._diffuse_factor

@@ -65,7 +65,7 @@ LATTICE: dict[str, tuple[str, str, str | None]] = {
 CELL_RANGE_NM: tuple[float, float] = (3.0, 15.0)
 """Range of the random cells' edge lengths (nm)."""
 
-MAX_CELL_VOLUME_NM3 = 1200.0
+MAX_CELL_VOLUME_NM3 = 800.0
 """Random cells larger than this are scaled down (bounds the transform grid's memory)."""
 
 SHAPE_AXES: dict[str, tuple[float, float, float]] = {

@@ -46,6 +46,7 @@ RANDOMISED_RANGES: dict[str, Any] = {
     "streak_width_per_nm": (0.02, 0.1),
     "streak_decay_per_nm": (0.5, 2.0),
     "lattice_photons": (100.0, 1500.0),
+    "resolution_limit_per_nm": (4.0, 6.0),
     "pulse_sigma": (0.1, 0.4),
     "n_atoms": (60, 500),
     "space_groups": tuple(HERMANN_MAUGUIN),
@@ -178,6 +179,10 @@ class ExperimentDraw:
         Median photons of a fully recorded reflection with ``|F|^2 = 1``.
     pulse_sigma
         Log-normal RMS of the shot-to-shot pulse scale.
+    resolution_limit_per_nm
+        |q| (nm^-1) where the crystal's Bragg and diffuse intensity fall to half
+        (:meth:`~hpcdiff.simulate.physics.MolecularTransform.with_resolution_limit`);
+        0 = none (the transform covers the whole detector).
     """
 
     preset: str
@@ -199,6 +204,7 @@ class ExperimentDraw:
     background: BackgroundFamily = field(default_factory=BackgroundFamily)
     lattice_photons: float = 400.0
     pulse_sigma: float = 0.2
+    resolution_limit_per_nm: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         """Plain values, for JSON."""
@@ -366,6 +372,10 @@ def draw_experiment(
         background=fam,
         lattice_photons=_log_uniform(float(u[21]), *ranges["lattice_photons"]),
         pulse_sigma=float(ranges["pulse_sigma"][0] + u[22] * np.ptp(ranges["pulse_sigma"])),
+        resolution_limit_per_nm=float(
+            ranges["resolution_limit_per_nm"][0]
+            + u[23] * np.ptp(ranges["resolution_limit_per_nm"])
+        ),
     )
 
 
