@@ -512,3 +512,41 @@ def test_diffuse_weight_is_the_llm_weight():
     )
     shape = np.array([6, 6, 6])
     assert _node_q_abs(shape, 2, np.eye(3))[3, 3, 3] == 0
+
+
+@pytest.mark.slow
+def test_like_a_cheetah_cspad_experiment(tmp_path, real_fixtures):
+    """The real CSPAD geometry in its Cheetah int16 layout: clen and energy per frame."""
+    from hpcdiff.io.cxi import FrameSource
+    from hpcdiff.io.geom import read_geom
+
+    real = real_fixtures / "om_cxi06216_v4-predrefine.geom"
+    target_cfg = SimulateConfig(
+        n_frames=2,
+        frames_per_file=2,
+        geometry=real,
+        geometry_layout="file",
+        detector_distance_m=0.09,
+        photon_energy_ev=9100.0,
+        truth_grid_size=8,
+        compression="none",
+    )
+    target = simulate_experiment(target_cfg, tmp_path / "target")
+    geom = read_geom(target.geometry)
+    assert geom.panels[0].clen == read_geom(real).panels[0].clen  # still a per-frame path
+    source = FrameSource(target.frame_files, geometry=geom)
+    values = source.frame_values(0, 2)
+    assert np.allclose(values["detector_distance_m"], 0.09) and np.allclose(values["photon_energy_ev"], 9100)
+    like = SimulateConfig(
+        like=target.job, n_frames=3, preset="randomised", seed=2, truth_grid_size=8
+    )
+    exp = simulate_experiment(like, tmp_path / "like")
+    manifest = json.loads(exp.manifest.read_text())
+    assert manifest["experiment"]["detector_distance_m"] == pytest.approx(0.09)
+    assert manifest["experiment"]["photon_energy_ev"] == pytest.approx(9100.0)
+    written = read_geom(exp.geometry)
+    assert written.slab_shape == geom.slab_shape
+    with h5py.File(exp.frame_files[0], "r") as h5:
+        assert h5["/entry_1/data_1/data"].dtype == np.int16
+    frames = FrameSource(exp.frame_files, geometry=written).read(0, 3)
+    assert frames.shape == (3, *geom.slab_shape) and frames.std() > 0

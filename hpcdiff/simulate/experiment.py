@@ -309,8 +309,11 @@ def build_simulator(
     prepared = prepared if prepared is not None else prepare(cfg)
     draw = prepared.draw
     geom = geom if geom is not None else prepared.geom
+    # detector_distance_m is clen + coffset (the distance); clen is what the geometry takes
     model = DetectorModel.build(
-        geom, clen_m=draw.detector_distance_m, photon_energy_ev=draw.photon_energy_ev
+        geom,
+        clen_m=draw.detector_distance_m - float(geom.panels[0].coffset_m),
+        photon_energy_ev=draw.photon_energy_ev,
     )
     return FrameSimulator(
         DetectorArrays.from_model(model),
@@ -378,6 +381,7 @@ def _write_file(
     attrs: dict[str, Any],
     data_path: str = DATA_PATH,
     values: dict[str, str] | None = None,
+    coffset_m: float = 0.0,
 ) -> list[FrameTruth]:
     from hpcdiff.io.cxi import CXIWriter
 
@@ -389,7 +393,7 @@ def _write_file(
     dtype = np.dtype(cfg.output_dtype)
     per_value = {
         "photon_energy_ev": exp.photon_energy_ev,
-        "clen_mm": exp.detector_distance_m * 1e3,
+        "clen_mm": (exp.detector_distance_m - coffset_m) * 1e3,
     }
     values = values if values is not None else {PHOTON_ENERGY_PATH: "photon_energy_ev"}
     data_attrs = {"units": "ADU", "adu_per_photon": sim.response.adu_per_photon}
@@ -432,8 +436,9 @@ def _write_frames(
         )
     data_path = _frame_data_path(cfg, geom)
     values = per_frame_paths(cfg, geom)
+    coffset = float(geom.panels[0].coffset_m)
     jobs = [
-        (cfg, path, a, b, attrs, data_path, values)
+        (cfg, path, a, b, attrs, data_path, values, coffset)
         for path, (a, b) in zip(paths, ranges, strict=True)
     ]
     processes = min(cfg.processes, len(jobs))
@@ -697,7 +702,7 @@ def simulate_experiment(
     geom_path = write_geom(geom, out_dir / "detector.geom", force=True)
     files, truths = _write_frames(cfg, out_dir, geom, sim, stamp)
     stream_path = out_dir / "orientations.stream"
-    camera_length = sim.experiment.detector_distance_m + float(geom.panels[0].coffset_m)
+    camera_length = sim.experiment.detector_distance_m  # clen + coffset
     _write_stream(stream_path, cfg, truths, files, format_geom(geom), sim.experiment, camera_length)
     labels_path = out_dir / "labels.h5"
     _write_labels(labels_path, cfg, truths, files)

@@ -7,7 +7,8 @@ files, without reading any frame's pixels, :func:`like_changes` takes:
   per-frame value paths, gain and saturation when given);
 - the data layout: frame dataset path, dtype (integers stay integers), frames per file,
   and the shape each frame has in the file (psana ``32 x 185 x 388`` or the slab);
-- detector distance (``clen`` without ``coffset``) and photon energy of its first frame.
+- detector distance (``clen + coffset``, CrystFEL's camera length) and photon energy of its
+  first frame.
 """
 
 from __future__ import annotations
@@ -62,6 +63,13 @@ def like_changes(target_job: str | Path) -> dict[str, Any]:
             f"{target}: the geometry {job.experiment.geometry} gives no clen or photon_energy "
             "(number or per-frame path) to take the distance and energy from"
         )
+    distance = float(values["detector_distance_m"][0])
+    energy = float(values["photon_energy_ev"][0])
+    if not (distance > 0 and energy > 0):
+        raise ConfigError(
+            f"{target}: its first frame gives detector distance {distance} m (clen + coffset) "
+            f"and photon energy {energy} eV; both must be > 0"
+        )
     if dtype.kind == "f":
         out_dtype = "float32"
     elif dtype.itemsize <= 2:
@@ -75,8 +83,8 @@ def like_changes(target_job: str | Path) -> dict[str, Any]:
         "output_dtype": out_dtype,
         "frames_per_file": int(frames_per_file),
         "frame_shape": frame_shape,
-        "detector_distance_m": float(values["clen_m"][0]),
-        "photon_energy_ev": float(values["photon_energy_ev"][0]),
+        "detector_distance_m": distance,
+        "photon_energy_ev": energy,
         "like": None,
     }
 
