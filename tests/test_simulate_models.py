@@ -536,7 +536,9 @@ def test_like_a_cheetah_cspad_experiment(tmp_path, real_fixtures):
     assert geom.panels[0].clen == read_geom(real).panels[0].clen  # still a per-frame path
     source = FrameSource(target.frame_files, geometry=geom)
     values = source.frame_values(0, 2)
-    assert np.allclose(values["detector_distance_m"], 0.09) and np.allclose(values["photon_energy_ev"], 9100)
+    assert np.allclose(values["detector_distance_m"], 0.09) and np.allclose(
+        values["photon_energy_ev"], 9100
+    )
     like = SimulateConfig(
         like=target.job, n_frames=3, preset="randomised", seed=2, truth_grid_size=8
     )

@@ -373,8 +373,7 @@ def draw_experiment(
         lattice_photons=_log_uniform(float(u[21]), *ranges["lattice_photons"]),
         pulse_sigma=float(ranges["pulse_sigma"][0] + u[22] * np.ptp(ranges["pulse_sigma"])),
         resolution_limit_per_nm=float(
-            ranges["resolution_limit_per_nm"][0]
-            + u[23] * np.ptp(ranges["resolution_limit_per_nm"])
+            ranges["resolution_limit_per_nm"][0] + u[23] * np.ptp(ranges["resolution_limit_per_nm"])
         ),
     )
 
