@@ -211,7 +211,8 @@ def rigid_body_intensity(transform: MolecularTransform, model: DiffuseModel) -> 
 
     Rotations: 8 samples ``exp(+-v_k)`` with ``v_k`` Gaussian of RMS ``libration_deg`` per
     axis (4 draws from a fixed stream and their inverses), about the cell content's
-    centroid (the transform's origin).
+    centroid (the transform's origin).  Computed inside the grid's inscribed sphere (which
+    holds the detector's |q| range); 0 beyond.
 
     Returns
     -------
@@ -232,6 +233,13 @@ def rigid_body_intensity(transform: MolecularTransform, model: DiffuseModel) -> 
     del h, k, l_
     q_t = basis.T.astype(np.float32) @ hkl_t  # crystal-frame q, (3, n)
     del hkl_t
+    # only the points inside the grid's inscribed sphere (|q| below every face): the
+    # detector never reaches beyond it (q_max < Nyquist), and rotated points stay inside
+    real = np.linalg.inv(basis).T  # rows a, b, c (nm)
+    faces = (shape // 2 - 1) / os_ / np.linalg.norm(real, axis=1)
+    radius = np.float32(0.98 * float(faces.min()))
+    keep = np.flatnonzero(np.einsum("in,in->n", q_t, q_t) <= radius * radius)
+    q_t = np.ascontiguousarray(q_t[:, keep])
     grids = (
         transform.intensity,
         np.ascontiguousarray(transform.amplitude.real),
@@ -266,8 +274,10 @@ def rigid_body_intensity(transform: MolecularTransform, model: DiffuseModel) -> 
     quad = np.einsum("in,in->n", q_t, uq)
     del uq
     coherent = (mean_re**2 + mean_im**2) * np.exp(np.float32(-4 * math.pi**2) * quad)
-    out = mean_i - coherent
-    return np.maximum(out, 0).reshape(tuple(shape)).astype(np.float32)
+    mean_i -= coherent
+    out = np.zeros(int(np.prod(shape)), dtype=np.float32)
+    out[keep] = np.maximum(mean_i, 0)
+    return out.reshape(tuple(shape))
 
 
 def _rotation_from_vector(v: np.ndarray) -> np.ndarray:
