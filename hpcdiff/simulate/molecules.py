@@ -328,7 +328,8 @@ def read_structure(
     if has_cell:
         cell_nm = (cell.a / 10.0, cell.b / 10.0, cell.c / 10.0)
         angles = (cell.alpha, cell.beta, cell.gamma)
-        frac_au = np.array([list(cell.fractionalize(gemmi.Position(*p))) for p in xyz_a])
+        fracs = [cell.fractionalize(gemmi.Position(*p)) for p in xyz_a]
+        frac_au = np.array([(f.x, f.y, f.z) for f in fracs])
         sg = st.find_spacegroup()
         if sg is None:
             raise FormatError(

@@ -552,13 +552,18 @@ def bragg_photons(
     if near.size == 0:
         return out.reshape(shape)
     k = np.float32(1.0 / wavelength_nm)
-    n = np.rint(hkl_t[:, near]).T  # (m, 3) nearest nodes
     qn, dn = qt[:, near].T, d[:, near].T
     Gn = qn - dn
     g_plus_k = Gn.copy()
     g_plus_k[:, 2] += k
     norm_gk = np.linalg.norm(g_plus_k, axis=1)
     eps = (np.einsum("ij,ij->i", Gn, Gn) + 2 * k * Gn[:, 2]) / (norm_gk + k)
+    # nodes more than 5 sigma off the Ewald sphere record nothing: drop them first
+    on_sphere = np.abs(eps) < np.float32(5.0 * excitation_sigma_per_nm)
+    near, qn, dn, eps = near[on_sphere], qn[on_sphere], dn[on_sphere], eps[on_sphere]
+    if near.size == 0:
+        return out.reshape(shape)
+    n = np.rint(hkl_t[:, near]).T  # (m, 3) nearest nodes
     normal = qn.copy()
     normal[:, 2] += k
     normal /= k
