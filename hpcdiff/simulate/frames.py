@@ -68,21 +68,36 @@ LATTICE_PHOTONS = 400.0
 
 
 COARSE_MIN_STEPS = 3.0
-"""The diffuse term is evaluated on every 2nd pixel when its grid step spans this many pixels."""
+"""The diffuse term is evaluated on every ``s``-th pixel (``s`` = 2, 3) when its grid step
+spans at least ``COARSE_MIN_STEPS * s / 2`` pixels."""
 
 
-def _coarse_axis(n: int) -> np.ndarray:
-    """Every 2nd index of ``range(n)`` and the last one."""
-    idx = np.arange(0, n, 2)
+def _coarse_axis(n: int, stride: int = 2) -> np.ndarray:
+    """Every ``stride``-th index of ``range(n)`` and the last one."""
+    idx = np.arange(0, n, stride)
     if idx[-1] != n - 1:
         idx = np.append(idx, n - 1)
     return idx
 
 
 @dataclass(frozen=True)
+class _Separable:
+    """Bilinear fill of identical rectangular panels, one axis at a time."""
+
+    boxes: tuple[tuple[int, int, int, int], ...]  # slab box of each panel
+    shape: tuple[int, int, int]  # (panels, coarse rows, coarse columns)
+    row_index: np.ndarray  # (height,) coarse row below each row
+    col_index: np.ndarray  # (width,) coarse column left of each column
+    row_weight: np.ndarray  # (height,) float32
+    col_weight: np.ndarray  # (width,) float32
+
+
+@dataclass(frozen=True)
 class _CoarsePlan:
     """Coarse pixels of the smooth diffuse term and the bilinear fill of the others."""
 
+    stride: int
+    separable: _Separable | None  # coarse pixels every stride-th row and column of a panel
     q_t: np.ndarray  # (3, n_coarse) float32 q of the coarse pixels
     corners: tuple[np.ndarray, ...]  # 4 x (n,) int32: coarse (r, c), (r, c+1), (r+1, c), (r+1, c+1)
     w_row: np.ndarray  # (n,) float32 row weight of the (r+1) corners
@@ -410,9 +425,10 @@ class FrameSimulator:
 
         When the model grid's step in q is at least :data:`COARSE_MIN_STEPS` pixel steps
         and every panel is a slab rectangle, the diffuse term is interpolated at every 2nd
-        row and column of each panel (plus its last row and column) and filled in
-        bilinearly within the panel: a quarter of the 3D interpolations, for a function
-        that is itself piecewise linear on a coarser scale.  ``None``: every pixel.
+        (every 3rd when the step spans 1.5 times as many pixels) row and column of each
+        panel (plus its last row and column) and filled in bilinearly within the panel: a
+        quarter (a ninth) of the 3D interpolations, for a function that is itself piecewise
+        linear on a coarser scale.  ``None``: every pixel.
         """
         from hpcdiff.simulate.detector_effects import panel_boxes
 
@@ -421,6 +437,7 @@ class FrameSimulator:
         pixel_step = math.sqrt(float(np.median(omega))) / self.wavelength_nm
         if grid_step < COARSE_MIN_STEPS * pixel_step:
             return None
+        stride = 3 if grid_step >= 1.5 * COARSE_MIN_STEPS * pixel_step else 2
         boxes = panel_boxes(self.detector.panel_index)
         if boxes is None:
             return None
@@ -433,8 +450,8 @@ class FrameSimulator:
         wr_parts, wc_parts = [], []
         n_coarse = 0
         for ss0, ss1, fs0, fs1 in boxes:
-            rows = _coarse_axis(ss1 - ss0)
-            cols = _coarse_axis(fs1 - fs0)
+            rows = _coarse_axis(ss1 - ss0, stride)
+            cols = _coarse_axis(fs1 - fs0, stride)
             cr, ccol = np.meshgrid(rows + ss0, cols + fs0, indexing="ij")
             coarse_parts.append(to_on[(cr * n_fs + ccol).ravel()])
             fr, fc = np.arange(ss1 - ss0), np.arange(fs1 - fs0)
@@ -460,7 +477,32 @@ class FrameSimulator:
         order = np.argsort(fine)  # plan arrays in on-pixel order
         if not np.array_equal(fine[order], np.arange(self._on.size)):
             return None  # panels do not cover every on-panel pixel once
+        shapes = {(b[1] - b[0], b[3] - b[2]) for b in boxes}
+        separable = None
+        if len(shapes) == 1 and self._all_on:  # identical panels: fill all at once
+            ((height, width),) = shapes
+            rows, cols = _coarse_axis(height, stride), _coarse_axis(width, stride)
+            jr = np.clip(
+                np.searchsorted(rows, np.arange(height), side="right") - 1, 0, len(rows) - 2
+            )
+            jc = np.clip(
+                np.searchsorted(cols, np.arange(width), side="right") - 1, 0, len(cols) - 2
+            )
+            separable = _Separable(
+                boxes=tuple(boxes),
+                shape=(len(boxes), len(rows), len(cols)),
+                row_index=jr.astype(np.intp),
+                col_index=jc.astype(np.intp),
+                row_weight=((np.arange(height) - rows[jr]) / (rows[jr + 1] - rows[jr])).astype(
+                    np.float32
+                ),
+                col_weight=((np.arange(width) - cols[jc]) / (cols[jc + 1] - cols[jc])).astype(
+                    np.float32
+                ),
+            )
         return _CoarsePlan(
+            stride=stride,
+            separable=separable,
             q_t=np.ascontiguousarray(self.q_t[:, coarse]),
             corners=tuple(np.concatenate(c)[order].astype(np.int32) for c in corners),
             w_row=np.concatenate(wr_parts)[order].astype(np.float32),
@@ -474,6 +516,23 @@ class FrameSimulator:
             return self.diffuse_grid.continuous(hkl)
         inv_t = np.linalg.inv(reciprocal).T.astype(np.float32)
         values = self.diffuse_grid.continuous((inv_t @ plan.q_t).T)
+        sep = plan.separable
+        if sep is not None:
+            block = values.reshape(sep.shape)
+            left = np.take(block, sep.col_index, axis=2)
+            right = np.take(block, sep.col_index + 1, axis=2)
+            right -= left
+            right *= sep.col_weight
+            right += left  # (P, rows, width)
+            top = np.take(right, sep.row_index, axis=1)
+            bottom = np.take(right, sep.row_index + 1, axis=1)
+            bottom -= top
+            bottom *= sep.row_weight[:, None]
+            bottom += top  # (P, height, width)
+            out = np.empty(self.detector.slab_shape, dtype=np.float32)
+            for p, (ss0, ss1, fs0, fs1) in enumerate(sep.boxes):
+                out[ss0:ss1, fs0:fs1] = bottom[p]
+            return out.reshape(-1)
         c00, c01, c10, c11 = (np.take(values, c) for c in plan.corners)
         c01 -= c00
         c01 *= plan.w_col
