@@ -34,7 +34,7 @@ from hpcdiff.background.normalise import (
     _compress,
 )
 from hpcdiff.background.peaks import NEIGHBOURS
-from hpcdiff.background.segments import (
+from hpcdiff.segments import (
     Segments,
     _clipped_sorted,
     _moments_sorted,
@@ -67,7 +67,7 @@ class RingOrderImages:
     Parameters
     ----------
     rings
-        The |q| rings of the detector (:class:`~hpcdiff.background.segments.Segments` of
+        The |q| rings of the detector (:class:`~hpcdiff.segments.Segments` of
         the ring index).
     valid
         ``(n_ss, n_fs)`` bool pixels that carry signal (geometry mask minus bad pixels).
@@ -233,9 +233,9 @@ class RingOrderImages:
         for i in range(n):  # one matrix-vector product per frame: no transposed copies
             num[i] = self.matrix @ z[i]
             den[i] = self.matrix @ ok[i].astype(np.float32)
-        num, den = num.reshape(n, size, size), den.reshape(n, size, size)
-        covered = den > 1e-6
-        mean = np.where(covered, num / np.where(covered, den, np.float32(1)), np.float32(0))
+        num3, den3 = num.reshape(n, size, size), den.reshape(n, size, size)
+        covered = den3 > 1e-6
+        mean = np.where(covered, num3 / np.where(covered, den3, np.float32(1)), np.float32(0))
         unit = np.clip((mean / np.float32(self.limit) + 1) / 2, 0, 1).astype(np.float32)
         return np.ascontiguousarray(np.broadcast_to(unit[:, None], (n, 3, size, size)))
 

@@ -10,6 +10,7 @@ Units are in the names: ``detector_distance_m``, ``photon_energy_ev``, ``time_li
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -44,14 +45,21 @@ class ExperimentConfig:
     ``frames`` lists CXI/HDF5 files or glob patterns (relative to the job file); together
     they form one run, frame identity being (file, index).  ``geometry`` is a CrystFEL
     ``.geom``; ``stream`` a CrystFEL ``.stream`` with orientations (Fourier job);
-    ``labels`` an HDF5 labels file (training and evaluation).
+    ``labels`` the labels (training and evaluation), told apart by content: hpcdiff's
+    HDF5 labels file, a CSV with a ``file,index,label`` header, or CrystFEL list files one
+    per class, ``["diffuse.lst", "non-diffuse.lst"]`` (class from the file name) or
+    ``{diffuse = "hits.lst", non-diffuse = "rest.lst"}`` (see
+    :func:`hpcdiff.io.labels.read_labels`).  ``class_names`` names the label classes,
+    class 0 (no diffuse scattering) first; empty: the labels file's own, or
+    ``non-diffuse, diffuse``.
     """
 
     name: str = "experiment"
     frames: tuple[str, ...] = ()
     geometry: Path | None = None
     stream: Path | None = None
-    labels: Path | None = None
+    labels: Path | tuple[Path, ...] | dict[str, Path] | None = None
+    class_names: tuple[str, ...] = ()
     data_path: str | None = None
     pedestal: Path | None = None
     gain: Path | None = None
@@ -67,8 +75,8 @@ class SimulateConfig:
 
     ``diffuse_model``: ``displacement`` (the original term), ``liquid_like``,
     ``rigid_body``, ``correlated`` or ``random`` (one drawn per experiment); ``auto`` is
-    displacement, or random with the ``randomised`` preset (:mod:`hpcdiff.simulate.
-    diffuse_models`).  ``molecule``: ``"random"`` or a PDB/mmCIF file (cell and space
+    displacement, or random with the ``randomised`` preset (see
+    :mod:`hpcdiff.simulate.diffuse_models`).  ``molecule``: ``"random"`` or a PDB/mmCIF file (cell and space
     group from its CRYST1; needs gemmi, ``pip install hpcdiff[sim]``).  ``space_group``
     and ``molecule_shape`` of random molecules (``auto``: P1 and globular, or drawn with
     ``randomised``; ``random``: drawn, with a random cell).  ``output_dtype``: frames as
@@ -105,7 +113,10 @@ class SimulateConfig:
     molecule_shape: Literal["auto", "globular", "elongated", "flat", "random"] = "auto"
     space_group: Literal["auto", "P1", "P21", "C2", "P212121", "P43212", "random"] = "auto"
     output_dtype: Literal["int16", "int32", "float32"] = "int16"
-    data_path: str = "/entry_1/data_1/data"
+    data_path: str = field(
+        default="/entry_1/data_1/data",
+        metadata={"doc": "HDF5 path the simulated frames are written to (slab layout)."},
+    )
     like: Path | None = None
     geometry_layout: Literal["slab", "file"] = "slab"
     frame_shape: tuple[int, ...] = ()
@@ -185,6 +196,9 @@ class FeaturesConfig:
     """VGG16 feature extraction (:mod:`hpcdiff.features`).
 
     ``weights`` is a checkpoint path, ``"hub"`` (the torch hub cache) or ``"random:SEED"``.
+    ``layer = "auto"`` is the method's ``fc6+fc7`` where the weights hold the fc layers and
+    the best conv layer (``hpcdiff.features.layers.BEST_CONV_LAYER``) with conv-only
+    weights; outputs record the layer used, and say when it is not fc6+fc7.
     ``bf16`` is bfloat16 autocast on GPUs; ``bf16_cpu`` the same on CPUs: ``"auto"`` turns
     it on where the CPU has bf16 instructions (AVX512-BF16, AMX: 3x the fp32 rate of VGG16
     on a 2-core Sapphire Rapids, ``benchmarks/bench_pipeline.py``; emulated and slower
@@ -193,7 +207,7 @@ class FeaturesConfig:
     """
 
     weights: str = "hub"
-    layer: Literal["fc6+fc7", "fc7", "pool5", "gap"] = "fc6+fc7"
+    layer: Literal["auto", "fc6+fc7", "fc7", "pool5", "gap"] = "auto"
     batch_size: int = field(default=16, metadata={"check": positive})
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True
@@ -204,7 +218,13 @@ class FeaturesConfig:
 
 @dataclass(frozen=True)
 class LearnConfig:
-    """PCA + logistic regression (:mod:`hpcdiff.learn`)."""
+    """PCA + logistic regression (:mod:`hpcdiff.learn`).
+
+    Only labelled frames are used.  ``split = "stratified"``: ``n_train`` / ``n_test``
+    frames drawn at random (seed ``random_state``), each class in proportion;
+    ``"order"``: the first ``n_train`` labelled frames (in run order) train, the last
+    ``n_test`` test.
+    """
 
     n_components: int = field(default=50, metadata={"check": positive})
     n_train: int = field(default=500, metadata={"check": positive})
@@ -213,6 +233,7 @@ class LearnConfig:
     target: Literal["binary", "classes"] = "binary"
     C: float = field(default=1.0, metadata={"check": positive})
     pca_from: Literal["gather", "statistics"] = "gather"
+    split: Literal["stratified", "order"] = "stratified"
 
     def __post_init__(self) -> None:
         if self.n_components >= self.n_train:
@@ -374,7 +395,9 @@ class JobConfig:
     fourier: FourierConfig = field(default_factory=FourierConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     reprocess: ReprocessConfig | None = None
-    source: Path | None = field(default=None, compare=False, init=False)
+    source: Path | None = field(default=None, compare=False, kw_only=True, metadata={"toml": False})
+    """The job file this job was loaded from (relative frame patterns resolve against its
+    folder); not a TOML key, not hashed, kept by :func:`dataclasses.replace`."""
 
     def frame_files(self) -> list[Path]:
         """The experiment's frame files, globs expanded, in sorted order within each pattern."""
@@ -435,24 +458,25 @@ def load_job(path: str | Path, *, check_files: bool = True) -> JobConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     job = parse_job(mapping, source=str(path), base_dir=path.resolve().parent)
-    job = _with_source(job, path.resolve())
+    job = dataclasses.replace(job, source=path.resolve())
     if check_files and job.simulate is None:
         _check_inputs(job)
-    return job
-
-
-def _with_source(job: JobConfig, source: Path) -> JobConfig:
-    object.__setattr__(job, "source", source)
     return job
 
 
 def _check_inputs(job: JobConfig) -> None:
     src = str(job.source)
     exp = job.experiment
-    for key in ("geometry", "stream", "labels", "pedestal", "gain"):
+    for key in ("geometry", "stream", "pedestal", "gain"):
         value = getattr(exp, key)
         if value is not None and not Path(value).is_file():
             raise ConfigError(f"{src}: [experiment.{key}] file {value} does not exist")
+    if exp.labels is not None:
+        from hpcdiff.io.labels import label_sources
+
+        for value, _ in label_sources(exp.labels):
+            if not Path(value).is_file():
+                raise ConfigError(f"{src}: [experiment.labels] file {value} does not exist")
     base = job.source.parent if job.source else Path.cwd()
     for i, pattern in enumerate(exp.frames):
         full = pattern if Path(pattern).is_absolute() else str(base / pattern)

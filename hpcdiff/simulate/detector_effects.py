@@ -207,9 +207,9 @@ class DetectorResponse:
                 block *= scale[p]
                 block += offset[p]
         else:
-            p = np.where(self.panel_index >= 0, self.panel_index, 0)
-            values *= scale[p]
-            values += offset[p]
+            panel = np.where(self.panel_index >= 0, self.panel_index, 0)
+            values *= scale[panel]
+            values += offset[panel]
 
     @cached_property
     def _boxes(self) -> list[tuple[int, int, int, int]] | None:
