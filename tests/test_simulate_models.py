@@ -557,3 +557,19 @@ def test_like_a_cheetah_cspad_experiment(tmp_path, real_fixtures):
         assert h5["/entry_1/data_1/data"].dtype == np.int16
     frames = FrameSource(exp.frame_files, geometry=written).read(0, 3)
     assert frames.shape == (3, *geom.slab_shape) and frames.std() > 0
+
+
+def test_randomised_preset_ratio_within_5_percent_with_halo_and_streak():
+    """The nominal strength is the measured ratio also with a halo and a jet streak."""
+    checked = 0
+    for seed in (3, 4):
+        cfg = dataclasses.replace(BASE, preset="randomised", seed=seed, diffuse_model="liquid_like")
+        sim = build_simulator(cfg)
+        fam = sim.family
+        assert fam.halo_level > 0 or fam.streak_level > 0
+        checked += fam.streak_level > 0
+        cal = sim.calibrate(
+            "randomised", n_orientations=48, nominal_background=True, statistic="mean"
+        )
+        assert cal["measured_ratio"] == pytest.approx(cal["nominal_ratio"], rel=0.05), seed
+    assert checked
