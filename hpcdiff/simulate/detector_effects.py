@@ -251,13 +251,18 @@ def quantise(adu: np.ndarray, *, dtype: str, max_adu: float = np.inf) -> np.ndar
 
 
 def poisson(
-    rng: np.random.Generator, lam: np.ndarray, *, cutoff: float = 12.0, dense_passes: int = 4
+    rng: np.random.Generator,
+    lam: np.ndarray,
+    *,
+    cutoff: float = 12.0,
+    dense_passes: int | None = None,
 ) -> np.ndarray:
     """Poisson deviates, fast for the low means of diffraction backgrounds.
 
     Means up to ``cutoff`` use inverse-CDF sampling with one float32 uniform per pixel:
     the first ``dense_passes`` counts are tested on every pixel at once, the rest on the
-    shrinking set of pixels still above their CDF.  Larger means (Bragg spots, a few
+    shrinking set of pixels still above their CDF (``None``: ``mean + 3 sqrt(mean) + 2``
+    passes, 4 to 8, from the mean expectation; the draws do not depend on it).  Larger means (Bragg spots, a few
     pixels) use ``rng.poisson``.  Float32 rounding of the CDF (relative 1e-7) is the only
     departure from exact Poisson statistics.
 
@@ -275,6 +280,9 @@ def poisson(
     """
     lam = np.asarray(lam, dtype=np.float32)
     flat = lam.reshape(-1)
+    if dense_passes is None:
+        mean = float(np.mean(flat, dtype=np.float64)) if flat.size else 0.0
+        dense_passes = int(min(8, max(4, mean + 3.0 * np.sqrt(mean) + 2.0)))
     big = np.flatnonzero(flat > cutoff)
     u = rng.random(flat.shape, dtype=np.float32)
     p = np.exp(-flat)
