@@ -471,6 +471,7 @@ def test_simulate_like_copies_the_target(tmp_path):
     exp = simulate_experiment(like, tmp_path / "like")
     manifest = json.loads(exp.manifest.read_text())
     params = manifest["parameters"]
+    assert manifest["like"] == str(target.job)
     assert params["geometry_layout"] == "file" and params["frames_per_file"] == 3
     assert params["data_path"] == "/data/data" and params["output_dtype"] == "float32"
     assert manifest["experiment"]["detector_distance_m"] == pytest.approx(0.09)

@@ -688,6 +688,7 @@ def simulate_experiment(
         )
     from hpcdiff.io.geom import format_geom, write_geom
 
+    like_target = cfg.like
     try:
         prepared = prepare(cfg)
         cfg = prepared.cfg
@@ -717,6 +718,7 @@ def simulate_experiment(
         p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for p in [*files, geom_path, stream_path, labels_path, truth_path, job_path]
     }
+    manifest["like"] = str(like_target) if like_target is not None else None
     manifest["seconds"] = time.perf_counter() - t0
     manifest_path = write_json(out_dir / "manifest.json", manifest, force=True)
     return SimulatedExperiment(

@@ -539,28 +539,50 @@ def bragg_photons(
         hkl_t = np.linalg.inv(A).T.astype(np.float32) @ qt
     else:
         hkl_t = np.asarray(hkl, dtype=np.float32).reshape(-1, 3).T
-    frac = hkl_t - np.rint(hkl_t)
-    d = A32.T @ frac  # (3, n) q minus its nearest node, nm^-1
+    area_all = np.asarray(pixel_q_area, dtype=np.float32).reshape(-1)
+    max_spot2 = spot_sigma_per_nm**2 + float(area_all.max()) / 12.0
+    # pixels within 4 sigma (spot or partiality, whichever is wider) of their nearest node;
+    # beyond it a spot holds exp(-8) = 3e-4 of its photons
+    cut = 16.0 * max(max_spot2, excitation_sigma_per_nm**2)
+    # cheap pre-selection axis by axis: |frac_i| = |d . col_i(inv A)| <= |d| |col_i(inv A)|
+    bounds = math.sqrt(cut) * np.linalg.norm(np.linalg.inv(A), axis=0)
+    candidates: np.ndarray | None = None
+    for i in np.flatnonzero(bounds < 0.5):
+        row = hkl_t[i]
+        f = row - np.rint(row)
+        np.abs(f, out=f)
+        inside = f < np.float32(bounds[i])
+        candidates = inside if candidates is None else candidates & inside
+    out = np.zeros(qt.shape[1], dtype=np.float32)
+    idx = np.flatnonzero(candidates) if candidates is not None else np.arange(qt.shape[1])
+    if idx.size == 0:
+        return out.reshape(shape)
+    hkl_c = hkl_t[:, idx]
+    frac = hkl_c - np.rint(hkl_c)
+    d = A32.T @ frac  # (3, m) q minus its nearest node, nm^-1
     d2 = d[0] * d[0]
     d2 += d[1] * d[1]
     d2 += d[2] * d[2]
-    area_all = np.asarray(pixel_q_area, dtype=np.float32).reshape(-1)
-    max_spot2 = spot_sigma_per_nm**2 + float(area_all.max()) / 12.0
-    cut = 25.0 * max(max_spot2, excitation_sigma_per_nm**2)
-    near = np.flatnonzero(d2 < cut)
-    out = np.zeros(qt.shape[1], dtype=np.float32)
+    keep = np.flatnonzero(d2 < cut)
+    near = idx[keep]
     if near.size == 0:
         return out.reshape(shape)
     k = np.float32(1.0 / wavelength_nm)
-    qn, dn = qt[:, near].T, d[:, near].T
+    qn, dn, d2n = qt[:, near].T, d[:, keep].T, d2[keep]
     Gn = qn - dn
     g_plus_k = Gn.copy()
     g_plus_k[:, 2] += k
     norm_gk = np.linalg.norm(g_plus_k, axis=1)
     eps = (np.einsum("ij,ij->i", Gn, Gn) + 2 * k * Gn[:, 2]) / (norm_gk + k)
-    # nodes more than 5 sigma off the Ewald sphere record nothing: drop them first
-    on_sphere = np.abs(eps) < np.float32(5.0 * excitation_sigma_per_nm)
-    near, qn, dn, eps = near[on_sphere], qn[on_sphere], dn[on_sphere], eps[on_sphere]
+    # nodes more than 4 sigma off the Ewald sphere record nothing: drop them first
+    on_sphere = np.abs(eps) < np.float32(4.0 * excitation_sigma_per_nm)
+    near, qn, dn, d2n, eps = (
+        near[on_sphere],
+        qn[on_sphere],
+        dn[on_sphere],
+        d2n[on_sphere],
+        eps[on_sphere],
+    )
     if near.size == 0:
         return out.reshape(shape)
     n = np.rint(hkl_t[:, near]).T  # (m, 3) nearest nodes
@@ -568,7 +590,7 @@ def bragg_photons(
     normal[:, 2] += k
     normal /= k
     d_norm = np.einsum("ij,ij->i", dn, normal)
-    d_perp2 = np.maximum(d2[near] - d_norm**2, 0)
+    d_perp2 = np.maximum(d2n - d_norm**2, 0)
     area = area_all[near]
     s2 = np.float32(spot_sigma_per_nm**2) + area / np.float32(12.0)
     e2 = np.float32(excitation_sigma_per_nm**2)
