@@ -129,7 +129,7 @@ def _features_rates(
         "features_stage_frames_per_s_per_core": 1.0 / (t_pre + t_vgg),
         "features_stage_frames_per_s_per_core_cpu_time": 1.0 / (cpu_pre + cpu_vgg),
         "vgg16_weights": weights,
-        "vgg16_bf16_cpu": bool(getattr(fx, "bf16", False)),
+        "vgg16_autocast": str(getattr(fx, "autocast_dtype", None)),
     }
 
 
