@@ -72,6 +72,21 @@ class SimulateConfig:
     ``preset`` is a difficulty level of :data:`hpcdiff.simulate.presets.PRESETS`;
     ``noise = false`` writes expected (noise-free) frames; ``truth_grid_size`` and
     ``truth_max_hkl`` set the hkl grid of the true diffuse intensity in ``truth.h5``.
+
+    ``diffuse_model``: ``displacement`` (the original term), ``liquid_like``,
+    ``rigid_body``, ``correlated`` or ``random`` (one drawn per experiment); ``auto`` is
+    displacement, or random with the ``randomised`` preset (see
+    :mod:`hpcdiff.simulate.diffuse_models`).  ``molecule``: ``"random"`` or a PDB/mmCIF file (cell and space
+    group from its CRYST1; needs gemmi, ``pip install hpcdiff[sim]``).  ``space_group``
+    and ``molecule_shape`` of random molecules (``auto``: P1 and globular, or drawn with
+    ``randomised``; ``random``: drawn, with a random cell).  ``output_dtype``: frames as
+    detector integers (``int16`` saturating at 32767, ``int32``) or ``float32`` ADU.
+    ``like``: a target job file whose geometry, data layout (``data_path``, dtype, frames
+    per file), distance and energy the simulation copies (``hpcdiff simulate --like``);
+    ``detector_distance_m`` is the sample-detector distance (``clen + coffset``).
+    ``geometry_layout = "file"`` keeps the geometry's own data path, dimensions and
+    per-frame value paths instead of the Cheetah slab at ``data_path``; ``frame_shape``
+    (empty: the slab) is the shape each frame is written in (psana ``[32, 185, 388]``).
     """
 
     n_frames: int = field(default=200, metadata={"check": positive})
@@ -91,6 +106,20 @@ class SimulateConfig:
     noise: bool = True
     truth_grid_size: int = field(default=200, metadata={"check": positive})
     truth_max_hkl: float = field(default=10.0, metadata={"check": positive})
+    diffuse_model: Literal[
+        "auto", "displacement", "liquid_like", "rigid_body", "correlated", "random"
+    ] = "auto"
+    molecule: Literal["random"] | Path = "random"
+    molecule_shape: Literal["auto", "globular", "elongated", "flat", "random"] = "auto"
+    space_group: Literal["auto", "P1", "P21", "C2", "P212121", "P43212", "random"] = "auto"
+    output_dtype: Literal["int16", "int32", "float32"] = "int16"
+    data_path: str = field(
+        default="/entry_1/data_1/data",
+        metadata={"doc": "HDF5 path the simulated frames are written to (slab layout)."},
+    )
+    like: Path | None = None
+    geometry_layout: Literal["slab", "file"] = "slab"
+    frame_shape: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         from hpcdiff.simulate.presets import PRESETS
