@@ -631,7 +631,12 @@ def test_bad_frames_and_files_are_recorded_and_counted(experiment: Path) -> None
     for f in sorted(experiment.parent.glob("frames_*.cxi")):
         shutil.copy(f, folder / f.name)
     with h5py.File(folder / "frames_001.cxi", "r+") as h5:
-        data = h5["/entry_1/data_1/data"]
+        # an inf needs a float dataset: the simulator writes int16 ADU, so rewrite as float32
+        stored = h5["/entry_1/data_1/data"]
+        values, attrs = stored[()].astype(np.float32), dict(stored.attrs)
+        del h5["/entry_1/data_1/data"]
+        data = h5.create_dataset("/entry_1/data_1/data", data=values, chunks=stored.chunks)
+        data.attrs.update(attrs)
         frame = data[3]
         frame[0, 0] = np.inf
         data[3] = frame

@@ -185,7 +185,14 @@ class BackgroundConfig:
     """
 
     preprocessing: Literal["seed", "standard"] = "seed"
-    read_noise_photons: float = field(default=0.12, metadata={"check": non_negative})
+    read_noise_photons: float = field(
+        default=0.12,
+        metadata={
+            "check": non_negative,
+            "doc": "Detector read noise in photons (rms), added to the background's Poisson "
+            "variance in the standard recipe's noise units.",
+        },
+    )
     standard_guard: float = field(default=2.0, metadata={"check": positive})
     q_max_per_nm: float = field(default=4.0, metadata={"check": positive})
     q_smooth_per_nm: float = field(default=0.0, metadata={"check": non_negative})

@@ -38,6 +38,14 @@ KEY_DOCS: dict[str, str] = {
     "corrections.convert_to_photons": "Convert ADU to photons with the geometry's "
     "`adu_per_eV` (or `adu_per_photon`) and the photon energy.",
     # [background]
+    "background.standard_guard": "Standard recipe: the residual is rescaled only where a "
+    "frame's measured noise scale leaves [1/standard_guard, standard_guard] (>= 1).",
+    "background.q_max_per_nm": "Standard recipe: half-width of the q-space CNN image, nm^-1 "
+    "(no 2 pi); one image pixel is 2 q_max / image_size_px on every detector.",
+    "background.q_smooth_per_nm": "Standard recipe: Gaussian smoothing sigma of the q-space "
+    "image, nm^-1 (0 = off).",
+    "background.q_cell": "Standard recipe: a q-space cell's value, `significance` "
+    "(sum(w z) / sqrt(sum(w^2)), unit noise on every detector) or the area-weighted `mean`.",
     "background.method": "`radial` (isotropic per-|q| ring statistic), `local` (per-panel "
     "median/percentile filter) or `none`.",
     "background.n_radial_bins": "Number of |q| rings of the radial background.",
