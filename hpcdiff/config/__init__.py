@@ -167,7 +167,7 @@ class FeaturesConfig:
     """
 
     weights: str = "hub"
-    layer: Literal["fc6+fc7", "fc7", "pool5", "gap"] = "fc6+fc7"
+    layer: Literal["fc6+fc7", "fc7", "pool5", "gap", "pool4+pool5"] = "fc6+fc7"
     batch_size: int = field(default=16, metadata={"check": positive})
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True
