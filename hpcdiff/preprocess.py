@@ -16,6 +16,12 @@ batch ``(n, n_ss, n_fs)``:
 6. robust normalisation; masked pixels are 0 (neutral) and flagged in ``valid``;
 7. assembled, area-downsampled ``(n, 3, size, size)`` float32 images in [0, 1].
 
+That is the ``"seed"`` recipe.  With ``[background] preprocessing = "standard"`` steps
+4-7 are those of :mod:`hpcdiff.background.standard`: polarisation-aware ring background
+(``method`` is not used), Bragg masking, the residual in units of its expected Poisson +
+read noise, a guard-only rescale, and the q-space image (one cell = the same q on every
+detector, distance and energy).
+
 numpy frames are processed with numpy, cupy frames with cupy (see :mod:`hpcdiff.backend`).
 numpy frames go one at a time (a frame's temporaries stay in the CPU cache), on
 ``threads`` threads (numpy and scipy release the GIL in the heavy loops); every frame's
@@ -44,6 +50,17 @@ from hpcdiff.background import (
     radial_background,
 )
 from hpcdiff.background.images import resampling_matrix
+from hpcdiff.background.standard import (
+    StandardRingOrder,
+    finish_noise_units,
+    gaussian_matrix,
+    guard_divisor,
+    noise_residual,
+    noise_scale,
+    qspace_images,
+    qspace_matrix,
+    slab_subsample,
+)
 from hpcdiff.config import BackgroundConfig, CorrectionsConfig
 from hpcdiff.corrections import (
     BadPixels,
@@ -187,6 +204,7 @@ class Preprocessor:
         )
         self._device: dict[int, dict[str, Any]] = {}
         self._ring_order: RingOrderImages | None = None
+        self._qmatrix: Any = None
 
     @classmethod
     def from_job(
@@ -239,7 +257,29 @@ class Preprocessor:
                 "pedestal": None if self.pedestal is None else xp.asarray(self.pedestal),
                 "gain": None if self.gain is None else xp.asarray(self.gain),
             }
+            if self.standard:
+                self._device[key]["polarisation"] = xp.asarray(self._polarisation())
         return self._device[key]
+
+    @property
+    def standard(self) -> bool:
+        """Whether ``[background] preprocessing = "standard"``."""
+        return self.cfg.preprocessing == "standard"
+
+    def _polarisation(self) -> np.ndarray:
+        """``(n_ss, n_fs)`` float32 polarisation factor, 1 where unknown or not > 0."""
+        pol = np.asarray(self.model.polarisation, np.float64)
+        return np.where(np.isfinite(pol) & (pol > 0), pol, 1.0).astype(np.float32)
+
+    @property
+    def qmatrix(self) -> Any:
+        """The detector's q-space resampling matrix
+        (:func:`~hpcdiff.background.standard.qspace_matrix`), built on first use."""
+        if self._qmatrix is None:
+            self._qmatrix = qspace_matrix(
+                self.model, size=self.cfg.image_size_px, q_max_per_nm=self.cfg.q_max_per_nm
+            )
+        return self._qmatrix
 
     def _ev_per_adu(self) -> np.ndarray:
         """``(n_ss, n_fs)`` float32 ``1 / adu_per_ev`` on valid pixels, 1 elsewhere."""
@@ -364,6 +404,8 @@ class Preprocessor:
         -------
         PreprocessResult
         """
+        if self.standard:
+            return self._standard_residual(frames, photon_energy_ev)
         x = self.correct(frames, photon_energy_ev=photon_energy_ev)
         xp = array_module(x)
         dev = self._arrays(xp)
@@ -396,6 +438,89 @@ class Preprocessor:
             corrected=x, background=bg, residual=r, normalised=z, valid=valid, bragg=bragg
         )
 
+    def _standard_residual(self, frames: Any, photon_energy_ev: Any) -> PreprocessResult:
+        """:meth:`residual` of the standard recipe (slab order, numpy or cupy).
+
+        ``corrected``, ``background`` and ``residual`` are photons; ``normalised`` is the
+        clipped, compressed noise-unit residual (:mod:`hpcdiff.background.standard`).
+        """
+        cfg = self.cfg
+        x = self.correct(frames, photon_energy_ev=photon_energy_ev)
+        xp = array_module(x)
+        n = x.shape[0]
+        unit = self._photon_unit(photon_energy_ev, n)
+        if not np.all(unit == 1):
+            x = x / xp.asarray(unit.astype(np.float32))[:, None, None]
+        dev = self._arrays(xp)
+        pol = dev["polarisation"]
+        valid = xp.broadcast_to(dev["valid"], x.shape) & xp.isfinite(x)
+        xn = x / pol[None]
+        if cfg.mask_bragg:  # thresholds are relative to each ring's clipped mean
+            bragg = bragg_mask(
+                xn,
+                self.rings,
+                valid=valid,
+                k_sigma=cfg.bragg_sigma,
+                grow_px=cfg.bragg_grow_px,
+                panel_index=dev["panel_index"],
+                min_excess=np.full(n, cfg.bragg_min_photons),
+            )
+            valid = valid & ~bragg
+        else:
+            bragg = xp.zeros(x.shape, dtype=bool)
+        bg = radial_background(xn, self.rings, valid=valid, statistic="mean") * pol[None]
+        z = noise_residual(x, background=bg, read_noise_photons=cfg.read_noise_photons)
+        valid = valid & xp.isfinite(z)
+        zf, okf = z.reshape(n, -1), valid.reshape(n, -1)
+        take = slab_subsample(zf.shape[1])
+        scale = noise_scale(zf[:, take], okf[:, take])
+        okf = okf.copy()
+        zn = finish_noise_units(
+            zf.copy(),
+            okf,
+            divisor=guard_divisor(scale, guard=cfg.standard_guard),
+            clip_sigma=cfg.clip_sigma,
+            compression=cfg.compression,
+        ).reshape(x.shape)
+        valid = okf.reshape(x.shape)
+        r = xp.where(valid, x - bg, xp.float32(np.nan))
+        return PreprocessResult(
+            corrected=x, background=bg, residual=r, normalised=zn, valid=valid, bragg=bragg
+        )
+
+    def images(self, result: PreprocessResult) -> Any:
+        """CNN images of a :meth:`residual` result: the assembled detector image (seed) or
+        the q-space image (standard).
+
+        Returns
+        -------
+        ndarray, (n, 3, size, size) float32
+            In [0, 1]; 0.5 is the neutral (masked / gap / empty cell) value.
+        """
+        cfg = self.cfg
+        if self.standard:
+            size = cfg.image_size_px
+            smooth = (
+                gaussian_matrix(size, cfg.q_smooth_per_nm / (2 * cfg.q_max_per_nm / size))
+                if cfg.q_smooth_per_nm > 0
+                else None
+            )
+            return qspace_images(
+                result.normalised,
+                valid=result.valid,
+                matrix=self.qmatrix,
+                size=size,
+                limit=self.limit,
+                smooth=smooth,
+            )
+        return cnn_images(
+            result.normalised,
+            pixmap=self.pixmap,
+            valid=result.valid,
+            size=cfg.image_size_px,
+            limit=self.limit,
+        )
+
     def __call__(self, frames: Any, *, photon_energy_ev: Any) -> Any:
         """CNN images of raw frames.
 
@@ -419,19 +544,24 @@ class Preprocessor:
 
     def _slab_images(self, frames: Any, photon_energy_ev: Any) -> Any:
         """:meth:`residual` then :func:`cnn_images`, on the whole batch (any array type)."""
-        res = self.residual(frames, photon_energy_ev=photon_energy_ev)
-        return cnn_images(
-            res.normalised,
-            pixmap=self.pixmap,
-            valid=res.valid,
-            size=self.cfg.image_size_px,
-            limit=self.limit,
-        )
+        return self.images(self.residual(frames, photon_energy_ev=photon_energy_ev))
 
     @property
     def ring_order(self) -> RingOrderImages:
         """The ring-order radial chain of this detector (built on first use; ``method`` must
-        be ``"radial"``): :meth:`__call__` runs it on numpy frames after :meth:`correct`."""
+        be ``"radial"``, or the recipe ``"standard"``: then a
+        :class:`~hpcdiff.background.standard.StandardRingOrder`, photons in): :meth:`__call__`
+        runs it on numpy frames after :meth:`correct`."""
+        if self._ring_order is None and self.standard:
+            self._ring_order = StandardRingOrder(
+                self.rings,
+                valid=self.valid,
+                panel_index=self.panel_index,
+                polarisation=self._polarisation(),
+                matrix=self.qmatrix,
+                cfg=self.cfg,
+                limit=self.limit,
+            )
         if self._ring_order is None:
             self._ring_order = RingOrderImages(
                 self.rings,
@@ -445,7 +575,10 @@ class Preprocessor:
 
     def bragg_min_excess(self, photon_energy_ev: Any, n: int) -> np.ndarray:
         """``(n,)`` smallest excess over the background of a Bragg peak in each frame, unit
-        of :meth:`correct`'s output: ``bragg_min_photons`` photons of that frame."""
+        of :meth:`correct`'s output (photons for the standard recipe):
+        ``bragg_min_photons`` photons of that frame."""
+        if self.standard:
+            return np.full(n, self.cfg.bragg_min_photons)
         return self._photon_unit(photon_energy_ev, n) * self.cfg.bragg_min_photons
 
     def _numpy_images(self, frames: np.ndarray, photon_energy_ev: Any) -> np.ndarray:
@@ -462,12 +595,15 @@ class Preprocessor:
         out = np.empty((n, 3, size, size), np.float32)
         # everything built on first use is built here, before any thread starts
         self._arrays(np)
-        if self.cfg.method == "radial":
+        if self.cfg.method == "radial" or self.standard:
             chain = self.ring_order
             min_excess = self.bragg_min_excess(energy, n)
+            unit = self._photon_unit(energy, n) if self.standard else np.ones(n)
 
             def image(i: int) -> None:
                 x = self.correct(frames[i : i + 1], photon_energy_ev=energy[i : i + 1])
+                if unit[i] != 1:
+                    x = x / np.float32(unit[i])
                 out[i : i + 1] = chain(x, min_excess=min_excess[i : i + 1])
 
         else:

@@ -79,6 +79,11 @@ class RingOrderImages:
         The :class:`~hpcdiff.config.BackgroundConfig` (``method`` must be ``"radial"``).
     limit
         Largest absolute normalised value (maps to 0 and 1 in the images).
+    resampling
+        Optional ``(matrix, on)`` image resampling in place of the assembled-image one of
+        :func:`~hpcdiff.background.images.resampling_matrix` (same meaning: ``matrix``
+        ``(size * size, on.sum())``, ``on`` the slab pixels of its columns); ``pixmap`` is
+        then unused.
 
     Notes
     -----
@@ -95,13 +100,14 @@ class RingOrderImages:
         *,
         valid: np.ndarray,
         panel_index: np.ndarray,
-        pixmap: PixelMapLike,
+        pixmap: PixelMapLike | None,
         cfg: Any,
         limit: float,
+        resampling: tuple[Any, np.ndarray] | None = None,
     ) -> None:
         import scipy.sparse
 
-        if cfg.method != "radial":
+        if resampling is None and cfg.method != "radial":
             raise ValueError(f"ring-order images need method 'radial', got {cfg.method!r}")
         self.rings = rings
         self.cfg = cfg
@@ -121,7 +127,12 @@ class RingOrderImages:
         sub = self.position[::step]
         self.scale_take = sub[sub >= 0]
         # resampling matrix, columns in ring order (ring pixels are all on a panel)
-        matrix, on = resampling_matrix(pixmap, cfg.image_size_px)
+        if resampling is None:
+            if pixmap is None:
+                raise ValueError("a pixel map or a resampling matrix is needed")
+            matrix, on = resampling_matrix(pixmap, cfg.image_size_px)
+        else:
+            matrix, on = resampling
         column = np.full(n_pix, -1, dtype=np.int64)
         column[np.flatnonzero(on)] = np.arange(int(on.sum()))
         cols = column[order]

@@ -135,8 +135,22 @@ class BackgroundConfig:
     Bragg peaks: pixels ``bragg_sigma`` noise sigmas and at least ``bragg_min_photons``
     above the background (diffuse speckles reach 5 sigma at low counts), grown by
     ``bragg_grow_px``.  Normalised values are clipped to ``+-clip_sigma``, then compressed.
+
+    ``preprocessing`` names the recipe (:mod:`hpcdiff.background.standard`): ``"seed"`` is
+    the seed method's (background by ``method``, robust per-frame scale, the assembled
+    detector image); ``"standard"`` is the detector-independent one: polarisation-aware
+    ring background, residual in units of its expected noise
+    ``(I - B) / sqrt(B + read_noise_photons^2)`` (photons), a robust per-frame rescale only
+    where the noise scale leaves ``[1/standard_guard, standard_guard]``, and a q-space CNN
+    image (``q_max_per_nm`` half-width, optional Gaussian smoothing of
+    ``q_smooth_per_nm`` sigma).
     """
 
+    preprocessing: Literal["seed", "standard"] = "seed"
+    read_noise_photons: float = field(default=0.12, metadata={"check": non_negative})
+    standard_guard: float = field(default=2.0, metadata={"check": positive})
+    q_max_per_nm: float = field(default=4.0, metadata={"check": positive})
+    q_smooth_per_nm: float = field(default=0.0, metadata={"check": non_negative})
     method: Literal["radial", "local", "none"] = "radial"
     radial_statistic: Literal["median", "clipped_mean"] = "median"
     n_radial_bins: int = field(default=400, metadata={"check": positive})
@@ -152,6 +166,13 @@ class BackgroundConfig:
     compression: Literal["none", "sqrt", "log"] = "none"
     clip_sigma: float = field(default=5.0, metadata={"check": positive})
     image_size_px: int = field(default=224, metadata={"check": positive})
+
+    def __post_init__(self) -> None:
+        if self.standard_guard < 1.0:
+            raise ValueError(
+                f"standard_guard must be >= 1 (the noise-scale band [1/guard, guard]), "
+                f"got {self.standard_guard}"
+            )
 
 
 @dataclass(frozen=True)
