@@ -308,3 +308,31 @@ def predict_adapted(
     return proba_from_scores(
         model, adapted_scores(model, x), recalibrate=recalibrate, labelled=labelled
     )
+
+
+def evaluate_transfer(
+    model: DiffuseClassifier,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    recalibrate: str | None = None,
+    labelled_rows: np.ndarray | None = None,
+) -> tuple[dict[str, Any], np.ndarray]:
+    """Predict one whole experiment ``x`` ``(n, d)`` as :func:`predict_adapted`, then score.
+
+    The labels ``y`` ``(n,)`` are used for the report only, except those of
+    ``labelled_rows`` (the target labels of a Platt map).  Returns the
+    :func:`~hpcdiff.learn.metrics.classification_report` and the ``(n, K)`` probabilities.
+    """
+    from hpcdiff.learn.metrics import classification_report
+
+    y = np.asarray(y, dtype=np.int64)
+    labelled = None
+    if labelled_rows is not None:
+        rows = np.asarray(labelled_rows, dtype=np.int64)
+        labelled = (rows, y[rows])
+    proba = predict_adapted(model, x, recalibrate=recalibrate, labelled=labelled)
+    report = classification_report(
+        y, np.argmax(proba, axis=1), proba, class_names=model.class_names_
+    )
+    return report, proba
