@@ -114,7 +114,6 @@ def bench_cc(n_frames: int, grid_size: int, steps: list[int], workdir: Path) -> 
     job = load_job(sim.job)
     import dataclasses
 
-    source = job.source
     job = dataclasses.replace(
         job,
         fourier=dataclasses.replace(
@@ -125,7 +124,6 @@ def bench_cc(n_frames: int, grid_size: int, steps: list[int], workdir: Path) -> 
             mask_bragg_radius_hkl=0.15,
         ),
     )
-    object.__setattr__(job, "source", source)  # relative frame patterns resolve against it
     plan = plan_frames(job)
     settings = FourierSettings.from_job(job)
     truth, _axes = read_truth(sim.truth)

@@ -99,8 +99,9 @@ def _stage_rates(job_path: Path, repeats: int) -> dict[str, float]:
 
     from hpcdiff.config import load_job
     from hpcdiff.io.cxi import FrameSource
-    from hpcdiff.parallel.mpi import FrameBatch, Timings
+    from hpcdiff.parallel.frame_loop import FrameBatch
     from hpcdiff.pipelines.classify import Featurizer, _geometry, detector_model
+    from hpcdiff.progress import Timings
 
     job = load_job(job_path)
     geom = _geometry(job)

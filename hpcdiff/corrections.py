@@ -12,7 +12,7 @@
 
 Array functions take numpy or cupy batches ``(n, n_ss, n_fs)`` and return the same kind;
 on cupy the ASIC statistics are vectorised over all ASICs and frames
-(:mod:`hpcdiff.background.segments`), on numpy a loop partitions each ASIC's contiguous
+(:mod:`hpcdiff.segments`), on numpy a loop partitions each ASIC's contiguous
 slice (faster on a CPU, same result).
 """
 
@@ -25,17 +25,17 @@ from typing import Any, Literal
 import numpy as np
 
 from hpcdiff.backend import array_module, to_numpy
-from hpcdiff.background.local import panel_rectangles
-from hpcdiff.background.segments import (
+from hpcdiff.errors import FormatError
+from hpcdiff.segments import (
     Segments,
     as_segments,
     expand,
+    panel_rectangles,
     percentile_sorted_1d,
     segment_clipped_stats,
     segment_median,
     segment_moments,
 )
-from hpcdiff.errors import FormatError
 
 CommonModeMethod = Literal["median", "histogram"]
 

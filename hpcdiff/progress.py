@@ -1,4 +1,6 @@
-"""A small progress bar and run summary for command-line loops.
+"""Progress and timing: a small progress bar and run summary for command-line loops, and
+the per-stage :class:`Timings`, rank-prefixed log lines (:func:`setup_logging`) and
+progress lines (:func:`log_progress`) of the MPI job.
 
 On a terminal the bar redraws in place (``\\r``); in a log file (SLURM output) it prints one
 line at most every ``log_interval_s`` seconds, so batch logs stay short.  Nothing is printed
@@ -12,9 +14,13 @@ features: 1000/1000 frames [100%] 52.1 frames/s, 19.2 s
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
 
 T = TypeVar("T")
@@ -176,3 +182,108 @@ def format_summary(title: str, items: Mapping[str, Any]) -> str:
 def print_summary(title: str, items: Mapping[str, Any], *, stream: TextIO | None = None) -> None:
     """Print :func:`format_summary` (default to ``sys.stdout``)."""
     print(format_summary(title, items), file=stream if stream is not None else sys.stdout)
+
+
+# --------------------------------------------------------------------------- job timings and logs
+
+
+class _RankFilter(logging.Filter):
+    def __init__(self, rank: int, size: int) -> None:
+        super().__init__()
+        self.prefix = f"[rank {rank}/{size}]"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.rank_prefix = self.prefix
+        return True
+
+
+def setup_logging(rank: int, size: int, *, level: int = logging.INFO) -> logging.Logger:
+    """Send the ``hpcdiff`` logger to stderr with every line prefixed by ``[rank r/size]``.
+
+    Calling it again replaces the handler it installed before (idempotent).
+    """
+    logger = logging.getLogger("hpcdiff")
+    for handler in list(logger.handlers):
+        if getattr(handler, "_hpcdiff_rank", False):
+            logger.removeHandler(handler)
+    handler = logging.StreamHandler(sys.stderr)
+    handler._hpcdiff_rank = True  # type: ignore[attr-defined]
+    handler.addFilter(_RankFilter(rank, size))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(rank_prefix)s %(levelname)s %(message)s", "%H:%M:%S")
+    )
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+    return logger
+
+
+@dataclass
+class Timings:
+    """Seconds spent per stage on one rank, and frames each stage handled.
+
+    Stages used by the job: ``read`` (HDF5 reads), ``reader`` (all the reader thread's
+    work: reads, checks and any preprocessing it does), ``wait_input`` (main thread
+    blocked on the prefetch queue), ``compute`` (main thread processing batches), ``preprocess``, ``features``, ``predict``,
+    ``checkpoint`` (writing shards), ``collective`` (MPI calls), ``total``.
+    """
+
+    seconds: dict[str, float] = field(default_factory=dict)
+    frames: dict[str, int] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, stage: str, seconds: float, frames: int = 0) -> None:
+        """Add ``seconds`` (and ``frames``) to ``stage`` (from any thread)."""
+        with self._lock:
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+            self.frames[stage] = self.frames.get(stage, 0) + frames
+
+    @contextlib.contextmanager
+    def section(self, stage: str, frames: int = 0) -> Iterator[None]:
+        """Time the ``with`` block as ``stage``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.add(stage, time.perf_counter() - t0, frames)
+
+    def as_dict(self) -> dict[str, dict[str, float | None]]:
+        """``{stage: {"seconds": s, "frames": n, "frames_per_s": n / s}}``."""
+        out = {}
+        for stage, sec in sorted(self.seconds.items()):
+            n = self.frames.get(stage, 0)
+            out[stage] = {
+                "seconds": round(sec, 6),
+                "frames": n,
+                "frames_per_s": round(n / sec, 3) if sec > 0 and n else None,
+            }
+        return out
+
+
+def timings_table(per_rank: list[dict[str, dict[str, float | None]]]) -> str:
+    """A plain-text table of seconds and frames/s per stage (rows) and rank (columns)."""
+    stages = sorted({s for t in per_rank for s in t})
+    head = f"{'stage':<12}" + "".join(f"{'rank ' + str(r):>22}" for r in range(len(per_rank)))
+    lines = [head, f"{'':<12}" + f"{'s':>10}{'frames/s':>12}" * len(per_rank)]
+    for stage in stages:
+        row = f"{stage:<12}"
+        for t in per_rank:
+            entry = t.get(stage)
+            if entry is None:
+                row += f"{'-':>10}{'-':>12}"
+                continue
+            rate = entry.get("frames_per_s")
+            row += f"{entry['seconds']:>10.2f}" + (f"{rate:>12.1f}" if rate else f"{'-':>12}")
+        lines.append(row)
+    return "\n".join(lines)
+
+
+def log_progress(done: int, total: int, this_run: int, elapsed_s: float) -> None:
+    """Log one progress line of a job: frames done of total, rate of this run, ETA."""
+    rate = this_run / elapsed_s if elapsed_s > 0 else 0.0
+    left = total - done
+    eta = f"{left / rate:.0f} s" if rate > 0 else "?"
+    pct = 100.0 * done / total if total else 100.0
+    logging.getLogger("hpcdiff.parallel").info(
+        "frames %d/%d (%.1f%%), %.1f frames/s, ETA %s", done, total, pct, rate, eta
+    )

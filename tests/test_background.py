@@ -22,7 +22,7 @@ from hpcdiff.background import (
     radial_profile,
     robust_scale,
 )
-from hpcdiff.background.segments import (
+from hpcdiff.segments import (
     expand,
     segment_clipped_stats,
     segment_moments,

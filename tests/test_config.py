@@ -89,3 +89,30 @@ def test_config_hash_changes_with_any_value_and_ignores_location(tmp_path: Path)
     c = load_job(_write(tmp_path, "[learn]\nC = 2.0\n", "c.toml"), check_files=False)
     assert a.config_hash() == b.config_hash() != c.config_hash()
     assert isinstance(a, JobConfig) and a.to_dict()["learn"]["C"] == 1.0
+
+
+def test_source_survives_replace_and_is_not_a_toml_key(tmp_path: Path) -> None:
+    import dataclasses
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "a.cxi").write_bytes(b"")
+    job = load_job(_write(tmp_path, "[experiment]\nframes = ['data/*.cxi']\n"))
+    moved = dataclasses.replace(job, learn=dataclasses.replace(job.learn, C=2.0))
+    assert moved.source == job.source == (tmp_path / "job.toml").resolve()
+    assert [p.name for p in moved.frame_files()] == ["a.cxi"]
+    with pytest.raises(ConfigError, match="unknown key 'source'"):
+        parse_job({"source": "elsewhere.toml"})
+
+
+def test_loading_a_job_does_not_import_the_simulator(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    path = _write(tmp_path, "[simulate]\npreset = 'easy'\n")
+    code = (
+        "import sys; from hpcdiff.config import load_job; "
+        f"load_job({str(path)!r}, check_files=False); "
+        "print(sorted(m for m in sys.modules if m.startswith('hpcdiff.simulate.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['hpcdiff.simulate.presets']"

@@ -12,9 +12,10 @@ from hpcdiff.backend import gpu_available
 from hpcdiff.config import parse_job
 from hpcdiff.features.extractor import cpu_has_native_bf16
 from hpcdiff.geometry import DetectorModel, small_geometry
-from hpcdiff.parallel.mpi import FrameBatch, Timings
+from hpcdiff.parallel.frame_loop import FrameBatch
 from hpcdiff.pipelines.classify import Featurizer
 from hpcdiff.preprocess import Preprocessor
+from hpcdiff.progress import Timings
 
 ENERGY_EV = 9500.0
 
@@ -53,13 +54,13 @@ def test_cpu_rank_preprocesses_with_numpy_on_its_threads(model, job):
     assert described["features"]["autocast"] == want_autocast
     batch = _batch(model)
     fz.prepare(batch)
-    assert isinstance(batch.images, np.ndarray) and batch.images.shape == (3, 3, 64, 64)
+    assert isinstance(batch.prepared, np.ndarray) and batch.prepared.shape == (3, 3, 64, 64)
     features = fz.features(batch)
     assert features.shape == (3, 512) and features.dtype == np.float32
     # the glue adds nothing: the preprocessor's images through the extractor
     pre = Preprocessor(model, job.background, job.corrections)
     images = pre(batch.frames, photon_energy_ev=ENERGY_EV)
-    np.testing.assert_array_equal(batch.images, images)
+    np.testing.assert_array_equal(batch.prepared, images)
     np.testing.assert_array_equal(features, fz.extractor.extract(images))
     stages = timings.as_dict()
     assert stages["preprocess"]["frames"] == 3 and stages["features"]["frames"] == 3
@@ -82,6 +83,6 @@ def test_gpu_rank_preprocesses_with_cupy_on_its_device(model, job):
     reader = threading.Thread(target=fz.prepare, args=(batch,))
     reader.start()
     reader.join()
-    assert isinstance(batch.images, cupy.ndarray) and batch.images.device.id == 0
-    np.testing.assert_allclose(cupy.asnumpy(batch.images), cpu.images(_batch(model)), atol=1e-4)
+    assert isinstance(batch.prepared, cupy.ndarray) and batch.prepared.device.id == 0
+    np.testing.assert_allclose(cupy.asnumpy(batch.prepared), cpu.images(_batch(model)), atol=1e-4)
     np.testing.assert_allclose(fz.features(batch), want, rtol=5e-2, atol=5e-2)

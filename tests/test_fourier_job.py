@@ -288,7 +288,6 @@ def test_one_worker_other_chunks_equal_serial(experiment, serial_reference, tmp_
 
     job = load_job(experiment)
     job2 = dataclasses.replace(job, fourier=dataclasses.replace(job.fourier, frames_per_task=7))
-    object.__setattr__(job2, "source", job.source)
     with (
         Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None),
         open(os.devnull, "w") as log,
@@ -376,6 +375,5 @@ def test_stream_matching_no_frame_is_an_error(experiment, tmp_path):
     bad = dataclasses.replace(
         job, experiment=dataclasses.replace(job.experiment, stream=tmp_path / "other.stream")
     )
-    object.__setattr__(bad, "source", job.source)
     with pytest.raises(FormatError, match=r"other\.stream.*no chunk with a crystal matches"):
         plan_frames(bad)

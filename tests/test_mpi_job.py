@@ -18,27 +18,24 @@ import pytest
 
 from hpcdiff.errors import FormatError, OutputExistsError
 from hpcdiff.io.cxi import FrameSource, write_cxi
+from hpcdiff.parallel.frame_loop import distributed_map
 from hpcdiff.parallel.mpi import (
     CollectiveError,
     SelfComm,
-    Timings,
     abort_on_error,
     allreduce_sum,
-    distributed_map,
     gather_rows,
     get_comm,
     launched_size,
     reduce_sum,
     root_decides,
-    select_device,
-    slurm_cpus_per_task,
-    threads_per_rank,
-    timings_table,
 )
+from hpcdiff.parallel.placement import select_device, slurm_cpus_per_task, threads_per_rank
 from hpcdiff.parallel.prefetch import Prefetcher
 from hpcdiff.parallel.shards import ShardBuffer, ShardStore
 from hpcdiff.parallel.signals import EXIT_PREEMPTED, Preempted, StopFlag, stop_on_signals
 from hpcdiff.pipelines.classify import FrameReader
+from hpcdiff.progress import Timings, timings_table
 
 REPO = Path(__file__).resolve().parents[1]
 LOOP_JOB = REPO / "tests" / "mpi" / "loop_job.py"

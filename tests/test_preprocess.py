@@ -236,12 +236,6 @@ def test_threads_checked_and_errors_reach_the_caller(model):
         pre(frames, photon_energy_ev=[ENERGY_EV, ENERGY_EV, -1.0, ENERGY_EV])
 
 
-def test_importable_from_background_package():
-    from hpcdiff.background import Preprocessor as FromBackground
-
-    assert FromBackground is Preprocessor
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["radial", "local"])
 def test_cspad_size_batch(method):

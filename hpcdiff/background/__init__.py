@@ -12,11 +12,10 @@ detector, and a bool ``valid`` mask that travels with the data.
 * :class:`RingOrderImages`: the radial chain above on numpy frames, kept in ring order
   (the CPU path of the preprocessor; the same images, fewer passes over the pixels).
 
-The stages are chained by :class:`hpcdiff.preprocess.Preprocessor` (also importable
-from here).
+The stages are chained by :class:`hpcdiff.preprocess.Preprocessor`, one floor up (it
+imports this package; this package never imports it).  Pixel groups (:class:`Segments`,
+:func:`panel_rectangles`) live one floor down, in :mod:`hpcdiff.segments`.
 """
-
-from typing import Any
 
 from hpcdiff.background.images import cnn_images
 from hpcdiff.background.local import PanelRect, local_background, panel_rectangles
@@ -24,22 +23,10 @@ from hpcdiff.background.normalise import normalise, normalised_limit, robust_sca
 from hpcdiff.background.peaks import bragg_mask, grow_mask
 from hpcdiff.background.radial import radial_background, radial_profile
 from hpcdiff.background.ring_order import RingOrderImages
-from hpcdiff.background.segments import Segments
-
-
-def __getattr__(name: str) -> Any:
-    # Preprocessor lives in hpcdiff.preprocess (it imports this package); load it lazily.
-    if name in ("Preprocessor", "PreprocessResult"):
-        from hpcdiff import preprocess
-
-        return getattr(preprocess, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
+from hpcdiff.segments import Segments
 
 __all__ = [
     "PanelRect",
-    "PreprocessResult",
-    "Preprocessor",
     "RingOrderImages",
     "Segments",
     "bragg_mask",

@@ -14,64 +14,15 @@ estimate.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import ModuleType
 from typing import Any, Literal
 
 import numpy as np
 
-from hpcdiff.backend import array_module, ndimage_module, to_numpy
-from hpcdiff.background.segments import percentile_rows
+from hpcdiff.backend import array_module, ndimage_module
+from hpcdiff.segments import PanelRect, panel_rectangles, percentile_rows
 
 LocalFilter = Literal["median", "percentile"]
-
-
-@dataclass(frozen=True)
-class PanelRect:
-    """One panel's rectangle in the slab: rows ``ss0:ss1``, columns ``fs0:fs1`` (stop exclusive)."""
-
-    panel: int
-    ss0: int
-    ss1: int
-    fs0: int
-    fs1: int
-
-    @property
-    def shape(self) -> tuple[int, int]:
-        """``(rows, columns)`` of the panel."""
-        return (self.ss1 - self.ss0, self.fs1 - self.fs0)
-
-
-def panel_rectangles(panel_index: Any) -> tuple[PanelRect, ...]:
-    """The slab rectangle of every panel.
-
-    Parameters
-    ----------
-    panel_index
-        ``(n_ss, n_fs)`` int, the panel of each pixel, ``-1`` where there is none.
-
-    Returns
-    -------
-    tuple of PanelRect
-        One per panel index present, in index order.
-
-    Raises
-    ------
-    ValueError
-        If a panel's pixels do not fill a rectangle exactly.
-    """
-    idx = to_numpy(panel_index)
-    if idx.ndim != 2:
-        raise ValueError(f"panel_index must be (n_ss, n_fs), got shape {idx.shape}")
-    rects = []
-    for p in np.unique(idx[idx >= 0]):
-        rows = np.flatnonzero((idx == p).any(axis=1))
-        cols = np.flatnonzero((idx == p).any(axis=0))
-        r = PanelRect(int(p), int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
-        if not (idx[r.ss0 : r.ss1, r.fs0 : r.fs1] == p).all():
-            raise ValueError(f"panel {p} does not fill a rectangle of the slab")
-        rects.append(r)
-    return tuple(rects)
 
 
 def _interp_matrix(n_fine: int, n_coarse: int, bin_px: int, xp: ModuleType, dtype: Any) -> Any:

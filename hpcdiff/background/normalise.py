@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hpcdiff.backend import array_module
-from hpcdiff.background.segments import percentile_rows
+from hpcdiff.segments import percentile_rows
 
 Compression = Literal["none", "sqrt", "log"]
 

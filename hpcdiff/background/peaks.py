@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from hpcdiff.backend import array_module
-from hpcdiff.background.segments import Segments, as_segments, expand, segment_clipped_stats
+from hpcdiff.segments import Segments, as_segments, expand, segment_clipped_stats
 
 NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 """The 8 neighbours of a pixel, ``(row step, column step)``, that peak masks grow into."""

@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 
 from hpcdiff.backend import array_module
-from hpcdiff.background.segments import (
+from hpcdiff.segments import (
     Segments,
     as_segments,
     expand,

@@ -34,7 +34,7 @@ from hpcdiff.background.normalise import (
     _compress,
 )
 from hpcdiff.background.peaks import NEIGHBOURS
-from hpcdiff.background.segments import (
+from hpcdiff.segments import (
     Segments,
     _clipped_sorted,
     _moments_sorted,
@@ -67,7 +67,7 @@ class RingOrderImages:
     Parameters
     ----------
     rings
-        The |q| rings of the detector (:class:`~hpcdiff.background.segments.Segments` of
+        The |q| rings of the detector (:class:`~hpcdiff.segments.Segments` of
         the ring index).
     valid
         ``(n_ss, n_fs)`` bool pixels that carry signal (geometry mask minus bad pixels).

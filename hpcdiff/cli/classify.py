@@ -14,6 +14,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from hpcdiff.pipelines.layout import MODEL_NAME
+
 EXIT_TOO_MANY_REJECTS = 65
 """Exit status when rejects exceed ``parallel.max_reject_fraction`` (``EX_DATAERR``)."""
 
@@ -45,7 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     predict = actions.add_parser("predict", help="apply a trained model to every frame")
     add_common(predict)
     predict.add_argument(
-        "--model", help="model file (default: [output] model, or output.dir/model.h5)"
+        "--model",
+        help=f"model file (default: [output] model, or output.dir/{MODEL_NAME})",
     )
     predict.set_defaults(func=run)
 
@@ -59,9 +62,10 @@ def run_mpi_job(args: argparse.Namespace, body: Callable[[Any, Any, Any], object
     """
     from hpcdiff.config import load_job
     from hpcdiff.errors import HpcdiffError
-    from hpcdiff.parallel.mpi import abort_on_error, get_comm, setup_logging
+    from hpcdiff.parallel.mpi import abort_on_error, get_comm
     from hpcdiff.parallel.signals import EXIT_PREEMPTED, Preempted, stop_on_signals
     from hpcdiff.pipelines.classify import TooManyRejects
+    from hpcdiff.progress import setup_logging
 
     comm = get_comm()
     rank = comm.Get_rank()

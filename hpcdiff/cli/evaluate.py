@@ -19,7 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hpcdiff.cli.train import add_job_argument, add_learn_arguments, learn_config, load_job_arg
+from hpcdiff.cli.train import (
+    LABELS_HELP,
+    add_class_names_argument,
+    add_job_argument,
+    add_learn_arguments,
+    class_names_arg,
+    learn_config,
+    load_job_arg,
+)
 from hpcdiff.errors import ConfigError
 
 
@@ -33,11 +41,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--predictions", help="predictions file from `hpcdiff predict`")
     p.add_argument("--model", help="model file (.npz), with --features")
     p.add_argument("--features", help="features file, with --model")
-    p.add_argument("--labels", help="labels file for --predictions or --features")
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        metavar="LABELS",
+        help=f"for --predictions or --features: {LABELS_HELP}",
+    )
+    add_class_names_argument(p)
     p.add_argument("--train-features", help="cross-experiment: experiment A features")
-    p.add_argument("--train-labels", help="cross-experiment: experiment A labels")
+    p.add_argument("--train-labels", nargs="+", help="cross-experiment: experiment A labels")
     p.add_argument("--test-features", help="cross-experiment: experiment B features")
-    p.add_argument("--test-labels", help="cross-experiment: experiment B labels")
+    p.add_argument("--test-labels", nargs="+", help="cross-experiment: experiment B labels")
     p.add_argument("--names", nargs=2, metavar=("A", "B"), default=("A", "B"), help="column names")
     p.add_argument("--model-out", help="cross-experiment: also save A's model here")
     p.add_argument("--report", help="report JSON to write")
@@ -71,16 +85,16 @@ def _mode(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from hpcdiff.io.featurefile import read_features
-    from hpcdiff.io.labels import read_labels
+    from hpcdiff.io.labels import describe_spec, read_labels
     from hpcdiff.io.outputs import ensure_writable, provenance, write_json
+    from hpcdiff.io.predictions import read_predictions
     from hpcdiff.learn import (
         DiffuseClassifier,
-        align_labels,
         cross_experiment,
         evaluate,
         format_report,
         format_side_by_side,
-        read_predictions,
+        labelled_rows,
         report_from_predictions,
         targets,
     )
@@ -94,26 +108,46 @@ def run(args: argparse.Namespace) -> int:
         ensure_writable(report_path, force=args.force)
     t0 = time.perf_counter()
     out: dict[str, Any] = {"kind": f"evaluate-{mode}"}
+    names = class_names_arg(args, job)
+
+    def spec(value: list[str]) -> Any:
+        return value[0] if len(value) == 1 else value
+
     if mode == "predictions":
         preds = read_predictions(args.predictions)
-        labels = align_labels(preds, read_labels(args.labels), source=args.labels)
+        rows, labels = labelled_rows(preds, read_labels(spec(args.labels), class_names=names))
         target = str(preds.attrs.get("target", "binary"))
         y, class_names = targets(labels, target)
+        labels_name = describe_spec(spec(args.labels))
         if tuple(class_names) != preds.class_names:
             raise ConfigError(
-                f"{args.predictions} has classes {list(preds.class_names)} but {args.labels} "
+                f"{args.predictions} has classes {list(preds.class_names)} but {labels_name} "
                 f"gives {list(class_names)} for target {target!r}"
             )
-        report = report_from_predictions(y, preds.proba, class_names=preds.class_names)
-        out.update(predictions=args.predictions, labels=args.labels, report=report)
-        print(format_report(report, title=f"{args.predictions} ({report['n']} frames)"))
+        report = report_from_predictions(y, preds.proba[rows], class_names=preds.class_names)
+        out.update(predictions=args.predictions, labels=labels_name, report=report)
+        print(
+            format_report(
+                report,
+                title=f"{args.predictions} ({report['n']} labelled of {len(preds.indices)} frames)",
+            )
+        )
     elif mode == "model":
+        import numpy as np
+
         model = DiffuseClassifier.load(args.model)
         fs = read_features(args.features)
-        labels = align_labels(fs, read_labels(args.labels), source=args.labels)
+        rows, labels = labelled_rows(fs, read_labels(spec(args.labels), class_names=names))
         y, _ = targets(labels, model.metadata_.get("target", "binary"))
-        report = evaluate(model, fs, y, source=args.features)
-        out.update(model=args.model, features=args.features, labels=args.labels, report=report)
+        y_full = np.full(len(fs), -1, dtype=np.int64)
+        y_full[rows] = y
+        report = evaluate(model, fs, y_full, rows=rows, source=args.features)
+        out.update(
+            model=args.model,
+            features=args.features,
+            labels=describe_spec(spec(args.labels)),
+            report=report,
+        )
         print(
             format_report(report, title=f"{args.model} on {args.features} ({report['n']} frames)")
         )
@@ -123,19 +157,27 @@ def run(args: argparse.Namespace) -> int:
         with Progress(3, label="evaluate", unit="steps", enabled=not args.quiet) as bar:
             fa = read_features(args.train_features)
             fb = read_features(args.test_features)
-            la = align_labels(fa, read_labels(args.train_labels), source=args.train_labels)
-            lb = align_labels(fb, read_labels(args.test_labels), source=args.test_labels)
+            rows_a, la = labelled_rows(fa, read_labels(spec(args.train_labels), class_names=names))
+            rows_b, lb = labelled_rows(fb, read_labels(spec(args.test_labels), class_names=names))
             ya, names_a = targets(la, cfg.target)
             yb, names_b = targets(lb, cfg.target)
             if names_a != names_b:
                 raise ConfigError(
-                    f"class names differ: {args.train_labels} {list(names_a)} vs "
-                    f"{args.test_labels} {list(names_b)}"
+                    f"class names differ: {describe_spec(spec(args.train_labels))} "
+                    f"{list(names_a)} vs {describe_spec(spec(args.test_labels))} {list(names_b)}"
                 )
             bar.update()
             try:
                 reports, res_a = cross_experiment(
-                    fa, ya, fb, yb, class_names=names_a, cfg=cfg, names=tuple(args.names)
+                    fa,
+                    ya,
+                    fb,
+                    yb,
+                    class_names=names_a,
+                    cfg=cfg,
+                    names=tuple(args.names),
+                    train_rows=rows_a,
+                    test_rows=rows_b,
                 )
             except ValueError as exc:  # too few frames or classes for the split / PCA
                 raise ConfigError(f"cannot train for cross-experiment evaluation: {exc}") from None
@@ -145,14 +187,17 @@ def run(args: argparse.Namespace) -> int:
             bar.update()
         out.update(
             train_features=args.train_features,
-            train_labels=args.train_labels,
+            train_labels=describe_spec(spec(args.train_labels)),
             test_features=args.test_features,
-            test_labels=args.test_labels,
+            test_labels=describe_spec(spec(args.test_labels)),
             names=list(args.names),
             learn=dataclasses.asdict(cfg),
             reports=reports,
         )
         print(format_side_by_side(reports))
+    from hpcdiff.learn.published import PUBLISHED
+
+    out["published"] = PUBLISHED.as_dict()
     out["provenance"] = provenance(job.config_hash() if job is not None else None)
     if report_path is not None:
         write_json(report_path, out, force=args.force)

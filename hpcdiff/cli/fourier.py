@@ -15,6 +15,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import Any
 
 from hpcdiff.config import JobConfig, load_job
 from hpcdiff.errors import ConfigError
@@ -64,10 +65,8 @@ def _with_cluster_overrides(job: JobConfig, args: argparse.Namespace) -> JobConf
     return _replace(job, fourier=dataclasses.replace(job.fourier, cluster=cluster))
 
 
-def _replace(job: JobConfig, **changes: object) -> JobConfig:
-    new = dataclasses.replace(job, **changes)
-    object.__setattr__(new, "source", job.source)
-    return new
+def _replace(job: JobConfig, **changes: Any) -> JobConfig:
+    return dataclasses.replace(job, **changes)
 
 
 def _simulated(job: JobConfig, out: Path, *, force: bool) -> JobConfig:

@@ -1,5 +1,9 @@
 """``hpcdiff predict``: features file + model -> predictions HDF5 (one row per frame).
 
+Beside the predictions file it writes a CSV (file, index, class, probability, diffuse
+score) and ``diffuse.lst``, a CrystFEL list of the frames predicted diffuse (one list per
+class as well with more than two classes); see :mod:`hpcdiff.io.prediction_lists`.
+
 The model refuses features made another way (layer, weights, background settings).  Rows
 are processed in batches with a progress bar; the output appears only when complete.
 """
@@ -34,7 +38,9 @@ def run(args: argparse.Namespace) -> int:
 
     from hpcdiff.io.featurefile import iter_feature_batches, read_feature_meta
     from hpcdiff.io.outputs import ensure_writable, sha256_file
-    from hpcdiff.learn import DiffuseClassifier, PredictionWriter
+    from hpcdiff.io.prediction_lists import prediction_outputs, write_prediction_outputs_from_file
+    from hpcdiff.io.predictions import PredictionWriter
+    from hpcdiff.learn import DiffuseClassifier
     from hpcdiff.progress import Progress, print_summary
 
     job = load_job_arg(args)
@@ -51,6 +57,8 @@ def run(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     model = DiffuseClassifier.load(model_path)
+    for extra in prediction_outputs(out, model.class_names_).values():
+        ensure_writable(extra, force=args.force)
     meta = read_feature_meta(features_path)
     model.check_compatible(meta, source=features_path)
     with h5py.File(features_path, "r") as h5:
@@ -79,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
             writer.append(files, indices, proba)
             counts += np.bincount(np.argmax(proba, axis=1), minlength=counts.size)
             bar.update(x.shape[0])
+    lists = write_prediction_outputs_from_file(out, force=args.force)
     print_summary(
         "hpcdiff predict: done",
         {
@@ -89,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
             },
             "model": model_path,
             "predictions": out,
+            "CSV": lists["predictions_csv"],
+            "CrystFEL list of diffuse frames": lists["diffuse_list"],
             "time": f"{time.perf_counter() - t0:.1f} s",
         },
     )

@@ -17,9 +17,6 @@ from typing import Any
 from hpcdiff.config import JobConfig, LearnConfig, load_job
 from hpcdiff.errors import ConfigError
 
-DEFAULT_FEATURES_NAME = "features.h5"
-DEFAULT_MODEL_NAME = "model.npz"
-
 
 # ----------------------------------------------------------------- shared by train/predict/evaluate
 def positive_int(text: str) -> int:
@@ -60,6 +57,47 @@ def add_learn_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--random-state", type=int, help="seed of the split and the fits")
     g.add_argument("--C", type=positive_float, dest="C", help="inverse regularisation strength")
     g.add_argument("--pca-from", choices=["gather", "statistics"], help="PCA by SVD or from Gram")
+    g.add_argument(
+        "--split",
+        choices=["stratified", "order"],
+        help="stratified at random, or by order (first n_train / last n_test labelled frames)",
+    )
+
+
+LABELS_HELP = (
+    "labels: hpcdiff's HDF5 labels file, a CSV (file,index,label), or CrystFEL list files "
+    "one per class (class from the file name, or CLASS=PATH)"
+)
+
+
+def add_class_names_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--class-names",
+        type=lambda t: tuple(x.strip() for x in t.split(",") if x.strip()),
+        metavar="A,B,...",
+        help="the label classes, class 0 (no diffuse scattering) first "
+        "(default: [experiment] class_names, the file's own, or non-diffuse,diffuse)",
+    )
+
+
+def labels_spec(value: Any, job: JobConfig | None, *, flag: str = "--labels") -> Any:
+    """The labels a command reads: ``--labels`` (one or more paths), else the job's."""
+    chosen = value if value else (job.experiment.labels if job is not None else None)
+    if chosen is None:
+        raise ConfigError(f"no labels: give {flag} (or --job with [experiment] labels)")
+    if isinstance(chosen, list | tuple) and len(chosen) == 1:
+        return chosen[0]
+    return chosen
+
+
+def class_names_arg(args: argparse.Namespace, job: JobConfig | None) -> tuple[str, ...] | None:
+    """``--class-names``, else ``[experiment] class_names``, else ``None`` (the file's own)."""
+    given = getattr(args, "class_names", None)
+    if given:
+        return tuple(given)
+    if job is not None and job.experiment.class_names:
+        return tuple(job.experiment.class_names)
+    return None
 
 
 def load_job_arg(args: argparse.Namespace) -> JobConfig | None:
@@ -70,7 +108,17 @@ def learn_config(args: argparse.Namespace, job: JobConfig | None) -> LearnConfig
     """The job's ``[learn]`` section (or defaults) with command-line overrides."""
     cfg = job.learn if job is not None else LearnConfig()
     changes: dict[str, Any] = {}
-    for name in ("target", "n_components", "n_train", "n_test", "random_state", "C", "pca_from"):
+    names = (
+        "target",
+        "n_components",
+        "n_train",
+        "n_test",
+        "random_state",
+        "C",
+        "pca_from",
+        "split",
+    )
+    for name in names:
         value = getattr(args, name, None)
         if value is not None:
             changes[name] = value
@@ -85,13 +133,15 @@ def output_dir(job: JobConfig | None) -> Path:
 
 
 def default_features(job: JobConfig | None) -> Path | None:
-    return output_dir(job) / DEFAULT_FEATURES_NAME if job is not None else None
+    from hpcdiff.pipelines.layout import ClassifyLayout
+
+    return ClassifyLayout.from_job(job).features if job is not None else None
 
 
 def default_model(job: JobConfig | None) -> Path | None:
-    if job is None:
-        return None
-    return Path(job.output.model) if job.output.model else output_dir(job) / DEFAULT_MODEL_NAME
+    from hpcdiff.pipelines.layout import ClassifyLayout
+
+    return ClassifyLayout.from_job(job).model if job is not None else None
 
 
 def pick(value: Any, default: Any, *, flag: str, what: str) -> Any:
@@ -115,7 +165,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--features", help="features file (HDF5, from `hpcdiff features`)")
-    p.add_argument("--labels", help="labels file (HDF5)")
+    p.add_argument("--labels", nargs="+", metavar="LABELS", help=LABELS_HELP)
+    add_class_names_argument(p)
     p.add_argument("--model", help="model file to write (.npz)")
     p.add_argument("--report", help="report JSON to write (default: <model>.report.json)")
     add_job_argument(p)
@@ -125,9 +176,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hpcdiff.io.featurefile import read_features
-    from hpcdiff.io.labels import read_labels
+    from hpcdiff.io.labels import describe_spec, read_labels
     from hpcdiff.io.outputs import ensure_writable, write_json
-    from hpcdiff.learn import align_labels, format_report, targets, train
+    from hpcdiff.learn import format_report, labelled_rows, targets, train
+    from hpcdiff.learn.published import PUBLISHED
     from hpcdiff.progress import Progress, print_summary
 
     job = load_job_arg(args)
@@ -135,9 +187,8 @@ def run(args: argparse.Namespace) -> int:
     features_path = pick(
         args.features, default_features(job), flag="--features", what="features file"
     )
-    labels_path = pick(
-        args.labels, job.experiment.labels if job else None, flag="--labels", what="labels file"
-    )
+    labels_spec_ = labels_spec(args.labels, job)
+    labels_path = describe_spec(labels_spec_)
     model_path = pick(args.model, default_model(job), flag="--model", what="model output")
     report_path = Path(args.report) if args.report else report_path_for(model_path)
     ensure_writable(model_path, force=args.force)
@@ -148,7 +199,9 @@ def run(args: argparse.Namespace) -> int:
     with Progress(len(steps), label="train", unit="steps", enabled=not args.quiet) as bar:
         fs = read_features(features_path)
         bar.update()
-        labels = align_labels(fs, read_labels(labels_path), source=labels_path)
+        rows, labels = labelled_rows(
+            fs, read_labels(labels_spec_, class_names=class_names_arg(args, job))
+        )
         y, class_names = targets(labels, cfg.target)
         bar.update()
         config_hash = job.config_hash() if job is not None else None
@@ -160,6 +213,7 @@ def run(args: argparse.Namespace) -> int:
                 cfg=cfg,
                 config_hash=config_hash,
                 extra={"features_file": str(features_path), "labels_file": str(labels_path)},
+                rows=rows,
             )
         except ValueError as exc:  # too few frames or classes for the requested split / PCA
             raise ConfigError(
@@ -175,7 +229,10 @@ def run(args: argparse.Namespace) -> int:
             "learn": dataclasses.asdict(cfg),
             "n_train": int(result.train_rows.size),
             "n_test": int(result.test_rows.size),
+            "n_labelled": int(rows.size),
+            "n_frames": len(fs),
             "test": result.report,
+            "published": PUBLISHED.as_dict(),
             "feature": result.model.metadata_["feature"],
             "provenance": {
                 k: result.model.metadata_.get(k)
@@ -195,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
         "hpcdiff train: done",
         {
             "frames": len(fs),
-            "train / test": f"{result.train_rows.size} / {result.test_rows.size}",
+            "labelled": f"{rows.size} ({len(fs) - rows.size} without a label, not used)",
+            "train / test": f"{result.train_rows.size} / {result.test_rows.size} ({cfg.split})",
             "features": f"{fs.meta.layer} ({fs.meta.n_features}), weights {w.get('name')}"
             + ("" if w.get("pretrained") else " [NOT pretrained]"),
             "PCA": f"{cfg.n_components} components ({cfg.pca_from}), "

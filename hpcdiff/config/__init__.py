@@ -10,6 +10,7 @@ Units are in the names: ``detector_distance_m``, ``photon_energy_ev``, ``time_li
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import hashlib
 import json
@@ -44,14 +45,21 @@ class ExperimentConfig:
     ``frames`` lists CXI/HDF5 files or glob patterns (relative to the job file); together
     they form one run, frame identity being (file, index).  ``geometry`` is a CrystFEL
     ``.geom``; ``stream`` a CrystFEL ``.stream`` with orientations (Fourier job);
-    ``labels`` an HDF5 labels file (training and evaluation).
+    ``labels`` the labels (training and evaluation), told apart by content: hpcdiff's
+    HDF5 labels file, a CSV with a ``file,index,label`` header, or CrystFEL list files one
+    per class, ``["diffuse.lst", "non-diffuse.lst"]`` (class from the file name) or
+    ``{diffuse = "hits.lst", non-diffuse = "rest.lst"}`` (see
+    :func:`hpcdiff.io.labels.read_labels`).  ``class_names`` names the label classes,
+    class 0 (no diffuse scattering) first; empty: the labels file's own, or
+    ``non-diffuse, diffuse``.
     """
 
     name: str = "experiment"
     frames: tuple[str, ...] = ()
     geometry: Path | None = None
     stream: Path | None = None
-    labels: Path | None = None
+    labels: Path | tuple[Path, ...] | dict[str, Path] | None = None
+    class_names: tuple[str, ...] = ()
     data_path: str | None = None
     pedestal: Path | None = None
     gain: Path | None = None
@@ -199,7 +207,13 @@ class FeaturesConfig:
 
 @dataclass(frozen=True)
 class LearnConfig:
-    """PCA + logistic regression (:mod:`hpcdiff.learn`)."""
+    """PCA + logistic regression (:mod:`hpcdiff.learn`).
+
+    Only labelled frames are used.  ``split = "stratified"``: ``n_train`` / ``n_test``
+    frames drawn at random (seed ``random_state``), each class in proportion;
+    ``"order"``: the first ``n_train`` labelled frames (in run order) train, the last
+    ``n_test`` test.
+    """
 
     n_components: int = field(default=50, metadata={"check": positive})
     n_train: int = field(default=500, metadata={"check": positive})
@@ -208,6 +222,7 @@ class LearnConfig:
     target: Literal["binary", "classes"] = "binary"
     C: float = field(default=1.0, metadata={"check": positive})
     pca_from: Literal["gather", "statistics"] = "gather"
+    split: Literal["stratified", "order"] = "stratified"
 
     def __post_init__(self) -> None:
         if self.n_components >= self.n_train:
@@ -369,7 +384,9 @@ class JobConfig:
     fourier: FourierConfig = field(default_factory=FourierConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     reprocess: ReprocessConfig | None = None
-    source: Path | None = field(default=None, compare=False, init=False)
+    source: Path | None = field(default=None, compare=False, kw_only=True, metadata={"toml": False})
+    """The job file this job was loaded from (relative frame patterns resolve against its
+    folder); not a TOML key, not hashed, kept by :func:`dataclasses.replace`."""
 
     def frame_files(self) -> list[Path]:
         """The experiment's frame files, globs expanded, in sorted order within each pattern."""
@@ -430,24 +447,25 @@ def load_job(path: str | Path, *, check_files: bool = True) -> JobConfig:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
     job = parse_job(mapping, source=str(path), base_dir=path.resolve().parent)
-    job = _with_source(job, path.resolve())
+    job = dataclasses.replace(job, source=path.resolve())
     if check_files and job.simulate is None:
         _check_inputs(job)
-    return job
-
-
-def _with_source(job: JobConfig, source: Path) -> JobConfig:
-    object.__setattr__(job, "source", source)
     return job
 
 
 def _check_inputs(job: JobConfig) -> None:
     src = str(job.source)
     exp = job.experiment
-    for key in ("geometry", "stream", "labels", "pedestal", "gain"):
+    for key in ("geometry", "stream", "pedestal", "gain"):
         value = getattr(exp, key)
         if value is not None and not Path(value).is_file():
             raise ConfigError(f"{src}: [experiment.{key}] file {value} does not exist")
+    if exp.labels is not None:
+        from hpcdiff.io.labels import label_sources
+
+        for value, _ in label_sources(exp.labels):
+            if not Path(value).is_file():
+                raise ConfigError(f"{src}: [experiment.labels] file {value} does not exist")
     base = job.source.parent if job.source else Path.cwd()
     for i, pattern in enumerate(exp.frames):
         full = pattern if Path(pattern).is_absolute() else str(base / pattern)

@@ -126,7 +126,7 @@ def _convert(value: Any, tp: Any, key: str, ctx: _Context) -> Any:
 def build_section(cls: type, mapping: Mapping[str, Any], *, key: str, ctx: _Context) -> Any:
     """Build the frozen dataclass ``cls`` from ``mapping``, validating every key."""
     hints = get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init and f.metadata.get("toml", True)}
     unknown = sorted(set(mapping) - set(fields))
     if unknown:
         raise ctx.fail(

@@ -33,8 +33,8 @@ import hdf5plugin  # noqa: F401  (registers the lz4/bitshuffle/... filters with 
 import numpy as np
 
 from hpcdiff.errors import FormatError
+from hpcdiff.io.appendable import AppendableH5
 from hpcdiff.io.hdf5 import open_hdf5
-from hpcdiff.io.outputs import atomic_path
 
 if TYPE_CHECKING:
     from hpcdiff.io.geom import DetectorGeometry
@@ -147,18 +147,13 @@ class CXIWriter:
         self._attrs = dict(attrs or {})
         self._data_attrs = dict(data_attrs or {})
         self._force = force
-        self._stack: contextlib.ExitStack | None = None
-        self._h5: h5py.File | None = None
+        self._file: AppendableH5 | None = None
         self._keys: tuple[str, ...] | None = None
         self.n_frames = 0
 
     def __enter__(self) -> CXIWriter:
-        stack = contextlib.ExitStack()
-        tmp = stack.enter_context(atomic_path(self.path, force=self._force))
-        self._h5 = stack.enter_context(h5py.File(tmp, "w"))
-        self._stack = stack
-        for key, value in self._attrs.items():
-            self._h5.attrs[key] = _attr_value(value)
+        attrs = {key: _attr_value(value) for key, value in self._attrs.items()}
+        self._file = AppendableH5(self.path, force=self._force, attrs=attrs)
         return self
 
     def __exit__(
@@ -167,9 +162,9 @@ class CXIWriter:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        stack, self._stack, self._h5 = self._stack, None, None
-        if stack is not None:
-            stack.__exit__(exc_type, exc, tb)
+        file, self._file = self._file, None
+        if file is not None:
+            file.close(ok=exc_type is None)
 
     def append(
         self,
@@ -187,7 +182,7 @@ class CXIWriter:
         per_frame
             HDF5 path -> ``(n,)`` values.  Every block must name the same paths.
         """
-        if self._h5 is None:
+        if self._file is None:
             raise RuntimeError("CXIWriter.append outside its 'with' block")
         frames = np.asarray(frames)
         if frames.ndim < 2:
@@ -195,7 +190,7 @@ class CXIWriter:
         per_frame = {_absolute(k): np.asarray(v) for k, v in (per_frame or {}).items()}
         n = frames.shape[0]
         if self._keys is None:
-            self._create(frames, per_frame)
+            self._create(self._file, frames, per_frame)
         elif tuple(sorted(per_frame)) != self._keys:
             raise ValueError(
                 f"per-frame values {sorted(per_frame)} differ from the first block's "
@@ -206,37 +201,25 @@ class CXIWriter:
                 raise ValueError(
                     f"per-frame values {key} have shape {values.shape}, expected ({n},)"
                 )
-        data = self._h5[self.data_path]
-        if frames.shape[1:] != data.shape[1:]:
-            raise ValueError(
-                f"frames of shape {frames.shape[1:]} appended to {data.shape[1:]} frames"
-            )
-        start, stop = self.n_frames, self.n_frames + n
-        data.resize(stop, axis=0)
-        data[start:stop] = frames
-        for key, values in per_frame.items():
-            dset = self._h5[key]
-            dset.resize(stop, axis=0)
-            dset[start:stop] = values
-        self.n_frames = stop
+        shape = self._file.h5[self.data_path].shape[1:]
+        if frames.shape[1:] != shape:
+            raise ValueError(f"frames of shape {frames.shape[1:]} appended to {shape} frames")
+        self._file.append({self.data_path: frames, **per_frame})
+        self.n_frames = self._file.n_rows
 
-    def _create(self, frames: np.ndarray, per_frame: Mapping[str, np.ndarray]) -> None:
-        assert self._h5 is not None
-        frame_shape = frames.shape[1:]
-        data = self._h5.create_dataset(
+    def _create(
+        self, file: AppendableH5, frames: np.ndarray, per_frame: Mapping[str, np.ndarray]
+    ) -> None:
+        file.column(
             self.data_path,
-            shape=(0, *frame_shape),
-            maxshape=(None, *frame_shape),
             dtype=frames.dtype,
-            chunks=(1, *frame_shape),
-            **self._filter,
+            row_shape=frames.shape[1:],
+            chunk_rows=1,
+            compression=self._filter,
+            attrs={key: _attr_value(value) for key, value in self._data_attrs.items()},
         )
-        for key, value in self._data_attrs.items():
-            data.attrs[key] = _attr_value(value)
         for key, values in per_frame.items():
-            self._h5.create_dataset(
-                key, shape=(0,), maxshape=(None,), dtype=values.dtype, chunks=(1024,)
-            )
+            file.column(key, dtype=values.dtype, chunk_rows=1024)
         self._keys = tuple(sorted(per_frame))
 
 

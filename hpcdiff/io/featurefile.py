@@ -27,8 +27,9 @@ import numpy as np
 
 from hpcdiff import __version__
 from hpcdiff.errors import FormatError
+from hpcdiff.io.appendable import AppendableH5
 from hpcdiff.io.hdf5 import open_hdf5
-from hpcdiff.io.outputs import atomic_path, ensure_writable, provenance
+from hpcdiff.io.outputs import ensure_writable, provenance
 
 FORMAT_VERSION = 1
 _STR = h5py.string_dtype("utf-8")
@@ -164,28 +165,16 @@ def _meta_attrs(meta: FeatureMeta) -> dict[str, Any]:
     }
 
 
-def _create(h5: h5py.File, meta: FeatureMeta, *, chunk_rows: int) -> None:
+def _create(file: AppendableH5, meta: FeatureMeta, *, chunk_rows: int) -> None:
     d = int(meta.n_features)
-    h5.create_dataset("frame_file", shape=(0,), maxshape=(None,), dtype=_STR, chunks=(1024,))
-    h5.create_dataset("frame_index", shape=(0,), maxshape=(None,), dtype=np.int64, chunks=(1024,))
-    h5.create_dataset(
+    file.column("frame_file", dtype=_STR, chunk_rows=1024)
+    file.column("frame_index", dtype=np.int64, chunk_rows=1024)
+    file.column(
         "features",
-        shape=(0, d),
-        maxshape=(None, d),
         dtype=np.float32,
-        chunks=(max(1, min(chunk_rows, max(1, (1 << 20) // (4 * d)))), d),
+        row_shape=(d,),
+        chunk_rows=max(1, min(chunk_rows, max(1, (1 << 20) // (4 * d)))),
     )
-    h5.attrs.update(_meta_attrs(meta))
-
-
-def _append(h5: h5py.File, files: np.ndarray, indices: np.ndarray, features: np.ndarray) -> None:
-    n0 = h5["features"].shape[0]
-    n = features.shape[0]
-    for name in ("frame_file", "frame_index", "features"):
-        h5[name].resize(n0 + n, axis=0)
-    h5["frame_file"][n0:] = files.astype(object)
-    h5["frame_index"][n0:] = indices
-    h5["features"][n0:] = features
 
 
 def _check_batch(
@@ -225,32 +214,21 @@ class FeatureWriter:
     ) -> None:
         self.path = Path(path)
         self.meta = meta
-        self._ctx = atomic_path(self.path, force=force)
-        self._tmp = self._ctx.__enter__()
-        self._h5 = h5py.File(self._tmp, "w")
-        _create(self._h5, meta, chunk_rows=chunk_rows)
+        self._file = AppendableH5(self.path, force=force, attrs=_meta_attrs(meta))
+        _create(self._file, meta, chunk_rows=chunk_rows)
         self.n_written = 0
 
     def append(self, frame_ids: Sequence[Any], features: np.ndarray) -> None:
         """Add ``(n, d)`` features for ``n`` frame ids (``FrameId`` or ``(file, index)``)."""
         files, indices, features = _check_batch(self.meta, frame_ids, features)
-        _append(self._h5, files, indices, features)
+        self._file.append(
+            {"frame_file": files.astype(object), "frame_index": indices, "features": features}
+        )
         self.n_written += features.shape[0]
 
     def close(self, *, ok: bool = True) -> None:
         """Finish the file (rename into place), or discard it when ``ok`` is false."""
-        if self._h5 is None:
-            return
-        self._h5.close()
-        self._h5 = None
-        if ok:
-            self._ctx.__exit__(None, None, None)
-        else:
-            err = RuntimeError("feature writing aborted")
-            try:
-                self._ctx.__exit__(RuntimeError, err, None)
-            except RuntimeError:
-                pass
+        self._file.close(ok=ok)
 
     def __enter__(self) -> FeatureWriter:
         return self

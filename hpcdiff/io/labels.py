@@ -14,15 +14,22 @@ dataset                   dtype      meaning
 ========================  =========  ==============================================
 
 Root attributes: ``class_names`` (JSON list, one name per class) and provenance.
+
+:func:`read_labels` reads every form of labels hpcdiff accepts, told apart by content (not
+by extension): this HDF5 file, a CSV with a ``file,index,label`` header, or CrystFEL list
+files (``path //index`` lines), one per class; see :mod:`hpcdiff.io.labels_text`.  Every
+row remembers where it came from (file and line, or HDF5 row), so that errors found later
+(a frame the run lacks, the same frame twice) name the line to fix.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import h5py
 import numpy as np
@@ -31,6 +38,14 @@ from hpcdiff.errors import FormatError
 from hpcdiff.io.cxi import FrameId
 from hpcdiff.io.hdf5 import open_hdf5
 from hpcdiff.io.outputs import atomic_path, provenance
+
+#: What :func:`read_labels` accepts: one labels file (HDF5, CSV or a CrystFEL list), several
+#: CrystFEL list files (class from each file's name, or ``"CLASS=PATH"``), or a mapping
+#: ``{class name: list file}``.
+LabelsSpec: TypeAlias = str | Path | Sequence[str | Path] | Mapping[str, str | Path]
+
+#: Class names of labels given as ``diffuse`` / ``non-diffuse`` (class 0 = no diffuse scattering).
+BINARY_NAMES: tuple[str, str] = ("non-diffuse", "diffuse")
 
 _DATASETS = {
     "file": None,
@@ -61,6 +76,11 @@ class Labels:
         Name of each class, in order.
     attrs
         Provenance and other attributes read from a file (empty when built in memory).
+    source
+        ``(n,)`` str: the labels file each row was read from (``""`` when built in memory).
+    line
+        ``(n,)`` int64: where in ``source`` the row is: the 1-based line of a text file, the
+        1-based row of an HDF5 file (0 when built in memory).
     """
 
     file: np.ndarray
@@ -70,6 +90,8 @@ class Labels:
     diffuse_class: np.ndarray
     class_names: tuple[str, ...] = ("none", "diffuse")
     attrs: Mapping[str, Any] = field(default_factory=dict)
+    source: np.ndarray | None = None
+    line: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         arrays = {
@@ -80,6 +102,12 @@ class Labels:
             "diffuse_class": np.asarray(self.diffuse_class, dtype=np.int16),
         }
         n = arrays["file"].shape
+        arrays["source"] = np.asarray(
+            np.full(n, "", dtype=np.str_) if self.source is None else self.source, dtype=np.str_
+        )
+        arrays["line"] = np.asarray(
+            np.zeros(n, dtype=np.int64) if self.line is None else self.line, dtype=np.int64
+        )
         for name, arr in arrays.items():
             if arr.ndim != 1 or arr.shape != n:
                 raise ValueError(f"labels {name} has shape {arr.shape}; every array must be {n}")
@@ -95,11 +123,43 @@ class Labels:
             )
         keys = list(zip(arrays["file"].tolist(), arrays["index"].tolist(), strict=True))
         if len(set(keys)) != len(keys):
-            seen: set[tuple[str, int]] = set()
-            for key in keys:
+            seen: dict[tuple[str, int], int] = {}
+            for k, key in enumerate(keys):
                 if key in seen:
-                    raise ValueError(f"labels list frame {FrameId(*key)} more than once")
-                seen.add(key)
+                    raise ValueError(
+                        f"labels list frame {FrameId(*key)} more than once" + self._at(seen[key], k)
+                    )
+                seen[key] = k
+
+    def _at(self, *rows: int) -> str:
+        where = [self.where(r) for r in rows]
+        where = [w for w in where if w]
+        return f" ({'; '.join(where)})" if where else ""
+
+    def where(self, row: int) -> str:
+        """``"labels.csv, line 7"`` (or ``"labels.h5, dataset /file row 6"``): where ``row``
+        came from; ``""`` for rows built in memory."""
+        assert self.source is not None and self.line is not None
+        src, line = str(self.source[row]), int(self.line[row])
+        if not src:
+            return ""
+        if line <= 0:
+            return src
+        if _is_hdf5(src):
+            return f"{src}, dataset /file row {line - 1}"
+        return f"{src}, line {line}"
+
+    def error_at(self, row: int, message: str) -> FormatError:
+        """A :class:`FormatError` naming the file and line (or HDF5 row) of ``row``."""
+        assert self.source is not None and self.line is not None
+        src, line = str(self.source[row]), int(self.line[row])
+        if not src:
+            return FormatError("<labels>", message)
+        if line <= 0:
+            return FormatError(src, message)
+        if _is_hdf5(src):
+            return FormatError(src, message, dataset=f"/file row {line - 1}")
+        return FormatError(src, message, line=line)
 
     def __len__(self) -> int:
         return int(self.index.shape[0])
@@ -140,7 +200,100 @@ class Labels:
             diffuse_class=self.diffuse_class[rows],
             class_names=self.class_names,
             attrs=self.attrs,
+            source=None if self.source is None else self.source[rows],
+            line=None if self.line is None else self.line[rows],
         )
+
+    def match_run(self, frame_ids: Sequence[FrameId]) -> np.ndarray:
+        """Where each row's frame is in a run: ``(n,)`` int64 positions in ``frame_ids``,
+        ``-1`` for rows naming a frame the run lacks.
+
+        A row matches a run frame with the same index and the same file: the same string,
+        the same absolute path (a relative path in a labels file is taken relative to the
+        labels file's folder, then to the working directory), or the same base name where
+        that base name is unique among the run's files.
+
+        Raises
+        ------
+        FormatError
+            Naming the file and line of a row whose base name matches several run files,
+            or of two rows that name the same run frame.
+        """
+        exact: dict[tuple[str, int], int] = {}
+        absolute: dict[tuple[str, int], int] = {}
+        by_name: dict[tuple[str, int], int] = {}
+        name_files: dict[str, set[str]] = {}
+        for k, fid in enumerate(frame_ids):
+            exact.setdefault((fid.file, fid.index), k)
+            absolute.setdefault((os.path.abspath(fid.file), fid.index), k)
+            name = os.path.basename(fid.file)
+            by_name.setdefault((name, fid.index), k)
+            name_files.setdefault(name, set()).add(fid.file)
+        assert self.source is not None
+        out = np.full(len(self), -1, dtype=np.int64)
+        taken: dict[int, int] = {}
+        for row, (f, i) in enumerate(zip(self.file.tolist(), self.index.tolist(), strict=True)):
+            pos: int | None = exact.get((f, i))
+            if pos is None:
+                for base in _bases(str(self.source[row])):
+                    pos = absolute.get((os.path.abspath(os.path.join(base, f)), i))
+                    if pos is not None:
+                        break
+            if pos is None:
+                name = os.path.basename(f)
+                if len(name_files.get(name, ())) > 1:
+                    raise self.error_at(
+                        row,
+                        f"frame {f} //{i}: base name {name!r} matches several run files "
+                        f"({', '.join(sorted(name_files[name])[:3])}); give the full path",
+                    )
+                pos = by_name.get((name, i))
+            if pos is None:
+                continue
+            if pos in taken:
+                raise self.error_at(
+                    row,
+                    f"frame {frame_ids[pos]} is labelled twice"
+                    + self._at(taken[pos])
+                    + " (the same frame under two names)",
+                )
+            taken[pos] = row
+            out[row] = pos
+        return out
+
+    def for_run(self, frame_ids: Sequence[FrameId]) -> tuple[np.ndarray, Labels]:
+        """The run frames these labels name and their labels, in run order.
+
+        Returns
+        -------
+        positions, labels
+            ``(m,)`` int64 sorted positions in ``frame_ids`` of the labelled frames, and
+            the ``m`` rows of labels that describe them (same order).  Run frames without a
+            label are simply absent: training uses the labelled frames only.
+
+        Raises
+        ------
+        FormatError
+            Naming the labels file and line of the first row whose frame the run lacks
+            (and how many such rows there are).
+        """
+        pos = self.match_run(frame_ids)
+        missing = np.flatnonzero(pos < 0)
+        if missing.size:
+            row = int(missing[0])
+            more = (
+                f"; {missing.size - 1} more row(s) name frames the run lacks"
+                if (missing.size > 1)
+                else ""
+            )
+            files = sorted({f.file for f in frame_ids})
+            raise self.error_at(
+                row,
+                f"frame {self.file[row]} //{self.index[row]} is not in the run ({len(frame_ids)} "
+                f"frames in {len(files)} file(s), e.g. {files[0] if files else '-'}){more}",
+            )
+        order = np.argsort(pos, kind="stable")
+        return pos[order], self.take(order)
 
     def lookup(self, frame_ids: Sequence[FrameId], *, source: str | Path | None = None) -> Labels:
         """Labels of ``frame_ids``, in the order given.
@@ -191,7 +344,7 @@ class Labels:
             and np.array_equal(self.file, other.file)
             and np.array_equal(self.index, other.index)
             and np.array_equal(self.diffuse, other.diffuse)
-            and np.array_equal(self.diffuse_strength, other.diffuse_strength)
+            and np.array_equal(self.diffuse_strength, other.diffuse_strength, equal_nan=True)
             and np.array_equal(self.diffuse_class, other.diffuse_class)
         )
 
@@ -222,7 +375,89 @@ def write_labels(
     return Path(path)
 
 
-def read_labels(path: str | Path) -> Labels:
+def read_labels(spec: LabelsSpec, *, class_names: Sequence[str] | None = None) -> Labels:
+    """Read labels in any accepted form, told apart by content (not by extension).
+
+    Parameters
+    ----------
+    spec
+        One file: hpcdiff's HDF5 labels file, a CSV with a ``file,index,label`` header, or
+        one CrystFEL list file (class from its name).  Several CrystFEL list files, one per
+        class: the class of each is its file name without extension (``diffuse.lst``,
+        ``non-diffuse.lst``), or given as ``"CLASS=PATH"``, or a mapping ``{CLASS: PATH}``.
+    class_names
+        The job's class names, class 0 (no diffuse scattering) first; ``None``: the HDF5
+        file's own, else a CSV's ``# class_names = ...`` line, else ``("non-diffuse",
+        "diffuse")``.  A label may be a class name, ``diffuse`` / ``non-diffuse`` (two
+        classes), or an integer class.
+
+    Raises
+    ------
+    hpcdiff.errors.FormatError
+        Naming the file and the line (text) or dataset (HDF5): unreadable content, a bad
+        header, a bad index, a wrong column count, an unknown class, the same frame twice.
+    """
+    from hpcdiff.io.labels_text import read_label_lists, read_labels_csv, sniff
+
+    entries = label_sources(spec)
+    if not entries:
+        raise FormatError(str(spec), "no labels file given")
+    if len(entries) == 1 and entries[0][1] is None:
+        path = entries[0][0]
+        kind = sniff(path)
+        if kind == "hdf5":
+            labels = read_labels_h5(path)
+            if class_names is not None and tuple(class_names) != labels.class_names:
+                raise FormatError(
+                    path,
+                    f"class names {list(labels.class_names)} differ from the job's "
+                    f"{list(class_names)}",
+                )
+            return labels
+        if kind == "csv":
+            return read_labels_csv(path, class_names=class_names)
+    for path, _ in entries:
+        if sniff(path) != "list":
+            raise FormatError(
+                path,
+                "several labels files must all be CrystFEL list files (path //index lines), "
+                "one per class",
+            )
+    return read_label_lists(entries, class_names=class_names)
+
+
+def label_sources(spec: LabelsSpec) -> list[tuple[Path, str | None]]:
+    """``(path, class or None)`` of each file in a labels spec (see :data:`LabelsSpec`).
+
+    A string ``"CLASS=PATH"`` names its class, unless a file of that exact name exists.
+    """
+    if isinstance(spec, Mapping):
+        return [(Path(p), str(c)) for c, p in spec.items()]
+    items = [spec] if isinstance(spec, str | Path) else list(spec)
+    out: list[tuple[Path, str | None]] = []
+    for item in items:
+        text = str(item)
+        if "=" in text and not Path(text).exists():
+            # "CLASS=PATH" (a job's relative path may have been joined to its folder)
+            head, _, rest = text.partition("=")
+            parent, _, cls = head.rpartition(os.sep)
+            if parent and not os.path.isabs(rest):
+                rest = os.path.join(parent, rest)
+            out.append((Path(rest), cls))
+        else:
+            out.append((Path(text), None))
+    return out
+
+
+def describe_spec(spec: LabelsSpec) -> str:
+    """A short human form of a labels spec for messages."""
+    entries = label_sources(spec)
+    if len(entries) == 1 and entries[0][1] is None:
+        return str(entries[0][0])
+    return ", ".join(f"{c}={p}" if c else str(p) for p, c in entries)
+
+
+def read_labels_h5(path: str | Path) -> Labels:
     """Read a labels file written by :func:`write_labels` (or any file with its datasets).
 
     Raises
@@ -276,9 +511,23 @@ def read_labels(path: str | Path) -> Labels:
             diffuse_class=arrays["class"],
             class_names=class_names,
             attrs=attrs,
+            source=np.array([str(path)] * lengths["file"], dtype=np.str_),
+            line=np.arange(1, lengths["file"] + 1, dtype=np.int64),
         )
     except ValueError as exc:
         raise FormatError(path, str(exc)) from None
+
+
+def _bases(source: str) -> list[str]:
+    """Folders a relative frame path in labels file ``source`` may be relative to."""
+    return [os.path.dirname(os.path.abspath(source)), os.getcwd()] if source else [os.getcwd()]
+
+
+def _is_hdf5(path: str) -> bool:
+    try:
+        return bool(h5py.is_hdf5(path))
+    except OSError:
+        return False
 
 
 def _plain(value: Any) -> Any:

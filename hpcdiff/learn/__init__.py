@@ -14,17 +14,25 @@ from hpcdiff.learn.metrics import (
 from hpcdiff.learn.model import DiffuseClassifier, ModelMismatchError
 from hpcdiff.learn.pca_stats import (
     PCABasis,
+    PCAReduction,
     PCAStatistics,
     pca_from_array,
     pca_from_statistics,
 )
-from hpcdiff.learn.predictions import Predictions, PredictionWriter, read_predictions
-from hpcdiff.learn.split import split_sizes, stratified_split
+from hpcdiff.learn.split import (
+    order_split,
+    split_rows,
+    split_sizes,
+    stratified_split,
+    too_few_labelled,
+)
 from hpcdiff.learn.workflow import (
     TrainResult,
     align_labels,
     cross_experiment,
     evaluate,
+    fit_model,
+    labelled_rows,
     report_from_predictions,
     targets,
     train,
@@ -35,22 +43,25 @@ __all__ = [
     "DiffuseClassifier",
     "ModelMismatchError",
     "PCABasis",
+    "PCAReduction",
     "PCAStatistics",
-    "PredictionWriter",
-    "Predictions",
     "TrainResult",
     "align_labels",
+    "labelled_rows",
     "classification_report",
     "cross_experiment",
     "evaluate",
+    "fit_model",
     "format_report",
     "format_side_by_side",
     "pca_from_array",
     "pca_from_statistics",
-    "read_predictions",
     "report_from_predictions",
+    "order_split",
+    "split_rows",
     "split_sizes",
     "stratified_split",
     "targets",
+    "too_few_labelled",
     "train",
 ]

@@ -112,21 +112,38 @@ def _fmt(x: Any, width: int = 9) -> str:
     return f"{x:>{width}}"
 
 
-def format_report(report: Mapping[str, Any], *, title: str | None = None) -> str:
-    """The report as a text table (per-class precision/recall/F1/support, then totals)."""
+def format_report(
+    report: Mapping[str, Any], *, title: str | None = None, published: bool = True
+) -> str:
+    """The report as a text table (per-class precision/recall/F1/support, then totals).
+
+    With ``published`` (default), the method's published precision / recall and accuracy
+    (:data:`hpcdiff.learn.published.PUBLISHED`) stand in two columns beside this run's, for
+    the classes the paper scored, and a last line says where they come from.
+    """
+    from hpcdiff.learn.published import PUBLISHED
+
     names = list(report.get("class_names", report["classes"]))
     width = max(12, *(len(n) for n in names))
+    show = published and any(PUBLISHED.precision_recall(n) for n in names)
+    paper_head = f"   {'paper P':>8} {'paper R':>8}" if show else ""
     lines = [title] if title else []
-    lines.append(f"{'':<{width}} {'precision':>9} {'recall':>9} {'f1-score':>9} {'support':>9}")
+    lines.append(
+        f"{'':<{width}} {'precision':>9} {'recall':>9} {'f1-score':>9} {'support':>9}{paper_head}"
+    )
     for name in names:
         c = report["classes"][name]
+        pr = PUBLISHED.precision_recall(name) if show else None
+        paper = f"   {pr[0]:>8.2f} {pr[1]:>8.2f}" if pr else ""
         lines.append(
             f"{name:<{width}} {_fmt(c['precision'])} {_fmt(c['recall'])} {_fmt(c['f1'])} "
-            f"{_fmt(c['support'])}"
+            f"{_fmt(c['support'])}{paper}"
         )
     lines.append("")
+    paper_acc = f"   {'accuracy':>8} {PUBLISHED.accuracy:>8.2f}" if show else ""
     lines.append(
         f"{'accuracy':<{width}} {'':>9} {'':>9} {_fmt(report['accuracy'])} {report['n']:>9}"
+        f"{paper_acc}"
     )
     lines.append(f"{'macro f1':<{width}} {'':>9} {'':>9} {_fmt(report['macro_f1'])}")
     auc = report.get("roc_auc")
@@ -152,14 +169,32 @@ def format_report(report: Mapping[str, Any], *, title: str | None = None) -> str
     lines.append(f"{'':<{width}} " + " ".join(f"{n:>{cw}}" for n in cm["labels"]))
     for name, row in zip(cm["labels"], cm["matrix"], strict=True):
         lines.append(f"{name:<{width}} " + " ".join(f"{v:>{cw}}" for v in row))
+    if published:
+        lines.append("")
+        lines.append(PUBLISHED.note() if show else f"(for the binary task) {PUBLISHED.note()}")
     return "\n".join(lines)
 
 
-def format_side_by_side(reports: Mapping[str, Mapping[str, Any]]) -> str:
+def format_side_by_side(reports: Mapping[str, Mapping[str, Any]], *, published: bool = True) -> str:
     """Several reports (e.g. within- and cross-experiment) as one table, one column block each.
 
-    Rows: precision / recall / F1 of each class, accuracy, ROC AUC, n.
+    Rows: precision / recall / F1 of each class, accuracy, ROC AUC, n.  With ``published``,
+    a last column ``paper`` holds the method's published figures where it gave them.
     """
+    from hpcdiff.learn.published import PUBLISHED
+
+    paper: dict[str, Mapping[str, Any]] = {}
+    if published:
+        paper = {
+            "paper": {
+                "classes": {
+                    n: {"precision": p, "recall": r} for n, (p, r) in PUBLISHED.classes.items()
+                },
+                "accuracy": PUBLISHED.accuracy,
+                "n": PUBLISHED.n_test,
+            }
+        }
+        reports = {**reports, **paper}
     names: list[str] = []
     for rep in reports.values():
         for n in rep.get("class_names", rep["classes"]):
@@ -189,4 +224,6 @@ def format_side_by_side(reports: Mapping[str, Mapping[str, Any]]) -> str:
     row("Brier score", lambda r: (r.get("calibration") or {}).get("brier"))
     row("ECE", lambda r: (r.get("calibration") or {}).get("ece"))
     row("n", lambda r: r["n"])
+    if paper:
+        lines.append(PUBLISHED.note())
     return "\n".join(lines)

@@ -180,6 +180,37 @@ def pca_from_statistics(stats: PCAStatistics, n_components: int) -> PCABasis:
     return PCABasis(stats.mean.copy(), components, values, ratio)
 
 
+@dataclass(frozen=True)
+class PCAReduction:
+    """PCA from mergeable statistics, as a distributed collect reduces it.
+
+    Implements :class:`hpcdiff.parallel.collect.Reduction`: every rank summarises its rows
+    (:meth:`summarise`: :class:`PCAStatistics` as a flat buffer), the buffers are summed,
+    the root computes the axes (:meth:`basis`) and every rank projects its rows
+    (:meth:`project`).  Nothing here knows about MPI.
+    """
+
+    n_features: int
+    n_components: int
+
+    def summarise(self, rows: np.ndarray) -> np.ndarray:
+        """``(m, d)`` rows (``m`` may be 0) -> statistics buffer (``to_buffer``)."""
+        stats = (
+            PCAStatistics.from_array(rows) if len(rows) else PCAStatistics.empty(self.n_features)
+        )
+        return stats.to_buffer()
+
+    def basis(self, total: np.ndarray) -> PCABasis:
+        """The principal axes of the summed statistics buffer."""
+        return pca_from_statistics(
+            PCAStatistics.from_buffer(total, self.n_features), self.n_components
+        )
+
+    def project(self, basis: PCABasis, rows: np.ndarray) -> np.ndarray:
+        """``(m, d)`` rows -> ``(m, n_components)`` float64 projections."""
+        return basis.transform(rows)
+
+
 def pca_from_array(x: np.ndarray, n_components: int, *, random_state: int = 0) -> PCABasis:
     """Principal axes of gathered rows with scikit-learn's PCA (signs as :func:`flip_signs`)."""
     from sklearn.decomposition import PCA

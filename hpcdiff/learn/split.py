@@ -1,4 +1,5 @@
-"""Stratified train/test split as the method used it (500 training, 500 test frames)."""
+"""Train/test splits of the labelled frames: stratified at random as the method used it
+(500 training, 500 test frames), or by order (first ``n_train`` / last ``n_test``)."""
 
 from __future__ import annotations
 
@@ -76,3 +77,65 @@ def stratified_split(
         rows, train_size=n_tr, test_size=n_te, stratify=y, random_state=random_state
     )
     return np.sort(train).astype(np.int64), np.sort(test).astype(np.int64)
+
+
+def order_split(n: int, *, n_train: int = 500, n_test: int = 500) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of a split by order: the first frames train, the last frames test.
+
+    Parameters
+    ----------
+    n
+        Labelled frames, in run order.
+    n_train, n_test
+        Requested sizes (fewer frames: proportional sizes, :func:`split_sizes`).
+
+    Returns
+    -------
+    train, test
+        ``int64`` rows ``0..n_tr-1`` and ``n-n_te..n-1``.
+    """
+    n_tr, n_te = split_sizes(n, n_train=n_train, n_test=n_test)
+    return np.arange(n_tr, dtype=np.int64), np.arange(n - n_te, n, dtype=np.int64)
+
+
+def split_rows(
+    y: np.ndarray,
+    *,
+    n_train: int = 500,
+    n_test: int = 500,
+    random_state: int = 0,
+    method: str = "stratified",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test rows of labels ``y`` by ``method`` (``"stratified"`` or ``"order"``).
+
+    Raises
+    ------
+    ValueError
+        An unknown method, or a stratified split the classes cannot fill.
+    """
+    if method == "stratified":
+        return stratified_split(y, n_train=n_train, n_test=n_test, random_state=random_state)
+    if method == "order":
+        return order_split(np.asarray(y).size, n_train=n_train, n_test=n_test)
+    raise ValueError(f"split must be 'stratified' or 'order', got {method!r}")
+
+
+def too_few_labelled(
+    n_labelled: int, *, n_components: int, n_train: int, n_test: int
+) -> str | None:
+    """Why ``n_labelled`` labelled frames cannot train this model, or ``None`` when they can.
+
+    PCA needs more training frames than ``n_components``; with fewer labelled frames than
+    ``n_train + n_test`` the split shrinks in proportion (:func:`split_sizes`), so the
+    training frames are counted after that.
+    """
+    if n_labelled < 1:
+        return "no run frame has a label"
+    n_tr, _ = split_sizes(n_labelled, n_train=n_train, n_test=n_test)
+    if n_tr <= n_components:
+        return (
+            f"only {n_labelled} labelled frame(s), of which {n_tr} train, but [learn] "
+            f"n_components = {n_components} needs more than {n_components} training frames "
+            f"(n_train = {n_train}, n_test = {n_test}); label more frames or lower n_components"
+        )
+    return None

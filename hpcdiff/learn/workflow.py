@@ -14,8 +14,8 @@ from hpcdiff.errors import FormatError
 from hpcdiff.io.featurefile import FeatureSet
 from hpcdiff.learn.metrics import BINARY_CLASS_NAMES, classification_report
 from hpcdiff.learn.model import DiffuseClassifier
-from hpcdiff.learn.pca_stats import PCAStatistics, pca_from_statistics
-from hpcdiff.learn.split import stratified_split
+from hpcdiff.learn.pca_stats import PCABasis, PCAStatistics, pca_from_statistics
+from hpcdiff.learn.split import split_rows, too_few_labelled
 
 
 def targets(labels: Any, target: str) -> tuple[np.ndarray, tuple[str, ...]]:
@@ -50,6 +50,29 @@ def align_labels(features: FeatureSet, labels: Any, *, source: str | Path = "lab
         raise FormatError(source, str(exc.args[0]) if exc.args else str(exc)) from None
 
 
+def labelled_rows(frames: Any, labels: Any) -> tuple[np.ndarray, Any]:
+    """The rows of ``frames`` (a features or predictions file in memory) that ``labels``
+    describe, and their labels, in row order.  Rows without a label are left out.
+
+    Raises
+    ------
+    FormatError
+        Naming the labels file and line of a frame that ``frames`` lacks, or of a frame
+        labelled twice.
+    """
+    return labels.for_run(frames.frame_ids)
+
+
+def _full(y: np.ndarray, rows: np.ndarray | None, n: int) -> np.ndarray:
+    """``(n,)`` int64 labels per row, ``-1`` where a row has none."""
+    y = np.asarray(y, dtype=np.int64)
+    if rows is None:
+        return y
+    full = np.full(n, -1, dtype=np.int64)
+    full[np.asarray(rows, dtype=np.int64)] = y
+    return full
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """A fitted model, its held-out report and the rows used.
@@ -79,44 +102,124 @@ def train(
     cfg: Any,
     config_hash: str | None = None,
     extra: dict[str, Any] | None = None,
+    rows: np.ndarray | None = None,
 ) -> TrainResult:
-    """Split, fit PCA + logistic regression on the training rows, report on the test rows.
+    """Split the labelled rows, fit PCA + logistic regression on the training rows,
+    report on the test rows.
 
     Parameters
     ----------
     features
         The features file in memory.
     y
-        ``(n,)`` labels aligned with ``features`` rows.
+        Labels: ``(n,)`` aligned with ``features`` rows, or ``(m,)`` aligned with ``rows``.
     cfg
         A :class:`hpcdiff.config.LearnConfig` (``n_components``, ``n_train``, ``n_test``,
-        ``random_state``, ``target``, ``C``, ``pca_from``).
+        ``random_state``, ``target``, ``C``, ``pca_from``, ``split``).
+    rows
+        ``(m,)`` sorted rows of ``features`` that have labels (``None``: every row); only
+        these are split, fitted and scored.
+
+    Raises
+    ------
+    ValueError
+        Too few labelled frames for ``n_components`` (message says how many), or a split
+        the classes cannot fill.
     """
     y = np.asarray(y, dtype=np.int64)
-    train_rows, test_rows = stratified_split(
-        y, n_train=cfg.n_train, n_test=cfg.n_test, random_state=cfg.random_state
+    rows = np.arange(len(features), dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+    if y.shape != rows.shape:
+        raise ValueError(f"{y.size} labels for {rows.size} labelled rows")
+    problem = too_few_labelled(
+        rows.size, n_components=cfg.n_components, n_train=cfg.n_train, n_test=cfg.n_test
     )
+    if problem:
+        raise ValueError(problem)
+    tr, te = split_rows(
+        y,
+        n_train=cfg.n_train,
+        n_test=cfg.n_test,
+        random_state=cfg.random_state,
+        method=getattr(cfg, "split", "stratified"),
+    )
+    train_rows, test_rows = rows[tr], rows[te]
+    y_full = _full(y, rows, len(features))
     x_train = features.features[train_rows]
     pca = None
     if cfg.pca_from == "statistics":
         pca = pca_from_statistics(PCAStatistics.from_array(x_train), cfg.n_components)
-    model = DiffuseClassifier(n_components=cfg.n_components, C=cfg.C, random_state=cfg.random_state)
-    model.fit(
+    model = fit_model(
         x_train,
-        y[train_rows],
+        y_full[train_rows],
         class_names=class_names,
+        cfg=cfg,
         feature_meta=features.meta,
+        pca=pca,
+        n_test=int(test_rows.size),
+        config_hash=config_hash,
+        extra={"split": cfg.split, **(extra or {})},
+    )
+    report = evaluate(model, features, y_full, rows=test_rows) if test_rows.size else None
+    return TrainResult(model, report, train_rows, test_rows)
+
+
+def fit_model(
+    rows: np.ndarray,
+    y: np.ndarray,
+    *,
+    class_names: tuple[str, ...],
+    cfg: Any,
+    feature_meta: Any,
+    pca: PCABasis | None = None,
+    projected: bool = False,
+    n_test: int = 0,
+    config_hash: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> DiffuseClassifier:
+    """Fit PCA + logistic regression on training rows: the one fit of serial and MPI training.
+
+    Parameters
+    ----------
+    rows
+        ``(n_train, d)`` feature rows, or with ``projected`` their ``(n_train, k)``
+        projections on ``pca`` (a distributed "statistics" collect gathers only those).
+    y
+        ``(n_train,)`` labels.
+    cfg
+        A :class:`hpcdiff.config.LearnConfig`.
+    feature_meta
+        :class:`~hpcdiff.io.featurefile.FeatureMeta` of the rows.
+    pca
+        Axes computed elsewhere (from statistics); ``None``: fitted on ``rows``.
+    n_test
+        Held-out rows (recorded in the model's metadata with ``cfg.pca_from`` and ``extra``).
+    """
+    meta_extra = {"pca_from": cfg.pca_from, "n_test": int(n_test), **(extra or {})}
+    model = DiffuseClassifier(n_components=cfg.n_components, C=cfg.C, random_state=cfg.random_state)
+    if projected:
+        if pca is None:
+            raise ValueError("projected rows need the pca they were projected on")
+        return model.fit_projected(
+            rows,
+            y,
+            pca=pca,
+            class_names=class_names,
+            feature_meta=feature_meta,
+            target=cfg.target,
+            config_hash=config_hash,
+            n_train=len(rows),
+            extra=meta_extra,
+        )
+    return model.fit(
+        rows,
+        y,
+        class_names=class_names,
+        feature_meta=feature_meta,
         pca=pca,
         target=cfg.target,
         config_hash=config_hash,
-        extra={
-            "pca_from": cfg.pca_from,
-            "n_test": int(test_rows.size),
-            **(extra or {}),
-        },
+        extra=meta_extra,
     )
-    report = evaluate(model, features, y, rows=test_rows) if test_rows.size else None
-    return TrainResult(model, report, train_rows, test_rows)
 
 
 def evaluate(
@@ -127,7 +230,10 @@ def evaluate(
     rows: np.ndarray | None = None,
     source: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Apply ``model`` to ``features`` (checked compatible) and report against labels ``y``."""
+    """Apply ``model`` to ``features`` (checked compatible) and report against labels ``y``.
+
+    ``y`` is aligned with ``features`` rows; ``rows`` (default: all) are the rows scored.
+    """
     model.check_compatible(features.meta, source=source)
     x = features.features if rows is None else features.features[rows]
     y = np.asarray(y, dtype=np.int64)
@@ -154,6 +260,8 @@ def cross_experiment(
     cfg: Any,
     names: tuple[str, str] = ("A", "B"),
     config_hash: str | None = None,
+    train_rows: np.ndarray | None = None,
+    test_rows: np.ndarray | None = None,
 ) -> tuple[dict[str, dict[str, Any]], TrainResult]:
     """Within- and cross-experiment scores side by side.
 
@@ -169,15 +277,33 @@ def cross_experiment(
     """
     a, b = names
     res_a = train(
-        train_features, train_y, class_names=class_names, cfg=cfg, config_hash=config_hash
+        train_features,
+        train_y,
+        class_names=class_names,
+        cfg=cfg,
+        config_hash=config_hash,
+        rows=train_rows,
     )
-    res_b = train(test_features, test_y, class_names=class_names, cfg=cfg, config_hash=config_hash)
+    res_b = train(
+        test_features,
+        test_y,
+        class_names=class_names,
+        cfg=cfg,
+        config_hash=config_hash,
+        rows=test_rows,
+    )
+    yb = _full(test_y, test_rows, len(test_features))
     if res_a.report is None or res_b.report is None:
         raise ValueError("cross-experiment evaluation needs n_test > 0")
     reports = {
         f"{a}->{a}": res_a.report,
         f"{b}->{b}": res_b.report,
-        f"{a}->{b}": evaluate(res_a.model, test_features, test_y, rows=res_b.test_rows),
-        f"{a}->{b} all": evaluate(res_a.model, test_features, test_y),
+        f"{a}->{b}": evaluate(res_a.model, test_features, yb, rows=res_b.test_rows),
+        f"{a}->{b} all": evaluate(
+            res_a.model,
+            test_features,
+            yb,
+            rows=None if test_rows is None else np.asarray(test_rows, np.int64),
+        ),
     }
     return reports, res_a

@@ -27,10 +27,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from hpcdiff.config import ClusterConfig
 from hpcdiff.errors import ConfigError
+from hpcdiff.parallel.mpi import Comm
 
 
 @dataclass
@@ -110,7 +111,7 @@ def slurm_cluster(cfg: ClusterConfig) -> Any:
 
 @contextlib.contextmanager
 def open_cluster(
-    cfg: ClusterConfig, *, comm: Any = None, log: IO[str] | None = None
+    cfg: ClusterConfig, *, comm: Comm | None = None, log: IO[str] | None = None
 ) -> Iterator[ClusterSession]:
     """Start or join the cluster the job names; close what was started on exit.
 
@@ -160,7 +161,7 @@ def open_cluster(
 
 
 @contextlib.contextmanager
-def _mpi_session(cfg: ClusterConfig, comm: Any, log: IO[str]) -> Iterator[ClusterSession]:
+def _mpi_session(cfg: ClusterConfig, comm: Comm | None, log: IO[str]) -> Iterator[ClusterSession]:
     try:
         import dask_mpi
     except ImportError as exc:  # pragma: no cover - dask-mpi is in the slurm extra
@@ -170,7 +171,7 @@ def _mpi_session(cfg: ClusterConfig, comm: Any, log: IO[str]) -> Iterator[Cluste
     if comm is None:
         from mpi4py import MPI
 
-        comm = MPI.COMM_WORLD
+        comm = cast(Comm, MPI.COMM_WORLD)
     if comm.Get_size() < 3:
         raise ConfigError(
             f"cluster kind 'mpi' needs at least 3 MPI ranks (scheduler, client, worker); "

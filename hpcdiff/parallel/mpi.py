@@ -1,4 +1,4 @@
-"""MPI for the batch job: the communicator, collectives, device binding, logging, aborts.
+"""MPI for the batch job: the communicator, its collectives, and aborts.
 
 Everything that touches ``mpi4py`` lives here and imports it lazily, inside functions,
 so importing hpcdiff never initialises MPI.  Library code never calls ``MPI.Finalize``
@@ -8,7 +8,13 @@ in :func:`abort_on_error`, which is the clean way down when one rank fails.
 The communicator is passed in everywhere.  :func:`get_comm` gives ``MPI.COMM_WORLD``
 when the process was started by a launcher with more than one task (``mpiexec -n N``,
 ``srun``) and a :class:`SelfComm` otherwise: a real one-process communicator with the
-same small API the job uses, so a laptop run needs no MPI at all.
+same small API the job uses (the :class:`Comm` protocol), so a laptop run needs no MPI
+at all.
+
+The other jobs of the parallel layer live beside this module: rank placement (device and
+thread binding) in :mod:`hpcdiff.parallel.placement`, the per-frame loop in
+:mod:`hpcdiff.parallel.frame_loop`, the collect step after it in
+:mod:`hpcdiff.parallel.collect`, timings and rank-prefixed logging in :mod:`hpcdiff.progress`.
 """
 
 from __future__ import annotations
@@ -17,12 +23,10 @@ import contextlib
 import logging
 import os
 import sys
-import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 
@@ -56,6 +60,39 @@ class CollectiveError(HpcdiffError):
 
 
 # --------------------------------------------------------------------------- communicators
+
+
+class Comm(Protocol):
+    """What hpcdiff uses of an ``mpi4py.MPI.Intracomm``; :class:`SelfComm` implements it.
+
+    Buffer arguments (``sendbuf``, ``recvbuf``) are numpy arrays or mpi4py buffer
+    specifications (``[array, counts]``); ``op`` is an ``mpi4py.MPI.Op`` (ignored by
+    :class:`SelfComm`).
+    """
+
+    def Get_rank(self) -> int: ...  # noqa: N802 - mpi4py names
+
+    def Get_size(self) -> int: ...  # noqa: N802
+
+    def bcast(self, obj: Any, root: int = 0) -> Any: ...
+
+    def gather(self, obj: Any, root: int = 0) -> Any: ...
+
+    def allgather(self, obj: Any) -> Any: ...
+
+    def Barrier(self) -> None: ...  # noqa: N802
+
+    def Reduce(self, sendbuf: Any, recvbuf: Any, op: Any = ..., root: int = 0) -> None: ...  # noqa: N802
+
+    def Allreduce(self, sendbuf: Any, recvbuf: Any, op: Any = ...) -> None: ...  # noqa: N802
+
+    def Gatherv(self, sendbuf: Any, recvbuf: Any, root: int = 0) -> None: ...  # noqa: N802
+
+    def Split_type(self, split_type: int, key: int = 0) -> Comm: ...  # noqa: N802
+
+    def Free(self) -> None: ...  # noqa: N802
+
+    def Abort(self, errorcode: int = 1) -> Any: ...  # noqa: N802
 
 
 class SelfComm:
@@ -105,7 +142,7 @@ class SelfComm:
         out = _buffer(recvbuf)
         out.reshape(-1)[: np.size(sendbuf)] = np.ravel(sendbuf)
 
-    def Split_type(self, split_type: Any = None, key: int = 0) -> SelfComm:  # noqa: N802
+    def Split_type(self, split_type: int = 0, key: int = 0) -> SelfComm:  # noqa: N802
         return self
 
     def Free(self) -> None:  # noqa: N802
@@ -132,7 +169,7 @@ def launched_size(environ: dict[str, str] | None = None) -> int | None:
     return None
 
 
-def get_comm(mode: str | None = None) -> Any:
+def get_comm(mode: str | None = None) -> Comm:
     """The job's communicator: ``MPI.COMM_WORLD`` when launched with >1 task, else :class:`SelfComm`.
 
     Parameters
@@ -169,15 +206,15 @@ def get_comm(mode: str | None = None) -> Any:
             ) from exc
         log.warning("mpi4py cannot initialise (%s); running as a single process", exc)
         return SelfComm()
-    return MPI.COMM_WORLD
+    return cast(Comm, MPI.COMM_WORLD)
 
 
-def is_mpi(comm: Any) -> bool:
+def is_mpi(comm: Comm) -> bool:
     """Whether ``comm`` is a real MPI communicator (not :class:`SelfComm`)."""
     return not isinstance(comm, SelfComm)
 
 
-def _mpi_op(comm: Any, name: str) -> Any:
+def _mpi_op(comm: Comm, name: str) -> Any:
     if not is_mpi(comm):
         return None
     from mpi4py import MPI
@@ -188,7 +225,7 @@ def _mpi_op(comm: Any, name: str) -> Any:
 # --------------------------------------------------------------------------- collectives
 
 
-def allreduce_sum(comm: Any, values: np.ndarray) -> np.ndarray:
+def allreduce_sum(comm: Comm, values: np.ndarray) -> np.ndarray:
     """Element-wise sum of a small array over all ranks, on every rank (a new array)."""
     send = np.ascontiguousarray(values)
     out = np.empty_like(send)
@@ -196,7 +233,7 @@ def allreduce_sum(comm: Any, values: np.ndarray) -> np.ndarray:
     return out
 
 
-def reduce_sum(comm: Any, values: np.ndarray, *, root: int = 0) -> np.ndarray | None:
+def reduce_sum(comm: Comm, values: np.ndarray, *, root: int = 0) -> np.ndarray | None:
     """Element-wise sum over ranks with ``Reduce``; the result on ``root``, ``None`` elsewhere."""
     send = np.ascontiguousarray(values)
     out = np.empty_like(send) if comm.Get_rank() == root else None
@@ -208,7 +245,7 @@ _MAX_ELEMENTS = 2**30  # per rank per Gatherv round; MPI counts are C ints
 
 
 def gather_rows(
-    comm: Any, local: np.ndarray, *, root: int = 0, max_elements: int = _MAX_ELEMENTS
+    comm: Comm, local: np.ndarray, *, root: int = 0, max_elements: int = _MAX_ELEMENTS
 ) -> np.ndarray | None:
     """Concatenate every rank's rows on ``root`` in rank order (``Gatherv``).
 
@@ -257,7 +294,7 @@ def gather_rows(
     return np.concatenate(flat) if flat else np.empty((0, *tail), dtype=local.dtype)
 
 
-def root_decides(comm: Any, fn: Callable[[], T], *, root: int = 0) -> T:
+def root_decides(comm: Comm, fn: Callable[[], T], *, root: int = 0) -> T:
     """Run ``fn`` on ``root`` only and broadcast its result, or its error, to every rank.
 
     For checks that must give one answer (output exists? same config?): on failure every
@@ -282,7 +319,7 @@ def root_decides(comm: Any, fn: Callable[[], T], *, root: int = 0) -> T:
 
 
 @contextlib.contextmanager
-def abort_on_error(comm: Any) -> Iterator[None]:
+def abort_on_error(comm: Comm) -> Iterator[None]:
     """Turn an error on one rank into a clean ``comm.Abort`` instead of a hang.
 
     Errors that every rank raises together (attribute ``collective = True``, e.g. from
@@ -315,414 +352,17 @@ def abort_on_error(comm: Any) -> Iterator[None]:
         raise  # pragma: no cover - Abort does not return
 
 
-# --------------------------------------------------------------------------- placement
-
-
-def node_local_rank(comm: Any) -> tuple[int, int]:
-    """This rank's index among the ranks on its node, and their number.
-
-    Uses ``comm.Split_type(MPI.COMM_TYPE_SHARED)``; ``(0, 1)`` for :class:`SelfComm`.
-    """
-    if not is_mpi(comm):
-        return 0, 1
-    from mpi4py import MPI
-
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
-    try:
-        return local.Get_rank(), local.Get_size()
-    finally:
-        local.Free()
-
-
-def slurm_cpus_per_task(environ: dict[str, str] | None = None) -> int | None:
-    """SLURM's CPUs per task, from :class:`~hpcdiff.slurm.env.SlurmEnvironment`.
-
-    ``None`` when unset or 0, and (with a warning naming the variable) when the SLURM
-    environment holds something SLURM does not write: a thread count is only a hint.
-    """
-    from hpcdiff.slurm.env import SlurmEnvironment, SlurmEnvironmentError
-
-    try:
-        slurm = SlurmEnvironment.from_environ(os.environ if environ is None else environ)
-    except SlurmEnvironmentError as exc:
-        log.warning("%s; ignoring the SLURM CPU count", exc)
-        return None
-    return slurm.cpus_per_task or None
-
-
-def threads_per_rank(
-    configured: int | None, *, local_size: int, environ: dict[str, str] | None = None
-) -> int:
-    """CPU threads for one rank: the job file's value, else SLURM's, else the node's share.
-
-    Parameters
-    ----------
-    configured
-        ``parallel.threads_per_rank`` from the job file, or ``None``.
-    local_size
-        Number of ranks on this node (they share its cores).
-    """
-    if configured is not None:
-        return configured
-    slurm = slurm_cpus_per_task(environ)
-    if slurm is not None:
-        return slurm
-    return max(1, (os.cpu_count() or 1) // max(local_size, 1))
-
-
-def select_device(
-    gpu: str, *, requested: str, local_rank: int, local_size: int, cuda_count: int | None = None
-) -> str:
-    """The torch device string for this rank: ``"cuda:K"`` or ``"cpu"``.
-
-    Parameters
-    ----------
-    gpu
-        ``parallel.gpu``: ``"auto"`` (one device per node-local rank when the node has
-        CUDA devices, the only visible one when SLURM binds one per task), ``"local_rank"``
-        (always ``cuda:(local_rank mod n_devices)``), ``"none"`` (CPU).
-    requested
-        ``features.device``: ``"auto"``, ``"cpu"`` or ``"cuda"``.
-    local_rank, local_size
-        From :func:`node_local_rank`.
-    cuda_count
-        Visible CUDA devices; asked from torch when ``None``.
-
-    Raises
-    ------
-    RuntimeError
-        If CUDA is required (``features.device = "cuda"`` or ``parallel.gpu =
-        "local_rank"``) but this node has no CUDA device.
-    """
-    if gpu == "none" or requested == "cpu":
-        return "cpu"
-    if cuda_count is None:
-        import torch
-
-        cuda_count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if cuda_count == 0:
-        if requested == "cuda" or gpu == "local_rank":
-            raise RuntimeError(
-                "features.device = 'cuda' / parallel.gpu = 'local_rank' but this node has no "
-                "CUDA device; use device = 'auto' to fall back to the CPU"
-            )
-        return "cpu"
-    if local_size > cuda_count:
-        log.warning(
-            "%d ranks on this node share %d GPU(s); consider one rank per GPU",
-            local_size,
-            cuda_count,
-        )
-    return f"cuda:{local_rank % cuda_count}"
-
-
-# --------------------------------------------------------------------------- logging and timing
-
-
-class _RankFilter(logging.Filter):
-    def __init__(self, rank: int, size: int) -> None:
-        super().__init__()
-        self.prefix = f"[rank {rank}/{size}]"
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        record.rank_prefix = self.prefix
-        return True
-
-
-def setup_logging(rank: int, size: int, *, level: int = logging.INFO) -> logging.Logger:
-    """Send the ``hpcdiff`` logger to stderr with every line prefixed by ``[rank r/size]``.
-
-    Calling it again replaces the handler it installed before (idempotent).
-    """
-    logger = logging.getLogger("hpcdiff")
-    for handler in list(logger.handlers):
-        if getattr(handler, "_hpcdiff_rank", False):
-            logger.removeHandler(handler)
-    handler = logging.StreamHandler(sys.stderr)
-    handler._hpcdiff_rank = True  # type: ignore[attr-defined]
-    handler.addFilter(_RankFilter(rank, size))
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(rank_prefix)s %(levelname)s %(message)s", "%H:%M:%S")
-    )
-    logger.addHandler(handler)
-    logger.setLevel(level)
-    logger.propagate = False
-    return logger
-
-
-@dataclass
-class Timings:
-    """Seconds spent per stage on one rank, and frames each stage handled.
-
-    Stages used by the job: ``read`` (HDF5 reads), ``reader`` (all the reader thread's
-    work: reads, checks and any preprocessing it does), ``wait_input`` (main thread
-    blocked on the prefetch queue), ``compute`` (main thread processing batches), ``preprocess``, ``features``, ``predict``,
-    ``checkpoint`` (writing shards), ``collective`` (MPI calls), ``total``.
-    """
-
-    seconds: dict[str, float] = field(default_factory=dict)
-    frames: dict[str, int] = field(default_factory=dict)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def add(self, stage: str, seconds: float, frames: int = 0) -> None:
-        """Add ``seconds`` (and ``frames``) to ``stage`` (from any thread)."""
-        with self._lock:
-            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-            self.frames[stage] = self.frames.get(stage, 0) + frames
-
-    @contextlib.contextmanager
-    def section(self, stage: str, frames: int = 0) -> Iterator[None]:
-        """Time the ``with`` block as ``stage``."""
-        t0 = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.add(stage, time.perf_counter() - t0, frames)
-
-    def as_dict(self) -> dict[str, dict[str, float]]:
-        """``{stage: {"seconds": s, "frames": n, "frames_per_s": n / s}}``."""
-        out = {}
-        for stage, sec in sorted(self.seconds.items()):
-            n = self.frames.get(stage, 0)
-            out[stage] = {
-                "seconds": round(sec, 6),
-                "frames": n,
-                "frames_per_s": round(n / sec, 3) if sec > 0 and n else None,
-            }
-        return out
-
-
-def timings_table(per_rank: list[dict[str, dict[str, float]]]) -> str:
-    """A plain-text table of seconds and frames/s per stage (rows) and rank (columns)."""
-    stages = sorted({s for t in per_rank for s in t})
-    head = f"{'stage':<12}" + "".join(f"{'rank ' + str(r):>22}" for r in range(len(per_rank)))
-    lines = [head, f"{'':<12}" + f"{'s':>10}{'frames/s':>12}" * len(per_rank)]
-    for stage in stages:
-        row = f"{stage:<12}"
-        for t in per_rank:
-            entry = t.get(stage)
-            if entry is None:
-                row += f"{'-':>10}{'-':>12}"
-                continue
-            rate = entry.get("frames_per_s")
-            row += f"{entry['seconds']:>10.2f}" + (f"{rate:>12.1f}" if rate else f"{'-':>12}")
-        lines.append(row)
-    return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------- the rank loop
-
-
-@dataclass
-class FrameBatch:
-    """Frames of one batch as the reader thread hands them to the main thread.
-
-    Attributes
-    ----------
-    start, stop
-        The global frame range that was read.
-    frames
-        ``(n, n_ss, n_fs)`` float32, only the frames that passed the checks.
-    numbers
-        ``(n,)`` int64 global frame numbers of ``frames``.
-    values
-        Per-frame values, each ``(n,)`` (e.g. ``photon_energy_ev``).
-    rejects
-        ``(global frame, reason)`` of frames in ``[start, stop)`` that were not usable.
-    images
-        ``(n, 3, H, W)`` float32 CNN images of ``frames`` when the reader thread also
-        preprocessed them, else ``None``.
-    """
-
-    start: int
-    stop: int
-    frames: np.ndarray
-    numbers: np.ndarray
-    values: dict[str, np.ndarray] = field(default_factory=dict)
-    rejects: list[tuple[int, str]] = field(default_factory=list)
-    images: np.ndarray | None = None
-
-
-@dataclass
-class LoopOutcome:
-    """What :func:`distributed_map` did, identical on every rank except ``timings``."""
-
-    frames_total: int
-    done_before: int
-    processed: int
-    rejected: int
-    elapsed_s: float
-    timings: Timings
-
-
-def distributed_map(
-    comm: Any,
-    *,
-    n_frames: int,
-    read: Callable[[int, int], FrameBatch],
-    process: Callable[[FrameBatch], dict[str, np.ndarray]],
-    store: Any,
-    config_hash: str,
-    batch_size: int,
-    checkpoint_every: int,
-    prefetch_batches: int = 2,
-    stop: Any = None,
-    progress_interval_s: float = 10.0,
-    timings: Timings | None = None,
-) -> LoopOutcome:
-    """Process every frame not yet done, each rank its own block, with checkpoints.
-
-    Each rank takes :func:`~hpcdiff.parallel.partition.partition` ``(n_frames, rank, size)``,
-    drops the frames already in ``store`` (a resumed job), reads the rest in batches of
-    ``batch_size`` through a :class:`~hpcdiff.parallel.prefetch.Prefetcher` and calls
-    ``process`` on each.  Results go to a shard every ``checkpoint_every`` frames.  After
-    every batch the ranks sum four small numbers (frames done, rejects, stop requested,
-    ranks still busy): the root logs progress from them every ``progress_interval_s``,
-    a stop signal on any rank stops all of them, and the loop ends when no rank is busy.
-
-    Parameters
-    ----------
-    read
-        ``read(start, stop) -> FrameBatch``, run in the reader thread.
-    process
-        ``process(batch) -> {name: (n, ...) array}`` with one row per ``batch.numbers``.
-        Rows holding NaN or inf in a floating-point result are rejected.
-    store
-        A :class:`~hpcdiff.parallel.shards.ShardStore` opened by every rank on the same folder.
-    stop
-        A :class:`~hpcdiff.parallel.signals.StopFlag` (or any object with truth value).
-
-    Returns
-    -------
-    LoopOutcome
-
-    Raises
-    ------
-    Preempted
-        On every rank, after every rank wrote its shard, when a stop was requested.
-    """
-    from hpcdiff.parallel.partition import batches, partition, runs
-    from hpcdiff.parallel.prefetch import Prefetcher
-    from hpcdiff.parallel.shards import ShardBuffer
-    from hpcdiff.parallel.signals import Preempted
-
-    timings = timings if timings is not None else Timings()
-    rank, size = comm.Get_rank(), comm.Get_size()
-    t_start = time.perf_counter()
-    with timings.section("collective"):
-        done = comm.bcast(store.done_frames() if rank == 0 else None, root=0)
-    start, stop_frame = partition(n_frames, rank, size)
-    mine = np.arange(start, stop_frame, dtype=np.int64)
-    todo = np.setdiff1d(mine, done, assume_unique=True).tolist()
-    ranges = [b for a, c in runs(todo) for b in batches(a, c, batch_size)]
-    n_done_before = int(done.size)
-    if rank == 0 and n_done_before:
-        log.info("resuming: %d of %d frames already done", n_done_before, n_frames)
-    buffer = ShardBuffer()
-    processed = rejected = mine_processed = 0
-    done_total = n_done_before
-    stopped = False
-    last_logged = -1
-    last_report = time.perf_counter()
-    with Prefetcher(read, ranges, depth=prefetch_batches) as pf:
-        batches_iter = iter(pf)
-        while True:
-            wait0 = pf.wait_s
-            batch = next(batches_iter, None)
-            timings.add("wait_input", pf.wait_s - wait0)
-            step = np.zeros(4, dtype=np.int64)
-            if batch is not None:
-                n_good = len(batch.numbers)
-                with timings.section("compute", n_good):
-                    results = process(batch) if n_good else {}
-                keep, bad = _finite_rows(results, batch.numbers)
-                rejects = [*batch.rejects, *bad]
-                buffer.add(batch.numbers[keep], {k: v[keep] for k, v in results.items()}, rejects)
-                step[0] = batch.stop - batch.start
-                mine_processed += int(step[0])
-                step[1] = len(rejects)
-                if len(buffer) >= checkpoint_every:
-                    with timings.section("checkpoint", len(buffer)):
-                        store.write(buffer, config_hash=config_hash, rank=rank)
-            step[2] = 1 if (stop is not None and stop) else 0
-            step[3] = 1 if batch is not None else 0
-            with timings.section("collective"):
-                total = allreduce_sum(comm, step)
-            processed += int(total[0])
-            rejected += int(total[1])
-            done_total += int(total[0])
-            now = time.perf_counter()
-            final = total[3] == 0 and done_total != last_logged
-            if rank == 0 and (now - last_report >= progress_interval_s or final):
-                _log_progress(done_total, n_frames, processed, now - t_start)
-                last_report, last_logged = now, done_total
-            if total[3] == 0:
-                break
-            if total[2] > 0:
-                stopped = True
-                break
-        timings.add("reader", pf.read_s, pf.batches)
-    with timings.section("checkpoint", len(buffer)):
-        store.write(buffer, config_hash=config_hash, rank=rank)
-    with timings.section("collective"):
-        comm.Barrier()
-    elapsed = time.perf_counter() - t_start
-    timings.add("total", elapsed, mine_processed)
-    if stopped:
-        raise Preempted(
-            f"stopped by a signal after {done_total} of {n_frames} frames; every rank saved "
-            "its results; run the same job again to resume",
-            frames_done=done_total,
-            frames_total=n_frames,
-        )
-    return LoopOutcome(n_frames, n_done_before, processed, rejected, elapsed, timings)
-
-
-def _finite_rows(
-    results: dict[str, np.ndarray], numbers: np.ndarray
-) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    keep = np.ones(len(numbers), dtype=bool)
-    bad: list[tuple[int, str]] = []
-    for name, arr in results.items():
-        if len(arr) != len(numbers):
-            raise ValueError(f"result {name!r} has {len(arr)} rows for {len(numbers)} frames")
-        arr = np.asarray(arr)
-        if np.issubdtype(arr.dtype, np.floating):
-            ok = np.isfinite(arr.reshape(len(arr), -1)).all(axis=1)
-            for i in np.flatnonzero(~ok & keep):
-                bad.append((int(numbers[i]), f"non-finite values in {name}"))
-            keep &= ok
-    return keep, bad
-
-
-def _log_progress(done: int, total: int, this_run: int, elapsed_s: float) -> None:
-    rate = this_run / elapsed_s if elapsed_s > 0 else 0.0
-    left = total - done
-    eta = f"{left / rate:.0f} s" if rate > 0 else "?"
-    pct = 100.0 * done / total if total else 100.0
-    log.info("frames %d/%d (%.1f%%), %.1f frames/s, ETA %s", done, total, pct, rate, eta)
-
-
 __all__ = [
     "EXIT_RANK_FAILED",
-    "FrameBatch",
-    "LoopOutcome",
-    "distributed_map",
     "CollectiveError",
+    "Comm",
     "SelfComm",
-    "Timings",
     "abort_on_error",
     "allreduce_sum",
     "gather_rows",
     "get_comm",
     "is_mpi",
     "launched_size",
-    "node_local_rank",
     "reduce_sum",
     "root_decides",
-    "select_device",
-    "setup_logging",
-    "slurm_cpus_per_task",
-    "threads_per_rank",
-    "timings_table",
 ]

@@ -20,6 +20,7 @@ number of ranks, and a resumed job may use a different number of ranks.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,20 @@ from hpcdiff.io.outputs import atomic_path, provenance, write_json
 
 STATE_FILE = "state.json"
 _SHARD_GLOB = "shard-*.h5"
+_SHARD_NAME = re.compile(r"shard-(\d+)-(\d+)\.h5")
+
+
+def shard_name(first: int, n_frames: int) -> str:
+    """File name of a shard whose lowest frame is ``first`` and that holds ``n_frames`` frames
+    (results and rejects): ``shard-FFFFFFFFFF-NNNNNN.h5``."""
+    return f"shard-{first:010d}-{n_frames:06d}.h5"
+
+
+def parse_shard_name(name: str) -> tuple[int, int] | None:
+    """``(first, n_frames)`` of a shard file name (see :func:`shard_name`); ``None`` if
+    ``name`` is not one (temporary files of interrupted writes are not)."""
+    m = _SHARD_NAME.fullmatch(name)
+    return (int(m.group(1)), int(m.group(2))) if m else None
 
 
 @dataclass
@@ -168,7 +183,7 @@ class ShardStore:
         frames = np.concatenate(buffer.frames) if buffer.frames else np.empty(0, dtype=np.int64)
         rej_frames = np.array([f for f, _ in buffer.rejects], dtype=np.int64)
         first = int(min(frames.min(initial=2**62), rej_frames.min(initial=2**62)))
-        path = self.directory / f"shard-{first:010d}-{len(buffer):06d}.h5"
+        path = self.directory / shard_name(first, len(buffer))
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
             h5.create_dataset("frame", data=frames)
             for name, parts in buffer.arrays.items():
@@ -191,6 +206,15 @@ class ShardStore:
         if not self.directory.is_dir():
             return []
         return sorted(self.directory.glob(_SHARD_GLOB))
+
+    def n_done_by_name(self) -> int:
+        """Frames in the finished shards, counted from their names alone (no file opened)."""
+        total = 0
+        for path in self.paths():
+            parsed = parse_shard_name(path.name)
+            if parsed is not None:
+                total += parsed[1]
+        return total
 
     def done_frames(self) -> np.ndarray:
         """Sorted global frame numbers already in a shard, as results or rejects, (n,) int64.

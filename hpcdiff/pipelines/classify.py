@@ -25,14 +25,14 @@ Outputs in ``output.dir`` (``KIND`` is ``features``, ``train`` or ``predict``):
 object per unusable frame or file: ``file``, ``index`` (``null`` for a whole file),
 ``reason``), ``KIND-run.json`` (the run report), and the results: ``features.h5``;
 ``model.npz`` (or ``output.model``), ``train-report.json`` and ``features.h5``;
-``predictions.h5``.
+``predictions.h5`` with ``predictions.csv`` and ``diffuse.lst`` beside it
+(:mod:`hpcdiff.io.prediction_lists`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import platform
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -46,21 +46,20 @@ from hpcdiff.config import JobConfig
 from hpcdiff.corrections import read_pedestal_and_gain
 from hpcdiff.errors import ConfigError, FormatError, HpcdiffError, OutputExistsError
 from hpcdiff.io.outputs import atomic_path, provenance, write_json
-from hpcdiff.parallel.mpi import (
-    FrameBatch,
-    LoopOutcome,
-    Timings,
-    distributed_map,
-    gather_rows,
-    node_local_rank,
-    reduce_sum,
+from hpcdiff.parallel.collect import (
+    Collected,
+    collect_rows,
+    gather_to_root,
+    local_range,
+    on_root,
     root_decides,
-    select_device,
-    threads_per_rank,
-    timings_table,
 )
-from hpcdiff.parallel.partition import partition
+from hpcdiff.parallel.frame_loop import FrameBatch, LoopOutcome, distributed_map
+from hpcdiff.parallel.mpi import Comm
+from hpcdiff.parallel.placement import RankInfo, setup_rank
 from hpcdiff.parallel.shards import ShardStore
+from hpcdiff.pipelines.layout import ClassifyLayout
+from hpcdiff.progress import Timings, timings_table
 
 log = logging.getLogger("hpcdiff.classify")
 
@@ -75,43 +74,6 @@ class TooManyRejects(HpcdiffError):
 
 
 # --------------------------------------------------------------------------- rank setup
-
-
-@dataclass(frozen=True)
-class RankInfo:
-    """Where one rank runs: its place in the job and on its node, its device and threads."""
-
-    rank: int
-    size: int
-    local_rank: int
-    local_size: int
-    device: str
-    threads: int
-    host: str
-
-    def as_dict(self) -> dict[str, Any]:
-        """Plain form for the run report."""
-        return dict(self.__dict__)
-
-
-def setup_rank(comm: Any, job: JobConfig) -> RankInfo:
-    """Bind this rank to a device (GPU by node-local rank, or CPU) and set its CPU threads."""
-    import torch
-
-    local_rank, local_size = node_local_rank(comm)
-    device = select_device(
-        job.parallel.gpu,
-        requested=job.features.device,
-        local_rank=local_rank,
-        local_size=local_size,
-    )
-    if device.startswith("cuda"):
-        torch.cuda.set_device(torch.device(device))
-    threads = threads_per_rank(job.parallel.threads_per_rank, local_size=local_size)
-    torch.set_num_threads(threads)
-    return RankInfo(
-        comm.Get_rank(), comm.Get_size(), local_rank, local_size, device, threads, platform.node()
-    )
 
 
 # --------------------------------------------------------------------------- inputs
@@ -306,12 +268,12 @@ class Featurizer:
     def prepare(self, batch: FrameBatch) -> FrameBatch:
         """Add the CNN images to ``batch`` (run in the reader thread, overlapping the CNN)."""
         if len(batch.numbers):
-            batch.images = self.images(batch)
+            batch.prepared = self.images(batch)
         return batch
 
     def features(self, batch: FrameBatch) -> np.ndarray:
         """``(n, d)`` float32 features of the batch's frames."""
-        images = batch.images if batch.images is not None else self.images(batch)
+        images = batch.prepared if batch.prepared is not None else self.images(batch)
         with self.timings.section("features", len(images)):
             return self.extractor.extract(images)
 
@@ -387,19 +349,15 @@ class StageResult:
 
 
 def _outputs(job: JobConfig, kind: str, results: dict[str, Path]) -> dict[str, Path]:
-    out = job.output.dir
-    return {
-        **results,
-        "rejects": out / f"{kind}-rejects.jsonl",
-        "run_report": out / f"{kind}-run.json",
-    }
+    files = ClassifyLayout.from_job(job).stage(kind)
+    return {**results, "rejects": files.rejects, "run_report": files.run_report}
 
 
 def _frame_stage(
     job: JobConfig,
     kind: str,
     *,
-    comm: Any,
+    comm: Comm,
     results: dict[str, Path],
     make_process: Callable[[Featurizer], Callable[[FrameBatch], dict[str, np.ndarray]]],
     force: bool,
@@ -416,10 +374,9 @@ def _frame_stage(
     """
     from hpcdiff.io.cxi import FrameSource
 
-    rank = comm.Get_rank()
     outputs = _outputs(job, kind, results)
     config_hash = job.config_hash()
-    shard_dir = job.output.dir / f"{kind}.shards"
+    shard_dir = ClassifyLayout.from_job(job).stage(kind).shards
 
     def preflight() -> RunFiles:
         existing = [p for p in outputs.values() if p.exists()]
@@ -441,7 +398,9 @@ def _frame_stage(
 
     run = root_decides(comm, preflight)
     info = setup_rank(comm, job)
-    log.debug("rank %d on %s: device %s, %d threads", rank, info.host, info.device, info.threads)
+    log.debug(
+        "rank %d on %s: device %s, %d threads", info.rank, info.host, info.device, info.threads
+    )
 
     geometry = _geometry(job)
     timings = Timings()
@@ -492,60 +451,31 @@ def _frame_stage(
 
 
 def _finish(
-    comm: Any,
+    comm: Comm,
     job: JobConfig,
     stage: StageResult,
     *,
     force: bool,
     extra: dict[str, Any] | None = None,
-) -> dict[str, Any] | None:
-    """Rejects file, timing table and run report on the root; the reject check on all ranks."""
-    per_rank = comm.gather(
+) -> dict[str, Any]:
+    """Rejects file, timing table and run report on the root; the reject check on all ranks.
+
+    Returns the run report (on every rank).
+    """
+    per_rank = gather_to_root(
+        comm,
         {
             "rank": {**stage.rank_info.as_dict(), **stage.processing},
             "timings": stage.outcome.timings.as_dict(),
         },
-        root=0,
     )
-    report = None
-    n_rejects = 0
-    if comm.Get_rank() == 0:
-        rejects = [
-            {"file": stage.frame_ids[f].file, "index": stage.frame_ids[f].index, "reason": r}
-            for f, r in stage.store.rejects()
-        ]
-        rejects = [*stage.run.file_rejects, *rejects]
-        n_rejects = len(rejects)
-        with atomic_path(stage.outputs["rejects"], force=force) as tmp:
-            tmp.write_text("".join(json.dumps(r) + "\n" for r in rejects))
-        total = stage.run.n_frames + len(stage.run.file_rejects)
-        out = stage.outcome
-        report = {
-            "kind": stage.kind,
-            "frames": {
-                "total": stage.run.n_frames,
-                "done_before": out.done_before,
-                "processed": out.processed,
-                "rejected": n_rejects,
-                "files_rejected": len(stage.run.file_rejects),
-            },
-            "reject_fraction": n_rejects / total if total else 0.0,
-            "elapsed_s": round(out.elapsed_s, 3),
-            "frames_per_s": round(out.processed / out.elapsed_s, 3) if out.elapsed_s > 0 else None,
-            "ranks": comm.Get_size(),
-            "devices": [r["rank"] for r in per_rank],
-            "timings": [r["timings"] for r in per_rank],
-            "weights": stage.weights_info,
-            "weights_sha256": stage.weights_info.get("sha256"),
-            "outputs": {k: str(v) for k, v in stage.outputs.items()},
-            **(extra or {}),
-            **provenance(job.config_hash()),
-        }
-        write_json(stage.outputs["run_report"], report, force=force)
-        print(f"per-stage time and throughput ({stage.kind}, {comm.Get_size()} rank(s)):")
-        print(timings_table(report["timings"]))
-        stage.store.remove()
-    n_rejects = comm.bcast(n_rejects, root=0)
+
+    def write() -> dict[str, Any]:
+        assert per_rank is not None  # the root has every rank's entry
+        return _write_run_report(job, stage, per_rank, force=force, extra=extra)
+
+    report = root_decides(comm, write)
+    n_rejects = int(report["frames"]["rejected"])
     total = stage.run.n_frames + len(stage.run.file_rejects)
     if total and n_rejects / total > job.parallel.max_reject_fraction:
         raise TooManyRejects(
@@ -556,18 +486,65 @@ def _finish(
     return report
 
 
-def _read_local(comm: Any, stage: StageResult, names: list[str]) -> tuple[np.ndarray, dict]:
+def _write_run_report(
+    job: JobConfig,
+    stage: StageResult,
+    per_rank: list[dict[str, Any]],
+    *,
+    force: bool,
+    extra: dict[str, Any] | None,
+) -> dict[str, Any]:
+    """Root: the rejects file and the run report; prints the timing table; removes the shards."""
+    rejects = [
+        {"file": stage.frame_ids[f].file, "index": stage.frame_ids[f].index, "reason": r}
+        for f, r in stage.store.rejects()
+    ]
+    rejects = [*stage.run.file_rejects, *rejects]
+    n_rejects = len(rejects)
+    with atomic_path(stage.outputs["rejects"], force=force) as tmp:
+        tmp.write_text("".join(json.dumps(r) + "\n" for r in rejects))
+    total = stage.run.n_frames + len(stage.run.file_rejects)
+    out = stage.outcome
+    report = {
+        "kind": stage.kind,
+        "frames": {
+            "total": stage.run.n_frames,
+            "done_before": out.done_before,
+            "processed": out.processed,
+            "rejected": n_rejects,
+            "files_rejected": len(stage.run.file_rejects),
+        },
+        "reject_fraction": n_rejects / total if total else 0.0,
+        "elapsed_s": round(out.elapsed_s, 3),
+        "frames_per_s": round(out.processed / out.elapsed_s, 3) if out.elapsed_s > 0 else None,
+        "ranks": stage.rank_info.size,
+        "devices": [r["rank"] for r in per_rank],
+        "timings": [r["timings"] for r in per_rank],
+        "weights": stage.weights_info,
+        "weights_sha256": stage.weights_info.get("sha256"),
+        "outputs": {k: str(v) for k, v in stage.outputs.items()},
+        **(extra or {}),
+        **provenance(job.config_hash()),
+    }
+    write_json(stage.outputs["run_report"], report, force=force)
+    print(f"per-stage time and throughput ({stage.kind}, {stage.rank_info.size} rank(s)):")
+    print(timings_table(report["timings"]))
+    stage.store.remove()
+    return report
+
+
+def _read_local(comm: Comm, stage: StageResult, names: list[str]) -> tuple[np.ndarray, dict]:
     """This rank's block of results from the shards (whoever wrote them)."""
-    start, stop = partition(stage.run.n_frames, comm.Get_rank(), comm.Get_size())
+    start, stop = local_range(comm, stage.run.n_frames)
     return stage.store.read(names, start=start, stop=stop)
 
 
 # --------------------------------------------------------------------------- commands
 
 
-def run_features(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = None) -> Path:
+def run_features(job: JobConfig, *, comm: Comm, force: bool = False, stop: Any = None) -> Path:
     """``hpcdiff features``: the distributed feature stage alone; returns the features file."""
-    path = job.output.dir / "features.h5"
+    path = ClassifyLayout.from_job(job).features
     stage = _frame_stage(
         job,
         "features",
@@ -577,8 +554,7 @@ def run_features(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = 
         force=force,
         stop=stop,
     )
-    if comm.Get_rank() == 0:
-        _write_features_file(job, stage, path, force=force)
+    on_root(comm, lambda: _write_features_file(job, stage, path, force=force))
     _finish(comm, job, stage, force=force)
     return path
 
@@ -615,8 +591,8 @@ def feature_meta(
 
 
 def default_model_path(job: JobConfig) -> Path:
-    """``[output] model``, or ``output.dir/model.npz``."""
-    return job.output.model if job.output.model is not None else job.output.dir / "model.npz"
+    """``[output] model``, or the layout's default (:attr:`ClassifyLayout.model`)."""
+    return ClassifyLayout.from_job(job).model
 
 
 @dataclass(frozen=True)
@@ -629,69 +605,46 @@ class _Split:
 
 
 def _choose_split(job: JobConfig, stage: StageResult) -> _Split:
-    """Root: the labelled frames with features, split stratified into train and test."""
-    from hpcdiff.io.labels import read_labels
-    from hpcdiff.learn import stratified_split, targets
+    """Root: the labelled frames with features, split into train and test
+    (:func:`hpcdiff.learn.labelled.labelled_split`; unlabelled frames are not used)."""
+    from hpcdiff.io.labels import describe_spec, read_labels
+    from hpcdiff.learn.labelled import labelled_split
 
     if job.experiment.labels is None:
-        raise ConfigError(f"{job.source}: training needs [experiment] labels = 'labels.h5'")
+        raise ConfigError(f"{job.source}: training needs [experiment] labels = 'labels.csv'")
     done = stage.store.done_frames()
     rejected = np.array([f for f, _ in stage.store.rejects()], dtype=np.int64)
-    valid = np.setdiff1d(done, rejected)
-    labels = read_labels(job.experiment.labels)
-    try:
-        mine = labels.lookup([stage.frame_ids[f] for f in valid], source=job.experiment.labels)
-    except KeyError as exc:
-        raise FormatError(job.experiment.labels, str(exc.args[0])) from None
-    y, class_names = targets(mine, job.learn.target)
-    lc = job.learn
-    try:
-        tr, te = stratified_split(
-            y, n_train=lc.n_train, n_test=lc.n_test, random_state=lc.random_state
-        )
-    except ValueError as exc:
-        raise FormatError(
-            job.experiment.labels, f"cannot split the labelled frames: {exc}"
-        ) from None
-    if lc.n_components >= len(tr):
-        raise ConfigError(
-            f"{job.source}: [learn.n_components] is {lc.n_components}, but only {len(tr)} "
-            "frames are left for training; PCA needs fewer components than training frames "
-            "(lower n_components, or give more labelled frames)"
-        )
-    return _Split(valid[tr], valid[te], y[tr], y[te], tuple(class_names))
+    names = job.experiment.class_names or None
+    s = labelled_split(
+        read_labels(job.experiment.labels, class_names=names),
+        stage.frame_ids,
+        np.setdiff1d(done, rejected),
+        job.learn,
+        source=describe_spec(job.experiment.labels),
+        job_source=job.source,
+        skip_files=[r["file"] for r in stage.run.file_rejects],
+    )
+    return _Split(s.train, s.test, s.y_train, s.y_test, s.class_names)
 
 
-def _gather_labelled(
-    comm: Any, frames: np.ndarray, rows: np.ndarray, wanted: np.ndarray
-) -> tuple[np.ndarray | None, np.ndarray | None]:
-    """Gather the rows of ``wanted`` frames to the root, with their frame numbers."""
-    keep = np.isin(frames, wanted)
-    x = gather_rows(comm, np.ascontiguousarray(rows[keep]))
-    f = gather_rows(comm, frames[keep])
-    return x, f
-
-
-def run_train(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = None) -> Any:
+def run_train(job: JobConfig, *, comm: Comm, force: bool = False, stop: Any = None) -> Any:
     """``hpcdiff classify train``: distributed features, root fits PCA + logistic regression.
+
+    The frame stage leaves each rank its block of features; :func:`collect_rows` brings
+    the training rows to the root (gathered, or ``learn.pca_from = "statistics"``: PCA
+    statistics reduced and only projections gathered), where one
+    :func:`hpcdiff.learn.fit_model` fits the model every rank then receives.  Each rank
+    scores its own held-out frames; only the probabilities are collected.
 
     Returns
     -------
     DiffuseClassifier
         The fitted model, on every rank (broadcast from the root).
     """
-    from hpcdiff.learn import (
-        DiffuseClassifier,
-        PCAStatistics,
-        classification_report,
-        format_report,
-        pca_from_array,
-        pca_from_statistics,
-    )
+    from hpcdiff.learn import PCAReduction, fit_model
 
-    model_path = default_model_path(job)
-    report_path = job.output.dir / "train-report.json"
-    features_path = job.output.dir / "features.h5"
+    layout = ClassifyLayout.from_job(job)
+    model_path, report_path, features_path = layout.model, layout.train_report, layout.features
     stage = _frame_stage(
         job,
         "train",
@@ -701,10 +654,9 @@ def run_train(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = Non
         force=force,
         stop=stop,
     )
-    rank = comm.Get_rank()
     lc = job.learn
-    if rank == 0:  # every frame's features, for retraining without recomputing them
-        _write_features_file(job, stage, features_path, force=force)
+    # every frame's features, for retraining without recomputing them
+    on_root(comm, lambda: _write_features_file(job, stage, features_path, force=force))
     split = root_decides(comm, lambda: _choose_split(job, stage))
     frames, arrays = _read_local(comm, stage, ["features"])
     x_local = arrays["features"].astype(np.float32, copy=False)
@@ -712,60 +664,30 @@ def run_train(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = Non
         x_local = np.empty((0, _n_features(job)), np.float32)
     meta = feature_meta(job, stage.weights_info, processing=stage.processing)
     timings = stage.outcome.timings
-    model = None
     t0 = time.perf_counter()
-    if lc.pca_from == "gather":
-        with timings.section("collective"):
-            x_train, f_train = _gather_labelled(comm, frames, x_local, split.train)
-        if rank == 0:
-            _check_order(f_train, split.train)
-            pca = pca_from_array(x_train, lc.n_components, random_state=lc.random_state)
-            model = DiffuseClassifier(
-                n_components=lc.n_components, C=lc.C, random_state=lc.random_state
-            ).fit(
-                x_train,
-                split.y_train,
-                class_names=split.class_names,
-                feature_meta=meta,
-                pca=pca,
-                target=lc.target,
-                config_hash=job.config_hash(),
-                extra=_model_extra(job, split, comm),
-            )
-    else:
-        in_train = np.isin(frames, split.train)
-        stats = (
-            PCAStatistics.from_array(x_local[in_train])
-            if in_train.any()
-            else (PCAStatistics.empty(_n_features(job)))
+    reduction = (
+        PCAReduction(_n_features(job), lc.n_components) if lc.pca_from == "statistics" else None
+    )
+    train = collect_rows(
+        comm, frames, x_local, wanted=split.train, reduce=reduction, timings=timings
+    )
+
+    def fit() -> Any:
+        assert train.rows is not None  # the root holds the collected rows
+        return fit_model(
+            train.rows,
+            split.y_train,
+            class_names=split.class_names,
+            cfg=lc,
+            feature_meta=meta,
+            pca=train.basis,
+            projected=train.basis is not None,
+            n_test=len(split.test),
+            config_hash=job.config_hash(),
+            extra={"ranks": stage.rank_info.size},
         )
-        with timings.section("collective"):
-            total = reduce_sum(comm, stats.to_buffer())
-        pca = None
-        if rank == 0:
-            pca = pca_from_statistics(
-                PCAStatistics.from_buffer(total, _n_features(job)), lc.n_components
-            )
-        with timings.section("collective"):
-            pca = comm.bcast(pca, root=0)
-            z_train, f_train = _gather_labelled(comm, frames, pca.transform(x_local), split.train)
-        if rank == 0:
-            _check_order(f_train, split.train)
-            model = DiffuseClassifier(
-                n_components=lc.n_components, C=lc.C, random_state=lc.random_state
-            ).fit_projected(
-                z_train,
-                split.y_train,
-                pca=pca,
-                class_names=split.class_names,
-                feature_meta=meta,
-                target=lc.target,
-                config_hash=job.config_hash(),
-                n_train=len(split.train),
-                extra=_model_extra(job, split, comm),
-            )
-    with timings.section("collective"):
-        model = comm.bcast(model, root=0)
+
+    model = root_decides(comm, fit)
     # every rank scores its own test frames; only (n, K) probabilities reach the root
     in_test = np.isin(frames, split.test)
     proba_local = (
@@ -773,54 +695,70 @@ def run_train(job: JobConfig, *, comm: Any, force: bool = False, stop: Any = Non
         if in_test.any()
         else np.empty((0, len(model.class_names_)))
     )
-    with timings.section("collective"):
-        proba = gather_rows(comm, proba_local)
-        f_test = gather_rows(comm, frames[in_test])
+    test: Collected[Any] = collect_rows(
+        comm, frames[in_test], proba_local, wanted=split.test, timings=timings
+    )
     timings.add("learn", time.perf_counter() - t0, len(split.train))
-    if rank == 0:
-        _check_order(f_test, split.test)
-        report = (
-            classification_report(
-                split.y_test, np.argmax(proba, axis=1), proba, class_names=model.class_names_
-            )
-            if len(split.test)
-            else None
-        )
-        model.save(model_path, force=force)
-        title = (
-            f"held-out test frames ({len(split.test)}; trained on {len(split.train)}, "
-            f"PCA from {lc.pca_from})"
-        )
-        if report is not None:
-            print(format_report(report, title=title))
-        write_json(
-            report_path,
-            {
-                "report": report,
-                "n_train": len(split.train),
-                "n_test": len(split.test),
-                "pca_from": lc.pca_from,
-                "model": str(model_path),
-                **provenance(job.config_hash(), weights_sha256=stage.weights_info.get("sha256")),
-            },
-            force=force,
-        )
+    on_root(
+        comm,
+        lambda: _write_training(
+            job, stage, split, model, test.rows, model_path, report_path, force=force
+        ),
+    )
     _finish(comm, job, stage, force=force, extra={"model": str(model_path)})
     _write_report(comm, job, "train")
     return model
 
 
-def _model_extra(job: JobConfig, split: _Split, comm: Any) -> dict[str, Any]:
-    return {
-        "pca_from": job.learn.pca_from,
-        "n_test": int(len(split.test)),
-        "ranks": comm.Get_size(),
-    }
+def _published() -> dict[str, Any]:
+    from hpcdiff.learn.published import PUBLISHED
+
+    return PUBLISHED.as_dict()
 
 
-def _check_order(got: np.ndarray, expected: np.ndarray) -> None:
-    if not np.array_equal(got, expected):
-        raise RuntimeError("gathered frames are not the frames chosen for training/testing")
+def _write_training(
+    job: JobConfig,
+    stage: StageResult,
+    split: _Split,
+    model: Any,
+    proba: np.ndarray | None,
+    model_path: Path,
+    report_path: Path,
+    *,
+    force: bool,
+) -> None:
+    """Root: the held-out report (printed), the model file and the training report."""
+    from hpcdiff.learn import classification_report, format_report
+
+    lc = job.learn
+    report = (
+        classification_report(
+            split.y_test, np.argmax(proba, axis=1), proba, class_names=model.class_names_
+        )
+        if len(split.test) and proba is not None
+        else None
+    )
+    model.save(model_path, force=force)
+    title = (
+        f"held-out test frames ({len(split.test)}; trained on {len(split.train)}, "
+        f"PCA from {lc.pca_from})"
+    )
+    if report is not None:
+        print(format_report(report, title=title))
+    write_json(
+        report_path,
+        {
+            "report": report,
+            "n_train": len(split.train),
+            "n_test": len(split.test),
+            "pca_from": lc.pca_from,
+            "split": lc.split,
+            "published": _published(),
+            "model": str(model_path),
+            **provenance(job.config_hash(), weights_sha256=stage.weights_info.get("sha256")),
+        },
+        force=force,
+    )
 
 
 def _n_features(job: JobConfig) -> int:
@@ -832,7 +770,7 @@ def _n_features(job: JobConfig) -> int:
 def run_predict(
     job: JobConfig,
     *,
-    comm: Any,
+    comm: Comm,
     force: bool = False,
     stop: Any = None,
     model: Path | None = None,
@@ -840,7 +778,7 @@ def run_predict(
     """``hpcdiff classify predict``: every rank predicts its own frames; one file per run.
 
     Writes ``output.dir/predictions.h5`` ordered by frame, in the layout of
-    :mod:`hpcdiff.learn.predictions` (frame file and index, class, class probability,
+    :mod:`hpcdiff.io.predictions` (frame file and index, class, class probability,
     probability of every class, diffuse score; attrs: class names, model and its SHA-256,
     weights SHA-256, provenance).
 
@@ -858,7 +796,7 @@ def run_predict(
         return DiffuseClassifier.load(model_path), sha256_file(model_path)
 
     clf, model_sha = root_decides(comm, load)
-    path = job.output.dir / "predictions.h5"
+    path = ClassifyLayout.from_job(job).predictions
 
     def make_process(fz: Featurizer) -> Callable[[FrameBatch], dict[str, np.ndarray]]:
         try:
@@ -875,18 +813,22 @@ def run_predict(
 
         return process
 
+    from hpcdiff.io.prediction_lists import prediction_outputs
+
+    lists = prediction_outputs(path, clf.class_names_)  # predictions.csv, diffuse.lst, ...
     stage = _frame_stage(
         job,
         "predict",
         comm=comm,
-        results={"predictions": path},
+        results={"predictions": path, **lists},
         make_process=make_process,
         force=force,
         stop=stop,
         state_extra={"model_sha256": model_sha},
     )
-    if comm.Get_rank() == 0:
-        _write_predictions(job, stage, path, clf, model_path, model_sha, force=force)
+    on_root(
+        comm, lambda: _write_predictions(job, stage, path, clf, model_path, model_sha, force=force)
+    )
     _finish(
         comm, job, stage, force=force, extra={"model": str(model_path), "model_sha256": model_sha}
     )
@@ -894,13 +836,15 @@ def run_predict(
     return path
 
 
-def _write_report(comm: Any, job: JobConfig, kind: str) -> None:
+def _write_report(comm: Comm, job: JobConfig, kind: str) -> None:
     """Root: the job's HTML report (``output.dir/report/``), after every result is written.
 
     A failure here is logged, never raised: the results the report shows are safe already.
     """
-    if comm.Get_rank() != 0:
-        return
+    on_root(comm, lambda: _write_html_report(job, kind))
+
+
+def _write_html_report(job: JobConfig, kind: str) -> None:
     from hpcdiff.pipelines.reports import write_classify_report
 
     try:
@@ -922,11 +866,14 @@ def _write_predictions(
     *,
     force: bool,
 ) -> None:
-    """Combine the ranks' shards into one predictions file ordered by frame.
+    """Combine the ranks' shards into one predictions file ordered by frame, and write
+    ``predictions.csv`` and the CrystFEL lists beside it.
 
-    The layout is :mod:`hpcdiff.learn.predictions`' (read it with ``read_predictions``).
+    The layout is :mod:`hpcdiff.io.predictions`' (read it with ``read_predictions``);
+    the CSV and lists are :mod:`hpcdiff.io.prediction_lists`'.
     """
-    from hpcdiff.learn.predictions import PredictionWriter
+    from hpcdiff.io.prediction_lists import write_prediction_outputs_from_file
+    from hpcdiff.io.predictions import PredictionWriter
 
     frames, arrays = stage.store.read(["proba"])
     proba = arrays["proba"] if len(frames) else np.empty((0, len(clf.class_names_)), np.float32)
@@ -949,3 +896,4 @@ def _write_predictions(
             np.array([i.index for i in ids], dtype=np.int64),
             proba,
         )
+    write_prediction_outputs_from_file(path, force=force)

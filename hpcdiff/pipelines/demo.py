@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO
 
 from hpcdiff.errors import HpcdiffError, OutputExistsError
+from hpcdiff.pipelines.layout import ClassifyLayout
 
 CONV_ONLY_DEFAULT = Path("/tmp/hpcdiff-weights/vgg16_features_imagenet_caffe.pth")
 """Where ``shared/tools/vgg16-imagenet-conv`` writes ImageNet conv weights (see README)."""
@@ -207,7 +208,7 @@ def run_demo(settings: DemoSettings, *, stream: IO[str] | None = None) -> DemoRe
 
     n_test = max(2, settings.n_train_frames // 2)
     n_train = settings.n_train_frames - n_test
-    model = out / "train" / "model.npz"
+    model = ClassifyLayout(out / "train").model
     train_job = out / "train.toml"
     train_job.write_text(
         _job_text(

@@ -8,6 +8,7 @@ from typing import Any
 
 from hpcdiff.config import JobConfig
 from hpcdiff.pipelines import reports
+from hpcdiff.pipelines.layout import ClassifyLayout
 
 
 def write_demo_report(
@@ -27,8 +28,10 @@ def write_demo_report(
         The report page, and the precision/recall table of the new run's predictions
         against the simulated truth (the method's form).
     """
-    train_run = json.loads((Path(train_job.output.dir) / "train-run.json").read_text())
-    predict_run = json.loads((Path(predict_job.output.dir) / "predict-run.json").read_text())
+    train_run = json.loads(ClassifyLayout.from_job(train_job).stage("train").run_report.read_text())
+    predict_run = json.loads(
+        ClassifyLayout.from_job(predict_job).stage("predict").run_report.read_text()
+    )
     report = reports.new_report("hpcdiff demo", train_job, train_run)
     report.add_section(
         "What ran",

@@ -23,7 +23,7 @@ Outputs (in ``out_dir``): ``merged.h5``, ``similarity.h5``, ``diffusion.h5``,
 from __future__ import annotations
 
 import json
-import operator
+import logging
 import sys
 import time
 from collections import OrderedDict
@@ -54,6 +54,7 @@ from hpcdiff.merge import (
     map_correlation,
     map_frame_grids,
 )
+from hpcdiff.pipelines.layout import FourierLayout
 from hpcdiff.similarity import (
     assemble,
     blocks,
@@ -62,16 +63,6 @@ from hpcdiff.similarity import (
     image_vectors,
     sparse_frames,
 )
-
-OUTPUT_NAMES = (
-    "merged.h5",
-    "similarity.h5",
-    "diffusion.h5",
-    "diffusion_common_arc.png",
-    "diffusion_image.png",
-    "fourier_summary.json",
-)
-
 
 # --------------------------------------------------------------------------- settings
 
@@ -252,11 +243,14 @@ def plan_frames(job: JobConfig) -> FramePlan:
     if exp.labels is not None:
         from hpcdiff.io.labels import read_labels
 
+        all_labels = read_labels(exp.labels, class_names=exp.class_names or None)
         try:
-            found_labels = read_labels(exp.labels).lookup(list(ids), source=exp.labels)
-        except KeyError as exc:
-            raise FormatError(exp.labels, str(exc.args[0])) from None
-        labels = found_labels.diffuse.astype(np.int8)
+            labels = all_labels.lookup(list(ids)).diffuse.astype(np.int8)
+        except KeyError as exc:  # labels of some frames only: no label colours or AUCs
+            logging.getLogger("hpcdiff.fourier").warning(
+                "labels cover only some merged frames (%s); diffusion maps without labels",
+                exc.args[0] if exc.args else exc,
+            )
     return FramePlan(
         files=tuple(files),
         data_path=exp.data_path,
@@ -346,7 +340,7 @@ class DetectorCache:
         Rings depend on the scattering angle only (not the wavelength), so one set serves
         every frame at this distance.
         """
-        from hpcdiff.background.segments import as_segments
+        from hpcdiff.segments import as_segments
 
         key = (round(float(clen_m), 7), int(n_bins))
         if key not in self._rings:
@@ -560,6 +554,14 @@ def _number(
     )
 
 
+def chunk_task(
+    plan: FramePlan, start: int, stop: int, *, settings: FourierSettings
+) -> tuple[MergeAccumulator, ChunkFrames]:
+    """:func:`process_chunk` of the plan's frames ``start:stop`` (a block of
+    :func:`~hpcdiff.parallel.dask_blocks.map_blocks`)."""
+    return process_chunk(plan, range(start, stop), settings)
+
+
 def merge_accumulators(*accs: MergeAccumulator) -> MergeAccumulator:
     """Sum of accumulators (a new one; inputs untouched): the tree-reduction step."""
     out = accs[0].copy()
@@ -615,12 +617,13 @@ def run_fourier(
     OutputExistsError
         Before any work, when an output exists and ``force`` is false.
     """
-    from hpcdiff.parallel.dask_cluster import track, tree_reduce
+    from hpcdiff.parallel.dask_blocks import MappedBlocks, map_blocks, worker_count
 
     log = log if log is not None else sys.stderr
     out = Path(out_dir if out_dir is not None else job.output.dir)
-    for name in OUTPUT_NAMES:
-        ensure_writable(out / name, force=force)
+    files = FourierLayout(out)
+    for path in files.outputs:
+        ensure_writable(path, force=force)
     settings = FourierSettings.from_job(job)
     fcfg = job.fourier
     t_start = time.perf_counter()
@@ -640,21 +643,21 @@ def run_fourier(
     )
 
     # 1. map: one task per chunk of frames; 2. tree reduction of the accumulators
-    plan_f = client.scatter(plan, broadcast=True)
-    chunks = blocks(n, fcfg.frames_per_task)
-    tasks = [
-        client.submit(process_chunk, plan_f, list(range(s, e)), settings, pure=False)
-        for s, e in chunks
-    ]
-    acc_fs = [client.submit(operator.itemgetter(0), t) for t in tasks]
-    frame_fs = [client.submit(operator.itemgetter(1), t) for t in tasks]
-    del tasks
     t0 = time.perf_counter()
-    total_f = tree_reduce(client, acc_fs, merge_accumulators)
-    track(frame_fs, "merge", log=log)
-    parts: list[ChunkFrames] = client.gather(frame_fs)
-    merged: MergeAccumulator = total_f.result()
-    del acc_fs, total_f
+    mapped = map_blocks(
+        client,
+        chunk_task,
+        plan,
+        blocks(n, fcfg.frames_per_task),
+        reduce=merge_accumulators,
+        label="merge",
+        log=log,
+        settings=settings,
+    )
+    parts: list[ChunkFrames] = mapped.parts
+    assert mapped.reduced is not None  # reduced: one accumulator of every chunk
+    merged: MergeAccumulator = mapped.reduced
+    del mapped
     t_merge = time.perf_counter() - t0
     task_s = float(sum(p.seconds for p in parts))
     merged = merged.symmetrised(fcfg.symmetrise)
@@ -662,22 +665,23 @@ def run_fourier(
     # 3. similarities, row blocks as tasks
     sim_frames = [f for p in parts for f in p.similarity_frames]
     t0 = time.perf_counter()
-    mats_f = client.scatter(
-        sparse_frames(sim_frames, n_voxels=settings.similarity_grid.n_voxels), broadcast=True
-    )
     sblocks = blocks(n, fcfg.similarity_block)
-    sim_fs = [
-        client.submit(common_arc_block, mats_f, s, e, min_overlap=fcfg.min_overlap, pure=False)
-        for s, e in sblocks
-    ]
-    track(sim_fs, "common-arc similarity", log=log)
-    common_arc, overlap = assemble(n, client.gather(sim_fs))
+    sim: MappedBlocks[Any] = map_blocks(
+        client,
+        common_arc_block,
+        sparse_frames(sim_frames, n_voxels=settings.similarity_grid.n_voxels),
+        sblocks,
+        label="common-arc similarity",
+        log=log,
+        min_overlap=fcfg.min_overlap,
+    )
+    common_arc, overlap = assemble(n, sim.parts)
     t_sim = time.perf_counter() - t0
     t0 = time.perf_counter()
-    vec_f = client.scatter(image_vectors(np.concatenate([p.images for p in parts])), broadcast=True)
-    img_fs = [client.submit(image_block, vec_f, s, e, pure=False) for s, e in sblocks]
-    track(img_fs, "image similarity", log=log)
-    img_parts = client.gather(img_fs)
+    vectors = image_vectors(np.concatenate([p.images for p in parts]))
+    img_parts = map_blocks(
+        client, image_block, vectors, sblocks, label="image similarity", log=log
+    ).parts
     image_distance, _ = assemble(n, [p[0] for p in img_parts], diagonal=0.0)
     image_correlation, _ = assemble(n, [p[1] for p in img_parts], diagonal=1.0)
     t_img = time.perf_counter() - t0
@@ -698,7 +702,7 @@ def run_fourier(
         "n_frames_oriented": n,
         "n_frames_total": plan.n_frames_total,
         "n_multi_crystal_chunks": plan.n_multi_crystal,
-        "n_workers": len(client.scheduler_info(n_workers=-1).get("workers", {})),
+        "n_workers": worker_count(client),
         "grid": {
             "size": settings.grid.size,
             "extent": settings.grid.extent,
@@ -735,9 +739,9 @@ def run_fourier(
     stamp = provenance(job.config_hash(), job=json.dumps(job.to_dict(), sort_keys=True))
     out.mkdir(parents=True, exist_ok=True)
     outputs = {
-        "merged": write_merged(out / "merged.h5", merged, stamp=stamp, force=force),
+        "merged": write_merged(files.merged, merged, stamp=stamp, force=force),
         "similarity": write_similarity(
-            out / "similarity.h5",
+            files.similarity,
             plan,
             common_arc=common_arc,
             overlap=overlap,
@@ -747,19 +751,19 @@ def run_fourier(
             min_overlap=fcfg.min_overlap,
             force=force,
         ),
-        "diffusion": write_diffusion(out / "diffusion.h5", plan, maps, stamp=stamp, force=force),
+        "diffusion": write_diffusion(files.diffusion, plan, maps, stamp=stamp, force=force),
     }
     for name, title in (
         ("common_arc", "common-arc correlation"),
         ("image", "image-space distance"),
     ):
-        path = out / f"diffusion_{name}.png"
+        path = files.plot(name)
         with atomic_path(path, force=force) as tmp:
             plot_diffusion(maps[name].coords, plan.labels, tmp, title=f"diffusion map: {title}")
         outputs[f"plot_{name}"] = path
     summary["timing_s"]["total"] = time.perf_counter() - t_start
     summary["provenance"] = {k2: v for k2, v in stamp.items() if k2 != "job"}
-    outputs["summary"] = write_json(out / "fourier_summary.json", summary, force=force)
+    outputs["summary"] = write_json(files.summary, summary, force=force)
     print(_summary_text(summary), file=log, flush=True)
     return FourierResult(
         merged,

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from hpcdiff.config import JobConfig
+from hpcdiff.pipelines.layout import ClassifyLayout
 from hpcdiff.report import Report
 from hpcdiff.report import figures as F
 
@@ -85,14 +86,26 @@ def strength_curve(
     return np.array(xs), np.array(ys)
 
 
+def _labelled(job: JobConfig, frame_ids: list[Any]) -> tuple[np.ndarray, Any]:
+    """Rows of ``frame_ids`` that the job's labels name, and their labels (labels of
+    frames not in ``frame_ids`` are left out: a report shows what it can)."""
+    from hpcdiff.io.labels import read_labels
+
+    assert job.experiment.labels is not None
+    labels = read_labels(job.experiment.labels, class_names=job.experiment.class_names or None)
+    pos = labels.match_run(frame_ids)
+    keep = np.flatnonzero(pos >= 0)
+    order = keep[np.argsort(pos[keep], kind="stable")]
+    return pos[order], labels.take(order)
+
+
 def add_training(report: Report, job: JobConfig) -> None:
     """Held-out precision/recall, confusion matrix and PCA scatter of a ``classify train``."""
     from hpcdiff.io.featurefile import read_features
-    from hpcdiff.io.labels import read_labels
     from hpcdiff.learn import DiffuseClassifier, format_report
 
-    out = Path(job.output.dir)
-    train = _json(out / "train-report.json")
+    layout = ClassifyLayout.from_job(job)
+    train = _json(layout.train_report)
     held_out = train.get("report")
     report.add_section("Classifier: held-out frames of the training run")
     if held_out is None:
@@ -104,17 +117,18 @@ def add_training(report: Report, job: JobConfig) -> None:
             "Confusion matrix (held-out)",
             F.confusion_matrix_figure(np.array(cm["matrix"]), class_names=cm["labels"]),
         )
-    model = DiffuseClassifier.load(train.get("model") or out / "model.npz")
-    features_path = out / "features.h5"
+    model = DiffuseClassifier.load(train.get("model") or layout.model)
+    features_path = layout.features
     if features_path.is_file() and job.experiment.labels is not None:
         feats = read_features(features_path)
-        labels = read_labels(job.experiment.labels).lookup(feats.frame_ids)
+        rows, labels = _labelled(job, feats.frame_ids)
         report.add_figure(
             "PCA of VGG16 features (training run)",
             F.pca_scatter_figure(
-                model.pca_.transform(feats.features), labels.diffuse, class_names=BINARY
+                model.pca_.transform(feats.features[rows]), labels.diffuse, class_names=BINARY
             ),
-            caption="first two principal components, coloured by the labels file",
+            caption=f"first two principal components of the {len(rows)} labelled frames, "
+            "coloured by the labels file",
         )
 
 
@@ -126,28 +140,34 @@ def add_predictions(report: Report, job: JobConfig, *, examples: int = 4) -> str
     str or None
         The precision/recall table against the labels, when the job names a labels file.
     """
-    from hpcdiff.io.labels import read_labels
+    from hpcdiff.io.predictions import read_predictions
     from hpcdiff.learn import classification_report, format_report
-    from hpcdiff.learn.predictions import read_predictions
 
-    pred = read_predictions(Path(job.output.dir) / "predictions.h5")
+    pred = read_predictions(ClassifyLayout.from_job(job).predictions)
     score = pred.diffuse_score
     report.add_section("Predictions")
     report.add_text(
         f"{len(score)} frames; {int((score >= 0.5).sum())} predicted diffuse "
         f"(diffuse fraction {np.mean(score >= 0.5) if len(score) else float('nan'):.3f})."
     )
+    add_confidence_table(report, pred)
     table = None
     if job.experiment.labels is not None and len(score):
-        labels = read_labels(job.experiment.labels).lookup(pred.frame_ids)
+        rows, labels = _labelled(job, pred.frame_ids)
         y_true = np.asarray(labels.diffuse, dtype=np.int64)
-        y_pred = (score >= 0.5).astype(np.int64)
+        y_pred = (score[rows] >= 0.5).astype(np.int64)
         result = classification_report(
-            y_true, y_pred, np.stack([1 - score, score], axis=1), class_names=BINARY
+            y_true, y_pred, np.stack([1 - score[rows], score[rows]], axis=1), class_names=BINARY
         )
-        table = format_report(result, title=f"{len(y_true)} frames against the labels file")
+        table = format_report(
+            result, title=f"{len(y_true)} labelled of {len(score)} frames against the labels file"
+        )
         report.add_preformatted(table, title="Precision / recall against the labels")
-        x, y = strength_curve(np.asarray(labels.diffuse_strength), y_true == y_pred)
+        strength = np.asarray(labels.diffuse_strength)
+        known = np.isfinite(strength)
+        if not known.any():
+            return table
+        x, y = strength_curve(strength[known], (y_true == y_pred)[known])
         report.add_figure(
             "Accuracy against diffuse strength",
             F.accuracy_curve_figure(
@@ -164,6 +184,50 @@ def add_predictions(report: Report, job: JobConfig, *, examples: int = 4) -> str
             "(Bragg peaks and bad pixels masked)",
         )
     return table
+
+
+def confident_frames(predictions: Any, *, n: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Rows of the ``n`` most and the ``n`` least confident predictions.
+
+    Confidence is the probability of the predicted class; the most confident come first
+    in falling order, the least confident (nearest the decision boundary) in rising order.
+    """
+    p = np.max(np.asarray(predictions.proba), axis=1) if len(predictions.proba) else np.empty(0)
+    order = np.argsort(-p, kind="stable")
+    k = min(n, p.size)
+    most = order[:k]
+    least = order[::-1][: min(k, p.size - k)] if p.size > k else np.empty(0, np.int64)
+    return most.astype(np.int64), least.astype(np.int64)
+
+
+def add_confidence_table(report: Report, predictions: Any, *, n: int = 10) -> None:
+    """Tables of the most and least confident frames, with their file and index."""
+    most, least = confident_frames(predictions, n=n)
+    labels = predictions.labels
+    proba = np.asarray(predictions.proba)
+    score = predictions.diffuse_score
+    columns = ["file", "index", "class", "probability", "diffuse score"]
+
+    def rows(picks: np.ndarray) -> list[list[Any]]:
+        return [
+            [
+                str(predictions.files[r]),
+                int(predictions.indices[r]),
+                predictions.class_names[int(labels[r])],
+                round(float(proba[r, labels[r]]), 4),
+                round(float(score[r]), 4),
+            ]
+            for r in picks.tolist()
+        ]
+
+    if most.size:
+        report.add_table(f"Most confident frames ({most.size})", rows(most), columns=columns)
+    if least.size:
+        report.add_table(
+            f"Least confident frames ({least.size}): worth a look, or a label",
+            rows(least),
+            columns=columns,
+        )
 
 
 def example_frames(job: JobConfig, predictions: Any, *, n: int = 4) -> tuple[list, list, list]:
@@ -269,15 +333,15 @@ def write_classify_report(job: JobConfig, kind: str, *, force: bool = False) -> 
     """``output.dir/report/`` of a ``classify train`` or ``classify predict``."""
     if not job.output.report:
         return None
-    out = Path(job.output.dir)
-    run = _json(out / f"{kind}-run.json")
+    layout = ClassifyLayout.from_job(job)
+    run = _json(layout.stage(kind).run_report)
     report = new_report(f"hpcdiff classify {kind}: {job.experiment.name}", job, run)
     if kind == "train":
         add_training(report, job)
     else:
         add_predictions(report, job)
     add_throughput(report, run, kind=kind)
-    return report.write(out / "report", force=True)
+    return report.write(layout.report_dir, force=True)
 
 
 def write_fourier_report(job: JobConfig, fourier: Any, out_dir: Path) -> Path | None:

@@ -44,15 +44,13 @@ import tomli_w
 from hpcdiff.config import JobConfig, SlurmConfig, load_job
 from hpcdiff.errors import ConfigError, FormatError, OutputExistsError
 from hpcdiff.io.outputs import provenance, write_json
+from hpcdiff.parallel.shards import ShardStore
 from hpcdiff.parallel.signals import EXIT_PREEMPTED, STOP_SIGNALS
+from hpcdiff.pipelines.layout import ClassifyLayout
 from hpcdiff.slurm.env import SlurmEnvironment
 from hpcdiff.slurm.sbatch import launcher_words, render_sbatch
 
 RunState = Literal["done", "running", "failed", "left"]
-RUN_REPORT = "predict-run.json"
-PREDICTIONS = "predictions.h5"
-SHARDS = "predict.shards"
-_SHARD_NAME = re.compile(r"shard-(\d+)-(\d+)\.h5")
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 log = logging.getLogger("hpcdiff.reprocess")
 
@@ -293,15 +291,12 @@ def _read_json(path: Path) -> dict[str, Any] | None:
 
 def checkpointed_frames(run_dir: Path) -> int:
     """Frames in the checkpoint shards of an unfinished predict run (from shard names)."""
-    shards = run_dir / SHARDS
-    if not shards.is_dir():
-        return 0
-    return sum(int(m.group(2)) for p in shards.iterdir() if (m := _SHARD_NAME.fullmatch(p.name)))
+    return ShardStore(ClassifyLayout(run_dir).stage("predict").shards).n_done_by_name()
 
 
 def run_status(run: Run, layout: Layout, *, queue: Mapping[str, str] | None = None) -> RunStatus:
     """The state of ``run``; ``queue`` (task label -> SLURM state) refines running/queued."""
-    report = _read_json(layout.run_dir(run.name) / RUN_REPORT)
+    report = _read_json(ClassifyLayout(layout.run_dir(run.name)).stage("predict").run_report)
     state = _read_json(layout.state(run.name)) or {}
     task = state.get("task")
     if report is not None:
@@ -609,7 +604,7 @@ def run_task(
         if forwarded:  # a signal came before the step existed
             process.send_signal(forwarded[0])
         status = process.wait()
-        done = (layout.run_dir(name) / RUN_REPORT).is_file()
+        done = ClassifyLayout(layout.run_dir(name)).stage("predict").run_report.is_file()
         outcome = "done" if done else "preempted" if status == EXIT_PREEMPTED else "failed"
         _write_state(layout, name, state=outcome, exit_status=status, **common)
         log.info("run %s: %s (exit status %d)", name, outcome, status)
@@ -637,7 +632,7 @@ def _run_numbers(run_dir: Path, report: Mapping[str, Any]) -> dict[str, Any]:
         "diffuse_fraction": report.get("diffuse_fraction"),
     }
     if numbers["diffuse_fraction"] is None:
-        numbers["diffuse_fraction"] = diffuse_fraction(run_dir / PREDICTIONS)
+        numbers["diffuse_fraction"] = diffuse_fraction(ClassifyLayout(run_dir).predictions)
     return numbers
 
 

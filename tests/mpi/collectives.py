@@ -15,10 +15,10 @@ from hpcdiff.parallel.mpi import (
     allreduce_sum,
     gather_rows,
     get_comm,
-    node_local_rank,
     reduce_sum,
     root_decides,
 )
+from hpcdiff.parallel.placement import node_local_rank
 
 
 def rows(rank: int) -> np.ndarray:

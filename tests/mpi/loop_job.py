@@ -19,16 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from hpcdiff.io.cxi import FrameSource
-from hpcdiff.parallel.mpi import (
-    FrameBatch,
-    abort_on_error,
-    distributed_map,
-    get_comm,
-    setup_logging,
-)
+from hpcdiff.parallel.frame_loop import FrameBatch, distributed_map
+from hpcdiff.parallel.mpi import abort_on_error, get_comm
 from hpcdiff.parallel.shards import ShardStore
 from hpcdiff.parallel.signals import EXIT_PREEMPTED, Preempted, stop_on_signals
 from hpcdiff.pipelines.classify import FrameReader
+from hpcdiff.progress import setup_logging
 
 
 def main() -> int:

@@ -25,8 +25,9 @@ import numpy as np
 
 from hpcdiff import __version__
 from hpcdiff.errors import FormatError
+from hpcdiff.io.appendable import AppendableH5
 from hpcdiff.io.hdf5 import open_hdf5
-from hpcdiff.io.outputs import atomic_path, provenance
+from hpcdiff.io.outputs import provenance
 
 _STR = h5py.string_dtype("utf-8")
 _DATASETS = (
@@ -80,10 +81,18 @@ class PredictionWriter:
     ) -> None:
         self.path = Path(path)
         self.k = len(class_names)
-        self._ctx = atomic_path(self.path, force=force)
-        tmp = self._ctx.__enter__()
-        self._h5 = h5py.File(tmp, "w")
-        h5 = self._h5
+        root: dict[str, Any] = {
+            "class_names": json.dumps(list(class_names)),
+            "hpcdiff_version": __version__,
+            "provenance": json.dumps(provenance(config_hash), sort_keys=True),
+        }
+        for key, value in attrs.items():
+            root[key] = (
+                value
+                if isinstance(value, str | int | float | bool)
+                else json.dumps(value, sort_keys=True, default=str)
+            )
+        self._file = AppendableH5(self.path, force=force, attrs=root)
         for name, dtype in (
             ("frame_file", _STR),
             ("frame_index", np.int64),
@@ -91,20 +100,8 @@ class PredictionWriter:
             ("class_probability", np.float32),
             ("diffuse_score", np.float32),
         ):
-            h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=dtype, chunks=(4096,))
-        h5.create_dataset(
-            "probability", shape=(0, self.k), maxshape=(None, self.k), dtype=np.float32,
-            chunks=(4096, self.k),
-        )  # fmt: skip
-        h5.attrs["class_names"] = json.dumps(list(class_names))
-        h5.attrs["hpcdiff_version"] = __version__
-        h5.attrs["provenance"] = json.dumps(provenance(config_hash), sort_keys=True)
-        for key, value in attrs.items():
-            h5.attrs[key] = (
-                value
-                if isinstance(value, str | int | float | bool)
-                else json.dumps(value, sort_keys=True, default=str)
-            )
+            self._file.column(name, dtype=dtype, chunk_rows=4096)
+        self._file.column("probability", dtype=np.float32, row_shape=(self.k,), chunk_rows=4096)
         self.n_written = 0
 
     def append(self, files: np.ndarray, indices: np.ndarray, proba: np.ndarray) -> None:
@@ -125,24 +122,12 @@ class PredictionWriter:
             "diffuse_score": 1.0 - proba[:, 0],
             "probability": proba,
         }
-        n0 = self.n_written
-        for name, values in cols.items():
-            self._h5[name].resize(n0 + n, axis=0)
-            self._h5[name][n0:] = values
+        self._file.append(cols)
         self.n_written += n
 
     def close(self, *, ok: bool = True) -> None:
-        if self._h5 is None:
-            return
-        self._h5.close()
-        self._h5 = None
-        if ok:
-            self._ctx.__exit__(None, None, None)
-        else:
-            try:
-                self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
-            except RuntimeError:
-                pass
+        """Finish the file (rename into place), or discard it when ``ok`` is false."""
+        self._file.close(ok=ok)
 
     def __enter__(self) -> PredictionWriter:
         return self

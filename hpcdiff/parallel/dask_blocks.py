@@ -1,0 +1,93 @@
+"""Map row blocks over a dask cluster and reduce: the one place the Fourier job submits work.
+
+:func:`map_blocks` ships one shared object to every worker once, runs
+``fn(shared, start, stop, **kwargs)`` for each block as a task, and either gathers the
+results in block order or, given ``reduce``, tree-reduces the first item of every result
+on the workers (a mergeable accumulator; :func:`~hpcdiff.parallel.dask_cluster.tree_reduce`)
+while gathering the second.  Pipelines hand it pure functions and never call the client.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import IO, Any, Generic, TypeVar
+
+from hpcdiff.parallel.dask_cluster import track, tree_reduce
+
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class MappedBlocks(Generic[R]):
+    """What :func:`map_blocks` returns.
+
+    Attributes
+    ----------
+    reduced
+        The tree-reduced first items (``reduce`` given), else ``None``.
+    parts
+        Per block, in block order: the whole result, or its second item when reduced.
+    """
+
+    reduced: R | None
+    parts: list[Any]
+
+
+def map_blocks(
+    client: Any,
+    fn: Callable[..., Any],
+    shared: Any,
+    blocks: Sequence[tuple[int, int]],
+    *,
+    reduce: Callable[..., R] | None = None,
+    label: str = "tasks",
+    log: IO[str] | None = None,
+    **kwargs: Any,
+) -> MappedBlocks[R]:
+    """Run ``fn(shared, start, stop, **kwargs)`` for every block on the cluster.
+
+    Parameters
+    ----------
+    client
+        A ``distributed.Client``.
+    fn
+        A picklable function of ``(shared, start, stop, **kwargs)``.
+    shared
+        Sent to every worker once (``scatter(broadcast=True)``).
+    blocks
+        ``(start, stop)`` ranges, one task each.
+    reduce
+        ``None``: gather every result.  Else ``fn`` returns ``(accumulator, rest)``; the
+        accumulators are combined with ``reduce(*accumulators)`` in a tree on the workers
+        and the ``rest`` parts gathered.
+    label, log
+        Progress lines ``label: done/total tasks`` (default stderr).
+
+    Raises
+    ------
+    Exception
+        The first task error, with its remote traceback, as soon as it arrives.
+    """
+    shared_f = client.scatter(shared, broadcast=True)
+    tasks = [client.submit(fn, shared_f, s, e, pure=False, **kwargs) for s, e in blocks]
+    if reduce is None:
+        track(tasks, label, log=log)
+        return MappedBlocks(None, list(client.gather(tasks)))
+    heads = [client.submit(operator.itemgetter(0), t) for t in tasks]
+    tails = [client.submit(operator.itemgetter(1), t) for t in tasks]
+    del tasks
+    total_f = tree_reduce(client, heads, reduce)
+    track(tails, label, log=log)
+    parts = list(client.gather(tails))
+    total: R = total_f.result()
+    return MappedBlocks(total, parts)
+
+
+def worker_count(client: Any) -> int:
+    """Number of workers the cluster's scheduler knows now."""
+    return len(client.scheduler_info(n_workers=-1).get("workers", {}))
+
+
+__all__ = ["MappedBlocks", "map_blocks", "worker_count"]
