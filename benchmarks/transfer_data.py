@@ -163,7 +163,6 @@ def measure(
     if not todo:
         return out
     cfg, dropped = make_sim_config({**spec, "n_frames": n_frames})
-    t0 = time.perf_counter()
     geom = simulated_geometry(cfg)
     sim = build_simulator(cfg, geom)
     energy = cfg.photon_energy_ev
@@ -176,10 +175,15 @@ def measure(
     first = np.stack(frames0)
     probe = Preprocessor(model, BackgroundConfig(method="radial"), corrections)
     mask = probe.find_bad_pixels(first, photon_energy_ev=energy).mask if n_bad >= 10 else None
+    # one preprocessing per distinct BackgroundConfig; smoothed variants reuse its images
+    bg_of = {v: variants()[v][0] for v in todo}
+    keys = {v: json.dumps(bg_of[v], sort_keys=True) for v in todo}
     pres = {}
     for v in todo:
-        bg, sigma = variants()[v]
-        pres[v] = Preprocessor(model, BackgroundConfig(**bg), corrections, bad_pixel_mask=mask)
+        if keys[v] not in pres:
+            pres[keys[v]] = Preprocessor(model, BackgroundConfig(**bg_of[v]), corrections,
+                                         bad_pixel_mask=mask)  # fmt: skip
+    seed_key = json.dumps(variants()["seed"][0], sort_keys=True)
     profiler = RadialProfiler.from_model(model, n_bins=RADIAL_BINS, bad_pixel_mask=mask)
     ex = vgg()
     feats: dict[str, dict[str, list[np.ndarray]]] = {v: {} for v in todo}
@@ -194,19 +198,20 @@ def measure(
         seconds["simulate"] += time.perf_counter() - t
         frames = np.stack([f for f, _ in made])
         strength[start:stop] = [tr.strength for _, tr in made]
-        for v in todo:
-            bg, sigma = variants()[v]
-            pre = pres[v]
-            t = time.perf_counter()
-            if v == "seed" or (v == "seed+smooth" and "seed" not in todo):
+        images_of: dict[str, np.ndarray] = {}
+        t = time.perf_counter()
+        for key, pre in pres.items():
+            if key == seed_key:  # the seed chain, with the radial profile of its residual
                 res = pre.residual(frames, photon_energy_ev=energy)
                 radial[start:stop] = profiler(res.corrected, valid=res.valid)
-                images = cnn_images(res.normalised, pixmap=pre.pixmap, valid=res.valid,
-                                    size=pre.cfg.image_size_px, limit=pre.limit)  # fmt: skip
+                images_of[key] = np.asarray(cnn_images(
+                    res.normalised, pixmap=pre.pixmap, valid=res.valid,
+                    size=pre.cfg.image_size_px, limit=pre.limit))  # fmt: skip
             else:
-                images = pre(frames, photon_energy_ev=energy)
-            images = _smooth(np.asarray(images), sigma)
-            seconds["preprocess"] += time.perf_counter() - t
+                images_of[key] = np.asarray(pre(frames, photon_energy_ev=energy))
+        seconds["preprocess"] += time.perf_counter() - t
+        for v in todo:
+            images = _smooth(images_of[keys[v]], variants()[v][1])
             t = time.perf_counter()
             for k, a in ex(images).items():
                 if k == "pool5" and not keep_pool5:
@@ -221,7 +226,7 @@ def measure(
         arrays = {k: np.concatenate(a) for k, a in feats[v].items()}
         arrays["y"] = y
         arrays["strength"] = strength
-        if v in ("seed", "seed+smooth"):  # the radial profile was computed with these
+        if seed_key in pres:  # the radial profile was computed with this run
             arrays["radial"] = radial
         arrays["dropped"] = np.array(json.dumps(dropped))
         arrays["seconds"] = np.array(json.dumps(seconds))

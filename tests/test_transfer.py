@@ -114,6 +114,11 @@ def test_mixture_recalibrates_a_shifted_score_scale_and_keeps_the_ranking():
     assert np.all(np.diff(p[order]) >= 0)  # monotone: same ROC AUC as t
     gm = GaussianMixture1D.fit(t)
     assert gm.mean[0] < gm.mean[1] and gm.weight[1] == pytest.approx(0.4, abs=0.07)
+    # a narrow upper class beside a wide lower one: still monotone (no wide-tail flip)
+    t2 = np.concatenate([rng.normal(-2, 3.0, 300), rng.normal(4, 0.3, 100)])
+    p2 = mixture_recalibrate(t2)
+    o2 = np.argsort(t2)
+    assert np.all(np.diff(p2[o2]) >= 0) and p2[o2][0] < 0.01 and p2[o2][-1] > 0.99
 
 
 def test_platt_scaling_recovers_a_map_and_stays_finite_with_one_class():
@@ -205,3 +210,55 @@ def test_pooled_training_standardises_each_experiment_alone():
                          n_components=10)  # fmt: skip
     xt, yt = _experiment(300, seed=13, gain=0.3, offset=-5.0)
     assert np.mean(predict_adapted(model, xt).argmax(1) == yt) > 0.85
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _files(tmp_path, name: str, x: np.ndarray, y: np.ndarray):  # type: ignore[no-untyped-def]
+    from hpcdiff.io.cxi import FrameId
+    from hpcdiff.io.featurefile import write_features
+    from hpcdiff.io.labels import Labels, write_labels
+
+    ids = [FrameId(f"{name}/frames_000.cxi", i) for i in range(len(y))]
+    feats = write_features(tmp_path / f"{name}_features.h5", ids, x, meta=_meta())
+    labels = Labels.from_frame_ids(ids, diffuse=y, diffuse_strength=y.astype(float),
+                                   diffuse_class=y, class_names=("none", "diffuse"))  # fmt: skip
+    return feats, write_labels(tmp_path / f"{name}_labels.h5", labels)
+
+
+def test_train_and_predict_commands_adapt_to_a_new_experiment(tmp_path):
+    from hpcdiff.cli import main
+    from hpcdiff.io.labels import Labels, write_labels
+    from hpcdiff.io.predictions import read_predictions
+
+    x, y = _experiment(300, seed=20)
+    xt, yt = _experiment(250, seed=21, gain=3.0, offset=-8.0, fraction=0.4)
+    feats, labels = _files(tmp_path, "a", x, y)
+    feats_t, _ = _files(tmp_path, "b", xt, yt)
+    common = ["--n-components", "8", "--n-train", "200", "--n-test", "100", "--quiet"]
+    plain, adapted = tmp_path / "plain.npz", tmp_path / "adapted.npz"
+    assert main(["train", "--features", str(feats), "--labels", str(labels), "--model",
+                 str(plain), *common]) == 0  # fmt: skip
+    assert main(["train", "--features", str(feats), "--labels", str(labels), "--model",
+                 str(adapted), *common, "--standardise", "scores",
+                 "--recalibrate", "mixture"]) == 0  # fmt: skip
+    assert DiffuseClassifier.load(adapted).metadata_["transfer"]["standardise"] == "scores"
+    acc = {}
+    for name, model in (("plain", plain), ("adapted", adapted)):
+        out = tmp_path / f"{name}.h5"
+        assert main(["predict", "--features", str(feats_t), "--model", str(model), "--out",
+                     str(out), "--quiet", "--batch-rows", "64"]) == 0  # fmt: skip
+        acc[name] = float(np.mean(read_predictions(out).labels == yt))
+    assert acc["plain"] < 0.75 and acc["adapted"] > 0.9
+    # 20 labelled frames of the new experiment fix the plain model's scale
+    few = Labels.from_frame_ids(
+        [read_predictions(tmp_path / "plain.h5").frame_ids[i] for i in range(20)],
+        diffuse=yt[:20], diffuse_strength=yt[:20].astype(float), diffuse_class=yt[:20],
+        class_names=("none", "diffuse"),
+    )  # fmt: skip
+    few_path = write_labels(tmp_path / "few.h5", few)
+    out = tmp_path / "labelled.h5"
+    assert main(["predict", "--features", str(feats_t), "--model", str(plain), "--out",
+                 str(out), "--quiet", "--target-labels", str(few_path)]) == 0  # fmt: skip
+    assert float(np.mean(read_predictions(out).labels == yt)) > acc["plain"] + 0.1

@@ -51,7 +51,7 @@ import numpy as np
 from hpcdiff.backend import array_module
 from hpcdiff.background.normalise import _compress
 from hpcdiff.background.ring_order import RingOrderImages
-from hpcdiff.background.segments import Segments
+from hpcdiff.segments import Segments
 from hpcdiff.geometry import scattering_vectors
 
 #: Pixels per frame above which the guard's noise scale is estimated from a subsample.
@@ -377,7 +377,7 @@ class StandardRingOrder(RingOrderImages):
 
     def _ring_mean(self, g: np.ndarray, ok: np.ndarray) -> np.ndarray:
         """``(n, n_rings)`` float32 mean of the ok values of each ring (NaN: none); the
-        count and sum of :func:`~hpcdiff.background.segments._moments_sorted`, no squares."""
+        count and sum of :func:`~hpcdiff.segments._moments_sorted`, no squares."""
         rings = self.rings
         n = g.shape[0]
         cnt = np.zeros((n, rings.n_segments), dtype=np.int64)

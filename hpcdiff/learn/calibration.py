@@ -11,9 +11,10 @@ Recalibration of the scores of one experiment, none of which looks at its labels
   a classifier to new a priori probabilities": EM estimate of the new experiment's diffuse
   fraction, posteriors re-weighted by the ratio of new to training priors.  Corrects a change
   of class balance, not a shift of the score scale.
-* :func:`mixture_recalibrate` - a two-component Gaussian mixture of the logit scores; the
-  posterior of the component with the larger mean is the diffuse probability.  Corrects a
-  shift and scaling of the score scale when the two classes stay separated (ranks kept).
+* :func:`mixture_recalibrate` - a two-component Gaussian mixture (one shared width) of the
+  logit scores; the posterior of the component with the larger mean is the diffuse
+  probability.  Corrects a shift and scaling of the score scale when the two classes stay
+  separated; a logistic map of the scores, so their ranking is kept.
 
 and from a handful of labelled frames of the new experiment: :class:`PlattScaling`
 (``sigmoid(a * logit + b)``, shrunk towards the identity ``a = 1, b = 0``).
@@ -154,82 +155,74 @@ def em_prior_shift(
 
 @dataclass(frozen=True)
 class GaussianMixture1D:
-    """Two 1-D Gaussians fitted by EM (component 1 has the larger mean).
+    """Two 1-D Gaussians of one shared width, fitted by EM (component 1 has the larger mean).
+
+    A shared width makes the posterior of the upper component exactly logistic in ``t``
+    (:meth:`posterior`), so it is monotone and keeps the ranking of ``t`` (unequal widths
+    would make the wider component win both tails).
 
     Attributes
     ----------
-    weight, mean, std
-        ``(2,)`` mixing weights, means and standard deviations.
+    weight, mean
+        ``(2,)`` mixing weights and means.
+    std
+        The shared standard deviation.
     """
 
     weight: np.ndarray
     mean: np.ndarray
-    std: np.ndarray
+    std: float
 
     @classmethod
-    def fit(cls, t: np.ndarray, *, max_iter: int = 500, tol: float = 1e-9) -> GaussianMixture1D:
+    def fit(cls, t: np.ndarray, *, max_iter: int = 500, tol: float = 1e-10) -> GaussianMixture1D:
         """EM from a deterministic start: the lower and upper halves of the sorted values."""
         t = np.asarray(t, dtype=np.float64)
         if t.ndim != 1 or t.size < 4:
             raise ValueError(f"a mixture needs at least 4 values, got shape {t.shape}")
-        spread = float(np.std(t))
-        floor = max(spread * 1e-3, 1e-6)
+        floor = max(float(np.std(t)) * 1e-3, 1e-6)
         s = np.sort(t)
         half = t.size // 2
         mean = np.array([s[:half].mean(), s[half:].mean()])
-        std = np.array([max(s[:half].std(), floor), max(s[half:].std(), floor)])
+        std = max(float(np.sqrt((s[:half].var() + s[half:].var()) / 2)), floor)
         weight = np.array([0.5, 0.5])
         last = -np.inf
         for _ in range(max_iter):
-            log_r = (
-                np.log(weight)[None]
-                - np.log(std)[None]
-                - 0.5 * ((t[:, None] - mean[None]) / std[None]) ** 2
-            )
+            log_r = np.log(weight)[None] - 0.5 * ((t[:, None] - mean[None]) / std) ** 2
             top = log_r.max(axis=1, keepdims=True)
-            ll = float(np.sum(top[:, 0] + np.log(np.exp(log_r - top).sum(axis=1))))
+            ll = float(np.sum(top[:, 0] + np.log(np.exp(log_r - top).sum(axis=1)))) - t.size * (
+                np.log(std)
+            )
             r = np.exp(log_r - top)
             r /= r.sum(axis=1, keepdims=True)
             nk = r.sum(axis=0) + 1e-12
-            weight = np.clip(nk / t.size, 1e-6, 1.0)
+            weight = np.clip(nk / t.size, 1e-4, 1.0)
             weight /= weight.sum()
             mean = (r * t[:, None]).sum(axis=0) / nk
-            std = np.sqrt((r * (t[:, None] - mean[None]) ** 2).sum(axis=0) / nk)
-            std = np.maximum(std, floor)
+            std = max(float(np.sqrt((r * (t[:, None] - mean[None]) ** 2).sum() / t.size)), floor)
             if ll - last < tol * max(1.0, abs(ll)):
                 break
             last = ll
         order = np.argsort(mean)
-        return cls(weight[order], mean[order], std[order])
+        return cls(weight[order], mean[order], std)
 
     def posterior(self, t: np.ndarray) -> np.ndarray:
-        """``(n,)`` posterior probability of the upper component (larger mean)."""
+        """``(n,)`` posterior probability of the upper component: logistic in ``t``."""
         t = np.asarray(t, dtype=np.float64)
-        log_r = (
-            np.log(self.weight)[None]
-            - np.log(self.std)[None]
-            - 0.5 * ((t[:, None] - self.mean[None]) / self.std[None]) ** 2
-        )
-        return sigmoid(log_r[:, 1] - log_r[:, 0])
+        (w0, w1), (m0, m1), s = self.weight, self.mean, self.std
+        slope = (m1 - m0) / s**2
+        return sigmoid(slope * (t - (m0 + m1) / 2) + np.log(w1 / w0))
 
 
 def mixture_recalibrate(t: np.ndarray) -> np.ndarray:
     """Diffuse probability of logit scores ``t`` ``(n,)`` from their own two-Gaussian mixture.
 
-    Posterior of the upper component, made monotone in ``t`` (so the ranking, and the ROC
-    AUC, are those of ``t``): where unequal widths would make it fall again far above the
-    upper mean (or rise far below the lower mean), it is held at its running extreme.
+    The posterior of the upper component of :class:`GaussianMixture1D` (one shared width):
+    a logistic map of ``t``, so the ranking and the ROC AUC are those of ``t``.
     """
     t = np.asarray(t, dtype=np.float64)
     if t.size < 4:
         return sigmoid(t)
-    gm = GaussianMixture1D.fit(t)
-    order = np.argsort(t, kind="stable")
-    post = gm.posterior(t[order])
-    post = np.maximum.accumulate(post)  # monotone non-decreasing in t
-    out = np.empty_like(post)
-    out[order] = post
-    return out
+    return GaussianMixture1D.fit(t).posterior(t)
 
 
 # --------------------------------------------------------------------------- labelled
@@ -254,8 +247,16 @@ class PlattScaling:
         yf, t = _as_binary(y, t)
         if t.size == 0:
             return cls()
-        a, b = 1.0, 0.0
         lam = float(prior_strength)
+
+        def objective(a: float, b: float) -> float:
+            u = a * t + b  # log loss, computed stably: log(1 + e^u) - y u
+            return float(np.sum(np.logaddexp(0.0, u) - yf * u)) + lam / 2 * (
+                (a - 1.0) ** 2 + b**2
+            )
+
+        a, b = 1.0, 0.0
+        value = objective(a, b)
         for _ in range(max_iter):
             p = sigmoid(a * t + b)
             g = np.array([np.sum((p - yf) * t) + lam * (a - 1.0), np.sum(p - yf) + lam * b])
@@ -264,8 +265,18 @@ class PlattScaling:
                 [[np.sum(w * t * t) + lam, np.sum(w * t)], [np.sum(w * t), np.sum(w) + lam]]
             )
             step = np.linalg.solve(h, g)
-            a, b = a - float(step[0]), b - float(step[1])
-            if float(np.abs(step).max()) < 1e-10:
+            scale = 1.0  # damped Newton: halve the step until the objective decreases
+            while scale > 1e-8:
+                na, nb = a - scale * float(step[0]), b - scale * float(step[1])
+                new = objective(na, nb)
+                if new <= value:
+                    break
+                scale /= 2
+            else:
+                break
+            a, b, done = na, nb, value - new < 1e-12 * max(1.0, abs(value))
+            value = new
+            if done:
                 break
         return cls(a, b)
 

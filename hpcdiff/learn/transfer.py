@@ -30,7 +30,7 @@ plain ``predict_proba`` would see unstandardised features); :func:`needs_experim
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -336,3 +336,98 @@ def evaluate_transfer(
         y, np.argmax(proba, axis=1), proba, class_names=model.class_names_
     )
     return report, proba
+
+
+def record_transfer(
+    model: DiffuseClassifier,
+    z: np.ndarray,
+    y: np.ndarray,
+    *,
+    standardise: str,
+    recalibrate: str,
+) -> DiffuseClassifier:
+    """Record transfer settings in a model fitted the usual way (``fit`` / ``fit_projected``).
+
+    For ``standardise = "scores"`` the reference mean and standard deviation are those of
+    the training rows' PCA scores ``z`` ``(n, k)``; ``"features"`` cannot be recorded after
+    the fact (the model must be fitted on standardised features: :func:`fit_transfer`).
+    """
+    TransferSettings(standardise=standardise, recalibrate=recalibrate)  # type: ignore[arg-type]
+    if standardise == "features":
+        raise ValueError("standardise = 'features' needs fit_transfer (fit on standardised rows)")
+    y = np.asarray(y, dtype=np.int64)
+    info: dict[str, Any] = {
+        "standardise": standardise,
+        "recalibrate": recalibrate,
+        "train_prior": float(np.mean(y == y.max())) if y.size else 0.5,
+    }
+    if standardise == "scores":
+        ref = ExperimentStats.from_array(np.asarray(z, dtype=np.float64))
+        info["score_mean"] = ref.mean.tolist()
+        info["score_std"] = ref.std.tolist()
+    model.metadata_["transfer"] = info
+    return model
+
+
+def proba_from_stored_scores(
+    model: DiffuseClassifier,
+    z: np.ndarray,
+    *,
+    recalibrate: str | None = None,
+    labelled: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Probabilities ``(n, K)`` of one whole experiment from its raw PCA scores ``z``
+    (``model.pca_.transform(x)``, e.g. stored by the ranks of a predict job).
+
+    Only for models whose standardisation lives in score space (``"none"``, ``"scores"``).
+    """
+    info = transfer_info(model)
+    z = np.asarray(z, dtype=np.float64)
+    if info["standardise"] == "features":
+        raise ValueError("a model with standardise = 'features' needs the features themselves")
+    if info["standardise"] == "scores" and z.shape[0]:
+        s = ExperimentStats.from_array(z)
+        ref_mean = np.asarray(info["score_mean"], dtype=np.float64)
+        ref_std = np.asarray(info["score_std"], dtype=np.float64)
+        z = (z - s.mean) / s.std * ref_std + ref_mean
+    if z.shape[0] == 0:
+        return np.empty((0, len(model.class_names_)))
+    return proba_from_scores(model, z, recalibrate=recalibrate, labelled=labelled)
+
+
+def predict_batches(
+    model: DiffuseClassifier,
+    batches: Callable[[], Iterable[np.ndarray]],
+    *,
+    recalibrate: str | None = None,
+    labelled: tuple[np.ndarray, np.ndarray] | None = None,
+) -> np.ndarray:
+    """Probabilities ``(n, K)`` of one whole experiment read in batches (``batches()`` yields
+    ``(b, d)`` rows in order; called twice when feature statistics are needed).  Holds only
+    the ``(n, k)`` scores in memory."""
+    stats = None
+    if stats_space(model) == "features":
+        parts = [ExperimentStats.from_array(x) for x in batches()]
+        stats = sum(parts[1:], parts[0]) if parts else None
+    zs = [model.pca_.transform(np.asarray(x)) for x in batches()]
+    z = np.concatenate(zs) if zs else np.empty((0, model.pca_.components_.shape[0]))
+    if stats is not None:
+        z = np.concatenate([adapted_scores(model, x, stats=stats) for x in batches()])
+        return proba_from_scores(model, z, recalibrate=recalibrate, labelled=labelled)
+    return proba_from_stored_scores(model, z, recalibrate=recalibrate, labelled=labelled)
+
+
+def choose_target_rows(
+    positions: np.ndarray, y: np.ndarray, *, n: int, random_state: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` of the labelled target frames (``positions`` into the experiment, labels ``y``),
+    drawn at random with each class in proportion; ``n = 0`` or more than there are: all."""
+    positions = np.asarray(positions, dtype=np.int64)
+    y = np.asarray(y, dtype=np.int64)
+    if n <= 0 or n >= positions.size:
+        return positions, y
+    from hpcdiff.learn.split import stratified_split
+
+    rows, _ = stratified_split(y, n_train=n, n_test=0, random_state=random_state)
+    rows = np.sort(rows)
+    return positions[rows], y[rows]
