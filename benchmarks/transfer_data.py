@@ -80,7 +80,10 @@ def variants() -> dict[str, tuple[dict[str, Any], float]]:
     if "preprocessing" in fields:
         out = {
             "seed": ({"method": "radial", "preprocessing": "seed"}, 0.0),
-            "seed+sqrt": ({"method": "radial", "preprocessing": "seed", "compression": "sqrt"}, 0.0),
+            "seed+sqrt": (
+                {"method": "radial", "preprocessing": "seed", "compression": "sqrt"},
+                0.0,
+            ),
             "seed+smooth": ({"method": "radial", "preprocessing": "seed"}, 1.5),
             "standard": ({"method": "radial", "preprocessing": "standard"}, 0.0),
         }
@@ -88,6 +91,10 @@ def variants() -> dict[str, tuple[dict[str, Any], float]]:
 
 
 def cache_key(name: str, spec: Mapping[str, Any], variant: str, n_frames: int) -> str:
+    """Cache file stem: the configuration as this checkout's simulator sees it (keys it lacks
+    are left out, so a simulator that gains them makes new frames), variant, frame count."""
+    known = simulate_fields()
+    spec = {k: v for k, v in spec.items() if k in known}
     bg, sigma = variants()[variant]
     # "seed" is the preprocessing of checkouts without the option: same frames, same key
     bg = {k: v for k, v in bg.items() if (k, v) != ("preprocessing", "seed")}

@@ -262,3 +262,25 @@ def test_train_and_predict_commands_adapt_to_a_new_experiment(tmp_path):
     assert main(["predict", "--features", str(feats_t), "--model", str(plain), "--out",
                  str(out), "--quiet", "--target-labels", str(few_path)]) == 0  # fmt: skip
     assert float(np.mean(read_predictions(out).labels == yt)) > acc["plain"] + 0.1
+
+
+def test_predict_job_path_from_stored_scores_equals_the_whole_experiment_path():
+    """The classify predict job stores each frame's raw PCA scores (ranks in any split) and
+    the root adapts them: the same probabilities as adapting the features directly."""
+    from hpcdiff.learn.transfer import predict_batches, proba_from_stored_scores
+
+    x, y = _experiment(200, seed=30)
+    xt, _ = _experiment(150, seed=31, gain=2.0, offset=-4.0)
+    model = _fit(x, y, standardise="scores", recalibrate="mixture")
+    z_parts = [model.pca_.transform(xt[:70]), model.pca_.transform(xt[70:])]  # two ranks
+    stored = proba_from_stored_scores(model, np.concatenate(z_parts))
+    np.testing.assert_allclose(stored, predict_adapted(model, xt), rtol=1e-9, atol=1e-12)
+    batched = predict_batches(model, lambda: iter((xt[:64], xt[64:128], xt[128:])))
+    np.testing.assert_allclose(batched, stored, rtol=1e-9, atol=1e-12)
+    feats = _fit(x, y, standardise="features")
+    with pytest.raises(ValueError, match="needs the features"):
+        proba_from_stored_scores(feats, model.pca_.transform(xt))
+    np.testing.assert_allclose(
+        predict_batches(feats, lambda: iter((xt[:64], xt[64:]))), predict_adapted(feats, xt),
+        rtol=1e-6, atol=1e-9,
+    )  # fmt: skip

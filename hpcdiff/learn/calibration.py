@@ -82,7 +82,9 @@ def reliability_curve(y: np.ndarray, p: np.ndarray, *, n_bins: int = 10) -> dict
         "edges": edges.tolist(),
         "count": count.astype(int).tolist(),
         "mean_predicted": [float(s / c) if c else None for s, c in zip(sum_p, count, strict=True)],
-        "fraction_positive": [float(s / c) if c else None for s, c in zip(sum_y, count, strict=True)],
+        "fraction_positive": [
+            float(s / c) if c else None for s, c in zip(sum_y, count, strict=True)
+        ],
     }
 
 
@@ -251,9 +253,7 @@ class PlattScaling:
 
         def objective(a: float, b: float) -> float:
             u = a * t + b  # log loss, computed stably: log(1 + e^u) - y u
-            return float(np.sum(np.logaddexp(0.0, u) - yf * u)) + lam / 2 * (
-                (a - 1.0) ** 2 + b**2
-            )
+            return float(np.sum(np.logaddexp(0.0, u) - yf * u)) + lam / 2 * ((a - 1.0) ** 2 + b**2)
 
         a, b = 1.0, 0.0
         value = objective(a, b)

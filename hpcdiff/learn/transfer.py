@@ -176,10 +176,10 @@ def fit_transfer(
         "train_prior": float(np.mean(y == y.max())) if y.size else 0.5,
     }
     clf = DiffuseClassifier(n_components=n_components, C=C, random_state=random_state)
-    common = dict(class_names=class_names, feature_meta=feature_meta, target=target,
-                  config_hash=config_hash)  # fmt: skip
     if settings.standardise == "features":
-        clf.fit(_per_group(x, groups), y, **common, extra={**(extra or {}), "transfer": info})
+        clf.fit(_per_group(x, groups), y, class_names=class_names, feature_meta=feature_meta,
+                target=target, config_hash=config_hash,
+                extra={**(extra or {}), "transfer": info})  # fmt: skip
         return clf
     pca = pca_from_array(x, n_components, random_state=random_state)
     z = pca.transform(x)
@@ -193,7 +193,8 @@ def fit_transfer(
                 z[rows] = (z[rows] - s.mean) / s.std * ref.std + ref.mean
         info["score_mean"] = ref.mean.tolist()
         info["score_std"] = ref.std.tolist()
-    clf.fit_projected(z, y, pca=pca, **common, n_train=int(x.shape[0]),
+    clf.fit_projected(z, y, pca=pca, class_names=class_names, feature_meta=feature_meta,
+                      target=target, config_hash=config_hash, n_train=int(x.shape[0]),
                       extra={**(extra or {}), "transfer": info})  # fmt: skip
     return clf
 

@@ -879,7 +879,6 @@ def _write_predictions(
     """
     from hpcdiff.io.prediction_lists import write_prediction_outputs_from_file
     from hpcdiff.io.predictions import PredictionWriter
-
     from hpcdiff.learn.transfer import needs_experiment, proba_from_stored_scores
 
     adapt = needs_experiment(clf)
