@@ -195,14 +195,16 @@ def bad_region_mask(geom: DetectorGeometry) -> np.ndarray:
 
 def _region_on_panel(region: BadRegion, p: Panel) -> np.ndarray:
     if region.is_fsss:
+        min_fs, max_fs, min_ss, max_ss = region.fs_ss_box
         fs = np.arange(p.min_fs, p.max_fs + 1)
         ss = np.arange(p.min_ss, p.max_ss + 1)
-        in_fs = (fs >= region.min_fs) & (fs <= region.max_fs)
-        in_ss = (ss >= region.min_ss) & (ss <= region.max_ss)
+        in_fs = (fs >= min_fs) & (fs <= max_fs)
+        in_ss = (ss >= min_ss) & (ss <= max_ss)
         return in_ss[:, None] & in_fs[None, :]
+    min_x, max_x, min_y, max_y = region.xy_box
     xyz = _panel_xyz_px(p, offset=0.0)
     x, y = xyz[..., 0], xyz[..., 1]
-    return (x > region.min_x) & (x < region.max_x) & (y > region.min_y) & (y < region.max_y)
+    return (x > min_x) & (x < max_x) & (y > min_y) & (y < max_y)
 
 
 # --------------------------------------------------------------------------- pixel map
@@ -396,8 +398,8 @@ def _push_chain(
             prev[nxt] = here
             if owner[nxt] < 0:
                 path = [nxt]
-                while prev[path[-1]] != start:
-                    path.append(prev[path[-1]])
+                while (back := prev[path[-1]]) is not None and back != start:
+                    path.append(back)
                 # path = [free, ..., c1]; shift each pixel one cell along, then i into c1
                 for dst, src in zip(path[:-1], path[1:], strict=True):
                     j = owner[src]
@@ -462,12 +464,13 @@ class DetectorModel:
         """
         if clen_m is None:
             clens = {p.clen for p in geom.panels}
-            if len(clens) != 1 or not isinstance(next(iter(clens)), int | float):
+            only = next(iter(clens))
+            if len(clens) != 1 or not isinstance(only, int | float):
                 raise ValueError(
                     f"{geom.source or 'geometry'}: clen is {sorted(map(str, clens))}, not one "
                     "number; pass clen_m= (metres, without coffset)"
                 )
-            clen_m = float(next(iter(clens)))
+            clen_m = float(only)
         if photon_energy_ev is None:
             if not isinstance(geom.photon_energy, int | float):
                 raise ValueError(

@@ -33,7 +33,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -194,7 +194,7 @@ class Preprocessor:
         self.ring_index, self.ring_edges = model.radial_bins(self.cfg.n_radial_bins)
         self.rings = Segments(self.ring_index, n_segments=self.cfg.n_radial_bins)
         self.panels = panel_rectangles(self.panel_index)
-        asic_shape = tuple(self.corrections.asic_shape) or None
+        asic_shape = cast("tuple[int, int] | None", tuple(self.corrections.asic_shape) or None)
         self.asics = Segments(asic_index(self.panel_index, asic_shape=asic_shape))
         self.pixmap = model.pixel_map()
         self.bad_pixel_mask = (
@@ -223,7 +223,8 @@ class Preprocessor:
         bad_pixel_mask
             Optional ``(n_ss, n_fs)`` bool bad pixels.
         """
-        shape = tuple(int(v) for v in model.panel_index.shape)
+        n_ss, n_fs = model.panel_index.shape
+        shape = (int(n_ss), int(n_fs))
         pedestal, gain = read_pedestal_and_gain(job.experiment, shape=shape)
         return cls(
             model,

@@ -184,7 +184,8 @@ class RadialProfiler:
         remap[kept] = np.arange(kept.size, dtype=np.int32)
         ring = np.where(ring >= 0, remap[np.maximum(ring, 0)], -1).astype(np.int32)
         centres = 0.5 * (edges[:-1] + edges[1:])[kept]
-        band = tuple(float(v) for v in water_band_per_nm)
+        low, high = (float(v) for v in water_band_per_nm)
+        band = (low, high)
         water_ring_normalise(np.ones(kept.size), centres, band_per_nm=band)  # checks the band
         ring.setflags(write=False)
         centres.setflags(write=False)
@@ -303,6 +304,14 @@ class _StandardisedLogistic:
 
 class _ReferenceModel:
     """Shared fitted state of the reference classifiers."""
+
+    # learned by fit() (copied from the standardised logistic regression)
+    classes_: np.ndarray
+    coef_: np.ndarray
+    intercept_: np.ndarray
+    fill_: np.ndarray
+    mean_: np.ndarray
+    scale_: np.ndarray
 
     def __init__(self, *, C: float, random_state: int, max_iter: int) -> None:
         self._lr = _StandardisedLogistic(C=C, random_state=random_state, max_iter=max_iter)

@@ -18,7 +18,8 @@ def _write(tmp_path: Path, text: str, name: str = "job.toml") -> Path:
 
 def test_defaults_are_the_method() -> None:
     job = parse_job({})
-    assert job.features.layer == "fc6+fc7"
+    # fc6+fc7 with full weights, the best conv layer with conv-only ones (test_weights_tools)
+    assert job.features.layer == "auto"
     assert job.learn.n_components == 50
     assert (job.learn.n_train, job.learn.n_test) == (500, 500)
     assert job.fourier.grid_size == 200
@@ -36,7 +37,10 @@ def test_jobs_are_frozen() -> None:
     [
         ("[featurs]\n", "top level unknown key 'featurs'; valid keys: background,"),
         ("[features]\nlayr = 'gap'\n", "[features] unknown key 'layr'; valid keys: batch_size"),
-        ("[features]\nlayer = 'fc8'\n", "[features.layer] is 'fc8'; valid choices: 'fc6+fc7'"),
+        (
+            "[features]\nlayer = 'fc8'\n",
+            "[features.layer] is 'fc8'; valid choices: 'auto', 'fc6+fc7'",
+        ),
         ("[features]\nbatch_size = 0\n", "[features.batch_size] is 0; must be > 0"),
         ("[features]\nbatch_size = 'big'\n", "[features.batch_size] is 'big'; expected an integer"),
         ("[features]\nbf16 = 1\n", "[features.bf16] is 1; expected true or false"),

@@ -22,19 +22,30 @@ def test_example_job_files_parse(path: Path) -> None:
 def test_check_reports_missing_inputs(capsys: pytest.CaptureFixture[str]) -> None:
     path = Path(__file__).resolve().parents[1] / "jobs" / "train-cspad.toml"
     assert main(["check", str(path)]) == 1
-    err = capsys.readouterr().err
-    assert "train-cspad.toml" in err
-    assert "does not exist" in err or "matches no file" in err
+    out = capsys.readouterr().out
+    assert "train-cspad.toml" in out
+    # every missing input at once, each with what to do
+    assert "[experiment.geometry]" in out and "[experiment.labels]" in out
+    assert "matches no file" in out and out.count("->") >= 3
 
 
 def test_check_accepts_a_simulated_experiment(tmp_path: Path, capsys) -> None:
     from hpcdiff.config import SimulateConfig
+    from hpcdiff.features.weights import hub_checkpoint_path
     from hpcdiff.simulate import simulate_experiment
 
     sim = simulate_experiment(
-        SimulateConfig(n_frames=4, detector="small", truth_grid_size=8, processes=1),
+        SimulateConfig(
+            n_frames=12, detector="small", truth_grid_size=8, processes=1, diffuse_fraction=0.5
+        ),
         tmp_path / "sim",
     )
+    # the simulator's job names no weights: "hub", absent here, is the one problem check finds
+    if not hub_checkpoint_path().is_file():
+        assert main(["check", str(sim.job)]) == 1
+        assert "1 problem(s)" in capsys.readouterr().out
+    with sim.job.open("a") as fh:
+        fh.write('\n[features]\nweights = "random:0"\n')
     assert main(["check", str(sim.job)]) == 0
     out = capsys.readouterr().out
-    assert "valid" in out and "1 frame file" in out
+    assert "valid" in out and "1 frame file" in out and "12 labelled" in out

@@ -267,8 +267,12 @@ def test_every_preset_ratio_is_what_it_says(sim):
         cal = sim.calibrate(name)
         assert cal["nominal_ratio"] == pytest.approx(preset.nominal_ratio)
         assert cal["measured_ratio"] == pytest.approx(preset.nominal_ratio, rel=0.25), name
-    ratios = [p.nominal_ratio for p in PRESETS.values()]
+    ratios = [p.nominal_ratio for p in PRESETS.values() if not p.randomise]
     assert ratios == sorted(ratios, reverse=True) and ratios[-1] < 0.02  # one is subtle
+    # the training preset spans the hard to the easy ratios
+    randomised = get_preset("randomised")
+    assert randomised.ratio_range[0] <= PRESETS["hard"].ratio_range[0]
+    assert randomised.ratio_range[1] >= PRESETS["easy"].ratio_range[1]
 
 
 def test_label_is_in_the_speckle_not_in_the_radial_profile():
@@ -338,11 +342,14 @@ def test_experiment_files_read_back_with_project_readers(experiment):
     values = source.frame_values(0, SMALL.n_frames)
     assert np.allclose(values["photon_energy_ev"], SMALL.photon_energy_ev)
     sim = build_simulator(SMALL)
-    assert np.array_equal(frames[5], sim.frame(5)[0])
-    # the same through plain h5py
+    written = sim.frame(5, dtype="int16")[0]
+    assert written.dtype == np.int16 and np.array_equal(frames[5], written)
+    # integers are the float ADU rounded
+    assert np.abs(written - sim.frame(5)[0]).max() <= 0.5 + 1e-3
+    # the same through plain h5py: detector-like int16 ADU
     with h5py.File(out / "frames_001.cxi", "r") as h5:
         data = h5["/entry_1/data_1/data"]
-        assert data.shape == (4, *geom.slab_shape) and data.dtype == np.float32
+        assert data.shape == (4, *geom.slab_shape) and data.dtype == np.int16
         assert np.array_equal(data[1], frames[5])
         assert np.allclose(h5["/LCLS/detector_1/EncoderValue"][()], 1e3 * SMALL.detector_distance_m)
         assert h5.attrs["config_hash"]

@@ -244,9 +244,9 @@ class RingOrderImages:
         for i in range(n):  # one matrix-vector product per frame: no transposed copies
             num[i] = self.matrix @ z[i]
             den[i] = self.matrix @ ok[i].astype(np.float32)
-        num, den = num.reshape(n, size, size), den.reshape(n, size, size)
-        covered = den > 1e-6
-        mean = np.where(covered, num / np.where(covered, den, np.float32(1)), np.float32(0))
+        num3, den3 = num.reshape(n, size, size), den.reshape(n, size, size)
+        covered = den3 > 1e-6
+        mean = np.where(covered, num3 / np.where(covered, den3, np.float32(1)), np.float32(0))
         unit = np.clip((mean / np.float32(self.limit) + 1) / 2, 0, 1).astype(np.float32)
         return np.ascontiguousarray(np.broadcast_to(unit[:, None], (n, 3, size, size)))
 

@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _with_cluster_overrides(job: JobConfig, args: argparse.Namespace) -> JobConfig:
-    changes = {}
+    changes: dict[str, Any] = {}
     if args.address:
         changes.update(kind="address", address=args.address)
     elif args.cluster:

@@ -4,7 +4,11 @@
   where frames and per-frame values are read from;
 * ``.stream``: chunks, hits, crystals, reflections, median cell, lattice types;
 * CXI/HDF5 (``.cxi``, ``.h5``, ``.hdf5``, ...): datasets with shapes, dtypes, chunks and
-  compression filters, the frame dataset and frame count.
+  compression filters, the frame dataset and frame count;
+* hpcdiff's own files: labels (frames per class), features (layer, weights, pretrained),
+  predictions (frames per predicted class, diffuse scores, model), models (``.npz``: classes,
+  PCA size, training frames, layer, weights);
+* psana geometry-def files (``.data``): objects, sensors, slab layout, pixel extent.
 
 The type comes from the suffix, else from the file's first bytes (HDF5 signature, or a
 ``CrystFEL stream format`` first line).
@@ -26,7 +30,7 @@ _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "inspect",
-        help="summarise a CrystFEL .geom or .stream, or a CXI/HDF5 frame file",
+        help="summarise a .geom, .stream, CXI/HDF5, psana .data or hpcdiff file",
         description="Summarise a CrystFEL geometry (.geom), a CrystFEL stream (.stream) or a "
         "CXI/HDF5 frame file: a table, or JSON with --json.",
     )
@@ -38,9 +42,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     path = Path(args.path)
     kind = file_kind(path)
-    summary = {"geometry": summarise_geometry_file, "stream": summarise_stream_file}.get(
-        kind, summarise_hdf5_file
-    )(path)
+    if kind in OWN_KINDS:
+        from hpcdiff.io.summaries import summarise_own_file
+
+        summary = summarise_own_file(path, kind)
+    else:
+        summary = {"geometry": summarise_geometry_file, "stream": summarise_stream_file}.get(
+            kind, summarise_hdf5_file
+        )(path)
     if args.json:
         print(json.dumps(summary, indent=2, sort_keys=True))
     else:
@@ -48,8 +57,18 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+OWN_KINDS = ("labels", "features", "predictions", "model", "psana-geometry")
+_OWN_TITLES = {
+    "labels": "hpcdiff labels file",
+    "features": "hpcdiff features file",
+    "predictions": "hpcdiff predictions file",
+    "model": "hpcdiff model",
+    "psana-geometry": "psana geometry",
+}
+
+
 def file_kind(path: Path) -> str:
-    """``"geometry"``, ``"stream"`` or ``"hdf5"``.
+    """``"geometry"``, ``"stream"``, ``"hdf5"``, or one of :data:`OWN_KINDS`.
 
     Raises
     ------
@@ -58,23 +77,30 @@ def file_kind(path: Path) -> str:
     """
     if not path.is_file():
         raise FormatError(path, "file not found" if not path.exists() else "not a regular file")
+    from hpcdiff.io.summaries import is_psana_geometry, own_file_kind
+
     suffix = path.suffix.lower()
     if suffix == ".geom":
         return "geometry"
     if suffix == ".stream":
         return "stream"
-    if suffix in HDF5_SUFFIXES:
-        return "hdf5"
+    if suffix in (".npz", ".csv", ".lst"):
+        own = own_file_kind(path)
+        if own is not None:
+            return own
     with open(path, "rb") as fh:
         head = fh.read(64)
-    if head.startswith(_HDF5_SIGNATURE):
-        return "hdf5"
+    if suffix in HDF5_SUFFIXES or head.startswith(_HDF5_SIGNATURE):
+        return own_file_kind(path) or "hdf5"
+    if is_psana_geometry(path):
+        return "psana-geometry"
     if head.startswith(b"CrystFEL stream format"):
         return "stream"
     raise FormatError(
         path,
         f"unknown file type {suffix or '(no suffix)'}; expected a CrystFEL geometry (.geom), "
-        f"a CrystFEL stream (.stream) or a CXI/HDF5 file ({', '.join(HDF5_SUFFIXES)})",
+        f"a CrystFEL stream (.stream), a CXI/HDF5 file ({', '.join(HDF5_SUFFIXES)}), a psana "
+        "geometry-def file (.data) or an hpcdiff model (.npz)",
     )
 
 
@@ -161,6 +187,10 @@ def _embedded(geometry: dict[str, Any] | None) -> str:
 def format_summary(summary: dict[str, Any]) -> str:
     """The human-readable table of a summary from one of the ``summarise_*_file`` functions."""
     kind = summary["kind"]
+    if kind in OWN_KINDS:
+        from hpcdiff.io.summaries import format_rows
+
+        return "\n".join([f"{summary['path']}: {_OWN_TITLES[kind]}", *_rows(format_rows(summary))])
     lines = [
         f"{summary['path']}: "
         + {"geometry": "CrystFEL geometry", "stream": "CrystFEL stream"}.get(kind, "HDF5 file")

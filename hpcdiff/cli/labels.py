@@ -160,6 +160,11 @@ def run(args: argparse.Namespace) -> int:
                 print(f"    {line}")
     for p in written:
         print(f"wrote {p}")
+    if args.to == "lists" and tuple(labels.class_names) != ("non-diffuse", "diffuse"):
+        print(
+            "  these lists name classes other than non-diffuse/diffuse: read them back with "
+            f"--class-names {','.join(labels.class_names)} (or [experiment] class_names)"
+        )
     if job is not None and summary["run"]["labels_not_in_run"]:
         return 1
     return 0

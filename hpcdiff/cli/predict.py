@@ -51,6 +51,7 @@ def run(args: argparse.Namespace) -> int:
     from hpcdiff.io.prediction_lists import prediction_outputs, write_prediction_outputs_from_file
     from hpcdiff.io.predictions import PredictionWriter
     from hpcdiff.learn import DiffuseClassifier
+    from hpcdiff.pipelines.layout import predictions_beside
     from hpcdiff.progress import Progress, print_summary
 
     job = load_job_arg(args)
@@ -58,11 +59,7 @@ def run(args: argparse.Namespace) -> int:
         args.features, default_features(job), flag="--features", what="features file"
     )
     model_path = pick(args.model, default_model(job), flag="--model", what="model file")
-    out = (
-        Path(args.out)
-        if args.out
-        else features_path.with_name(features_path.stem + ".predictions.h5")
-    )
+    out = Path(args.out) if args.out else predictions_beside(features_path)
     ensure_writable(out, force=args.force)
 
     t0 = time.perf_counter()

@@ -22,6 +22,11 @@ _FLAGS = {
     "frames_per_file": "frames_per_file",
     "diffuse_fraction": "diffuse_fraction",
     "compression": "compression",
+    "diffuse_model": "diffuse_model",
+    "space_group": "space_group",
+    "molecule": "molecule",
+    "dtype": "output_dtype",
+    "like": "like",
 }
 
 
@@ -43,6 +48,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--frames-per-file", type=int, help="frames in each CXI file")
     p.add_argument("--diffuse-fraction", type=float, help="fraction of diffuse frames")
     p.add_argument("--compression", choices=("none", "gzip", "lz4"), help="frame compression")
+    p.add_argument(
+        "--diffuse-model",
+        choices=("auto", "displacement", "liquid_like", "rigid_body", "correlated", "random"),
+        help="diffuse-scattering model (auto: displacement, or random with --preset randomised)",
+    )
+    p.add_argument(
+        "--space-group",
+        choices=("auto", "P1", "P21", "C2", "P212121", "P43212", "random"),
+        help="space group of the random crystal",
+    )
+    p.add_argument("--molecule", help='"random" or a PDB/mmCIF file (cell from its CRYST1)')
+    p.add_argument(
+        "--dtype", choices=("int16", "int32", "float32"), help="frame data type (default int16)"
+    )
+    p.add_argument(
+        "--like",
+        type=Path,
+        help="target job file: copy its geometry, data layout, distance and energy",
+    )
     p.add_argument("--no-noise", action="store_true", help="write expected (noise-free) frames")
     p.add_argument("--force", action="store_true", help="write into a non-empty output folder")
     p.set_defaults(func=run)
@@ -64,6 +88,13 @@ def simulate_config(args: argparse.Namespace) -> tuple[SimulateConfig, Path]:
     }
     if args.no_noise:
         changes["noise"] = False
+    if "molecule" in changes and changes["molecule"] != "random":
+        path = Path(changes["molecule"])
+        if not path.is_file():
+            raise ConfigError(f"--molecule {path}: no such structure file")
+        changes["molecule"] = path
+    if "like" in changes and not Path(changes["like"]).is_file():
+        raise ConfigError(f"--like {changes['like']}: no such job file")
     for flag in ("frames", "processes", "frames_per_file"):
         value = getattr(args, flag)
         if value is not None and value < 1:
@@ -81,6 +112,12 @@ def simulate_config(args: argparse.Namespace) -> tuple[SimulateConfig, Path]:
     return cfg, Path(out)
 
 
+def _detector_name(cfg: SimulateConfig) -> str:
+    if cfg.like is not None:
+        return f"the detector of {cfg.like}"
+    return cfg.detector if cfg.geometry is None else str(cfg.geometry)
+
+
 def run(args: argparse.Namespace) -> int:
     from hpcdiff.simulate import simulate_experiment
 
@@ -88,9 +125,11 @@ def run(args: argparse.Namespace) -> int:
     exp = simulate_experiment(cfg, out, force=args.force)
     rate = exp.n_frames / exp.seconds if exp.seconds > 0 else float("nan")
     print(
-        f"simulated {exp.n_frames} frames ({cfg.detector if cfg.geometry is None else cfg.geometry}"
+        f"simulated {exp.n_frames} frames ({_detector_name(cfg)}"
         f" detector, preset {cfg.preset!r}, seed {cfg.seed}) in {exp.seconds:.1f} s "
         f"({rate:.1f} frames/s) -> {exp.out_dir}"
     )
+    if cfg.like is not None:
+        print(f"  like {cfg.like}: geometry, data layout, distance and energy copied")
     print(f"  job file: {exp.job}")
     return 0

@@ -165,7 +165,9 @@ def pick(value: Any, default: Any, *, flag: str, what: str) -> Any:
 
 
 def report_path_for(model: Path) -> Path:
-    return model.with_name(model.stem + ".report.json")
+    from hpcdiff.pipelines.layout import report_beside
+
+    return report_beside(model)
 
 
 # ----------------------------------------------------------------- train

@@ -72,6 +72,21 @@ class SimulateConfig:
     ``preset`` is a difficulty level of :data:`hpcdiff.simulate.presets.PRESETS`;
     ``noise = false`` writes expected (noise-free) frames; ``truth_grid_size`` and
     ``truth_max_hkl`` set the hkl grid of the true diffuse intensity in ``truth.h5``.
+
+    ``diffuse_model``: ``displacement`` (the original term), ``liquid_like``,
+    ``rigid_body``, ``correlated`` or ``random`` (one drawn per experiment); ``auto`` is
+    displacement, or random with the ``randomised`` preset (see
+    :mod:`hpcdiff.simulate.diffuse_models`).  ``molecule``: ``"random"`` or a PDB/mmCIF file (cell and space
+    group from its CRYST1; needs gemmi, ``pip install hpcdiff[sim]``).  ``space_group``
+    and ``molecule_shape`` of random molecules (``auto``: P1 and globular, or drawn with
+    ``randomised``; ``random``: drawn, with a random cell).  ``output_dtype``: frames as
+    detector integers (``int16`` saturating at 32767, ``int32``) or ``float32`` ADU.
+    ``like``: a target job file whose geometry, data layout (``data_path``, dtype, frames
+    per file), distance and energy the simulation copies (``hpcdiff simulate --like``);
+    ``detector_distance_m`` is the sample-detector distance (``clen + coffset``).
+    ``geometry_layout = "file"`` keeps the geometry's own data path, dimensions and
+    per-frame value paths instead of the Cheetah slab at ``data_path``; ``frame_shape``
+    (empty: the slab) is the shape each frame is written in (psana ``[32, 185, 388]``).
     """
 
     n_frames: int = field(default=200, metadata={"check": positive})
@@ -91,6 +106,20 @@ class SimulateConfig:
     noise: bool = True
     truth_grid_size: int = field(default=200, metadata={"check": positive})
     truth_max_hkl: float = field(default=10.0, metadata={"check": positive})
+    diffuse_model: Literal[
+        "auto", "displacement", "liquid_like", "rigid_body", "correlated", "random"
+    ] = "auto"
+    molecule: Literal["random"] | Path = "random"
+    molecule_shape: Literal["auto", "globular", "elongated", "flat", "random"] = "auto"
+    space_group: Literal["auto", "P1", "P21", "C2", "P212121", "P43212", "random"] = "auto"
+    output_dtype: Literal["int16", "int32", "float32"] = "int16"
+    data_path: str = field(
+        default="/entry_1/data_1/data",
+        metadata={"doc": "HDF5 path the simulated frames are written to (slab layout)."},
+    )
+    like: Path | None = None
+    geometry_layout: Literal["slab", "file"] = "slab"
+    frame_shape: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         from hpcdiff.simulate.presets import PRESETS
@@ -188,6 +217,9 @@ class FeaturesConfig:
     """VGG16 feature extraction (:mod:`hpcdiff.features`).
 
     ``weights`` is a checkpoint path, ``"hub"`` (the torch hub cache) or ``"random:SEED"``.
+    ``layer = "auto"`` is the method's ``fc6+fc7`` where the weights hold the fc layers and
+    the best conv layer (``hpcdiff.features.layers.BEST_CONV_LAYER``) with conv-only
+    weights; outputs record the layer used, and say when it is not fc6+fc7.
     ``bf16`` is bfloat16 autocast on GPUs; ``bf16_cpu`` the same on CPUs: ``"auto"`` turns
     it on where the CPU has bf16 instructions (AVX512-BF16, AMX: 3x the fp32 rate of VGG16
     on a 2-core Sapphire Rapids, ``benchmarks/bench_pipeline.py``; emulated and slower
@@ -196,7 +228,7 @@ class FeaturesConfig:
     """
 
     weights: str = "hub"
-    layer: Literal["fc6+fc7", "fc7", "pool5", "gap", "pool4+pool5"] = "fc6+fc7"
+    layer: Literal["auto", "fc6+fc7", "fc7", "pool5", "gap", "pool4+pool5"] = "auto"
     batch_size: int = field(default=16, metadata={"check": positive})
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True

@@ -93,7 +93,7 @@ def _convert(value: Any, tp: Any, key: str, ctx: _Context) -> Any:
         return types.MappingProxyType(
             {str(k): _convert(v, v_tp, f"{key}.{k}", ctx) for k, v in value.items()}
         )
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(value, Mapping):
             raise ctx.fail(key, f"is {value!r}; expected a table")
         return build_section(tp, value, key=key, ctx=ctx)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import numpy as np
 
-from hpcdiff.features.layers import LAYER_SIZES
+from hpcdiff.features.layers import LAYER_SIZES, layer_note, resolve_layer
 from hpcdiff.features.vgg16 import VGG16
 from hpcdiff.features.weights import WeightsInfo, check_layer, load_weights
+
+log = logging.getLogger("hpcdiff.features")
 
 if TYPE_CHECKING:  # pragma: no cover - torch is imported lazily, never at import time
     import torch
@@ -59,7 +62,10 @@ class FeatureExtractor:
     weights
         ``"hub"``, ``"random:SEED"`` or a checkpoint path (:func:`~hpcdiff.features.weights.load_weights`).
     layer
-        ``"fc6+fc7"`` (8192 values, default), ``"fc7"`` (4096), ``"pool5"`` (25088) or ``"gap"`` (512).
+        ``"fc6+fc7"`` (8192 values, default), ``"fc7"`` (4096), ``"pool5"`` (25088), ``"gap"``
+        (512), or ``"auto"``: fc6+fc7 where the weights hold the fc layers, else
+        :data:`~hpcdiff.features.layers.BEST_CONV_LAYER` (:attr:`layer` is the resolved
+        name; :meth:`run_info` says why).
     device
         ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
     bf16
@@ -99,8 +105,13 @@ class FeatureExtractor:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         loaded = load_weights(weights)
+        self.layer_requested = layer
+        self.layer_note = layer_note(layer, loaded.info.layers)
+        layer = resolve_layer(layer, loaded.info.layers)
         check_layer(loaded.info, layer)
         self.layer = layer
+        if self.layer_note is not None:
+            log.warning("%s", self.layer_note)
         self.batch_size = int(batch_size)
         self.device = torch.device(resolve_device(device))
         self.channels_last = bool(channels_last)
@@ -123,7 +134,8 @@ class FeatureExtractor:
         model.load_state_dict(dict(loaded.state_dict), strict=strict)
         model.eval().requires_grad_(False)
         if self.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            # Module.to(memory_format=...) is documented torch API its stubs omit
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         self._model = model.to(self.device)
         forward: Callable[[torch.Tensor], torch.Tensor] = self._forward
         self._run = torch.compile(forward) if compile else forward
@@ -161,6 +173,8 @@ class FeatureExtractor:
         """How features are computed (layer, device, dtype, layout), for outputs and logs."""
         return {
             "layer": self.layer,
+            "layer_requested": self.layer_requested,
+            "layer_note": self.layer_note,
             "n_features": self.n_features,
             "device": str(self.device),
             "autocast": None if self.autocast_dtype is None else str(self.autocast_dtype),

@@ -32,9 +32,9 @@ from typing import Any
 import numpy as np
 
 from hpcdiff.errors import FormatError, HpcdiffError
+from hpcdiff.features.hashcache import cached_sha256
 from hpcdiff.features.layers import CLASSIFIER_LAYERS, CONV_LAYERS, LAYER_SIZES
 from hpcdiff.features.vgg16 import VGG16
-from hpcdiff.io.outputs import sha256_file
 
 #: torchvision's ImageNet VGG16 checkpoint (the method's weights).
 TORCHVISION_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
@@ -118,13 +118,13 @@ def hub_checkpoint_path() -> Path:
 def _missing_message(path: Path, spec: str) -> str:
     hub = hub_checkpoint_path()
     return (
-        f"VGG16 weights {spec!r}: checkpoint {path} not found. Download torchvision's ImageNet "
-        f'weights from {TORCHVISION_URL} and put the file at {hub} (weights = "hub") or '
-        f'anywhere and give its path (weights = "/path/{TORCHVISION_FILE}"); on a node '
-        f'with internet, `python -c "import torch; torch.hub.load_state_dict_from_url('
-        f"'{TORCHVISION_URL}')\"` fills the hub cache. For a conv-only ImageNet checkpoint "
-        f"(layers pool5/gap) run shared/tools/vgg16-imagenet-conv/make_vgg16_features.sh. "
-        f'For untrained weights (tests, throughput) use weights = "random:SEED".'
+        f"VGG16 weights {spec!r}: checkpoint {path} not found. On a machine with internet "
+        f"access, `hpcdiff weights download` puts torchvision's ImageNet checkpoint at {hub} "
+        f'(weights = "hub"); without one, download {TORCHVISION_URL} elsewhere and copy '
+        f"{TORCHVISION_FILE} there, or anywhere and give its path (weights = "
+        f'"/path/{TORCHVISION_FILE}"). ImageNet conv-only weights with a JSON sidecar give '
+        f'layers pool5/gap (layer = "auto" picks one). For untrained weights (tests, '
+        f'throughput) use weights = "random:SEED". `hpcdiff weights` lists what it finds.'
     )
 
 
@@ -134,7 +134,7 @@ def _tensor_sha256(state_dict: Mapping[str, Any]) -> str:
         arr = state_dict[key].detach().cpu().contiguous().numpy()
         digest.update(key.encode() + b"\0" + str(arr.shape).encode() + b"\0")
         # hash the array's own buffer: the same bytes as tobytes(), without a copy
-        digest.update(memoryview(np.ascontiguousarray(arr, dtype="<f4")).cast("B"))
+        digest.update(np.ascontiguousarray(arr, dtype="<f4").data.cast("B"))
     return digest.hexdigest()
 
 
@@ -245,7 +245,7 @@ def _file_weights(spec: str, path: Path) -> LoadedWeights:
 
     if not path.is_file():
         raise WeightsError(_missing_message(path, spec))
-    sha = sha256_file(path)
+    sha = cached_sha256(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a bad archive

@@ -187,16 +187,16 @@ class CXIWriter:
         frames = np.asarray(frames)
         if frames.ndim < 2:
             raise ValueError(f"frames must be (n, *frame_shape), got shape {frames.shape}")
-        per_frame = {_absolute(k): np.asarray(v) for k, v in (per_frame or {}).items()}
+        columns = {_absolute(k): np.asarray(v) for k, v in (per_frame or {}).items()}
         n = frames.shape[0]
         if self._keys is None:
-            self._create(self._file, frames, per_frame)
-        elif tuple(sorted(per_frame)) != self._keys:
+            self._create(self._file, frames, columns)
+        elif tuple(sorted(columns)) != self._keys:
             raise ValueError(
-                f"per-frame values {sorted(per_frame)} differ from the first block's "
+                f"per-frame values {sorted(columns)} differ from the first block's "
                 f"{list(self._keys)}"
             )
-        for key, values in per_frame.items():
+        for key, values in columns.items():
             if values.shape != (n,):
                 raise ValueError(
                     f"per-frame values {key} have shape {values.shape}, expected ({n},)"
@@ -204,7 +204,7 @@ class CXIWriter:
         shape = self._file.h5[self.data_path].shape[1:]
         if frames.shape[1:] != shape:
             raise ValueError(f"frames of shape {frames.shape[1:]} appended to {shape} frames")
-        self._file.append({self.data_path: frames, **per_frame})
+        self._file.append({self.data_path: frames, **columns})
         self.n_frames = self._file.n_rows
 
     def _create(

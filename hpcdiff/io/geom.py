@@ -28,6 +28,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 
@@ -215,17 +216,36 @@ class BadRegion:
                 "or min_fs, max_fs, min_ss, max_ss"
             )
         if self.is_fsss:
-            if min(fsss) < 0 or self.max_fs < self.min_fs or self.max_ss < self.min_ss:
+            min_fs, max_fs, min_ss, max_ss = cast(list[int], fsss)
+            if min(min_fs, max_fs, min_ss, max_ss) < 0 or max_fs < min_fs or max_ss < min_ss:
                 raise ValueError(
                     f"bad region {self.name}: need 0 <= min_fs <= max_fs and 0 <= min_ss <= max_ss"
                 )
-        elif self.max_x < self.min_x or self.max_y < self.min_y:
-            raise ValueError(f"bad region {self.name}: need min_x <= max_x and min_y <= max_y")
+        else:
+            min_x, max_x, min_y, max_y = cast(list[float], xy)
+            if max_x < min_x or max_y < min_y:
+                raise ValueError(f"bad region {self.name}: need min_x <= max_x and min_y <= max_y")
 
     @property
     def is_fsss(self) -> bool:
         """True when given in slab (fs/ss) coordinates, false for lab x/y."""
         return self.min_fs is not None
+
+    @property
+    def fs_ss_box(self) -> tuple[int, int, int, int]:
+        """``(min_fs, max_fs, min_ss, max_ss)`` of a slab-coordinate region (inclusive)."""
+        if not self.is_fsss:
+            raise ValueError(f"bad region {self.name} is given in lab x/y, not fs/ss")
+        return cast(tuple[int, int, int, int], (self.min_fs, self.max_fs, self.min_ss, self.max_ss))
+
+    @property
+    def xy_box(self) -> tuple[float, float, float, float]:
+        """``(min_x, max_x, min_y, max_y)`` of a lab-frame region (pixels)."""
+        if self.is_fsss:
+            raise ValueError(f"bad region {self.name} is given in fs/ss, not lab x/y")
+        return cast(
+            tuple[float, float, float, float], (self.min_x, self.max_x, self.min_y, self.max_y)
+        )
 
 
 @dataclass(frozen=True)
@@ -239,7 +259,9 @@ class DetectorGeometry:
     panels: tuple[Panel, ...]
     bad_regions: tuple[BadRegion, ...] = ()
     photon_energy: float | str | None = None
-    slab_shape: tuple[int, int] | None = None
+    # None (the default) is replaced by the shape the panels need in __post_init__, so the
+    # attribute is always a shape.
+    slab_shape: tuple[int, int] = None  # type: ignore[assignment]
     rigid_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
     extra: tuple[tuple[str, str], ...] = ()
     source: str | None = field(default=None, compare=False)
@@ -275,11 +297,12 @@ class DetectorGeometry:
                 )
             if region.is_fsss and region.panel is not None:
                 p = by_name[region.panel]
+                lo_fs, hi_fs, lo_ss, hi_ss = region.fs_ss_box
                 if not (
-                    p.min_fs <= region.min_fs
-                    and region.max_fs <= p.max_fs
-                    and p.min_ss <= region.min_ss
-                    and region.max_ss <= p.max_ss
+                    p.min_fs <= lo_fs
+                    and hi_fs <= p.max_fs
+                    and p.min_ss <= lo_ss
+                    and hi_ss <= p.max_ss
                 ):
                     raise ValueError(
                         f"bad region {region.name} (fs {region.min_fs}..{region.max_fs}, "
@@ -620,7 +643,8 @@ class _Parser:
             raise self.error(f"photon_energy unit must be eV or keV, got {unit!r}", lineno)
         return number * units["photon_energy"][unit]
 
-    def parse_panel_value(self, key: str, value: str, lineno: int) -> object:
+    def parse_panel_value(self, key: str, value: str, lineno: int) -> Any:
+        """The value of panel key ``key``: int, float, 3-vector, dim entry or string, by key."""
         if key in ("min_fs", "max_fs", "min_ss", "max_ss"):
             number = self.parse_int(key, value, lineno)
             if number < 0:
@@ -629,15 +653,15 @@ class _Parser:
         if key in ("fs", "ss"):
             return self.parse_vector(key, value, lineno)
         if key in ("corner_x", "corner_y", "coffset", "max_adu", "adu_per_eV", "adu_per_photon"):
-            number = self.parse_float(key, value, lineno)
-            if key != "max_adu" and not math.isfinite(number):
+            real = self.parse_float(key, value, lineno)
+            if key != "max_adu" and not math.isfinite(real):
                 raise self.error(f"{key} must be finite, got {value!r}", lineno)
-            return number
+            return real
         if key == "res":
-            number = self.parse_float(key, value, lineno)
-            if not (math.isfinite(number) and number > 0):
+            real = self.parse_float(key, value, lineno)
+            if not (math.isfinite(real) and real > 0):
                 raise self.error(f"res must be positive pixels per metre, got {value!r}", lineno)
-            return number
+            return real
         if key == "clen":
             return self.parse_clen(value, lineno)
         if key in ("mask_good", "mask_bad"):
@@ -670,7 +694,7 @@ class _Parser:
     # ---- building
 
     def build_panels(self) -> tuple[Panel, ...]:
-        built = []
+        built: list[dict[str, Any]] = []
         for name, entry in self.panels.items():
             first = self.panel_line[name]
             missing = [k for k in _REQUIRED if k not in entry]
@@ -727,8 +751,8 @@ class _Parser:
         return tuple(panels)
 
     def build_dims(self, name: str, entry: dict[str, tuple[str, int]]) -> tuple[DimEntry, ...]:
-        dims = {int(_DIM_RE.match(k).group(1)): (val, ln) for k, (val, ln) in entry.items()
-                if _DIM_RE.match(k)}  # fmt: skip
+        dims = {int(m.group(1)): (val, ln) for k, (val, ln) in entry.items()
+                if (m := _DIM_RE.match(k))}  # fmt: skip
         if not dims:
             return ("ss", "fs")
         line = max(ln for _, ln in dims.values())
@@ -759,7 +783,7 @@ class _Parser:
             )
         return structure
 
-    def fold_fixed_index(self, built: list[dict]) -> None:
+    def fold_fixed_index(self, built: list[dict[str, Any]]) -> None:
         """Fold a fixed panel index into the slow-scan axis (psana-style layouts)."""
         fixed = [any(isinstance(d, int) for d in b["dim_structure"]) for b in built]
         if not any(fixed):
@@ -781,7 +805,7 @@ class _Parser:
 
     def build_bad(self, name: str) -> BadRegion:
         entry = self.bad[name]
-        values: dict[str, object] = {}
+        values: dict[str, Any] = {}
         for key, (value, ln) in entry.items():
             if key == "panel":
                 values[key] = value
@@ -904,8 +928,9 @@ def format_geom(geom: DetectorGeometry) -> str:
     shared: dict[str, str] = {}
     for key in _SHAREABLE:
         values = {d.get(key) for d in per_panel}
-        if len(values) == 1 and None not in values:
-            shared[key] = values.pop()
+        value = values.pop() if len(values) == 1 else None
+        if value is not None:
+            shared[key] = value
     dims = {tuple((k, v) for k, v in d.items() if _DIM_RE.match(k)) for d in per_panel}
     if len(dims) == 1:
         shared.update(dims.pop())

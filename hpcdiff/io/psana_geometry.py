@@ -212,7 +212,22 @@ def read_psana_geometry(path: str | Path) -> PsanaGeometry:
             )
         seen[key] = lineno
         objects.append(
-            GeometryObject(fields[0], parent_index, fields[2], index, *numbers, line=lineno)
+            GeometryObject(
+                fields[0],
+                parent_index,
+                fields[2],
+                index,
+                x0_um=numbers[0],
+                y0_um=numbers[1],
+                z0_um=numbers[2],
+                rot_z_deg=numbers[3],
+                rot_y_deg=numbers[4],
+                rot_x_deg=numbers[5],
+                tilt_z_deg=numbers[6],
+                tilt_y_deg=numbers[7],
+                tilt_x_deg=numbers[8],
+                line=lineno,
+            )
         )
     if not objects:
         raise FormatError(path, "no geometry objects found")

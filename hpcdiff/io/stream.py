@@ -80,7 +80,7 @@ class UnitCell:
         a, b, c = (float(np.linalg.norm(v)) for v in real)
 
         def angle(u: np.ndarray, v: np.ndarray) -> float:
-            cos = float(u @ v) / (np.linalg.norm(u) * np.linalg.norm(v))
+            cos = float(u @ v) / float(np.linalg.norm(u) * np.linalg.norm(v))
             return math.degrees(math.acos(max(-1.0, min(1.0, cos))))
 
         return cls(
@@ -372,7 +372,7 @@ class _Reader:
 
     def block(self, it: Iterator[str], lines: _Lines, end: str, what: str) -> str:
         start = lines.number
-        body = []
+        body: list[str] = []
         for text in it:
             if text == end:
                 return "\n".join(body)
@@ -475,7 +475,10 @@ class _Reader:
                     lattice.get("centering"),
                     lattice.get("unique_axis"),
                 )
-                basis = [tuple(vectors[v]) for v in ("astar", "bstar", "cstar")]
+                basis: list[Vector] = [
+                    (vectors[v][0], vectors[v][1], vectors[v][2])
+                    for v in ("astar", "bstar", "cstar")
+                ]
                 if params is not None:
                     cell = UnitCell(*kinds, *params)
                 else:
@@ -489,7 +492,9 @@ class _Reader:
                     fields["n_reflections"] = counted
                 return Crystal(
                     cell,
-                    *basis,  # type: ignore[arg-type]
+                    astar=basis[0],
+                    bstar=basis[1],
+                    cstar=basis[2],
                     values=tuple(values),
                     reflections=reflections,
                     line=start,

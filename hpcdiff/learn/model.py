@@ -366,6 +366,7 @@ def _meta_to_dict(meta: FeatureMeta) -> dict[str, Any]:
         "background": meta.background,
         "background_method": meta.background_method,
         "config_hash": meta.config_hash,
+        "layer_note": meta.extra.get("layer_note"),
     }
 
 
@@ -377,6 +378,7 @@ def _meta_from_dict(path: Path, d: dict[str, Any]) -> FeatureMeta:
             weights=d["weights"],
             background=d["background"],
             config_hash=d.get("config_hash"),
+            extra={"layer_note": d["layer_note"]} if d.get("layer_note") else {},
         )
     except (KeyError, TypeError) as exc:
         raise FormatError(path, f"metadata 'feature' lacks {exc}", dataset="metadata") from None

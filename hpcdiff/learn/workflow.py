@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,7 +36,14 @@ def targets(labels: Any, target: str) -> tuple[np.ndarray, tuple[str, ...]]:
     raise ValueError(f"target must be 'binary' or 'classes', got {target!r}")
 
 
-def align_labels(features: FeatureSet, labels: Any, *, source: str | Path = "labels") -> Any:
+class HasFrameIds(Protocol):
+    """Rows that name their frames (a features file, a predictions file)."""
+
+    @property
+    def frame_ids(self) -> list[Any]: ...
+
+
+def align_labels(features: HasFrameIds, labels: Any, *, source: str | Path = "labels") -> Any:
     """The labels of every frame in ``features``, in the features' row order.
 
     Raises

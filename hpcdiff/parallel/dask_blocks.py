@@ -70,7 +70,9 @@ def map_blocks(
     Exception
         The first task error, with its remote traceback, as soon as it arrives.
     """
-    shared_f = client.scatter(shared, broadcast=True)
+    # hash=False: a fresh key per call, so a second map of the same object never waits on
+    # the first call's copy being released
+    shared_f = client.scatter(shared, broadcast=True, hash=False)
     tasks = [client.submit(fn, shared_f, s, e, pure=False, **kwargs) for s, e in blocks]
     if reduce is None:
         track(tasks, label, log=log)

@@ -2,20 +2,22 @@
 
 Every command runs the same distributed frame stage (:func:`_frame_stage`): the root
 checks the inputs and the output folder once and tells the other ranks
-(:func:`~hpcdiff.parallel.mpi.root_decides`); each rank binds its GPU by node-local rank,
-reads its contiguous block of frames with a prefetching reader thread, removes the
+(:func:`~hpcdiff.parallel.mpi.root_decides`); each rank binds its GPU by node-local rank
+(:func:`~hpcdiff.parallel.placement.setup_rank`), reads its contiguous block of frames with a prefetching reader thread, removes the
 background, computes VGG16 features and writes checkpoint shards
-(:func:`~hpcdiff.parallel.mpi.distributed_map`).  Then:
+(:func:`~hpcdiff.parallel.frame_loop.distributed_map`).  Then:
 
 ``features`` (:func:`run_features`)
     the root streams the shards into one features file ordered by frame.
 ``train`` (:func:`run_train`)
-    the root writes the features file as ``features`` does; features reach the root, gathered (``learn.pca_from = "gather"``: ``Gatherv`` of
-    float32 rows and frame numbers) or as PCA statistics (``"statistics"``: count, sum and
-    Gram matrix reduced with ``Reduce``; every rank projects its own rows on the broadcast
-    axes and only the projections are gathered).  The root fits logistic regression,
-    prints the precision/recall table, writes the model and its report, and broadcasts
-    the model.
+    the root writes the features file as ``features`` does; the collect hook
+    (:func:`~hpcdiff.parallel.collect.collect_rows`) brings the training rows to the root,
+    gathered (``learn.pca_from = "gather"``: ``Gatherv`` of float32 rows and frame numbers)
+    or as PCA statistics (``"statistics"``: count, sum and Gram matrix reduced with
+    ``Reduce``; every rank projects its own rows on the broadcast axes and only the
+    projections are gathered).  The root fits with :func:`hpcdiff.learn.fit_model` (the
+    serial ``learn.train``'s fit), prints the precision/recall table, writes the model and
+    its report, and broadcasts the model.
 ``predict`` (:func:`run_predict`)
     the model is broadcast, each rank predicts its own frames into its shards, and the
     root writes one predictions file ordered by frame.
@@ -71,9 +73,6 @@ class TooManyRejects(HpcdiffError):
     """
 
     collective = True
-
-
-# --------------------------------------------------------------------------- rank setup
 
 
 # --------------------------------------------------------------------------- inputs
@@ -170,8 +169,8 @@ class FrameReader:
             values = {k: np.concatenate([v[k] for v in vals]) for k in (vals[0] if vals else {})}
         finite = np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
         if not finite.all():
-            for i in np.flatnonzero(~finite):
-                rejects.append((int(numbers[i]), "frame holds NaN or inf pixel values"))
+            for k in np.flatnonzero(~finite):
+                rejects.append((int(numbers[k]), "frame holds NaN or inf pixel values"))
             frames, numbers = frames[finite], numbers[finite]
             values = {k: v[finite] for k, v in values.items()}
         return FrameBatch(start, stop, frames, numbers, values, sorted(rejects))
@@ -369,7 +368,7 @@ def _frame_stage(
     The root refuses finished outputs (unless ``force``), opens the frame files and
     prepares the shard folder (resuming the same job); then each rank binds its device,
     builds the detector model, preprocessor and feature extractor and runs
-    :func:`~hpcdiff.parallel.mpi.distributed_map` with ``make_process(featurizer)``.
+    :func:`~hpcdiff.parallel.frame_loop.distributed_map` with ``make_process(featurizer)``.
     ``state_extra`` joins the checkpoint state (e.g. the model hash of a prediction run).
     """
     from hpcdiff.io.cxi import FrameSource
@@ -522,6 +521,7 @@ def _write_run_report(
         "timings": [r["timings"] for r in per_rank],
         "weights": stage.weights_info,
         "weights_sha256": stage.weights_info.get("sha256"),
+        "features": stage.processing.get("features", {}),
         "outputs": {k: str(v) for k, v in stage.outputs.items()},
         **(extra or {}),
         **provenance(job.config_hash()),
@@ -578,15 +578,21 @@ def feature_meta(
     ``processing`` (:meth:`Featurizer.describe` of the root rank: device, bf16 or fp32)
     is recorded in its ``extra``, not compared."""
     from hpcdiff.features import LAYER_SIZES
+    from hpcdiff.features.layers import layer_note, resolve_layer
     from hpcdiff.io.featurefile import FeatureMeta
 
+    layer = resolve_layer(job.features.layer, weights_info.get("layers", ()))
+    extra: dict[str, Any] = {} if processing is None else {"processing": processing}
+    note = layer_note(job.features.layer, weights_info.get("layers", ()))
+    if note is not None:
+        extra["layer_note"] = note
     return FeatureMeta(
-        layer=job.features.layer,
-        n_features=int(LAYER_SIZES[job.features.layer]),
+        layer=layer,
+        n_features=int(LAYER_SIZES[layer]),
         weights=weights_info,
         background=job.to_dict()["background"],
         config_hash=job.config_hash(),
-        extra={} if processing is None else {"processing": processing},
+        extra=extra,
     )
 
 
@@ -661,12 +667,14 @@ def run_train(job: JobConfig, *, comm: Comm, force: bool = False, stop: Any = No
     frames, arrays = _read_local(comm, stage, ["features"])
     x_local = arrays["features"].astype(np.float32, copy=False)
     if x_local.ndim != 2:  # this rank has no frames with features
-        x_local = np.empty((0, _n_features(job)), np.float32)
+        x_local = np.empty((0, _n_features(job, stage.weights_info)), np.float32)
     meta = feature_meta(job, stage.weights_info, processing=stage.processing)
     timings = stage.outcome.timings
     t0 = time.perf_counter()
     reduction = (
-        PCAReduction(_n_features(job), lc.n_components) if lc.pca_from == "statistics" else None
+        PCAReduction(_n_features(job, stage.weights_info), lc.n_components)
+        if lc.pca_from == "statistics"
+        else None
     )
     train = collect_rows(
         comm, frames, x_local, wanted=split.train, reduce=reduction, timings=timings
@@ -761,10 +769,8 @@ def _write_training(
     )
 
 
-def _n_features(job: JobConfig) -> int:
-    from hpcdiff.features import LAYER_SIZES
-
-    return int(LAYER_SIZES[job.features.layer])
+def _n_features(job: JobConfig, weights_info: dict[str, Any]) -> int:
+    return int(feature_meta(job, weights_info).n_features)
 
 
 def run_predict(
@@ -892,6 +898,8 @@ def _write_predictions(
         "model_sha256": model_sha,
         "target": clf.metadata_.get("target", "binary"),
         "weights_sha256": stage.weights_info.get("sha256") or "",
+        "feature_layer": clf.feature_meta_.layer,
+        "feature_layer_note": clf.feature_meta_.extra.get("layer_note") or "",
     }
     with PredictionWriter(
         path,

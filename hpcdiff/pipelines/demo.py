@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from hpcdiff.errors import HpcdiffError, OutputExistsError
 from hpcdiff.pipelines.layout import ClassifyLayout
@@ -77,17 +77,22 @@ def choose_weights(requested: str | None = None) -> tuple[str, str, str]:
     -------
     weights, layer, reason
     """
+    from hpcdiff.features.layers import BEST_CONV_LAYER
     from hpcdiff.features.weights import hub_checkpoint_path
 
     if requested:
-        layer = "gap" if requested.endswith("_caffe.pth") else "fc6+fc7"
+        layer = BEST_CONV_LAYER if requested.endswith("_caffe.pth") else "fc6+fc7"
         return requested, layer, "requested on the command line"
     hub = hub_checkpoint_path()
     if hub.is_file():
         return "hub", "fc6+fc7", f"torchvision ImageNet checkpoint found at {hub}"
     conv = Path(os.environ.get("HPCDIFF_WEIGHTS", CONV_ONLY_DEFAULT))
     if conv.is_file():
-        return str(conv), "gap", f"ImageNet conv-only weights found at {conv} (no fc layers)"
+        return (
+            str(conv),
+            BEST_CONV_LAYER,
+            f"ImageNet conv-only weights found at {conv} (no fc layers)",
+        )
     return (
         "random:0",
         "fc6+fc7",
@@ -188,7 +193,7 @@ def run_demo(settings: DemoSettings, *, stream: IO[str] | None = None) -> DemoRe
     seconds: dict[str, float] = {}
 
     t = time.perf_counter()
-    common = dict(
+    common: dict[str, Any] = dict(
         seed=settings.seed,
         detector=settings.detector,
         preset=settings.preset,

@@ -30,7 +30,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import h5py
 import numpy as np
@@ -64,6 +64,11 @@ from hpcdiff.similarity import (
     sparse_frames,
 )
 
+if TYPE_CHECKING:
+    from hpcdiff.background.local import LocalFilter
+    from hpcdiff.background.normalise import Compression
+    from hpcdiff.background.radial import RadialStatistic
+
 # --------------------------------------------------------------------------- settings
 
 
@@ -95,14 +100,14 @@ class FourierSettings:
     similarity_grid: Grid
     bragg_radius_hkl: float = 0.0
     background: str = "radial"
-    radial_statistic: str = "median"
+    radial_statistic: RadialStatistic = "median"
     n_radial_bins: int = 400
-    local_filter: str = "median"
+    local_filter: LocalFilter = "median"
     local_size_px: int = 15
     local_percentile: float = 50.0
     local_bin_px: int = 5
     radial_clip_sigma: float = 3.0
-    compression: str = "none"
+    compression: Compression = "none"
     clip_sigma: float = 5.0
     image_downsample: int = 8
     polarisation_degree: float = 1.0
@@ -516,14 +521,14 @@ def process_chunk(
     """
     from hpcdiff.io.cxi import FrameSource
 
-    rows = np.asarray(rows, dtype=np.int64)
-    numbers = plan.numbers[rows]
+    index = np.asarray(rows, dtype=np.int64)
+    numbers = plan.numbers[index]
     detector = _detector(plan.geometry, settings.polarisation_degree)
     with FrameSource(plan.files, geometry=plan.geometry, data_path=plan.data_path) as source:
         frames = np.stack([source.read(int(n), int(n) + 1)[0] for n in numbers])
         values = [source.frame_values(int(n), int(n) + 1) for n in numbers]
-    energies = plan.photon_energy_ev[rows].copy()
-    clens = np.empty(len(rows))
+    energies = plan.photon_energy_ev[index].copy()
+    clens = np.empty(len(index))
     for j, v in enumerate(values):
         if not np.isfinite(energies[j]):
             energies[j] = _number(
@@ -532,7 +537,7 @@ def process_chunk(
         clens[j] = _number(v, "clen_m", plan.geometry.panels[0].clen, "camera length (clen)", plan)
     return process_frames(
         frames,
-        plan.orientations[rows],
+        plan.orientations[index],
         photon_energy_ev=energies,
         clen_m=clens,
         detector=detector,

@@ -8,6 +8,8 @@ overnight reprocessing experiment) names that job's files; no other module spell
   stage (:meth:`ClassifyLayout.stage`) a :class:`StageLayout` with its checkpoint shards,
   rejects and run report.
 * :class:`FourierLayout`: the Fourier job's output folder.
+* :func:`report_beside`, :func:`predictions_beside`: defaults of the standalone
+  ``hpcdiff train`` and ``hpcdiff predict`` commands, named after their input file.
 """
 
 from __future__ import annotations
@@ -106,6 +108,16 @@ class ClassifyLayout:
         return StageLayout(self.root, kind)
 
 
+def report_beside(model: Path) -> Path:
+    """Default report of ``hpcdiff train``: ``<model stem>.report.json`` beside the model."""
+    return model.with_name(model.stem + ".report.json")
+
+
+def predictions_beside(features: Path) -> Path:
+    """Default output of ``hpcdiff predict``: ``<features stem>.predictions.h5`` beside them."""
+    return features.with_name(features.stem + ".predictions.h5")
+
+
 @dataclass(frozen=True)
 class FourierLayout:
     """The files of the Fourier job in its output folder ``root``."""
@@ -153,4 +165,6 @@ __all__ = [
     "ClassifyLayout",
     "FourierLayout",
     "StageLayout",
+    "predictions_beside",
+    "report_beside",
 ]

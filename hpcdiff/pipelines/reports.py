@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from hpcdiff.config import JobConfig
+from hpcdiff.errors import ConfigError
 from hpcdiff.pipelines.layout import ClassifyLayout
 from hpcdiff.report import Report
 from hpcdiff.report import figures as F
@@ -32,8 +33,21 @@ def _devices(devices: Any) -> str | None:
     return ", ".join(f"{n} x {name}" for name, n in names.items())
 
 
+def _layer(job: JobConfig, run: dict[str, Any]) -> str:
+    """The layer the run used (``layer = "auto"`` resolved), with why where it is not fc6+fc7."""
+    features = run.get("features")
+    if not isinstance(features, dict):
+        features = {}
+    layer = str(features.get("layer") or job.features.layer)
+    note = features.get("layer_note")
+    return f"{layer} ({note})" if note else layer
+
+
 def _json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
+
+
+_PRETRAINED: dict[object, str] = {True: "yes", False: "no: RANDOM weights"}
 
 
 def new_report(title: str, job: JobConfig, run: dict[str, Any]) -> Report:
@@ -48,8 +62,8 @@ def new_report(title: str, job: JobConfig, run: dict[str, Any]) -> Report:
             "job file": str(job.source),
             "weights": weights.get("name") if isinstance(weights, dict) else weights,
             "weights_sha256": run.get("weights_sha256"),
-            "pretrained": {True: "yes", False: "no: RANDOM weights"}.get(pretrained, "n/a"),
-            "feature layer": job.features.layer,
+            "pretrained": _PRETRAINED.get(pretrained, "n/a"),
+            "feature layer": _layer(job, run),
             "ranks": run.get("ranks"),
             "devices": _devices(run.get("devices")),
             "created_utc": run.get("created_utc"),
@@ -237,6 +251,8 @@ def example_frames(job: JobConfig, predictions: Any, *, n: int = 4) -> tuple[lis
     from hpcdiff.io.geom import read_geom
     from hpcdiff.preprocess import Preprocessor
 
+    if job.experiment.geometry is None:
+        raise ConfigError(f"{job.source}: example frames need [experiment] geometry")
     geom = read_geom(job.experiment.geometry)
     source = FrameSource(job.frame_files(), geometry=geom, data_path=job.experiment.data_path)
     order = np.argsort(-predictions.diffuse_score)
@@ -257,6 +273,7 @@ def example_frames(job: JobConfig, predictions: Any, *, n: int = 4) -> tuple[lis
             )
             pre = Preprocessor.from_job(job, model)
             pixmap = model.pixel_map()
+        assert pixmap is not None  # built with pre, on the first frame
         result = pre.residual(frames, photon_energy_ev=energy)
         raw.append(pixmap.assemble(frames[0]))
         residual.append(pixmap.assemble(np.where(result.valid[0], result.normalised[0], np.nan)))

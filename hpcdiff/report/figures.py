@@ -196,9 +196,12 @@ def diffusion_map_figure(
                 color=_CMAP_LABELS[k % len(_CMAP_LABELS)],
                 label=name,
             )
-    for i, setter in enumerate((ax.set_xlabel, ax.set_ylabel)):
+    axis_labels: list[str] = []
+    for i in range(2):
         auc = f" (AUC {aucs[i]:.2f})" if aucs is not None and i < len(aucs) else ""
-        setter(f"diffusion coordinate {i + 1}{auc}")
+        axis_labels.append(f"diffusion coordinate {i + 1}{auc}")
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
     if title:
         ax.set_title(title)
     ax.legend(fontsize=8)
@@ -274,18 +277,18 @@ def run_fraction_figure(runs: Sequence[str], fractions: Sequence[float]) -> Figu
     """Diffuse fraction against run (NaN for runs without predictions)."""
     fig = Figure(figsize=(max(5, 0.4 * len(runs)), 3.8))
     ax = fig.add_subplot(1, 1, 1)
-    fractions = np.asarray(fractions, float)
-    if len(runs) == 0 or not np.isfinite(fractions).any():
+    values = np.asarray(fractions, float)
+    if len(runs) == 0 or not np.isfinite(values).any():
         _no_data(ax)
         return fig
     x = np.arange(len(runs))
-    ax.plot(x, fractions, marker="o")
-    missing = ~np.isfinite(fractions)
+    ax.plot(x, values, marker="o")
+    missing = ~np.isfinite(values)
     if missing.any():
         ax.plot(x[missing], np.zeros(missing.sum()), "x", color="tab:red", label="no predictions")
         ax.legend(fontsize=8)
     ax.set_xticks(x, list(runs), rotation=60, fontsize=7)
     ax.set_ylabel("diffuse fraction")
-    ax.set_ylim(0, max(0.05, float(np.nanmax(fractions)) * 1.2))
+    ax.set_ylim(0, max(0.05, float(np.nanmax(values)) * 1.2))
     ax.grid(alpha=0.3)
     return fig

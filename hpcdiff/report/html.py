@@ -95,13 +95,13 @@ class Report:
     def add_table(self, title: str, rows: Sequence[Sequence[Any]], columns: Sequence[str]) -> None:
         """A table; floats are formatted, NaN shows as ``n/a``."""
         columns = tuple(str(c) for c in columns)
-        rows = tuple(tuple(r) for r in rows)
-        for i, row in enumerate(rows):
+        cells = tuple(tuple(r) for r in rows)
+        for i, row in enumerate(cells):
             if len(row) != len(columns):
                 raise ValueError(
                     f"table {title!r}: row {i} has {len(row)} cells, expected {len(columns)}"
                 )
-        self._blocks.append(_Block("table", title=title, rows=rows, columns=columns))
+        self._blocks.append(_Block("table", title=title, rows=cells, columns=columns))
 
     def add_figure(self, title: str, figure: Figure | bytes | Path, caption: str = "") -> None:
         """A figure: a matplotlib Figure, PNG bytes, or a PNG file."""

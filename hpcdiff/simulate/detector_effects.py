@@ -91,6 +91,7 @@ class DetectorResponse:
         read_noise_photons: float = 0.12,
         offset_sigma_photons: float = 0.3,
         gain_drift: float = 0.01,
+        dead_panels: tuple[int, ...] = (),
     ) -> DetectorResponse:
         """Draw a detector's fixed defects and gains.
 
@@ -110,12 +111,16 @@ class DetectorResponse:
             Read noise and common-mode RMS, in photon units (converted to ADU).
         gain_drift
             RMS relative gain drift per frame.
+        dead_panels
+            Panels (ASICs) whose every pixel is dead (reads 0).
         """
         panel_index = np.asarray(panel_index).astype(np.int16, copy=False)
         n_panels = int(panel_index.max()) + 1 if panel_index.size else 0
         gain = (1.0 + gain_spread * rng.standard_normal(n_panels)).astype(np.float32)
         on = panel_index >= 0
         dead = on & (rng.random(panel_index.shape) < dead_fraction)
+        if dead_panels:
+            dead |= np.isin(panel_index, np.asarray(dead_panels, dtype=np.int16))
         return cls(
             panel_index=panel_index,
             panel_gain=np.clip(gain, 0.5, 1.5),
@@ -202,9 +207,9 @@ class DetectorResponse:
                 block *= scale[p]
                 block += offset[p]
         else:
-            p = np.where(self.panel_index >= 0, self.panel_index, 0)
-            values *= scale[p]
-            values += offset[p]
+            panel = np.where(self.panel_index >= 0, self.panel_index, 0)
+            values *= scale[panel]
+            values += offset[panel]
 
     @cached_property
     def _boxes(self) -> list[tuple[int, int, int, int]] | None:
@@ -220,14 +225,44 @@ class DetectorResponse:
         return np.flatnonzero(self.dead | (self.panel_index < 0))
 
 
+def quantise(adu: np.ndarray, *, dtype: str, max_adu: float = np.inf) -> np.ndarray:
+    """Detector integers from float ADU: rounded, saturating at ``min(max_adu, dtype max)``.
+
+    Parameters
+    ----------
+    adu
+        (...) float32 ADU.
+    dtype
+        ``"int16"`` or ``"int32"`` (or any numpy integer type name).
+    max_adu
+        The detector's saturation level (ADU).
+
+    Returns
+    -------
+    numpy.ndarray
+        (...) of ``dtype``; values below the type's minimum clip to it.
+    """
+    info = np.iinfo(np.dtype(dtype))
+    high = float(min(max_adu, info.max))
+    # float32 holds every int16 exactly; wider integers are rounded in float64
+    out = np.rint(adu) if info.bits <= 16 else np.rint(np.asarray(adu, dtype=np.float64))
+    np.clip(out, float(info.min), high, out=out)
+    return out.astype(dtype)
+
+
 def poisson(
-    rng: np.random.Generator, lam: np.ndarray, *, cutoff: float = 12.0, dense_passes: int = 4
+    rng: np.random.Generator,
+    lam: np.ndarray,
+    *,
+    cutoff: float = 12.0,
+    dense_passes: int | None = None,
 ) -> np.ndarray:
     """Poisson deviates, fast for the low means of diffraction backgrounds.
 
     Means up to ``cutoff`` use inverse-CDF sampling with one float32 uniform per pixel:
     the first ``dense_passes`` counts are tested on every pixel at once, the rest on the
-    shrinking set of pixels still above their CDF.  Larger means (Bragg spots, a few
+    shrinking set of pixels still above their CDF (``None``: ``mean + 3 sqrt(mean) + 2``
+    passes, 4 to 8, from the mean expectation; the draws do not depend on it).  Larger means (Bragg spots, a few
     pixels) use ``rng.poisson``.  Float32 rounding of the CDF (relative 1e-7) is the only
     departure from exact Poisson statistics.
 
@@ -245,6 +280,9 @@ def poisson(
     """
     lam = np.asarray(lam, dtype=np.float32)
     flat = lam.reshape(-1)
+    if dense_passes is None:
+        mean = float(np.mean(flat, dtype=np.float64)) if flat.size else 0.0
+        dense_passes = int(min(8, max(4, mean + 3.0 * np.sqrt(mean) + 2.0)))
     big = np.flatnonzero(flat > cutoff)
     u = rng.random(flat.shape, dtype=np.float32)
     p = np.exp(-flat)
@@ -321,4 +359,4 @@ def panel_edges(panel_index: np.ndarray) -> np.ndarray:
     return edge & (centre >= 0)
 
 
-__all__ = ["DetectorResponse", "FrameDrift", "panel_boxes", "panel_edges", "poisson"]
+__all__ = ["DetectorResponse", "FrameDrift", "panel_boxes", "panel_edges", "poisson", "quantise"]

@@ -53,8 +53,16 @@ from hpcdiff.simulate.frames import (
     FrameSimulator,
     FrameTruth,
 )
+from hpcdiff.simulate.molecules import LATTICE, CellContent, check_cell
 from hpcdiff.simulate.physics import BackgroundParams
-from hpcdiff.simulate.presets import CLASS_NAMES, DEBRIS_SPAN, PRESETS, RATIO_BAND_PER_NM
+from hpcdiff.simulate.presets import (
+    CLASS_NAMES,
+    DEBRIS_SPAN,
+    PRESETS,
+    RATIO_BAND_PER_NM,
+    get_preset,
+)
+from hpcdiff.simulate.randomise import RANDOMISED_RANGES, ExperimentDraw, draw_experiment
 
 DATA_PATH = "/entry_1/data_1/data"
 PHOTON_ENERGY_PATH = "/LCLS/photon_energy_eV"
@@ -102,41 +110,149 @@ def config_hash(cfg: SimulateConfig) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def simulated_geometry(cfg: SimulateConfig) -> Any:
-    """The geometry the experiment is written with.
+@dataclass(frozen=True)
+class Prepared:
+    """A configuration resolved for simulation.
 
-    ``cfg.geometry`` (a CrystFEL file) or the built-in ``cspad`` / ``small`` detector; the
-    camera length is set to ``cfg.detector_distance_m`` (no ``coffset``), frames are read
-    from ``/entry_1/data_1/data`` ``(%, ss, fs)``, the photon energy from
-    ``/LCLS/photon_energy_eV``, gain and saturation default to CSPAD-like values where the
-    geometry has none, and each panel's outermost rows and columns are bad regions.
+    Attributes
+    ----------
+    cfg
+        The configuration (a ``like`` target applied).
+    draw
+        The experiment-level draws (:class:`~hpcdiff.simulate.randomise.ExperimentDraw`).
+    geom
+        The geometry the frames are written with.
+    content
+        The structure file's cell content, or ``None`` for a random molecule.
     """
+
+    cfg: SimulateConfig
+    draw: ExperimentDraw
+    geom: Any
+    content: CellContent | None
+
+
+def _base_geometry(cfg: SimulateConfig) -> Any:
     from hpcdiff.geometry import cspad_like_geometry, small_geometry
-    from hpcdiff.io.geom import BadRegion, read_geom
+    from hpcdiff.io.geom import read_geom
 
     if cfg.geometry is not None:
-        geom = read_geom(cfg.geometry)
-    elif cfg.detector == "cspad":
-        geom = cspad_like_geometry(clen_m=cfg.detector_distance_m)
-    else:
-        geom = small_geometry(clen_m=cfg.detector_distance_m)
-    panels = tuple(
-        dataclasses.replace(
-            p,
-            clen=cfg.detector_distance_m,
-            coffset_m=0.0,
-            data=DATA_PATH,
-            dim_structure=("%", "ss", "fs"),
-            slab_ss_offset=0,
-            adu_per_ev=(
-                p.adu_per_ev
-                if p.adu_per_ev is not None or p.adu_per_photon is not None
-                else DEFAULT_ADU_PER_EV
-            ),
-            max_adu=p.max_adu if math.isfinite(p.max_adu) else DEFAULT_MAX_ADU,
+        return read_geom(cfg.geometry)
+    if cfg.detector == "cspad":
+        return cspad_like_geometry(clen_m=cfg.detector_distance_m)
+    return small_geometry(clen_m=cfg.detector_distance_m)
+
+
+def _transverse_radius_m(geom: Any) -> float:
+    """Largest distance (m) of a pixel centre from the beam axis."""
+    from hpcdiff.geometry import pixel_positions_m
+
+    pos = pixel_positions_m(geom, clen_m=0.1)
+    return float(np.nanmax(np.hypot(pos[..., 0], pos[..., 1])))
+
+
+def prepare(cfg: SimulateConfig) -> Prepared:
+    """Resolve ``cfg``: the ``like`` target, the experiment's draws, structure and geometry.
+
+    Raises
+    ------
+    ConfigError
+        When the structure file, the target or the drawn detector cannot be used.
+    """
+    from hpcdiff.simulate.like import apply_like
+    from hpcdiff.simulate.molecules import read_structure
+
+    cfg = apply_like(cfg)
+    base = _base_geometry(cfg)
+    fixed = cfg.geometry_layout == "file"
+    r_max = None
+    if get_preset(cfg.preset).randomise and not fixed:
+        r_max = _transverse_radius_m(base)
+    draw = draw_experiment(cfg, r_max_m=r_max, n_panels=len(base.panels), fixed_detector=fixed)
+    content = None
+    if cfg.molecule != "random":
+        content = read_structure(
+            Path(cfg.molecule),
+            default_cell_nm=draw.cell_nm,
+            default_angles_deg=draw.angles_deg,
         )
-        for p in geom.panels
+        draw = dataclasses.replace(
+            draw,
+            cell_nm=content.cell_nm,
+            angles_deg=content.angles_deg,
+            space_group=content.space_group,
+            molecule_shape="file",
+            n_atoms=content.n_atoms,
+        )
+    elif draw.space_group != "P1":
+        try:
+            check_cell(draw.space_group, draw.cell_nm, draw.angles_deg)
+        except ValueError as exc:
+            raise ConfigError(f"[simulate] {exc}") from None
+    return Prepared(cfg, draw, simulated_geometry(cfg, draw=draw, base=base), content)
+
+
+def simulated_geometry(
+    cfg: SimulateConfig, *, draw: ExperimentDraw | None = None, base: Any | None = None
+) -> Any:
+    """The geometry the experiment is written with.
+
+    ``cfg.geometry`` (a CrystFEL file) or the built-in ``cspad`` / ``small`` detector.
+    With ``geometry_layout = "slab"`` (default) the camera length is set to the drawn
+    ``detector_distance_m`` (no ``coffset``), frames are read from ``cfg.data_path``
+    ``(%, ss, fs)`` and the photon energy from ``/LCLS/photon_energy_eV``; with ``"file"``
+    the geometry's own data path, dimensions, clen and photon energy are kept.  The gain is
+    the drawn one (``adu_per_eV``), else the geometry's, else CSPAD-like; saturation is the
+    geometry's (CSPAD-like default), at most the output integer type's maximum.  Each
+    panel's outermost rows and columns and the beamstop's shadow (a box around the beam
+    and one along its arm) are bad regions.
+    """
+    from hpcdiff.io.geom import BadRegion
+
+    if draw is None:
+        draw = draw_experiment(cfg, fixed_detector=cfg.geometry_layout == "file")
+    geom = base if base is not None else _base_geometry(cfg)
+    energy = draw.photon_energy_ev
+    dtype_max = (
+        float(np.iinfo(np.dtype(cfg.output_dtype)).max)
+        if cfg.output_dtype != "float32"
+        else math.inf
     )
+
+    def gain(p: Any) -> float | None:
+        if draw.adu_per_photon is not None and not (
+            cfg.geometry_layout == "file" and (p.adu_per_ev is not None or p.adu_per_photon)
+        ):
+            return draw.adu_per_photon / energy
+        if p.adu_per_ev is not None:
+            return float(p.adu_per_ev)
+        if p.adu_per_photon is not None:
+            return float(p.adu_per_photon) / energy
+        return DEFAULT_ADU_PER_EV
+
+    def saturation(p: Any) -> float:
+        return min(p.max_adu if math.isfinite(p.max_adu) else DEFAULT_MAX_ADU, dtype_max)
+
+    if cfg.geometry_layout == "file":
+        panels = tuple(
+            dataclasses.replace(p, adu_per_ev=gain(p), adu_per_photon=None, max_adu=saturation(p))
+            for p in geom.panels
+        )
+    else:
+        panels = tuple(
+            dataclasses.replace(
+                p,
+                clen=draw.detector_distance_m,
+                coffset_m=0.0,
+                data=cfg.data_path,
+                dim_structure=("%", "ss", "fs"),
+                slab_ss_offset=0,
+                adu_per_ev=gain(p),
+                adu_per_photon=None,
+                max_adu=saturation(p),
+            )
+            for p in geom.panels
+        )
     edges = []
     for p in panels:
         for tag, (fs0, fs1, ss0, ss1) in {
@@ -155,32 +271,74 @@ def simulated_geometry(cfg: SimulateConfig) -> Any:
                     max_ss=ss1,
                 )
             )
+    if draw.beamstop_radius_m > 0:
+        res = panels[0].res
+        r = draw.beamstop_radius_m * res + 1.0  # lab pixels, one pixel of margin
+        half = 0.3 * draw.beamstop_radius_m * res + 1.0
+        far = 1e5
+        edges.append(BadRegion(name="bad_beamstop", min_x=-r, max_x=r, min_y=-r, max_y=r))
+        arm = {
+            "+x": (0.0, far, -half, half),
+            "-x": (-far, 0.0, -half, half),
+            "+y": (-half, half, 0.0, far),
+            "-y": (-half, half, -far, 0.0),
+        }.get(draw.beamstop_arm)
+        if arm is not None:
+            edges.append(
+                BadRegion(
+                    name="bad_beamstop_arm", min_x=arm[0], max_x=arm[1], min_y=arm[2], max_y=arm[3]
+                )
+            )
+    known = {r.name for r in geom.bad_regions}
+    edges = [r for r in edges if r.name not in known]
     return dataclasses.replace(
         geom,
         panels=panels,
         bad_regions=tuple(geom.bad_regions) + tuple(edges),
-        photon_energy=PHOTON_ENERGY_PATH,
+        photon_energy=geom.photon_energy if cfg.geometry_layout == "file" else PHOTON_ENERGY_PATH,
         source=None,
     )
 
 
-def build_simulator(cfg: SimulateConfig, geom: Any | None = None) -> FrameSimulator:
+def build_simulator(
+    cfg: SimulateConfig, geom: Any | None = None, *, prepared: Prepared | None = None
+) -> FrameSimulator:
     """The :class:`FrameSimulator` of ``cfg`` (on :func:`simulated_geometry` by default)."""
     from hpcdiff.geometry import DetectorModel
 
-    geom = geom if geom is not None else simulated_geometry(cfg)
+    prepared = prepared if prepared is not None else prepare(cfg)
+    draw = prepared.draw
+    geom = geom if geom is not None else prepared.geom
+    # detector_distance_m is clen + coffset (the distance); clen is what the geometry takes
     model = DetectorModel.build(
-        geom, clen_m=cfg.detector_distance_m, photon_energy_ev=cfg.photon_energy_ev
+        geom,
+        clen_m=draw.detector_distance_m - float(geom.panels[0].coffset_m),
+        photon_energy_ev=draw.photon_energy_ev,
     )
     return FrameSimulator(
         DetectorArrays.from_model(model),
-        seed=cfg.seed,
-        cell_nm=cfg.cell_nm,
-        cell_angles_deg=cfg.cell_angles_deg,
-        preset=cfg.preset,
-        diffuse_fraction=cfg.diffuse_fraction,
-        n_atoms=cfg.n_atoms,
+        seed=prepared.cfg.seed,
+        cell_nm=draw.cell_nm,
+        cell_angles_deg=draw.angles_deg,
+        preset=prepared.cfg.preset,
+        diffuse_fraction=prepared.cfg.diffuse_fraction,
+        n_atoms=draw.n_atoms,
+        experiment=draw,
+        content=prepared.content,
     )
+
+
+def per_frame_paths(cfg: SimulateConfig, geom: Any) -> dict[str, str]:
+    """HDF5 path -> ``"photon_energy_ev"`` or ``"clen_mm"``: per-frame values to write."""
+    if cfg.geometry_layout != "file":
+        return {PHOTON_ENERGY_PATH: "photon_energy_ev", ENCODER_PATH: "clen_mm"}
+    out = {}
+    if isinstance(geom.photon_energy, str):
+        out[geom.photon_energy] = "photon_energy_ev"
+    clen = geom.panels[0].clen
+    if isinstance(clen, str):
+        out[clen] = "clen_mm"
+    return out
 
 
 # --------------------------------------------------------------------------- frame files
@@ -209,35 +367,54 @@ def _worker_init(cfg: SimulateConfig, geom: Any) -> None:
         _WORKER = build_simulator(cfg, geom)
 
 
+def _frame_data_path(cfg: SimulateConfig, geom: Any) -> str:
+    if cfg.geometry_layout == "file" and geom.panels[0].data is not None:
+        return str(geom.panels[0].data)
+    return cfg.data_path
+
+
 def _write_file(
-    cfg: SimulateConfig, path: Path, start: int, stop: int, attrs: dict[str, Any]
+    cfg: SimulateConfig,
+    path: Path,
+    start: int,
+    stop: int,
+    attrs: dict[str, Any],
+    data_path: str = DATA_PATH,
+    values: dict[str, str] | None = None,
+    coffset_m: float = 0.0,
 ) -> list[FrameTruth]:
     from hpcdiff.io.cxi import CXIWriter
 
     sim = _WORKER
     assert sim is not None, "worker simulator not initialised"
     truths: list[FrameTruth] = []
+    exp = sim.experiment
+    frame_shape = tuple(cfg.frame_shape) if cfg.frame_shape else sim.detector.slab_shape
+    dtype = np.dtype(cfg.output_dtype)
+    per_value = {
+        "photon_energy_ev": exp.photon_energy_ev,
+        "clen_mm": (exp.detector_distance_m - coffset_m) * 1e3,
+    }
+    values = values if values is not None else {PHOTON_ENERGY_PATH: "photon_energy_ev"}
+    data_attrs = {"units": "ADU", "adu_per_photon": sim.response.adu_per_photon}
     with CXIWriter(
         path,
-        data_path=DATA_PATH,
+        data_path=data_path,
         compression=cfg.compression,
         attrs=attrs,
-        data_attrs={"units": "ADU"},
+        data_attrs=data_attrs,
         force=True,
     ) as writer:
         for b0 in range(start, stop, BLOCK_FRAMES):
             b1 = min(b0 + BLOCK_FRAMES, stop)
-            block = np.empty((b1 - b0, *sim.detector.slab_shape), dtype=np.float32)
+            block = np.empty((b1 - b0, *sim.detector.slab_shape), dtype=dtype)
             for j, i in enumerate(range(b0, b1)):
-                block[j], truth = sim.frame(i, noise=cfg.noise)
+                block[j], truth = sim.frame(i, noise=cfg.noise, dtype=cfg.output_dtype)
                 truths.append(truth)
             n = b1 - b0
             writer.append(
-                block,
-                per_frame={
-                    PHOTON_ENERGY_PATH: np.full(n, cfg.photon_energy_ev),
-                    ENCODER_PATH: np.full(n, cfg.detector_distance_m * 1e3),
-                },
+                block.reshape(n, *frame_shape),
+                per_frame={key: np.full(n, per_value[kind]) for key, kind in values.items()},
             )
     return truths
 
@@ -252,7 +429,18 @@ def _write_frames(
     global _WORKER
     ranges = file_ranges(cfg.n_frames, cfg.frames_per_file)
     paths = [out_dir / frame_file_name(k, len(ranges)) for k in range(len(ranges))]
-    jobs = [(cfg, path, a, b, attrs) for path, (a, b) in zip(paths, ranges, strict=True)]
+    if cfg.frame_shape and int(np.prod(cfg.frame_shape)) != int(np.prod(sim.detector.slab_shape)):
+        raise ConfigError(
+            f"[simulate] frame_shape {list(cfg.frame_shape)} does not hold the geometry's slab "
+            f"{list(sim.detector.slab_shape)}"
+        )
+    data_path = _frame_data_path(cfg, geom)
+    values = per_frame_paths(cfg, geom)
+    coffset = float(geom.panels[0].coffset_m)
+    jobs = [
+        (cfg, path, a, b, attrs, data_path, values, coffset)
+        for path, (a, b) in zip(paths, ranges, strict=True)
+    ]
     processes = min(cfg.processes, len(jobs))
     _WORKER = sim
     try:
@@ -281,13 +469,19 @@ def _write_stream(
     truths: Sequence[FrameTruth],
     files: Sequence[Path],
     geom_text: str,
+    draw: ExperimentDraw,
+    camera_length_m: float,
 ) -> None:
     from hpcdiff.io.stream import Chunk, Crystal, Stream, UnitCell, write_stream
 
-    a, b, c = cfg.cell_nm
-    al, be, ga = cfg.cell_angles_deg
-    lattice, unique = _lattice_type(cfg.cell_nm, cfg.cell_angles_deg)
-    cell = UnitCell(lattice, "P", unique, a, b, c, al, be, ga)
+    a, b, c = draw.cell_nm
+    al, be, ga = draw.angles_deg
+    if draw.space_group in LATTICE:
+        lattice, centering, unique = LATTICE[draw.space_group]
+    else:
+        lattice, unique = _lattice_type(draw.cell_nm, draw.angles_deg)
+        centering = draw.space_group[:1] if draw.space_group[:1] in "PABCIFR" else "P"
+    cell = UnitCell(lattice, centering, unique, a, b, c, al, be, ga)
     ranges = file_ranges(cfg.n_frames, cfg.frames_per_file)
     chunks = []
     for (start, stop), file in zip(ranges, files, strict=True):
@@ -298,11 +492,11 @@ def _write_stream(
                     image_filename=file.name,
                     event=f"//{i - start}",
                     image_serial=i + 1,
-                    photon_energy_ev=cfg.photon_energy_ev,
+                    photon_energy_ev=draw.photon_energy_ev,
                     hit=True,
                     indexed_by="simulation",
                     crystals=(Crystal(cell, tuple(A[0]), tuple(A[1]), tuple(A[2])),),
-                    camera_length_m=cfg.detector_distance_m,
+                    camera_length_m=camera_length_m,
                 )
             )
     write_stream(Stream(tuple(chunks), geometry_text=geom_text), path, force=True)
@@ -397,14 +591,28 @@ def _write_truth(
         dg.attrs["extent"] = "hkl"
         dg.attrs["voxel_centres"] = "-half_width + (i + 0.5) * 2 half_width / size"
         dg.attrs["diffuse_scale_per_usr"] = sim.diffuse_scale_per_usr[sim.preset.name]
-        dg.attrs["displacement_sigma_nm"] = sim.preset.displacement_sigma_nm
+        dg.attrs["displacement_sigma_nm"] = sim.diffuse_model.sigma_nm
         dg.attrs["molecular_transform_scale"] = sim.transform.scale
+        dg.attrs["model"] = sim.diffuse_model.name
+        dg.attrs["model_parameters"] = json.dumps(sim.diffuse_model.as_dict())
 
         mol = h5.create_group("molecule")
         mol.create_dataset("atoms_nm", data=sim.transform.atoms_nm)
         mol.attrs["transform_scale"] = sim.transform.scale
         mol.attrs["oversampling"] = sim.transform.oversampling
         mol.create_dataset("reciprocal_basis_crystal", data=sim.basis)
+        mol.create_dataset("cell_fractional", data=sim.content.frac)
+        mol.create_dataset("weights", data=sim.content.weights)
+        mol.attrs["space_group"] = sim.content.space_group
+        mol.attrs["n_molecules"] = sim.content.n_molecules
+        mol.attrs["shape"] = sim.content.shape
+        mol.attrs["cell_nm"] = np.array(sim.cell_nm)
+        mol.attrs["cell_angles_deg"] = np.array(sim.cell_angles_deg)
+        mol.attrs["source"] = sim.content.source or "random"
+
+        ex = h5.create_group("experiment")
+        ex.attrs["draw"] = json.dumps(sim.experiment.as_dict())
+        ex.attrs["meaning"] = "every value drawn once per experiment (JSON)"
 
         det = h5.create_group("detector")
         det.create_dataset("dead", data=sim.response.dead, compression="gzip")
@@ -414,10 +622,17 @@ def _write_truth(
         det.attrs["max_adu"] = sim.response.max_adu
         det.attrs["read_noise_adu"] = sim.response.read_noise_adu
         det.attrs["offset_sigma_adu"] = sim.response.offset_sigma_adu
+        det.attrs["output_dtype"] = cfg.output_dtype
+        det.attrs["dead_panels"] = np.array(sim.experiment.dead_panels, dtype=np.int64)
+        det.create_dataset("shadow", data=sim.shadow_mask(), compression="gzip")
+        det.attrs["beamstop_transmission"] = sim.experiment.beamstop_transmission
 
 
-def job_toml_text(cfg: SimulateConfig, files_glob: str = "frames_*.cxi") -> str:
+def job_toml_text(
+    cfg: SimulateConfig, files_glob: str = "frames_*.cxi", *, data_path: str | None = None
+) -> str:
     """Text of the job file that points at a simulated experiment's files."""
+    data_path = data_path if data_path is not None else cfg.data_path
     n_train = max(2, cfg.n_frames // 2)
     n_test = max(0, cfg.n_frames - n_train)
     n_components = min(50, n_train - 1)
@@ -430,7 +645,7 @@ def job_toml_text(cfg: SimulateConfig, files_glob: str = "frames_*.cxi") -> str:
         'geometry = "detector.geom"\n'
         'stream = "orientations.stream"\n'
         'labels = "labels.h5"\n'
-        f'data_path = "{DATA_PATH}"\n\n'
+        f'data_path = "{data_path}"\n\n'
         "[learn]\n"
         f"n_train = {n_train}\n"
         f"n_test = {n_test}\n"
@@ -473,10 +688,13 @@ def simulate_experiment(
         )
     from hpcdiff.io.geom import format_geom, write_geom
 
-    geom = simulated_geometry(cfg)
+    like_target = cfg.like
     try:
-        sim = build_simulator(cfg, geom)
-    except ValueError as exc:
+        prepared = prepare(cfg)
+        cfg = prepared.cfg
+        geom = prepared.geom
+        sim = build_simulator(cfg, geom, prepared=prepared)
+    except (ValueError, KeyError) as exc:
         raise ConfigError(f"[simulate] {exc}") from None
     out_dir.mkdir(parents=True, exist_ok=True)
     chash = config_hash(cfg)
@@ -485,20 +703,22 @@ def simulate_experiment(
     geom_path = write_geom(geom, out_dir / "detector.geom", force=True)
     files, truths = _write_frames(cfg, out_dir, geom, sim, stamp)
     stream_path = out_dir / "orientations.stream"
-    _write_stream(stream_path, cfg, truths, files, format_geom(geom))
+    camera_length = sim.experiment.detector_distance_m  # clen + coffset
+    _write_stream(stream_path, cfg, truths, files, format_geom(geom), sim.experiment, camera_length)
     labels_path = out_dir / "labels.h5"
     _write_labels(labels_path, cfg, truths, files)
     truth_path = out_dir / "truth.h5"
     _write_truth(truth_path, cfg, sim, truths, files)
     job_path = out_dir / "job.toml"
     with atomic_path(job_path, force=True) as tmp:
-        tmp.write_text(job_toml_text(cfg))
+        tmp.write_text(job_toml_text(cfg, data_path=_frame_data_path(cfg, geom)))
 
     manifest = _manifest(cfg, sim, truths, chash)
     manifest["files"] = {
         p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for p in [*files, geom_path, stream_path, labels_path, truth_path, job_path]
     }
+    manifest["like"] = str(like_target) if like_target is not None else None
     manifest["seconds"] = time.perf_counter() - t0
     manifest_path = write_json(out_dir / "manifest.json", manifest, force=True)
     return SimulatedExperiment(
@@ -540,8 +760,14 @@ def _manifest(
     classes = np.bincount([t.diffuse_class for t in truths], minlength=len(CLASS_NAMES))
     det = sim.detector
     return {
-        "hpcdiff_simulate": 1,
+        "hpcdiff_simulate": 2,
         "parameters": to_plain(cfg),
+        "experiment": sim.experiment.as_dict(),
+        "randomised_ranges": (
+            {k: list(v) if isinstance(v, tuple) else v for k, v in RANDOMISED_RANGES.items()}
+            if sim.preset.randomise
+            else None
+        ),
         "preset": cfg.preset,
         "ratio_definition": (
             "mean expected diffuse photons / mean expected background photons per valid pixel "
@@ -570,6 +796,11 @@ def _manifest(
             "molecular_transform_grid": list(sim.transform.intensity.shape),
             "diffuse_scale_per_usr": sim.diffuse_scale_per_usr,
             "wavelength_nm": sim.wavelength_nm,
+            "diffuse_model": sim.diffuse_model.as_dict(),
+            "space_group": sim.content.space_group,
+            "cell_nm": list(sim.cell_nm),
+            "cell_angles_deg": list(sim.cell_angles_deg),
+            "n_atoms_in_cell": sim.content.n_atoms,
         },
         "detector": {
             "kind": "file" if cfg.geometry is not None else cfg.detector,
@@ -579,6 +810,11 @@ def _manifest(
             "adu_per_photon": sim.response.adu_per_photon,
             "max_adu": sim.response.max_adu,
             "read_noise_adu": sim.response.read_noise_adu,
+            "output_dtype": cfg.output_dtype,
+            "detector_distance_m": sim.experiment.detector_distance_m,
+            "photon_energy_ev": sim.experiment.photon_energy_ev,
+            "dead_panels": list(sim.experiment.dead_panels),
+            "n_shadowed_pixels": int(sim.shadow_mask().sum()),
             "n_dead_pixels": int(sim.response.dead.sum()),
             "n_edge_pixels": int(sim.response.edge.sum()),
         },
@@ -587,6 +823,8 @@ def _manifest(
             "frame i noise": "default_rng([seed, i, 1])",
             "molecule": "default_rng([seed, 2**32])",
             "detector defects": "default_rng([seed, 2**32 + 1])",
+            "experiment draws": "default_rng([seed, 2**32 + 3])",
+            "frame i halo and streak levels": "default_rng([seed, i, 2])",
             "preset calibration k": "default_rng([seed, 2**32 + 2, k])",
         },
         "provenance": provenance(chash, pid=os.getpid(), cpu_count=os.cpu_count()),

@@ -13,6 +13,7 @@ micro-steradian before polarisation; detector effects live in
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -117,6 +118,9 @@ class MolecularTransform:
         centre.
     scale
         The factor the raw ``|sum_j f_j exp(2 pi i q.r_j)|^2`` was divided by.
+    amplitude
+        (m0, m1, m2) complex64 ``F`` on the same grid (``|F|^2 = intensity``) when kept,
+        else ``None``.
     """
 
     intensity: np.ndarray
@@ -124,6 +128,7 @@ class MolecularTransform:
     basis: np.ndarray
     atoms_nm: np.ndarray
     scale: float
+    amplitude: np.ndarray | None = None
 
     @property
     def centre(self) -> np.ndarray:
@@ -146,9 +151,8 @@ class MolecularTransform:
         """Build a compact random molecule and its transform.
 
         ``n_atoms`` Gaussian blobs (RMS width ``atom_sigma_nm``) are placed uniformly in an
-        ellipsoid spanning 70 % of the unit cell along each axis; the electron density is
-        painted on a box of ``oversampling`` cells per axis and Fourier transformed, giving
-        ``|F|^2`` at fractional hkl steps of ``1 / oversampling`` up to ``q_max_per_nm``.
+        ellipsoid spanning 70 % of the unit cell along each axis (see
+        :meth:`from_atoms` for the transform).
 
         Parameters
         ----------
@@ -161,6 +165,58 @@ class MolecularTransform:
         normalise_band
             ``(q_lo, q_hi)`` nm^-1: scale so that the mean over integer nodes in the band
             is 1.  Default: the whole covered range.
+        """
+        pts = rng.normal(size=(n_atoms, 3))
+        pts *= (rng.random(n_atoms) ** (1 / 3) / np.linalg.norm(pts, axis=1))[:, None]
+        return cls.from_atoms(
+            0.35 * pts,
+            cell_nm,
+            angles_deg,
+            q_max_per_nm=q_max_per_nm,
+            atom_sigma_nm=atom_sigma_nm,
+            oversampling=oversampling,
+            normalise_band=normalise_band,
+        )
+
+    @classmethod
+    def from_atoms(
+        cls,
+        frac: np.ndarray,
+        cell_nm: tuple[float, ...],
+        angles_deg: tuple[float, ...],
+        *,
+        q_max_per_nm: float,
+        weights: np.ndarray | None = None,
+        atom_sigma_nm: float = 0.08,
+        oversampling: int = 2,
+        normalise_band: tuple[float, float] | None = None,
+        keep_amplitude: bool = False,
+        max_grid_points: int = 64_000_000,
+    ) -> MolecularTransform:
+        """The transform of atoms given in fractional cell coordinates.
+
+        The electron density (Gaussian atoms of RMS ``atom_sigma_nm``, weights
+        ``weights``) is painted on a periodic box of ``oversampling`` cells per axis and
+        Fourier transformed, giving ``|F|^2`` at fractional hkl steps of
+        ``1 / oversampling`` up to ``q_max_per_nm``.  The atoms should span less than
+        ``oversampling`` cells along each axis (the transform of a cell content that
+        reaches beyond is aliased).
+
+        Parameters
+        ----------
+        frac
+            (n, 3) fractional coordinates, centred near 0 (|frac| < oversampling / 2).
+        weights
+            (n,) scattering weights (default 1 each).
+        keep_amplitude
+            Also keep the complex amplitude ``F`` (for rigid-body averages).
+        max_grid_points
+            Refuse grids larger than this (memory), naming the cell and |q| range.
+
+        Raises
+        ------
+        ValueError
+            When the grid would exceed ``max_grid_points``.
         """
         real = cell_matrix(cell_nm, angles_deg)
         basis = np.linalg.inv(real).T
@@ -178,15 +234,19 @@ class MolecularTransform:
         )
         h_max = q_nyquist * lengths + 1.0
         m = 2 * (np.ceil(h_max * os_).astype(int) + 1)
-        # atoms: uniform in an ellipsoid (fractional radius 0.35 of each cell axis)
-        pts = rng.normal(size=(n_atoms, 3))
-        pts *= (rng.random(n_atoms) ** (1 / 3) / np.linalg.norm(pts, axis=1))[:, None]
-        frac = 0.35 * pts
+        if int(np.prod(m)) > max_grid_points:
+            raise ValueError(
+                f"the molecular transform of cell {tuple(round(x, 2) for x in cell_nm)} nm up "
+                f"to |q| = {q_max_per_nm:.2f} nm^-1 needs a {m[0]}x{m[1]}x{m[2]} grid (more "
+                f"than {max_grid_points} points); use a smaller cell or a lower q range"
+            )
+        frac = np.asarray(frac, dtype=np.float64)
         atoms = frac @ real
-        density = _paint_gaussians(frac / os_ + 0.5, real * os_, m, atom_sigma_nm)
+        density = _paint_gaussians(frac / os_ + 0.5, real * os_, m, atom_sigma_nm, weights)
         amp = scipy.fft.fftn(np.fft.ifftshift(density), workers=1)
-        raw = np.fft.fftshift(amp.real**2 + amp.imag**2).astype(np.float32, copy=False)
-        del amp
+        del density
+        amp = np.fft.fftshift(amp)
+        raw = (amp.real**2 + amp.imag**2).astype(np.float32, copy=False)
         # normalise: mean over integer nodes in the band
         grid = _node_q_abs(m, os_, basis)
         lo, hi = normalise_band if normalise_band is not None else (0.0, q_max_per_nm)
@@ -195,7 +255,33 @@ class MolecularTransform:
         node_i = raw[sl]
         sel = (node_q >= lo) & (node_q < hi)
         scale = float(node_i[sel].mean()) if sel.any() else float(raw.mean())
-        return cls(raw / np.float32(scale), os_, basis, atoms, scale)
+        amplitude = None
+        if keep_amplitude:
+            amplitude = (amp / np.float32(math.sqrt(scale))).astype(np.complex64)
+        del amp
+        return cls(raw / np.float32(scale), os_, basis, atoms, scale, amplitude)
+
+    def with_resolution_limit(self, q_limit_per_nm: float) -> MolecularTransform:
+        """The transform times a crystal's resolution falloff ``exp(-ln 2 (|q| / q_limit)^16)``.
+
+        Half the intensity at ``q_limit_per_nm`` (nm^-1), below 1e-3 beyond
+        ``1.17 q_limit``: Bragg spots and every diffuse model fade smoothly there (disorder
+        beyond the crystal's resolution), instead of ending at the grid's box.
+        """
+        q = _node_q_abs(np.array(self.intensity.shape), self.oversampling, self.basis)
+        window = np.exp(np.float32(-math.log(2.0)) * (q / np.float32(q_limit_per_nm)) ** 16)
+        del q
+        amplitude = None
+        if self.amplitude is not None:
+            amplitude = (self.amplitude * np.sqrt(window)).astype(np.complex64)
+        return MolecularTransform(
+            (self.intensity * window).astype(np.float32),
+            self.oversampling,
+            self.basis,
+            self.atoms_nm,
+            self.scale,
+            amplitude,
+        )
 
     def continuous(self, hkl: np.ndarray) -> np.ndarray:
         """Trilinear interpolation of |F|^2 at fractional hkl.
@@ -210,11 +296,30 @@ class MolecularTransform:
         numpy.ndarray
             (...) float32; 0 outside the grid.
         """
+        return self.interpolate(hkl, (self.intensity,))[0]
+
+    def interpolate(self, hkl: np.ndarray, grids: tuple[np.ndarray, ...]) -> list[np.ndarray]:
+        """Trilinear interpolation of several grids of this transform's layout at once.
+
+        The cell indices and weights are computed once for all grids.
+
+        Parameters
+        ----------
+        hkl
+            (..., 3) fractional Miller indices (a transposed view of a (3, n) array is
+            fastest).
+        grids
+            Arrays of the shape of :attr:`intensity` (float32).
+
+        Returns
+        -------
+        list of numpy.ndarray
+            One (...) float32 array per grid; 0 outside the grid.
+        """
         hkl = np.asarray(hkl)
         lead = hkl.shape[:-1]
         cols = hkl.reshape(-1, 3).T  # (3, n); contiguous rows when hkl is a transposed view
-        grid = self.intensity
-        m0, m1, m2 = grid.shape
+        m0, m1, m2 = self.intensity.shape
         os_ = np.float32(self.oversampling)
         c = self.centre.astype(np.float32)
         x = cols[0] * os_ + c[0]
@@ -240,32 +345,36 @@ class MolecularTransform:
         base = ix * np.int32(s1)
         base += iy * np.int32(s2)
         base += iz
-        flat = grid.reshape(-1)
+        del ix, iy, iz, x, y, z
+        results = []
+        for grid in grids:
+            flat = grid.reshape(-1)
 
-        def lerp_z(offset: int) -> np.ndarray:
-            v0 = np.take(flat, base + offset) if offset else np.take(flat, base)
-            v1 = np.take(flat, base + (offset + 1))
-            v1 -= v0
-            v1 *= fz
-            v1 += v0
-            return v1
+            def lerp_z(offset: int, flat: np.ndarray = flat) -> np.ndarray:
+                v0 = np.take(flat, base + offset) if offset else np.take(flat, base)
+                v1 = np.take(flat, base + (offset + 1))
+                v1 -= v0
+                v1 *= fz
+                v1 += v0
+                return v1
 
-        def lerp_y(offset: int) -> np.ndarray:
-            a = lerp_z(offset)
-            b = lerp_z(offset + s2)
-            b -= a
-            b *= fy
-            b += a
-            return b
+            def lerp_y(offset: int) -> np.ndarray:
+                a = lerp_z(offset)
+                b = lerp_z(offset + s2)
+                b -= a
+                b *= fy
+                b += a
+                return b
 
-        out = lerp_y(0)
-        upper = lerp_y(s1)
-        upper -= out
-        upper *= fx
-        out += upper
-        if inside is not None:
-            out[~inside] = 0
-        return out.reshape(lead)
+            out = lerp_y(0)
+            upper = lerp_y(s1)
+            upper -= out
+            upper *= fx
+            out += upper
+            if inside is not None:
+                out[~inside] = 0
+            results.append(out.reshape(lead))
+        return results
 
     def at_nodes(self, hkl_int: np.ndarray) -> np.ndarray:
         """|F|^2 at integer Miller indices (exact grid points).
@@ -331,7 +440,11 @@ def _node_q_abs(shape: np.ndarray, oversampling: int, basis: np.ndarray) -> np.n
 
 
 def _paint_gaussians(
-    frac: np.ndarray, box: np.ndarray, shape: np.ndarray, sigma_nm: float
+    frac: np.ndarray,
+    box: np.ndarray,
+    shape: np.ndarray,
+    sigma_nm: float,
+    weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """Sum of normalised 3D Gaussians on a periodic grid of a (possibly oblique) box.
 
@@ -345,6 +458,8 @@ def _paint_gaussians(
         (3,) grid points along each box vector.
     sigma_nm
         RMS width of each Gaussian.
+    weights
+        (n,) weight of each Gaussian (default 1).
     """
     shape = np.asarray(shape, dtype=np.int64)
     density = np.zeros(tuple(shape), dtype=np.float32)
@@ -354,14 +469,14 @@ def _paint_gaussians(
     half = np.ceil(4.0 * sigma_nm / plane).astype(int)
     offs = [np.arange(-h, h + 1) for h in half]
     grid_off = np.stack(np.meshgrid(*offs, indexing="ij"), axis=-1)  # (p, q, r, 3)
-    for pos in frac:
+    for j, pos in enumerate(frac):
         centre = pos * shape
         base = np.floor(centre).astype(np.int64)
         d_vox = grid_off + (base - centre)  # voxel offsets from the atom
         d_nm = d_vox @ step
         g = np.exp(-0.5 * np.einsum("...i,...i->...", d_nm, d_nm) / sigma_nm**2)
         idx = [(base[i] + offs[i]) % shape[i] for i in range(3)]
-        density[np.ix_(*idx)] += g
+        density[np.ix_(*idx)] += g if weights is None else g * weights[j]
     return density
 
 
@@ -424,31 +539,58 @@ def bragg_photons(
         hkl_t = np.linalg.inv(A).T.astype(np.float32) @ qt
     else:
         hkl_t = np.asarray(hkl, dtype=np.float32).reshape(-1, 3).T
-    frac = hkl_t - np.rint(hkl_t)
-    d = A32.T @ frac  # (3, n) q minus its nearest node, nm^-1
+    area_all = np.asarray(pixel_q_area, dtype=np.float32).reshape(-1)
+    max_spot2 = spot_sigma_per_nm**2 + float(area_all.max()) / 12.0
+    # pixels within 4 sigma (spot or partiality, whichever is wider) of their nearest node;
+    # beyond it a spot holds exp(-8) = 3e-4 of its photons
+    cut = 16.0 * max(max_spot2, excitation_sigma_per_nm**2)
+    # cheap pre-selection axis by axis: |frac_i| = |d . col_i(inv A)| <= |d| |col_i(inv A)|
+    bounds = math.sqrt(cut) * np.linalg.norm(np.linalg.inv(A), axis=0)
+    candidates: np.ndarray | None = None
+    for i in np.flatnonzero(bounds < 0.5):
+        row = hkl_t[i]
+        f = row - np.rint(row)
+        np.abs(f, out=f)
+        inside = f < np.float32(bounds[i])
+        candidates = inside if candidates is None else candidates & inside
+    out = np.zeros(qt.shape[1], dtype=np.float32)
+    idx = np.flatnonzero(candidates) if candidates is not None else np.arange(qt.shape[1])
+    if idx.size == 0:
+        return out.reshape(shape)
+    hkl_c = hkl_t[:, idx]
+    frac = hkl_c - np.rint(hkl_c)
+    d = A32.T @ frac  # (3, m) q minus its nearest node, nm^-1
     d2 = d[0] * d[0]
     d2 += d[1] * d[1]
     d2 += d[2] * d[2]
-    area_all = np.asarray(pixel_q_area, dtype=np.float32).reshape(-1)
-    max_spot2 = spot_sigma_per_nm**2 + float(area_all.max()) / 12.0
-    cut = 25.0 * max(max_spot2, excitation_sigma_per_nm**2)
-    near = np.flatnonzero(d2 < cut)
-    out = np.zeros(qt.shape[1], dtype=np.float32)
+    keep = np.flatnonzero(d2 < cut)
+    near = idx[keep]
     if near.size == 0:
         return out.reshape(shape)
     k = np.float32(1.0 / wavelength_nm)
-    n = np.rint(hkl_t[:, near]).T  # (m, 3) nearest nodes
-    qn, dn = qt[:, near].T, d[:, near].T
+    qn, dn, d2n = qt[:, near].T, d[:, keep].T, d2[keep]
     Gn = qn - dn
     g_plus_k = Gn.copy()
     g_plus_k[:, 2] += k
     norm_gk = np.linalg.norm(g_plus_k, axis=1)
     eps = (np.einsum("ij,ij->i", Gn, Gn) + 2 * k * Gn[:, 2]) / (norm_gk + k)
+    # nodes more than 4 sigma off the Ewald sphere record nothing: drop them first
+    on_sphere = np.abs(eps) < np.float32(4.0 * excitation_sigma_per_nm)
+    near, qn, dn, d2n, eps = (
+        near[on_sphere],
+        qn[on_sphere],
+        dn[on_sphere],
+        d2n[on_sphere],
+        eps[on_sphere],
+    )
+    if near.size == 0:
+        return out.reshape(shape)
+    n = np.rint(hkl_t[:, near]).T  # (m, 3) nearest nodes
     normal = qn.copy()
     normal[:, 2] += k
     normal /= k
     d_norm = np.einsum("ij,ij->i", dn, normal)
-    d_perp2 = np.maximum(d2[near] - d_norm**2, 0)
+    d_perp2 = np.maximum(d2n - d_norm**2, 0)
     area = area_all[near]
     s2 = np.float32(spot_sigma_per_nm**2) + area / np.float32(12.0)
     e2 = np.float32(excitation_sigma_per_nm**2)
@@ -512,6 +654,13 @@ class BackgroundParams:
         Air scatter at |q| = 0 (photons / usr), decaying as ``exp(-|q| / air_decay_per_nm)``.
     air_decay_per_nm
         Decay length of the air scatter (nm^-1).
+    halo_level, halo_width_per_nm
+        Low-q halo (photons / usr at |q| = 0, Gaussian RMS width in nm^-1): small-angle
+        scattering of the jet, sample debris and beamline; 0 = none.
+    streak_level
+        Peak of the jet streak (photons / usr; its shape is the experiment's, see
+        :class:`hpcdiff.simulate.randomise.BackgroundFamily`); 0 = none.  Not part of
+        :func:`background_per_usr` (it is anisotropic).
     """
 
     jet_scale: float = 1.0
@@ -520,19 +669,13 @@ class BackgroundParams:
     water_width_per_nm: float = 0.33
     air_level: float = 1.0
     air_decay_per_nm: float = 0.8
+    halo_level: float = 0.0
+    halo_width_per_nm: float = 0.6
+    streak_level: float = 0.0
 
     def as_array(self) -> np.ndarray:
-        """(6,) float64 in field order, for files."""
-        return np.array(
-            [
-                self.jet_scale,
-                self.water_amplitude,
-                self.water_q_per_nm,
-                self.water_width_per_nm,
-                self.air_level,
-                self.air_decay_per_nm,
-            ]
-        )
+        """(9,) float64 in field order, for files."""
+        return np.array([getattr(self, f.name) for f in dataclasses.fields(self)])
 
 
 NOMINAL_BACKGROUND = BackgroundParams()
@@ -563,8 +706,9 @@ def draw_background(rng: np.random.Generator) -> BackgroundParams:
 def background_per_usr(q_abs: np.ndarray, params: BackgroundParams) -> np.ndarray:
     """Isotropic background (photons per micro-steradian, before polarisation).
 
-    ``jet * A_w * (ring(q0, w) + 0.3 ring(1.45 q0, 1.5 w) + 0.15) + air * exp(-q / q_air)``:
-    the water ring, its weak second peak, a flat solvent (Compton) floor and air scatter.
+    ``jet * A_w * (ring(q0, w) + 0.3 ring(1.45 q0, 1.5 w) + 0.15) + air * exp(-q / q_air)
+    + halo * exp(-q^2 / (2 w_halo^2))``: the water ring, its weak second peak, a flat solvent
+    (Compton) floor, air scatter and the low-q halo.
 
     Parameters
     ----------
@@ -586,7 +730,10 @@ def background_per_usr(q_abs: np.ndarray, params: BackgroundParams) -> np.ndarra
     ring += f(0.15)
     solvent = f(params.jet_scale * params.water_amplitude) * ring
     air = f(params.air_level) * np.exp(-q / f(params.air_decay_per_nm))
-    return solvent + air
+    out = solvent + air
+    if params.halo_level > 0:
+        out += f(params.halo_level) * np.exp(f(-0.5) * (q / f(params.halo_width_per_nm)) ** 2)
+    return out
 
 
 __all__ = [

@@ -49,12 +49,17 @@ class Preset:
         ``1 - exp(-(2 pi |q| sigma)^2)``.
     description
         What a human sees at this level.
+    randomise
+        Draw the experiment (diffuse model, molecule, cell, space group, detector distance,
+        energy, gain, noise, masks, background family) from
+        :data:`hpcdiff.simulate.randomise.RANDOMISED_RANGES`, for training.
     """
 
     name: str
     ratio_range: tuple[float, float]
     displacement_sigma_nm: float
     description: str
+    randomise: bool = False
 
     @property
     def nominal_ratio(self) -> float:
@@ -89,6 +94,14 @@ PRESETS: dict[str, Preset] = {
             (0.008, 0.02),
             0.05,
             "diffuse about one per cent of the background; not visible by eye, only statistically",
+        ),
+        Preset(
+            "randomised",
+            (0.025, 0.6),
+            0.05,
+            "training preset: ratios from hard to easy; diffuse model, molecule, cell, space "
+            "group, detector, gain, noise, masks and background family drawn per experiment",
+            randomise=True,
         ),
     )
 }
