@@ -682,7 +682,9 @@ def test_adapted_predictions_use_every_rank_frames(experiment: Path) -> None:
     np.testing.assert_allclose(preds[2]["probability"], preds[1]["probability"], atol=1e-5)
     feats = read_features(experiment.parent / "out_adapt" / "features.h5")
     want = predict_adapted(model, feats.features)  # the whole run, as one experiment
-    row = {(str(f), int(i)): r for r, (f, i) in enumerate(zip(feats.files, feats.indices))}
+    row = {
+        (str(f), int(i)): r for r, (f, i) in enumerate(zip(feats.files, feats.indices, strict=True))
+    }
     files = [f.decode() if isinstance(f, bytes) else str(f) for f in preds[1]["frame_file"]]
-    rows = [row[(f, int(i))] for f, i in zip(files, preds[1]["frame_index"])]
+    rows = [row[(f, int(i))] for f, i in zip(files, preds[1]["frame_index"], strict=True)]
     np.testing.assert_allclose(preds[1]["probability"], want[rows], atol=1e-4)
