@@ -12,9 +12,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from hpcdiff.cli.train import add_job_argument, default_features, default_model, load_job_arg, pick
+
+if TYPE_CHECKING:
+    from hpcdiff.config import JobConfig
+    from hpcdiff.learn import DiffuseClassifier
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -119,7 +127,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _adapted_proba(model, features_path, args, job):  # type: ignore[no-untyped-def]
+def _adapted_proba(
+    model: DiffuseClassifier, features_path: Path, args: argparse.Namespace, job: JobConfig | None
+) -> np.ndarray | None:
     """Whole-experiment probabilities when the model or the flags adapt to this experiment
     (:mod:`hpcdiff.learn.transfer`); ``None`` for the plain per-batch path."""
     from hpcdiff.io.featurefile import iter_feature_batches, read_features
@@ -139,7 +149,7 @@ def _adapted_proba(model, features_path, args, job):  # type: ignore[no-untyped-
         random_state = job.learn.random_state if job is not None else 0
         labelled = choose_target_rows(positions, y, n=n, random_state=random_state)
 
-    def batches():  # type: ignore[no-untyped-def]
+    def batches() -> Iterator[np.ndarray]:
         for _, _, x in iter_feature_batches(features_path, batch_rows=args.batch_rows):
             yield x
 
