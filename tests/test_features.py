@@ -102,12 +102,22 @@ def test_layer_output_sizes():
         outs = {layer: model.forward_features(x, layer) for layer in LAYER_SIZES}
     for layer, size in LAYER_SIZES.items():
         assert outs[layer].shape == (1, size)
-    assert LAYER_SIZES == {"fc6+fc7": 8192, "fc7": 4096, "pool5": 25088, "gap": 512}
+    assert LAYER_SIZES == {
+        "fc6+fc7": 8192, "fc7": 4096, "pool5": 25088, "gap": 512, "pool4+pool5": 1024
+    }  # fmt: skip
     # fc7 is the second half of fc6+fc7; both are ReLU outputs; gap averages pool5
     np.testing.assert_array_equal(outs["fc6+fc7"][:, 4096:], outs["fc7"])
     assert (outs["fc6+fc7"] >= 0).all()
     pool5 = outs["pool5"].view(1, 512, 49)
     np.testing.assert_allclose(outs["gap"], pool5.mean(dim=2), rtol=1e-5, atol=1e-6)
+    # pool4+pool5: pool4's spatial mean, then gap; pool4 is the 14 x 14 map before block 5
+    np.testing.assert_allclose(outs["pool4+pool5"][:, 512:], outs["gap"], rtol=1e-5, atol=1e-6)
+    with torch.inference_mode():
+        pool4 = model.features[:24](x)
+    assert pool4.shape == (1, 512, 14, 14)
+    np.testing.assert_allclose(
+        outs["pool4+pool5"][:, :512], pool4.mean(dim=(2, 3)), rtol=1e-5, atol=1e-6
+    )
     with pytest.raises(ValueError, match="unknown VGG16 layer"):
         model.forward_features(x, "fc8")
 
@@ -158,7 +168,7 @@ def test_missing_checkpoint_says_how_to_get_it(tmp_path, monkeypatch):
 
 def test_conv_only_checkpoint_refuses_fc_layers(random_conv_checkpoint):
     info = load_weights(str(random_conv_checkpoint)).info
-    assert set(info.layers) == {"pool5", "gap"}
+    assert set(info.layers) == {"pool5", "gap", "pool4+pool5"}
     for layer in ("fc6+fc7", "fc7"):
         with pytest.raises(WeightsError, match="only the convolutional stack") as err:
             FeatureExtractor(str(random_conv_checkpoint), layer=layer, device="cpu")

@@ -661,3 +661,35 @@ def test_bad_frames_and_files_are_recorded_and_counted(experiment: Path) -> None
     assert report["frames"]["rejected"] == 2 and report["frames"]["total"] == 36
     with h5py.File(folder / "out_strict" / "features.h5") as h5:
         assert h5["features"].shape[0] == 35
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+@needs_mpiexec
+def test_adapted_predictions_use_every_rank_frames(experiment: Path) -> None:
+    """A model trained with transfer settings: the root adapts with all ranks' PCA scores,
+    so 1 and 2 ranks agree, and both equal adapting the run's features file as a whole."""
+    from hpcdiff.io.featurefile import read_features
+    from hpcdiff.learn import DiffuseClassifier
+    from hpcdiff.learn.transfer import predict_adapted
+
+    learn = {"standardise": "scores", "recalibrate": "mixture"}
+    train = _job_variant(experiment, "adapt", learn=learn)
+    _ok(_hpcdiff(2, "classify", "train", str(train)))
+    model_path = experiment.parent / "out_adapt" / "model.npz"
+    model = DiffuseClassifier.load(model_path)
+    assert model.metadata_["transfer"]["recalibrate"] == "mixture"
+    preds = {}
+    for n in (1, 2):
+        job = _job_variant(experiment, f"adapt_pred{n}", learn=learn)
+        _ok(_hpcdiff(n, "classify", "predict", str(job), "--model", str(model_path)))
+        preds[n] = _predictions(experiment.parent / f"out_adapt_pred{n}" / "predictions.h5")
+    np.testing.assert_allclose(preds[2]["probability"], preds[1]["probability"], atol=1e-5)
+    feats = read_features(experiment.parent / "out_adapt" / "features.h5")
+    want = predict_adapted(model, feats.features)  # the whole run, as one experiment
+    row = {
+        (str(f), int(i)): r for r, (f, i) in enumerate(zip(feats.files, feats.indices, strict=True))
+    }
+    files = [f.decode() if isinstance(f, bytes) else str(f) for f in preds[1]["frame_file"]]
+    rows = [row[(f, int(i))] for f, i in zip(files, preds[1]["frame_index"], strict=True)]
+    np.testing.assert_allclose(preds[1]["probability"], want[rows], atol=1e-4)

@@ -12,9 +12,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from hpcdiff.cli.train import add_job_argument, default_features, default_model, load_job_arg, pick
+
+if TYPE_CHECKING:
+    from hpcdiff.config import JobConfig
+    from hpcdiff.learn import DiffuseClassifier
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,6 +36,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="model file (.npz from `hpcdiff train`)")
     p.add_argument("--out", help="predictions file to write (default: <features>.predictions.h5)")
     p.add_argument("--batch-rows", type=int, default=4096, help="frames per batch (default 4096)")
+    p.add_argument(
+        "--target-labels",
+        help="labels of some frames of THIS experiment: a Platt map fitted on them (at most "
+        "[learn] n_target_labels of them, stratified) sets the probability scale",
+    )
+    p.add_argument(
+        "--recalibrate",
+        choices=("none", "em", "mixture"),
+        help="recalibration from this experiment's unlabelled scores (default: the model's)",
+    )
     add_job_argument(p)
     p.set_defaults(func=run)
 
@@ -79,8 +97,14 @@ def run(args: argparse.Namespace) -> int:
         ) as writer,
         Progress(n, label="predict", unit="frames", enabled=not args.quiet) as bar,
     ):
+        adapted = _adapted_proba(model, features_path, args, job)
+        start = 0
         for files, indices, x in iter_feature_batches(features_path, batch_rows=args.batch_rows):
-            proba = model.predict_proba(x)
+            if adapted is None:
+                proba = model.predict_proba(x)
+            else:
+                proba = adapted[start : start + x.shape[0]]
+            start += x.shape[0]
             writer.append(files, indices, proba)
             counts += np.bincount(np.argmax(proba, axis=1), minlength=counts.size)
             bar.update(x.shape[0])
@@ -101,3 +125,32 @@ def run(args: argparse.Namespace) -> int:
         },
     )
     return 0
+
+
+def _adapted_proba(
+    model: DiffuseClassifier, features_path: Path, args: argparse.Namespace, job: JobConfig | None
+) -> np.ndarray | None:
+    """Whole-experiment probabilities when the model or the flags adapt to this experiment
+    (:mod:`hpcdiff.learn.transfer`); ``None`` for the plain per-batch path."""
+    from hpcdiff.io.featurefile import iter_feature_batches, read_features
+    from hpcdiff.io.labels import read_labels
+    from hpcdiff.learn.transfer import choose_target_rows, needs_experiment, predict_batches
+    from hpcdiff.learn.workflow import targets
+
+    if not (needs_experiment(model) or args.target_labels or args.recalibrate):
+        return None
+    labelled = None
+    if args.target_labels:
+        ids = read_features(features_path).frame_ids
+        labels = read_labels(args.target_labels)
+        positions, found = labels.for_run(ids)
+        y, _ = targets(found, "binary")
+        n = job.learn.n_target_labels if job is not None else 0
+        random_state = job.learn.random_state if job is not None else 0
+        labelled = choose_target_rows(positions, y, n=n, random_state=random_state)
+
+    def batches() -> Iterator[np.ndarray]:
+        for _, _, x in iter_feature_batches(features_path, batch_rows=args.batch_rows):
+            yield x
+
+    return predict_batches(model, batches, recalibrate=args.recalibrate, labelled=labelled)

@@ -62,6 +62,16 @@ def add_learn_arguments(p: argparse.ArgumentParser) -> None:
         choices=["stratified", "order"],
         help="stratified at random, or by order (first n_train / last n_test labelled frames)",
     )
+    g.add_argument(
+        "--standardise",
+        choices=["none", "scores"],
+        help="per-experiment standardisation of the PCA scores (transfer to new experiments)",
+    )
+    g.add_argument(
+        "--recalibrate",
+        choices=["none", "em", "mixture"],
+        help="probability scale from each experiment's own unlabelled scores at predict",
+    )
 
 
 LABELS_HELP = (
@@ -117,6 +127,8 @@ def learn_config(args: argparse.Namespace, job: JobConfig | None) -> LearnConfig
         "C",
         "pca_from",
         "split",
+        "standardise",
+        "recalibrate",
     )
     for name in names:
         value = getattr(args, name, None)

@@ -237,7 +237,7 @@ class FeaturesConfig:
     """
 
     weights: str = "hub"
-    layer: Literal["auto", "fc6+fc7", "fc7", "pool5", "gap"] = "auto"
+    layer: Literal["auto", "fc6+fc7", "fc7", "pool5", "gap", "pool4+pool5"] = "auto"
     batch_size: int = field(default=16, metadata={"check": positive})
     device: Literal["auto", "cpu", "cuda"] = "auto"
     bf16: bool = True
@@ -254,6 +254,13 @@ class LearnConfig:
     frames drawn at random (seed ``random_state``), each class in proportion;
     ``"order"``: the first ``n_train`` labelled frames (in run order) train, the last
     ``n_test`` test.
+
+    Transfer to a new experiment (:mod:`hpcdiff.learn.transfer`; predict uses the whole
+    experiment's unlabelled frames, never its labels): ``standardise = "scores"`` shifts and
+    scales each experiment's PCA scores to the training experiment's; ``recalibrate``
+    (``"mixture"``: two-Gaussian mixture of the experiment's logit scores; ``"em"``: prior
+    shift) sets the probability scale; ``n_target_labels``: how many frames of the new
+    experiment's labels (``hpcdiff predict --target-labels``) fit a Platt map (0 = all given).
     """
 
     n_components: int = field(default=50, metadata={"check": positive})
@@ -264,8 +271,15 @@ class LearnConfig:
     C: float = field(default=1.0, metadata={"check": positive})
     pca_from: Literal["gather", "statistics"] = "gather"
     split: Literal["stratified", "order"] = "stratified"
+    standardise: Literal["none", "scores"] = "none"
+    recalibrate: Literal["none", "em", "mixture"] = "none"
+    n_target_labels: int = field(default=0, metadata={"check": non_negative})
 
     def __post_init__(self) -> None:
+        if self.target != "binary" and self.recalibrate != "none":
+            raise ValueError(
+                f"recalibrate = {self.recalibrate!r} needs target = 'binary' (diffuse or not)"
+            )
         if self.n_components >= self.n_train:
             raise ValueError(
                 f"n_components ({self.n_components}) must be smaller than n_train "

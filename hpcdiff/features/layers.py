@@ -5,13 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 #: Output length of each feature layer (per image).
-LAYER_SIZES: dict[str, int] = {"fc6+fc7": 8192, "fc7": 4096, "pool5": 512 * 7 * 7, "gap": 512}
+LAYER_SIZES: dict[str, int] = {
+    "fc6+fc7": 8192,
+    "fc7": 4096,
+    "pool5": 512 * 7 * 7,
+    "gap": 512,
+    "pool4+pool5": 512 + 512,
+}
 
 #: Layers that need the classifier (fc6/fc7) weights.
 CLASSIFIER_LAYERS: frozenset[str] = frozenset({"fc6+fc7", "fc7"})
 
 #: Layers computed from the convolutional stack alone.
-CONV_LAYERS: frozenset[str] = frozenset({"pool5", "gap"})
+CONV_LAYERS: frozenset[str] = frozenset({"pool5", "gap", "pool4+pool5"})
 
 #: ``[features] layer`` value that lets the weights decide (see :func:`resolve_layer`).
 AUTO_LAYER = "auto"

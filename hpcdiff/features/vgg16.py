@@ -16,6 +16,10 @@ Feature layers (the ``layer`` argument of :meth:`VGG16.forward_features`):
     values (at 224 x 224 input the adaptive pool is the identity).
 ``"gap"``
     Global spatial average of the last max-pool output (pool5), 512 values.
+``"pool4+pool5"``
+    Global spatial averages of the pool4 and pool5 outputs concatenated (pool4 first),
+    512 + 512 = 1024 values: a finer-scale block (pool4 sees 16 x 16 px cells at 224 px
+    input) beside pool5's.
 
 Dropout layers are kept for state-dict and module-index identity; in evaluation mode
 (``model.eval()``, which :class:`~hpcdiff.features.extractor.FeatureExtractor` always uses)
@@ -33,6 +37,9 @@ from hpcdiff.features.layers import LAYER_SIZES
 CONFIG_D: tuple[int | str, ...] = (
     64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
 )  # fmt: skip
+
+#: Modules of ``features`` up to and including the fourth max-pool (pool4).
+POOL4_END = 24
 
 
 def _make_features() -> nn.Sequential:
@@ -114,6 +121,10 @@ class VGG16(nn.Module):
             raise ValueError(
                 f"unknown VGG16 layer {layer!r}; expected one of {sorted(LAYER_SIZES)}"
             )
+        if layer == "pool4+pool5":
+            pool4 = self.features[:POOL4_END](x)
+            pool5 = self.features[POOL4_END:](pool4)
+            return torch.cat([pool4.mean(dim=(2, 3)), pool5.mean(dim=(2, 3))], dim=1)
         conv = self.features(x)
         if layer == "gap":
             return conv.mean(dim=(2, 3))

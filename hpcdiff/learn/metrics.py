@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from hpcdiff.learn.calibration import calibration_summary
+
 #: Class names of the binary target, in label order (0, 1).
 BINARY_CLASS_NAMES: tuple[str, str] = ("non-diffuse", "diffuse")
 
@@ -94,6 +96,7 @@ def classification_report(
         if k == 2:
             report["roc_auc"] = float(roc_auc_score(y_true == 1, proba[:, 1]))
             report["roc_auc_note"] = f"{class_names[1]} vs {class_names[0]}"
+            report["calibration"] = calibration_summary(y_true, proba[:, 1])
         else:
             p = proba / proba.sum(axis=1, keepdims=True)
             report["roc_auc"] = float(roc_auc_score(y_true, p, multi_class="ovr", labels=labels))
@@ -146,6 +149,19 @@ def format_report(
     auc = report.get("roc_auc")
     note = report.get("roc_auc_note", "")
     lines.append(f"{'ROC AUC':<{width}} {'':>9} {'':>9} {_fmt(auc)}  {note}")
+    cal = report.get("calibration")
+    if cal:
+        lines.append(f"{'Brier score':<{width}} {'':>9} {'':>9} {_fmt(cal['brier'])}")
+        lines.append(f"{'ECE':<{width}} {'':>9} {'':>9} {_fmt(cal['ece'])}  "
+                     f"({cal['n_bins']} bins)")  # fmt: skip
+        rel = cal["reliability"]
+        cells = [
+            f"{lo:.1f}-{hi:.1f}: {'-' if f is None else f'{f:.2f}'} (n={c})"
+            for lo, hi, f, c in zip(rel["edges"][:-1], rel["edges"][1:],
+                                    rel["fraction_positive"], rel["count"], strict=True)
+            if c
+        ]  # fmt: skip
+        lines.append("reliability (P(diffuse) bin: fraction diffuse): " + "; ".join(cells))
     cm = report["confusion_matrix"]
     lines.append("")
     lines.append("confusion matrix (rows true, columns predicted):")
@@ -205,6 +221,8 @@ def format_side_by_side(reports: Mapping[str, Mapping[str, Any]], *, published: 
             row(f"{n} {metric}", lambda r, n=n, m=metric: r["classes"].get(n, {}).get(m))
     row("accuracy", lambda r: r["accuracy"])
     row("ROC AUC", lambda r: r.get("roc_auc"))
+    row("Brier score", lambda r: (r.get("calibration") or {}).get("brier"))
+    row("ECE", lambda r: (r.get("calibration") or {}).get("ece"))
     row("n", lambda r: r["n"])
     if paper:
         lines.append(PUBLISHED.note())

@@ -209,7 +209,20 @@ class DiffuseClassifier:
             raise ValueError(
                 f"features must be (n, {self.pca_.components_.shape[1]}); got {x.shape}"
             )
-        scores = _whiten(self.pca_.transform(x), self.pca_) @ self.coef_.T + self.intercept_
+        return self.predict_proba_scores(self.pca_.transform(x))
+
+    def decision_scores(self, z: np.ndarray) -> np.ndarray:
+        """Logistic-regression scores ``(n, 1 or K)`` of PCA scores ``z`` ``(n, k)`` (binary:
+        the logit of the last seen class)."""
+        self._check_fitted()
+        z = np.asarray(z, dtype=np.float64)
+        if z.ndim != 2 or z.shape[1] != self.coef_.shape[1]:
+            raise ValueError(f"PCA scores must be (n, {self.coef_.shape[1]}); got {z.shape}")
+        return _whiten(z, self.pca_) @ self.coef_.T + self.intercept_
+
+    def predict_proba_scores(self, z: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(n, len(class_names_))`` of PCA scores ``z`` ``(n, k)``."""
+        scores = self.decision_scores(z)
         if self.coef_.shape[0] == 1:
             p1 = 1.0 / (1.0 + np.exp(-scores[:, 0]))
             seen = np.stack([1.0 - p1, p1], axis=1)
@@ -217,7 +230,7 @@ class DiffuseClassifier:
             scores = scores - scores.max(axis=1, keepdims=True)
             e = np.exp(scores)
             seen = e / e.sum(axis=1, keepdims=True)
-        out = np.zeros((x.shape[0], len(self.class_names_)))
+        out = np.zeros((scores.shape[0], len(self.class_names_)))
         out[:, self.classes_] = seen
         return out
 

@@ -203,6 +203,32 @@ def fit_model(
     """
     meta_extra = {"pca_from": cfg.pca_from, "n_test": int(n_test), **(extra or {})}
     model = DiffuseClassifier(n_components=cfg.n_components, C=cfg.C, random_state=cfg.random_state)
+    model = _fit_model(model, rows, y, class_names=class_names, cfg=cfg,
+                       feature_meta=feature_meta, pca=pca, projected=projected,
+                       config_hash=config_hash, meta_extra=meta_extra)  # fmt: skip
+    standardise = getattr(cfg, "standardise", "none")
+    recalibrate = getattr(cfg, "recalibrate", "none")
+    if standardise != "none" or recalibrate != "none":
+        from hpcdiff.learn.transfer import record_transfer
+
+        z = rows if projected else model.pca_.transform(rows)
+        record_transfer(model, z, y, standardise=standardise, recalibrate=recalibrate)
+    return model
+
+
+def _fit_model(
+    model: DiffuseClassifier,
+    rows: np.ndarray,
+    y: np.ndarray,
+    *,
+    class_names: tuple[str, ...],
+    cfg: Any,
+    feature_meta: Any,
+    pca: PCABasis | None,
+    projected: bool,
+    config_hash: str | None,
+    meta_extra: dict[str, Any],
+) -> DiffuseClassifier:
     if projected:
         if pca is None:
             raise ValueError("projected rows need the pca they were projected on")
@@ -239,13 +265,22 @@ def evaluate(
 ) -> dict[str, Any]:
     """Apply ``model`` to ``features`` (checked compatible) and report against labels ``y``.
 
+    A model with transfer settings (:mod:`hpcdiff.learn.transfer`) is adapted to the whole
+    features file (one experiment) with its unlabelled statistics, then ``rows`` are scored.
+
     ``y`` is aligned with ``features`` rows; ``rows`` (default: all) are the rows scored.
     """
     model.check_compatible(features.meta, source=source)
     x = features.features if rows is None else features.features[rows]
     y = np.asarray(y, dtype=np.int64)
     y = y if rows is None else y[rows]
-    proba = model.predict_proba(x)
+    from hpcdiff.learn.transfer import needs_experiment, predict_adapted
+
+    if needs_experiment(model):  # adapted with the whole file's (unlabelled) statistics
+        proba = predict_adapted(model, features.features)
+        proba = proba if rows is None else proba[rows]
+    else:
+        proba = model.predict_proba(x)
     return classification_report(y, np.argmax(proba, axis=1), proba, class_names=model.class_names_)
 
 

@@ -803,6 +803,9 @@ def run_predict(
 
     clf, model_sha = root_decides(comm, load)
     path = ClassifyLayout.from_job(job).predictions
+    from hpcdiff.learn.transfer import needs_experiment
+
+    adapt = needs_experiment(clf)
 
     def make_process(fz: Featurizer) -> Callable[[FrameBatch], dict[str, np.ndarray]]:
         try:
@@ -815,6 +818,8 @@ def run_predict(
             x = fz.features(batch)
             with fz.timings.section("predict", len(x)):
                 proba = clf.predict_proba(x)
+            if adapt:  # the root adapts to the whole run from every frame's PCA scores
+                return {"proba": proba.astype(np.float32), "pca_scores": clf.pca_.transform(x)}
             return {"proba": proba.astype(np.float32)}
 
         return process
@@ -880,9 +885,13 @@ def _write_predictions(
     """
     from hpcdiff.io.prediction_lists import write_prediction_outputs_from_file
     from hpcdiff.io.predictions import PredictionWriter
+    from hpcdiff.learn.transfer import needs_experiment, proba_from_stored_scores
 
-    frames, arrays = stage.store.read(["proba"])
+    adapt = needs_experiment(clf)
+    frames, arrays = stage.store.read(["proba", "pca_scores"] if adapt else ["proba"])
     proba = arrays["proba"] if len(frames) else np.empty((0, len(clf.class_names_)), np.float32)
+    if adapt and len(frames):  # one experiment: adapted with all its frames' scores
+        proba = proba_from_stored_scores(clf, arrays["pca_scores"]).astype(np.float32)
     ids = [stage.frame_ids[f] for f in frames]
     attrs = {
         "model": str(model_path),
