@@ -284,3 +284,17 @@ def test_predict_job_path_from_stored_scores_equals_the_whole_experiment_path():
         predict_batches(feats, lambda: iter((xt[:64], xt[64:]))), predict_adapted(feats, xt),
         rtol=1e-6, atol=1e-9,
     )  # fmt: skip
+
+
+def test_mixture_keeps_the_model_scale_on_one_mode_and_finds_a_small_second_mode():
+    from hpcdiff.learn.calibration import bimodal, mixture_recalibrate, sigmoid
+
+    rng = np.random.default_rng(3)
+    one_mode = rng.normal(-3.0, 1.0, 400)  # a run without diffuse frames
+    assert bimodal(one_mode) is None
+    np.testing.assert_allclose(mixture_recalibrate(one_mode), sigmoid(one_mode))
+    t = np.r_[rng.normal(-4.0, 1.0, 360), rng.normal(0.0, 1.0, 40)]  # 10 % diffuse, shifted
+    y = np.r_[np.zeros(360), np.ones(40)]
+    assert bimodal(t) is not None
+    assert np.mean((mixture_recalibrate(t) > 0.5) == y) > 0.95
+    assert np.mean(sigmoid(t) > 0.5) < 0.1  # the model's own scale misses most of them

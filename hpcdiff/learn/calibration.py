@@ -207,6 +207,14 @@ class GaussianMixture1D:
         order = np.argsort(mean)
         return cls(weight[order], mean[order], std)
 
+    def log_likelihood(self, t: np.ndarray) -> float:
+        """Log likelihood of values ``t`` ``(n,)`` under the mixture."""
+        t = np.asarray(t, dtype=np.float64)
+        z = (t[:, None] - self.mean[None]) / self.std
+        log_p = np.log(self.weight)[None] - 0.5 * z**2 - np.log(self.std * np.sqrt(2 * np.pi))
+        top = log_p.max(axis=1)
+        return float(np.sum(top + np.log(np.exp(log_p - top[:, None]).sum(axis=1))))
+
     def posterior(self, t: np.ndarray) -> np.ndarray:
         """``(n,)`` posterior probability of the upper component: logistic in ``t``."""
         t = np.asarray(t, dtype=np.float64)
@@ -215,16 +223,35 @@ class GaussianMixture1D:
         return sigmoid(slope * (t - (m0 + m1) / 2) + np.log(w1 / w0))
 
 
+def bimodal(t: np.ndarray) -> GaussianMixture1D | None:
+    """The two-Gaussian mixture of ``t`` ``(n,)`` when the data prefer it to one Gaussian.
+
+    Bayesian information criterion: the mixture (4 parameters) against a single Gaussian
+    (2 parameters).  ``None`` when one Gaussian is enough: a run with no diffuse frames (or
+    only diffuse ones) has one mode, and splitting it would call half its frames diffuse.
+    """
+    t = np.asarray(t, dtype=np.float64)
+    if t.size < 4:
+        return None
+    mix = GaussianMixture1D.fit(t)
+    std = max(float(np.std(t)), 1e-12)
+    one = float(np.sum(-0.5 * ((t - t.mean()) / std) ** 2 - np.log(std * np.sqrt(2 * np.pi))))
+    bic_one = 2 * np.log(t.size) - 2 * one
+    bic_mix = 4 * np.log(t.size) - 2 * mix.log_likelihood(t)
+    return mix if bic_mix < bic_one else None
+
+
 def mixture_recalibrate(t: np.ndarray) -> np.ndarray:
     """Diffuse probability of logit scores ``t`` ``(n,)`` from their own two-Gaussian mixture.
 
     The posterior of the upper component of :class:`GaussianMixture1D` (one shared width):
-    a logistic map of ``t``, so the ranking and the ROC AUC are those of ``t``.
+    a logistic map of ``t``, so the ranking and the ROC AUC are those of ``t``.  When the
+    scores have one mode (:func:`bimodal` is ``None``: e.g. a run without diffuse frames),
+    the model's own scale ``sigmoid(t)`` is kept.
     """
     t = np.asarray(t, dtype=np.float64)
-    if t.size < 4:
-        return sigmoid(t)
-    return GaussianMixture1D.fit(t).posterior(t)
+    mix = bimodal(t)
+    return sigmoid(t) if mix is None else mix.posterior(t)
 
 
 # --------------------------------------------------------------------------- labelled
