@@ -9,6 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
+from hpcdiff.features.layers import BEST_CONV_LAYER
+
 torch = pytest.importorskip("torch")
 
 from hpcdiff.cli import main  # noqa: E402
@@ -84,12 +86,12 @@ def test_a_good_job_passes(tmp_path, experiment, conv_ckpt, capsys):
     r = _check(job)
     assert r.ok, _wheres(r)
     assert (r.mode, r.n_files, r.n_frames, r.n_labelled) == ("train", 2, 40, 40)
-    assert r.layer == "gap"  # auto with conv-only weights
+    assert r.layer == BEST_CONV_LAYER  # auto with conv-only weights
     assert any("conv-only" in n for n in r.notes)  # ... and it says so
     assert any("NOT pretrained" in n for n in r.notes)  # zero biases: an initialisation
     assert main(["check", str(job)]) == 0
     out = capsys.readouterr().out
-    assert "no problems found" in out and "layer gap" in out and "conv-only" in out
+    assert "no problems found" in out and f"layer {BEST_CONV_LAYER}" in out and "conv-only" in out
 
 
 def test_missing_frame_file(tmp_path, experiment, conv_ckpt):
@@ -173,7 +175,7 @@ def test_layer_not_in_weights(tmp_path, experiment, conv_ckpt):
     assert len(r.problems) == 1
     p = r.problems[0]
     assert p.where == "[features.layer] 'fc6+fc7'" and "conv-only" in p.what
-    assert 'layer = "auto" (picks gap)' in p.fix
+    assert f'layer = "auto" (picks {BEST_CONV_LAYER})' in p.fix
 
 
 def _model(path: Path, job_path: Path, conv_ckpt: Path) -> None:
@@ -216,7 +218,7 @@ def test_model_made_another_way(tmp_path, experiment, conv_ckpt, capsys):
     r = _check(job)
     assert len(r.problems) == 1
     what = r.problems[0].what
-    assert "made another way" in what and "layer 'gap' != 'pool5'" in what
+    assert "made another way" in what and f"layer '{BEST_CONV_LAYER}' != 'pool5'" in what
     assert "background.method 'radial' != 'local'" in what
     assert main(["check", str(job), "--for", "predict"]) == 1
     assert "1 problem(s)" in capsys.readouterr().out

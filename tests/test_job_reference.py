@@ -53,7 +53,10 @@ def test_every_key_is_in_the_reference_with_a_meaning():
 
 def test_reference_rows_show_type_default_and_limits():
     text = job_file_reference()
-    assert "| `layer` | one of 'auto', 'fc6+fc7', 'fc7', 'pool5', 'gap' | \"auto\" |" in text
+    assert (
+        "| `layer` | one of 'auto', 'fc6+fc7', 'fc7', 'pool5', 'gap', 'pool4+pool5' | \"auto\" |"
+        in text
+    )
     assert "| `n_components` | int | 50 | must be > 0 |" in text
     assert "| `diffuse_fraction` | float | 0.3 | must lie in [0, 1] |" in text
     assert "## `[fourier.cluster]`" in text

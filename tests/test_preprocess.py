@@ -84,7 +84,7 @@ def test_photon_energy_is_used_per_frame(model):
 
 
 def test_flat_frame_gives_neutral_image(model):
-    pre = Preprocessor(model, BackgroundConfig(), CorrectionsConfig())
+    pre = Preprocessor(model, BackgroundConfig(preprocessing="seed"), CorrectionsConfig())
     levels = np.linspace(0.1, 0.4, pre.cfg.n_radial_bins).astype(np.float32)
     flat = levels[np.maximum(pre.ring_index, 0)][None]
     res = pre.residual(to_adu(model, flat), photon_energy_ev=ENERGY_EV)
@@ -203,7 +203,8 @@ def test_each_image_depends_on_its_frame_alone(model, convert_to_photons):
     """Batch composition never changes an image: the Bragg threshold is one photon *of that
     frame* (in ADU when photon conversion is off), not of the batch's mean energy."""
     corr = CorrectionsConfig(convert_to_photons=convert_to_photons)
-    pre = Preprocessor(model, BackgroundConfig(bragg_min_photons=5.0), corr, threads=2)
+    bg = BackgroundConfig(preprocessing="seed", bragg_min_photons=5.0)
+    pre = Preprocessor(model, bg, corr, threads=2)
     energy = np.array([6000.0, 9500.0, 12000.0])
     ph = photons(model, 3, seed=5, level=0.02)  # ~no pixel holds 2 photons by chance
     rng = np.random.default_rng(5)

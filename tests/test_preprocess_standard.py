@@ -184,7 +184,7 @@ def test_same_crystal_at_two_distances_and_energies_agrees_in_q(clen2, energy2):
         for clen, energy in ((0.1, ENERGY_EV), (clen2, energy2)):
             m = DetectorModel.build(small_geometry(clen_m=clen), photon_energy_ev=energy)
             ph = crystal_photons(m) * np.float32(_adu_per_photon(m, energy))
-            pre = Preprocessor(m, BackgroundConfig(image_size_px=64), NO_CM)
+            pre = Preprocessor(m, BackgroundConfig(preprocessing="seed", image_size_px=64), NO_CM)
             seed.append(pre(ph, photon_energy_ev=energy)[0, 0])
         assert np.corrcoef(seed[0][both] - 0.5, seed[1][both] - 0.5)[0, 1] < 0.6
 
@@ -281,11 +281,14 @@ def test_bragg_peaks_are_masked_and_empty_cells_neutral(model):
     assert empty.any() and (image[empty] == 0.5).all()
 
 
-def test_seed_is_the_default_and_unchanged_by_the_new_keys(model):
-    assert BackgroundConfig().preprocessing == "seed"
+def test_standard_is_the_default_and_seed_unchanged_by_the_new_keys(model):
+    assert BackgroundConfig().preprocessing == "standard"
     frames = noise_frames(model, n=2, level=3.0, kind="falling")
-    a = Preprocessor(model, BackgroundConfig(), NO_CM)(frames, photon_energy_ev=ENERGY_EV)
-    other = BackgroundConfig(q_max_per_nm=1.0, read_noise_photons=3.0, q_smooth_per_nm=0.5)
+    seed = BackgroundConfig(preprocessing="seed")
+    a = Preprocessor(model, seed, NO_CM)(frames, photon_energy_ev=ENERGY_EV)
+    other = BackgroundConfig(
+        preprocessing="seed", q_max_per_nm=1.0, read_noise_photons=3.0, q_smooth_per_nm=0.5
+    )
     b = Preprocessor(model, other, NO_CM)(frames, photon_energy_ev=ENERGY_EV)
     np.testing.assert_array_equal(a, b)
 

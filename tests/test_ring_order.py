@@ -97,7 +97,8 @@ def test_bad_pixels_found_later_reach_the_ring_order_path(model):
 
 
 def test_needs_radial_method(model):
-    pre = Preprocessor(model, BackgroundConfig(method="local"), CorrectionsConfig())
+    seed_local = BackgroundConfig(preprocessing="seed", method="local")
+    pre = Preprocessor(model, seed_local, CorrectionsConfig())
     with pytest.raises(ValueError, match="radial"):
         pre.ring_order  # noqa: B018 - the property builds the chain
 

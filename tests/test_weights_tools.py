@@ -196,7 +196,7 @@ def conv_trained_like(tmp_path_factory, conv_state) -> Path:
 def test_verify_conv_only_random(conv_random):
     r = verify_checkpoint(conv_random)
     assert r.ok and r.kind == "conv-only"
-    assert set(r.layers) == {"pool5", "gap"}
+    assert set(r.layers) == {"pool5", "gap", "pool4+pool5"}
     assert r.sha256 == hashlib.sha256(conv_random.read_bytes()).hexdigest()
     assert r.n_tensors == 26 and r.n_params == 14_714_688
     assert r.pretrained is False and "bias" in r.pretrained_reason
@@ -214,7 +214,7 @@ def test_verify_sidecar_and_pretrained(conv_trained_like, tmp_path, capsys):
     assert r.preprocessing.startswith("caffe (BGR")
     assert main(["weights", "verify", str(conv_trained_like)]) == 0
     out = capsys.readouterr().out
-    assert "conv-only" in out and "gap, pool5" in out and "usable" in out
+    assert "conv-only" in out and "gap, pool4+pool5, pool5" in out and "usable" in out
     # a sidecar declaring another file's hash is a problem, listed, not a traceback
     copy = tmp_path / "copy.pth"
     copy.write_bytes(conv_trained_like.read_bytes())

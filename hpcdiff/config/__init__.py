@@ -184,7 +184,7 @@ class BackgroundConfig:
     noise on every detector, or the area-weighted ``"mean"``).
     """
 
-    preprocessing: Literal["seed", "standard"] = "seed"
+    preprocessing: Literal["seed", "standard"] = "standard"
     read_noise_photons: float = field(
         default=0.12,
         metadata={

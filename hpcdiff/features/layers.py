@@ -26,9 +26,10 @@ AUTO_LAYER = "auto"
 METHOD_LAYER = "fc6+fc7"
 
 #: The conv layer ``"auto"`` uses with conv-only weights (no fc6/fc7): the best conv-layer
-#: features the accuracy benchmark (``benchmarks/bench_accuracy.py``) found.  With ImageNet
-#: conv-only weights, ``gap`` (and ``pool5``) beat random weights there.
-BEST_CONV_LAYER = "gap"
+#: features the benchmarks found.  With ImageNet conv-only weights and the standard
+#: preprocessing, ``pool4+pool5`` beat ``gap`` and ``pool5`` in-domain on hard frames and
+#: across simulated configurations (``benchmarks/bench_transfer.py``).
+BEST_CONV_LAYER = "pool4+pool5"
 
 
 def resolve_layer(layer: str, available: Iterable[str]) -> str:

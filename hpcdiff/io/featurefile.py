@@ -83,14 +83,20 @@ class FeatureMeta:
                 f"weights {self.weights.get('name')} (sha256 {self.weights_sha256[:12]}) != "
                 f"{other.weights.get('name')} (sha256 {other.weights_sha256[:12]})"
             )
-        # a key one side lacks (a file written before the key existed) has its default
-        defaults = _background_defaults()
+        # a key one side lacks (a file written before the key existed) has the value that
+        # files of that time were made with: the seed recipe, and the other keys' defaults
+        defaults = {**_background_defaults(), **LEGACY_BACKGROUND}
         for key in sorted(set(self.background) | set(other.background)):
             a = self.background.get(key, defaults.get(key))
             b = other.background.get(key, defaults.get(key))
             if a != b:
                 diffs.append(f"background.{key} {a!r} != {b!r}")
         return diffs
+
+
+#: ``[background]`` values of files written before the key existed, where they differ
+#: from today's default (the seed recipe was the only one, and the default, until then).
+LEGACY_BACKGROUND: dict[str, Any] = {"preprocessing": "seed"}
 
 
 def _background_defaults() -> dict[str, Any]:
