@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 
@@ -131,3 +133,65 @@ def test_stray_features_file_without_checkpoints_is_refused(tiny: Path) -> None:
     with pytest.raises(OutputExistsError, match="holds no checkpoints of this job"):
         run_train(load_job(job), comm=SelfComm())
     assert (out / "features.h5").read_bytes() == b"someone else's file"
+
+
+# --------------------------------------------------------------------------- unwritable outputs
+
+
+def _can_mount() -> bool:
+    """Root with mount namespaces (unshare -m): a private read-only bind or tmpfs mount."""
+    if os.geteuid() != 0 or shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"],
+        capture_output=True,
+    )
+    return probe.returncode == 0
+
+
+needs_mount = pytest.mark.skipif(
+    not _can_mount(),
+    reason="needs root and mount namespaces (unshare -m) for a real "
+    "read-only or full file system (chmod does not stop root)",
+)
+
+
+def _train_under(mount: str, out: Path, job: Path) -> subprocess.CompletedProcess:
+    """``hpcdiff classify train JOB`` in a private mount namespace where ``mount`` (a shell
+    command; ``$0`` is ``out``) has made ``out`` read-only or small."""
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"OMP_NUM_THREADS": "1"}
+    script = f'{mount} && exec "$@"'
+    cmd = ["unshare", "-m", "sh", "-c", script, str(out)]
+    cmd += [sys.executable, "-m", "hpcdiff", "classify", "train", str(job)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+
+
+@needs_mount
+def test_read_only_output_folder_is_a_one_line_error(tiny: Path) -> None:
+    """A real read-only file system (a read-only bind mount of the output folder)."""
+    job = _variant(tiny, "ro")
+    out = tiny.parent / "out_ro"
+    out.mkdir()
+    proc = _train_under('mount --bind -o ro "$0" "$0"', out, job)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert len(errors) == 1, proc.stderr
+    assert str(out / "train.shards") in errors[0]
+    assert "read-only" in errors[0] and "set [output] dir to a writable folder" in errors[0]
+
+
+@needs_mount
+def test_full_disk_is_a_one_line_error_and_leaves_no_partial_file(tiny: Path) -> None:
+    """A real ENOSPC: the output folder is a 40 KiB tmpfs; the run stops at the first
+    write that does not fit, with the path and what to do."""
+    job = _variant(tiny, "full")
+    out = tiny.parent / "out_full"
+    out.mkdir()
+    proc = _train_under('mount -t tmpfs -o size=40k tmpfs "$0"', out, job)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
+    assert len(errors) == 1, proc.stderr
+    assert f"cannot write {out}" in errors[0] and "no space left on the device" in errors[0]
+    assert "run the same command again" in errors[0]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
@@ -14,7 +15,62 @@ from pathlib import Path
 from typing import Any
 
 from hpcdiff import __version__
-from hpcdiff.errors import OutputExistsError
+from hpcdiff.errors import OutputError, OutputExistsError
+
+_NOT_WRITABLE = {
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+_FULL = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}
+# h5py's errors often carry no errno, only the system's message in their text
+_MESSAGES = {
+    "Read-only file system": errno.EROFS,
+    "Permission denied": errno.EACCES,
+    "No space left on device": errno.ENOSPC,
+    "Disk quota exceeded": errno.EDQUOT,
+}
+
+
+def output_error(exc: OSError, path: str | Path) -> OutputError | None:
+    """The :class:`~hpcdiff.errors.OutputError` (what happened, what to do) for an
+    ``OSError`` raised while writing ``path``; ``None`` if it is not an unwritable or full
+    file system (then the error is not one a user can foresee and fix from the message)."""
+    code = exc.errno
+    if code not in _NOT_WRITABLE and code not in _FULL:
+        text = str(exc)
+        code = next((c for m, c in _MESSAGES.items() if m in text), None)
+    if code is None:
+        return None
+    path = Path(path)
+    folder = path if path.is_dir() else path.parent
+    if code in _FULL:
+        return OutputError(
+            path,
+            f"{_FULL[code]}; free space in {folder} (df -h {folder}) or set [output] dir to "
+            "another file system, then run the same command again (finished checkpoints "
+            "are reused)",
+        )
+    return OutputError(
+        path,
+        f"{_NOT_WRITABLE[code]}; make {folder} writable for this user, or set [output] dir "
+        "to a writable folder",
+    )
+
+
+@contextlib.contextmanager
+def output_errors(path: str | Path) -> Iterator[None]:
+    """Turn an unwritable or full file system while writing ``path`` into an
+    :class:`~hpcdiff.errors.OutputError` (one line: the path and what to do)."""
+    try:
+        yield
+    except OutputError:
+        raise
+    except OSError as exc:
+        err = output_error(exc, path)
+        if err is None:
+            raise
+        raise err from exc
 
 
 def ensure_writable(path: str | Path, *, force: bool = False) -> Path:
@@ -30,7 +86,8 @@ def ensure_writable(path: str | Path, *, force: bool = False) -> Path:
         raise OutputExistsError(
             f"{path} exists already; pass --force to overwrite it, or choose another output"
         )
-    path.parent.mkdir(parents=True, exist_ok=True)
+    with output_errors(path.parent):
+        path.parent.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -42,6 +99,13 @@ def atomic_path(path: str | Path, *, force: bool = False) -> Iterator[Path]:
     half-written file under the final name.
     """
     path = ensure_writable(path, force=force)
+    with output_errors(path):
+        with _atomic(path) as tmp:
+            yield tmp
+
+
+@contextlib.contextmanager
+def _atomic(path: Path) -> Iterator[Path]:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)

@@ -30,7 +30,7 @@ import h5py
 import numpy as np
 
 from hpcdiff.errors import FormatError, OutputExistsError
-from hpcdiff.io.outputs import atomic_path, provenance, write_json
+from hpcdiff.io.outputs import atomic_path, output_errors, provenance, write_json
 
 STATE_FILE = "state.json"
 _SHARD_GLOB = "shard-*.h5"
@@ -128,12 +128,35 @@ class ShardStore:
 
         Raises
         ------
+        OutputError
+            If the folder cannot be created or written (read-only, full disk).
         OutputExistsError
             If the folder was written by a different job (config hash, number of frames,
             files or ``extra``, e.g. the model's hash, differ) and ``force`` is false.  With ``force`` it is emptied.
         FormatError
             If its ``state.json`` cannot be read.
         """
+        with output_errors(directory):
+            return cls._prepare(
+                directory,
+                config_hash=config_hash,
+                n_frames=n_frames,
+                files=files,
+                extra=extra,
+                force=force,
+            )
+
+    @classmethod
+    def _prepare(
+        cls,
+        directory: str | Path,
+        *,
+        config_hash: str,
+        n_frames: int,
+        files: list[str],
+        extra: dict | None,
+        force: bool,
+    ) -> tuple[ShardStore, bool]:
         store = cls(directory)
         state = {
             "config_hash": config_hash,
