@@ -858,10 +858,14 @@ def _num(value: float) -> str:
 
 
 def _vector(vec: Vector) -> str:
+    """``+0.0x -1.0y +0.0z``: every component, as CrystFEL and EXtra-geom write them.
+
+    Readers that start from a default vector and only overwrite the components given
+    (OM's cfelpyutils starts ``fs`` from ``(1, 0, 0)``) need all three; a one-term
+    ``fs = -1.0y`` would keep their default ``x`` component and misplace the panel.
+    """
     return " ".join(
-        f"{'+' if c >= 0 else '-'}{_num(abs(c))}{ax}"
-        for c, ax in zip(vec, "xyz", strict=True)
-        if c != 0
+        f"{'+' if c >= 0 else '-'}{_num(abs(c))}{ax}" for c, ax in zip(vec, "xyz", strict=True)
     )
 
 
