@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from hpcdiff.errors import FormatError, OutputExistsError
+from hpcdiff.io.hdf5 import read_checked
 from hpcdiff.io.outputs import atomic_path, output_errors, provenance, write_json
 
 STATE_FILE = "state.json"
@@ -208,10 +209,11 @@ class ShardStore:
         first = int(min(frames.min(initial=2**62), rej_frames.min(initial=2**62)))
         path = self.directory / shard_name(first, len(buffer))
         with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
-            h5.create_dataset("frame", data=frames)
+            # fletcher32: HDF5 checks every chunk on read (ShardStore.read)
+            h5.create_dataset("frame", data=frames, fletcher32=True)
             for name, parts in buffer.arrays.items():
-                h5.create_dataset(name, data=np.concatenate(parts))
-            h5.create_dataset("reject_frame", data=rej_frames)
+                h5.create_dataset(name, data=np.concatenate(parts), fletcher32=True)
+            h5.create_dataset("reject_frame", data=rej_frames, fletcher32=True)
             h5.create_dataset(
                 "reject_reason",
                 data=[r for _, r in buffer.rejects],
@@ -250,8 +252,8 @@ class ShardStore:
         parts = []
         for path in self.paths():
             with _open(path) as h5:
-                parts.append(h5["frame"][()])
-                parts.append(h5["reject_frame"][()])
+                parts.append(read_checked(h5["frame"], path=path))
+                parts.append(read_checked(h5["reject_frame"], path=path))
         done = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
         done = np.sort(done.astype(np.int64))
         if done.size and np.any(done[1:] == done[:-1]):
@@ -275,7 +277,7 @@ class ShardStore:
         arrays: dict[str, list[np.ndarray]] = {n: [] for n in names}
         for path in self.paths():
             with _open(path) as h5:
-                frames = h5["frame"][()]
+                frames = read_checked(h5["frame"], path=path)
                 keep = (frames >= start) & (frames < (np.inf if stop is None else stop))
                 if not keep.any():
                     continue
@@ -283,7 +285,7 @@ class ShardStore:
                 for name in names:
                     if name not in h5:
                         raise FormatError(path, f"shard has no result {name!r}", dataset=name)
-                    arrays[name].append(h5[name][()][keep])
+                    arrays[name].append(read_checked(h5[name], path=path)[keep])
         if not frames_parts:
             return np.empty(0, dtype=np.int64), {n: np.empty((0,)) for n in names}
         frames = np.concatenate(frames_parts)
