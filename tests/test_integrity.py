@@ -76,6 +76,9 @@ def test_damaged_shard_is_a_format_error(tmp_path: Path) -> None:
     with pytest.raises(FormatError, match="checksum") as info:
         store.read(["features"])
     assert info.value.path == str(shard) and info.value.dataset == "/features"
+    assert "delete this shard" in info.value.message
+    shard.unlink()  # as the message says: the frames are then not done and are redone
+    assert len(store.done_frames()) == 0
 
 
 def test_damaged_frame_is_a_reject_with_its_reason(tmp_path: Path) -> None:

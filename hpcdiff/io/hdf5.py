@@ -52,12 +52,20 @@ def describe_read_error(exc: OSError, dset: h5py.Dataset) -> str | None:
     return None
 
 
-def read_checked(dset: h5py.Dataset, selection: Any = (), *, path: str | Path) -> np.ndarray:
+def read_checked(
+    dset: h5py.Dataset,
+    selection: Any = (),
+    *,
+    path: str | Path,
+    advice: str = "restore the file or write it again",
+) -> np.ndarray:
     """``dset[selection]``, with a damaged chunk as a :class:`FormatError`.
 
     HDF5 verifies the fletcher32 checksum of every chunk it reads (hpcdiff's own outputs
     carry one, :class:`~hpcdiff.io.appendable.AppendableH5`); a mismatch means the bytes
     changed after they were written.
+
+    ``advice`` (what to do) ends the message.
 
     Raises
     ------
@@ -70,6 +78,4 @@ def read_checked(dset: h5py.Dataset, selection: Any = (), *, path: str | Path) -
         why = describe_read_error(exc, dset)
         if why is None:
             raise
-        raise FormatError(
-            path, f"{why}; restore the file or write it again", dataset=dset.name
-        ) from None
+        raise FormatError(path, f"{why}; {advice}", dataset=dset.name) from None

@@ -34,6 +34,7 @@ from hpcdiff.io.hdf5 import read_checked
 from hpcdiff.io.outputs import atomic_path, output_errors, provenance, write_json
 
 STATE_FILE = "state.json"
+_REDO = "delete this shard and run the same command again (its frames are computed again)"
 _SHARD_GLOB = "shard-*.h5"
 _SHARD_NAME = re.compile(r"shard-(\d+)-(\d+)\.h5")
 
@@ -252,8 +253,8 @@ class ShardStore:
         parts = []
         for path in self.paths():
             with _open(path) as h5:
-                parts.append(read_checked(h5["frame"], path=path))
-                parts.append(read_checked(h5["reject_frame"], path=path))
+                parts.append(read_checked(h5["frame"], path=path, advice=_REDO))
+                parts.append(read_checked(h5["reject_frame"], path=path, advice=_REDO))
         done = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
         done = np.sort(done.astype(np.int64))
         if done.size and np.any(done[1:] == done[:-1]):
@@ -277,7 +278,7 @@ class ShardStore:
         arrays: dict[str, list[np.ndarray]] = {n: [] for n in names}
         for path in self.paths():
             with _open(path) as h5:
-                frames = read_checked(h5["frame"], path=path)
+                frames = read_checked(h5["frame"], path=path, advice=_REDO)
                 keep = (frames >= start) & (frames < (np.inf if stop is None else stop))
                 if not keep.any():
                     continue
@@ -285,7 +286,7 @@ class ShardStore:
                 for name in names:
                     if name not in h5:
                         raise FormatError(path, f"shard has no result {name!r}", dataset=name)
-                    arrays[name].append(read_checked(h5[name], path=path)[keep])
+                    arrays[name].append(read_checked(h5[name], path=path, advice=_REDO)[keep])
         if not frames_parts:
             return np.empty(0, dtype=np.int64), {n: np.empty((0,)) for n in names}
         frames = np.concatenate(frames_parts)
