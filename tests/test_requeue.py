@@ -125,6 +125,32 @@ def test_sigterm_during_the_fit_exits_75_then_a_rerun_finishes(
     _assert_same_model(out / "model.npz", tiny.parent / "out" / "model.npz")
 
 
+KILL_DURING_FIT = """
+import os, signal, sys
+import hpcdiff.learn
+from hpcdiff.cli import main
+
+def fit_model(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)  # the root dies in the middle of the fit
+
+hpcdiff.learn.fit_model = fit_model
+sys.exit(main(["classify", "train", sys.argv[1]]))
+"""
+
+
+def test_root_killed_during_the_fit_then_rerun_gives_the_same_model(tiny: Path) -> None:
+    """A real SIGKILL (no handler can run: a node failure, the OOM killer)."""
+    job = _variant(tiny, "kill")
+    out = tiny.parent / "out_kill"
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS} | {"OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-c", KILL_DURING_FIT, str(job)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert (out / "features.h5").exists() and not (out / "model.npz").exists()
+    run_train(load_job(job), comm=SelfComm())  # the requeued job: no --force
+    _assert_same_model(out / "model.npz", tiny.parent / "out" / "model.npz")
+
+
 def test_stray_features_file_without_checkpoints_is_refused(tiny: Path) -> None:
     job = _variant(tiny, "stray")
     out = tiny.parent / "out_stray"
@@ -182,16 +208,19 @@ def test_read_only_output_folder_is_a_one_line_error(tiny: Path) -> None:
 
 
 @needs_mount
-def test_full_disk_is_a_one_line_error_and_leaves_no_partial_file(tiny: Path) -> None:
-    """A real ENOSPC: the output folder is a 40 KiB tmpfs; the run stops at the first
-    write that does not fit, with the path and what to do."""
-    job = _variant(tiny, "full")
-    out = tiny.parent / "out_full"
+@pytest.mark.parametrize(("size", "fails_at"), [("40k", "train.shards"), ("128k", "features.h5")])
+def test_full_disk_is_a_one_line_error(tiny: Path, size: str, fails_at: str) -> None:
+    """A real ENOSPC: the output folder is a small tmpfs; the run stops at the first write
+    that does not fit (a checkpoint shard, or the HDF5 features file), with the path and
+    what to do, exit status 1 (not HDF5's crash at exit)."""
+    job = _variant(tiny, f"full{size}")
+    out = tiny.parent / f"out_full{size}"
     out.mkdir()
-    proc = _train_under('mount -t tmpfs -o size=40k tmpfs "$0"', out, job)
+    proc = _train_under(f'mount -t tmpfs -o size={size} tmpfs "$0"', out, job)
     assert proc.returncode == 1, proc.stderr
     assert "Traceback" not in proc.stderr
     errors = [ln for ln in proc.stderr.splitlines() if "error:" in ln]
     assert len(errors) == 1, proc.stderr
-    assert f"cannot write {out}" in errors[0] and "no space left on the device" in errors[0]
+    assert f"cannot write {out / fails_at}" in errors[0]
+    assert "no space left on the device" in errors[0]
     assert "run the same command again" in errors[0]

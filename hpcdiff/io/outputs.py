@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import platform
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,11 +33,11 @@ _MESSAGES = {
 }
 
 
-def output_error(exc: OSError, path: str | Path) -> OutputError | None:
+def output_error(exc: OSError | RuntimeError, path: str | Path) -> OutputError | None:
     """The :class:`~hpcdiff.errors.OutputError` (what happened, what to do) for an
     ``OSError`` raised while writing ``path``; ``None`` if it is not an unwritable or full
     file system (then the error is not one a user can foresee and fix from the message)."""
-    code = exc.errno
+    code = exc.errno if isinstance(exc, OSError) else None
     if code not in _NOT_WRITABLE and code not in _FULL:
         text = str(exc)
         code = next((c for m, c in _MESSAGES.items() if m in text), None)
@@ -58,6 +59,29 @@ def output_error(exc: OSError, path: str | Path) -> OutputError | None:
     )
 
 
+def quiet_h5py_write_cleanup() -> None:
+    """Drop h5py's "Exception ignored" tracebacks of objects freed after a failed write.
+
+    When a write fails (full or read-only disk), h5py's objects of that file fail again
+    as they are freed, and Python prints each as a traceback; the error itself is
+    reported as one line (:func:`output_errors`).  Installed by the CLI, once per
+    process; any other unraisable error reaches the previous hook unchanged.
+    """
+    previous = sys.unraisablehook
+    if getattr(previous, "_hpcdiff_quiet", False):
+        return
+
+    def hook(unraisable: Any) -> None:
+        text = str(unraisable.exc_value)
+        if "h5py" in repr(unraisable.object) or "ObjectID" in str(unraisable.err_msg or ""):
+            if any(m in text for m in (*_MESSAGES, "file write failed", "file close failed")):
+                return
+        previous(unraisable)
+
+    hook._hpcdiff_quiet = True  # type: ignore[attr-defined]
+    sys.unraisablehook = hook
+
+
 @contextlib.contextmanager
 def output_errors(path: str | Path) -> Iterator[None]:
     """Turn an unwritable or full file system while writing ``path`` into an
@@ -66,7 +90,7 @@ def output_errors(path: str | Path) -> Iterator[None]:
         yield
     except OutputError:
         raise
-    except OSError as exc:
+    except (OSError, RuntimeError) as exc:  # h5py raises RuntimeError when a close fails
         err = output_error(exc, path)
         if err is None:
             raise

@@ -19,6 +19,7 @@ number of ranks, and a resumed job may use a different number of ranks.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -209,7 +210,10 @@ class ShardStore:
         rej_frames = np.array([f for f, _ in buffer.rejects], dtype=np.int64)
         first = int(min(frames.min(initial=2**62), rej_frames.min(initial=2**62)))
         path = self.directory / shard_name(first, len(buffer))
-        with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+        # built in memory, then written with plain file I/O: a full disk is then a clean
+        # OSError (HDF5 writing to a full disk fails in its close, and can crash)
+        image = io.BytesIO()
+        with h5py.File(image, "w") as h5:
             # fletcher32: HDF5 checks every chunk on read (ShardStore.read)
             h5.create_dataset("frame", data=frames, fletcher32=True)
             for name, parts in buffer.arrays.items():
@@ -222,6 +226,8 @@ class ShardStore:
             )
             for key, value in provenance(config_hash, rank=rank).items():
                 h5.attrs[key] = value
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(image.getbuffer())
         buffer.clear()
         return path
 
