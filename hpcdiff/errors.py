@@ -50,3 +50,23 @@ class ConfigError(HpcdiffError, ValueError):
 
 class OutputExistsError(HpcdiffError, FileExistsError):
     """An output exists already and ``--force`` was not given."""
+
+
+class OutputError(HpcdiffError, OSError):
+    """An output cannot be written (read-only or unwritable folder, full disk, quota).
+
+    Parameters
+    ----------
+    path
+        The file or folder that could not be written.
+    message
+        What happened and what to do.
+    """
+
+    def __init__(self, path: str | Path, message: str) -> None:
+        self.path = str(path)
+        self.message = message
+        super().__init__(f"cannot write {self.path}: {message}")
+
+    def __str__(self) -> str:
+        return f"cannot write {self.path}: {self.message}"

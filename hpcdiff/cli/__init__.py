@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import pkgutil
 import sys
 from collections.abc import Sequence
@@ -37,6 +38,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_now_after_failed_write(exc: BaseException) -> None:
+    """After an unwritable/full output (one process), exit without HDF5's teardown.
+
+    HDF5 tries again to flush a file whose write failed when the interpreter exits, and
+    can crash there (exit 139 instead of 1); the error is reported already.  Under an MPI
+    launcher the normal exit path (``MPI_Finalize``) is kept.
+    """
+    from hpcdiff.errors import OutputError
+    from hpcdiff.parallel.mpi import launched_size
+
+    if isinstance(exc, OutputError) and (launched_size() or 1) == 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``hpcdiff`` console script."""
     parser = build_parser()
@@ -44,10 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    from hpcdiff.io.outputs import quiet_h5py_write_cleanup
+
+    quiet_h5py_write_cleanup()  # a full disk is one line, not h5py's cleanup tracebacks
     try:
         status = args.func(args)
     except HpcdiffError as exc:
         print(f"hpcdiff {args.command}: error: {exc}", file=sys.stderr)
+        _exit_now_after_failed_write(exc)
         return EXIT_ERROR
     except KeyboardInterrupt:
         print(f"hpcdiff {args.command}: interrupted", file=sys.stderr)

@@ -4,7 +4,10 @@ Run it as one process, or under ``mpiexec -n N`` / ``srun``: ranks split the fra
 Exit status: 0 done; 1 error (on one rank: every rank is aborted); 2 usage;
 65 (``EX_DATAERR``) finished but more frames were rejected than
 ``parallel.max_reject_fraction`` allows; 75 (``EX_TEMPFAIL``) stopped by SIGTERM/SIGUSR1
-after saving checkpoints: run the same command again to resume.
+after saving checkpoints (during the frame loop or the learn stage, before the
+model is written): run the same command again, without ``--force``, to resume.  A run is
+finished when its results exist (``train``: the model and ``train-report.json``);
+``features.h5`` and the checkpoints of an unfinished run are reused by a rerun.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from hpcdiff.pipelines.layout import MODEL_NAME
+from hpcdiff.pipelines.requeue import FORCE_HELP
 
 EXIT_TOO_MANY_REJECTS = 65
 """Exit status when rejects exceed ``parallel.max_reject_fraction`` (``EX_DATAERR``)."""
@@ -26,7 +30,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--force",
         action="store_true",
-        help="redo a finished run and discard checkpoints of another job in output.dir",
+        help=FORCE_HELP,
     )
     p.add_argument("--verbose", "-v", action="store_true", help="log debug messages")
 

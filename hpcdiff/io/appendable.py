@@ -5,6 +5,9 @@ An :class:`AppendableH5` writes an HDF5 file under a temporary name beside its f
 so a crash or a signal leaves no half-written file under the final name and any earlier
 file untouched.  Its datasets (*columns*) are resizable along axis 0 and grow together:
 one :meth:`~AppendableH5.append` adds the same number of rows to every column.
+Every fixed-size column carries HDF5's fletcher32 checksum per chunk, which HDF5 verifies
+on every read (:func:`hpcdiff.io.hdf5.read_checked` turns a mismatch into a
+:class:`~hpcdiff.errors.FormatError` naming the file and dataset).
 
 The format modules own their layouts and validation and use this class for the file:
 :class:`hpcdiff.io.cxi.CXIWriter` (frames), :class:`hpcdiff.io.featurefile.FeatureWriter`
@@ -114,12 +117,16 @@ class AppendableH5:
             raise RuntimeError(f"column {name!r} created after {self.n_rows} rows were appended")
         if name in self._columns:
             raise ValueError(f"column {name!r} exists")
+        dt = np.dtype(dtype)
         dset = self.h5.create_dataset(
             name,
             shape=(0, *row_shape),
             maxshape=(None, *row_shape),
-            dtype=dtype,
+            dtype=dt,
             chunks=(max(1, int(chunk_rows)), *row_shape),
+            # HDF5's checksum of every chunk, verified by HDF5 on every read (variable-length
+            # types, i.e. text, cannot carry filters)
+            fletcher32=not _variable_length(dt),
             **dict(compression or {}),
         )
         for key, value in (attrs or {}).items():
@@ -183,6 +190,13 @@ class AppendableH5:
         tb: TracebackType | None,
     ) -> None:
         self.close(ok=exc_type is None)
+
+
+def _variable_length(dtype: np.dtype) -> bool:
+    """Whether ``dtype`` is an HDF5 variable-length type (strings, ragged arrays)."""
+    if dtype.fields:
+        return any(_variable_length(f[0]) for f in dtype.fields.values())
+    return dtype.kind == "O" or h5py.check_vlen_dtype(dtype) is not None
 
 
 __all__ = ["AppendableH5"]

@@ -34,7 +34,7 @@ import numpy as np
 
 from hpcdiff.errors import FormatError
 from hpcdiff.io.appendable import AppendableH5
-from hpcdiff.io.hdf5 import open_hdf5
+from hpcdiff.io.hdf5 import describe_read_error, open_hdf5
 
 if TYPE_CHECKING:
     from hpcdiff.io.geom import DetectorGeometry
@@ -397,8 +397,9 @@ class FrameSource:
             try:
                 block = _read_block(dset, layout, i0, i1)
             except OSError as exc:  # a corrupt chunk, a missing filter plugin, a vanished file
+                why = describe_read_error(exc, dset) or str(exc)
                 raise FormatError(
-                    self.files[f], f"cannot read frames {i0}..{i1 - 1} ({exc})", dataset=dset.name
+                    self.files[f], f"cannot read frames {i0}..{i1 - 1} ({why})", dataset=dset.name
                 ) from None
             out[o : o + (i1 - i0)] = block.reshape(i1 - i0, *self.slab_shape)
         return out
@@ -752,8 +753,8 @@ def summarise_cxi(path: str | Path, *, data_path: str | None = None) -> dict[str
     -------
     dict
         ``path``, ``size_bytes``, ``attrs`` (root attributes as text), ``datasets`` (a list of
-        dicts with ``path``, ``shape``, ``dtype``, ``chunks``, ``compression`` (filter names)
-        and ``stored_bytes``), ``frame_dataset``, ``n_frames`` and ``frame_shape`` (``None``
+        dicts with ``path``, ``shape``, ``dtype``, ``chunks``, ``compression`` (filter names),
+        ``checksum`` (``"fletcher32"`` or ``None``) and ``stored_bytes``), ``frame_dataset``, ``n_frames`` and ``frame_shape`` (``None``
         where no frame dataset is found).
     """
     path = Path(path)
@@ -764,7 +765,8 @@ def summarise_cxi(path: str | Path, *, data_path: str | None = None) -> dict[str
                 "shape": list(d.shape),
                 "dtype": str(d.dtype),
                 "chunks": list(d.chunks) if d.chunks else None,
-                "compression": _filters(d),
+                "compression": [f for f in _filters(d) if f != "fletcher32"],
+                "checksum": "fletcher32" if d.fletcher32 else None,
                 "stored_bytes": int(d.id.get_storage_size()),
             }
             for d in _datasets(h5)

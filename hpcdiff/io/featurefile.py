@@ -28,7 +28,7 @@ import numpy as np
 from hpcdiff import __version__
 from hpcdiff.errors import FormatError
 from hpcdiff.io.appendable import AppendableH5
-from hpcdiff.io.hdf5 import open_hdf5
+from hpcdiff.io.hdf5 import open_hdf5, read_checked
 from hpcdiff.io.outputs import ensure_writable, provenance
 
 FORMAT_VERSION = 1
@@ -324,8 +324,8 @@ def read_features(path: str | Path) -> FeatureSet:
     with open_hdf5(path, what="features file") as h5:
         meta = _read_meta(path, h5)
         files = np.asarray(h5["frame_file"].asstr()[...], dtype=object)
-        indices = h5["frame_index"][...].astype(np.int64)
-        features = h5["features"][...].astype(np.float32, copy=False)
+        indices = read_checked(h5["frame_index"], ..., path=path).astype(np.int64)
+        features = read_checked(h5["features"], ..., path=path).astype(np.float32, copy=False)
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in h5.attrs.items()}
     return FeatureSet(files, indices, features, meta, attrs)
 
@@ -342,8 +342,10 @@ def iter_feature_batches(
             stop = min(start + batch_rows, n)
             yield (
                 np.asarray(h5["frame_file"].asstr()[start:stop], dtype=object),
-                h5["frame_index"][start:stop].astype(np.int64),
-                h5["features"][start:stop].astype(np.float32, copy=False),
+                read_checked(h5["frame_index"], np.s_[start:stop], path=path).astype(np.int64),
+                read_checked(h5["features"], np.s_[start:stop], path=path).astype(
+                    np.float32, copy=False
+                ),
             )
 
 

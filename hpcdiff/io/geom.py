@@ -447,6 +447,7 @@ class _Parser:
         if not self.panels:
             raise self.error("no panels defined (expected lines like 'p0/min_fs = 0')", None)
         panels = self.build_panels()
+        self.check_groups({p.name for p in panels})
         regions = tuple(self.build_bad(name) for name in self.bad)
         groups = tuple((name, members) for name, (members, _) in self.groups.items())
         try:
@@ -460,6 +461,33 @@ class _Parser:
             )
         except ValueError as exc:
             raise self.error(str(exc), self.blame_line(str(exc))) from None
+
+    def check_groups(self, panel_names: set[str]) -> None:
+        """Every member of every group must be defined in the file, as CrystFEL requires.
+
+        Real files list their rigid groups before the panels, so a file cut at a panel
+        boundary (which otherwise reads as a smaller detector) is caught here.
+        ``rigid_group_collection_C`` lists rigid groups (``rigid_group_NAME`` -> ``NAME``);
+        CrystFEL 0.10's ``group_G`` lists panels or other groups (``group_NAME``).
+        """
+        rigid = {k[len("rigid_group_") :] for k in self.groups
+                 if k.startswith("rigid_group_") and not k.startswith("rigid_group_collection")}  # fmt: skip
+        hierarchy = {k[len("group_") :] for k in self.groups if k.startswith("group_")}
+        for key, (members, lineno) in self.groups.items():
+            if key.startswith("rigid_group_collection"):
+                known, what = rigid, "rigid group"
+            elif key.startswith("group_"):
+                known, what = panel_names | hierarchy, "panel or group"
+            else:
+                known, what = panel_names, "panel"
+            unknown = [m for m in members if m not in known]
+            if unknown:
+                raise self.error(
+                    f"{key} names {what} {unknown[0]!r}, which the file does not define "
+                    f"({len(unknown)} undefined of {len(members)}; file truncated at a panel "
+                    f"boundary?); every member must be a {what} of this file",
+                    lineno,
+                )
 
     def blame_line(self, message: str) -> int | None:
         """First-mention line of the first panel or bad region a message names."""
@@ -858,10 +886,14 @@ def _num(value: float) -> str:
 
 
 def _vector(vec: Vector) -> str:
+    """``+0.0x -1.0y +0.0z``: every component, as CrystFEL and EXtra-geom write them.
+
+    Readers that start from a default vector and only overwrite the components given
+    (OM's cfelpyutils starts ``fs`` from ``(1, 0, 0)``) need all three; a one-term
+    ``fs = -1.0y`` would keep their default ``x`` component and misplace the panel.
+    """
     return " ".join(
-        f"{'+' if c >= 0 else '-'}{_num(abs(c))}{ax}"
-        for c, ax in zip(vec, "xyz", strict=True)
-        if c != 0
+        f"{'+' if c >= 0 else '-'}{_num(abs(c))}{ax}" for c, ax in zip(vec, "xyz", strict=True)
     )
 
 

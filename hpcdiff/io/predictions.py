@@ -26,7 +26,7 @@ import numpy as np
 from hpcdiff import __version__
 from hpcdiff.errors import FormatError
 from hpcdiff.io.appendable import AppendableH5
-from hpcdiff.io.hdf5 import open_hdf5
+from hpcdiff.io.hdf5 import open_hdf5, read_checked
 from hpcdiff.io.outputs import provenance
 
 _STR = h5py.string_dtype("utf-8")
@@ -157,14 +157,14 @@ def read_predictions(path: str | Path) -> Predictions:
             class_names = tuple(json.loads(h5.attrs["class_names"]))
         except (KeyError, TypeError, json.JSONDecodeError):
             raise FormatError(path, "attribute class_names missing or not a JSON list") from None
-        proba = h5["probability"][...]
+        proba = read_checked(h5["probability"], ..., path=path)
         if proba.ndim != 2 or proba.shape[1] != len(class_names):
             raise FormatError(
                 path, f"shape {proba.shape} does not match {len(class_names)} classes",
                 dataset="/probability",
             )  # fmt: skip
         files = np.asarray(h5["frame_file"].asstr()[...], dtype=object)
-        indices = h5["frame_index"][...].astype(np.int64)
+        indices = read_checked(h5["frame_index"], ..., path=path).astype(np.int64)
         if files.shape != (proba.shape[0],) or indices.shape != (proba.shape[0],):
             raise FormatError(path, "frame_file/frame_index length differs from probability rows")
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in h5.attrs.items()}

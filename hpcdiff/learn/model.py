@@ -290,25 +290,10 @@ class DiffuseClassifier:
         FormatError
             Naming the file and what is missing or malformed.
         """
+        from hpcdiff.learn.model_file import read_model_arrays
+
         path = Path(path)
-        try:
-            npz = np.load(path, allow_pickle=False)
-        except FileNotFoundError:
-            raise FormatError(path, "model file does not exist") from None
-        except (OSError, ValueError) as exc:
-            raise FormatError(path, f"not an hpcdiff model (.npz without pickle): {exc}") from None
-        with npz:
-            missing = [k for k in _ARRAYS if k not in npz.files]
-            if missing:
-                raise FormatError(path, f"model file lacks arrays {missing}")
-            try:
-                arrays = {k: npz[k] for k in _ARRAYS}
-            except ValueError as exc:
-                raise FormatError(path, f"model array needs pickle, refused: {exc}") from None
-        try:
-            meta = json.loads(str(arrays["metadata"]))
-        except json.JSONDecodeError as exc:
-            raise FormatError(path, f"metadata is not JSON ({exc})", dataset="metadata") from None
+        arrays, meta = read_model_arrays(path, _ARRAYS)
         if meta.get("format") != MODEL_FORMAT:
             raise FormatError(
                 path, f"metadata format is {meta.get('format')!r}, not {MODEL_FORMAT}"
@@ -317,29 +302,36 @@ class DiffuseClassifier:
             raise FormatError(
                 path, f"model format version {meta['format_version']} is newer than this hpcdiff"
             )
-        k, d = arrays["pca_components"].shape
-        if arrays["pca_mean"].shape != (d,) or arrays["coef"].shape[1] != k:
-            raise FormatError(
-                path,
-                f"inconsistent shapes: pca_mean {arrays['pca_mean'].shape}, pca_components "
-                f"{(k, d)}, coef {arrays['coef'].shape}",
+        try:
+            k, d = arrays["pca_components"].shape
+            if arrays["pca_mean"].shape != (d,) or arrays["coef"].shape[1] != k:
+                raise FormatError(
+                    path,
+                    f"inconsistent shapes: pca_mean {arrays['pca_mean'].shape}, pca_components "
+                    f"{(k, d)}, coef {arrays['coef'].shape}",
+                )
+            model = cls(
+                n_components=k,
+                C=float(meta.get("C", 1.0)),
+                random_state=int(meta.get("random_state", 0)),
             )
-        model = cls(
-            n_components=k,
-            C=float(meta.get("C", 1.0)),
-            random_state=int(meta.get("random_state", 0)),
-        )
-        model.pca_ = PCABasis(
-            arrays["pca_mean"].astype(np.float64),
-            arrays["pca_components"].astype(np.float64),
-            arrays["pca_explained_variance"].astype(np.float64),
-            arrays["pca_explained_variance_ratio"].astype(np.float64),
-        )
-        model.coef_ = arrays["coef"].astype(np.float64)
-        model.intercept_ = arrays["intercept"].astype(np.float64)
-        model.classes_ = arrays["classes"].astype(np.int64)
-        model.class_names_ = tuple(meta["class_names"])
-        model.feature_meta_ = _meta_from_dict(path, meta.get("feature", {}))
+            model.pca_ = PCABasis(
+                arrays["pca_mean"].astype(np.float64),
+                arrays["pca_components"].astype(np.float64),
+                arrays["pca_explained_variance"].astype(np.float64),
+                arrays["pca_explained_variance_ratio"].astype(np.float64),
+            )
+            model.coef_ = arrays["coef"].astype(np.float64)
+            model.intercept_ = arrays["intercept"].astype(np.float64)
+            model.classes_ = arrays["classes"].astype(np.int64)
+            model.class_names_ = tuple(meta["class_names"])
+            model.feature_meta_ = _meta_from_dict(path, meta.get("feature", {}))
+        except (KeyError, TypeError, ValueError, IndexError) as exc:
+            if isinstance(exc, FormatError):
+                raise
+            raise FormatError(
+                path, f"model arrays or metadata are malformed ({type(exc).__name__}: {exc})"
+            ) from None
         model.metadata_ = meta
         return model
 

@@ -337,12 +337,14 @@ def abort_on_error(comm: Comm) -> Iterator[None]:
             reason = type(exc).__name__
         else:
             reason = f"{type(exc).__name__}: {exc}"
+        # a foreseen error (HpcdiffError: says where and what to do) needs no traceback
+        foreseen = isinstance(exc, HpcdiffError)
         log.critical(
-            "rank %d failed, aborting all %d ranks: %s\n%s",
+            "rank %d failed, aborting all %d ranks: %s%s",
             comm.Get_rank(),
             comm.Get_size(),
-            reason,
-            "".join(traceback.format_exception(exc)).rstrip(),
+            str(exc) if foreseen else reason,
+            "" if foreseen else "\n" + "".join(traceback.format_exception(exc)).rstrip(),
         )
         for handler in logging.getLogger("hpcdiff").handlers:
             handler.flush()

@@ -19,6 +19,7 @@ number of ranks, and a resumed job may use a different number of ranks.
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -30,9 +31,11 @@ import h5py
 import numpy as np
 
 from hpcdiff.errors import FormatError, OutputExistsError
-from hpcdiff.io.outputs import atomic_path, provenance, write_json
+from hpcdiff.io.hdf5 import read_checked
+from hpcdiff.io.outputs import atomic_path, output_errors, provenance, write_json
 
 STATE_FILE = "state.json"
+_REDO = "delete this shard and run the same command again (its frames are computed again)"
 _SHARD_GLOB = "shard-*.h5"
 _SHARD_NAME = re.compile(r"shard-(\d+)-(\d+)\.h5")
 
@@ -128,12 +131,35 @@ class ShardStore:
 
         Raises
         ------
+        OutputError
+            If the folder cannot be created or written (read-only, full disk).
         OutputExistsError
             If the folder was written by a different job (config hash, number of frames,
             files or ``extra``, e.g. the model's hash, differ) and ``force`` is false.  With ``force`` it is emptied.
         FormatError
             If its ``state.json`` cannot be read.
         """
+        with output_errors(directory):
+            return cls._prepare(
+                directory,
+                config_hash=config_hash,
+                n_frames=n_frames,
+                files=files,
+                extra=extra,
+                force=force,
+            )
+
+    @classmethod
+    def _prepare(
+        cls,
+        directory: str | Path,
+        *,
+        config_hash: str,
+        n_frames: int,
+        files: list[str],
+        extra: dict | None,
+        force: bool,
+    ) -> tuple[ShardStore, bool]:
         store = cls(directory)
         state = {
             "config_hash": config_hash,
@@ -184,11 +210,15 @@ class ShardStore:
         rej_frames = np.array([f for f, _ in buffer.rejects], dtype=np.int64)
         first = int(min(frames.min(initial=2**62), rej_frames.min(initial=2**62)))
         path = self.directory / shard_name(first, len(buffer))
-        with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
-            h5.create_dataset("frame", data=frames)
+        # built in memory, then written with plain file I/O: a full disk is then a clean
+        # OSError (HDF5 writing to a full disk fails in its close, and can crash)
+        image = io.BytesIO()
+        with h5py.File(image, "w") as h5:
+            # fletcher32: HDF5 checks every chunk on read (ShardStore.read)
+            h5.create_dataset("frame", data=frames, fletcher32=True)
             for name, parts in buffer.arrays.items():
-                h5.create_dataset(name, data=np.concatenate(parts))
-            h5.create_dataset("reject_frame", data=rej_frames)
+                h5.create_dataset(name, data=np.concatenate(parts), fletcher32=True)
+            h5.create_dataset("reject_frame", data=rej_frames, fletcher32=True)
             h5.create_dataset(
                 "reject_reason",
                 data=[r for _, r in buffer.rejects],
@@ -196,6 +226,8 @@ class ShardStore:
             )
             for key, value in provenance(config_hash, rank=rank).items():
                 h5.attrs[key] = value
+        with atomic_path(path) as tmp:
+            tmp.write_bytes(image.getbuffer())
         buffer.clear()
         return path
 
@@ -227,8 +259,8 @@ class ShardStore:
         parts = []
         for path in self.paths():
             with _open(path) as h5:
-                parts.append(h5["frame"][()])
-                parts.append(h5["reject_frame"][()])
+                parts.append(read_checked(h5["frame"], path=path, advice=_REDO))
+                parts.append(read_checked(h5["reject_frame"], path=path, advice=_REDO))
         done = np.concatenate(parts) if parts else np.empty(0, dtype=np.int64)
         done = np.sort(done.astype(np.int64))
         if done.size and np.any(done[1:] == done[:-1]):
@@ -252,7 +284,7 @@ class ShardStore:
         arrays: dict[str, list[np.ndarray]] = {n: [] for n in names}
         for path in self.paths():
             with _open(path) as h5:
-                frames = h5["frame"][()]
+                frames = read_checked(h5["frame"], path=path, advice=_REDO)
                 keep = (frames >= start) & (frames < (np.inf if stop is None else stop))
                 if not keep.any():
                     continue
@@ -260,7 +292,7 @@ class ShardStore:
                 for name in names:
                     if name not in h5:
                         raise FormatError(path, f"shard has no result {name!r}", dataset=name)
-                    arrays[name].append(h5[name][()][keep])
+                    arrays[name].append(read_checked(h5[name], path=path, advice=_REDO)[keep])
         if not frames_parts:
             return np.empty(0, dtype=np.int64), {n: np.empty((0,)) for n in names}
         frames = np.concatenate(frames_parts)

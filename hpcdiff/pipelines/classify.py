@@ -46,7 +46,7 @@ import numpy as np
 from hpcdiff.backend import cuda_index, gpu_available
 from hpcdiff.config import JobConfig
 from hpcdiff.corrections import read_pedestal_and_gain
-from hpcdiff.errors import ConfigError, FormatError, HpcdiffError, OutputExistsError
+from hpcdiff.errors import ConfigError, FormatError, HpcdiffError
 from hpcdiff.io.outputs import atomic_path, provenance, write_json
 from hpcdiff.parallel.collect import (
     Collected,
@@ -345,6 +345,7 @@ class StageResult:
     frame_ids: list[Any]
     outputs: dict[str, Path] = field(default_factory=dict)
     processing: dict[str, Any] = field(default_factory=dict)  # Featurizer.describe()
+    overwrite: bool = False  # --force, or resuming this job: outputs may be replaced
 
 
 def _outputs(job: JobConfig, kind: str, results: dict[str, Path]) -> dict[str, Path]:
@@ -362,6 +363,7 @@ def _frame_stage(
     force: bool,
     stop: Any,
     state_extra: dict[str, Any] | None = None,
+    finished: list[Path] | None = None,
 ) -> StageResult:
     """The distributed frame stage every command shares.
 
@@ -370,22 +372,22 @@ def _frame_stage(
     builds the detector model, preprocessor and feature extractor and runs
     :func:`~hpcdiff.parallel.frame_loop.distributed_map` with ``make_process(featurizer)``.
     ``state_extra`` joins the checkpoint state (e.g. the model hash of a prediction run).
+    ``finished``: the outputs that mark the run finished (default: all of them); the
+    others are intermediate and rewritten when the same job resumes from its shards
+    (:mod:`hpcdiff.pipelines.requeue`).
     """
     from hpcdiff.io.cxi import FrameSource
+    from hpcdiff.pipelines.requeue import refuse_finished, refuse_strays
 
     outputs = _outputs(job, kind, results)
     config_hash = job.config_hash()
     shard_dir = ClassifyLayout.from_job(job).stage(kind).shards
 
-    def preflight() -> RunFiles:
-        existing = [p for p in outputs.values() if p.exists()]
-        if existing and not force:
-            raise OutputExistsError(
-                f"{existing[0]} exists already (an output of '{kind}' in {job.output.dir}); "
-                f"pass --force to redo the '{kind}' run, or choose another output.dir"
-            )
+    def preflight() -> tuple[RunFiles, bool]:
+        if not force:
+            refuse_finished(kind, outputs, finished=finished, out_dir=job.output.dir)
         run = probe_files(job)
-        ShardStore.prepare(
+        _, resumed = ShardStore.prepare(
             shard_dir,
             config_hash=config_hash,
             n_frames=run.n_frames,
@@ -393,9 +395,11 @@ def _frame_stage(
             extra=state_extra,
             force=force,
         )
-        return run
+        if not (force or resumed):
+            refuse_strays(kind, outputs, shard_dir=shard_dir)
+        return run, force or resumed
 
-    run = root_decides(comm, preflight)
+    run, overwrite = root_decides(comm, preflight)
     info = setup_rank(comm, job)
     log.debug(
         "rank %d on %s: device %s, %d threads", info.rank, info.host, info.device, info.threads
@@ -446,6 +450,7 @@ def _frame_stage(
         frame_ids,
         outputs,
         featurizer.describe(),
+        overwrite,
     )
 
 
@@ -471,7 +476,7 @@ def _finish(
 
     def write() -> dict[str, Any]:
         assert per_rank is not None  # the root has every rank's entry
-        return _write_run_report(job, stage, per_rank, force=force, extra=extra)
+        return _write_run_report(job, stage, per_rank, force=force or stage.overwrite, extra=extra)
 
     report = root_decides(comm, write)
     n_rejects = int(report["frames"]["rejected"])
@@ -553,8 +558,9 @@ def run_features(job: JobConfig, *, comm: Comm, force: bool = False, stop: Any =
         make_process=lambda fz: fz,
         force=force,
         stop=stop,
+        finished=[path, ClassifyLayout.from_job(job).stage("features").run_report],
     )
-    on_root(comm, lambda: _write_features_file(job, stage, path, force=force))
+    on_root(comm, lambda: _write_features_file(job, stage, path, force=stage.overwrite))
     _finish(comm, job, stage, force=force)
     return path
 
@@ -648,6 +654,7 @@ def run_train(job: JobConfig, *, comm: Comm, force: bool = False, stop: Any = No
         The fitted model, on every rank (broadcast from the root).
     """
     from hpcdiff.learn import PCAReduction, fit_model
+    from hpcdiff.pipelines.requeue import stop_if_requested
 
     layout = ClassifyLayout.from_job(job)
     model_path, report_path, features_path = layout.model, layout.train_report, layout.features
@@ -659,10 +666,11 @@ def run_train(job: JobConfig, *, comm: Comm, force: bool = False, stop: Any = No
         make_process=lambda fz: fz,
         force=force,
         stop=stop,
+        finished=[model_path, report_path],  # features.h5 is intermediate, rewritten on resume
     )
     lc = job.learn
     # every frame's features, for retraining without recomputing them
-    on_root(comm, lambda: _write_features_file(job, stage, features_path, force=force))
+    on_root(comm, lambda: _write_features_file(job, stage, features_path, force=stage.overwrite))
     split = root_decides(comm, lambda: _choose_split(job, stage))
     frames, arrays = _read_local(comm, stage, ["features"])
     x_local = arrays["features"].astype(np.float32, copy=False)
@@ -707,10 +715,12 @@ def run_train(job: JobConfig, *, comm: Comm, force: bool = False, stop: Any = No
         comm, frames[in_test], proba_local, wanted=split.test, timings=timings
     )
     timings.add("learn", time.perf_counter() - t0, len(split.train))
+    # a SIGTERM/SIGUSR1 during the fit: stop (exit 75) before the model is written
+    stop_if_requested(comm, stop, where="during the learn stage", shard_dir=stage.store.directory)
     on_root(
         comm,
         lambda: _write_training(
-            job, stage, split, model, test.rows, model_path, report_path, force=force
+            job, stage, split, model, test.rows, model_path, report_path, force=stage.overwrite
         ),
     )
     _finish(comm, job, stage, force=force, extra={"model": str(model_path)})

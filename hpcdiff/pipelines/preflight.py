@@ -455,17 +455,21 @@ def _check_outputs(job: JobConfig, result: CheckResult, mode: str) -> None:
     from hpcdiff.pipelines.classify import default_model_path
 
     out = job.output.dir
+    # the files that mark a run finished; features.h5 of an unfinished train run is reused
     results = {
-        "train": [default_model_path(job), out / "train-report.json", out / "features.h5"],
+        "train": [default_model_path(job), out / "train-report.json"],
         "predict": [out / "predictions.h5"],
         "features": [out / "features.h5"],
     }[mode]
+    if mode == "train" and not all(p.exists() for p in results):
+        return
     for path in results:
         if path.exists():
             result.add(
                 f"[output] {path}",
-                f"exists already; `classify {mode}` refuses to overwrite it",
-                "pass --force to redo the run, or choose another [output] dir",
+                f"exists already: the run is finished; `classify {mode}` refuses to overwrite it",
+                "pass --force to run it again and overwrite its outputs, or choose another "
+                "[output] dir",
             )
 
 
