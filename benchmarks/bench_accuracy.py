@@ -202,7 +202,8 @@ def measure_preset(
     n_bad = min(corrections.bad_pixel_frames, n)
     first, first_strength = simulate(0, n_bad)
     t = time.perf_counter()
-    pre = {"radial": Preprocessor(model, BackgroundConfig(method="radial"), corrections)}
+    seed_radial = BackgroundConfig(preprocessing="seed", method="radial")
+    pre = {"radial": Preprocessor(model, seed_radial, corrections)}
     found = pre["radial"].find_bad_pixels(first, photon_energy_ev=energy) if n_bad >= 10 else None
     mask = None if found is None else found.mask
     for bg in settings.backgrounds:
@@ -210,7 +211,7 @@ def measure_preset(
             bcfg = (
                 BackgroundConfig(preprocessing="standard")
                 if bg == "standard"
-                else BackgroundConfig(method=bg)  # type: ignore[arg-type]
+                else BackgroundConfig(preprocessing="seed", method=bg)  # type: ignore[arg-type]
             )
             pre[bg] = Preprocessor(model, bcfg, corrections, bad_pixel_mask=mask)
     q_lo, q_hi = settings.radial_q_range or (None, None)

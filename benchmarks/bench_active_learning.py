@@ -119,11 +119,14 @@ def features(preset: str, s: Settings, spec: str, *, log: Any = print) -> dict[s
     energy = cfg.photon_energy_ev
     model = DetectorModel.build(geom, clen_m=cfg.detector_distance_m, photon_energy_ev=energy)
     corrections = CorrectionsConfig()
-    pre = Preprocessor(model, BackgroundConfig(method="radial"), corrections)
+    pre = Preprocessor(model, BackgroundConfig(preprocessing="seed", method="radial"), corrections)
     first = np.stack([sim.frame(i)[0] for i in range(min(50, s.n_frames))])
     found = pre.find_bad_pixels(first, photon_energy_ev=energy)
     pre = Preprocessor(
-        model, BackgroundConfig(method="radial"), corrections, bad_pixel_mask=found.mask
+        model,
+        BackgroundConfig(preprocessing="seed", method="radial"),
+        corrections,
+        bad_pixel_mask=found.mask,
     )
     fx = FeatureExtractor(spec, layer=s.layer, device="cpu", batch_size=s.batch_size)
     n = s.n_frames
