@@ -6,6 +6,8 @@ Everything that depends only on the detector (ring index, panel rectangles, ASIC
 pixel map, per-pixel gain) is computed once, in the constructor; a call then runs, for a
 batch ``(n, n_ss, n_fs)``:
 
+0. the geometry's per-frame bad pixels on the raw values (``flag_*``, ``saturation_map``:
+   :mod:`hpcdiff.pixel_masks`) become NaN, i.e. invalid; its mask files join ``valid``;
 1. pedestal and gain maps (optional): ``(raw - pedestal) * gain``;
 2. ADU -> photons with the geometry's ``adu_per_eV`` and each frame's photon energy;
 3. per-ASIC common-mode subtraction from the zero-photon pixels;
@@ -127,7 +129,8 @@ class Preprocessor:
     ----------
     model
         The detector (:class:`hpcdiff.geometry.DetectorModel`): uses ``valid``,
-        ``panel_index``, ``radial_bins()``, ``pixel_map()`` and ``geom.panels``.
+        ``panel_index``, ``radial_bins()``, ``pixel_map()``, ``geom.panels`` and, where it
+        has them, ``pixel_masks`` (the geometry's mask files, flags, saturation map).
     background_cfg
         Background and normalisation settings.
     corrections_cfg
@@ -197,6 +200,7 @@ class Preprocessor:
         asic_shape = cast("tuple[int, int] | None", tuple(self.corrections.asic_shape) or None)
         self.asics = Segments(asic_index(self.panel_index, asic_shape=asic_shape))
         self.pixmap = model.pixel_map()
+        self.pixel_masks = getattr(model, "pixel_masks", None)
         self.bad_pixel_mask = (
             np.zeros(self.slab_shape, bool)
             if bad_pixel_mask is None
@@ -239,8 +243,12 @@ class Preprocessor:
 
     @property
     def valid(self) -> np.ndarray:
-        """``(n_ss, n_fs)`` bool pixels used: the geometry's valid pixels minus bad pixels."""
-        return np.asarray(self.model.valid, bool) & ~self.bad_pixel_mask
+        """``(n_ss, n_fs)`` bool pixels used: the geometry's valid pixels minus bad pixels
+        and those its mask files mark bad."""
+        ok = np.asarray(self.model.valid, bool) & ~self.bad_pixel_mask
+        if self.pixel_masks is not None:
+            ok &= ~self.pixel_masks.static_bad
+        return ok
 
     @property
     def limit(self) -> float:
@@ -257,6 +265,11 @@ class Preprocessor:
                 "ev_per_adu": None if self.adu_per_ev is None else xp.asarray(self._ev_per_adu()),
                 "pedestal": None if self.pedestal is None else xp.asarray(self.pedestal),
                 "gain": None if self.gain is None else xp.asarray(self.gain),
+                "saturation": (
+                    None
+                    if self.pixel_masks is None or self.pixel_masks.saturation is None
+                    else xp.asarray(self.pixel_masks.saturation)
+                ),
             }
             if self.standard:
                 self._device[key]["polarisation"] = xp.asarray(self._polarisation())
@@ -346,7 +359,14 @@ class Preprocessor:
         frames = self._check(frames)
         xp = array_module(frames)
         dev = self._arrays(xp)
+        flagged = (
+            None
+            if self.pixel_masks is None
+            else self.pixel_masks.frame_bad(frames, saturation=dev["saturation"])
+        )
         x = apply_pedestal_gain(frames, pedestal=dev["pedestal"], gain=dev["gain"])
+        if flagged is not None:  # flag_* / saturation_map: bad in this frame, before all else
+            x[flagged] = xp.float32(np.nan)
         c = self.corrections
         if not (c.convert_to_photons or c.common_mode):
             return x

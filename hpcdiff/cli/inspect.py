@@ -111,11 +111,11 @@ def summarise_geometry_file(path: Path) -> dict[str, Any]:
     """Panels, pixels, slab and assembled shapes, largest radius of a ``.geom`` file."""
     import numpy as np
 
-    from hpcdiff.geometry import pixel_map, pixel_positions_m
+    from hpcdiff.geometry import fixed_shift_m, pixel_map, pixel_positions_m
     from hpcdiff.io.geom import read_geom
 
     geom = read_geom(path)
-    positions = pixel_positions_m(geom, clen_m=0.0)
+    positions = pixel_positions_m(geom, clen_m=0.0, shift_m=fixed_shift_m(geom))
     radius_px = 0.0
     for p in geom.panels:
         xy = positions[p.min_ss : p.max_ss + 1, p.min_fs : p.max_fs + 1, :2]

@@ -34,6 +34,7 @@ import numpy as np
 
 from hpcdiff.errors import FormatError
 from hpcdiff.io.appendable import AppendableH5
+from hpcdiff.io.geom import length_spec
 from hpcdiff.io.hdf5 import describe_read_error, open_hdf5
 
 if TYPE_CHECKING:
@@ -449,6 +450,9 @@ class FrameSource:
                 read in millimetres, as CrystFEL does.
             ``"detector_distance_m"``
                 ``clen + coffset``, metres: the camera length CrystFEL reports.
+            ``"detector_shift_x_m"``, ``"detector_shift_y_m"``
+                The geometry's top-level ``detector_shift_x/y``, metres (read per frame
+                when it names an HDF5 path; metres unless the path is followed by ``mm``).
         """
         geom = self.geometry
         if geom is None or not geom.panels:
@@ -462,6 +466,10 @@ class FrameSource:
             clen = self._value(panel.clen, start, stop, scale=1e-3)
             out["clen_m"] = clen
             out["detector_distance_m"] = clen + float(panel.coffset_m)
+        shifts = getattr(geom, "detector_shift", None) or ()
+        for key, spec in zip(("shift_x", "shift_y"), shifts, strict=False):
+            _, path, scale = length_spec(spec)
+            out[f"detector_{key}_m"] = self._value(path or spec, start, stop, scale=scale)
         for key, values in out.items():
             assert values.shape == (n,), key
         return out

@@ -280,9 +280,13 @@ class Featurizer:
         return {"features": self.features(batch)}
 
 
-def detector_model(geometry: Any, values: dict[str, np.ndarray]) -> Any:
-    """:class:`hpcdiff.geometry.DetectorModel` at the camera length and energy in ``values``."""
-    from hpcdiff.geometry import DetectorModel
+def detector_model(
+    geometry: Any, values: dict[str, np.ndarray], *, frame_file: str | None = None
+) -> Any:
+    """:class:`hpcdiff.geometry.DetectorModel` at the camera length, energy and detector
+    shift in ``values``; the geometry's masks "in the frame file" are read from
+    ``frame_file``."""
+    from hpcdiff.geometry import DetectorModel, detector_shift_m
 
     clen = values.get("clen_m")
     energy = values.get("photon_energy_ev")
@@ -290,6 +294,8 @@ def detector_model(geometry: Any, values: dict[str, np.ndarray]) -> Any:
         geometry,
         clen_m=None if clen is None else float(clen[0]),
         photon_energy_ev=None if energy is None else float(energy[0]),
+        shift_m=detector_shift_m(geometry, values),
+        frame_file=frame_file,
     )
 
 
@@ -409,7 +415,7 @@ def _frame_stage(
     timings = Timings()
     with FrameSource(run.files, geometry=geometry, data_path=job.experiment.data_path) as source:
         # every rank builds the same detector model from frame 0's camera length and energy
-        model = detector_model(geometry, source.frame_values(0, 1))
+        model = detector_model(geometry, source.frame_values(0, 1), frame_file=source.files[0])
         pedestal, gain = read_pedestal_and_gain(job.experiment, shape=source.slab_shape)
         mask = root_decides(comm, lambda: _bad_pixels(job, source, model, pedestal, gain))
         featurizer = Featurizer(

@@ -168,6 +168,8 @@ class FramePlan:
         ``(n,)`` int8 diffuse 0/1, or None without a labels file.
     n_frames_total, n_multi_crystal
         Frames in the run; chunks with more than one crystal (the first is used).
+    det_shift_m
+        ``(n, 2)`` float64 the crystals' ``det_shift`` (x, y), metres (0 where none).
     """
 
     files: tuple[str, ...]
@@ -180,6 +182,7 @@ class FramePlan:
     labels: np.ndarray | None
     n_frames_total: int
     n_multi_crystal: int = 0
+    det_shift_m: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.numbers.size)
@@ -222,6 +225,7 @@ def plan_frames(job: JobConfig) -> FramePlan:
     index = {_chunk_key(fid.file, fid.index): i for i, fid in enumerate(frame_ids)}
     stream = read_stream(exp.stream)
     found: dict[int, tuple[np.ndarray, float]] = {}
+    shifts: dict[int, tuple[float, float]] = {}
     n_multi = 0
     for chunk in stream.chunks:
         if not chunk.crystals:
@@ -232,6 +236,7 @@ def plan_frames(job: JobConfig) -> FramePlan:
         n_multi += len(chunk.crystals) > 1
         energy = chunk.photon_energy_ev if chunk.photon_energy_ev is not None else np.nan
         found.setdefault(index[key], (chunk.crystals[0].reciprocal_matrix, float(energy)))
+        shifts.setdefault(index[key], chunk.crystals[0].det_shift_mm or (0.0, 0.0))
     if not found:
         raise FormatError(
             exp.stream,
@@ -267,6 +272,7 @@ def plan_frames(job: JobConfig) -> FramePlan:
         labels=labels,
         n_frames_total=len(frame_ids),
         n_multi_crystal=int(n_multi),
+        det_shift_m=np.array([shifts[i] for i in numbers], dtype=np.float64) * 1e-3,
     )
 
 
@@ -299,12 +305,12 @@ class DetectorCache:
 
     @property
     def valid(self) -> np.ndarray:
-        """``(n_ss, n_fs)`` bool: on a panel and not in a bad region."""
+        """``(n_ss, n_fs)`` bool pixels the geometry keeps (``geometry_valid``)."""
         if self._valid is None:
-            from hpcdiff.geometry import bad_region_mask, panel_index_map
+            from hpcdiff.geometry import geometry_valid, panel_index_map
 
             self._panels = panel_index_map(self.geom)
-            self._valid = (self._panels >= 0) & ~bad_region_mask(self.geom)
+            self._valid = geometry_valid(self.geom)
         return self._valid
 
     @property
@@ -320,13 +326,18 @@ class DetectorCache:
 
         ``q = directions / lambda_nm``.
         """
-        from hpcdiff.geometry import pixel_positions_m, polarisation_factor, solid_angle_sr
+        from hpcdiff.geometry import (
+            fixed_shift_m,
+            pixel_positions_m,
+            polarisation_factor,
+            solid_angle_sr,
+        )
 
         key = round(float(clen_m), 7)
         if key in self._cache:
             self._cache.move_to_end(key)
             return self._cache[key]
-        pos = pixel_positions_m(self.geom, clen_m=clen_m)
+        pos = pixel_positions_m(self.geom, clen_m=clen_m, shift_m=fixed_shift_m(self.geom))
         unit = pos / np.linalg.norm(pos, axis=-1, keepdims=True)
         unit[..., 2] -= 1.0
         corr = polarisation_factor(pos, degree=self.polarisation_degree) * solid_angle_sr(
@@ -425,6 +436,7 @@ def process_frames(
     detector: DetectorCache,
     settings: FourierSettings,
     numbers: np.ndarray | None = None,
+    det_shift_m: np.ndarray | None = None,
 ) -> tuple[MergeAccumulator, ChunkFrames]:
     """Merge a batch of frames and bin them for the similarities (array in, arrays out).
 
@@ -442,13 +454,17 @@ def process_frames(
         Grids and background settings.
     numbers
         ``(k,)`` global frame numbers (default ``0..k-1``).
+    det_shift_m
+        ``(k, 2)`` detector shift (x, y) of each frame, metres, added to the geometry's
+        fixed shift when mapping it: its crystal's ``det_shift`` (stream mm / 1000) plus a
+        ``detector_shift_x/y`` read per frame; ``None`` for none.
 
     Returns
     -------
     (MergeAccumulator, ChunkFrames)
     """
     from hpcdiff.background import normalise
-    from hpcdiff.geometry import photon_energy_to_wavelength_m
+    from hpcdiff.geometry import fixed_shift_m, frame_directions, photon_energy_to_wavelength_m
     from hpcdiff.similarity import downsample
 
     t0 = time.perf_counter()
@@ -464,6 +480,12 @@ def process_frames(
     residuals = np.empty(frames.shape, np.float32)
     for i in range(k):
         unit, corr = detector.at(float(clen_m[i]))
+        if det_shift_m is not None and np.any(det_shift_m[i] != 0):  # CrystFEL's det_shift
+            unit = frame_directions(
+                detector.geom,
+                clen_m=float(clen_m[i]),
+                shift_m=fixed_shift_m(detector.geom) + det_shift_m[i],
+            )
         with np.errstate(invalid="ignore", divide="ignore"):
             corrected = (frames[i] / corr).astype(np.float32)
         ok = valid & np.isfinite(corrected)
@@ -519,7 +541,9 @@ def process_chunk(
     photon energy from the stream (else the file, else the geometry) and camera length
     from the file (else the geometry), then :func:`process_frames`.
     """
+    from hpcdiff.geometry import detector_shift_m, fixed_shift_m
     from hpcdiff.io.cxi import FrameSource
+    from hpcdiff.pixel_masks import masks_for
 
     index = np.asarray(rows, dtype=np.int64)
     numbers = plan.numbers[index]
@@ -527,6 +551,7 @@ def process_chunk(
     with FrameSource(plan.files, geometry=plan.geometry, data_path=plan.data_path) as source:
         frames = np.stack([source.read(int(n), int(n) + 1)[0] for n in numbers])
         values = [source.frame_values(int(n), int(n) + 1) for n in numbers]
+    frames = masks_for(plan.geometry, plan.files[0]).apply(frames)  # maskN, flag_*, saturation
     energies = plan.photon_energy_ev[index].copy()
     clens = np.empty(len(index))
     for j, v in enumerate(values):
@@ -535,6 +560,11 @@ def process_chunk(
                 v, "photon_energy_ev", plan.geometry.photon_energy, "photon energy", plan
             )
         clens[j] = _number(v, "clen_m", plan.geometry.panels[0].clen, "camera length (clen)", plan)
+    shift = None if plan.det_shift_m is None else plan.det_shift_m[index].copy()
+    if plan.geometry.has_frame_shift:  # detector_shift_x/y read per frame
+        shift = (np.zeros((len(index), 2)) if shift is None else shift) + np.stack(
+            [detector_shift_m(plan.geometry, v) - fixed_shift_m(plan.geometry) for v in values]
+        )
     return process_frames(
         frames,
         plan.orientations[index],
@@ -543,6 +573,7 @@ def process_chunk(
         detector=detector,
         settings=settings,
         numbers=numbers,
+        det_shift_m=shift,
     )
 
 

@@ -1,0 +1,354 @@
+"""Bad pixels a CrystFEL geometry asks for beyond its shape: mask files, raw-value flags and
+per-pixel saturation (CrystFEL 0.10+, ``man crystfel_geometry``).
+
+* ``mask0_data .. mask7_data`` (``mask``, ``mask_file``, ``mask_good``, ``mask_bad`` are
+  mask 0), with ``maskN_file`` (default: the frame file) and ``maskN_goodbits`` /
+  ``maskN_badbits``: a pixel is bad unless every goodbit is set in its mask value, and bad
+  when any badbit is set (CrystFEL's ``image_hdf5_read_mask``).  Static masks: the dataset
+  is laid out as the panel's data without the frame axis (``dim0 = %`` dropped).
+* ``flag_lessthan``, ``flag_morethan``, ``flag_equal``: a pixel is bad in a frame when its
+  *raw* value is strictly below / strictly above the value, or rounds (to nearest) to it;
+  several values of each kind may be given (CrystFEL's ``mark_flagged_pixels``).
+* ``saturation_map`` (+ ``saturation_map_file``): a pixel is bad in a frame when its raw
+  value is strictly above its saturation value (CrystFEL rejects such reflections).
+* ``mask_edge_pixels`` and bad regions need no file and no frame:
+  :func:`hpcdiff.geometry.geometry_valid` has them.
+
+None of this touches a panel with ``no_index`` (it is invalid whole).  :class:`PixelMasks`
+is built once per run (reading the files) and applied per frame in the corrections step,
+before pedestal, gain and everything else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hpcdiff.backend import array_module
+from hpcdiff.errors import FormatError
+from hpcdiff.io.geom import DetectorGeometry, Panel, PanelMask, PixelFlag
+
+__all__ = [
+    "PixelMasks",
+    "flag_bad",
+    "masks_for",
+    "no_masks",
+    "read_panel_map",
+    "read_static_masks",
+]
+
+
+def flag_bad(raw: Any, flags: tuple[PixelFlag, ...]) -> Any:
+    """Pixels that CrystFEL's ``flag_*`` values mark bad.
+
+    Parameters
+    ----------
+    raw
+        Raw pixel values, any shape (numpy or cupy), as read from the file.
+    flags
+        The panel's flags.
+
+    Returns
+    -------
+    bool array, shape of ``raw``
+        ``raw < v`` (lessthan), ``raw > v`` (morethan), ``rint(raw) == v`` (equal); the
+        raw values are compared as float32, as CrystFEL's.
+    """
+    xp = array_module(raw)
+    x = raw if raw.dtype == np.float32 else raw.astype(xp.float32)
+    bad = xp.zeros(x.shape, dtype=bool)
+    for f in flags:
+        v = np.float32(f.value)
+        if f.kind == "lessthan":
+            bad |= x < v
+        elif f.kind == "morethan":
+            bad |= x > v
+        else:
+            bad |= xp.rint(x) == v
+    return bad
+
+
+def _where(geom: DetectorGeometry, line: int | None, key: str) -> str:
+    return f"{key} (line {line})" if line is not None else key
+
+
+def read_panel_map(
+    geom: DetectorGeometry,
+    panel: Panel,
+    *,
+    data: str,
+    file: str | None,
+    frame_file: str | Path | None,
+    line: int | None,
+    key: str,
+) -> np.ndarray:
+    """One panel's block of a static per-pixel map (mask or saturation map).
+
+    The dataset is laid out as the panel's frame data without the frame axis: the
+    panel's ``dim`` structure with ``%`` dropped (a 2D ``(ss, fs)`` map for the usual
+    ``dim0 = %``), its rows at the panel's file ``min_ss .. max_ss``.
+
+    Parameters
+    ----------
+    geom, panel
+        The geometry and the panel.
+    data
+        HDF5 dataset path.
+    file
+        HDF5 file (absolute or relative to the working directory), or ``None``: the frame
+        file ``frame_file``.
+    frame_file
+        The run's (first) frame file.
+    line, key
+        Geometry line and key, for error messages.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(panel.n_ss, panel.n_fs)`` values as stored.
+
+    Raises
+    ------
+    FormatError
+        Naming the geometry file and line, the map file and dataset: no such file or
+        dataset, a frame axis (a per-frame map), or a shape that does not hold the panel.
+    """
+    import h5py
+
+    from hpcdiff.io.hdf5 import open_hdf5
+
+    src = geom.source or "<geometry>"
+    where = _where(geom, line, key)
+    if file is None and frame_file is None:
+        raise FormatError(
+            src,
+            f"{where}: the map {data} is in the frame file, and no frame file was given "
+            f"(give {key.replace('_data', '_file')} or read it with the run's files)",
+            line=line,
+            dataset=data,
+        )
+    path = Path(file if file is not None else str(frame_file))
+    if not path.is_file():
+        raise FormatError(src, f"{where}: map file {path} not found", line=line, dataset=data)
+    try:
+        h5 = open_hdf5(path)
+    except FormatError as exc:
+        raise FormatError(
+            src, f"{where}: cannot open map file {path} ({exc.message})", line=line, dataset=data
+        ) from None
+    with h5:
+        obj = h5.get(data)
+        if not isinstance(obj, h5py.Dataset):
+            raise FormatError(
+                src,
+                f"{where}: map file {path} has no dataset {data}",
+                line=line,
+                dataset=data,
+            )
+        dims = [d for d in panel.dim_structure if d != "%"]
+        if obj.ndim != len(dims):
+            per_frame = obj.ndim == len(panel.dim_structure) and "%" in panel.dim_structure
+            what = (
+                "has the frame axis (a per-frame map); hpcdiff reads static maps, laid out "
+                f"as the panel data without the frame axis ({len(dims)} dimensions)"
+                if per_frame
+                else f"has {obj.ndim} dimensions {obj.shape}; expected {len(dims)} (the "
+                f"panel's dims {list(panel.dim_structure)} without '%')"
+            )
+            raise FormatError(
+                src, f"{where}: dataset {data} in {path} {what}", line=line, dataset=data
+            )
+        ss0 = panel.min_ss - panel.slab_ss_offset
+        index: list[int | slice] = []
+        for axis, d in enumerate(dims):
+            if d == "ss":
+                index.append(slice(ss0, ss0 + panel.n_ss))
+                need = ss0 + panel.n_ss
+            elif d == "fs":
+                index.append(slice(panel.min_fs, panel.max_fs + 1))
+                need = panel.max_fs + 1
+            else:
+                index.append(int(d))
+                need = int(d) + 1
+            if obj.shape[axis] < need:
+                raise FormatError(
+                    src,
+                    f"{where}: dataset {data} in {path} has shape {obj.shape}, too small for "
+                    f"panel {panel.name} (needs {need} along axis {axis}, dims "
+                    f"{list(dims)})",
+                    line=line,
+                    dataset=data,
+                )
+        if obj.dtype.kind not in "biuf":
+            raise FormatError(
+                src,
+                f"{where}: dataset {data} in {path} holds {obj.dtype}, not numbers",
+                line=line,
+                dataset=data,
+            )
+        return np.asarray(obj[tuple(index)])
+
+
+def _mask_bad(values: np.ndarray, m: PanelMask) -> np.ndarray:
+    """CrystFEL's rule: bad unless all goodbits are set; bad if any badbit is set."""
+    v = values.astype(np.int64)
+    return ((v & m.goodbits) != m.goodbits) | ((v & m.badbits) != 0)
+
+
+def read_static_masks(
+    geom: DetectorGeometry, *, frame_file: str | Path | None = None
+) -> np.ndarray:
+    """Pixels the geometry's mask datasets mark bad, ``(n_ss, n_fs)`` bool.
+
+    Panels with ``no_index`` are skipped (invalid whole anyway), as CrystFEL does.
+
+    Raises
+    ------
+    FormatError
+        See :func:`read_panel_map`.
+    """
+    bad = np.zeros(geom.slab_shape, dtype=bool)
+    for p in geom.panels:
+        if p.no_index:
+            continue
+        view = bad[p.min_ss : p.max_ss + 1, p.min_fs : p.max_fs + 1]
+        for m in p.masks:
+            key = "mask" if m.number == 0 else f"mask{m.number}_data"
+            values = read_panel_map(
+                geom, p, data=m.data, file=m.file, frame_file=frame_file, line=m.line, key=key
+            )
+            view |= _mask_bad(values, m)
+    return bad
+
+
+def _read_saturation(geom: DetectorGeometry, frame_file: str | Path | None) -> np.ndarray | None:
+    if not any(p.saturation_map is not None for p in geom.panels):
+        return None
+    sat = np.full(geom.slab_shape, np.inf, dtype=np.float32)
+    for p in geom.panels:
+        s = p.saturation_map
+        if s is None or p.no_index:
+            continue
+        values = read_panel_map(
+            geom, p, data=s.data, file=s.file, frame_file=frame_file, line=s.line,
+            key="saturation_map",
+        )  # fmt: skip
+        sat[p.min_ss : p.max_ss + 1, p.min_fs : p.max_fs + 1] = values.astype(np.float32)
+    return sat
+
+
+@dataclass(frozen=True, eq=False)
+class PixelMasks:
+    """A run's file masks, flags and saturation map (build with :meth:`from_geometry`).
+
+    Attributes
+    ----------
+    static_bad
+        ``(n_ss, n_fs)`` bool, pixels the mask datasets mark bad.
+    flag_panels
+        ``(slab rows, slab columns, flags)`` of each panel with ``flag_*`` values.
+    saturation
+        ``(n_ss, n_fs)`` float32 saturation values, ADU (``inf`` where none), or ``None``.
+    """
+
+    static_bad: np.ndarray
+    flag_panels: tuple[tuple[slice, slice, tuple[PixelFlag, ...]], ...] = ()
+    saturation: np.ndarray | None = None
+
+    @classmethod
+    def from_geometry(
+        cls, geom: DetectorGeometry, *, frame_file: str | Path | None = None
+    ) -> PixelMasks:
+        """Read the geometry's masks and saturation maps (files named in the geometry,
+        or ``frame_file`` for those in the frame file)."""
+        flag_panels = tuple(
+            (slice(p.min_ss, p.max_ss + 1), slice(p.min_fs, p.max_fs + 1), p.flags)
+            for p in geom.panels
+            if p.flags and not p.no_index
+        )
+        static = read_static_masks(geom, frame_file=frame_file)
+        static.setflags(write=False)
+        return cls(static, flag_panels, _read_saturation(geom, frame_file))
+
+    @property
+    def per_frame(self) -> bool:
+        """True when some pixels are judged per frame (flags or a saturation map)."""
+        return bool(self.flag_panels) or self.saturation is not None
+
+    def frame_bad(self, raw: Any, *, saturation: Any | None = None) -> Any | None:
+        """Pixels bad in each frame by their raw value, or ``None`` when nothing is per frame.
+
+        Parameters
+        ----------
+        raw
+            ``(n, n_ss, n_fs)`` raw frames, ADU (numpy or cupy), before any correction.
+        saturation
+            :attr:`saturation` already on ``raw``'s device (optional).
+
+        Returns
+        -------
+        bool array ``(n, n_ss, n_fs)`` on ``raw``'s device, or ``None``.
+        """
+        if not self.per_frame:
+            return None
+        xp = array_module(raw)
+        bad = xp.zeros(raw.shape, dtype=bool)
+        for rows, cols, flags in self.flag_panels:
+            bad[:, rows, cols] = flag_bad(raw[:, rows, cols], flags)
+        if self.saturation is not None:
+            sat = xp.asarray(self.saturation) if saturation is None else saturation
+            bad |= raw > sat[None]
+        return bad
+
+    def apply(self, raw: np.ndarray) -> np.ndarray:
+        """Raw frames with every bad pixel (mask files, flags, saturation) set to NaN.
+
+        Parameters
+        ----------
+        raw
+            ``(n, n_ss, n_fs)`` raw frames, ADU (numpy).
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 copy (float64 stays float64), NaN where bad.
+        """
+        out = np.array(raw, dtype=np.float64 if raw.dtype == np.float64 else np.float32)
+        bad = self.frame_bad(raw)
+        if bad is not None:
+            out[bad] = np.nan
+        out[:, self.static_bad] = np.nan
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """Counts for run reports: static bad pixels, flag kinds, saturation map present."""
+        kinds = sorted({f"{f.kind} {f.value:g}" for _, _, fl in self.flag_panels for f in fl})
+        sat = self.saturation
+        return {
+            "mask_file_bad_pixels": int(self.static_bad.sum()),
+            "flags": kinds,
+            "saturation_map": sat is not None,
+            "saturation_finite_pixels": 0 if sat is None else int(np.isfinite(sat).sum()),
+        }
+
+
+_CACHE: list[tuple[DetectorGeometry, str | None, PixelMasks]] = []
+
+
+def masks_for(geom: DetectorGeometry, frame_file: str | Path | None) -> PixelMasks:
+    """:meth:`PixelMasks.from_geometry`, kept for the geometry object last asked about (a
+    worker process reads the mask files once, not once per task)."""
+    key = None if frame_file is None else str(frame_file)
+    if not _CACHE or _CACHE[0][0] is not geom or _CACHE[0][1] != key:
+        _CACHE[:] = [(geom, key, PixelMasks.from_geometry(geom, frame_file=frame_file))]
+    return _CACHE[0][2]
+
+
+def no_masks(slab_shape: tuple[int, int]) -> PixelMasks:
+    """Masks of a geometry that asks for none (nothing bad, nothing per frame)."""
+    static = np.zeros(slab_shape, dtype=bool)
+    static.setflags(write=False)
+    return PixelMasks(static)
