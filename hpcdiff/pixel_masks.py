@@ -21,6 +21,8 @@ before pedestal, gain and everything else.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,7 +74,8 @@ def flag_bad(raw: Any, flags: tuple[PixelFlag, ...]) -> Any:
 
 
 def _where(geom: DetectorGeometry, line: int | None, key: str) -> str:
-    return f"{key} (line {line})" if line is not None else key
+    """The key as the error names it (FormatError adds the geometry file and line)."""
+    return key
 
 
 def read_panel_map(
@@ -84,8 +87,10 @@ def read_panel_map(
     frame_file: str | Path | None,
     line: int | None,
     key: str,
+    frame_index: int | None = None,
+    handles: dict[str, Any] | None = None,
 ) -> np.ndarray:
-    """One panel's block of a static per-pixel map (mask or saturation map).
+    """One panel's block of a per-pixel map (mask or saturation map).
 
     The dataset is laid out as the panel's frame data without the frame axis: the
     panel's ``dim`` structure with ``%`` dropped (a 2D ``(ss, fs)`` map for the usual
@@ -101,9 +106,15 @@ def read_panel_map(
         HDF5 file (absolute or relative to the working directory), or ``None``: the frame
         file ``frame_file``.
     frame_file
-        The run's (first) frame file.
+        The run's (first) frame file, or (per-frame maps) the frame's file.
     line, key
         Geometry line and key, for error messages.
+    frame_index
+        Read a per-frame map (the dataset has the panel data's frame axis ``%``) at this
+        index; ``None``: the map must be static.
+    handles
+        Open HDF5 files by path, reused and added to (the caller closes them); ``None``:
+        the file is opened and closed here.
 
     Returns
     -------
@@ -131,15 +142,22 @@ def read_panel_map(
             dataset=data,
         )
     path = Path(file if file is not None else str(frame_file))
-    if not path.is_file():
-        raise FormatError(src, f"{where}: map file {path} not found", line=line, dataset=data)
-    try:
-        h5 = open_hdf5(path)
-    except FormatError as exc:
-        raise FormatError(
-            src, f"{where}: cannot open map file {path} ({exc.message})", line=line, dataset=data
-        ) from None
-    with h5:
+    h5 = None if handles is None else handles.get(str(path))
+    if h5 is None:
+        if not path.is_file():
+            raise FormatError(src, f"{where}: map file {path} not found", line=line, dataset=data)
+        try:
+            h5 = open_hdf5(path)
+        except FormatError as exc:
+            raise FormatError(
+                src,
+                f"{where}: cannot open map file {path} ({exc.message})",
+                line=line,
+                dataset=data,
+            ) from None
+        if handles is not None:
+            handles[str(path)] = h5
+    with contextlib.nullcontext(h5) if handles is not None else h5:
         obj = h5.get(data)
         if not isinstance(obj, h5py.Dataset):
             raise FormatError(
@@ -148,15 +166,24 @@ def read_panel_map(
                 line=line,
                 dataset=data,
             )
-        dims = [d for d in panel.dim_structure if d != "%"]
+        dims: list[str | int] = [d for d in panel.dim_structure if d != "%"]
+        if frame_index is not None:
+            dims = list(panel.dim_structure)
         if obj.ndim != len(dims):
             per_frame = obj.ndim == len(panel.dim_structure) and "%" in panel.dim_structure
+            if per_frame:
+                raise _PerFrameMap(
+                    src,
+                    f"{where}: dataset {data} in {path} has the frame axis (a per-frame map, "
+                    "read for each frame)",
+                    line=line,
+                    dataset=data,
+                )
             what = (
-                "has the frame axis (a per-frame map); hpcdiff reads static maps, laid out "
-                f"as the panel data without the frame axis ({len(dims)} dimensions)"
-                if per_frame
-                else f"has {obj.ndim} dimensions {obj.shape}; expected {len(dims)} (the "
-                f"panel's dims {list(panel.dim_structure)} without '%')"
+                f"has {obj.ndim} dimensions {obj.shape}; expected "
+                f"{len(panel.dim_structure) - ('%' in panel.dim_structure)} (the panel's dims "
+                f"{list(panel.dim_structure)} without '%') or {len(panel.dim_structure)} "
+                "(with the frame axis: a per-frame map)"
             )
             raise FormatError(
                 src, f"{where}: dataset {data} in {path} {what}", line=line, dataset=data
@@ -164,7 +191,11 @@ def read_panel_map(
         ss0 = panel.min_ss - panel.slab_ss_offset
         index: list[int | slice] = []
         for axis, d in enumerate(dims):
-            if d == "ss":
+            if d == "%":
+                assert frame_index is not None
+                index.append(int(frame_index))
+                need = int(frame_index) + 1
+            elif d == "ss":
                 index.append(slice(ss0, ss0 + panel.n_ss))
                 need = ss0 + panel.n_ss
             elif d == "fs":
@@ -192,18 +223,40 @@ def read_panel_map(
         return np.asarray(obj[tuple(index)])
 
 
+class _PerFrameMap(FormatError):
+    """A map dataset with the frame axis (read per frame, not once)."""
+
+
 def _mask_bad(values: np.ndarray, m: PanelMask) -> np.ndarray:
     """CrystFEL's rule: bad unless all goodbits are set; bad if any badbit is set."""
     v = values.astype(np.int64)
     return ((v & m.goodbits) != m.goodbits) | ((v & m.badbits) != 0)
 
 
+def _mask_key(m: PanelMask) -> str:
+    return "mask" if m.number == 0 else f"mask{m.number}_data"
+
+
 def read_static_masks(
-    geom: DetectorGeometry, *, frame_file: str | Path | None = None
+    geom: DetectorGeometry,
+    *,
+    frame_file: str | Path | None = None,
+    per_frame: list[tuple[Panel, PanelMask]] | None = None,
 ) -> np.ndarray:
-    """Pixels the geometry's mask datasets mark bad, ``(n_ss, n_fs)`` bool.
+    """Pixels the geometry's static mask datasets mark bad, ``(n_ss, n_fs)`` bool.
 
     Panels with ``no_index`` are skipped (invalid whole anyway), as CrystFEL does.
+
+    Parameters
+    ----------
+    geom
+        The geometry.
+    frame_file
+        Where masks without ``maskN_file`` are read (CrystFEL: the image's own file; a
+        static mask there is taken from this one file for the whole run).
+    per_frame
+        When given, masks whose dataset has the frame axis are appended here (to read per
+        frame, :meth:`PixelMasks.read_frame_bad`) instead of raising.
 
     Raises
     ------
@@ -211,16 +264,27 @@ def read_static_masks(
         See :func:`read_panel_map`.
     """
     bad = np.zeros(geom.slab_shape, dtype=bool)
-    for p in geom.panels:
-        if p.no_index:
-            continue
-        view = bad[p.min_ss : p.max_ss + 1, p.min_fs : p.max_fs + 1]
-        for m in p.masks:
-            key = "mask" if m.number == 0 else f"mask{m.number}_data"
-            values = read_panel_map(
-                geom, p, data=m.data, file=m.file, frame_file=frame_file, line=m.line, key=key
-            )
-            view |= _mask_bad(values, m)
+    handles: dict[str, Any] = {}
+    try:
+        for p in geom.panels:
+            if p.no_index:
+                continue
+            view = bad[p.min_ss : p.max_ss + 1, p.min_fs : p.max_fs + 1]
+            for m in p.masks:
+                try:
+                    values = read_panel_map(
+                        geom, p, data=m.data, file=m.file, frame_file=frame_file, line=m.line,
+                        key=_mask_key(m), handles=handles,
+                    )  # fmt: skip
+                except _PerFrameMap:
+                    if per_frame is None:
+                        raise
+                    per_frame.append((p, m))
+                    continue
+                view |= _mask_bad(values, m)
+    finally:
+        for h5 in handles.values():
+            h5.close()
     return bad
 
 
@@ -232,10 +296,19 @@ def _read_saturation(geom: DetectorGeometry, frame_file: str | Path | None) -> n
         s = p.saturation_map
         if s is None or p.no_index:
             continue
-        values = read_panel_map(
-            geom, p, data=s.data, file=s.file, frame_file=frame_file, line=s.line,
-            key="saturation_map",
-        )  # fmt: skip
+        try:
+            values = read_panel_map(
+                geom, p, data=s.data, file=s.file, frame_file=frame_file, line=s.line,
+                key="saturation_map",
+            )  # fmt: skip
+        except _PerFrameMap as exc:
+            raise FormatError(
+                exc.path,
+                f"{exc.message}: hpcdiff reads static saturation maps only (the panel data's "
+                "dims without '%')",
+                line=s.line,
+                dataset=s.data,
+            ) from None
         sat[p.min_ss : p.max_ss + 1, p.min_fs : p.max_fs + 1] = values.astype(np.float32)
     return sat
 
@@ -252,11 +325,18 @@ class PixelMasks:
         ``(slab rows, slab columns, flags)`` of each panel with ``flag_*`` values.
     saturation
         ``(n_ss, n_fs)`` float32 saturation values, ADU (``inf`` where none), or ``None``.
+    frame_masks
+        ``(panel, mask)`` of masks whose dataset has the frame axis (Cheetah's per-event
+        ``/entry_1/data_1/mask``): read for each frame (:meth:`read_frame_bad`).
+    geometry
+        The geometry (for :meth:`read_frame_bad`'s error messages).
     """
 
     static_bad: np.ndarray
     flag_panels: tuple[tuple[slice, slice, tuple[PixelFlag, ...]], ...] = ()
     saturation: np.ndarray | None = None
+    frame_masks: tuple[tuple[Panel, PanelMask], ...] = ()
+    geometry: DetectorGeometry | None = None
 
     @classmethod
     def from_geometry(
@@ -269,9 +349,48 @@ class PixelMasks:
             for p in geom.panels
             if p.flags and not p.no_index
         )
-        static = read_static_masks(geom, frame_file=frame_file)
+        per_frame: list[tuple[Panel, PanelMask]] = []
+        static = read_static_masks(geom, frame_file=frame_file, per_frame=per_frame)
         static.setflags(write=False)
-        return cls(static, flag_panels, _read_saturation(geom, frame_file))
+        return cls(static, flag_panels, _read_saturation(geom, frame_file), tuple(per_frame), geom)
+
+    def read_frame_bad(self, frame_ids: Sequence[Any]) -> np.ndarray | None:
+        """Pixels the per-frame mask datasets mark bad in these frames.
+
+        Parameters
+        ----------
+        frame_ids
+            :class:`~hpcdiff.io.cxi.FrameId` (``file``, ``index``) of each frame; a mask
+            without ``maskN_file`` is read from the frame's own file, as CrystFEL does.
+
+        Returns
+        -------
+        numpy.ndarray or None
+            ``(n, n_ss, n_fs)`` bool, or ``None`` when no mask is per frame.
+
+        Raises
+        ------
+        FormatError
+            Naming the geometry line, the mask file and dataset (see :func:`read_panel_map`).
+        """
+        if not self.frame_masks:
+            return None
+        geom = self.geometry
+        assert geom is not None
+        bad = np.zeros((len(frame_ids), *self.static_bad.shape), dtype=bool)
+        handles: dict[str, Any] = {}
+        try:
+            for k, fid in enumerate(frame_ids):
+                for p, m in self.frame_masks:
+                    values = read_panel_map(
+                        geom, p, data=m.data, file=m.file, frame_file=fid.file, line=m.line,
+                        key=_mask_key(m), frame_index=int(fid.index), handles=handles,
+                    )  # fmt: skip
+                    bad[k, p.min_ss : p.max_ss + 1, p.min_fs : p.max_fs + 1] |= _mask_bad(values, m)
+        finally:
+            for h5 in handles.values():
+                h5.close()
+        return bad
 
     @property
     def per_frame(self) -> bool:
@@ -303,13 +422,15 @@ class PixelMasks:
             bad |= raw > sat[None]
         return bad
 
-    def apply(self, raw: np.ndarray) -> np.ndarray:
+    def apply(self, raw: np.ndarray, *, frame_ids: Sequence[Any] | None = None) -> np.ndarray:
         """Raw frames with every bad pixel (mask files, flags, saturation) set to NaN.
 
         Parameters
         ----------
         raw
             ``(n, n_ss, n_fs)`` raw frames, ADU (numpy).
+        frame_ids
+            The frames' :class:`~hpcdiff.io.cxi.FrameId`, needed when a mask is per frame.
 
         Returns
         -------
@@ -321,6 +442,12 @@ class PixelMasks:
         if bad is not None:
             out[bad] = np.nan
         out[:, self.static_bad] = np.nan
+        if self.frame_masks:
+            if frame_ids is None:
+                raise ValueError("the geometry has per-frame masks: pass frame_ids=")
+            frame_bad = self.read_frame_bad(frame_ids)
+            assert frame_bad is not None
+            out[frame_bad] = np.nan
         return out
 
     def describe(self) -> dict[str, Any]:
@@ -329,6 +456,7 @@ class PixelMasks:
         sat = self.saturation
         return {
             "mask_file_bad_pixels": int(self.static_bad.sum()),
+            "per_frame_masks": sorted({m.data for _, m in self.frame_masks}),
             "flags": kinds,
             "saturation_map": sat is not None,
             "saturation_finite_pixels": 0 if sat is None else int(np.isfinite(sat).sum()),

@@ -231,12 +231,16 @@ def test_static_mask_with_fixed_panel_index(tmp_path: Path) -> None:
 
 
 def test_mask_errors_name_geometry_line_file_and_dataset(tmp_path: Path) -> None:
-    f = _h5(tmp_path / "m.h5", {"/small": np.zeros((3, 6)), "/frames": np.zeros((2, 8, 6))})
+    f = _h5(
+        tmp_path / "m.h5",
+        {"/small": np.zeros((3, 6)), "/frames": np.zeros((2, 8, 6)), "/flat": np.zeros(48)},
+    )
     base = geom_text(p1="p1/mask1_data = {data}\np1/mask1_file = {file}")
     cases = [
         ("/small", str(f), "too small"),
         ("/absent", str(f), "has no dataset /absent"),
         ("/frames", str(f), "has the frame axis"),
+        ("/flat", str(f), "has 1 dimensions"),
         ("/small", str(tmp_path / "gone.h5"), "not found"),
     ]
     for data, file, needle in cases:
@@ -372,3 +376,65 @@ def test_fourier_det_shift_equals_a_shifted_detector() -> None:
     without, _ = process_frames(frames, orientations, detector=DetectorCache(base), **kw)
     np.testing.assert_array_equal(with_shift.counts, on_moved.counts)
     assert not np.array_equal(with_shift.counts, without.counts)
+
+
+# --------------------------------------------------------------------------- per-frame masks
+
+
+def _cheetah_file(path: Path, frames: np.ndarray, mask: np.ndarray | None) -> Path:
+    with h5py.File(path, "w") as fh:
+        fh.create_dataset("/entry_1/data_1/data", data=frames)
+        if mask is not None:
+            fh.create_dataset("/entry_1/data_1/mask", data=mask)
+    return path
+
+
+def test_per_frame_masks_are_read_for_each_frame_from_its_file(tmp_path: Path) -> None:
+    """Cheetah's per-event mask (CrystFEL's cspad-cxiformat example: ``mask =
+    /entry_1/data_1/mask`` with ``dim0 = %``): each frame's own mask, from its own file."""
+    from hpcdiff.io.cxi import FrameSource
+    from hpcdiff.pipelines.classify import FrameReader
+
+    geom = parse_geom(
+        geom_text(top="mask = /entry_1/data_1/mask\nmask_good = 0x0\nmask_bad = 0xffff")
+    )
+    rng = np.random.default_rng(5)
+    frames = rng.normal(10, 1, (2, 3, 8, 6)).astype(np.float32)
+    masks = (rng.random((2, 3, 8, 6)) < 0.1).astype(np.uint16) * rng.integers(1, 9, (2, 3, 8, 6))
+    files = [_cheetah_file(tmp_path / f"r{i}.cxi", frames[i], masks[i]) for i in range(2)]
+    files.append(_cheetah_file(tmp_path / "nomask.cxi", frames[0], None))
+    pm = PixelMasks.from_geometry(geom, frame_file=files[0])
+    assert (
+        not pm.static_bad.any()
+        and [m.data for _, m in pm.frame_masks] == ["/entry_1/data_1/mask"] * 2
+    )
+    with FrameSource(files, geometry=geom) as src:
+        ids = src.frame_ids
+        bad = pm.read_frame_bad(ids[:6])
+        assert bad is not None
+        np.testing.assert_array_equal(bad, masks.reshape(6, 8, 6) != 0)
+        batch = FrameReader(src, masks=pm)(0, 9)
+    np.testing.assert_array_equal(batch.numbers, np.arange(6))
+    np.testing.assert_array_equal(np.isnan(batch.frames), masks.reshape(6, 8, 6) != 0)
+    assert [n for n, _ in batch.rejects] == [6, 7, 8]
+    assert all("has no dataset /entry_1/data_1/mask" in why for _, why in batch.rejects)
+    applied = pm.apply(frames[1], frame_ids=ids[3:6])
+    np.testing.assert_array_equal(np.isnan(applied), masks[1] != 0)
+
+
+def test_real_cxiformat_geometry_reads_cheetah_per_event_masks(
+    tmp_path: Path, real_fixtures: Path
+) -> None:
+    geom = read_geom(real_fixtures / "crystfel_cspad-cxiformat.geom")
+    shape = geom.slab_shape
+    mask = np.zeros((1, *shape), np.uint16)
+    mask[0, 100, 200] = 0x4  # any bit with mask_bad = 0xffff
+    mask[0, 1479, 1551] = 0x1
+    f = _cheetah_file(tmp_path / "c.cxi", np.zeros((1, *shape), np.int16), mask)
+    pm = PixelMasks.from_geometry(geom, frame_file=f)
+    assert len(pm.frame_masks) == len(geom.panels) and not pm.static_bad.any()
+    from hpcdiff.io.cxi import FrameId
+
+    bad = pm.read_frame_bad([FrameId(str(f), 0)])
+    assert bad is not None
+    assert set(zip(*np.nonzero(bad[0]), strict=True)) == {(100, 200), (1479, 1551)}

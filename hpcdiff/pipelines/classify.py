@@ -137,11 +137,14 @@ class FrameReader:
 
     A range that fails to read is retried frame by frame; frames that still fail, or that
     hold NaN/inf pixels, become rejects (global frame, reason) instead of results.
+    ``masks`` (:class:`hpcdiff.pixel_masks.PixelMasks`): pixels its per-frame mask
+    datasets mark bad become NaN (after the NaN check), i.e. invalid.
     """
 
-    def __init__(self, source: Any, *, timings: Timings | None = None) -> None:
+    def __init__(self, source: Any, *, timings: Timings | None = None, masks: Any = None) -> None:
         self.source = source
         self.timings = timings if timings is not None else Timings()
+        self.masks = masks if masks is not None and masks.frame_masks else None
 
     def _read(self, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         with self.timings.section("read", stop - start):
@@ -173,7 +176,32 @@ class FrameReader:
                 rejects.append((int(numbers[k]), "frame holds NaN or inf pixel values"))
             frames, numbers = frames[finite], numbers[finite]
             values = {k: v[finite] for k, v in values.items()}
+        if self.masks is not None and len(numbers):
+            frames, numbers, values = self._mask(frames, numbers, values, rejects)
         return FrameBatch(start, stop, frames, numbers, values, sorted(rejects))
+
+    def _mask(
+        self,
+        frames: np.ndarray,
+        numbers: np.ndarray,
+        values: dict[str, np.ndarray],
+        rejects: list[tuple[int, str]],
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """NaN where the per-frame masks say bad; a frame whose mask cannot be read is a reject."""
+        ids, masks = self.source.frame_ids, self.masks
+        assert masks is not None
+        keep = np.ones(len(numbers), dtype=bool)
+        for k, n in enumerate(numbers.tolist()):
+            try:
+                bad = masks.read_frame_bad([ids[n]])
+            except (OSError, FormatError) as exc:
+                rejects.append((int(n), f"cannot read mask: {exc}"))
+                keep[k] = False
+                continue
+            frames[k][bad[0]] = np.nan
+        if keep.all():
+            return frames, numbers, values
+        return frames[keep], numbers[keep], {k: v[keep] for k, v in values.items()}
 
 
 class Featurizer:
@@ -433,7 +461,9 @@ def _frame_stage(
             comm,
             n_frames=run.n_frames,
             read=_reader(
-                FrameReader(source, timings=timings), featurizer, job.parallel.overlap_preprocess
+                FrameReader(source, timings=timings, masks=model.pixel_masks),
+                featurizer,
+                job.parallel.overlap_preprocess,
             ),
             process=make_process(featurizer),
             store=store,

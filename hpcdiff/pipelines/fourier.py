@@ -551,7 +551,8 @@ def process_chunk(
     with FrameSource(plan.files, geometry=plan.geometry, data_path=plan.data_path) as source:
         frames = np.stack([source.read(int(n), int(n) + 1)[0] for n in numbers])
         values = [source.frame_values(int(n), int(n) + 1) for n in numbers]
-    frames = masks_for(plan.geometry, plan.files[0]).apply(frames)  # maskN, flag_*, saturation
+    ids = [plan.frame_ids[j] for j in index]
+    frames = masks_for(plan.geometry, plan.files[0]).apply(frames, frame_ids=ids)  # mask*, flag_*
     energies = plan.photon_energy_ev[index].copy()
     clens = np.empty(len(index))
     for j, v in enumerate(values):
