@@ -438,3 +438,61 @@ def test_real_cxiformat_geometry_reads_cheetah_per_event_masks(
     bad = pm.read_frame_bad([FrameId(str(f), 0)])
     assert bad is not None
     assert set(zip(*np.nonzero(bad[0]), strict=True)) == {(100, 200), (1479, 1551)}
+
+
+def test_plan_and_chunk_apply_stream_det_shift_and_geometry_masks(tmp_path: Path) -> None:
+    """plan_frames takes each crystal's det_shift (mm -> m); process_chunk maps with it and
+    NaNs the geometry's flagged pixels (here: every pixel > 1.5 ADU on panel p0)."""
+    from hpcdiff.config import load_job
+    from hpcdiff.io.cxi import write_cxi
+    from hpcdiff.io.geom import write_geom
+    from hpcdiff.io.stream import Chunk, Crystal, Stream, write_stream
+    from hpcdiff.merge import Grid
+    from hpcdiff.pipelines.fourier import (
+        DetectorCache,
+        FourierSettings,
+        plan_frames,
+        process_chunk,
+        process_frames,
+    )
+
+    base = small_geometry(panel_shape=(24, 32), clen_m=0.1, photon_energy=9500.0)
+    p0 = dataclasses.replace(base.panels[0], flags=(PixelFlag("morethan", 1.5),))
+    geom = dataclasses.replace(base, panels=(p0, *base.panels[1:]))
+    write_geom(geom, tmp_path / "d.geom")
+    rng = np.random.default_rng(2)
+    frames = rng.uniform(1.0, 2.0, (2, *geom.slab_shape)).astype(np.float32)
+    write_cxi(tmp_path / "f.cxi", frames, compression=None)
+    a = np.diag([1 / 7.9, 1 / 7.9, 1 / 3.8])
+    shifts = [(1.0, -1.5), None]  # mm; the second crystal has none
+    chunks = tuple(
+        Chunk(
+            "f.cxi",
+            event=f"//{i}",
+            photon_energy_ev=9500.0,
+            crystals=(Crystal(None, tuple(a[0]), tuple(a[1]), tuple(a[2]), det_shift_mm=s),),
+        )
+        for i, s in enumerate(shifts)
+    )
+    write_stream(Stream(chunks=chunks), tmp_path / "o.stream")
+    job_path = tmp_path / "job.toml"
+    job_path.write_text(
+        '[experiment]\nframes = ["f.cxi"]\ngeometry = "d.geom"\nstream = "o.stream"\n'
+        '[fourier]\ngrid_size = 16\nmax_hkl = 12.0\n[output]\ndir = "out"\n'
+    )
+    plan = plan_frames(load_job(job_path))
+    np.testing.assert_allclose(plan.det_shift_m, [[0.001, -0.0015], [0.0, 0.0]])
+    settings = FourierSettings(Grid(16, 12.0), Grid(8, 12.0), background="none")
+    acc, _ = process_chunk(plan, [0, 1], settings)
+    masked = np.where(np.arange(geom.slab_shape[0])[:, None] < 24, frames > 1.5, False)
+    expected, _ = process_frames(
+        np.where(masked, np.nan, frames),
+        plan.orientations,
+        photon_energy_ev=np.full(2, 9500.0),
+        clen_m=np.full(2, 0.1),
+        detector=DetectorCache(plan.geometry),
+        settings=settings,
+        det_shift_m=np.array([[0.001, -0.0015], [0.0, 0.0]]),
+    )
+    np.testing.assert_array_equal(acc.counts, expected.counts)
+    np.testing.assert_allclose(acc.sums, expected.sums, rtol=1e-12)
