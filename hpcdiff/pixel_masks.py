@@ -321,8 +321,9 @@ class PixelMasks:
     ----------
     static_bad
         ``(n_ss, n_fs)`` bool, pixels the mask datasets mark bad.
-    flag_panels
-        ``(slab rows, slab columns, flags)`` of each panel with ``flag_*`` values.
+    flag_groups
+        ``(where, flags)``: the ``(n_ss, n_fs)`` bool pixels of the panels that share one
+        set of ``flag_*`` values (usually one group: top-level defaults), and the values.
     saturation
         ``(n_ss, n_fs)`` float32 saturation values, ADU (``inf`` where none), or ``None``.
     frame_masks
@@ -333,7 +334,7 @@ class PixelMasks:
     """
 
     static_bad: np.ndarray
-    flag_panels: tuple[tuple[slice, slice, tuple[PixelFlag, ...]], ...] = ()
+    flag_groups: tuple[tuple[np.ndarray, tuple[PixelFlag, ...]], ...] = ()
     saturation: np.ndarray | None = None
     frame_masks: tuple[tuple[Panel, PanelMask], ...] = ()
     geometry: DetectorGeometry | None = None
@@ -344,15 +345,16 @@ class PixelMasks:
     ) -> PixelMasks:
         """Read the geometry's masks and saturation maps (files named in the geometry,
         or ``frame_file`` for those in the frame file)."""
-        flag_panels = tuple(
-            (slice(p.min_ss, p.max_ss + 1), slice(p.min_fs, p.max_fs + 1), p.flags)
-            for p in geom.panels
-            if p.flags and not p.no_index
-        )
+        groups: dict[tuple[PixelFlag, ...], np.ndarray] = {}
+        for p in geom.panels:
+            if p.flags and not p.no_index:
+                where = groups.setdefault(p.flags, np.zeros(geom.slab_shape, dtype=bool))
+                where[p.min_ss : p.max_ss + 1, p.min_fs : p.max_fs + 1] = True
+        flag_groups = tuple((where, flags) for flags, where in groups.items())
         per_frame: list[tuple[Panel, PanelMask]] = []
         static = read_static_masks(geom, frame_file=frame_file, per_frame=per_frame)
         static.setflags(write=False)
-        return cls(static, flag_panels, _read_saturation(geom, frame_file), tuple(per_frame), geom)
+        return cls(static, flag_groups, _read_saturation(geom, frame_file), tuple(per_frame), geom)
 
     def read_frame_bad(self, frame_ids: Sequence[Any]) -> np.ndarray | None:
         """Pixels the per-frame mask datasets mark bad in these frames.
@@ -395,7 +397,7 @@ class PixelMasks:
     @property
     def per_frame(self) -> bool:
         """True when some pixels are judged per frame (flags or a saturation map)."""
-        return bool(self.flag_panels) or self.saturation is not None
+        return bool(self.flag_groups) or self.saturation is not None
 
     def frame_bad(self, raw: Any, *, saturation: Any | None = None) -> Any | None:
         """Pixels bad in each frame by their raw value, or ``None`` when nothing is per frame.
@@ -415,8 +417,8 @@ class PixelMasks:
             return None
         xp = array_module(raw)
         bad = xp.zeros(raw.shape, dtype=bool)
-        for rows, cols, flags in self.flag_panels:
-            bad[:, rows, cols] = flag_bad(raw[:, rows, cols], flags)
+        for where, flags in self.flag_groups:  # whole frames at once, then the group's panels
+            bad |= flag_bad(raw, flags) & xp.asarray(where)[None]
         if self.saturation is not None:
             sat = xp.asarray(self.saturation) if saturation is None else saturation
             bad |= raw > sat[None]
@@ -452,7 +454,7 @@ class PixelMasks:
 
     def describe(self) -> dict[str, Any]:
         """Counts for run reports: static bad pixels, flag kinds, saturation map present."""
-        kinds = sorted({f"{f.kind} {f.value:g}" for _, _, fl in self.flag_panels for f in fl})
+        kinds = sorted({f"{f.kind} {f.value:g}" for _, fl in self.flag_groups for f in fl})
         sat = self.saturation
         return {
             "mask_file_bad_pixels": int(self.static_bad.sum()),
