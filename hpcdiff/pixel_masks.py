@@ -31,6 +31,7 @@ import numpy as np
 
 from hpcdiff.backend import array_module
 from hpcdiff.errors import FormatError
+from hpcdiff.geometry import panel_index_map
 from hpcdiff.io.geom import DetectorGeometry, Panel, PanelMask, PixelFlag
 
 __all__ = [
@@ -61,16 +62,17 @@ def flag_bad(raw: Any, flags: tuple[PixelFlag, ...]) -> Any:
     """
     xp = array_module(raw)
     x = raw if raw.dtype == np.float32 else raw.astype(xp.float32)
-    bad = xp.zeros(x.shape, dtype=bool)
+    bad = None
     for f in flags:
         v = np.float32(f.value)
         if f.kind == "lessthan":
-            bad |= x < v
+            hit = x < v
         elif f.kind == "morethan":
-            bad |= x > v
+            hit = x > v
         else:
-            bad |= xp.rint(x) == v
-    return bad
+            hit = xp.rint(x) == v
+        bad = hit if bad is None else xp.logical_or(bad, hit, out=bad)
+    return xp.zeros(x.shape, dtype=bool) if bad is None else bad
 
 
 def _where(geom: DetectorGeometry, line: int | None, key: str) -> str:
@@ -323,7 +325,8 @@ class PixelMasks:
         ``(n_ss, n_fs)`` bool, pixels the mask datasets mark bad.
     flag_groups
         ``(where, flags)``: the ``(n_ss, n_fs)`` bool pixels of the panels that share one
-        set of ``flag_*`` values (usually one group: top-level defaults), and the values.
+        set of ``flag_*`` values (``None``: every panel, the usual top-level flags), and
+        the values.
     saturation
         ``(n_ss, n_fs)`` float32 saturation values, ADU (``inf`` where none), or ``None``.
     frame_masks
@@ -334,7 +337,7 @@ class PixelMasks:
     """
 
     static_bad: np.ndarray
-    flag_groups: tuple[tuple[np.ndarray, tuple[PixelFlag, ...]], ...] = ()
+    flag_groups: tuple[tuple[np.ndarray | None, tuple[PixelFlag, ...]], ...] = ()
     saturation: np.ndarray | None = None
     frame_masks: tuple[tuple[Panel, PanelMask], ...] = ()
     geometry: DetectorGeometry | None = None
@@ -350,7 +353,12 @@ class PixelMasks:
             if p.flags and not p.no_index:
                 where = groups.setdefault(p.flags, np.zeros(geom.slab_shape, dtype=bool))
                 where[p.min_ss : p.max_ss + 1, p.min_fs : p.max_fs + 1] = True
-        flag_groups = tuple((where, flags) for flags, where in groups.items())
+        on_panel = panel_index_map(geom) >= 0
+        # one group over every panel (top-level flags): no need to restrict it to them
+        flag_groups = tuple(
+            (None if len(groups) == 1 and where[on_panel].all() else where, flags)
+            for flags, where in groups.items()
+        )
         per_frame: list[tuple[Panel, PanelMask]] = []
         static = read_static_masks(geom, frame_file=frame_file, per_frame=per_frame)
         static.setflags(write=False)
@@ -416,9 +424,14 @@ class PixelMasks:
         if not self.per_frame:
             return None
         xp = array_module(raw)
-        bad = xp.zeros(raw.shape, dtype=bool)
+        bad = None
         for where, flags in self.flag_groups:  # whole frames at once, then the group's panels
-            bad |= flag_bad(raw, flags) & xp.asarray(where)[None]
+            hit = flag_bad(raw, flags)
+            if where is not None:
+                hit &= xp.asarray(where)[None]
+            bad = hit if bad is None else xp.logical_or(bad, hit, out=bad)
+        if bad is None:
+            bad = xp.zeros(raw.shape, dtype=bool)
         if self.saturation is not None:
             sat = xp.asarray(self.saturation) if saturation is None else saturation
             bad |= raw > sat[None]

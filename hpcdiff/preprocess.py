@@ -366,7 +366,7 @@ class Preprocessor:
         )
         x = apply_pedestal_gain(frames, pedestal=dev["pedestal"], gain=dev["gain"])
         if flagged is not None:  # flag_* / saturation_map: bad in this frame, before all else
-            x[flagged] = xp.float32(np.nan)
+            xp.copyto(x, xp.float32(np.nan), where=flagged)
         c = self.corrections
         if not (c.convert_to_photons or c.common_mode):
             return x
