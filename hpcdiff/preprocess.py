@@ -354,7 +354,8 @@ class Preprocessor:
         Returns
         -------
         ndarray, (n, n_ss, n_fs) float32
-            Photons (or ADU when ``convert_to_photons`` is off).
+            Photons (or ADU when ``convert_to_photons`` is off); NaN where the geometry's
+            ``flag_*`` or ``saturation_map`` mark a raw value bad.
         """
         frames = self._check(frames)
         xp = array_module(frames)
