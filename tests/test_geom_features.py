@@ -496,3 +496,20 @@ def test_plan_and_chunk_apply_stream_det_shift_and_geometry_masks(tmp_path: Path
     )
     np.testing.assert_array_equal(acc.counts, expected.counts)
     np.testing.assert_allclose(acc.sums, expected.sums, rtol=1e-12)
+
+
+def test_inspect_lists_the_applied_keys(tmp_path: Path) -> None:
+    from hpcdiff.cli.inspect import summarise_geometry_file
+
+    path = tmp_path / "g.geom"
+    path.write_text(
+        geom_text(
+            top="flag_morethan = 16000\nmask_edge_pixels = 1\ndetector_shift_x = /sx mm\n"
+            "detector_shift_y = 0",
+            p1="p1/mask2_data = /m\np1/mask2_file = bad.h5\np1/saturation_map = /sat",
+        )
+    )
+    s = summarise_geometry_file(path)
+    assert s["flags"] == ["morethan 16000"] and s["mask_edge_pixels"] == [1]
+    assert s["masks"] == ["/m in bad.h5"] and s["saturation_maps"] == 1
+    assert s["detector_shift"] == ["/sx mm", 0.0]
