@@ -513,3 +513,17 @@ def test_inspect_lists_the_applied_keys(tmp_path: Path) -> None:
     assert s["flags"] == ["morethan 16000"] and s["mask_edge_pixels"] == [1]
     assert s["masks"] == ["/m in bad.h5"] and s["saturation_maps"] == 1
     assert s["detector_shift"] == ["/sx mm", 0.0]
+
+
+@pytest.mark.skipif(
+    not __import__("hpcdiff.backend", fromlist=["gpu_available"]).gpu_available(),
+    reason="needs a GPU with cupy",
+)
+def test_flags_on_cupy_equal_numpy() -> None:
+    import cupy
+
+    geom = parse_geom(geom_text(top="flag_lessthan = 0", p1="p1/flag_equal = 7"))
+    pm = PixelMasks.from_geometry(geom)
+    raw = np.random.default_rng(0).normal(3, 4, (3, *geom.slab_shape)).astype(np.float32)
+    on_gpu = pm.frame_bad(cupy.asarray(raw))
+    np.testing.assert_array_equal(cupy.asnumpy(on_gpu), pm.frame_bad(raw))
