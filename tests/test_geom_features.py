@@ -527,3 +527,20 @@ def test_flags_on_cupy_equal_numpy() -> None:
     raw = np.random.default_rng(0).normal(3, 4, (3, *geom.slab_shape)).astype(np.float32)
     on_gpu = pm.frame_bad(cupy.asarray(raw))
     np.testing.assert_array_equal(cupy.asnumpy(on_gpu), pm.frame_bad(raw))
+
+
+def test_simulated_like_geometry_drops_masks_its_files_lack(real_fixtures: Path) -> None:
+    """A simulated experiment "like" a real geometry writes no mask datasets, so it must not
+    ask for them (flags and edge masks, which need no file, are kept)."""
+    from hpcdiff.config import SimulateConfig
+    from hpcdiff.simulate.experiment import simulated_geometry
+
+    real = read_geom(real_fixtures / "crystfel_cspad-cxiformat.geom")
+    p0 = dataclasses.replace(real.panels[0], flags=(PixelFlag("lessthan", -10.0),))
+    base = dataclasses.replace(real, panels=(p0, *real.panels[1:]))
+    assert all(p.masks for p in base.panels)
+    for layout in ("slab", "file"):
+        cfg = dataclasses.replace(SimulateConfig(), geometry_layout=layout)
+        geom = simulated_geometry(cfg, base=base)
+        assert not any(p.masks or p.saturation_map for p in geom.panels)
+        assert geom.panels[0].flags == p0.flags
