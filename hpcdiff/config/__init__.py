@@ -387,10 +387,17 @@ class ClusterConfig:
 class FourierConfig:
     """The Fourier job: merge, common-arc similarity, diffusion maps (:mod:`hpcdiff.merge`).
 
-    The merge grid is ``grid_size**3`` voxels spanning ``+-max_hkl`` (``extent = "hkl"``)
-    or ``+-max_q_per_nm`` (``extent = "q"``, crystal-frame Cartesian, nm^-1 without 2 pi).
+    The merge grid has ``grid_size`` voxels per axis.  With ``max_hkl`` it is the cube
+    ``+-max_hkl`` (``extent = "hkl"``); without, each axis spans the largest ``|h|``,
+    ``|k|``, ``|l|`` reachable up to ``q_max`` (``q_max`` times the cell edge), so every axis
+    has the same voxel extent in ``|q|`` (:mod:`hpcdiff.fourier_grid`).  ``q_max`` is
+    ``max_q_per_nm`` (nm^-1 without 2 pi) or, unset, the detector's largest ``|q|``; for
+    ``extent = "q"`` (crystal-frame Cartesian) the grid is the cube ``+-q_max``.
     The common-arc similarity bins frames on a grid of ``similarity_grid_size`` (default:
-    ``grid_size``) over the same extent.  ``diffusion_epsilon`` is the width of the
+    ``grid_size``) over the same extent.  With a ``truth`` map the summary gives its
+    correlation overall and in ``truth_shells`` resolution shells of equal reciprocal-space
+    volume, and after subtracting each thin shell's mean (``truth_isotropic_shell_width_per_nm``
+    thick; default one voxel) from both maps.  ``diffusion_epsilon`` is the width of the
     ``exp((CC - 1) / eps)`` kernel; image-space distances use a Gaussian kernel whose
     bandwidth is the squared median distance to the ``diffusion_knn``-th neighbour.
     ``truth`` is an optional HDF5 map (e.g. a simulation's ``truth.h5``) to validate the
@@ -403,8 +410,12 @@ class FourierConfig:
     diffusion_knn: int = field(default=10, metadata={"check": positive})
     truth: Path | None = None
     extent: Literal["hkl", "q"] = "hkl"
-    max_hkl: float = field(default=10.0, metadata={"check": positive})
-    max_q_per_nm: float = field(default=3.0, metadata={"check": positive})
+    max_hkl: float | None = field(default=None, metadata={"check": positive})
+    max_q_per_nm: float | None = field(default=None, metadata={"check": positive})
+    truth_shells: int = field(default=10, metadata={"check": positive})
+    truth_isotropic_shell_width_per_nm: float | None = field(
+        default=None, metadata={"check": positive}
+    )
     mask_bragg_radius_hkl: float = field(default=0.0, metadata={"check": non_negative})
     symmetrise: Literal["none", "friedel", "laue"] = "none"
     min_overlap: int = field(default=20, metadata={"check": positive})

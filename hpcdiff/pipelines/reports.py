@@ -291,7 +291,8 @@ def add_fourier(report: Report, job: JobConfig, fourier: Any) -> None:
     truth_cc = summary.get("truth_correlation", {}).get("cc")
     report.add_text(
         f"{summary.get('n_frames_oriented')} frames merged into "
-        f"{summary.get('voxels_measured')} voxels of a {job.fourier.grid_size}^3 grid"
+        f"{summary.get('voxels_measured')} voxels of a "
+        f"{'x'.join(map(str, fourier.merged.grid.shape))} grid"
         + (f"; correlation with the true diffuse intensity {truth_cc:.3f}" if truth_cc else "")
         + f". Common-arc pairs with a similarity: {summary.get('pairs_with_similarity')} of "
         f"{summary.get('pairs_total')} (median overlap {summary.get('median_overlap')} voxels)."
@@ -303,7 +304,11 @@ def add_fourier(report: Report, job: JobConfig, fourier: Any) -> None:
                 truth = h5["diffuse/intensity"][...]
     report.add_figure(
         "Merged reciprocal-space volume (central slices)",
-        F.volume_slices_figure(fourier.merged.intensity(), truth=truth, extent=job.fourier.max_hkl),
+        F.volume_slices_figure(
+            fourier.merged.intensity(),
+            truth=truth,
+            extent=fourier.merged.grid.half_width if fourier.merged.grid.is_cube else None,
+        ),
         caption="log10 intensity; white where no pixel landed",
     )
     labels = fourier.labels if fourier.labels is not None else np.zeros(len(fourier.frame_ids))
