@@ -90,6 +90,141 @@ def bench_merge(n_frames: int, grid_size: int) -> dict:
     return {"seconds_per_frame_median": med, "frames_per_s_per_worker": 1 / med, "n": n_frames}
 
 
+def _legacy_map_frame_grids(values, q, orientation, *, grids, valid):
+    """The merge as it was before the per-axis grid (float64, q gathered per frame, sparse
+    bin then scatter): kept here as the reference of the speed ratio."""
+    from hpcdiff.merge import bin_frame, fractional_hkl
+
+    keep = np.asarray(valid, dtype=bool) & np.isfinite(values)
+    vals = values[keep].astype(np.float64)
+    hkl = fractional_hkl(q[keep], orientation)
+    return [bin_frame(vals, grid.voxel_index(hkl)) for grid in grids]
+
+
+def _legacy_add_frame(acc, frame) -> None:
+    acc.sums[frame.voxels] += frame.sums
+    acc.counts[frame.voxels] += frame.counts
+    acc.n_frames += 1
+
+
+def bench_merge_kernel(n_frames: int, grid_size: int) -> dict:
+    """CPU time and wall per CSPAD frame of the merge step alone (residual -> accumulator).
+
+    Three ways on the same residual values and orientations, one process, one thread:
+    ``legacy`` (the merge of earlier versions, float64), ``add.at`` (the plain way:
+    float64 ``hkl = q @ inv(A)`` of the valid pixels, floor to a flat index,
+    :func:`numpy.add.at` into sums and counts) and ``new`` (:class:`hpcdiff.merge.
+    PixelDirections` built once per detector: one float32 matmul per frame, truncation to a
+    flat index, :meth:`~hpcdiff.merge.MergeAccumulator.add_voxels`).  On two grids: the cube
+    +-10 hkl of earlier defaults (few CSPAD pixels land inside for this cell) and the grid
+    fitted to the cell and the detector's q range (every pixel inside), each alone and
+    with the similarity grid of half the size beside it (as :func:`process_frames` does).
+    """
+    from hpcdiff.fourier_grid import detector_q_max
+    from hpcdiff.geometry import cspad_like_geometry, photon_energy_to_wavelength_m
+    from hpcdiff.merge import Grid, MergeAccumulator, bin_frame, fit_grid
+    from hpcdiff.pipelines.fourier import DetectorCache
+
+    energy = 9500.0
+    geom = cspad_like_geometry(clen_m=0.1)
+    detector = DetectorCache(geom)
+    unit, _ = detector.at(0.1)
+    valid = detector.valid
+    lam_nm = photon_energy_to_wavelength_m(energy) * 1e9
+    rng = np.random.default_rng(0)
+    residuals = rng.normal(size=(n_frames, *geom.slab_shape)).astype(np.float32)
+    residuals[:, ~valid] = np.nan
+    orient = _orientations(n_frames, 1)
+    q_max = detector_q_max(geom, photon_energy_ev=energy, clen_m=0.1)
+    t0 = time.process_time()
+    pixels = detector.pixels(0.1)
+    t_build = time.process_time() - t0
+    grids = {
+        "cube +-10 hkl": Grid(grid_size, 10.0),
+        "fitted": fit_grid(orient, q_max_per_nm=q_max, size=grid_size),
+    }
+    rows = {}
+    print(
+        f"merge kernel: CSPAD {geom.slab_shape[0]}x{geom.slab_shape[1]} ({len(pixels)} valid "
+        f"pixels), cell 7.9 x 7.9 x 3.8 nm, q_max {q_max:.2f} nm^-1, {n_frames} frames, "
+        f"median per frame; PixelDirections built once in {t_build * 1e3:.0f} ms CPU"
+    )
+    for gname, grid in grids.items():
+        sim = Grid(tuple(max(1, s // 2) for s in grid.shape), grid.half_widths, grid.extent)
+        inside = []
+        for with_sim in (False, True):
+            sets = (grid, sim) if with_sim else (grid,)
+            label = f"{gname} {'x'.join(map(str, grid.shape))}" + (
+                " + similarity grid" if with_sim else ""
+            )
+            accs = {k: MergeAccumulator.empty(grid) for k in ("legacy", "add.at", "new")}
+            times: dict[str, list[tuple[float, float]]] = {k: [] for k in accs}
+            for i in range(n_frames):
+                res, a = residuals[i], orient[i]
+                # legacy
+                c0, w0 = time.process_time(), time.perf_counter()
+                out = _legacy_map_frame_grids(res, unit / lam_nm, a, grids=sets, valid=valid)
+                _legacy_add_frame(accs["legacy"], out[0])
+                times["legacy"].append((time.process_time() - c0, time.perf_counter() - w0))
+                # plain np.add.at of the same values
+                c0, w0 = time.process_time(), time.perf_counter()
+                keep = valid & np.isfinite(res)
+                vals = res[keep].astype(np.float64)
+                hkl = (unit[keep] / lam_nm) @ np.linalg.inv(a)
+                for j, g in enumerate(sets):
+                    flat = g.voxel_index(hkl)
+                    ok = flat >= 0
+                    if j == 0:
+                        np.add.at(accs["add.at"].sums, flat[ok], vals[ok])
+                        np.add.at(accs["add.at"].counts, flat[ok], 1)
+                    else:
+                        bin_frame(vals, flat)
+                times["add.at"].append((time.process_time() - c0, time.perf_counter() - w0))
+                # new
+                c0, w0 = time.process_time(), time.perf_counter()
+                v = pixels.values(res)
+                vox = pixels.voxels(a, wavelength_nm=lam_nm, grids=sets)
+                accs["new"].add_voxels(vox[0], v)
+                for extra in vox[1:]:
+                    bin_frame(v, extra)
+                times["new"].append((time.process_time() - c0, time.perf_counter() - w0))
+                if not with_sim:
+                    inside.append(float(np.mean(vox[0] >= 0)))
+            med = {
+                k: (statistics.median(c for c, _ in t), statistics.median(w for _, w in t))
+                for k, t in times.items()
+            }
+            same_counts = bool(np.array_equal(accs["new"].counts, accs["add.at"].counts))
+            moved = int(np.abs(accs["new"].counts - accs["add.at"].counts).sum() // 2)
+            sums_diff = float(np.max(np.abs(accs["legacy"].sums - accs["new"].sums)))
+            row = {
+                "cpu_s_per_frame": {k: m[0] for k, m in med.items()},
+                "wall_s_per_frame": {k: m[1] for k, m in med.items()},
+                "speedup_cpu_vs_legacy": med["legacy"][0] / med["new"][0],
+                "speedup_cpu_vs_add_at": med["add.at"][0] / med["new"][0],
+                "add_at_speedup_cpu_vs_legacy": med["legacy"][0] / med["add.at"][0],
+                "pixels_moved_vs_add_at": moved,
+                "fraction_pixels_inside": float(np.mean(inside)) if inside else None,
+            }
+            rows[label] = row
+            print(
+                f"merge kernel: {label}: CPU ms/frame legacy {med['legacy'][0] * 1e3:.0f}, "
+                f"add.at {med['add.at'][0] * 1e3:.0f}, new {med['new'][0] * 1e3:.0f} "
+                f"(wall {med['legacy'][1] * 1e3:.0f} / {med['add.at'][1] * 1e3:.0f} / "
+                f"{med['new'][1] * 1e3:.0f}); new is x{row['speedup_cpu_vs_legacy']:.1f} "
+                f"legacy, x{row['speedup_cpu_vs_add_at']:.1f} add.at (CPU); add.at is "
+                f"x{row['add_at_speedup_cpu_vs_legacy']:.2f} legacy"
+                + (
+                    f"; {row['fraction_pixels_inside']:.0%} of pixels inside"
+                    if inside and not with_sim
+                    else ""
+                )
+                + f"; counts equal to add.at: {same_counts} ({moved} pixel(s) in a neighbouring "
+                f"voxel, float32 rounding), max |sums - legacy| {sums_diff:.1e}"
+            )
+    return rows
+
+
 def bench_cc(n_frames: int, grid_size: int, steps: list[int], workdir: Path) -> dict:
     """CC of the merged map with the truth after n frames of a simulated CSPAD experiment."""
     from hpcdiff.config import SimulateConfig, load_job
@@ -295,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     report: dict = {}
     if "merge" in args.sections:
+        report["merge_kernel"] = bench_merge_kernel(args.merge_frames, args.grid_size)
         report["merge"] = bench_merge(args.merge_frames, args.grid_size)
     if "cc" in args.sections:
         steps = sorted(

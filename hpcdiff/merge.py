@@ -457,49 +457,104 @@ class PixelDirections:
         """
         a = _orientation(orientation)
         to_hkl = np.linalg.inv(a) / float(wavelength_nm)  # q_row @ to_hkl = hkl_row
-        to_cart = None
-        bragg = None
+        to_cart = to_hkl @ np.linalg.cholesky(a @ a.T)
+        transforms = [_voxel_transform(to_hkl if g.extent == "hkl" else to_cart, g) for g in grids]
+        n = len(self)
+        outs = [np.empty(n, np.int64) for _ in grids]
+        bragg_t = None
         if bragg_radius_hkl > 0:
-            hkl = self.hkl(a, wavelength_nm=wavelength_nm)
-            hkl -= np.rint(hkl)
-            hkl *= hkl
-            bragg = hkl.sum(axis=0) <= np.float32(bragg_radius_hkl * bragg_radius_hkl)
-        out = []
-        for grid in grids:
-            m = to_hkl
-            if grid.extent == "q":
-                to_cart = to_hkl @ np.linalg.cholesky(a @ a.T) if to_cart is None else to_cart
-                m = to_cart
-            flat = _flat_voxels(self.directions, m, grid)
-            if bragg is not None:
-                flat[bragg] = -1
-            out.append(flat)
-        return out
+            bragg_t = np.zeros((3, 4), np.float32)
+            bragg_t[:, :3] = to_hkl.T
+        r2 = np.float32(bragg_radius_hkl * bragg_radius_hkl)
+        scratch = _Scratch(min(n, _CHUNK))
+        # chunks of pixels small enough that every step after the matmul runs in cache
+        for start in range(0, n, _CHUNK):
+            stop = min(n, start + _CHUNK)
+            d = self.directions[:, start:stop]
+            near = None
+            if bragg_t is not None:
+                hkl = scratch.coords[:, : stop - start]
+                np.matmul(bragg_t, d, out=hkl)
+                hkl -= np.rint(hkl)
+                hkl *= hkl
+                near = hkl.sum(axis=0) <= r2
+            for t, grid, out in zip(transforms, grids, outs, strict=True):
+                _flat_chunk(d, t, grid.shape, out[start:stop], scratch)
+                if near is not None:
+                    out[start:stop][near] = -1
+        return outs
+
+
+class _Scratch:
+    """Work arrays of one chunk of pixels, reused across chunks."""
+
+    def __init__(self, size: int) -> None:
+        self.coords = np.empty((3, size), np.float32)
+        self.idx = np.empty((3, size), np.int32)
+        self.inside = np.empty(size, bool)
+        self.tmp = np.empty(size, bool)
+        self.part = np.empty(size, np.int64)
+
+
+_CHUNK = 1 << 15
+"""Pixels per chunk of :meth:`PixelDirections.voxels` and :meth:`MergeAccumulator.add_voxels`."""
+
+
+def _voxel_transform(to_coords: np.ndarray, grid: Grid) -> np.ndarray:
+    """``(3, 4)`` float32 ``T`` with ``T @ [d; 1]`` = voxel coordinates + 1 of direction ``d``.
+
+    The +1 maps every voxel inside to ``[1, n + 1)``, so truncation is floor there and
+    anything below the grid truncates to <= 0: one unsigned compare tests both ends.
+    """
+    steps = np.asarray(grid.steps)
+    t = np.empty((3, 4), np.float32)
+    t[:, :3] = (to_coords / steps[None, :]).T
+    t[:, 3] = np.asarray(grid.half_widths) / steps + 1.0
+    return t
+
+
+def _flat_chunk(
+    directions: np.ndarray,
+    transform: np.ndarray,
+    shape: tuple[int, int, int],
+    out: np.ndarray,
+    scratch: _Scratch,
+) -> None:
+    """Flat voxel index (-1 outside) of ``(4, m)`` directions into ``out`` ``(m,)`` int64."""
+    m = directions.shape[1]
+    coords = scratch.coords[:, :m]
+    np.matmul(transform, directions, out=coords)
+    idx = scratch.idx[:, :m]
+    with np.errstate(invalid="ignore"):
+        idx[...] = coords  # truncation; NaN and huge values become INT_MIN: outside
+    u = idx.view(np.uint32)
+    u -= 1
+    n_h, n_k, n_l = shape
+    inside, tmp = scratch.inside[:m], scratch.tmp[:m]
+    np.less(u[0], n_h, out=inside)
+    np.less(u[1], n_k, out=tmp)
+    inside &= tmp
+    np.less(u[2], n_l, out=tmp)
+    inside &= tmp
+    part = scratch.part[:m]
+    np.multiply(idx[0], n_k * n_l, out=out)
+    np.multiply(idx[1], n_l, out=part)
+    out += part
+    out += idx[2]
+    np.logical_not(inside, out=tmp)
+    out[tmp] = -1
 
 
 def _flat_voxels(directions: np.ndarray, to_coords: np.ndarray, grid: Grid) -> np.ndarray:
     """``(n,)`` int64 flat voxel of each ``(4, n)`` direction column, -1 outside the grid."""
-    steps = np.asarray(grid.steps)
-    t = np.empty((3, 4), np.float32)
-    t[:, :3] = (to_coords / steps[None, :]).T
-    # +1: every voxel inside maps to [1, n + 1), so truncation is floor there and anything
-    # below the grid truncates to <= 0; one unsigned compare then tests both ends
-    t[:, 3] = np.asarray(grid.half_widths) / steps + 1.0
-    coords = t @ directions
-    with np.errstate(invalid="ignore"):
-        idx = coords.astype(np.int32)  # NaN and huge values become INT_MIN: outside
-    idx -= 1
-    n_h, n_k, n_l = grid.shape
-    inside = idx[0].view(np.uint32) < n_h
-    inside &= idx[1].view(np.uint32) < n_k
-    inside &= idx[2].view(np.uint32) < n_l
-    flat = idx[0].astype(np.int64)
-    flat *= n_k
-    flat += idx[1]
-    flat *= n_l
-    flat += idx[2]
-    flat[~inside] = -1
-    return flat
+    t = _voxel_transform(to_coords, grid)
+    n = directions.shape[1]
+    out = np.empty(n, np.int64)
+    scratch = _Scratch(min(n, _CHUNK))
+    for start in range(0, n, _CHUNK):
+        stop = min(n, start + _CHUNK)
+        _flat_chunk(directions[:, start:stop], t, grid.shape, out[start:stop], scratch)
+    return out
 
 
 def bragg_keep(hkl: np.ndarray, radius_hkl: float) -> np.ndarray:
@@ -727,21 +782,31 @@ class MergeAccumulator:
         if voxels.shape != values.shape:
             raise ValueError(f"voxels {voxels.shape} and values {values.shape} differ in shape")
         n = self.grid.n_voxels
-        if voxels.size and int(voxels.max()) >= n:
-            raise ValueError("frame voxel indices outside the grid")
-        ok = voxels >= 0
-        ok &= np.isfinite(values)
-        inside = int(np.count_nonzero(ok))
-        if inside * _DENSE_FRACTION >= n:
-            # one pass over the pixels, one over the grid; the pixels outside go to the
-            # extra bin n, which is dropped
+        if voxels.size >= n:
+            # at least as many pixels as voxels: one pass over the pixels, one over the
+            # grid; pixels outside go to the extra bin n, which is dropped
+            ok = voxels >= 0
+            ok &= np.isfinite(values)
             idx = np.where(ok, voxels, n)
-            self.sums += np.bincount(idx, weights=values, minlength=n + 1)[:n]
+            sums = np.bincount(idx, weights=values, minlength=n + 1)
+            if sums.size > n + 1:
+                raise ValueError("frame voxel indices outside the grid")
+            self.sums += sums[:n]
             self.counts += np.bincount(idx, minlength=n + 1)[:n]
-        elif inside:
-            idx = voxels[ok]
-            np.add.at(self.sums, idx, values[ok].astype(np.float64))
-            np.add.at(self.counts, idx, 1)
+        else:
+            # in place, a chunk at a time (no grid-sized temporary, each chunk in cache);
+            # add.at's fast path wants the accumulator's own dtypes
+            if voxels.size and int(voxels.max()) >= n:
+                raise ValueError("frame voxel indices outside the grid")
+            one = np.int64(1)
+            for start in range(0, voxels.size, _CHUNK):
+                vox = voxels[start : start + _CHUNK]
+                val = values[start : start + _CHUNK]
+                ok = vox >= 0
+                ok &= np.isfinite(val)
+                idx = vox[ok]
+                np.add.at(self.sums, idx, val[ok].astype(np.float64))
+                np.add.at(self.counts, idx, one)
         self.n_frames += 1
         return self
 
@@ -914,9 +979,6 @@ def map_correlation(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
 
 
 _ACC_FORMAT = "hpcdiff.merge.MergeAccumulator/1"
-_DENSE_FRACTION = 8
-""":meth:`MergeAccumulator.add_voxels` bins densely when the pixels inside the grid number
-at least ``n_voxels / _DENSE_FRACTION`` (below that :func:`numpy.add.at` is cheaper)."""
 
 
 def _checksum(meta: str, n_frames: int, sums: np.ndarray, counts: np.ndarray) -> str:
