@@ -387,21 +387,22 @@ class ClusterConfig:
 class FourierConfig:
     """The Fourier job: merge, common-arc similarity, diffusion maps (:mod:`hpcdiff.merge`).
 
-    The merge grid has ``grid_size`` voxels per axis.  With ``max_hkl`` it is the cube
-    ``+-max_hkl`` (``extent = "hkl"``); without, each axis spans the largest ``|h|``,
-    ``|k|``, ``|l|`` reachable up to ``q_max`` (``q_max`` times the cell edge), so every axis
-    has the same voxel extent in ``|q|`` (:mod:`hpcdiff.fourier_grid`).  ``q_max`` is
-    ``max_q_per_nm`` (nm^-1 without 2 pi) or, unset, the detector's largest ``|q|``; for
-    ``extent = "q"`` (crystal-frame Cartesian) the grid is the cube ``+-q_max``.
-    The common-arc similarity bins frames on a grid of ``similarity_grid_size`` (default:
-    ``grid_size``) over the same extent.  With a ``truth`` map the summary gives its
-    correlation overall and in ``truth_shells`` resolution shells of equal reciprocal-space
-    volume, and after subtracting each thin shell's mean (``truth_isotropic_shell_width_per_nm``
-    thick; default one voxel) from both maps.  ``diffusion_epsilon`` is the width of the
-    ``exp((CC - 1) / eps)`` kernel; image-space distances use a Gaussian kernel whose
-    bandwidth is the squared median distance to the ``diffusion_knn``-th neighbour.
-    ``truth`` is an optional HDF5 map (e.g. a simulation's ``truth.h5``) to validate the
-    merge against.
+    The merge grid has ``grid_size`` voxels per axis.  ``extent`` chooses its axes:
+    ``"hkl"`` (fractional Miller indices) or ``"q"`` (crystal-frame Cartesian, nm^-1
+    without 2 pi).  With ``max_hkl`` the grid is the cube ``+-max_hkl`` on every hkl axis;
+    without, each axis spans the largest ``|h|``, ``|k|``, ``|l|`` reachable up to ``q_max``
+    (``q_max`` times the cell edge), so every axis has the same voxel extent in ``|q|``
+    (:mod:`hpcdiff.fourier_grid`).  The resolution limit ``q_max`` is ``max_q_per_nm``
+    (nm^-1 without 2 pi) or, unset, the detector's largest ``|q|``; on a q grid the grid
+    is the cube ``+-q_max``.  The common-arc similarity bins frames on a grid of
+    ``similarity_grid_size`` (default: ``grid_size``) over the same extent.
+    ``diffusion_epsilon`` is the width of the ``exp((CC - 1) / eps)`` kernel; image-space
+    distances use a Gaussian kernel whose bandwidth is the squared median distance to the
+    ``diffusion_knn``-th neighbour.  ``truth`` is an optional HDF5 map (e.g. a simulation's
+    ``truth.h5``) to validate the merge against: the summary gives the correlation overall,
+    in ``truth_shells`` resolution shells of equal reciprocal-space volume, and after
+    subtracting from both maps their means in thin shells ``truth_isotropic_shell_width_per_nm``
+    thick (default: one voxel).
     """
 
     grid_size: int = field(default=200, metadata={"check": positive})
