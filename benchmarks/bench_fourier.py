@@ -2,8 +2,14 @@
 
 Prints numbers, medians and ratios (not a test).  Sections:
 
-1. merge: frames/s per worker (one process, one thread) mapping CSPAD frames
-   (2.3 M pixels; polarisation and solid-angle correction, radial background, 200^3 grid).
+1. merge: (a) the merge step alone (residual values -> accumulator) per CSPAD frame, median
+   CPU time (``time.process_time``) and wall, for the merge of earlier versions ("legacy"),
+   a plain ``np.add.at`` merge of the same values and the current one
+   (``PixelDirections`` + ``MergeAccumulator.add_voxels``), with the ratios, on the cube
+   +-10 hkl grid of earlier defaults and on the grid fitted to the cell and the detector's
+   q range, each alone and with the similarity grid beside it; (b) frames/s per worker
+   (one process, one thread) of ``process_frames`` on CSPAD frames (2.3 M pixels;
+   polarisation and solid-angle correction, radial background, 200^3 grid).
 2. cc: a simulated CSPAD experiment (``hpcdiff.simulate``, preset ``easy``, all frames
    diffuse) merged into the 200^3 hkl grid; Pearson CC of the merged map with the true
    diffuse intensity (truth.h5) after n frames.
@@ -18,6 +24,7 @@ Prints numbers, medians and ratios (not a test).  Sections:
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_fourier.py            # everything (~10 min)
+    python benchmarks/bench_fourier.py --sections merge --merge-frames 6   # merge rows only
     python benchmarks/bench_fourier.py --quick                       # reduced sizes
     python benchmarks/bench_fourier.py --sections similarity --sizes 500 1000 2000
 """
