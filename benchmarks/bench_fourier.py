@@ -287,11 +287,29 @@ def bench_cc(n_frames: int, grid_size: int, steps: list[int], workdir: Path) -> 
             f"({per_voxel:.1f} pixels per measured voxel)"
         )
     t_merge = time.perf_counter() - t0
+    from hpcdiff.fourier_truth import load_truth, truth_summary
+    from hpcdiff.merge import reciprocal_metric
+
+    tc = truth_summary(acc, load_truth(sim.truth), metric=reciprocal_metric(plan.orientations))
+    shells = ", ".join(
+        f"{s['q_min_nm_inv']:.2f}-{s['q_max_nm_inv']:.2f}: "
+        + ("-" if s["cc"] is None else f"{s['cc']:.3f}")
+        for s in tc["shells"]
+    )
+    iso = tc["isotropic_removed"]["cc"]
+    print(f"cc: {rows_done} frames, per shell (nm^-1): {shells}")
+    print(f"cc: isotropic removed: {'-' if iso is None else f'{iso:.3f}'}")
     print(
         f"cc: simulated {n_frames} CSPAD frames in {t_sim:.0f} s (preset easy, all diffuse, Bragg "
         f"pixels within 0.15 hkl masked); merged into {grid_size}^3 in {t_merge:.0f} s"
     )
-    return {"steps": out, "simulate_s": t_sim, "merge_s": t_merge}
+    return {
+        "steps": out,
+        "simulate_s": t_sim,
+        "merge_s": t_merge,
+        "shells": [{k: v for k, v in r.items() if v is not None} for r in tc["shells"]],
+        "isotropic_removed_cc": iso,
+    }
 
 
 def synthetic_frames(n: int, *, grid_size: int, stride: int, seed: int = 0):
