@@ -232,6 +232,67 @@ def bench_merge_kernel(n_frames: int, grid_size: int) -> dict:
     return rows
 
 
+def bench_grid_fill(n_frames: int, grid_size: int, stride: int = 4) -> dict:
+    """How much of each grid CSPAD frames reach: the old default cube +-10 hkl, the cube that
+    holds the detector's reach on the longest axis, and the per-axis grid fitted to the cell.
+
+    Frames: CSPAD at 0.1 m, 9.5 keV, one pixel in ``stride`` along fs and ss, random
+    orientations; cells of other shapes than the one the merge was developed on.
+    """
+    from hpcdiff.fourier_grid import detector_q_max
+    from hpcdiff.geometry import cspad_like_geometry, photon_energy_to_wavelength_m
+    from hpcdiff.merge import Grid, MergeAccumulator, PixelDirections, fit_grid
+    from hpcdiff.pipelines.fourier import DetectorCache
+
+    geom = cspad_like_geometry(clen_m=0.1)
+    detector = DetectorCache(geom)
+    unit, _ = detector.at(0.1)
+    sub = (slice(None, None, stride), slice(None, None, stride))
+    pixels = PixelDirections.build(unit[sub], detector.valid[sub])
+    lam_nm = photon_energy_to_wavelength_m(9500.0) * 1e9
+    q_max = detector_q_max(geom, photon_energy_ev=9500.0, clen_m=0.1)
+    cells = {
+        "7.9 x 7.9 x 3.8 nm": (7.9, 7.9, 3.8),
+        "elongated 3.8 x 3.8 x 25 nm": (3.8, 3.8, 25.0),
+        "5 x 10 x 20 nm": (5.0, 10.0, 20.0),
+    }
+    out = {}
+    values = np.ones(len(pixels), np.float32)
+    for name, cell in cells.items():
+        orient = _orientations(n_frames, 3, cell_nm=cell)
+        fitted = fit_grid(orient, q_max_per_nm=q_max, size=grid_size)
+        grids = {
+            "cube +-10": Grid(grid_size, 10.0),
+            "cube +-max": Grid(grid_size, max(fitted.half_widths)),
+            "fitted": fitted,
+        }
+        accs = {k: MergeAccumulator.empty(g) for k, g in grids.items()}
+        inside = {k: 0 for k in grids}
+        for a in orient:
+            vox = pixels.voxels(a, wavelength_nm=lam_nm, grids=tuple(grids.values()))
+            for k, v in zip(grids, vox, strict=True):
+                accs[k].add_voxels(v, values)
+                inside[k] += int(np.count_nonzero(v >= 0))
+        row = {}
+        for k, g in grids.items():
+            row[k] = {
+                "half_widths": list(g.half_widths),
+                "fraction_voxels_filled": float(np.count_nonzero(accs[k].counts) / g.n_voxels),
+                "fraction_pixels_inside": inside[k] / (n_frames * len(pixels)),
+            }
+        out[name] = row
+        print(
+            f"grid fill: cell {name}, {n_frames} CSPAD frames (1 pixel in {stride}^2): "
+            + "; ".join(
+                f"{k} (+-{', '.join(f'{w:.1f}' for w in grids[k].half_widths)}): "
+                f"{r['fraction_voxels_filled']:.1%} of voxels filled, "
+                f"{r['fraction_pixels_inside']:.0%} of pixels inside"
+                for k, r in row.items()
+            )
+        )
+    return out
+
+
 def bench_cc(n_frames: int, grid_size: int, steps: list[int], workdir: Path) -> dict:
     """CC of the merged map with the truth after n frames of a simulated CSPAD experiment."""
     from hpcdiff.config import SimulateConfig, load_job
@@ -456,6 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     report: dict = {}
     if "merge" in args.sections:
         report["merge_kernel"] = bench_merge_kernel(args.merge_frames, args.grid_size)
+        report["grid_fill"] = bench_grid_fill(4 * args.merge_frames, args.grid_size)
         report["merge"] = bench_merge(args.merge_frames, args.grid_size)
     if "cc" in args.sections:
         steps = sorted(
