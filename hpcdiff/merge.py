@@ -3,14 +3,19 @@
 Every pixel of a frame is a scattering vector ``q`` (nm^-1, no 2 pi, lab frame).  With the
 frame's orientation matrix ``A`` (rows ``astar, bstar, cstar`` in nm^-1, lab frame) it has
 fractional Miller indices ``hkl = solve(A.T, q)``.  Those (or crystal-frame Cartesian
-coordinates, for a grid in ``q``) fall into a voxel of a cubic grid of ``size**3`` voxels.
-A frame's pixel values are summed per voxel with :func:`numpy.bincount` and added to a
-:class:`MergeAccumulator`, a pair of flat ``sums`` (float64) and ``counts`` (int64)
-arrays.  Accumulators are mergeable (``a + b`` adds sums and counts), so a merge split
-over processes, dask tasks or MPI ranks gives the same map whatever the split.
+coordinates, for a grid in ``q``) fall into a voxel of a :class:`Grid`, a box with its own
+size and half-width per axis (a cube, or the box :func:`fit_grid` fits to the cell and the
+resolution).  :class:`PixelDirections` holds a detector's valid pixels once, so that a
+frame's voxels are one float32 matrix product and a truncation; its values are summed per
+voxel into a :class:`MergeAccumulator` (:meth:`~MergeAccumulator.add_voxels`), a pair of
+flat ``sums`` (float64) and ``counts`` (int64) arrays, or binned sparsely per frame
+(:func:`bin_frame`, for the similarities).  Accumulators are mergeable (``a + b`` adds sums
+and counts), so a merge split over processes, dask tasks or MPI ranks gives the same map
+whatever the split; :meth:`~MergeAccumulator.save` and :meth:`~MergeAccumulator.load` are
+its checkpoint files.
 
-Everything here works on plain numpy arrays; files, geometry and clusters are the
-pipeline's business (:mod:`hpcdiff.pipelines.fourier`).
+Everything here works on plain numpy arrays; geometry and clusters are the pipeline's
+business (:mod:`hpcdiff.pipelines.fourier`).
 """
 
 from __future__ import annotations
