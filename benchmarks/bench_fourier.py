@@ -360,6 +360,24 @@ def bench_cc(n_frames: int, grid_size: int, steps: list[int], workdir: Path) -> 
     iso = tc["isotropic_removed"]["cc"]
     print(f"cc: {rows_done} frames, per shell (nm^-1): {shells}")
     print(f"cc: isotropic removed: {'-' if iso is None else f'{iso:.3f}'}")
+    # the same frames on the grid fitted to the cell and the detector's q range
+    fit_job = dataclasses.replace(job, fourier=dataclasses.replace(job.fourier, max_hkl=None))
+    fit_settings = FourierSettings.from_job(fit_job, plan=plan)
+    fit_acc, _ = process_chunk(plan, range(rows_done), fit_settings)
+    tf = truth_summary(fit_acc, load_truth(sim.truth), metric=reciprocal_metric(plan.orientations))
+    fit_shells = ", ".join(
+        f"{s['q_min_nm_inv']:.2f}-{s['q_max_nm_inv']:.2f}: "
+        + ("-" if s["cc"] is None else f"{s['cc']:.3f}")
+        for s in tf["shells"]
+    )
+    fiso = tf["isotropic_removed"]["cc"]
+    g = fit_settings.grid
+    print(
+        f"cc: fitted grid {'x'.join(map(str, g.shape))} (+-"
+        f"{', '.join(f'{w:.1f}' for w in g.half_widths)} hkl), truth averaged over its voxels "
+        f"where it reaches: CC {tf['cc']:.3f} over {tf['voxels']} voxels, isotropic removed "
+        f"{'-' if fiso is None else f'{fiso:.3f}'}; per shell: {fit_shells}"
+    )
     print(
         f"cc: simulated {n_frames} CSPAD frames in {t_sim:.0f} s (preset easy, all diffuse, Bragg "
         f"pixels within 0.15 hkl masked); merged into {grid_size}^3 in {t_merge:.0f} s"
@@ -370,6 +388,7 @@ def bench_cc(n_frames: int, grid_size: int, steps: list[int], workdir: Path) -> 
         "merge_s": t_merge,
         "shells": [{k: v for k, v in r.items() if v is not None} for r in tc["shells"]],
         "isotropic_removed_cc": iso,
+        "fitted_grid": {"cc": tf["cc"], "voxels": tf["voxels"], "isotropic_removed_cc": fiso},
     }
 
 

@@ -212,3 +212,20 @@ def test_accumulator_save_load_round_trip_and_damage(tmp_path):
         h5["sums"] = np.zeros(3)
     with pytest.raises(FormatError, match="not a merge accumulator"):
         MergeAccumulator.load(tmp_path / "other.h5")
+
+
+def test_write_merged_per_axis_grid(tmp_path):
+    from hpcdiff.pipelines.fourier import write_merged
+
+    grid = Grid((10, 12, 6), (6.0, 6.0, 3.0))
+    acc = _filled(grid)
+    path = write_merged(tmp_path / "merged.h5", acc, stamp={"config_hash": "x"})
+    with h5py.File(path) as h5:
+        assert h5["intensity"].shape == (10, 12, 6)
+        for name, d in zip("hkl", range(3), strict=True):
+            np.testing.assert_allclose(h5[name][()], grid.axis(d))
+        np.testing.assert_array_equal(h5.attrs["grid_shape"], [10, 12, 6])
+        np.testing.assert_allclose(h5.attrs["grid_steps"], grid.steps)
+        back = Grid(tuple(h5.attrs["grid_shape"]), tuple(h5.attrs["grid_half_widths"]))
+        assert back == grid
+        np.testing.assert_array_equal(h5["counts"][()].ravel(), acc.counts)
