@@ -72,7 +72,7 @@ def run_frames(job: Any) -> tuple[list[Any], list[dict[str, Any]]]:
     from hpcdiff.pipelines.classify import _geometry, probe_files
 
     run = probe_files(job)
-    with open_job_source(job, run.files, geometry=_geometry(job)) as src:  # type: ignore[attr-defined]
+    with open_job_source(job, run.files, geometry=_geometry(job)) as src:
         ids = list(src.frame_ids)
     return ids, list(run.file_rejects)
 

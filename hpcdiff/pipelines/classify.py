@@ -118,7 +118,7 @@ def probe_files(job: JobConfig) -> RunFiles:
     rejects: list[dict[str, Any]] = []
     for f in files:
         try:
-            with open_job_source(job, [f], geometry=geom) as src:  # type: ignore[attr-defined]
+            with open_job_source(job, [f], geometry=geom) as src:
                 counts.append(src.n_frames)
             good.append(f)
         except (OSError, FormatError, ValueError, KeyError, ImportError) as exc:
@@ -407,7 +407,7 @@ def _frame_stage(
 
     geometry = _geometry(job)
     timings = Timings()
-    with open_job_source(job, run.files, geometry=geometry) as source:  # type: ignore[attr-defined]
+    with open_job_source(job, run.files, geometry=geometry) as source:
         # every rank builds the same detector model from frame 0's camera length and energy
         # (the source's geometry: the job's, or an NXmx file's own)
         model = detector_model(source.geometry, source.frame_values(0, 1))

@@ -239,7 +239,7 @@ def _check_frames(job: JobConfig, result: CheckResult, geom: Any) -> list[Any]:
     result.n_files = len(files)
     for f in files:
         try:
-            with open_job_source(job, [f], geometry=geom) as src:  # type: ignore[attr-defined]
+            with open_job_source(job, [f], geometry=geom) as src:
                 if src.n_frames == 0:
                     result.add(
                         f"[experiment.frames] {f}",

@@ -138,8 +138,11 @@ def open_job_source(
 
 def describe_source(path: str | Path, *, kind: str = "auto") -> dict[str, Any]:
     """:meth:`describe` of the source that reads ``path`` (for ``hpcdiff inspect``)."""
-    with open_source([path], kind=kind) as src:  # type: ignore[attr-defined]
-        return dict(src.describe())
+    with open_source([path], kind=kind) as src:
+        describe = getattr(src, "describe", None)
+        if describe is None:  # CXI: FrameSource has summarise_cxi instead
+            return {"source": kind, "n_frames": src.n_frames, "slab_shape": list(src.slab_shape)}
+        return dict(describe())
 
 
 __all__ = ["SOURCE_KINDS", "describe_source", "detect_kind", "open_job_source", "open_source"]

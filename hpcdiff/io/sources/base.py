@@ -47,6 +47,10 @@ class FrameReaderSource(Protocol):
 
     def close(self) -> None: ...
 
+    def __enter__(self) -> FrameReaderSource: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
 
 class IndexedSource:
     """Base of the non-CXI sources: a fixed list of frames, each with a :class:`FrameId`.
