@@ -175,7 +175,8 @@ class EuXFELSource(IndexedSource):
         if not Path(run_dir).is_dir():
             raise FormatError(run_dir, "not a European XFEL run directory: no such folder")
         try:
-            run = extra_data.RunDirectory(run_dir)
+            # serially: no worker processes inside an MPI rank
+            run = extra_data.RunDirectory(run_dir, parallelize=False)
         except Exception as exc:  # extra_data raises plain Exceptions for empty folders
             raise FormatError(
                 run_dir, f"not a readable European XFEL run directory ({exc})"
