@@ -173,7 +173,12 @@ class EuXFELSource(IndexedSource):
         from extra_data import components
 
         if not Path(run_dir).is_dir():
-            raise FormatError(run_dir, "not a European XFEL run directory: no such folder")
+            found = "a file" if Path(run_dir).exists() else "no such folder"
+            raise FormatError(
+                run_dir,
+                f"not a European XFEL run directory ({found}); source = 'euxfel' reads "
+                "folders of RAW-R*/CORR-R* files, e.g. .../proc/r0142",
+            )
         try:
             # serially: no worker processes inside an MPI rank
             run = extra_data.RunDirectory(run_dir, parallelize=False)

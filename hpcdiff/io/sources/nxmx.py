@@ -18,7 +18,9 @@ right-handed frame -- the frame CrystFEL uses):
 * ``clen`` is the z of the first module's origin, each panel's ``coffset`` its own z minus
   that; ``res`` is 1 / fast pixel size;
 * photon energy from ``/entry/instrument/beam/incident_wavelength`` (one value, or one per
-  frame); ``saturation_value`` becomes ``max_adu``.
+  frame); ``saturation_value`` becomes ``max_adu``; frames in counts (no ``@units``, or
+  ``counts``/``photons``, as photon-counting detectors write them) get
+  ``adu_per_photon = 1``, other units no gain (set ``[corrections]`` accordingly).
 
 Frames: the ``NXdata`` group of the entry (``/entry/data``): its ``@signal`` dataset, or
 ``data``, or the ``data_000001``, ``data_000002``, ... datasets (external links to the
@@ -278,6 +280,10 @@ def read_nxmx(path: str | Path) -> NXmxInfo:
         energy = None
         if wavelength is not None and wavelength.size == 1:
             energy = HC_EV_M / float(wavelength[0])
+        units = _text(first.attrs.get("units", "counts")).strip().lower()
+        if units in ("counts", "count", "photons", "photon", "ct", "cts"):
+            # photon-counting detectors (Eiger, Pilatus): one count per photon
+            panels = [_replace(p, adu_per_photon=1.0) for p in panels]
         saturation = det.get("saturation_value")
         if isinstance(saturation, h5py.Dataset):
             max_adu = float(np.asarray(saturation[()]).reshape(-1)[0])
