@@ -2,10 +2,14 @@
 
 Each input is an ``.xtc2`` file, read with ``DataSource(files=path)``; the area detector
 (``[experiment] detector``, or the run's only detector with a ``raw`` interface) gives
-calibrated frames ``det.raw.calib(evt)``, ``(n_segments, n_ss, n_fs)``, read as the slab
+calibrated frames ``det.raw.calib(evt)`` (``det.raw.raw(evt)`` for a detector interface
+without ``calib``; :meth:`PsanaSource.describe` says which), ``(n_segments, n_ss, n_fs)``,
+read as the slab
 ``(n_segments * n_ss, n_fs)`` -- psana's segment stacking, which hpcdiff's psana geometry
 reader (:mod:`hpcdiff.io.psana_geometry`) and psana-layout CrystFEL geometries use.
-An event without detector data reads as NaN (the pipelines reject it).
+An event without detector data reads as NaN (the pipelines reject it).  Where the detector
+interface has ``photon_energy(evt)``, it is the per-frame photon energy (eV); otherwise the
+geometry's.
 
 Frame identity: ``FrameId(file, event index)`` (0-based, in the file's event order);
 :attr:`PsanaSource.timestamps` holds each frame's psana timestamp.
@@ -16,6 +20,7 @@ file, so the pipelines' forward reading order costs one pass over the data.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -82,17 +87,24 @@ class PsanaSource(IndexedSource):
         self._cursors: dict[int, _Cursor] = {}
         ids: list[FrameId] = []
         self.timestamps: list[int] = []
+        energies: list[float] = []
+        self.method = ""
         shape: tuple[int, ...] | None = None
         for f, file in enumerate(self.files):
             cursor = self._open(f)
+            has_energy = hasattr(cursor.det.raw, "photon_energy")
             for k, evt in enumerate(cursor.events):
                 ids.append(FrameId(file, k))
                 self.timestamps.append(int(evt.timestamp))
+                if has_energy:
+                    value = cursor.det.raw.photon_energy(evt)
+                    energies.append(math.nan if value is None else float(value))
                 if shape is None:
-                    frame = cursor.det.raw.calib(evt)
+                    frame = self._frame(cursor.det, evt)
                     if frame is not None:
                         shape = tuple(np.shape(frame))
             self._cursors.pop(f, None)
+        self._energy = np.asarray(energies) if len(energies) == len(ids) else None
         if shape is None or len(shape) < 2:
             raise FormatError(
                 self.files[0], f"detector {self.detector!r} gives no frames (shape {shape})"
@@ -106,6 +118,20 @@ class PsanaSource(IndexedSource):
             )
         self._offsets = np.cumsum([0, *self.frames_per_file_from(ids)])
         self._set_frames(ids)
+
+    def _frame(self, det: Any, evt: Any) -> Any:
+        """``det.raw.calib(evt)``, or ``det.raw.raw(evt)`` where the interface has no calib."""
+        if not self.method:
+            self.method = "calib" if hasattr(det.raw, "calib") else "raw"
+        return getattr(det.raw, self.method)(evt)
+
+    def frame_values(self, start: int, stop: int) -> dict[str, np.ndarray]:
+        """Per-frame photon energy from the detector interface where it has one."""
+        self._check_range(start, stop)
+        out = super().frame_values(start, stop) if self.geometry is not None else {}
+        if self._energy is not None and np.isfinite(self._energy[start:stop]).all():
+            out["photon_energy_ev"] = self._energy[start:stop].copy()
+        return out
 
     def frames_per_file_from(self, ids: list[FrameId]) -> list[int]:
         counts = dict.fromkeys(self.files, 0)
@@ -153,7 +179,7 @@ class PsanaSource(IndexedSource):
             while cursor.next <= fid.index:
                 evt = next(cursor.events)
                 cursor.next += 1
-            frame = cursor.det.raw.calib(evt)
+            frame = self._frame(cursor.det, evt)
             if frame is None:
                 out[g - start] = np.nan
             else:
@@ -161,7 +187,16 @@ class PsanaSource(IndexedSource):
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
-        out.update({"detector": self.detector, "dtype": "float32 (psana calib)"})
+        out.update(
+            {
+                "detector": self.detector,
+                "read_with": f"det.raw.{self.method}",
+                "timestamps": [self.timestamps[0], self.timestamps[-1]] if self.timestamps else [],
+                "photon_energy_ev": (
+                    None if self._energy is None else round(float(np.nanmedian(self._energy)), 3)
+                ),
+            }
+        )
         return out
 
     def close(self) -> None:
