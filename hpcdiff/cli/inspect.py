@@ -221,7 +221,7 @@ def format_summary(summary: dict[str, Any]) -> str:
                 f"{summary['path']}: {_SOURCE_TITLES[kind]}",
                 *_rows(
                     [
-                        (k.replace("_", " "), _value(v))
+                        (k.replace("_", " "), _shape(v) if k.endswith("shape") else _value(v))
                         for k, v in summary.items()
                         if k not in ("path", "kind", "inputs")
                     ]
