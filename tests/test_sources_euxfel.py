@@ -175,3 +175,20 @@ def test_extra_geom_geometry_places_the_modules_the_source_reads(tmp_path):
     ours = pixel_positions_m(geom).reshape(16, 512, 128, 3)
     theirs = geom_xg.get_pixel_positions()  # (16, 512, 128, 3) m, pixel centres
     np.testing.assert_allclose(ours[..., :2], theirs[..., :2], atol=1e-9)
+
+
+def test_crystfel_list_lines_name_train_and_pulse(tmp_path):
+    """Label lists written as ``r0001 //train*10000+pulse`` match the run's frames."""
+    from hpcdiff.io.labels_text import read_label_lists
+
+    run = make_agipd_run(tmp_path / "r0001", ntrains=2, per_train=2)
+    with EuXFELSource([run]) as src:
+        ids = src.frame_ids
+    hit = tmp_path / "diffuse.lst"
+    rest = tmp_path / "non-diffuse.lst"
+    hit.write_text(f"r0001 //{(FIRST_TRAIN + 1) * PULSE_BASE + 3}\n")  # base name, train, pulse
+    rest.write_text(f"{run} //{FIRST_TRAIN * PULSE_BASE + 1}\n")
+    labels = read_label_lists([(hit, None), (rest, None)])
+    rows = labels.match_run(ids)
+    want = {ids.index(frame_id(str(run), FIRST_TRAIN + 1, 3)), 0}
+    assert set(rows.tolist()) == want and len(rows) == 2
