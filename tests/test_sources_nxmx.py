@@ -190,3 +190,26 @@ def test_folder_that_is_not_a_run_directory_is_named(tmp_path):
     with pytest.raises(FormatError, match="not a European XFEL run directory") as err:
         detect_kind(tmp_path)
     assert str(tmp_path) in str(err.value)
+
+
+def test_eiger_style_master_with_external_data_files(tmp_path, frames):
+    """``data_000001``, ``data_000002`` external links (as Eiger master files hold them) read
+    as one list of frames; a missing data file is an error naming the link."""
+    path = write_nxmx(tmp_path / "scan_master.h5", frames[:1])
+    for k, part in enumerate((frames[:2], frames[2:]), start=1):
+        with h5py.File(tmp_path / f"scan_data_{k:06d}.h5", "w") as h5:
+            h5["entry/data/data"] = part
+    with h5py.File(path, "r+") as h5:
+        data = h5["entry/data"]
+        del data["data"]
+        del data.attrs["signal"]
+        for k in (1, 2):
+            data[f"data_{k:06d}"] = h5py.ExternalLink(f"scan_data_{k:06d}.h5", "/entry/data/data")
+    with NXmxSource([path]) as src:
+        assert src.n_frames == 5
+        assert src.frame_ids[-1] == FrameId(str(path), 4)
+        np.testing.assert_array_equal(src.read(1, 4), frames[1:4].astype(np.float32))
+    (tmp_path / "scan_data_000002.h5").unlink()
+    with pytest.raises(FormatError, match="external link") as err:
+        NXmxSource([path])
+    assert "data_000002" in str(err.value)

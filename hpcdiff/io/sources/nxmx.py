@@ -330,7 +330,8 @@ def _frame_datasets(path: str, entry: h5py.Group) -> list[str]:
         signal = _text(group.attrs.get("signal", "")) or "data"
         names = [signal] if isinstance(group.get(signal), h5py.Dataset) else []
         if not names:
-            names = sorted(n for n in group if _DATA_NAME.match(n) and n in group)
+            # keys(): broken external links are listed too, and reported below
+            names = sorted(n for n in group.keys() if _DATA_NAME.match(n))
         dsets = []
         for name in names:
             try:
@@ -354,7 +355,8 @@ def _frame_datasets(path: str, entry: h5py.Group) -> list[str]:
                         f"frames of shape {d.shape}; expected (n_frames, slow, fast) like {shape}",
                         dataset=d.name,
                     )
-            return [d.name for d in dsets]
+            # the link paths in this file (an external dataset's .name is its path there)
+            return [f"{group.name}/{name}" for name in names]
     raise FormatError(
         path, f"no frames: {entry.name} has no NXdata group with a 'data' or 'data_NNNNNN' dataset"
     )
