@@ -179,6 +179,12 @@ class EuXFELSource(IndexedSource):
                 f"not a European XFEL run directory ({found}); source = 'euxfel' reads "
                 "folders of RAW-R*/CORR-R* files, e.g. .../proc/r0142",
             )
+        if not is_run_directory(run_dir):
+            raise FormatError(
+                run_dir,
+                "not a European XFEL run directory: it holds no RAW-R*-S*.h5 or "
+                "CORR-R*-S*.h5 files",
+            )
         try:
             # serially: no worker processes inside an MPI rank
             run = extra_data.RunDirectory(run_dir, parallelize=False)
