@@ -13,8 +13,9 @@ right-handed frame -- the frame CrystFEL uses):
   ``T(p) = offset + R p`` (rotation by ``value`` about ``vector``) or
   ``T(p) = offset + p + value * vector`` (translation); ``@units`` / ``@offset_units``
   are converted (m, mm, um, nm, angstrom; deg, rad);
-* the module origin (the chain applied to ``(0, 0, 0)``) is the first pixel's corner, as
-  dxtbx reads NXmx and as CrystFEL's ``corner_x/corner_y`` are;
+* the module origin (the chain applied to ``(0, 0, 0)``) is taken as the first pixel's
+  corner, like CrystFEL's ``corner_x/corner_y`` (the definition does not say corner or
+  centre in so many words; a file meaning the centre reads half a pixel off);
 * ``clen`` is the z of the first module's origin, each panel's ``coffset`` its own z minus
   that; ``res`` is 1 / fast pixel size;
 * photon energy from ``/entry/instrument/beam/incident_wavelength`` (one value, or one per
