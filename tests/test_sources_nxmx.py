@@ -213,3 +213,26 @@ def test_eiger_style_master_with_external_data_files(tmp_path, frames):
     with pytest.raises(FormatError, match="external link") as err:
         NXmxSource([path])
     assert "data_000002" in str(err.value)
+
+
+def test_pixel_mask_joins_the_bad_pixels(tmp_path, frames):
+    """The detector's ``pixel_mask`` (non-zero = bad) is bad in the classify job's mask, also
+    when too few frames are judged for bad pixels of its own."""
+    from hpcdiff.config import parse_job
+    from hpcdiff.geometry import DetectorModel
+    from hpcdiff.pipelines.classify import _bad_pixels
+
+    path = write_nxmx(tmp_path / "m.nxs", frames)
+    with NXmxSource([path]) as src:
+        assert src.pixel_mask() is None
+    mask = np.zeros((2 * N_SS, N_FS), np.uint32)
+    mask[:, 5] = 1  # a gap column
+    mask[30, 7] = 8  # a noisy pixel
+    with h5py.File(path, "r+") as h5:
+        h5["entry/instrument/detector/pixel_mask"] = mask
+    job = parse_job({"corrections": {"bad_pixel_frames": 0}})
+    with NXmxSource([path]) as src:
+        model = DetectorModel.build(src.geometry)
+        bad = _bad_pixels(job, src, model, None, None)
+    assert bad is not None and bad.shape == mask.shape
+    np.testing.assert_array_equal(bad, mask != 0)

@@ -303,22 +303,25 @@ def _bad_pixels(
     pedestal: np.ndarray | None,
     gain: np.ndarray | None,
 ) -> np.ndarray | None:
-    """Root: bad pixels judged over the run's first ``bad_pixel_frames`` finite frames."""
+    """Root: bad pixels judged over the run's first ``bad_pixel_frames`` finite frames,
+    with the frames' own mask where the source has one (NXmx ``pixel_mask``)."""
+    from hpcdiff.io.sources.base import source_pixel_mask
     from hpcdiff.preprocess import Preprocessor
 
+    own = source_pixel_mask(source)
     n = min(job.corrections.bad_pixel_frames, source.n_frames)
     if n < _MIN_BAD_PIXEL_FRAMES:
-        return None
+        return own
     frames = source.read(0, n)
     finite = np.isfinite(frames.reshape(n, -1)).all(axis=1)
     if finite.sum() < _MIN_BAD_PIXEL_FRAMES:
-        return None
+        return own
     energy = source.frame_values(0, n).get("photon_energy_ev")
     energy = model.photon_energy_ev if energy is None else energy[finite]
     pre = Preprocessor(model, job.background, job.corrections, pedestal=pedestal, gain=gain)
     found = pre.find_bad_pixels(frames[finite], photon_energy_ev=energy)
     log.info("bad pixels from %d frames: %d", int(finite.sum()), int(found.mask.sum()))
-    return pre.bad_pixel_mask
+    return pre.bad_pixel_mask if own is None else np.asarray(pre.bad_pixel_mask) | own
 
 
 def _reader(

@@ -218,3 +218,16 @@ def constant_values(
         out["clen_m"] = np.full(n, float(panel.clen))
         out["detector_distance_m"] = out["clen_m"] + float(panel.coffset_m)
     return out
+
+
+def source_pixel_mask(source: object) -> np.ndarray | None:
+    """``(n_ss, n_fs)`` bool, True on pixels the frames' files mark bad, or ``None``.
+
+    Sources whose files carry a mask (NXmx ``pixel_mask``) have ``pixel_mask()``; the
+    others (CXI: the geometry's mask keys) give ``None``.
+    """
+    method = getattr(source, "pixel_mask", None)
+    if method is None:
+        return None
+    mask = method()
+    return None if mask is None else np.asarray(mask, dtype=bool)

@@ -21,7 +21,8 @@ right-handed frame -- the frame CrystFEL uses):
 * photon energy from ``/entry/instrument/beam/incident_wavelength`` (one value, or one per
   frame); ``saturation_value`` becomes ``max_adu``; frames in counts (no ``@units``, or
   ``counts``/``photons``, as photon-counting detectors write them) get
-  ``adu_per_photon = 1``, other units no gain (set ``[corrections]`` accordingly).
+  ``adu_per_photon = 1``, other units no gain (set ``[corrections]`` accordingly);
+  the detector's ``pixel_mask`` (non-zero = bad) joins the classify job's bad pixels.
 
 Frames: the ``NXdata`` group of the entry (``/entry/data``): its ``@signal`` dataset, or
 ``data``, or the ``data_000001``, ``data_000002``, ... datasets (external links to the
@@ -588,6 +589,26 @@ class NXmxSource(IndexedSource):
         elif self.geometry is not None and isinstance(self.geometry.photon_energy, int | float):
             out["photon_energy_ev"] = np.full(n, float(self.geometry.photon_energy))
         return out
+
+    def pixel_mask(self) -> np.ndarray | None:
+        """``(n_ss, n_fs)`` bool from the first file's ``pixel_mask`` (non-zero = bad:
+        gaps, dead, noisy ... pixels, NXmx's bits), or ``None`` when it has none."""
+        det = self.info[0].detector
+        self._dataset(0, self.info[0].data_paths[0])  # opens the master file
+        h5 = self._handles[self.files[0]]  # (a linked dataset's .file is its data file)
+        dset = h5.get(f"{det}/pixel_mask")
+        if not isinstance(dset, h5py.Dataset):
+            return None
+        mask = np.asarray(dset[()])
+        if mask.ndim == 3:  # some writers keep a leading axis of one
+            mask = mask[0]
+        if mask.size != self.slab_shape[0] * self.slab_shape[1]:
+            raise FormatError(
+                self.files[0],
+                f"pixel_mask of shape {mask.shape}; frames are {self.slab_shape}",
+                dataset=dset.name,
+            )
+        return mask.reshape(self.slab_shape) != 0
 
     def describe(self) -> dict[str, Any]:
         """Frames, shape, dtype, geometry (distance, beam centre, pixel size, modules)."""
