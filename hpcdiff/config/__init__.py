@@ -43,7 +43,8 @@ class ExperimentConfig:
     """Where the experiment's files are.
 
     ``frames`` lists CXI/HDF5 files or glob patterns (relative to the job file); together
-    they form one run, frame identity being (file, index).  ``geometry`` is a CrystFEL
+    they form one run, frame identity being (file, index).  They may also be NXmx files,
+    European XFEL run directories or psana2 ``.xtc2`` files (see ``source``).  ``geometry`` is a CrystFEL
     ``.geom``; ``stream`` a CrystFEL ``.stream`` with orientations (Fourier job);
     ``labels`` the labels (training and evaluation), told apart by content: hpcdiff's
     HDF5 labels file, a CSV with a ``file,index,label`` header, or CrystFEL list files one
@@ -63,6 +64,24 @@ class ExperimentConfig:
     data_path: str | None = None
     pedestal: Path | None = None
     gain: Path | None = None
+    source: Literal["auto", "cxi", "euxfel", "nxmx", "psana2"] = field(
+        default="auto",
+        metadata={
+            "doc": "Reader of the `frames`: `cxi` (CXI/HDF5 files), `euxfel` (European XFEL "
+            "run directories, AGIPD/JUNGFRAU, needs hpcdiff[euxfel]), `nxmx` (NeXus/NXmx "
+            "files, geometry from their NXtransformations unless `geometry` is given), "
+            "`psana2` (LCLS-II .xtc2 files, needs psana); `auto`: from the first input "
+            "(a run directory, an .xtc2 file, an NXmx file by its NXentry definition, "
+            "else CXI)."
+        },
+    )
+    detector: str | None = field(
+        default=None,
+        metadata={
+            "doc": "Detector to read where an input holds several: a European XFEL "
+            "detector name (`SPB_DET_AGIPD1M-1`) or a psana2 detector name (`jungfrau`)."
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -537,7 +556,7 @@ def _check_inputs(job: JobConfig) -> None:
     for i, pattern in enumerate(exp.frames):
         full = pattern if Path(pattern).is_absolute() else str(base / pattern)
         matches = (
-            glob.glob(full) if glob.has_magic(full) else ([full] if Path(full).is_file() else [])
+            glob.glob(full) if glob.has_magic(full) else ([full] if Path(full).exists() else [])
         )
         if not matches:
             raise ConfigError(

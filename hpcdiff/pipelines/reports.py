@@ -247,14 +247,15 @@ def add_confidence_table(report: Report, predictions: Any, *, n: int = 10) -> No
 def example_frames(job: JobConfig, predictions: Any, *, n: int = 4) -> tuple[list, list, list]:
     """Raw and background-removed assembled images of the most and least diffuse-looking frames."""
     from hpcdiff.geometry import DetectorModel
-    from hpcdiff.io.cxi import FrameSource
     from hpcdiff.io.geom import read_geom
+    from hpcdiff.io.sources import open_job_source
     from hpcdiff.preprocess import Preprocessor
 
-    if job.experiment.geometry is None:
+    geom = None if job.experiment.geometry is None else read_geom(job.experiment.geometry)
+    source = open_job_source(job, job.frame_files(), geometry=geom)
+    geom = source.geometry  # the job's, or the frames' own (NXmx)
+    if geom is None:
         raise ConfigError(f"{job.source}: example frames need [experiment] geometry")
-    geom = read_geom(job.experiment.geometry)
-    source = FrameSource(job.frame_files(), geometry=geom, data_path=job.experiment.data_path)
     order = np.argsort(-predictions.diffuse_score)
     picks = list(dict.fromkeys([*order[: n // 2], *order[::-1][: n - n // 2]]))
     numbers = source.global_numbers([predictions.frame_ids[i] for i in picks])
