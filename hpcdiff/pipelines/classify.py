@@ -280,8 +280,11 @@ class Featurizer:
         return {"features": self.features(batch)}
 
 
-def detector_model(geometry: Any, values: dict[str, np.ndarray]) -> Any:
-    """:class:`hpcdiff.geometry.DetectorModel` at the camera length and energy in ``values``."""
+def detector_model(
+    geometry: Any, values: dict[str, np.ndarray], *, polarisation_degree: float = 1.0
+) -> Any:
+    """:class:`hpcdiff.geometry.DetectorModel` at the camera length and energy in ``values``
+    (``polarisation_degree``: ``[corrections] polarisation_degree``)."""
     from hpcdiff.geometry import DetectorModel
 
     clen = values.get("clen_m")
@@ -290,6 +293,7 @@ def detector_model(geometry: Any, values: dict[str, np.ndarray]) -> Any:
         geometry,
         clen_m=None if clen is None else float(clen[0]),
         photon_energy_ev=None if energy is None else float(energy[0]),
+        polarisation_degree=polarisation_degree,
     )
 
 
@@ -409,7 +413,11 @@ def _frame_stage(
     timings = Timings()
     with FrameSource(run.files, geometry=geometry, data_path=job.experiment.data_path) as source:
         # every rank builds the same detector model from frame 0's camera length and energy
-        model = detector_model(geometry, source.frame_values(0, 1))
+        model = detector_model(
+            geometry,
+            source.frame_values(0, 1),
+            polarisation_degree=job.corrections.polarisation_degree,
+        )
         pedestal, gain = read_pedestal_and_gain(job.experiment, shape=source.slab_shape)
         mask = root_decides(comm, lambda: _bad_pixels(job, source, model, pedestal, gain))
         featurizer = Featurizer(
