@@ -46,8 +46,6 @@ from hpcdiff.errors import ConfigError, FormatError
 from hpcdiff.merge import (
     FrameVoxels,
     MergeAccumulator,
-    bragg_keep,
-    grid_coordinates,
     map_frame_grids,
 )
 
@@ -573,54 +571,61 @@ class ChunkFrames:
 MIN_SCALE_PIXELS = 50
 
 
-def frame_scale(
-    values: np.ndarray,
-    q: np.ndarray,
-    orientation: np.ndarray,
-    *,
-    reference: np.ndarray,
-    settings: FourierSettings,
-) -> float:
-    """Least-squares scale ``g`` of ``values ~ g * reference`` over a frame's merged pixels.
+@dataclass(frozen=True)
+class ScaleReference:
+    """The merged map a scale pass refines each frame's scale against.
+
+    Attributes
+    ----------
+    intensity
+        ``(grid.n_voxels,)`` float32 merged map, NaN where unmeasured.
+    counts
+        ``(grid.n_voxels,)`` int32 pixels merged into each voxel (so a frame's own pixels
+        can be taken out of the reference: a leave-one-out fit).
+    """
+
+    intensity: np.ndarray
+    counts: np.ndarray
+
+
+def reference_map(merged: MergeAccumulator) -> ScaleReference:
+    """The :class:`ScaleReference` of a merged accumulator (after symmetrising, if any)."""
+    return ScaleReference(
+        merged.intensity().ravel().astype(np.float32),
+        np.minimum(merged.counts, np.iinfo(np.int32).max).astype(np.int32),
+    )
+
+
+def frame_scale(frame: FrameVoxels, *, reference: ScaleReference) -> float:
+    """Least-squares scale ``g`` of a frame's pixel values ``v ~ g * M`` against the merged map.
+
+    ``M`` is the reference without the frame's own pixels (leave one out: a frame's noise
+    would otherwise correlate with itself), at each voxel the frame touches; the fit is
+    over the frame's pixels, ``g = sum(v M) / sum(M^2)``.
 
     Parameters
     ----------
-    values
-        ``(n_ss, n_fs)`` merge values (NaN: not used).
-    q
-        ``(n_ss, n_fs, 3)`` scattering vectors, nm^-1.
-    orientation
-        ``(3, 3)`` rows ``astar, bstar, cstar``.
+    frame
+        The frame binned on the reference's grid (unscaled values).
     reference
-        ``(grid.n_voxels,)`` float merged map (NaN: unmeasured).
-    settings
-        Grid and Bragg radius.
+        The merged map and its counts.
 
     Returns
     -------
     float
-        ``g``; NaN when fewer than :data:`MIN_SCALE_PIXELS` pixels fall in measured voxels
-        or the reference is 0 there.
+        ``g``; NaN when fewer than :data:`MIN_SCALE_PIXELS` of the frame's pixels fall in
+        voxels other frames measured, or ``M`` is 0 there.
     """
-    keep = np.isfinite(values)
-    v = values[keep].astype(np.float64)
-    coords = grid_coordinates(q[keep], orientation, extent=settings.grid.extent)
-    vox = settings.grid.voxel_index(coords)
-    if settings.bragg_radius_hkl > 0:
-        hkl = (
-            coords
-            if settings.grid.extent == "hkl"
-            else grid_coordinates(q[keep], orientation, extent="hkl")
-        )
-        vox[~bragg_keep(hkl, settings.bragg_radius_hkl)] = -1
-    inside = vox >= 0
-    ref = np.full(v.shape, np.nan)
-    ref[inside] = reference[vox[inside]]
-    ok = np.isfinite(ref)
-    if int(ok.sum()) < MIN_SCALE_PIXELS:
+    v = frame.voxels
+    c_all = reference.counts[v].astype(np.float64)
+    r_all = reference.intensity[v].astype(np.float64)
+    c_loo = c_all - frame.counts
+    ok = (c_loo > 0) & np.isfinite(r_all)
+    if int(frame.counts[ok].sum()) < MIN_SCALE_PIXELS:
         return float("nan")
-    rr = float(np.dot(ref[ok], ref[ok]))
-    return float(np.dot(v[ok], ref[ok]) / rr) if rr > 0 else float("nan")
+    m = (r_all[ok] * c_all[ok] - frame.sums[ok]) / c_loo[ok]
+    mm = float(np.dot(frame.counts[ok], m * m))
+    return float(np.dot(frame.sums[ok], m) / mm) if mm > 0 else float("nan")
 
 
 def process_frames(
@@ -633,7 +638,7 @@ def process_frames(
     settings: FourierSettings,
     numbers: np.ndarray | None = None,
     det_shift_m: np.ndarray | None = None,
-    reference: np.ndarray | None = None,
+    reference: ScaleReference | None = None,
 ) -> tuple[MergeAccumulator, ChunkFrames]:
     """Merge a batch of raw frames and bin them for the similarities (array in, arrays out).
 
@@ -654,9 +659,9 @@ def process_frames(
     det_shift_m
         ``(k, 2)`` per-frame detector shift (x, y) in metres, lab frame, or None.
     reference
-        ``(grid.n_voxels,)`` merged map to refine each frame's scale against (a scale
-        pass: frames are merged as ``v / g``, frames with ``g < scale_min`` left out, and no
-        similarity frames or images are made); None: no refinement.
+        The merged map to refine each frame's scale against (a scale pass: frames are
+        merged as ``v / g`` (:func:`frame_scale`), frames with ``g < scale_min`` left out,
+        and no similarity frames or images are made); None: no refinement.
 
     Returns
     -------
@@ -688,27 +693,26 @@ def process_frames(
             det_shift_m=None if det_shift_m is None else det_shift_m[i],
         )
         shots[i] = mv.shot
-        values = mv.values
-        if reference is not None:
-            g = frame_scale(values, mv.q, orientations[i], reference=reference, settings=settings)
-            scales[i] = g
-            if np.isfinite(g) and g >= scale_min:
-                values = values / np.float32(g)
-            elif np.isfinite(g):  # no measurable copy of the map in this frame
-                values = np.full_like(values, np.nan)
         grids = (
             (settings.grid,) if reference is not None else (settings.grid, settings.similarity_grid)
         )
         binned = map_frame_grids(
-            values,
+            mv.values,
             mv.q,
             orientations[i],
             grids=grids,
-            valid=mv.valid & np.isfinite(values),
+            valid=mv.valid,
             bragg_radius_hkl=settings.bragg_radius_hkl,
         )
-        if len(binned[0]) or np.isfinite(values).any():
-            acc.add_frame(binned[0])
+        frame = binned[0]
+        if reference is not None:
+            g = scales[i] = frame_scale(frame, reference=reference)
+            if np.isfinite(g) and g >= scale_min:
+                frame = FrameVoxels(frame.voxels, frame.sums / g, frame.counts)
+            elif np.isfinite(g):  # no measurable copy of the map in this frame
+                continue
+        if np.isfinite(mv.shot):
+            acc.add_frame(frame)
             merged[i] = True
         if reference is None:
             sim_frames.append(binned[1])
@@ -739,7 +743,7 @@ def process_chunk(
     rows: Sequence[int],
     settings: FourierSettings,
     *,
-    reference: np.ndarray | None = None,
+    reference: ScaleReference | None = None,
 ) -> tuple[MergeAccumulator, ChunkFrames]:
     """Read and process the plan's frames ``rows`` (indices into ``plan.numbers``): one dask task.
 
@@ -807,16 +811,11 @@ class ScalePass:
     plan
         The frames.
     reference
-        ``(grid.n_voxels,)`` float32 merged map, NaN where unmeasured.
+        The merged map (:func:`reference_map`).
     """
 
     plan: FramePlan
-    reference: np.ndarray
-
-
-def reference_map(merged: MergeAccumulator) -> np.ndarray:
-    """``(grid.n_voxels,)`` float32 reference of a scale pass: the merged map, NaN unmeasured."""
-    return merged.intensity().ravel().astype(np.float32)
+    reference: ScaleReference
 
 
 def scale_task(
@@ -892,6 +891,7 @@ __all__ = [
     "FramePlan",
     "MergeValues",
     "ScalePass",
+    "ScaleReference",
     "chain_for",
     "chunk_task",
     "frame_scale",
