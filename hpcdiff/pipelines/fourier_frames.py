@@ -19,10 +19,12 @@ Merge inputs (:class:`FrameChain.merge_values`)
     crystal are left out as well (:func:`hpcdiff.merge.map_frame_grids`).
 
 Scale refinement (:func:`refine_scales`)
-    In the spirit of mdx2's scaling: with the merged map ``M`` as reference, each frame's
-    scale ``g = sum(v M) / sum(M^2)`` (least squares of ``v ~ g M`` over the frame's pixels
-    in measured voxels) is found and the frames are merged again as ``v / g``; frames with
-    ``g < scale_min`` carry no measurable copy of the map and are left out of that merge.
+    In the spirit of mdx2's scaling: with the merged map ``M`` (without the frame's own
+    pixels) as reference, each frame's scale ``g`` is the least-squares ``v ~ g M`` over its
+    pixels in measured voxels, regularised towards 1 by its standard error
+    (:func:`frame_scale`); the frames are merged again as ``v / max(g, scale_min)``; frames
+    whose ``g`` lies significantly (3 standard errors) below ``scale_min`` carry no
+    measurable copy of the map and are left out of that merge.
 
 Frame choice (:func:`plan_frames`)
     ``[fourier] frames``: ``"all"`` oriented frames, ``"labelled-diffuse"`` (``[experiment]
@@ -596,12 +598,23 @@ def reference_map(merged: MergeAccumulator) -> ScaleReference:
     )
 
 
-def frame_scale(frame: FrameVoxels, *, reference: ScaleReference) -> float:
-    """Least-squares scale ``g`` of a frame's pixel values ``v ~ g * M`` against the merged map.
+#: Prior spread of a frame's scale about 1 (frames of one experiment differ by tens of per
+#: cent): a scale the frame measures poorly is pulled towards 1 instead of amplifying noise.
+SCALE_PRIOR_SD = 0.5
+
+
+def frame_scale(
+    frame: FrameVoxels, *, reference: ScaleReference, pixel_sd: float
+) -> tuple[float, float]:
+    """Least-squares scale ``g`` of a frame's pixel values ``v ~ g * M`` against the merged map,
+    regularised towards 1.
 
     ``M`` is the reference without the frame's own pixels (leave one out: a frame's noise
-    would otherwise correlate with itself), at each voxel the frame touches; the fit is
-    over the frame's pixels, ``g = sum(v M) / sum(M^2)``.
+    would otherwise correlate with itself), at each voxel the frame touches.  The fit over
+    the frame's pixels, ``g_ls = sum(v M) / sum(M^2)`` with standard error
+    ``s = pixel_sd / sqrt(sum(M^2))``, is combined with the prior ``1 +- SCALE_PRIOR_SD``
+    (inverse-variance weights): a frame that measures its scale well keeps ``g_ls``, a
+    frame whose fit is all noise keeps 1.
 
     Parameters
     ----------
@@ -609,12 +622,15 @@ def frame_scale(frame: FrameVoxels, *, reference: ScaleReference) -> float:
         The frame binned on the reference's grid (unscaled values).
     reference
         The merged map and its counts.
+    pixel_sd
+        Standard deviation of the frame's pixel values (an upper bound of their noise).
 
     Returns
     -------
-    float
-        ``g``; NaN when fewer than :data:`MIN_SCALE_PIXELS` of the frame's pixels fall in
-        voxels other frames measured, or ``M`` is 0 there.
+    (float, float)
+        The scale and its standard error; ``(nan, nan)`` when fewer than
+        :data:`MIN_SCALE_PIXELS` of the frame's pixels fall in voxels other frames measured,
+        or ``M`` is 0 there.
     """
     v = frame.voxels
     c_all = reference.counts[v].astype(np.float64)
@@ -622,10 +638,16 @@ def frame_scale(frame: FrameVoxels, *, reference: ScaleReference) -> float:
     c_loo = c_all - frame.counts
     ok = (c_loo > 0) & np.isfinite(r_all)
     if int(frame.counts[ok].sum()) < MIN_SCALE_PIXELS:
-        return float("nan")
+        return float("nan"), float("nan")
     m = (r_all[ok] * c_all[ok] - frame.sums[ok]) / c_loo[ok]
     mm = float(np.dot(frame.counts[ok], m * m))
-    return float(np.dot(frame.sums[ok], m) / mm) if mm > 0 else float("nan")
+    if not mm > 0:
+        return float("nan"), float("nan")
+    g_ls = float(np.dot(frame.sums[ok], m) / mm)
+    w_fit = mm / max(float(pixel_sd) ** 2, 1e-300)
+    w_prior = 1.0 / SCALE_PRIOR_SD**2
+    g = (w_fit * g_ls + w_prior * 1.0) / (w_fit + w_prior)
+    return float(g), float(1.0 / np.sqrt(w_fit + w_prior))
 
 
 def process_frames(
@@ -660,7 +682,8 @@ def process_frames(
         ``(k, 2)`` per-frame detector shift (x, y) in metres, lab frame, or None.
     reference
         The merged map to refine each frame's scale against (a scale pass: frames are
-        merged as ``v / g`` (:func:`frame_scale`), frames with ``g < scale_min`` left out,
+        merged as ``v / g`` (:func:`frame_scale`), frames significantly below
+        ``scale_min`` left out,
         and no similarity frames or images are made); None: no refinement.
 
     Returns
@@ -706,11 +729,15 @@ def process_frames(
         )
         frame = binned[0]
         if reference is not None:
-            g = scales[i] = frame_scale(frame, reference=reference)
-            if np.isfinite(g) and g >= scale_min:
+            ok = np.isfinite(mv.values)
+            sd = float(np.std(mv.values[ok])) if ok.any() else float("nan")
+            g, g_err = frame_scale(frame, reference=reference, pixel_sd=sd)
+            scales[i] = g
+            if np.isfinite(g) and g + 3 * g_err < scale_min:
+                continue  # significantly no copy of the map in this frame: left out
+            if np.isfinite(g):
+                g = max(g, scale_min)
                 frame = FrameVoxels(frame.voxels, frame.sums / g, frame.counts)
-            elif np.isfinite(g):  # no measurable copy of the map in this frame
-                continue
         if np.isfinite(mv.shot):
             acc.add_frame(frame)
             merged[i] = True
