@@ -15,7 +15,6 @@ from hpcdiff.errors import ConfigError
 from hpcdiff.merge import FrameVoxels, Grid, MergeAccumulator
 from hpcdiff.pipelines.fourier import FourierSettings
 from hpcdiff.pipelines.fourier_frames import (
-    SCALE_PRIOR_SD,
     FrameChain,
     frame_scale,
     plan_frames,
@@ -29,8 +28,8 @@ DEAD = (10, 20)  # a pixel of panel p0 that reads 0 in every frame
 
 @pytest.fixture(scope="module")
 def experiment(tmp_path_factory) -> Path:
-    """The tiny experiment of test_fourier_job, with a ``no_index`` panel, a bad region and
-    a dead pixel."""
+    """The tiny experiment of test_fourier_job with photon shot noise, a ``no_index`` panel,
+    a bad region and a dead pixel."""
     from hpcdiff.io.geom import BadRegion, read_geom, write_geom
 
     job = write_experiment(tmp_path_factory.mktemp("frames") / "exp")
@@ -41,9 +40,14 @@ def experiment(tmp_path_factory) -> Path:
     box = BadRegion("badbox", panel="p1", min_fs=0, max_fs=9, min_ss=48, max_ss=60)
     path.unlink()
     write_geom(dataclasses.replace(geom, panels=tuple(panels), bad_regions=(box,)), path)
+    rng = np.random.default_rng(5)
+    adu_per_photon = 0.001 * ENERGY_EV  # small_geometry's adu_per_eV
     for f in sorted(job.parent.glob("frames_*.cxi")):
         with h5py.File(f, "r+") as h5:
-            h5["/entry_1/data_1/data"][:, DEAD[0], DEAD[1]] = 0
+            data = h5["/entry_1/data_1/data"]
+            photons = rng.poisson(np.maximum(data[()] / adu_per_photon, 0))  # shot noise
+            data[...] = (photons * adu_per_photon).astype(data.dtype)
+            data[:, DEAD[0], DEAD[1]] = 0
     return job
 
 
@@ -163,18 +167,35 @@ def test_frame_scale_is_the_least_squares_scale_without_the_frame():
     frame = FrameVoxels(voxels, g * truth * 2, np.full(40, 2))  # 2 pixels per voxel
     merged = others.copy().add_frame(frame)
     ref = reference_map(merged)
-    # a precise fit keeps its least-squares value, with a small error
-    g_fit, err = frame_scale(frame, reference=ref, pixel_sd=1e-6)
-    assert g_fit == pytest.approx(g, rel=1e-5) and 0 < err < 1e-5
-    # a noisy one is pulled towards 1 (prior 1 +- SCALE_PRIOR_SD), with a larger error
-    sum_m2 = 2 * np.sum(truth**2)
-    sd = np.sqrt(sum_m2) * SCALE_PRIOR_SD  # fit error = prior spread: halfway
-    g_half, err_half = frame_scale(frame, reference=ref, pixel_sd=sd)
-    assert g_half == pytest.approx((g + 1) / 2, rel=1e-4)
-    assert err_half == pytest.approx(SCALE_PRIOR_SD / np.sqrt(2), rel=1e-4)
+    g_fit, err = frame_scale(frame, reference=ref, noise=0.0)
+    assert g_fit == pytest.approx(g, rel=1e-5) and err == 0
     # no other frame measured these voxels: no scale
     alone = MergeAccumulator.empty(grid).add_frame(frame)
-    assert np.isnan(frame_scale(frame, reference=reference_map(alone), pixel_sd=1.0)[0])
+    assert np.isnan(frame_scale(frame, reference=reference_map(alone), noise=0.0)[0])
+    # a map no stronger than its noise gives no scale
+    assert np.isnan(frame_scale(frame, reference=ref, noise=100.0)[0])
+
+
+def test_frame_scale_on_noisy_pixels_is_unbiased():
+    """With noisy pixels in the frame and in the map, the scale is found within its error
+    (the map's noise taken out: the plain least squares would be pulled towards 0); a frame
+    whose own signal is buried keeps a scale near the prior's 1."""
+    grid = Grid(40, 3.0)
+    rng = np.random.default_rng(1)
+    nv, sigma, g = 20000, 1.0, 0.37
+    voxels = np.sort(rng.choice(grid.n_voxels, nv, replace=False))
+    signal = rng.normal(size=nv)
+    others = MergeAccumulator.empty(grid)
+    others.add_frame(FrameVoxels(voxels, 3 * signal + rng.normal(scale=sigma * np.sqrt(3), size=nv), np.full(nv, 3)))  # fmt: skip
+    frame = FrameVoxels(voxels, 2 * g * signal + rng.normal(scale=sigma * np.sqrt(2), size=nv), np.full(nv, 2))  # fmt: skip
+    ref = reference_map(others.copy().add_frame(frame))
+    g_fit, err = frame_scale(frame, reference=ref, noise=sigma**2)
+    assert abs(g_fit - g) < 4 * err and err < 0.05
+    g_plain, _ = frame_scale(frame, reference=ref, noise=0.0)
+    assert g_plain < g - 0.05  # diluted by the map's noise
+    few = FrameVoxels(voxels[:60], frame.sums[:60], frame.counts[:60])
+    g_few, err_few = frame_scale(few, reference=ref, noise=3 * sigma**2)
+    assert err_few > 0.3 and g_few > g + 0.15  # pulled towards 1
 
 
 def test_scale_pass_leaves_out_frames_without_the_map(experiment):
@@ -187,10 +208,14 @@ def test_scale_pass_leaves_out_frames_without_the_map(experiment):
     first, _ = process_chunk(plan, rows, settings)
     second, frames = process_chunk(plan, rows, settings, reference=reference_map(first))
     diffuse = plan.labels == 1
-    np.testing.assert_array_equal(frames.merged, diffuse)
-    assert second.n_frames == diffuse.sum()
-    assert (frames.scale[diffuse] > 0.5).all()
-    assert (frames.scale[~diffuse] < settings.chain.scale_min).all()
+    np.testing.assert_array_equal(second.n_frames, frames.merged.sum())
+    assert frames.merged[diffuse].all() and (frames.scale[diffuse] > 0.5).all()
+    # frames that measure their scale (small error) and carry no map are left out; a frame
+    # whose fit is noise keeps a scale near the prior's 1
+    measured = frames.scale_error < 0.2
+    assert measured[~diffuse].sum() >= 6
+    assert not frames.merged[~diffuse & measured].any()
+    assert (frames.scale[~diffuse & measured] < settings.chain.scale_min).all()
     assert frames.similarity_frames == [] and frames.images.size == 0
 
 

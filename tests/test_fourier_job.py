@@ -229,8 +229,8 @@ def test_local_cluster_job_end_to_end(experiment, capsys):
         intensity = h5["intensity"][()]
         counts = h5["counts"][()]
         n_merged = int(h5.attrs["n_frames"])
-        # the scale pass leaves out frames with no copy of the map: here the unlabelled half
-        assert intensity.shape == (24, 24, 24) and N_FRAMES // 2 <= n_merged < N_FRAMES
+        # the scale pass may leave out frames with no copy of the map (the unlabelled half)
+        assert intensity.shape == (24, 24, 24) and N_FRAMES // 2 <= n_merged <= N_FRAMES
         assert "config_hash" in h5.attrs
         np.testing.assert_array_equal(np.isnan(intensity), counts == 0)
         np.testing.assert_allclose(h5["h"][()], Grid(24, MAX_HKL).axis())

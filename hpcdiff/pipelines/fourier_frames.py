@@ -22,9 +22,9 @@ Scale refinement (:func:`refine_scales`)
     In the spirit of mdx2's scaling: with the merged map ``M`` (without the frame's own
     pixels) as reference, each frame's scale ``g`` is the least-squares ``v ~ g M`` over its
     pixels in measured voxels, regularised towards 1 by its standard error
-    (:func:`frame_scale`); the frames are merged again as ``v / max(g, scale_min)``; frames
-    whose ``g`` lies significantly (3 standard errors) below ``scale_min`` carry no
-    measurable copy of the map and are left out of that merge.
+    (:func:`frame_scale`; a fit that is all noise keeps 1), and the frames are merged again
+    as ``v / g``; frames with ``g < scale_min`` carry no measurable copy of the map and are
+    left out of that merge.
 
 Frame choice (:func:`plan_frames`)
     ``[fourier] frames``: ``"all"`` oriented frames, ``"labelled-diffuse"`` (``[experiment]
@@ -48,6 +48,10 @@ from hpcdiff.errors import ConfigError, FormatError
 from hpcdiff.merge import (
     FrameVoxels,
     MergeAccumulator,
+    bin_frame,
+    bragg_keep,
+    crystal_cartesian,
+    fractional_hkl,
     map_frame_grids,
 )
 
@@ -369,6 +373,10 @@ class MergeValues:
     shot
         The frame's shot intensity: mean corrected counts per (polarisation x sr) over the
         valid pixels; 1 when ``scale_shot`` is off, NaN when not > 0 (not merged).
+    noise_var
+        ``(n_ss, n_fs)`` float32 each value's expected noise variance, in the unit of
+        ``values`` squared: Poisson and read noise ``max(B, 0) + read_noise_photons^2``
+        (photons; ``B`` the background) over ``(divisor * shot)^2``; NaN where not valid.
     """
 
     values: np.ndarray
@@ -376,6 +384,7 @@ class MergeValues:
     q: np.ndarray
     normalised: np.ndarray
     shot: float
+    noise_var: np.ndarray | None = None
 
 
 class FrameChain:
@@ -519,8 +528,14 @@ class FrameChain:
                 if not (np.isfinite(shot) and shot > 0):
                     shot = float("nan")  # no scattering: the frame carries nothing usable
                 values = values / np.float32(shot)
+            rn2 = self.settings.background.read_noise_photons**2
+            bg = np.asarray(res.background[0], np.float64)
+            var = (np.maximum(bg, 0.0) + rn2) / (
+                divisor * (shot if np.isfinite(shot) else 1.0)
+            ) ** 2
         valid = valid & np.isfinite(values)
         values = np.where(valid, values, np.float32(np.nan))
+        noise_var = np.where(valid, var, np.nan).astype(np.float32)
         if det_shift_m is None:
             q = model.q_vectors_at(photon_energy_ev)
         else:
@@ -531,7 +546,8 @@ class FrameChain:
             q = scattering_vectors(
                 pos, wavelength_m=photon_energy_to_wavelength_m(photon_energy_ev)
             )
-        return MergeValues(values, valid, q, np.asarray(res.normalised[0], np.float32), shot)
+        normalised = np.asarray(res.normalised[0], np.float32)
+        return MergeValues(values, valid, q, normalised, shot, noise_var)
 
 
 # --------------------------------------------------------------------------- per-frame work
@@ -558,6 +574,8 @@ class ChunkFrames:
         overlap with it).
     merged
         ``(k,)`` bool whether the frame went into the accumulator.
+    scale_error
+        ``(k,)`` float64 standard error of ``scale`` (0 without a reference map).
     """
 
     numbers: np.ndarray
@@ -567,6 +585,7 @@ class ChunkFrames:
     shot: np.ndarray = field(default_factory=lambda: np.zeros(0))
     scale: np.ndarray = field(default_factory=lambda: np.zeros(0))
     merged: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
+    scale_error: np.ndarray = field(default_factory=lambda: np.zeros(0))
 
 
 #: Fewest pixels in measured voxels for a refined scale (fewer: the frame keeps scale 1).
@@ -604,17 +623,20 @@ SCALE_PRIOR_SD = 0.5
 
 
 def frame_scale(
-    frame: FrameVoxels, *, reference: ScaleReference, pixel_sd: float
+    frame: FrameVoxels, *, reference: ScaleReference, noise: np.ndarray | float
 ) -> tuple[float, float]:
     """Least-squares scale ``g`` of a frame's pixel values ``v ~ g * M`` against the merged map,
-    regularised towards 1.
+    corrected for the map's noise and regularised towards 1.
 
     ``M`` is the reference without the frame's own pixels (leave one out: a frame's noise
-    would otherwise correlate with itself), at each voxel the frame touches.  The fit over
-    the frame's pixels, ``g_ls = sum(v M) / sum(M^2)`` with standard error
-    ``s = pixel_sd / sqrt(sum(M^2))``, is combined with the prior ``1 +- SCALE_PRIOR_SD``
-    (inverse-variance weights): a frame that measures its scale well keeps ``g_ls``, a
-    frame whose fit is all noise keeps 1.
+    would otherwise correlate with itself), at each voxel the frame touches.  Over the
+    frame's pixels (``c`` per voxel, value sum ``s``, noise-variance sum ``n``), ``M``
+    carries noise of variance ``(n / c) / C_loo`` (other frames' pixels there taken as
+    noisy as this frame's), which is taken out of the normal equation (else a noisy map
+    pulls ``g`` to 0): ``g_ls = sum(s M) / D`` with ``D = sum(c M^2 - n / C_loo)``,
+    standard error ``e = sqrt(sum(n M^2)) / D``.  ``g_ls`` is combined with the prior
+    ``1 +- SCALE_PRIOR_SD`` (inverse-variance weights): a frame that measures its scale well
+    keeps ``g_ls``; a frame whose fit is all noise keeps 1.
 
     Parameters
     ----------
@@ -622,32 +644,64 @@ def frame_scale(
         The frame binned on the reference's grid (unscaled values).
     reference
         The merged map and its counts.
-    pixel_sd
-        Standard deviation of the frame's pixel values (an upper bound of their noise).
+    noise
+        ``(m,)`` sum of the pixel noise variances per voxel of ``frame`` (aligned with
+        ``frame.voxels``), or one pixel variance for every pixel; 0: noise-free.
 
     Returns
     -------
     (float, float)
-        The scale and its standard error; ``(nan, nan)`` when fewer than
-        :data:`MIN_SCALE_PIXELS` of the frame's pixels fall in voxels other frames measured,
-        or ``M`` is 0 there.
+        The scale and its standard error (0: noise-free); ``(nan, nan)`` when fewer than
+        :data:`MIN_SCALE_PIXELS` of the frame's pixels fall in voxels other frames
+        measured, or the map there is no more than its noise (``D <= 0``).
     """
     v = frame.voxels
     c_all = reference.counts[v].astype(np.float64)
     r_all = reference.intensity[v].astype(np.float64)
     c_loo = c_all - frame.counts
-    ok = (c_loo > 0) & np.isfinite(r_all)
+    n_all = np.broadcast_to(np.asarray(noise, np.float64), v.shape)
+    if n_all.ndim == 1 and np.ndim(noise) == 0:
+        n_all = n_all * frame.counts
+    ok = (c_loo > 0) & np.isfinite(r_all) & np.isfinite(n_all)
     if int(frame.counts[ok].sum()) < MIN_SCALE_PIXELS:
         return float("nan"), float("nan")
+    c = frame.counts[ok].astype(np.float64)
+    n = n_all[ok]
     m = (r_all[ok] * c_all[ok] - frame.sums[ok]) / c_loo[ok]
-    mm = float(np.dot(frame.counts[ok], m * m))
-    if not mm > 0:
+    d = float(np.dot(c, m * m)) - float(np.sum(n / c_loo[ok]))
+    if not d > 0:
         return float("nan"), float("nan")
-    g_ls = float(np.dot(frame.sums[ok], m) / mm)
-    w_fit = mm / max(float(pixel_sd) ** 2, 1e-300)
-    w_prior = 1.0 / SCALE_PRIOR_SD**2
+    g_ls = float(np.dot(frame.sums[ok], m) / d)
+    err = float(np.sqrt(np.dot(n, m * m)) / d)
+    if not err > 0:  # noise-free
+        return g_ls, 0.0
+    w_fit, w_prior = 1.0 / err**2, 1.0 / SCALE_PRIOR_SD**2
     g = (w_fit * g_ls + w_prior * 1.0) / (w_fit + w_prior)
     return float(g), float(1.0 / np.sqrt(w_fit + w_prior))
+
+
+def bin_with_noise(
+    mv: MergeValues, orientation: np.ndarray, *, settings: FourierSettings
+) -> tuple[FrameVoxels, np.ndarray]:
+    """A frame's values and noise variances binned on the merge grid (the voxels and pixels
+    of :func:`hpcdiff.merge.map_frame_grids`).
+
+    Returns
+    -------
+    (FrameVoxels, np.ndarray)
+        The binned values and the ``(m,)`` float64 sum of the noise variances per voxel.
+    """
+    grid = settings.grid
+    var = mv.noise_var if mv.noise_var is not None else np.zeros_like(mv.values)
+    keep = mv.valid & np.isfinite(mv.values) & np.isfinite(var)
+    hkl = fractional_hkl(mv.q[keep], orientation)
+    coords = hkl if grid.extent == "hkl" else crystal_cartesian(hkl, orientation)
+    vox = grid.voxel_index(coords)
+    if settings.bragg_radius_hkl > 0:
+        vox[~bragg_keep(hkl, settings.bragg_radius_hkl)] = -1
+    frame = bin_frame(mv.values[keep], vox)
+    noise = bin_frame(var[keep], vox)
+    return frame, noise.sums
 
 
 def process_frames(
@@ -682,8 +736,7 @@ def process_frames(
         ``(k, 2)`` per-frame detector shift (x, y) in metres, lab frame, or None.
     reference
         The merged map to refine each frame's scale against (a scale pass: frames are
-        merged as ``v / g`` (:func:`frame_scale`), frames significantly below
-        ``scale_min`` left out,
+        merged as ``v / g`` (:func:`frame_scale`), frames with ``g < scale_min`` left out,
         and no similarity frames or images are made); None: no refinement.
 
     Returns
@@ -706,7 +759,7 @@ def process_frames(
     acc = MergeAccumulator.empty(settings.grid)
     sim_frames: list[FrameVoxels] = []
     normed = np.empty(frames.shape if reference is None else (0, 0, 0), np.float32)
-    shots, scales = np.ones(k), np.ones(k)
+    shots, scales, errors = np.ones(k), np.ones(k), np.zeros(k)
     merged = np.zeros(k, bool)
     for i in range(k):
         mv = chain.merge_values(
@@ -716,34 +769,28 @@ def process_frames(
             det_shift_m=None if det_shift_m is None else det_shift_m[i],
         )
         shots[i] = mv.shot
-        grids = (
-            (settings.grid,) if reference is not None else (settings.grid, settings.similarity_grid)
-        )
-        binned = map_frame_grids(
-            mv.values,
-            mv.q,
-            orientations[i],
-            grids=grids,
-            valid=mv.valid,
-            bragg_radius_hkl=settings.bragg_radius_hkl,
-        )
-        frame = binned[0]
-        if reference is not None:
-            ok = np.isfinite(mv.values)
-            sd = float(np.std(mv.values[ok])) if ok.any() else float("nan")
-            g, g_err = frame_scale(frame, reference=reference, pixel_sd=sd)
+        if reference is None:
+            frame, sim = map_frame_grids(
+                mv.values,
+                mv.q,
+                orientations[i],
+                grids=(settings.grid, settings.similarity_grid),
+                valid=mv.valid,
+                bragg_radius_hkl=settings.bragg_radius_hkl,
+            )
+            sim_frames.append(sim)
+            normed[i] = np.where(mv.valid, mv.normalised, np.nan)
+        else:
+            frame, noise = bin_with_noise(mv, orientations[i], settings=settings)
+            g, errors[i] = frame_scale(frame, reference=reference, noise=noise)
             scales[i] = g
-            if np.isfinite(g) and g + 3 * g_err < scale_min:
-                continue  # significantly no copy of the map in this frame: left out
+            if np.isfinite(g) and g < scale_min:
+                continue  # no measurable copy of the map in this frame: left out
             if np.isfinite(g):
-                g = max(g, scale_min)
                 frame = FrameVoxels(frame.voxels, frame.sums / g, frame.counts)
         if np.isfinite(mv.shot):
             acc.add_frame(frame)
             merged[i] = True
-        if reference is None:
-            sim_frames.append(binned[1])
-            normed[i] = np.where(mv.valid, mv.normalised, np.nan)
     images = (
         downsample(normed, settings.image_downsample)
         if reference is None
@@ -751,7 +798,7 @@ def process_frames(
     )
     nums = np.arange(k) if numbers is None else np.asarray(numbers)
     return acc, ChunkFrames(
-        nums, sim_frames, images, time.perf_counter() - t0, shots, scales, merged
+        nums, sim_frames, images, time.perf_counter() - t0, shots, scales, merged, errors
     )
 
 
@@ -917,6 +964,7 @@ __all__ = [
     "FrameChoice",
     "FramePlan",
     "MergeValues",
+    "bin_with_noise",
     "ScalePass",
     "ScaleReference",
     "chain_for",
