@@ -487,6 +487,28 @@ class FrameChain:
         """The classify job's :meth:`~hpcdiff.preprocess.Preprocessor.residual` of raw frames."""
         return self.preprocessor.residual(frames, photon_energy_ev=photon_energy_ev)
 
+    def _noise_var(self, res: PreprocessResult, valid: np.ndarray, unit: np.ndarray) -> np.ndarray:
+        """``(n_ss, n_fs)`` float64 noise variance of each merge value (``residual / unit``).
+
+        Poisson and read noise of the background, ``max(B, 0) + read_noise_photons^2``
+        (photons), times ``min(s, 1)^2`` where ``s`` is the clipped standard deviation of the
+        frame's residual in those noise units (:func:`~hpcdiff.background.standard.noise_scale`):
+        a frame noisier than that (``s > 1``) may carry signal, one quieter (``s < 1``) shows
+        the model overstates its noise (e.g. counts that are not photons).
+        """
+        from hpcdiff.background.standard import noise_scale, slab_subsample
+
+        rn2 = self.settings.background.read_noise_photons**2
+        bg = np.asarray(res.background[0], np.float64)
+        model = np.maximum(bg, 0.0) + rn2
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.asarray(res.residual[0], np.float64) / np.sqrt(model)
+            take = slab_subsample(z.size)
+            spread = float(noise_scale(z.reshape(1, -1)[:, take], valid.reshape(1, -1)[:, take])[0])
+            if np.isfinite(spread) and 0 < spread < 1:
+                model = model * spread**2
+            return model / unit**2
+
     def merge_values(
         self,
         frame: np.ndarray,
@@ -528,11 +550,7 @@ class FrameChain:
                 if not (np.isfinite(shot) and shot > 0):
                     shot = float("nan")  # no scattering: the frame carries nothing usable
                 values = values / np.float32(shot)
-            rn2 = self.settings.background.read_noise_photons**2
-            bg = np.asarray(res.background[0], np.float64)
-            var = (np.maximum(bg, 0.0) + rn2) / (
-                divisor * (shot if np.isfinite(shot) else 1.0)
-            ) ** 2
+            var = self._noise_var(res, valid, divisor * (shot if np.isfinite(shot) else 1.0))
         valid = valid & np.isfinite(values)
         values = np.where(valid, values, np.float32(np.nan))
         noise_var = np.where(valid, var, np.nan).astype(np.float32)
