@@ -94,7 +94,11 @@ class RunFrames:
             self.run.files, geometry=self.geometry, data_path=job.experiment.data_path
         )
         self.frame_ids: list[FrameId] = list(self.source.frame_ids)
-        self.model = detector_model(self.geometry, self.source.frame_values(0, 1))
+        self.model = detector_model(
+            self.geometry,
+            self.source.frame_values(0, 1),
+            polarisation_degree=job.corrections.polarisation_degree,
+        )
         self.pedestal, self.gain = read_pedestal_and_gain(
             job.experiment, shape=self.source.slab_shape
         )
