@@ -107,7 +107,14 @@ def cc(a: np.ndarray, b: np.ndarray, sel: np.ndarray | None = None) -> tuple[flo
     return (float(x @ y / d) if d > 0 else float("nan")), n
 
 
-def measure(job_path: Path, *, grid_size: int, max_hkl: float, passes: list[int]) -> list[dict]:
+def measure(
+    job_path: Path,
+    *,
+    grid_size: int,
+    max_hkl: float,
+    passes: list[int],
+    overrides: dict | None = None,
+) -> list[dict]:
     from hpcdiff.config import load_job
     from hpcdiff.pipelines import fourier as fj
 
@@ -116,7 +123,11 @@ def measure(job_path: Path, *, grid_size: int, max_hkl: float, passes: list[int]
     job = dataclasses.replace(
         job,
         fourier=dataclasses.replace(
-            job.fourier, grid_size=grid_size, max_hkl=max_hkl, similarity_grid_size=8
+            job.fourier,
+            grid_size=grid_size,
+            max_hkl=max_hkl,
+            similarity_grid_size=8,
+            **(overrides or {}),
         ),
     )
     plan = fj.plan_frames(job)
@@ -184,14 +195,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-hkl", type=float, default=10.0)
     ap.add_argument("--passes", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--fourier",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="[fourier] keys for an ablation, e.g. mask_bragg_radius_hkl=0 scale_shot=false",
+    )
     args = ap.parse_args(argv)
+    overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.fourier)}
     specs = configs()
     report = {}
     for name in args.configs:
         job = simulate(name, specs[name], args.frames)
         print(f"{name}: {specs[name].get('detector')} {specs[name].get('diffuse_model')} "
               f"{specs[name].get('space_group')} cell {specs[name].get('cell_nm')}", flush=True)  # fmt: skip
-        report[name] = measure(job, grid_size=args.grid, max_hkl=args.max_hkl, passes=args.passes)
+        report[name] = measure(
+            job,
+            grid_size=args.grid,
+            max_hkl=args.max_hkl,
+            passes=args.passes,
+            overrides=overrides,
+        )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
