@@ -270,3 +270,22 @@ def test_polarisation_degree_reaches_both_jobs(experiment, tmp_path):
     )
     _, ones = FrameChain.for_plan(plan, unpolarised.chain).detector(0.1)
     assert (ones == 1).all()
+
+
+def test_check_reports_a_frame_choice_without_its_file(experiment, tmp_path):
+    from hpcdiff.pipelines.preflight import check_job
+
+    job = load_job(experiment)
+    missing = tmp_path / "predictions.h5"
+    r = check_job(
+        _with_fourier(job, frames="predicted-diffuse", predictions=missing), mode="fourier"
+    )
+    mine = [p for p in r.problems if p.where.startswith("[fourier")]
+    assert [p.where for p in mine] == ["[fourier.predictions]"] and str(missing) in mine[0].what
+    no_labels = dataclasses.replace(
+        job, experiment=dataclasses.replace(job.experiment, labels=None)
+    )
+    r = check_job(_with_fourier(no_labels, frames="labelled-diffuse"), mode="fourier")
+    assert [p.where for p in r.problems if p.where.startswith("[fourier")] == ["[fourier.frames]"]
+    r = check_job(_with_fourier(job, frames="labelled-diffuse"), mode="fourier")
+    assert not [p for p in r.problems if p.where.startswith("[fourier")]
