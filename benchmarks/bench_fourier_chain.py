@@ -114,6 +114,7 @@ def measure(
     max_hkl: float,
     passes: list[int],
     overrides: dict | None = None,
+    which: tuple[str, ...] = ("all", "diffuse"),
 ) -> list[dict]:
     from hpcdiff.config import load_job
     from hpcdiff.pipelines import fourier as fj
@@ -141,7 +142,9 @@ def measure(
         "diffuse": np.flatnonzero(plan.labels == 1),
     }
     out = []
-    for which, rows in rows_of.items():
+    for name, rows in rows_of.items():
+        if name not in which:
+            continue
         t0, c0 = time.perf_counter(), time.process_time()
         acc, _ = fj.process_chunk(plan, rows, settings)
         for p in passes if new_chain else [0]:
@@ -152,7 +155,7 @@ def measure(
                 cur, _ = fj.process_chunk(plan, rows, settings, reference=reference_map(cur))
             m = cur.intensity()
             row = {
-                "frames": which,
+                "frames": name,
                 "n_frames": len(rows),
                 "n_merged": cur.n_frames,
                 "chain": "new" if new_chain else "main",
@@ -179,7 +182,7 @@ def measure(
                 for s in row["shells"]
             )
             print(
-                f"  {row['chain']:4s} {which:7s} n={len(rows):3d} merged={cur.n_frames:3d} "
+                f"  {row['chain']:4s} {name:7s} n={len(rows):3d} merged={cur.n_frames:3d} "
                 f"scale_passes={p} bragg={settings.bragg_radius_hkl:g}: CC {row['cc']:.3f}, "
                 f"iso-removed {row['cc_iso_removed']:.3f}; per shell CC/CC-iso (voxels): {shells}",
                 flush=True,
@@ -195,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-hkl", type=float, default=10.0)
     ap.add_argument("--passes", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--rows", nargs="+", default=["all", "diffuse"], choices=["all", "diffuse"])
     ap.add_argument(
         "--fourier",
         nargs="*",
@@ -216,6 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             max_hkl=args.max_hkl,
             passes=args.passes,
             overrides=overrides,
+            which=tuple(args.rows),
         )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
