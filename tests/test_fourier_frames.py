@@ -139,7 +139,10 @@ def test_shot_intensity_is_divided_out(experiment):
     from hpcdiff.io.geom import read_geom
 
     job = load_job(experiment)
-    job = dataclasses.replace(job, background=dataclasses.replace(job.background, mask_bragg=False))
+    job = dataclasses.replace(
+        _with_fourier(job, scale_shot=True),
+        background=dataclasses.replace(job.background, mask_bragg=False),
+    )
     plan = plan_frames(job)
     settings = FourierSettings.from_job(job)
     chain = FrameChain.for_plan(plan, settings.chain)

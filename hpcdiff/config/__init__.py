@@ -448,10 +448,12 @@ class FourierConfig:
         metadata={"doc": "Divide each pixel by its solid angle (sr) before merging."},
     )
     scale_shot: bool = field(
-        default=True,
+        default=False,
         metadata={
             "doc": "Divide each frame by its shot intensity: the mean of its corrected "
-            "counts per (polarisation x sr) over the valid pixels (Bragg peaks masked).",
+            "counts per (polarisation x sr) over the valid pixels (Bragg peaks masked). Off "
+            "by default: where the background varies apart from the pulse it adds noise (the "
+            "refined scale of `scale_passes` is fitted to the diffuse map itself).",
         },
     )
     scale_passes: int = field(
@@ -459,7 +461,9 @@ class FourierConfig:
         metadata={
             "check": non_negative,
             "doc": "Passes of per-frame scale refinement against the merged map (a least-"
-            "squares scale per frame, then a new merge); 0: none.",
+            "squares scale per frame, then a new merge; frames below `scale_min` left out); "
+            "0: none. It also picks the frames that carry the map out of `frames = \"all\"`; "
+            "on frames already chosen diffuse, 0 measured as well or better.",
         },
     )
     scale_min: float = field(

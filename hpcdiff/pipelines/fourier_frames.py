@@ -12,10 +12,9 @@ One frame chain
 Merge inputs (:class:`FrameChain.merge_values`)
     ``residual / (polarisation x solid angle) / shot``: per pixel, the polarisation factor
     (``[corrections] polarisation_degree``) and solid angle (sr) at the frame's own camera
-    length; per frame, the shot intensity ``shot`` = mean background per (polarisation x sr)
-    (corrected counts, Bragg peaks masked) over the valid pixels, so frames of different
-    pulse energy or sample thickness merge on
-    one scale.  Pixels within ``bragg_radius_hkl`` of an integer ``hkl`` of the frame's
+    length; per frame (``scale_shot``, off by default), the shot intensity ``shot`` = mean
+    corrected counts per (polarisation x sr) over the valid pixels (Bragg peaks masked), so
+    frames of different pulse energy merge on one scale.  Pixels within ``bragg_radius_hkl`` of an integer ``hkl`` of the frame's
     crystal are left out as well (:func:`hpcdiff.merge.map_frame_grids`).
 
 Scale refinement (:func:`refine_scales`)
@@ -91,7 +90,7 @@ class ChainSettings:
     experiment: ExperimentConfig = field(default_factory=ExperimentConfig)
     correct_polarisation: bool = True
     correct_solid_angle: bool = True
-    scale_shot: bool = True
+    scale_shot: bool = False
     scale_passes: int = 1
     scale_min: float = 0.2
 
