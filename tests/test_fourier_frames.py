@@ -292,3 +292,30 @@ def test_check_reports_a_frame_choice_without_its_file(experiment, tmp_path):
     assert [p.where for p in r.problems if p.where.startswith("[fourier")] == ["[fourier.frames]"]
     r = check_job(_with_fourier(job, frames="labelled-diffuse"), mode="fourier")
     assert not [p for p in r.problems if p.where.startswith("[fourier")]
+
+
+def test_job_on_the_labelled_diffuse_frames(experiment, tmp_path):
+    """The whole job (one in-process dask worker) on the frames the labels mark diffuse."""
+    import json
+    import os
+
+    from distributed import Client
+
+    from hpcdiff.pipelines.fourier import run_fourier
+
+    job = _with_fourier(load_job(experiment), frames="labelled-diffuse")
+    with (
+        Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None),
+        open(os.devnull, "w") as log,
+    ):
+        result = run_fourier(job, Client.current(), out_dir=tmp_path, log=log)
+    summary = json.loads((tmp_path / "fourier_summary.json").read_text())
+    assert summary["frames"] == {
+        "choice": "labelled-diffuse",
+        "n_oriented": N_FRAMES,
+        "n_chosen": 8,
+    }
+    assert summary["n_frames_oriented"] == 8 and result.merged.n_frames <= 8
+    assert summary["frame_scales"]["refined"]["median"] > 0.5
+    with h5py.File(tmp_path / "similarity.h5") as h5:
+        assert h5["common_arc"].shape == (8, 8) and (h5["diffuse"][()] == 1).all()
