@@ -2,9 +2,14 @@
 
 Prints numbers, medians and ratios (not a test).  Sections:
 
-1. merge: frames/s per worker (one process, one thread) mapping CSPAD frames
-   (2.3 M pixels; the classify job's frame chain, polarisation, solid-angle and shot
-   scale, 200^3 grid).
+1. merge: (a) the merge step alone (residual values -> accumulator) per CSPAD frame, median
+   CPU time (``time.process_time``) and wall, for the merge of earlier versions ("legacy"),
+   a plain ``np.add.at`` merge of the same values and the current one
+   (``PixelDirections`` + ``MergeAccumulator.add_voxels``), with the ratios, on the cube
+   +-10 hkl grid of earlier defaults and on the grid fitted to the cell and the detector's
+   q range, each alone and with the similarity grid beside it; (b) frames/s per worker
+   (one process, one thread) of ``process_frames`` on CSPAD frames (2.3 M pixels; the
+   classify job's frame chain, polarisation and solid-angle correction, 200^3 grid).
 2. cc: a simulated CSPAD experiment (``hpcdiff.simulate``, preset ``easy``, all frames
    diffuse) merged into the 200^3 hkl grid; Pearson CC of the merged map with the true
    diffuse intensity (truth.h5) after n frames.
@@ -19,6 +24,7 @@ Prints numbers, medians and ratios (not a test).  Sections:
 Usage::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_fourier.py            # everything (~10 min)
+    python benchmarks/bench_fourier.py --sections merge --merge-frames 6   # merge rows only
     python benchmarks/bench_fourier.py --quick                       # reduced sizes
     python benchmarks/bench_fourier.py --sections similarity --sizes 500 1000 2000
 """
@@ -52,6 +58,23 @@ def _rotations(n: int, seed: int) -> np.ndarray:
 def _orientations(n: int, seed: int, cell_nm=(7.9, 7.9, 3.8)) -> np.ndarray:
     inv = np.diag(1.0 / np.asarray(cell_nm))
     return np.stack([inv @ r.T for r in _rotations(n, seed)])
+
+
+def _chain(geom):
+    """The Fourier job's frame chain of ``geom`` (default sections), 0.1 m, 9.5 keV."""
+    from hpcdiff.geometry import DetectorModel
+    from hpcdiff.pipelines.fourier_frames import ChainSettings, FrameChain
+
+    model = DetectorModel.build(geom, clen_m=0.1, photon_energy_ev=9500.0)
+    return FrameChain(model, ChainSettings())
+
+
+def _unit_directions(chain, clen_m: float) -> np.ndarray:
+    """``(n_ss, n_fs, 3)`` ``k_out - k_in`` (``|k| = 1``) of every pixel at ``clen_m``."""
+    pos = chain.detector(clen_m)[0].positions_m
+    unit = pos / np.linalg.norm(pos, axis=-1, keepdims=True)
+    unit[..., 2] -= 1.0
+    return unit
 
 
 def bench_merge(n_frames: int, grid_size: int) -> dict:
@@ -92,6 +115,200 @@ def bench_merge(n_frames: int, grid_size: int) -> dict:
         f"{n_frames} frames, median of 3: {med * 1e3:.0f} ms/frame = {1 / med:.2f} frames/s per worker"
     )
     return {"seconds_per_frame_median": med, "frames_per_s_per_worker": 1 / med, "n": n_frames}
+
+
+def _legacy_map_frame_grids(values, q, orientation, *, grids, valid):
+    """The merge as it was before the per-axis grid (float64, q gathered per frame, sparse
+    bin then scatter): kept here as the reference of the speed ratio."""
+    from hpcdiff.merge import bin_frame, fractional_hkl
+
+    keep = np.asarray(valid, dtype=bool) & np.isfinite(values)
+    vals = values[keep].astype(np.float64)
+    hkl = fractional_hkl(q[keep], orientation)
+    return [bin_frame(vals, grid.voxel_index(hkl)) for grid in grids]
+
+
+def _legacy_add_frame(acc, frame) -> None:
+    acc.sums[frame.voxels] += frame.sums
+    acc.counts[frame.voxels] += frame.counts
+    acc.n_frames += 1
+
+
+def bench_merge_kernel(n_frames: int, grid_size: int) -> dict:
+    """CPU time and wall per CSPAD frame of the merge step alone (residual -> accumulator).
+
+    Three ways on the same residual values and orientations, one process, one thread:
+    ``legacy`` (the merge of earlier versions, float64), ``add.at`` (the plain way:
+    float64 ``hkl = q @ inv(A)`` of the valid pixels, floor to a flat index,
+    :func:`numpy.add.at` into sums and counts) and ``new`` (:class:`hpcdiff.merge.
+    PixelDirections` built once per detector: one float32 matmul per frame, truncation to a
+    flat index, :meth:`~hpcdiff.merge.MergeAccumulator.add_voxels`).  On two grids: the cube
+    +-10 hkl of earlier defaults (few CSPAD pixels land inside for this cell) and the grid
+    fitted to the cell and the detector's q range (every pixel inside), each alone and
+    with the similarity grid of half the size beside it (as :func:`process_frames` does).
+    """
+    from hpcdiff.fourier_grid import detector_q_max
+    from hpcdiff.geometry import cspad_like_geometry, photon_energy_to_wavelength_m
+    from hpcdiff.merge import Grid, MergeAccumulator, bin_frame, fit_grid
+
+    energy = 9500.0
+    geom = cspad_like_geometry(clen_m=0.1)
+    detector = _chain(geom)
+    unit = _unit_directions(detector, 0.1)
+    valid = detector.valid
+    lam_nm = photon_energy_to_wavelength_m(energy) * 1e9
+    rng = np.random.default_rng(0)
+    residuals = rng.normal(size=(n_frames, *geom.slab_shape)).astype(np.float32)
+    residuals[:, ~valid] = np.nan
+    orient = _orientations(n_frames, 1)
+    q_max = detector_q_max(geom, photon_energy_ev=energy, clen_m=0.1)
+    t0 = time.process_time()
+    pixels = detector.pixels(0.1)
+    t_build = time.process_time() - t0
+    grids = {
+        "cube +-10 hkl": Grid(grid_size, 10.0),
+        "fitted": fit_grid(orient, q_max_per_nm=q_max, size=grid_size),
+    }
+    rows = {}
+    print(
+        f"merge kernel: CSPAD {geom.slab_shape[0]}x{geom.slab_shape[1]} ({len(pixels)} valid "
+        f"pixels), cell 7.9 x 7.9 x 3.8 nm, q_max {q_max:.2f} nm^-1, {n_frames} frames, "
+        f"median per frame; PixelDirections built once in {t_build * 1e3:.0f} ms CPU"
+    )
+    for gname, grid in grids.items():
+        sim = Grid(tuple(max(1, s // 2) for s in grid.shape), grid.half_widths, grid.extent)
+        inside = []
+        for with_sim in (False, True):
+            sets = (grid, sim) if with_sim else (grid,)
+            label = f"{gname} {'x'.join(map(str, grid.shape))}" + (
+                " + similarity grid" if with_sim else ""
+            )
+            accs = {k: MergeAccumulator.empty(grid) for k in ("legacy", "add.at", "new")}
+            times: dict[str, list[tuple[float, float]]] = {k: [] for k in accs}
+            for i in range(n_frames):
+                res, a = residuals[i], orient[i]
+                # legacy
+                c0, w0 = time.process_time(), time.perf_counter()
+                out = _legacy_map_frame_grids(res, unit / lam_nm, a, grids=sets, valid=valid)
+                _legacy_add_frame(accs["legacy"], out[0])
+                times["legacy"].append((time.process_time() - c0, time.perf_counter() - w0))
+                # plain np.add.at of the same values
+                c0, w0 = time.process_time(), time.perf_counter()
+                keep = valid & np.isfinite(res)
+                vals = res[keep].astype(np.float64)
+                hkl = (unit[keep] / lam_nm) @ np.linalg.inv(a)
+                for j, g in enumerate(sets):
+                    flat = g.voxel_index(hkl)
+                    ok = flat >= 0
+                    if j == 0:
+                        np.add.at(accs["add.at"].sums, flat[ok], vals[ok])
+                        np.add.at(accs["add.at"].counts, flat[ok], 1)
+                    else:
+                        bin_frame(vals, flat)
+                times["add.at"].append((time.process_time() - c0, time.perf_counter() - w0))
+                # new
+                c0, w0 = time.process_time(), time.perf_counter()
+                v = pixels.values(res)
+                vox = pixels.voxels(a, wavelength_nm=lam_nm, grids=sets)
+                accs["new"].add_voxels(vox[0], v)
+                for extra in vox[1:]:
+                    bin_frame(v, extra)
+                times["new"].append((time.process_time() - c0, time.perf_counter() - w0))
+                if not with_sim:
+                    inside.append(float(np.mean(vox[0] >= 0)))
+            med = {
+                k: (statistics.median(c for c, _ in t), statistics.median(w for _, w in t))
+                for k, t in times.items()
+            }
+            same_counts = bool(np.array_equal(accs["new"].counts, accs["add.at"].counts))
+            moved = int(np.abs(accs["new"].counts - accs["add.at"].counts).sum() // 2)
+            sums_diff = float(np.max(np.abs(accs["legacy"].sums - accs["new"].sums)))
+            row = {
+                "cpu_s_per_frame": {k: m[0] for k, m in med.items()},
+                "wall_s_per_frame": {k: m[1] for k, m in med.items()},
+                "speedup_cpu_vs_legacy": med["legacy"][0] / med["new"][0],
+                "speedup_cpu_vs_add_at": med["add.at"][0] / med["new"][0],
+                "add_at_speedup_cpu_vs_legacy": med["legacy"][0] / med["add.at"][0],
+                "pixels_moved_vs_add_at": moved,
+                "fraction_pixels_inside": float(np.mean(inside)) if inside else None,
+            }
+            rows[label] = row
+            print(
+                f"merge kernel: {label}: CPU ms/frame legacy {med['legacy'][0] * 1e3:.0f}, "
+                f"add.at {med['add.at'][0] * 1e3:.0f}, new {med['new'][0] * 1e3:.0f} "
+                f"(wall {med['legacy'][1] * 1e3:.0f} / {med['add.at'][1] * 1e3:.0f} / "
+                f"{med['new'][1] * 1e3:.0f}); new is x{row['speedup_cpu_vs_legacy']:.1f} "
+                f"legacy, x{row['speedup_cpu_vs_add_at']:.1f} add.at (CPU); add.at is "
+                f"x{row['add_at_speedup_cpu_vs_legacy']:.2f} legacy"
+                + (
+                    f"; {row['fraction_pixels_inside']:.0%} of pixels inside"
+                    if inside and not with_sim
+                    else ""
+                )
+                + f"; counts equal to add.at: {same_counts} ({moved} pixel(s) in a neighbouring "
+                f"voxel, float32 rounding), max |sums - legacy| {sums_diff:.1e}"
+            )
+    return rows
+
+
+def bench_grid_fill(n_frames: int, grid_size: int, stride: int = 4) -> dict:
+    """How much of each grid CSPAD frames reach: the old default cube +-10 hkl, the cube that
+    holds the detector's reach on the longest axis, and the per-axis grid fitted to the cell.
+
+    Frames: CSPAD at 0.1 m, 9.5 keV, one pixel in ``stride`` along fs and ss, random
+    orientations; cells of other shapes than the one the merge was developed on.
+    """
+    from hpcdiff.fourier_grid import detector_q_max
+    from hpcdiff.geometry import cspad_like_geometry, photon_energy_to_wavelength_m
+    from hpcdiff.merge import Grid, MergeAccumulator, PixelDirections, fit_grid
+
+    geom = cspad_like_geometry(clen_m=0.1)
+    detector = _chain(geom)
+    unit = _unit_directions(detector, 0.1)
+    sub = (slice(None, None, stride), slice(None, None, stride))
+    pixels = PixelDirections.build(unit[sub], detector.valid[sub])
+    lam_nm = photon_energy_to_wavelength_m(9500.0) * 1e9
+    q_max = detector_q_max(geom, photon_energy_ev=9500.0, clen_m=0.1)
+    cells = {
+        "7.9 x 7.9 x 3.8 nm": (7.9, 7.9, 3.8),
+        "elongated 3.8 x 3.8 x 25 nm": (3.8, 3.8, 25.0),
+        "5 x 10 x 20 nm": (5.0, 10.0, 20.0),
+    }
+    out = {}
+    values = np.ones(len(pixels), np.float32)
+    for name, cell in cells.items():
+        orient = _orientations(n_frames, 3, cell_nm=cell)
+        fitted = fit_grid(orient, q_max_per_nm=q_max, size=grid_size)
+        grids = {
+            "cube +-10": Grid(grid_size, 10.0),
+            "cube +-max": Grid(grid_size, max(fitted.half_widths)),
+            "fitted": fitted,
+        }
+        accs = {k: MergeAccumulator.empty(g) for k, g in grids.items()}
+        inside = {k: 0 for k in grids}
+        for a in orient:
+            vox = pixels.voxels(a, wavelength_nm=lam_nm, grids=tuple(grids.values()))
+            for k, v in zip(grids, vox, strict=True):
+                accs[k].add_voxels(v, values)
+                inside[k] += int(np.count_nonzero(v >= 0))
+        row = {}
+        for k, g in grids.items():
+            row[k] = {
+                "half_widths": list(g.half_widths),
+                "fraction_voxels_filled": float(np.count_nonzero(accs[k].counts) / g.n_voxels),
+                "fraction_pixels_inside": inside[k] / (n_frames * len(pixels)),
+            }
+        out[name] = row
+        print(
+            f"grid fill: cell {name}, {n_frames} CSPAD frames (1 pixel in {stride}^2): "
+            + "; ".join(
+                f"{k} (+-{', '.join(f'{w:.1f}' for w in grids[k].half_widths)}): "
+                f"{r['fraction_voxels_filled']:.1%} of voxels filled, "
+                f"{r['fraction_pixels_inside']:.0%} of pixels inside"
+                for k, r in row.items()
+            )
+        )
+    return out
 
 
 def bench_cc(n_frames: int, grid_size: int, steps: list[int], workdir: Path) -> dict:
@@ -149,11 +366,48 @@ def bench_cc(n_frames: int, grid_size: int, steps: list[int], workdir: Path) -> 
             f"({per_voxel:.1f} pixels per measured voxel)"
         )
     t_merge = time.perf_counter() - t0
+    from hpcdiff.fourier_truth import load_truth, truth_summary
+    from hpcdiff.merge import reciprocal_metric
+
+    tc = truth_summary(acc, load_truth(sim.truth), metric=reciprocal_metric(plan.orientations))
+    shells = ", ".join(
+        f"{s['q_min_nm_inv']:.2f}-{s['q_max_nm_inv']:.2f}: "
+        + ("-" if s["cc"] is None else f"{s['cc']:.3f}")
+        for s in tc["shells"]
+    )
+    iso = tc["isotropic_removed"]["cc"]
+    print(f"cc: {rows_done} frames, per shell (nm^-1): {shells}")
+    print(f"cc: isotropic removed: {'-' if iso is None else f'{iso:.3f}'}")
+    # the same frames on the grid fitted to the cell and the detector's q range
+    fit_job = dataclasses.replace(job, fourier=dataclasses.replace(job.fourier, max_hkl=None))
+    fit_settings = FourierSettings.from_job(fit_job, plan=plan)
+    fit_acc, _ = process_chunk(plan, range(rows_done), fit_settings)
+    tf = truth_summary(fit_acc, load_truth(sim.truth), metric=reciprocal_metric(plan.orientations))
+    fit_shells = ", ".join(
+        f"{s['q_min_nm_inv']:.2f}-{s['q_max_nm_inv']:.2f}: "
+        + ("-" if s["cc"] is None else f"{s['cc']:.3f}")
+        for s in tf["shells"]
+    )
+    fiso = tf["isotropic_removed"]["cc"]
+    g = fit_settings.grid
+    print(
+        f"cc: fitted grid {'x'.join(map(str, g.shape))} (+-"
+        f"{', '.join(f'{w:.1f}' for w in g.half_widths)} hkl), truth averaged over its voxels "
+        f"where it reaches: CC {tf['cc']:.3f} over {tf['voxels']} voxels, isotropic removed "
+        f"{'-' if fiso is None else f'{fiso:.3f}'}; per shell: {fit_shells}"
+    )
     print(
         f"cc: simulated {n_frames} CSPAD frames in {t_sim:.0f} s (preset easy, all diffuse, Bragg "
         f"pixels within 0.15 hkl masked); merged into {grid_size}^3 in {t_merge:.0f} s"
     )
-    return {"steps": out, "simulate_s": t_sim, "merge_s": t_merge}
+    return {
+        "steps": out,
+        "simulate_s": t_sim,
+        "merge_s": t_merge,
+        "shells": [{k: v for k, v in r.items() if v is not None} for r in tc["shells"]],
+        "isotropic_removed_cc": iso,
+        "fitted_grid": {"cc": tf["cc"], "voxels": tf["voxels"], "isotropic_removed_cc": fiso},
+    }
 
 
 def synthetic_frames(n: int, *, grid_size: int, stride: int, seed: int = 0):
@@ -299,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     report: dict = {}
     if "merge" in args.sections:
+        report["merge_kernel"] = bench_merge_kernel(args.merge_frames, args.grid_size)
+        report["grid_fill"] = bench_grid_fill(4 * args.merge_frames, args.grid_size)
         report["merge"] = bench_merge(args.merge_frames, args.grid_size)
     if "cc" in args.sections:
         steps = sorted(

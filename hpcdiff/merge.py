@@ -3,20 +3,28 @@
 Every pixel of a frame is a scattering vector ``q`` (nm^-1, no 2 pi, lab frame).  With the
 frame's orientation matrix ``A`` (rows ``astar, bstar, cstar`` in nm^-1, lab frame) it has
 fractional Miller indices ``hkl = solve(A.T, q)``.  Those (or crystal-frame Cartesian
-coordinates, for a grid in ``q``) fall into a voxel of a cubic grid of ``size**3`` voxels.
-A frame's pixel values are summed per voxel with :func:`numpy.bincount` and added to a
-:class:`MergeAccumulator`, a pair of flat ``sums`` (float64) and ``counts`` (int64)
-arrays.  Accumulators are mergeable (``a + b`` adds sums and counts), so a merge split
-over processes, dask tasks or MPI ranks gives the same map whatever the split.
+coordinates, for a grid in ``q``) fall into a voxel of a :class:`Grid`, a box with its own
+size and half-width per axis (a cube, or the box :func:`fit_grid` fits to the cell and the
+resolution).  :class:`PixelDirections` holds a detector's valid pixels once, so that a
+frame's voxels are one float32 matrix product and a truncation; its values are summed per
+voxel into a :class:`MergeAccumulator` (:meth:`~MergeAccumulator.add_voxels`), a pair of
+flat ``sums`` (float64) and ``counts`` (int64) arrays, or binned sparsely per frame
+(:func:`bin_frame`, for the similarities).  Accumulators are mergeable (``a + b`` adds sums
+and counts), so a merge split over processes, dask tasks or MPI ranks gives the same map
+whatever the split; :meth:`~MergeAccumulator.save` and :meth:`~MergeAccumulator.load` are
+its checkpoint files.
 
-Everything here works on plain numpy arrays; files, geometry and clusters are the
-pipeline's business (:mod:`hpcdiff.pipelines.fourier`).
+Everything here works on plain numpy arrays; geometry and clusters are the pipeline's
+business (:mod:`hpcdiff.pipelines.fourier`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -27,57 +35,128 @@ Symmetry = Literal["none", "friedel", "laue"]
 
 @dataclass(frozen=True)
 class Grid:
-    """A cubic voxel grid centred on the reciprocal-space origin.
+    """A voxel grid centred on the reciprocal-space origin, with its own extent per axis.
 
-    Voxel ``i`` along an axis covers ``[-half_width + i * step, -half_width + (i + 1) * step)``
-    with ``step = 2 * half_width / size``; its centre is ``-half_width + (i + 0.5) * step``.
-    Index ``i`` and ``size - 1 - i`` are mirror images through the origin, for any ``size``.
-    Flat voxel indices are C-ordered over the axes ``(h, k, l)`` (or ``(qx, qy, qz)``).
+    Along axis ``d`` (``h, k, l`` or ``qx, qy, qz``) voxel ``i`` covers
+    ``[-half_widths[d] + i * steps[d], -half_widths[d] + (i + 1) * steps[d])`` with
+    ``steps[d] = 2 * half_widths[d] / shape[d]``; its centre is
+    ``-half_widths[d] + (i + 0.5) * steps[d]``.  Index ``i`` and ``shape[d] - 1 - i`` are
+    mirror images through the origin, for any size.  Flat voxel indices are C-ordered over
+    the axes.
+
+    ``Grid(200, 10.0)`` is the cube of 200^3 voxels spanning +-10 on every axis;
+    ``Grid((120, 120, 60), (24.0, 24.0, 12.0))`` has its own size and half-width per axis
+    (:func:`fit_grid` makes one that fits a cell and a resolution).  A sequence whose
+    entries are all equal is stored as the number, so both spellings of a cube are equal.
 
     Parameters
     ----------
     size
-        Voxels per axis (200 for the production grid).
+        Voxels per axis: one number for all three axes, or ``(n_h, n_k, n_l)``.
     half_width
-        Half the edge of the cube: Miller-index units for ``extent="hkl"``, nm^-1 (no 2 pi)
-        for ``extent="q"``.
+        Half the edge along each axis (one number, or three): Miller-index units for
+        ``extent="hkl"``, nm^-1 (no 2 pi) for ``extent="q"``.
     extent
         ``"hkl"``: axes are fractional Miller indices.  ``"q"``: axes are crystal-frame
         Cartesian scattering vectors (see :func:`crystal_cartesian`).
     """
 
-    size: int
-    half_width: float
+    size: int | tuple[int, int, int]
+    half_width: float | tuple[float, float, float]
     extent: Extent = "hkl"
 
     def __post_init__(self) -> None:
-        if self.size < 1:
-            raise ValueError(f"grid size must be >= 1, got {self.size}")
-        if not self.half_width > 0:
-            raise ValueError(f"grid half_width must be > 0, got {self.half_width}")
+        sizes = _three(self.size, "size", int)
+        widths = _three(self.half_width, "half_width", float)
+        if min(sizes) < 1:
+            raise ValueError(f"grid size must be >= 1 on every axis, got {self.size}")
+        if not all(np.isfinite(w) and w > 0 for w in widths):
+            raise ValueError(f"grid half_width must be finite and > 0, got {self.half_width}")
         if self.extent not in ("hkl", "q"):
             raise ValueError(f"grid extent must be 'hkl' or 'q', got {self.extent!r}")
-        if self.size**3 >= 2**31:
-            raise ValueError(f"grid size {self.size} gives more than 2**31 voxels")
+        if sizes[0] * sizes[1] * sizes[2] >= 2**31:
+            raise ValueError(f"grid of {sizes} voxels has more than 2**31 voxels")
+        object.__setattr__(self, "size", sizes[0] if len(set(sizes)) == 1 else sizes)
+        object.__setattr__(self, "half_width", widths[0] if len(set(widths)) == 1 else widths)
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        """``(size, size, size)``."""
-        return (self.size, self.size, self.size)
+        """``(n_h, n_k, n_l)`` voxels per axis."""
+        return _three(self.size, "size", int)
+
+    @property
+    def half_widths(self) -> tuple[float, float, float]:
+        """Half-width of each axis, in the grid's units."""
+        return _three(self.half_width, "half_width", float)
+
+    @property
+    def steps(self) -> tuple[float, float, float]:
+        """Voxel edge along each axis, in the grid's units."""
+        return _three(
+            tuple(2.0 * w / n for w, n in zip(self.half_widths, self.shape, strict=True)),
+            "steps",
+            float,
+        )
+
+    @property
+    def is_cube(self) -> bool:
+        """True when every axis has the same size and half-width."""
+        return isinstance(self.size, int) and isinstance(self.half_width, float)
 
     @property
     def n_voxels(self) -> int:
-        """``size**3``."""
-        return self.size**3
+        """``n_h * n_k * n_l``."""
+        a, b, c = self.shape
+        return a * b * c
 
     @property
     def step(self) -> float:
-        """Voxel edge, in the grid's units."""
-        return 2.0 * self.half_width / self.size
+        """Voxel edge of a grid whose axes share one step (see :attr:`steps`).
 
-    def axis(self) -> np.ndarray:
-        """Voxel centres along one axis, ``(size,)`` float64, in the grid's units."""
-        return -self.half_width + (np.arange(self.size) + 0.5) * self.step
+        Raises
+        ------
+        ValueError
+            When the axes have different steps.
+        """
+        steps = self.steps
+        if len(set(steps)) != 1:
+            raise ValueError(f"grid axes have different steps {steps}; use Grid.steps")
+        return steps[0]
+
+    def axis(self, dim: int | None = None) -> np.ndarray:
+        """Voxel centres along axis ``dim`` (0, 1, 2), ``(shape[dim],)`` float64.
+
+        ``dim`` may be left out when all axes are the same (a cube).
+        """
+        if dim is None:
+            if not self.is_cube:
+                raise ValueError(f"grid axes differ ({self.shape}, {self.half_widths}): pass dim")
+            dim = 0
+        n, w = self.shape[dim], self.half_widths[dim]
+        return -w + (np.arange(n) + 0.5) * (2.0 * w / n)
+
+    def axes(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Voxel centres along each axis (three 1D float64 arrays)."""
+        return (self.axis(0), self.axis(1), self.axis(2))
+
+    def to_dict(self) -> dict[str, object]:
+        """Plain form (JSON, HDF5 attributes): ``shape``, ``half_widths``, ``steps``, ``extent``."""
+        return {
+            "shape": list(self.shape),
+            "half_widths": list(self.half_widths),
+            "steps": list(self.steps),
+            "extent": self.extent,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, object]) -> Grid:
+        """The grid of :meth:`to_dict`'s form."""
+        shape = tuple(int(v) for v in np.asarray(d["shape"]).ravel())
+        widths = tuple(float(v) for v in np.asarray(d["half_widths"]).ravel())
+        extent = str(d["extent"])
+        if extent not in ("hkl", "q") or len(shape) != 3 or len(widths) != 3:
+            raise ValueError(f"not a grid description: {dict(d)}")
+        return cls(shape, widths, extent)  # type: ignore[arg-type]
 
     def voxel_index(self, coords: np.ndarray) -> np.ndarray:
         """Flat voxel index of each point.
@@ -95,18 +174,29 @@ class Grid:
         coords = np.asarray(coords, dtype=np.float64)
         if coords.ndim != 2 or coords.shape[1] != 3:
             raise ValueError(f"coords must have shape (n, 3), got {coords.shape}")
-        scaled = coords + self.half_width
-        scaled *= 1.0 / self.step
+        scaled = coords + np.asarray(self.half_widths)
+        scaled *= 1.0 / np.asarray(self.steps)
         with np.errstate(invalid="ignore"):
             # NaN compares False: outside.  For scaled >= 0, truncation is floor.
-            inside = np.all(scaled >= 0, axis=1) & np.all(scaled < self.size, axis=1)
+            inside = np.all(scaled >= 0, axis=1) & np.all(scaled < np.asarray(self.shape), axis=1)
             idx = scaled.astype(np.int64)
-        flat = idx[:, 0] * self.size
+        _, n_k, n_l = self.shape
+        flat = idx[:, 0] * n_k
         flat += idx[:, 1]
-        flat *= self.size
+        flat *= n_l
         flat += idx[:, 2]
         flat[~inside] = -1
         return flat
+
+
+def _three(value: object, name: str, kind: type) -> tuple:
+    if isinstance(value, int | float | np.integer | np.floating):
+        v = kind(value)
+        return (v, v, v)
+    seq = tuple(kind(v) for v in np.asarray(value).ravel())
+    if len(seq) != 3:
+        raise ValueError(f"grid {name} must be one number or three, got {value!r}")
+    return seq
 
 
 def fractional_hkl(q: np.ndarray, orientation: np.ndarray) -> np.ndarray:
@@ -174,6 +264,302 @@ def grid_coordinates(q: np.ndarray, orientation: np.ndarray, *, extent: Extent) 
     """
     hkl = fractional_hkl(q, orientation)
     return hkl if extent == "hkl" else crystal_cartesian(hkl, orientation)
+
+
+def reciprocal_metric(orientations: np.ndarray) -> np.ndarray:
+    """Mean reciprocal metric ``G* = A A^T`` of crystals (rotation-free), nm^-2.
+
+    Parameters
+    ----------
+    orientations
+        ``(3, 3)`` or ``(n, 3, 3)`` rows ``astar, bstar, cstar`` (nm^-1, lab frame).
+
+    Returns
+    -------
+    np.ndarray
+        ``(3, 3)`` float64; ``|q|^2 = hkl @ G* @ hkl``.
+    """
+    a = np.asarray(orientations, dtype=np.float64)
+    a = a[None] if a.ndim == 2 else a
+    if a.ndim != 3 or a.shape[1:] != (3, 3) or a.shape[0] == 0:
+        raise ValueError(f"orientations must be (n, 3, 3), got {np.shape(orientations)}")
+    return np.einsum("nij,nkj->ik", a, a) / a.shape[0]
+
+
+def fit_grid(
+    orientations: np.ndarray,
+    *,
+    q_max_per_nm: float,
+    size: int | tuple[int, int, int] = 200,
+    extent: Extent = "hkl",
+) -> Grid:
+    """The grid that just holds every scattering vector with ``|q| <= q_max_per_nm``.
+
+    On an ``hkl`` grid, ``h = q . a`` (``a`` the real-space cell vector, nm), so the largest
+    ``|h|`` a pixel of ``|q| <= q_max`` reaches, in any orientation, is ``q_max |a|``; the
+    half-widths are ``q_max (|a|, |b|, |c|)`` (the longest of each over the crystals whose
+    edges are all within 10% of the median cell).  With
+    one ``size`` for every axis the voxels then have the same extent in ``|q|`` along each
+    axis (``2 q_max / size`` nm^-1), whatever the cell: a long axis gets fine Miller-index
+    steps, a short one coarse steps, and no part of the grid is out of reach along an axis.
+    On a ``q`` grid the half-width is ``q_max`` on every axis.
+
+    Parameters
+    ----------
+    orientations
+        ``(n, 3, 3)`` (or ``(3, 3)``) rows ``astar, bstar, cstar`` (nm^-1).
+    q_max_per_nm
+        Largest ``|q|`` to hold, nm^-1 (no 2 pi): the detector's largest (:func:`~hpcdiff.
+        fourier_grid.detector_q_max`) or a resolution limit.
+    size
+        Voxels per axis (one number or three).
+    extent
+        ``"hkl"`` or ``"q"``.
+
+    Returns
+    -------
+    Grid
+    """
+    if not (np.isfinite(q_max_per_nm) and q_max_per_nm > 0):
+        raise ValueError(f"q_max_per_nm must be finite and > 0, got {q_max_per_nm}")
+    if extent == "q":
+        return Grid(size, float(q_max_per_nm), "q")
+    a = np.asarray(orientations, dtype=np.float64)
+    a = a[None] if a.ndim == 2 else a
+    for m in a:
+        _orientation(m)
+    # rows of inv(A)^T are the real-space vectors a, b, c (nm): A @ inv(A) = I
+    lengths = np.linalg.norm(np.linalg.inv(a), axis=-2)  # columns of inv(A), (n, 3)
+    # the longest cell edges, ignoring crystals more than 10% off the median cell (a
+    # crystal indexed with a wrong cell would otherwise stretch the grid)
+    median = np.median(lengths, axis=0)
+    usual = np.all(np.abs(lengths - median) <= 0.1 * median, axis=1)
+    widths = q_max_per_nm * lengths[usual].max(axis=0)
+    return Grid(size, (float(widths[0]), float(widths[1]), float(widths[2])), extent)
+
+
+@dataclass(frozen=True)
+class PixelDirections:
+    """A detector's valid pixels as scattering directions, laid out for the merge.
+
+    Built once per detector distance; per frame the merge is then one ``(3, 4) @ (4, n)``
+    float32 matrix product (orientation, wavelength and grid folded into the ``(3, 4)``
+    matrix), a truncation to integers and a flat index (:meth:`voxels`), and a
+    :func:`numpy.bincount` (:meth:`MergeAccumulator.add_voxels`).  Pixels off the valid
+    mask are never touched again.
+
+    Attributes
+    ----------
+    slab_shape
+        ``(n_ss, n_fs)`` of the frames.
+    pixels
+        ``(n,)`` int64 flat slab index of each valid pixel, increasing.
+    directions
+        ``(4, n)`` float32: rows 0-2 the lab-frame direction ``k_out - k_in`` with
+        ``|k| = 1`` (so ``q = direction / lambda_nm``, nm^-1 without 2 pi), row 3 ones.
+    """
+
+    slab_shape: tuple[int, ...]
+    pixels: np.ndarray = field(repr=False)
+    directions: np.ndarray = field(repr=False)
+
+    @classmethod
+    def build(cls, directions: np.ndarray, valid: np.ndarray | None = None) -> PixelDirections:
+        """From per-pixel directions.
+
+        Parameters
+        ----------
+        directions
+            ``(..., 3)`` ``k_out - k_in`` for ``|k| = 1`` (or ``q`` itself, then pass
+            ``wavelength_nm=1`` to :meth:`voxels`); non-finite entries are left out.
+        valid
+            ``(...)`` bool pixels to use; None for all.
+        """
+        d = np.asarray(directions)
+        if d.ndim < 2 or d.shape[-1] != 3:
+            raise ValueError(f"directions must have shape (..., 3), got {d.shape}")
+        keep = np.all(np.isfinite(d), axis=-1)
+        if valid is not None:
+            v = np.asarray(valid, dtype=bool)
+            if v.shape != d.shape[:-1]:
+                raise ValueError(f"valid {v.shape} does not match directions {d.shape[:-1]}")
+            keep &= v
+        pixels = np.flatnonzero(keep.ravel())
+        out = np.ones((4, pixels.size), np.float32)
+        out[:3] = d.reshape(-1, 3)[pixels].T
+        return cls(tuple(d.shape[:-1]), pixels, out)
+
+    def __len__(self) -> int:
+        return int(self.pixels.size)
+
+    def values(
+        self,
+        frame: np.ndarray,
+        *,
+        valid: np.ndarray | None = None,
+        correction: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """A frame's values at the pixels, ``(n,)`` float32 (float64 stays float64).
+
+        Parameters
+        ----------
+        frame
+            ``slab_shape`` pixel values.
+        valid
+            ``slab_shape`` bool: pixels of this frame to use (others become NaN).
+        correction
+            ``slab_shape`` factor the values are divided by; None for none.
+        """
+        frame = np.asarray(frame)
+        if frame.shape != self.slab_shape:
+            raise ValueError(f"frame {frame.shape} does not match the detector {self.slab_shape}")
+        dtype = np.float64 if frame.dtype == np.float64 else np.float32
+        vals = frame.reshape(-1)[self.pixels].astype(dtype, copy=False)
+        if correction is not None:
+            corr = np.asarray(correction)
+            if corr.shape != self.slab_shape:
+                raise ValueError(f"correction {corr.shape} does not match {self.slab_shape}")
+            with np.errstate(divide="ignore", invalid="ignore"):
+                vals = (vals / corr.reshape(-1)[self.pixels]).astype(dtype, copy=False)
+        if valid is not None:
+            ok = np.asarray(valid, dtype=bool)
+            if ok.shape != self.slab_shape:
+                raise ValueError(f"valid {ok.shape} does not match {self.slab_shape}")
+            vals = np.where(ok.reshape(-1)[self.pixels], vals, np.nan).astype(dtype, copy=False)
+        return vals
+
+    def hkl(self, orientation: np.ndarray, *, wavelength_nm: float) -> np.ndarray:
+        """``(3, n)`` float32 fractional Miller indices of the pixels."""
+        t = np.zeros((3, 4), np.float32)
+        t[:, :3] = (np.linalg.inv(_orientation(orientation)) / wavelength_nm).T
+        return t @ self.directions
+
+    def voxels(
+        self,
+        orientation: np.ndarray,
+        *,
+        wavelength_nm: float,
+        grids: Sequence[Grid],
+        bragg_radius_hkl: float = 0.0,
+    ) -> list[np.ndarray]:
+        """Flat voxel index of every pixel on each grid.
+
+        Parameters
+        ----------
+        orientation
+            ``(3, 3)`` rows ``astar, bstar, cstar`` (nm^-1, lab frame).
+        wavelength_nm
+            The frame's wavelength, nm.
+        grids
+            The grids.
+        bragg_radius_hkl
+            Pixels within this distance of an integer ``hkl`` get -1 on every grid.
+
+        Returns
+        -------
+        list of np.ndarray
+            One ``(n,)`` int64 per grid: the flat voxel index, -1 outside the grid.
+        """
+        a = _orientation(orientation)
+        to_hkl = np.linalg.inv(a) / float(wavelength_nm)  # q_row @ to_hkl = hkl_row
+        to_cart = to_hkl @ np.linalg.cholesky(a @ a.T)
+        transforms = [_voxel_transform(to_hkl if g.extent == "hkl" else to_cart, g) for g in grids]
+        n = len(self)
+        outs = [np.empty(n, np.int64) for _ in grids]
+        bragg_t = None
+        if bragg_radius_hkl > 0:
+            bragg_t = np.zeros((3, 4), np.float32)
+            bragg_t[:, :3] = to_hkl.T
+        r2 = np.float32(bragg_radius_hkl * bragg_radius_hkl)
+        scratch = _Scratch(min(n, _CHUNK))
+        # chunks of pixels small enough that every step after the matmul runs in cache
+        for start in range(0, n, _CHUNK):
+            stop = min(n, start + _CHUNK)
+            d = self.directions[:, start:stop]
+            near = None
+            if bragg_t is not None:
+                hkl = scratch.coords[:, : stop - start]
+                np.matmul(bragg_t, d, out=hkl)
+                hkl -= np.rint(hkl)
+                hkl *= hkl
+                near = hkl.sum(axis=0) <= r2
+            for t, grid, out in zip(transforms, grids, outs, strict=True):
+                _flat_chunk(d, t, grid.shape, out[start:stop], scratch)
+                if near is not None:
+                    out[start:stop][near] = -1
+        return outs
+
+
+class _Scratch:
+    """Work arrays of one chunk of pixels, reused across chunks."""
+
+    def __init__(self, size: int) -> None:
+        self.coords = np.empty((3, size), np.float32)
+        self.idx = np.empty((3, size), np.int32)
+        self.inside = np.empty(size, bool)
+        self.tmp = np.empty(size, bool)
+        self.part = np.empty(size, np.int64)
+
+
+_CHUNK = 1 << 15
+"""Pixels per chunk of :meth:`PixelDirections.voxels` and :meth:`MergeAccumulator.add_voxels`."""
+
+
+def _voxel_transform(to_coords: np.ndarray, grid: Grid) -> np.ndarray:
+    """``(3, 4)`` float32 ``T`` with ``T @ [d; 1]`` = voxel coordinates + 1 of direction ``d``.
+
+    The +1 maps every voxel inside to ``[1, n + 1)``, so truncation is floor there and
+    anything below the grid truncates to <= 0: one unsigned compare tests both ends.
+    """
+    steps = np.asarray(grid.steps)
+    t = np.empty((3, 4), np.float32)
+    t[:, :3] = (to_coords / steps[None, :]).T
+    t[:, 3] = np.asarray(grid.half_widths) / steps + 1.0
+    return t
+
+
+def _flat_chunk(
+    directions: np.ndarray,
+    transform: np.ndarray,
+    shape: tuple[int, int, int],
+    out: np.ndarray,
+    scratch: _Scratch,
+) -> None:
+    """Flat voxel index (-1 outside) of ``(4, m)`` directions into ``out`` ``(m,)`` int64."""
+    m = directions.shape[1]
+    coords = scratch.coords[:, :m]
+    np.matmul(transform, directions, out=coords)
+    idx = scratch.idx[:, :m]
+    with np.errstate(invalid="ignore"):
+        idx[...] = coords  # truncation; NaN and huge values become INT_MIN: outside
+    u = idx.view(np.uint32)
+    u -= 1
+    n_h, n_k, n_l = shape
+    inside, tmp = scratch.inside[:m], scratch.tmp[:m]
+    np.less(u[0], n_h, out=inside)
+    np.less(u[1], n_k, out=tmp)
+    inside &= tmp
+    np.less(u[2], n_l, out=tmp)
+    inside &= tmp
+    part = scratch.part[:m]
+    np.multiply(idx[0], n_k * n_l, out=out)
+    np.multiply(idx[1], n_l, out=part)
+    out += part
+    out += idx[2]
+    np.logical_not(inside, out=tmp)
+    out[tmp] = -1
+
+
+def _flat_voxels(directions: np.ndarray, to_coords: np.ndarray, grid: Grid) -> np.ndarray:
+    """``(n,)`` int64 flat voxel of each ``(4, n)`` direction column, -1 outside the grid."""
+    t = _voxel_transform(to_coords, grid)
+    n = directions.shape[1]
+    out = np.empty(n, np.int64)
+    scratch = _Scratch(min(n, _CHUNK))
+    for start in range(0, n, _CHUNK):
+        stop = min(n, start + _CHUNK)
+        _flat_chunk(directions[:, start:stop], t, grid.shape, out[start:stop], scratch)
+    return out
 
 
 def bragg_keep(hkl: np.ndarray, radius_hkl: float) -> np.ndarray:
@@ -334,31 +720,16 @@ def map_frame_grids(
     q = np.asarray(q)
     if q.shape[:-1] != values.shape or q.shape[-1] != 3:
         raise ValueError(f"q {q.shape} does not match values {values.shape} (expected (..., 3))")
-    keep = np.ones(values.shape, dtype=bool) if valid is None else np.asarray(valid, dtype=bool)
-    if keep.shape != values.shape:
-        raise ValueError(f"valid {keep.shape} does not match values {values.shape}")
-    keep = keep & np.isfinite(values)
-    vals = values[keep].astype(np.float64)
-    if correction is not None:
-        corr = np.asarray(correction)
-        if corr.shape != values.shape:
-            raise ValueError(f"correction {corr.shape} does not match values {values.shape}")
-        vals = vals / corr[keep]
-    hkl = fractional_hkl(q[keep], orientation)
-    bragg = bragg_keep(hkl, bragg_radius_hkl) if bragg_radius_hkl > 0 else None
-    cart = None
-    out = []
-    for grid in grids:
-        if grid.extent == "hkl":
-            coords = hkl
-        else:
-            cart = crystal_cartesian(hkl, orientation) if cart is None else cart
-            coords = cart
-        voxels = grid.voxel_index(coords)
-        if bragg is not None:
-            voxels[~bragg] = -1
-        out.append(bin_frame(vals, voxels))
-    return out
+    if valid is not None and np.shape(valid) != values.shape:
+        raise ValueError(f"valid {np.shape(valid)} does not match values {values.shape}")
+    if correction is not None and np.shape(correction) != values.shape:
+        raise ValueError(f"correction {np.shape(correction)} does not match values {values.shape}")
+    pixels = PixelDirections.build(q, valid)
+    vals = pixels.values(values, correction=correction)
+    voxels = pixels.voxels(
+        orientation, wavelength_nm=1.0, grids=grids, bragg_radius_hkl=bragg_radius_hkl
+    )
+    return [bin_frame(vals, v) for v in voxels]
 
 
 @dataclass
@@ -395,6 +766,136 @@ class MergeAccumulator:
         self.counts[frame.voxels] += frame.counts
         self.n_frames += 1
         return self
+
+    def add_voxels(self, voxels: np.ndarray, values: np.ndarray) -> MergeAccumulator:
+        """Add one frame's pixels in place (see :meth:`PixelDirections.voxels`); returns ``self``.
+
+        Pixels with voxel -1 or a non-finite value are left out.  The sums and counts
+        are those of :func:`bin_frame` then :meth:`add_frame`, without the sparse step:
+        one :func:`numpy.bincount` over the grid when the frame fills a good part of it,
+        else :func:`numpy.add.at` of the pixels inside.
+
+        Parameters
+        ----------
+        voxels
+            ``(n,)`` int flat voxel index per pixel, -1 outside the grid.
+        values
+            ``(n,)`` float pixel values (summed in float64).
+        """
+        voxels = np.asarray(voxels).reshape(-1)
+        values = np.asarray(values).reshape(-1)
+        if voxels.shape != values.shape:
+            raise ValueError(f"voxels {voxels.shape} and values {values.shape} differ in shape")
+        n = self.grid.n_voxels
+        if voxels.size >= n:
+            # at least as many pixels as voxels: one pass over the pixels, one over the
+            # grid; pixels outside go to the extra bin n, which is dropped
+            ok = voxels >= 0
+            ok &= np.isfinite(values)
+            idx = np.where(ok, voxels, n)
+            sums = np.bincount(idx, weights=values, minlength=n + 1)
+            if sums.size > n + 1:
+                raise ValueError("frame voxel indices outside the grid")
+            self.sums += sums[:n]
+            self.counts += np.bincount(idx, minlength=n + 1)[:n]
+        else:
+            # in place, a chunk at a time (no grid-sized temporary, each chunk in cache);
+            # add.at's fast path wants the accumulator's own dtypes
+            if voxels.size and int(voxels.max()) >= n:
+                raise ValueError("frame voxel indices outside the grid")
+            one = np.int64(1)
+            for start in range(0, voxels.size, _CHUNK):
+                vox = voxels[start : start + _CHUNK]
+                val = values[start : start + _CHUNK]
+                ok = vox >= 0
+                ok &= np.isfinite(val)
+                idx = vox[ok]
+                np.add.at(self.sums, idx, val[ok].astype(np.float64))
+                np.add.at(self.counts, idx, one)
+        self.n_frames += 1
+        return self
+
+    def save(self, path: str | Path, *, force: bool = False) -> Path:
+        """Write the accumulator to HDF5 atomically (a checkpoint), with a checksum.
+
+        The file holds ``sums`` (float64) and ``counts`` (int64) as flat ``(n_voxels,)``
+        datasets and attributes ``grid`` (JSON of :meth:`Grid.to_dict`), ``n_frames`` and
+        ``sha256`` (of the grid JSON, ``n_frames``, sums and counts); it is written to a
+        temporary file beside ``path`` and renamed, so a kill part-way leaves the previous
+        file.  :meth:`load` reads it back and checks the checksum.
+
+        Parameters
+        ----------
+        path
+            Output file.
+        force
+            Replace an existing file (checkpoints pass True).
+
+        Raises
+        ------
+        OutputExistsError
+            When ``path`` exists and ``force`` is false.
+        """
+        import h5py
+
+        from hpcdiff.io.outputs import atomic_path
+
+        meta = json.dumps(self.grid.to_dict(), sort_keys=True)
+        digest = _checksum(meta, self.n_frames, self.sums, self.counts)
+        with atomic_path(path, force=force) as tmp, h5py.File(tmp, "w") as h5:
+            h5.create_dataset("sums", data=np.ascontiguousarray(self.sums, np.float64))
+            h5.create_dataset("counts", data=np.ascontiguousarray(self.counts, np.int64))
+            h5.attrs["format"] = _ACC_FORMAT
+            h5.attrs["grid"] = meta
+            h5.attrs["n_frames"] = int(self.n_frames)
+            h5.attrs["sha256"] = digest
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path, *, grid: Grid | None = None) -> MergeAccumulator:
+        """Read an accumulator written by :meth:`save`.
+
+        Parameters
+        ----------
+        path
+            The file.
+        grid
+            When given, the file's grid must be this one.
+
+        Raises
+        ------
+        FormatError
+            When the file is not an accumulator, is damaged (checksum), or holds another grid.
+        """
+        import h5py
+
+        from hpcdiff.errors import FormatError
+        from hpcdiff.io.hdf5 import open_hdf5
+
+        path = Path(path)
+        with open_hdf5(path) as h5:
+            if h5.attrs.get("format") != _ACC_FORMAT:
+                raise FormatError(path, f"not a merge accumulator (no format = {_ACC_FORMAT!r})")
+            meta = str(h5.attrs["grid"])
+            try:
+                saved = Grid.from_dict(json.loads(meta))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise FormatError(path, f"bad grid attribute: {exc}") from None
+            arrays = {}
+            for name, dtype in (("sums", np.float64), ("counts", np.int64)):
+                ds = h5.get(name)
+                if not isinstance(ds, h5py.Dataset) or ds.shape != (saved.n_voxels,):
+                    raise FormatError(
+                        path, f"expected a ({saved.n_voxels},) dataset for {saved}", dataset=name
+                    )
+                arrays[name] = np.asarray(ds[()], dtype=dtype)
+            n_frames = int(h5.attrs["n_frames"])
+            digest = str(h5.attrs.get("sha256", ""))
+        if digest != _checksum(meta, n_frames, arrays["sums"], arrays["counts"]):
+            raise FormatError(path, "checksum mismatch: the file is damaged or incomplete")
+        if grid is not None and saved != grid:
+            raise FormatError(path, f"holds a merge on {saved}, expected {grid}")
+        return cls(saved, arrays["sums"], arrays["counts"], n_frames)
 
     def merge(self, other: MergeAccumulator) -> MergeAccumulator:
         """Add another accumulator in place; returns ``self``."""
@@ -482,6 +983,18 @@ def map_correlation(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
     return (float(np.dot(x, y) / denom) if denom > 0 else float("nan")), n
 
 
+_ACC_FORMAT = "hpcdiff.merge.MergeAccumulator/1"
+
+
+def _checksum(meta: str, n_frames: int, sums: np.ndarray, counts: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(meta.encode())
+    h.update(str(int(n_frames)).encode())
+    h.update(np.ascontiguousarray(sums, np.float64).data)
+    h.update(np.ascontiguousarray(counts, np.int64).data)
+    return h.hexdigest()
+
+
 def _orientation(orientation: np.ndarray) -> np.ndarray:
     a = np.asarray(orientation, dtype=np.float64)
     if a.shape != (3, 3):
@@ -498,14 +1011,17 @@ __all__ = [
     "FrameVoxels",
     "Grid",
     "MergeAccumulator",
+    "PixelDirections",
     "Symmetry",
     "bin_frame",
     "bragg_keep",
     "crystal_cartesian",
+    "fit_grid",
     "fractional_hkl",
     "grid_coordinates",
     "map_correlation",
     "map_frame",
     "map_frame_grids",
+    "reciprocal_metric",
     "tree_merge",
 ]

@@ -223,26 +223,27 @@ def test_scale_pass_leaves_out_frames_without_the_map(experiment):
 
 
 def test_detector_shift_moves_the_pixels(experiment):
-    from hpcdiff.geometry import photon_energy_to_wavelength_m, scattering_vectors
     from hpcdiff.io.cxi import FrameSource
     from hpcdiff.io.geom import read_geom
 
     job = load_job(experiment)
     plan = plan_frames(job)
-    settings = FourierSettings.from_job(job)
+    settings = FourierSettings.from_job(job, plan=plan)
     chain = FrameChain.for_plan(plan, settings.chain)
     with FrameSource(job.frame_files(), geometry=read_geom(job.experiment.geometry)) as source:
         raw = source.read(0, 2)
     plain = chain.merge_values(raw[0], photon_energy_ev=ENERGY_EV, clen_m=0.1)
     zero = chain.merge_values(raw[0], photon_energy_ev=ENERGY_EV, clen_m=0.1, det_shift_m=(0, 0))
-    np.testing.assert_allclose(zero.q, plain.q, equal_nan=True)
+    np.testing.assert_allclose(zero.pixels.directions, plain.pixels.directions)
     shift = (1e-3, -2e-3)
     moved = chain.merge_values(raw[0], photon_energy_ev=ENERGY_EV, clen_m=0.1, det_shift_m=shift)
     det, _ = chain.detector(0.1)
     pos = det.positions_m + np.array([*shift, 0.0])
-    expected = scattering_vectors(pos, wavelength_m=photon_energy_to_wavelength_m(ENERGY_EV))
-    np.testing.assert_allclose(moved.q, expected, equal_nan=True)
-    assert np.nanmax(np.abs(moved.q - plain.q)) > 0.01
+    unit = pos / np.linalg.norm(pos, axis=-1, keepdims=True) - np.array([0.0, 0.0, 1.0])
+    np.testing.assert_array_equal(moved.pixels.pixels, plain.pixels.pixels)
+    expected = unit.reshape(-1, 3)[moved.pixels.pixels].T
+    np.testing.assert_allclose(moved.pixels.directions[:3], expected, rtol=1e-5, atol=1e-7)
+    assert np.abs(moved.pixels.directions - plain.pixels.directions).max() > 1e-3
     with pytest.raises(ValueError, match="det_shift_m"):
         process_frames(
             raw, plan.orientations[:2], photon_energy_ev=np.full(2, ENERGY_EV),

@@ -247,7 +247,11 @@ def test_local_cluster_job_end_to_end(experiment, capsys):
     import json
 
     summary = json.loads(summary)
-    assert summary["truth_correlation"]["cc"] > 0.5  # half the frames carry no diffuse map
+    tc = summary["truth_correlation"]
+    assert tc["cc"] > 0.5  # half the frames carry no diffuse map
+    assert len(tc["shells"]) == 10 and sum(s["voxels"] for s in tc["shells"]) == tc["voxels"]
+    assert tc["isotropic_removed"]["voxels"] == tc["voxels"]
+    assert summary["grid"]["shape"] == [24, 24, 24]
     assert summary["n_frames_oriented"] == N_FRAMES
     scales = summary["frame_scales"]
     assert scales["n_below_scale_min"] == N_FRAMES - n_merged, scales
@@ -399,3 +403,52 @@ def test_stream_matching_no_frame_is_an_error(experiment, tmp_path):
     )
     with pytest.raises(FormatError, match=r"other\.stream.*no chunk with a crystal matches"):
         plan_frames(bad)
+
+
+def test_grid_fitted_to_cell_and_detector_holds_every_pixel(experiment):
+    """Without max_hkl the grid spans q_max * (|a|, |b|, |c|): every pixel lands inside."""
+    import dataclasses
+
+    from hpcdiff.fourier_grid import detector_q_max
+    from hpcdiff.io.geom import read_geom
+    from hpcdiff.pipelines.fourier import plan_frames
+
+    job = load_job(experiment)
+    job = dataclasses.replace(job, fourier=dataclasses.replace(job.fourier, max_hkl=None))
+    plan = plan_frames(job)
+    settings = FourierSettings.from_job(job, plan=plan)
+    geom = read_geom(experiment.parent / "detector.geom")
+    q_max = detector_q_max(geom, photon_energy_ev=ENERGY_EV)
+    np.testing.assert_allclose(settings.grid.half_widths, q_max * np.array(CELL_NM), rtol=1e-6)
+    assert settings.grid.shape == (24, 24, 24) and not settings.grid.is_cube
+    pixels = FrameChain.for_plan(plan, settings.chain).pixels(0.1)
+    lam_nm = 1239.84198 / ENERGY_EV
+    for a in plan.orientations[:4]:
+        (vox,) = pixels.voxels(a, wavelength_nm=lam_nm, grids=(settings.grid,))
+        assert np.all(vox >= 0)
+    # a resolution limit shrinks it
+    capped = dataclasses.replace(job.fourier, max_hkl=None, max_q_per_nm=1.0)
+    grid = FourierSettings.from_job(dataclasses.replace(job, fourier=capped), plan=plan).grid
+    np.testing.assert_allclose(grid.half_widths, np.array(CELL_NM), rtol=1e-6)
+
+
+def test_truth_not_matching_the_grid_fails_before_any_work(experiment, tmp_path):
+    import dataclasses
+
+    from hpcdiff.errors import FormatError
+    from hpcdiff.pipelines.fourier import run_fourier
+
+    axis = np.linspace(50.0, 60.0, 5)
+    with h5py.File(tmp_path / "far.h5", "w") as h5:
+        h5["intensity"] = np.zeros((5, 5, 5))
+        for name in "hkl":
+            h5[name] = axis
+    job = load_job(experiment)
+    job = dataclasses.replace(
+        job, fourier=dataclasses.replace(job.fourier, truth=tmp_path / "far.h5")
+    )
+    out = tmp_path / "out"
+    # no client: the check comes before any task is submitted
+    with pytest.raises(FormatError, match=r"far\.h5.*dataset h.*do not overlap"):
+        run_fourier(job, None, out_dir=out, log=open(os.devnull, "w"))
+    assert not out.exists() or not any(out.iterdir())

@@ -8,7 +8,11 @@
 * hpcdiff's own files: labels (frames per class), features (layer, weights, pretrained),
   predictions (frames per predicted class, diffuse scores, model), models (``.npz``: classes,
   PCA size, training frames, layer, weights);
-* psana geometry-def files (``.data``): objects, sensors, slab layout, pixel extent.
+* psana geometry-def files (``.data``): objects, sensors, slab layout, pixel extent;
+* frame sources beside CXI (:mod:`hpcdiff.io.sources`): a European XFEL run directory
+  (detector, modules, trains, frames per train, frame ids), an NXmx file (frames, dtype,
+  distance, beam centre, pixel size, modules from its NXtransformations), an ``.xtc2``
+  file (psana2: events, detector, frame shape).
 
 The type comes from the suffix, else from the file's first bytes (HDF5 signature, or a
 ``CrystFEL stream format`` first line).
@@ -42,7 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     path = Path(args.path)
     kind = file_kind(path)
-    if kind in OWN_KINDS:
+    if kind in SOURCE_KINDS:
+        from hpcdiff.io.sources import describe_source
+
+        summary = {"path": str(path), "kind": kind, **describe_source(path, kind=kind)}
+    elif kind in OWN_KINDS:
         from hpcdiff.io.summaries import summarise_own_file
 
         summary = summarise_own_file(path, kind)
@@ -57,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+SOURCE_KINDS = ("euxfel", "nxmx", "psana2")
+_SOURCE_TITLES = {
+    "euxfel": "European XFEL run directory",
+    "nxmx": "NXmx file",
+    "psana2": "psana2 XTC2 file",
+}
 OWN_KINDS = ("labels", "features", "predictions", "model", "psana-geometry")
 _OWN_TITLES = {
     "labels": "hpcdiff labels file",
@@ -75,9 +89,17 @@ def file_kind(path: Path) -> str:
     FormatError
         When the file is missing or its type cannot be told.
     """
+    if path.is_dir():
+        from hpcdiff.io.sources import detect_kind
+
+        return detect_kind(path)  # "euxfel", or a FormatError saying what a folder needs
     if not path.is_file():
         raise FormatError(path, "file not found" if not path.exists() else "not a regular file")
+    from hpcdiff.io.sources.nxmx import is_nxmx
     from hpcdiff.io.summaries import is_psana_geometry, own_file_kind
+
+    if path.suffix.lower() == ".xtc2":
+        return "psana2"
 
     suffix = path.suffix.lower()
     if suffix == ".geom":
@@ -91,7 +113,7 @@ def file_kind(path: Path) -> str:
     with open(path, "rb") as fh:
         head = fh.read(64)
     if suffix in HDF5_SUFFIXES or head.startswith(_HDF5_SIGNATURE):
-        return own_file_kind(path) or "hdf5"
+        return own_file_kind(path) or ("nxmx" if is_nxmx(path) else "hdf5")
     if is_psana_geometry(path):
         return "psana-geometry"
     if head.startswith(b"CrystFEL stream format"):
@@ -184,9 +206,28 @@ def _embedded(geometry: dict[str, Any] | None) -> str:
     return f"embedded, {geometry['panels']} panel(s), slab {_shape(geometry['slab_shape'])}"
 
 
+def _value(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value) if value else "-"
+    return "-" if value is None else str(value)
+
+
 def format_summary(summary: dict[str, Any]) -> str:
     """The human-readable table of a summary from one of the ``summarise_*_file`` functions."""
     kind = summary["kind"]
+    if kind in SOURCE_KINDS:
+        return "\n".join(
+            [
+                f"{summary['path']}: {_SOURCE_TITLES[kind]}",
+                *_rows(
+                    [
+                        (k.replace("_", " "), _shape(v) if k.endswith("shape") else _value(v))
+                        for k, v in summary.items()
+                        if k not in ("path", "kind", "inputs")
+                    ]
+                ),
+            ]
+        )
     if kind in OWN_KINDS:
         from hpcdiff.io.summaries import format_rows
 

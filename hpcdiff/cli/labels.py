@@ -68,11 +68,11 @@ def summarise(labels: Any) -> dict[str, Any]:
 
 def run_frames(job: Any) -> tuple[list[Any], list[dict[str, Any]]]:
     """The run's frames (as ``classify`` sees them) and the files that cannot be read."""
-    from hpcdiff.io.cxi import FrameSource
+    from hpcdiff.io.sources import open_job_source
     from hpcdiff.pipelines.classify import _geometry, probe_files
 
     run = probe_files(job)
-    with FrameSource(run.files, geometry=_geometry(job), data_path=job.experiment.data_path) as src:
+    with open_job_source(job, run.files, geometry=_geometry(job)) as src:
         ids = list(src.frame_ids)
     return ids, list(run.file_rejects)
 

@@ -43,7 +43,8 @@ class ExperimentConfig:
     """Where the experiment's files are.
 
     ``frames`` lists CXI/HDF5 files or glob patterns (relative to the job file); together
-    they form one run, frame identity being (file, index).  ``geometry`` is a CrystFEL
+    they form one run, frame identity being (file, index).  They may also be NXmx files,
+    European XFEL run directories or psana2 ``.xtc2`` files (see ``source``).  ``geometry`` is a CrystFEL
     ``.geom``; ``stream`` a CrystFEL ``.stream`` with orientations (Fourier job);
     ``labels`` the labels (training and evaluation), told apart by content: hpcdiff's
     HDF5 labels file, a CSV with a ``file,index,label`` header, or CrystFEL list files one
@@ -63,6 +64,24 @@ class ExperimentConfig:
     data_path: str | None = None
     pedestal: Path | None = None
     gain: Path | None = None
+    source: Literal["auto", "cxi", "euxfel", "nxmx", "psana2"] = field(
+        default="auto",
+        metadata={
+            "doc": "Reader of the `frames`: `cxi` (CXI/HDF5 files), `euxfel` (European XFEL "
+            "run directories, AGIPD/JUNGFRAU, needs hpcdiff[euxfel]), `nxmx` (NeXus/NXmx "
+            "files, geometry from their NXtransformations unless `geometry` is given), "
+            "`psana2` (LCLS-II .xtc2 files, needs psana); `auto`: from the first input "
+            "(a run directory, an .xtc2 file, an NXmx file by its NXentry definition, "
+            "else CXI)."
+        },
+    )
+    detector: str | None = field(
+        default=None,
+        metadata={
+            "doc": "Detector to read where an input holds several: a European XFEL "
+            "detector name (`SPB_DET_AGIPD1M-1`) or a psana2 detector name (`jungfrau`)."
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -396,14 +415,22 @@ class ClusterConfig:
 class FourierConfig:
     """The Fourier job: merge, common-arc similarity, diffusion maps (:mod:`hpcdiff.merge`).
 
-    The merge grid is ``grid_size**3`` voxels spanning ``+-max_hkl`` (``extent = "hkl"``)
-    or ``+-max_q_per_nm`` (``extent = "q"``, crystal-frame Cartesian, nm^-1 without 2 pi).
-    The common-arc similarity bins frames on a grid of ``similarity_grid_size`` (default:
-    ``grid_size``) over the same extent.  ``diffusion_epsilon`` is the width of the
-    ``exp((CC - 1) / eps)`` kernel; image-space distances use a Gaussian kernel whose
-    bandwidth is the squared median distance to the ``diffusion_knn``-th neighbour.
-    ``truth`` is an optional HDF5 map (e.g. a simulation's ``truth.h5``) to validate the
-    merge against.
+    The merge grid has ``grid_size`` voxels per axis.  ``extent`` chooses its axes:
+    ``"hkl"`` (fractional Miller indices) or ``"q"`` (crystal-frame Cartesian, nm^-1
+    without 2 pi).  With ``max_hkl`` the grid is the cube ``+-max_hkl`` on every hkl axis;
+    without, each axis spans the largest ``|h|``, ``|k|``, ``|l|`` reachable up to ``q_max``
+    (``q_max`` times the cell edge), so every axis has the same voxel extent in ``|q|``
+    (:mod:`hpcdiff.fourier_grid`).  The resolution limit ``q_max`` is ``max_q_per_nm``
+    (nm^-1 without 2 pi) or, unset, the detector's largest ``|q|``; on a q grid the grid
+    is the cube ``+-q_max``.  The common-arc similarity bins frames on a grid of
+    ``similarity_grid_size`` (default: ``grid_size``) over the same extent.
+    ``diffusion_epsilon`` is the width of the ``exp((CC - 1) / eps)`` kernel; image-space
+    distances use a Gaussian kernel whose bandwidth is the squared median distance to the
+    ``diffusion_knn``-th neighbour.  ``truth`` is an optional HDF5 map (e.g. a simulation's
+    ``truth.h5``) to validate the merge against: the summary gives the correlation overall,
+    in ``truth_shells`` resolution shells of equal reciprocal-space volume, and after
+    subtracting from both maps their means in thin shells ``truth_isotropic_shell_width_per_nm``
+    thick (default: one voxel).
     """
 
     grid_size: int = field(default=200, metadata={"check": positive})
@@ -412,8 +439,12 @@ class FourierConfig:
     diffusion_knn: int = field(default=10, metadata={"check": positive})
     truth: Path | None = None
     extent: Literal["hkl", "q"] = "hkl"
-    max_hkl: float = field(default=10.0, metadata={"check": positive})
-    max_q_per_nm: float = field(default=3.0, metadata={"check": positive})
+    max_hkl: float | None = field(default=None, metadata={"check": positive})
+    max_q_per_nm: float | None = field(default=None, metadata={"check": positive})
+    truth_shells: int = field(default=10, metadata={"check": positive})
+    truth_isotropic_shell_width_per_nm: float | None = field(
+        default=None, metadata={"check": positive}
+    )
     mask_bragg_radius_hkl: float = field(default=0.1, metadata={"check": non_negative})
     symmetrise: Literal["none", "friedel", "laue"] = "none"
     min_overlap: int = field(default=20, metadata={"check": positive})
@@ -462,7 +493,7 @@ class FourierConfig:
             "check": non_negative,
             "doc": "Passes of per-frame scale refinement against the merged map (a least-"
             "squares scale per frame, then a new merge; frames below `scale_min` left out); "
-            "0: none. It also picks the frames that carry the map out of `frames = \"all\"`; "
+            '0: none. It also picks the frames that carry the map out of `frames = "all"`; '
             "on frames already chosen diffuse, 0 measured as well or better.",
         },
     )
@@ -587,7 +618,7 @@ def _check_inputs(job: JobConfig) -> None:
     for i, pattern in enumerate(exp.frames):
         full = pattern if Path(pattern).is_absolute() else str(base / pattern)
         matches = (
-            glob.glob(full) if glob.has_magic(full) else ([full] if Path(full).is_file() else [])
+            glob.glob(full) if glob.has_magic(full) else ([full] if Path(full).exists() else [])
         )
         if not matches:
             raise ConfigError(

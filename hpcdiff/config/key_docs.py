@@ -95,8 +95,14 @@ KEY_DOCS: dict[str, str] = {
     "slurm.site_file": "TOML file of site settings (a `[slurm]` table with these keys).",
     "slurm.log_dir": "Folder of the jobs' SLURM output files.",
     # [fourier]
-    "fourier.max_hkl": 'Half-width of the hkl grid (`extent = "hkl"`), Miller-index units.',
-    "fourier.max_q_per_nm": 'Half-width of the q grid (`extent = "q"`), nm^-1 without 2 pi.',
+    "fourier.max_hkl": 'Half-width of a cubic hkl grid (`extent = "hkl"`), Miller-index units; '
+    "unset: each axis fitted to the cell and `q_max` (the largest |h|, |k|, |l| reachable).",
+    "fourier.max_q_per_nm": "Resolution limit `q_max` of the grid, nm^-1 without 2 pi (half-width "
+    'of the q grid for `extent = "q"`); unset: the largest |q| of any pixel over the run.',
+    "fourier.truth_shells": "Resolution shells (equal reciprocal-space volume) of the truth "
+    "correlation in `fourier_summary.json`.",
+    "fourier.truth_isotropic_shell_width_per_nm": "Width of the thin |q| shells whose mean is "
+    "subtracted from both maps for the isotropic-removed truth CC, nm^-1; unset: one voxel.",
     "fourier.mask_bragg_radius_hkl": "Voxels within this distance of integer hkl are left out "
     "of the merge (0: none).",
     "fourier.symmetrise": "Symmetrise the merged map: `none`, `friedel` or `laue` (mmm).",

@@ -82,7 +82,7 @@ class RunFrames:
 
     def __init__(self, job: JobConfig) -> None:
         from hpcdiff.corrections import read_pedestal_and_gain
-        from hpcdiff.io.cxi import FrameSource
+        from hpcdiff.io.sources import open_job_source
         from hpcdiff.pipelines.classify import _bad_pixels, _geometry, detector_model, probe_files
 
         self.job = job
@@ -90,9 +90,8 @@ class RunFrames:
         self.geometry = _geometry(job)
         self._lock = threading.Lock()
         self._render_lock = threading.Lock()
-        self.source = FrameSource(
-            self.run.files, geometry=self.geometry, data_path=job.experiment.data_path
-        )
+        self.source = open_job_source(job, self.run.files, geometry=self.geometry)
+        self.geometry = self.source.geometry
         self.frame_ids: list[FrameId] = list(self.source.frame_ids)
         self.model = detector_model(
             self.geometry,

@@ -107,7 +107,7 @@ def probe_files(job: JobConfig) -> RunFiles:
     ConfigError
         If the job names no frame files, or none of them can be read.
     """
-    from hpcdiff.io.cxi import FrameSource
+    from hpcdiff.io.sources import open_job_source
 
     files = [str(f) for f in job.frame_files()]
     if not files:
@@ -118,10 +118,10 @@ def probe_files(job: JobConfig) -> RunFiles:
     rejects: list[dict[str, Any]] = []
     for f in files:
         try:
-            with FrameSource([f], geometry=geom, data_path=job.experiment.data_path) as src:
+            with open_job_source(job, [f], geometry=geom) as src:
                 counts.append(src.n_frames)
             good.append(f)
-        except (OSError, FormatError, ValueError, KeyError) as exc:
+        except (OSError, FormatError, ValueError, KeyError, ImportError) as exc:
             rejects.append({"file": f, "index": None, "reason": f"cannot read file: {exc}"})
             log.warning("rejecting %s: %s", f, exc)
     if not good:
@@ -307,22 +307,25 @@ def _bad_pixels(
     pedestal: np.ndarray | None,
     gain: np.ndarray | None,
 ) -> np.ndarray | None:
-    """Root: bad pixels judged over the run's first ``bad_pixel_frames`` finite frames."""
+    """Root: bad pixels judged over the run's first ``bad_pixel_frames`` finite frames,
+    with the frames' own mask where the source has one (NXmx ``pixel_mask``)."""
+    from hpcdiff.io.sources.base import source_pixel_mask
     from hpcdiff.preprocess import Preprocessor
 
+    own = source_pixel_mask(source)
     n = min(job.corrections.bad_pixel_frames, source.n_frames)
     if n < _MIN_BAD_PIXEL_FRAMES:
-        return None
+        return own
     frames = source.read(0, n)
     finite = np.isfinite(frames.reshape(n, -1)).all(axis=1)
     if finite.sum() < _MIN_BAD_PIXEL_FRAMES:
-        return None
+        return own
     energy = source.frame_values(0, n).get("photon_energy_ev")
     energy = model.photon_energy_ev if energy is None else energy[finite]
     pre = Preprocessor(model, job.background, job.corrections, pedestal=pedestal, gain=gain)
     found = pre.find_bad_pixels(frames[finite], photon_energy_ev=energy)
     log.info("bad pixels from %d frames: %d", int(finite.sum()), int(found.mask.sum()))
-    return pre.bad_pixel_mask
+    return pre.bad_pixel_mask if own is None else np.asarray(pre.bad_pixel_mask) | own
 
 
 def _reader(
@@ -380,7 +383,7 @@ def _frame_stage(
     others are intermediate and rewritten when the same job resumes from its shards
     (:mod:`hpcdiff.pipelines.requeue`).
     """
-    from hpcdiff.io.cxi import FrameSource
+    from hpcdiff.io.sources import open_job_source
     from hpcdiff.pipelines.requeue import refuse_finished, refuse_strays
 
     outputs = _outputs(job, kind, results)
@@ -411,10 +414,11 @@ def _frame_stage(
 
     geometry = _geometry(job)
     timings = Timings()
-    with FrameSource(run.files, geometry=geometry, data_path=job.experiment.data_path) as source:
+    with open_job_source(job, run.files, geometry=geometry) as source:
         # every rank builds the same detector model from frame 0's camera length and energy
+        # (the source's geometry: the job's, or an NXmx file's own)
         model = detector_model(
-            geometry,
+            source.geometry,
             source.frame_values(0, 1),
             polarisation_degree=job.corrections.polarisation_degree,
         )

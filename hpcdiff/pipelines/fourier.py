@@ -46,12 +46,18 @@ from hpcdiff.diffusion import (
     plot_diffusion,
 )
 from hpcdiff.errors import ConfigError, FormatError
-from hpcdiff.io.hdf5 import open_hdf5
+from hpcdiff.fourier_truth import (
+    check_truth_grid,
+    load_truth,
+    read_truth,
+    truth_correlation,
+    truth_summary,
+)
 from hpcdiff.io.outputs import atomic_path, ensure_writable, provenance, write_json
 from hpcdiff.merge import (
     Grid,
     MergeAccumulator,
-    map_correlation,
+    reciprocal_metric,
 )
 from hpcdiff.pipelines.fourier_frames import (
     ChainSettings,
@@ -102,18 +108,37 @@ class FourierSettings:
     chain: ChainSettings = field(default_factory=ChainSettings)
 
     @classmethod
-    def from_job(cls, job: JobConfig) -> FourierSettings:
-        """Settings from the job's ``[fourier]`` section and the frame chain's sections."""
+    def from_job(cls, job: JobConfig, *, plan: FramePlan | None = None) -> FourierSettings:
+        """Settings from the job's ``[fourier]`` section and the frame chain's sections.
+
+        The grids come from :func:`hpcdiff.fourier_grid.grid_from_config`: a grid fitted
+        to the cell and the detector's q range needs the frame ``plan`` (made here from
+        the job when not given).
+        """
+        from hpcdiff.fourier_grid import grid_from_config, plan_q_max
+
         f = job.fourier
-        half = f.max_hkl if f.extent == "hkl" else f.max_q_per_nm
         if f.symmetrise == "laue" and f.extent == "q":
             raise ConfigError(
                 f"{job.source}: [fourier.symmetrise] 'laue' needs extent = 'hkl' "
                 "(mmm sign flips act on Miller indices)"
             )
+        fixed = f.max_hkl if f.extent == "hkl" else f.max_q_per_nm
+        q_max = None
+        if fixed is None:
+            plan = plan if plan is not None else plan_frames(job)
+            if f.max_q_per_nm is None:
+                try:
+                    q_max = plan_q_max(plan)
+                except ValueError as exc:
+                    raise ConfigError(f"{job.source}: [fourier] grid: {exc}") from None
+        sizes = (f.grid_size, f.similarity_grid_size or f.grid_size)
+        grid, similarity_grid = (
+            grid_from_config(f, size=s, plan=plan, q_max_per_nm=q_max) for s in sizes
+        )
         return cls(
-            grid=Grid(f.grid_size, half, f.extent),
-            similarity_grid=Grid(f.similarity_grid_size or f.grid_size, half, f.extent),
+            grid=grid,
+            similarity_grid=similarity_grid,
             bragg_radius_hkl=f.mask_bragg_radius_hkl,
             image_downsample=f.image_downsample,
             chain=ChainSettings.from_job(job),
@@ -185,7 +210,6 @@ def run_fourier(
     files = FourierLayout(out)
     for path in files.outputs:
         ensure_writable(path, force=force)
-    settings = FourierSettings.from_job(job)
     fcfg = job.fourier
     t_start = time.perf_counter()
     plan = plan_frames(job)
@@ -195,10 +219,14 @@ def run_fourier(
             job.experiment.stream or "stream",
             f"only {n} oriented frame(s); the Fourier job needs at least 2",
         )
+    settings = FourierSettings.from_job(job, plan=plan)
+    truth = None
+    if fcfg.truth is not None:  # read and checked against the grid before any work
+        truth = load_truth(fcfg.truth)
+        check_truth_grid(truth, settings.grid)
     print(
-        f"fourier: {n} oriented frames of {plan.n_frames_total}; grid {settings.grid.size}^3 "
-        f"({settings.grid.extent} +-{settings.grid.half_width:g}), similarity grid "
-        f"{settings.similarity_grid.size}^3",
+        f"fourier: {n} oriented frames of {plan.n_frames_total}; grid {_grid_text(settings.grid)}, "
+        f"similarity grid {_grid_text(settings.similarity_grid)}",
         file=log,
         flush=True,
     )
@@ -274,12 +302,8 @@ def run_fourier(
             np.concatenate([p.shot for p in parts]), frame_scales, settings.chain.scale_min
         ),
         "n_workers": worker_count(client),
-        "grid": {
-            "size": settings.grid.size,
-            "extent": settings.grid.extent,
-            "half_width": settings.grid.half_width,
-        },
-        "similarity_grid_size": settings.similarity_grid.size,
+        "grid": settings.grid.to_dict(),
+        "similarity_grid": settings.similarity_grid.to_dict(),
         "voxels_measured": int(np.count_nonzero(merged.counts)),
         "pairs_with_similarity": int(
             (np.isfinite(common_arc).sum() - np.isfinite(np.diag(common_arc)).sum()) // 2
@@ -302,9 +326,14 @@ def run_fourier(
         )
         for name, dm in maps.items():
             summary["auc"][name] = coordinate_aucs(dm.coords, plan.labels)
-    if fcfg.truth is not None:
-        cc, nvox = truth_correlation(merged, fcfg.truth)
-        summary["truth_correlation"] = {"cc": cc, "voxels": nvox, "file": str(fcfg.truth)}
+    if truth is not None:
+        summary["truth_correlation"] = truth_summary(
+            merged,
+            truth,
+            metric=reciprocal_metric(plan.orientations),
+            n_shells=fcfg.truth_shells,
+            isotropic_shell_width_per_nm=fcfg.truth_isotropic_shell_width_per_nm,
+        )
 
     # 5. outputs
     stamp = provenance(job.config_hash(), job=json.dumps(job.to_dict(), sort_keys=True))
@@ -359,12 +388,36 @@ def _summary_text(summary: dict[str, Any]) -> str:
         f"(median overlap {summary['median_overlap']:.0f} voxels), {t['common_arc']:.1f} s",
     ]
     if "truth_correlation" in summary:
-        tc = summary["truth_correlation"]
-        lines.append(f"fourier: CC(merged, truth) = {tc['cc']:.3f} over {tc['voxels']} voxels")
+        lines.extend(_truth_text(summary["truth_correlation"]))
     for name, rows in summary["auc"].items():
         aucs = ", ".join(f"{r['auc_max']:.3f}" for r in rows)
         lines.append(f"fourier: {name} diffusion coords ROC AUC max(AUC, 1-AUC): {aucs}")
     return "\n".join(lines)
+
+
+def _cc_text(cc: float | None) -> str:
+    return "undefined" if cc is None else f"{cc:.3f}"
+
+
+def _truth_text(tc: dict[str, Any]) -> list[str]:
+    iso = tc.get("isotropic_removed", {})
+    lines = [
+        f"fourier: CC(merged, truth) = {_cc_text(tc['cc'])} over {tc['voxels']} voxels; "
+        f"isotropic removed {_cc_text(iso.get('cc'))}"
+    ]
+    shells = ", ".join(
+        f"{s['q_min_nm_inv']:.2f}-{s['q_max_nm_inv']:.2f}: {_cc_text(s['cc'])}"
+        for s in tc.get("shells", [])
+    )
+    if shells:
+        lines.append(f"fourier: CC per shell (nm^-1): {shells}")
+    return lines
+
+
+def _grid_text(grid: Grid) -> str:
+    shape = "x".join(str(s) for s in grid.shape)
+    widths = ", ".join(f"+-{w:.3g}" for w in grid.half_widths)
+    return f"{shape} ({grid.extent} {widths})"
 
 
 # --------------------------------------------------------------------------- files
@@ -373,22 +426,28 @@ def _summary_text(summary: dict[str, Any]) -> str:
 def write_merged(
     path: Path, merged: MergeAccumulator, *, stamp: dict[str, Any], force: bool = False
 ) -> Path:
-    """Write the merged map: ``intensity`` (NaN where unmeasured), ``counts``, ``sums``, axes."""
+    """Write the merged map: ``intensity`` (NaN where unmeasured), ``counts``, ``sums``, axes.
+
+    Attributes ``grid_shape``, ``grid_half_widths``, ``grid_steps`` (per axis) and
+    ``grid_extent`` describe the grid; the axes datasets hold the voxel centres.
+    """
     grid = merged.grid
     names = ("h", "k", "l") if grid.extent == "hkl" else ("qx_per_nm", "qy_per_nm", "qz_per_nm")
+    axes = grid.axes()
     with atomic_path(path, force=force) as tmp, h5py.File(tmp, "w") as h5:
         opts = {"compression": "gzip", "compression_opts": 4, "chunks": True}
         h5.create_dataset("intensity", data=merged.intensity().astype(np.float32), **opts)
         h5.create_dataset("counts", data=merged.counts.reshape(grid.shape), **opts)
         h5.create_dataset("sums", data=merged.sums.reshape(grid.shape), **opts)
-        for name in names:
-            h5.create_dataset(name, data=grid.axis())
+        for name, axis in zip(names, axes, strict=True):
+            h5.create_dataset(name, data=axis)
         h5["intensity"].attrs["axes"] = json.dumps(list(names))
         h5["intensity"].attrs["unit"] = "background-subtracted counts per (polarisation x sr)"
         h5.attrs.update({k: v for k, v in stamp.items()})
-        h5.attrs["grid_size"] = grid.size
+        h5.attrs["grid_shape"] = np.asarray(grid.shape, np.int64)
         h5.attrs["grid_extent"] = grid.extent
-        h5.attrs["grid_half_width"] = grid.half_width
+        h5.attrs["grid_half_widths"] = np.asarray(grid.half_widths, np.float64)
+        h5.attrs["grid_steps"] = np.asarray(grid.steps, np.float64)
         h5.attrs["n_frames"] = merged.n_frames
     return path
 
@@ -450,74 +509,6 @@ def write_diffusion(
             g.create_dataset("connected", data=dm.connected)
         h5.attrs.update(stamp)
     return path
-
-
-def read_truth(
-    path: str | Path,
-) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """Read a 3D reference map and its axes from HDF5.
-
-    The map is the 3D dataset named ``intensity`` (in any group, e.g. ``/diffuse/intensity``
-    of :func:`hpcdiff.simulate.simulate_experiment`'s ``truth.h5``), else the first 3D
-    dataset; its axes are the 1D datasets ``h``, ``k``, ``l`` beside it (or at the top
-    level): uniformly spaced voxel centres in Miller-index units.
-
-    Raises
-    ------
-    FormatError
-        Naming the file and what is missing.
-    """
-    path = Path(path)
-    with open_hdf5(path) as h5:
-        cubes: list[str] = []
-
-        def visit(name: str, obj: Any) -> None:
-            if isinstance(obj, h5py.Dataset) and obj.ndim == 3:
-                cubes.append(name)
-
-        h5.visititems(visit)
-        if not cubes:
-            raise FormatError(path, "no 3D dataset (expected the map on an h, k, l grid)")
-        named = [c for c in cubes if c.rsplit("/", 1)[-1] == "intensity"]
-        name = named[0] if named else cubes[0]
-        volume = np.asarray(h5[name][()], dtype=np.float64)
-        group = name.rsplit("/", 1)[0] if "/" in name else ""
-        axes = []
-        for ax, n in zip(("h", "k", "l"), volume.shape, strict=True):
-            cands = [k for k in (f"{group}/{ax}" if group else ax, ax) if k in h5]
-            if not cands:
-                raise FormatError(path, f"no axis dataset {ax!r} for the 3D map", dataset=name)
-            a = np.asarray(h5[cands[0]][()], dtype=np.float64)
-            if a.shape != (n,):
-                raise FormatError(
-                    path, f"axis {ax!r} has shape {a.shape}, expected ({n},)", dataset=cands[0]
-                )
-            axes.append(a)
-    return volume, (axes[0], axes[1], axes[2])
-
-
-def truth_correlation(merged: MergeAccumulator, truth_path: str | Path) -> tuple[float, int]:
-    """Pearson CC between the merged map and a reference map, over measured voxels.
-
-    The reference is sampled at the merged grid's voxel centres (nearest voxel).  Only
-    grids in ``hkl`` are compared.
-    """
-    if merged.grid.extent != "hkl":
-        raise ConfigError("truth comparison needs a merge grid in hkl (extent = 'hkl')")
-    volume, axes = read_truth(truth_path)
-    centres = merged.grid.axis()
-    idx = []
-    masks = []
-    for a in axes:
-        step = (a[-1] - a[0]) / max(len(a) - 1, 1)
-        i = np.rint((centres - a[0]) / step).astype(np.int64)
-        ok = (i >= 0) & (i < len(a))
-        masks.append(ok)
-        idx.append(np.clip(i, 0, len(a) - 1))
-    sampled = volume[np.ix_(idx[0], idx[1], idx[2])]
-    ok3 = masks[0][:, None, None] & masks[1][None, :, None] & masks[2][None, None, :]
-    sampled = np.where(ok3, sampled, np.nan)
-    return map_correlation(merged.intensity(), sampled)
 
 
 __all__ = [

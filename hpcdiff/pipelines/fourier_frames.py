@@ -44,14 +44,12 @@ import numpy as np
 
 from hpcdiff.config import BackgroundConfig, CorrectionsConfig, ExperimentConfig, JobConfig
 from hpcdiff.errors import ConfigError, FormatError
+from hpcdiff.geometry import photon_energy_to_wavelength_m
 from hpcdiff.merge import (
     FrameVoxels,
     MergeAccumulator,
+    PixelDirections,
     bin_frame,
-    bragg_keep,
-    crystal_cartesian,
-    fractional_hkl,
-    map_frame_grids,
 )
 
 if TYPE_CHECKING:
@@ -365,8 +363,11 @@ class MergeValues:
         NaN where not valid.
     valid
         ``(n_ss, n_fs)`` bool pixels the chain kept.
-    q
-        ``(n_ss, n_fs, 3)`` float64 scattering vectors, nm^-1 (no 2 pi), lab frame.
+    pixels
+        The chain's valid pixels as scattering directions (:class:`~hpcdiff.merge.PixelDirections`,
+        cached per camera length; built for this frame when it has a detector shift).
+    wavelength_nm
+        The frame's wavelength, nm (``q = direction / wavelength_nm``).
     normalised
         ``(n_ss, n_fs)`` float32 the chain's normalised residual (image similarity).
     shot
@@ -380,7 +381,8 @@ class MergeValues:
 
     values: np.ndarray
     valid: np.ndarray
-    q: np.ndarray
+    pixels: PixelDirections
+    wavelength_nm: float
     normalised: np.ndarray
     shot: float
     noise_var: np.ndarray | None = None
@@ -426,6 +428,7 @@ class FrameChain:
         )
         self.max_models = max_models
         self._models: OrderedDict[float, tuple[DetectorModel, np.ndarray]] = OrderedDict()
+        self._pixels: dict[float, PixelDirections] = {}
 
     @classmethod
     def for_plan(cls, plan: FramePlan, settings: ChainSettings) -> FrameChain:
@@ -534,7 +537,6 @@ class FrameChain:
         -------
         MergeValues
         """
-        from hpcdiff.geometry import scattering_vectors
 
         res = self.residual(frame[None], photon_energy_ev=np.full(1, photon_energy_ev))
         valid = np.asarray(res.valid[0], bool)
@@ -553,18 +555,34 @@ class FrameChain:
         valid = valid & np.isfinite(values)
         values = np.where(valid, values, np.float32(np.nan))
         noise_var = np.where(valid, var, np.nan).astype(np.float32)
-        if det_shift_m is None:
-            q = model.q_vectors_at(photon_energy_ev)
-        else:
-            dx, dy = (float(v) for v in np.asarray(det_shift_m, np.float64).reshape(2))
-            pos = model.positions_m + np.array([dx, dy, 0.0])
-            from hpcdiff.geometry import photon_energy_to_wavelength_m
-
-            q = scattering_vectors(
-                pos, wavelength_m=photon_energy_to_wavelength_m(photon_energy_ev)
-            )
+        pixels = self.pixels(clen_m, det_shift_m=det_shift_m)
+        wavelength_nm = photon_energy_to_wavelength_m(photon_energy_ev) * 1e9
         normalised = np.asarray(res.normalised[0], np.float32)
-        return MergeValues(values, valid, q, normalised, shot, noise_var)
+        return MergeValues(values, valid, pixels, wavelength_nm, normalised, shot, noise_var)
+
+    def pixels(
+        self, clen_m: float, *, det_shift_m: tuple[float, float] | np.ndarray | None = None
+    ) -> PixelDirections:
+        """The valid pixels' scattering directions ``k_out - k_in`` (``|k| = 1``) at ``clen_m``
+        (cached), or with the detector moved by ``det_shift_m`` ``(dx, dy)`` metres (lab
+        frame; not cached)."""
+        key = round(float(clen_m), 7)
+        if det_shift_m is None and key in self._pixels:
+            return self._pixels[key]
+        model, _ = self.detector(clen_m)
+        pos = model.positions_m
+        if det_shift_m is not None:
+            dx, dy = (float(v) for v in np.asarray(det_shift_m, np.float64).reshape(2))
+            pos = pos + np.array([dx, dy, 0.0])
+        with np.errstate(invalid="ignore"):
+            unit = pos / np.linalg.norm(pos, axis=-1, keepdims=True)
+        unit[..., 2] -= 1.0
+        out = PixelDirections.build(unit, self.valid)
+        if det_shift_m is None:
+            if len(self._pixels) >= self.max_models:
+                self._pixels.pop(next(iter(self._pixels)))
+            self._pixels[key] = out
+        return out
 
 
 # --------------------------------------------------------------------------- per-frame work
@@ -700,25 +718,27 @@ def frame_scale(
 def bin_with_noise(
     mv: MergeValues, orientation: np.ndarray, *, settings: FourierSettings
 ) -> tuple[FrameVoxels, np.ndarray]:
-    """A frame's values and noise variances binned on the merge grid (the voxels and pixels
-    of :func:`hpcdiff.merge.map_frame_grids`).
+    """A frame's values and noise variances binned on the merge grid (the pixels and voxels
+    of :meth:`~hpcdiff.merge.PixelDirections.voxels`).
 
     Returns
     -------
     (FrameVoxels, np.ndarray)
         The binned values and the ``(m,)`` float64 sum of the noise variances per voxel.
     """
-    grid = settings.grid
-    var = mv.noise_var if mv.noise_var is not None else np.zeros_like(mv.values)
-    keep = mv.valid & np.isfinite(mv.values) & np.isfinite(var)
-    hkl = fractional_hkl(mv.q[keep], orientation)
-    coords = hkl if grid.extent == "hkl" else crystal_cartesian(hkl, orientation)
-    vox = grid.voxel_index(coords)
-    if settings.bragg_radius_hkl > 0:
-        vox[~bragg_keep(hkl, settings.bragg_radius_hkl)] = -1
-    frame = bin_frame(mv.values[keep], vox)
-    noise = bin_frame(var[keep], vox)
-    return frame, noise.sums
+    px = mv.pixels
+    vals = px.values(mv.values)
+    var = px.values(mv.noise_var) if mv.noise_var is not None else np.zeros_like(vals)
+    both = np.isfinite(vals) & np.isfinite(var)
+    vals = np.where(both, vals, np.nan)
+    var = np.where(both, var, np.nan)
+    (vox,) = px.voxels(
+        orientation,
+        wavelength_nm=mv.wavelength_nm,
+        grids=(settings.grid,),
+        bragg_radius_hkl=settings.bragg_radius_hkl,
+    )
+    return bin_frame(vals, vox), bin_frame(var, vox).sums
 
 
 def process_frames(
@@ -787,24 +807,26 @@ def process_frames(
         )
         shots[i] = mv.shot
         if reference is None:
-            frame, sim = map_frame_grids(
-                mv.values,
-                mv.q,
+            vals = mv.pixels.values(mv.values)  # NaN where the chain left the pixel out
+            merge_vox, sim_vox = mv.pixels.voxels(
                 orientations[i],
+                wavelength_nm=mv.wavelength_nm,
                 grids=(settings.grid, settings.similarity_grid),
-                valid=mv.valid,
                 bragg_radius_hkl=settings.bragg_radius_hkl,
             )
-            sim_frames.append(sim)
+            sim_frames.append(bin_frame(vals, sim_vox))
             normed[i] = np.where(mv.valid, mv.normalised, np.nan)
-        else:
-            frame, noise = bin_with_noise(mv, orientations[i], settings=settings)
-            g, errors[i] = frame_scale(frame, reference=reference, noise=noise)
-            scales[i] = g
-            if np.isfinite(g) and g < scale_min:
-                continue  # no measurable copy of the map in this frame: left out
-            if np.isfinite(g):
-                frame = FrameVoxels(frame.voxels, frame.sums / g, frame.counts)
+            if np.isfinite(mv.shot):
+                acc.add_voxels(merge_vox, vals)
+                merged[i] = True
+            continue
+        frame, noise = bin_with_noise(mv, orientations[i], settings=settings)
+        g, errors[i] = frame_scale(frame, reference=reference, noise=noise)
+        scales[i] = g
+        if np.isfinite(g) and g < scale_min:
+            continue  # no measurable copy of the map in this frame: left out
+        if np.isfinite(g):
+            frame = FrameVoxels(frame.voxels, frame.sums / g, frame.counts)
         if np.isfinite(mv.shot):
             acc.add_frame(frame)
             merged[i] = True

@@ -188,21 +188,21 @@ def _check_inputs_exist(job: JobConfig, result: CheckResult, mode: str) -> Any:
         )
     for i, pattern in enumerate(exp.frames):
         full = pattern if Path(pattern).is_absolute() else str(base / pattern)
-        found = glob.glob(full) if glob.has_magic(full) else [full] * Path(full).is_file()
+        found = glob.glob(full) if glob.has_magic(full) else [full] * Path(full).exists()
         if not found:
             result.add(
                 f"[experiment.frames[{i}]] {pattern!r}",
                 f"matches no file (looked in {base})",
                 "fix the pattern, or check that the files were copied",
             )
-    if exp.geometry is None:
+    if exp.geometry is None and not _geometry_in_frames(job):
         result.add(
             "[experiment.geometry]",
             "no detector geometry",
             'name the CrystFEL geometry: geometry = "detector.geom"',
         )
         return None
-    if not exp.geometry.is_file():
+    if exp.geometry is None or not exp.geometry.is_file():
         return None
     from hpcdiff.io.geom import read_geom
 
@@ -217,16 +217,31 @@ def _check_inputs_exist(job: JobConfig, result: CheckResult, mode: str) -> Any:
         return None
 
 
+def _geometry_in_frames(job: JobConfig) -> bool:
+    """True when the frames carry their own geometry (NXmx files)."""
+    from hpcdiff.io.sources import detect_kind
+
+    if job.experiment.source == "nxmx":
+        return True
+    files = job.frame_files()
+    if job.experiment.source != "auto" or not files:
+        return False
+    try:
+        return detect_kind(files[0]) == "nxmx"
+    except HpcdiffError:
+        return False
+
+
 def _check_frames(job: JobConfig, result: CheckResult, geom: Any) -> list[Any]:
     """Open every frame file and read its first frame; the run's frame ids (readable files)."""
-    from hpcdiff.io.cxi import FrameSource
+    from hpcdiff.io.sources import open_job_source
 
     ids: list[Any] = []
-    files = [f for f in job.frame_files() if f.is_file()]
+    files = [f for f in job.frame_files() if f.exists()]
     result.n_files = len(files)
     for f in files:
         try:
-            with FrameSource([f], geometry=geom, data_path=job.experiment.data_path) as src:
+            with open_job_source(job, [f], geometry=geom) as src:
                 if src.n_frames == 0:
                     result.add(
                         f"[experiment.frames] {f}",
@@ -238,7 +253,7 @@ def _check_frames(job: JobConfig, result: CheckResult, geom: Any) -> list[Any]:
                 if not np.isfinite(first).any():
                     result.notes.append(f"{f}: first frame holds no finite pixel values")
                 ids.extend(src.frame_ids)
-        except (OSError, HpcdiffError, ValueError, KeyError) as exc:
+        except (OSError, HpcdiffError, ValueError, KeyError, ImportError) as exc:
             shape = tuple(geom.slab_shape) if geom is not None else "the first file's"
             fix = (
                 f"frames must be {shape} (n_ss, n_fs) as the geometry says, or stacked "

@@ -247,14 +247,15 @@ def add_confidence_table(report: Report, predictions: Any, *, n: int = 10) -> No
 def example_frames(job: JobConfig, predictions: Any, *, n: int = 4) -> tuple[list, list, list]:
     """Raw and background-removed assembled images of the most and least diffuse-looking frames."""
     from hpcdiff.geometry import DetectorModel
-    from hpcdiff.io.cxi import FrameSource
     from hpcdiff.io.geom import read_geom
+    from hpcdiff.io.sources import open_job_source
     from hpcdiff.preprocess import Preprocessor
 
-    if job.experiment.geometry is None:
+    geom = None if job.experiment.geometry is None else read_geom(job.experiment.geometry)
+    source = open_job_source(job, job.frame_files(), geometry=geom)
+    geom = source.geometry  # the job's, or the frames' own (NXmx)
+    if geom is None:
         raise ConfigError(f"{job.source}: example frames need [experiment] geometry")
-    geom = read_geom(job.experiment.geometry)
-    source = FrameSource(job.frame_files(), geometry=geom, data_path=job.experiment.data_path)
     order = np.argsort(-predictions.diffuse_score)
     picks = list(dict.fromkeys([*order[: n // 2], *order[::-1][: n - n // 2]]))
     numbers = source.global_numbers([predictions.frame_ids[i] for i in picks])
@@ -291,7 +292,8 @@ def add_fourier(report: Report, job: JobConfig, fourier: Any) -> None:
     truth_cc = summary.get("truth_correlation", {}).get("cc")
     report.add_text(
         f"{summary.get('n_frames_oriented')} frames merged into "
-        f"{summary.get('voxels_measured')} voxels of a {job.fourier.grid_size}^3 grid"
+        f"{summary.get('voxels_measured')} voxels of a "
+        f"{'x'.join(map(str, fourier.merged.grid.shape))} grid"
         + (f"; correlation with the true diffuse intensity {truth_cc:.3f}" if truth_cc else "")
         + f". Common-arc pairs with a similarity: {summary.get('pairs_with_similarity')} of "
         f"{summary.get('pairs_total')} (median overlap {summary.get('median_overlap')} voxels)."
@@ -303,7 +305,11 @@ def add_fourier(report: Report, job: JobConfig, fourier: Any) -> None:
                 truth = h5["diffuse/intensity"][...]
     report.add_figure(
         "Merged reciprocal-space volume (central slices)",
-        F.volume_slices_figure(fourier.merged.intensity(), truth=truth, extent=job.fourier.max_hkl),
+        F.volume_slices_figure(
+            fourier.merged.intensity(),
+            truth=truth,
+            extent=fourier.merged.grid.half_width if fourier.merged.grid.is_cube else None,
+        ),
         caption="log10 intensity; white where no pixel landed",
     )
     labels = fourier.labels if fourier.labels is not None else np.zeros(len(fourier.frame_ids))
