@@ -111,7 +111,7 @@ def bench_merge(n_frames: int, grid_size: int) -> dict:
         f"merge: CSPAD {geom.slab_shape[0]}x{geom.slab_shape[1]} slab "
         f"({int(detector.valid.sum())} valid pixels), grid {grid_size}^3 + similarity grid "
         f"{grid_size // 2}^3, the classify chain (corrections, standard background, Bragg mask), "
-        f"polarisation/solid angle/shot scale: tasks of "
+        f"polarisation/solid angle: tasks of "
         f"{n_frames} frames, median of 3: {med * 1e3:.0f} ms/frame = {1 / med:.2f} frames/s per worker"
     )
     return {"seconds_per_frame_median": med, "frames_per_s_per_worker": 1 / med, "n": n_frames}
