@@ -358,8 +358,10 @@ def test_frame_directions_equal_shifted_positions() -> None:
 
 def test_fourier_det_shift_equals_a_shifted_detector() -> None:
     """Mapping frames with a crystal's det_shift = mapping them on a detector moved by it."""
+
     from hpcdiff.merge import Grid
-    from hpcdiff.pipelines.fourier import DetectorCache, FourierSettings, process_frames
+    from hpcdiff.pipelines.fourier import FourierSettings, process_frames
+    from hpcdiff.pipelines.fourier_frames import ChainSettings, FrameChain
 
     base = small_geometry(panel_shape=(24, 32), photon_energy=9500.0)
     shift = (0.001, -0.0015)  # 2 and 3 pixels of 0.5 mm
@@ -367,13 +369,21 @@ def test_fourier_det_shift_equals_a_shifted_detector() -> None:
     rng = np.random.default_rng(1)
     frames = rng.uniform(1.0, 2.0, (2, *base.slab_shape)).astype(np.float32)
     orientations = np.stack([np.diag([1 / 7.9, 1 / 7.9, 1 / 3.8])] * 2)
-    settings = FourierSettings(Grid(16, 12.0), Grid(8, 12.0), background="none")
+    background = BackgroundConfig(preprocessing="seed", method="none")
+    settings = FourierSettings(
+        Grid(16, 12.0), Grid(8, 12.0), chain=ChainSettings(background=background)
+    )
+
+    def chain(geom: object) -> FrameChain:
+        model = DetectorModel.build(geom, clen_m=0.1, photon_energy_ev=9500.0)
+        return FrameChain(model, settings.chain)
+
     kw = dict(photon_energy_ev=np.full(2, 9500.0), clen_m=np.full(2, 0.1), settings=settings)
     with_shift, _ = process_frames(
-        frames, orientations, detector=DetectorCache(base), det_shift_m=np.array([shift] * 2), **kw
+        frames, orientations, chain=chain(base), det_shift_m=np.array([shift] * 2), **kw
     )
-    on_moved, _ = process_frames(frames, orientations, detector=DetectorCache(moved), **kw)
-    without, _ = process_frames(frames, orientations, detector=DetectorCache(base), **kw)
+    on_moved, _ = process_frames(frames, orientations, chain=chain(moved), **kw)
+    without, _ = process_frames(frames, orientations, chain=chain(base), **kw)
     np.testing.assert_array_equal(with_shift.counts, on_moved.counts)
     assert not np.array_equal(with_shift.counts, without.counts)
 
@@ -449,12 +459,12 @@ def test_plan_and_chunk_apply_stream_det_shift_and_geometry_masks(tmp_path: Path
     from hpcdiff.io.stream import Chunk, Crystal, Stream, write_stream
     from hpcdiff.merge import Grid
     from hpcdiff.pipelines.fourier import (
-        DetectorCache,
         FourierSettings,
         plan_frames,
         process_chunk,
         process_frames,
     )
+    from hpcdiff.pipelines.fourier_frames import ChainSettings, FrameChain
 
     base = small_geometry(panel_shape=(24, 32), clen_m=0.1, photon_energy=9500.0)
     p0 = dataclasses.replace(base.panels[0], flags=(PixelFlag("morethan", 1.5),))
@@ -482,15 +492,23 @@ def test_plan_and_chunk_apply_stream_det_shift_and_geometry_masks(tmp_path: Path
     )
     plan = plan_frames(load_job(job_path))
     np.testing.assert_allclose(plan.det_shift_m, [[0.001, -0.0015], [0.0, 0.0]])
-    settings = FourierSettings(Grid(16, 12.0), Grid(8, 12.0), background="none")
+    background = BackgroundConfig(preprocessing="seed", method="none")
+    settings = FourierSettings(
+        Grid(16, 12.0), Grid(8, 12.0), chain=ChainSettings(background=background)
+    )
     acc, _ = process_chunk(plan, [0, 1], settings)
     masked = np.where(np.arange(geom.slab_shape[0])[:, None] < 24, frames > 1.5, False)
+    plain = FrameChain(
+        DetectorModel.build(base, clen_m=0.1, photon_energy_ev=9500.0),
+        settings.chain,
+        bad_pixel_mask=plan.bad_pixel_mask,
+    )
     expected, _ = process_frames(
         np.where(masked, np.nan, frames),
         plan.orientations,
         photon_energy_ev=np.full(2, 9500.0),
         clen_m=np.full(2, 0.1),
-        detector=DetectorCache(plan.geometry),
+        chain=plain,
         settings=settings,
         det_shift_m=np.array([[0.001, -0.0015], [0.0, 0.0]]),
     )

@@ -309,11 +309,15 @@ class Featurizer:
 
 
 def detector_model(
-    geometry: Any, values: dict[str, np.ndarray], *, frame_file: str | None = None
+    geometry: Any,
+    values: dict[str, np.ndarray],
+    *,
+    frame_file: str | None = None,
+    polarisation_degree: float = 1.0,
 ) -> Any:
     """:class:`hpcdiff.geometry.DetectorModel` at the camera length, energy and detector
     shift in ``values``; the geometry's masks "in the frame file" are read from
-    ``frame_file``."""
+    ``frame_file``; ``polarisation_degree``: ``[corrections] polarisation_degree``."""
     from hpcdiff.geometry import DetectorModel, detector_shift_m
 
     clen = values.get("clen_m")
@@ -324,6 +328,7 @@ def detector_model(
         photon_energy_ev=None if energy is None else float(energy[0]),
         shift_m=detector_shift_m(geometry, values),
         frame_file=frame_file,
+        polarisation_degree=polarisation_degree,
     )
 
 
@@ -448,7 +453,10 @@ def _frame_stage(
         # every rank builds the same detector model from frame 0's camera length and energy
         # (the source's geometry: the job's, or an NXmx file's own)
         model = detector_model(
-            source.geometry, source.frame_values(0, 1), frame_file=source.files[0]
+            source.geometry,
+            source.frame_values(0, 1),
+            frame_file=source.files[0],
+            polarisation_degree=job.corrections.polarisation_degree,
         )
         pedestal, gain = read_pedestal_and_gain(job.experiment, shape=source.slab_shape)
         mask = root_decides(comm, lambda: _bad_pixels(job, source, model, pedestal, gain))

@@ -146,6 +146,8 @@ def check_job(job: JobConfig, *, mode: str = "auto") -> CheckResult:
             "the Fourier job needs crystal orientations",
             'name the CrystFEL stream of the run: stream = "run.stream" (indexamajig output)',
         )
+    if mode == "fourier":
+        _check_frame_choice(job, result)
     if job.experiment.stream is not None and job.experiment.stream.is_file():
         _check_stream(job, result)
     if job.fourier.truth is not None:
@@ -508,6 +510,30 @@ def _check_stream(job: JobConfig, result: CheckResult) -> None:
     n_crystals = sum(len(c.crystals) for c in stream.chunks)
     if n_crystals == 0:
         result.notes.append(f"{path}: no indexed crystals; the Fourier job has nothing to merge")
+
+
+def _check_frame_choice(job: JobConfig, result: CheckResult) -> None:
+    """``[fourier] frames`` needs the labels or the classify job's predictions."""
+    choice = job.fourier.frames
+    if choice == "labelled-diffuse" and job.experiment.labels is None:
+        result.add(
+            "[fourier.frames]",
+            "'labelled-diffuse' merges the frames the labels mark diffuse, but the job names "
+            "no labels",
+            'name them in [experiment] labels, or set frames = "all"',
+        )
+    if choice == "predicted-diffuse":
+        from hpcdiff.pipelines.layout import ClassifyLayout
+
+        path = job.fourier.predictions or ClassifyLayout.from_job(job).predictions
+        if not Path(path).is_file():
+            result.add(
+                "[fourier.predictions]",
+                f"'predicted-diffuse' reads the classify job's predictions, but {path} does "
+                "not exist",
+                "run `hpcdiff classify` (or `hpcdiff predict`) first, or name the file in "
+                "[fourier] predictions",
+            )
 
 
 def _check_truth(job: JobConfig, result: CheckResult) -> None:
