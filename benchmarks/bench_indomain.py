@@ -2,7 +2,9 @@
 
 Usage::
 
-    python benchmarks/bench_indomain.py [--prepare] [--splits 5] [--json OUT.json]
+    python benchmarks/bench_indomain.py [--prepare] [--configs A A-hard B H-triclinic]
+        [--sections in-domain precision-recall learning-curve learners variants]
+        [--splits 5] [--json OUT.json]
 
 Labelled frames of one simulated configuration train and test the models (150/150 and
 500/500 stratified splits, several random splits: mean and spread), as a facility would
@@ -94,6 +96,7 @@ DEFAULT_LAYER = "pool4+pool5"
 LAYERS = ("pool4+pool5", "gap", "gap4", "pool5")
 SIZES = (150, 500)
 TARGETS = {"moderate": 0.95, "hard": 0.80}
+SECTIONS = ("in-domain", "precision-recall", "learning-curve", "learners", "variants")
 
 
 # --------------------------------------------------------------------------- data
@@ -381,29 +384,27 @@ def learners(name: str, d: dict[str, Any], repeats: int, out: dict[str, Any]) ->
 
 def variants_side_by_side(names: list[str], repeats: int, out: dict[str, Any]) -> None:
     """Every cached preprocessing variant of a configuration on the same first frames."""
-    print("\n== Preprocessing variants on the same frames (150/150 or the most there are)")
+    print("\n== Preprocessing variants on the same frames (n/2 train, n/2 test)")
     all_variants = list(dict.fromkeys([*idd.variants(), *td.variants()]))
     for name in names:
         spec = CONFIGS[name][0]
-        found = {}
-        for v in all_variants:
-            for n in (300, 240, 120):
-                f = load_features(name, spec, v, n)
+        for n_common in (300, 120):
+            found = {}
+            for v in all_variants:
+                f = load_features(name, spec, v, n_common)
                 if f is not None:
                     found[v] = f
-                    break
-        if len(found) < 2:
-            continue
-        n_common = min(f["y"].shape[0] for f in found.values())
-        y = next(iter(found.values()))["y"][:n_common]
-        splits = _splits(y, n_common // 2, repeats)
-        rows = {}
-        for v, f in found.items():
-            for layer in ("pool4+pool5", "gap"):
-                m = evaluate("cnn", f[layer][:n_common], None, y, splits)
-                rows[f"{v}/{layer}"] = m
-                print(f"   {name:<8} {v + '/' + layer:<28} {_fmt(m)}")
-        out.setdefault("variants", {})[name] = rows
+            if len(found) < 2:
+                continue
+            y = next(iter(found.values()))["y"]
+            splits = _splits(y, n_common // 2, repeats)
+            rows = {}
+            for v, f in found.items():
+                for layer in ("pool4+pool5", "gap"):
+                    m = evaluate("cnn", f[layer], None, y, splits)
+                    rows[f"{v}/{layer}"] = m
+                    print(f"   {name:<8} n={n_common:<4} {v + '/' + layer:<28} {_fmt(m)}")
+            out.setdefault("variants", {})[f"{name} n={n_common}"] = rows
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prepare", action="store_true", help="compute missing features (slow)")
     p.add_argument("--configs", nargs="*", default=list(CONFIGS))
     p.add_argument("--splits", type=int, default=5, help="random splits per row")
+    p.add_argument("--sections", nargs="*", default=list(SECTIONS), choices=SECTIONS,
+                   help="parts to print (default: all)")  # fmt: skip
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
     t0 = time.process_time()
@@ -442,13 +445,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {n_rows} frames ({int(data[name]['y'].sum())} diffuse), variants "
               f"{', '.join(have)}; radial {'yes' if radial is not None else 'no'}")  # fmt: skip
     out: dict[str, Any] = {}
-    in_domain(data, args.splits, out)
-    precision_recall(data, out)
+    sections = set(args.sections)
+    if "in-domain" in sections:
+        in_domain(data, args.splits, out)
+    if "precision-recall" in sections:
+        precision_recall(data, out)
     for name in data:
         if CONFIGS[name][0]["preset"] == "hard":
-            learning_curve(name, data[name], 3, out)
-            learners(name, data[name], args.splits, out)
-    variants_side_by_side(list(data), args.splits, out)
+            if "learning-curve" in sections:
+                learning_curve(name, data[name], 3, out)
+            if "learners" in sections:
+                learners(name, data[name], args.splits, out)
+    if "variants" in sections:
+        variants_side_by_side(list(data), args.splits, out)
     print(f"\n(CPU time of this run {time.process_time() - t0:.0f} s)")
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=float) + "\n")
