@@ -83,13 +83,24 @@ _HT = dict(detector="small", detector_distance_m=0.07, photon_energy_ev=10500.0,
            n_atoms=100, seed=41, diffuse_fraction=0.5, preset="moderate",
            diffuse_model="liquid_like", space_group="P1", molecule_shape="flat")  # fmt: skip
 
+#: held out (never used to choose anything): the real OM CSPAD geometry in its int16 layout,
+#: correlated disorder, another molecule and cell (``bench_transfer.py``'s ``H-cspad-real``)
+_HC = dict(geometry=str(td.REAL_GEOM), detector="cspad", detector_distance_m=0.12,
+           photon_energy_ev=9000.0, cell_nm=(8.5, 9.8, 12.2), cell_angles_deg=(90.0, 90.0, 90.0),
+           n_atoms=400, seed=31, diffuse_fraction=0.3, preset="moderate",
+           diffuse_model="correlated", space_group="P212121", molecule_shape="elongated",
+           output_dtype="int16")  # fmt: skip
+
 #: name -> (SimulateConfig keywords, frames to prepare, variants to prepare)
 CONFIGS: dict[str, tuple[dict[str, Any], int, tuple[str, ...]]] = {
     "A": (_A, 1000, ("standard",)),
     "A-hard": ({**_A, "preset": "hard"}, 2000, ("standard",)),
     "B": (_B, 300, ("standard",)),
     "H-triclinic": (_HT, 300, ("standard",)),
+    "H-cspad-real": (_HC, 300, ("standard",)),
+    "H-cspad-real-hard": ({**_HC, "preset": "hard"}, 300, ("standard",)),
 }
+HELD_OUT = ("H-triclinic", "H-cspad-real", "H-cspad-real-hard")
 
 DEFAULT_VARIANT = "standard"
 DEFAULT_LAYER = "pool4+pool5"
@@ -270,7 +281,8 @@ def in_domain(data: dict[str, Any], repeats: int, out: dict[str, Any]) -> None:
             if not splits:
                 continue
             rows: dict[str, dict[str, float]] = {}
-            print(f"-- {name} ({CONFIGS[name][0]['diffuse_model']}, {preset}), {n}/{n}:")
+            tag = ", held out" if name in HELD_OUT else ""
+            print(f"-- {name} ({CONFIGS[name][0]['diffuse_model']}, {preset}{tag}), {n}/{n}:")
             if r is not None:
                 rows["radial profile"] = evaluate("radial", None, r, y, splits)
             for variant, feats in d["variants"].items():
