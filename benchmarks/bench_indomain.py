@@ -30,7 +30,9 @@ benchmark's cache ``/tmp/hpcdiff-transfer-cache`` is read where it holds the sam
 configuration and variant): a configuration whose features are in neither is skipped
 unless ``--prepare`` computes them (VGG16 on the CPU: ~0.1-0.5 s per frame).
 Configurations ``A``/``A-hard`` (displacement model) were used to choose the defaults;
-``B``/``H-triclinic`` (liquid-like) are reported for the diffuse model's visibility.
+``B``/``H-triclinic`` (liquid-like) are reported for the diffuse model's visibility;
+``H-cspad-real``/``H-cspad-real-hard`` (real OM CSPAD geometry, int16 layout, correlated
+disorder) and ``H-triclinic`` were never used to choose anything (:data:`HELD_OUT`).
 """
 
 from __future__ import annotations
