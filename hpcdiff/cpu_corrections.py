@@ -104,7 +104,7 @@ class CommonModePlan:
         level = np.full(self.n_asics, np.nan, dtype=dtype)
         if self.asics.size == 0:
             return level
-        counts = np.add.reduceat(ok, self.starts, dtype=np.int64)
+        counts = np.add.reduceat(ok, self.starts, dtype=np.int32)
         kept, kept_early = vals[ok], self.early[ok]
         ends = np.cumsum(counts)
         thr = dtype.type(threshold)
