@@ -122,3 +122,25 @@ def test_column_sums_match_a_dense_sum():
         column_sums(m, cols, 20), m.toarray()[:, cols].sum(axis=1), rtol=1e-6
     )
     assert not column_sums(m, np.array([], np.int64), 20).any()
+
+
+@pytest.mark.parametrize("offset_photons", [0.0, 0.3, -0.2])
+def test_counting_medians_of_integer_frames_equal_the_selections(model, offset_photons):
+    pre = Preprocessor(model, BackgroundConfig(), CorrectionsConfig(asic_shape=(8, 8)))
+    fast = pre.frame_corrections
+    assert fast is not None and fast.plan is not None and fast.asic_scale is not None
+    rng = np.random.default_rng(6)
+    for energy in (ENERGY_EV, 7311.0):
+        adu = float(model.geom.panels[0].adu_per_ev) * energy
+        ph = rng.poisson(0.4, model.slab_shape) + rng.normal(offset_photons, 0.15, model.slab_shape)
+        raw = np.round(ph * adu).astype(np.int16)
+        inv = np.float32(1.0 / energy)
+        counted = fast.plan.counting_levels(
+            raw, scale=fast.asic_scale, inv_energy=inv, threshold=0.5
+        )
+        x = np.multiply(raw, fast.ev_per_adu, dtype=np.float32)
+        x *= inv
+        selected = fast.plan.levels(x, threshold=0.5)
+        assert counted is not None
+        np.testing.assert_array_equal(counted, selected)
+        assert np.nanmean(counted) == pytest.approx(offset_photons, abs=0.1)
