@@ -610,6 +610,17 @@ class Preprocessor:
             )
         return self._ring_order
 
+    def prepare(self) -> None:
+        """Build now what the numpy path builds on first use (detector maps, the ring-order
+        chain with its resampling matrix, the per-frame corrections), so that the first
+        batch of the frame loop costs what every other batch costs."""
+        self._arrays(np)
+        if self.cfg.method == "radial" or self.standard:
+            _ = self.ring_order
+            _ = self.frame_corrections
+        else:
+            resampling_matrix(self.pixmap, self.cfg.image_size_px)
+
     def bragg_min_excess(self, photon_energy_ev: Any, n: int) -> np.ndarray:
         """``(n,)`` smallest excess over the background of a Bragg peak in each frame, unit
         of :meth:`correct`'s output (photons for the standard recipe):

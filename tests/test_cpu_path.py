@@ -144,3 +144,14 @@ def test_counting_medians_of_integer_frames_equal_the_selections(model, offset_p
         assert counted is not None
         np.testing.assert_array_equal(counted, selected)
         assert np.nanmean(counted) == pytest.approx(offset_photons, abs=0.1)
+
+
+def test_prepare_builds_the_detector_maps_before_any_frame(model):
+    pre = Preprocessor(model, BackgroundConfig())
+    assert pre._ring_order is None and pre._frame_corrections is None
+    pre.prepare()
+    chain, fast = pre._ring_order, pre._frame_corrections
+    assert chain is not None and fast is not None
+    frames = int16_frames(model, 1)
+    pre(frames, photon_energy_ev=ENERGY_EV)
+    assert pre._ring_order is chain and pre._frame_corrections is fast  # nothing rebuilt

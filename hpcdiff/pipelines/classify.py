@@ -228,6 +228,8 @@ class Featurizer:
         # GPU ranks remove the background with cupy on their own device where cupy works
         gpu = cuda_index(device)
         self.preprocess_gpu = gpu if gpu is not None and gpu_available() else None
+        if self.preprocess_gpu is None:
+            self.preprocess.prepare()  # detector maps and resampling matrix, before any frame
         fc = job.features
         self.extractor = FeatureExtractor(
             fc.weights,
