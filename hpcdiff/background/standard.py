@@ -512,13 +512,19 @@ class StandardRingOrder(RingOrderImages):
         ok &= np.isfinite(z)
         take = self.guard_take
         scale = noise_scale(z[None, take], ok[None, take])
-        return finish_noise_units(
-            z[None],
-            ok[None],
-            divisor=guard_divisor(scale, guard=cfg.standard_guard),
-            clip_sigma=cfg.clip_sigma,
-            compression=cfg.compression,
-        )[0]
+        # finish_noise_units, in place: a divisor of 1 (the guard idle) is skipped, and
+        # values non-finite after the clip were non-finite before it (ok is False there)
+        divisor = np.float32(guard_divisor(scale, guard=cfg.standard_guard)[0])
+        if divisor != 1:
+            z /= divisor
+        clip = np.float32(cfg.clip_sigma)
+        np.minimum(z, clip, out=z)
+        np.maximum(z, -clip, out=z)
+        if cfg.compression != "none":
+            z = _compress(z, cfg.compression, np)
+            ok &= np.isfinite(z)
+        np.copyto(z, np.float32(0), where=~ok)
+        return z
 
     def _frame(self, x: np.ndarray, min_excess: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cell sums ``sum(w z)``, ``sum(w)``, ``sum(w^2)`` over the valid pixels of one
