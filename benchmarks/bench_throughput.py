@@ -242,14 +242,15 @@ def preprocess_rows(frames: np.ndarray, tmp: Path, baseline: str, repeats: int) 
 # --------------------------------------------------------------------------- 3-4. VGG16
 
 
-def matmul_bound(dtype: Any, repeats: int) -> float:
-    """Median FLOP/s of a 2048^3 matmul in ``dtype`` on this process's torch threads."""
+def matmul_bound(dtype: Any, repeats: int) -> tuple[float, float]:
+    """Median FLOP per wall second and per CPU second of a 2048^3 matmul in ``dtype`` on
+    this process's torch threads."""
     import torch
 
     a = torch.randn(2048, 2048).to(dtype)
     b = torch.randn(2048, 2048).to(dtype)
     cpu, wall = timed(lambda: torch.mm(a, b), max(repeats, 5))
-    return 2 * 2048**3 / wall
+    return 2 * 2048**3 / wall, 2 * 2048**3 / cpu
 
 
 def vgg_rows(frames: np.ndarray, model: Any, tmp: Path, batch: int, repeats: int) -> list[Row]:
