@@ -4,6 +4,7 @@ Usage::
 
     python benchmarks/bench_throughput.py [--frames 16] [--batch 8] [--repeats 3]
                                           [--baseline REV] [--skip-vgg]
+                                          [--only startup read preprocess vgg]
 
 Every row is the median of ``repeats`` timed passes, CPU time (``time.process_time``,
 all threads of the process) beside wall time; every ratio is of two rows measured in this
@@ -380,6 +381,12 @@ def main(argv: list[str] | None = None) -> int:
         "--baseline", help="git revision of today's code (default: where this branch left main)"
     )
     p.add_argument("--skip-vgg", action="store_true")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=("startup", "read", "preprocess", "vgg"),
+        help="run only these parts",
+    )
     p.add_argument("--json", type=Path, help="write the rows here")
     args = p.parse_args(argv)
     if args.baseline is None:
@@ -394,10 +401,16 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="hpcdiff-throughput-") as d:
         tmp = Path(d)
-        rows += startup_rows(args.repeats)
-        rows += reader_rows(frames, tmp, args.batch, args.repeats)
-        rows += preprocess_rows(frames, tmp, args.baseline, args.repeats)
-        if not args.skip_vgg:
+        parts = set(args.only or ("startup", "read", "preprocess", "vgg"))
+        if args.skip_vgg:
+            parts.discard("vgg")
+        if "startup" in parts:
+            rows += startup_rows(args.repeats)
+        if "read" in parts:
+            rows += reader_rows(frames, tmp, args.batch, args.repeats)
+        if "preprocess" in parts:
+            rows += preprocess_rows(frames, tmp, args.baseline, args.repeats)
+        if "vgg" in parts:
             rows += vgg_rows(frames, model, tmp, args.batch, args.repeats)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
