@@ -59,3 +59,15 @@ def test_mixed_dtypes_read_as_one_type(tmp_path):
         raw = src.read_raw(0, 4)
         np.testing.assert_array_equal(raw[:2], _frames(2, "int16"))
         np.testing.assert_array_equal(raw[2:], _frames(2, "int32", 3))
+
+
+def test_classify_reader_hands_over_stored_int16_frames(tmp_path):
+    from hpcdiff.pipelines.classify import FrameReader
+
+    frames = _frames(4, "int16")
+    f = write_cxi(tmp_path / "a.cxi", frames, compression="lz4")
+    with FrameSource([f]) as src:
+        batch = FrameReader(src)(1, 4)
+    assert batch.frames.dtype == np.int16  # widened once, later, by preprocessing
+    np.testing.assert_array_equal(batch.frames, frames[1:4])
+    assert list(batch.numbers) == [1, 2, 3] and not batch.rejects
