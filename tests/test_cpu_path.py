@@ -155,3 +155,17 @@ def test_prepare_builds_the_detector_maps_before_any_frame(model):
     frames = int16_frames(model, 1)
     pre(frames, photon_energy_ev=ENERGY_EV)
     assert pre._ring_order is chain and pre._frame_corrections is fast  # nothing rebuilt
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_grow_within_panels_is_the_reference_growth(model, steps):
+    from hpcdiff.background.standard import grow_within_panels
+
+    pre = Preprocessor(model, BackgroundConfig())
+    chain = pre.ring_order
+    rng = np.random.default_rng(7)
+    n_pix = chain.shape[0] * chain.shape[1]
+    pixel = rng.choice(n_pix, 40, replace=False)
+    _, ref = chain._grow(np.zeros(40, np.int64), pixel, steps)
+    got = grow_within_panels(pixel, panel=chain.panel_flat, shape=chain.shape, steps=steps)
+    np.testing.assert_array_equal(np.unique(got), ref)

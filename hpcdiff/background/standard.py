@@ -54,7 +54,7 @@ import numpy as np
 
 from hpcdiff.backend import array_module
 from hpcdiff.background.normalise import _compress
-from hpcdiff.background.ring_order import RingOrderImages, _float32_floor
+from hpcdiff.background.ring_order import _NEIGHBOURS, RingOrderImages, _float32_floor
 from hpcdiff.geometry import scattering_vectors
 from hpcdiff.segments import Segments
 
@@ -484,8 +484,11 @@ class StandardRingOrder(RingOrderImages):
         peaks &= ok
         pos = np.flatnonzero(peaks)
         if cfg.bragg_grow_px > 0 and pos.size:
-            _, pixel = self._grow(
-                np.zeros(pos.size, np.int64), self.rings.order[pos], cfg.bragg_grow_px
+            pixel = grow_within_panels(
+                self.rings.order[pos],
+                panel=self.panel_flat,
+                shape=self.shape,
+                steps=cfg.bragg_grow_px,
             )
             pos = self.position[pixel]
             pos = pos[pos >= 0]
@@ -575,6 +578,38 @@ class StandardRingOrder(RingOrderImages):
             sums[0, i], sums[1, i], sums[2, i] = self._frame(flat[i], float(floor[i]))
         num, den, den2 = sums.reshape(3, n, size, size)
         return grid_images(num, den, den2, limit=self.limit, cell=cfg.q_cell, smooth=self.smooth)
+
+
+def grow_within_panels(
+    pixel: np.ndarray, *, panel: np.ndarray, shape: tuple[int, int], steps: int
+) -> np.ndarray:
+    """Flat slab pixels ``pixel`` and their 8-neighbours within the same panel, ``steps``
+    times (the set of :meth:`RingOrderImages._grow` of one frame).
+
+    The result may list a pixel more than once (only the last step's additions are not
+    made unique: the caller masks them), so no sort of the whole list is needed.
+
+    Parameters
+    ----------
+    pixel
+        ``(k,)`` int flat slab indices.
+    panel
+        ``(n_ss * n_fs,)`` panel of each slab pixel.
+    shape
+        ``(n_ss, n_fs)``.
+    """
+    n_ss, n_fs = shape
+    for step in range(steps):
+        if step:
+            pixel = np.unique(pixel)
+        ss, fs = np.divmod(pixel, n_fs)
+        nss = ss[:, None] + _NEIGHBOURS[:, 0]
+        nfs = fs[:, None] + _NEIGHBOURS[:, 1]
+        inside = (nss >= 0) & (nss < n_ss) & (nfs >= 0) & (nfs < n_fs)
+        q = np.where(inside, nss * n_fs + nfs, 0)
+        same = inside & (panel[q] == panel[pixel][:, None])
+        pixel = np.concatenate([pixel, q[same]])
+    return pixel
 
 
 def _float32_ceil(t: np.ndarray) -> np.ndarray:
@@ -677,6 +712,7 @@ __all__ = [
     "StandardRingOrder",
     "clipped_ring_stats",
     "column_sums",
+    "grow_within_panels",
     "finish_noise_units",
     "gaussian_matrix",
     "grid_images",
