@@ -145,6 +145,34 @@ def test_flags_in_preprocessor_make_exactly_those_pixels_invalid() -> None:
     np.testing.assert_array_equal(out["flagged"][~nan], out["plain"][~nan])
 
 
+def test_flags_reach_the_images_of_the_numpy_fast_path() -> None:
+    """The CNN images of a frame with a flagged pixel are those of the same frame with that
+    pixel masked as bad: the per-frame fast corrections never skip the geometry's flags."""
+    base = small_geometry(panel_shape=(16, 20))
+    flagged = dataclasses.replace(
+        base,
+        panels=tuple(
+            dataclasses.replace(p, flags=(PixelFlag("morethan", 5000.0),)) for p in base.panels
+        ),
+    )
+    rng = np.random.default_rng(4)
+    frames = rng.poisson(40.0, (1, *base.slab_shape)).astype(np.int16)
+    frames[0, 20, 3] = 9000  # flagged
+    bad = np.zeros(base.slab_shape, bool)
+    bad[20, 3] = True
+    cfg = CorrectionsConfig(common_mode=True)
+    with_flags = Preprocessor(DetectorModel.build(flagged, photon_energy_ev=9500.0), None, cfg)
+    masked = Preprocessor(
+        DetectorModel.build(base, photon_energy_ev=9500.0), None, cfg, bad_pixel_mask=bad
+    )
+    assert masked.frame_corrections is not None and with_flags.frame_corrections is None
+    np.testing.assert_allclose(
+        with_flags(frames, photon_energy_ev=9500.0),
+        masked(frames, photon_energy_ev=9500.0),
+        atol=1e-5,
+    )
+
+
 # --------------------------------------------------------------------------- edges
 
 
@@ -430,6 +458,26 @@ def test_per_frame_masks_are_read_for_each_frame_from_its_file(tmp_path: Path) -
     assert all("has no dataset /entry_1/data_1/mask" in why for _, why in batch.rejects)
     applied = pm.apply(frames[1], frame_ids=ids[3:6])
     np.testing.assert_array_equal(np.isnan(applied), masks[1] != 0)
+
+
+def test_per_frame_masks_on_integer_frames(tmp_path: Path) -> None:
+    """Frames stored as int16 ADU (read in their own dtype) still get their per-frame mask."""
+    from hpcdiff.io.cxi import FrameSource
+    from hpcdiff.pipelines.classify import FrameReader
+
+    geom = parse_geom(
+        geom_text(top="mask = /entry_1/data_1/mask\nmask_good = 0x0\nmask_bad = 0xffff")
+    )
+    rng = np.random.default_rng(6)
+    frames = rng.integers(0, 100, (3, 8, 6)).astype(np.int16)
+    masks = (rng.random((3, 8, 6)) < 0.2).astype(np.uint16)
+    f = _cheetah_file(tmp_path / "i.cxi", frames, masks)
+    pm = PixelMasks.from_geometry(geom, frame_file=f)
+    with FrameSource([f], geometry=geom) as src:
+        batch = FrameReader(src, masks=pm)(0, 3)
+    assert batch.frames.dtype == np.float32 and not batch.rejects
+    np.testing.assert_array_equal(np.isnan(batch.frames), masks != 0)
+    np.testing.assert_array_equal(batch.frames[masks == 0], frames[masks == 0])
 
 
 def test_real_cxiformat_geometry_reads_cheetah_per_event_masks(

@@ -148,7 +148,9 @@ class FrameReader:
 
     def _read(self, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         with self.timings.section("read", stop - start):
-            return self.source.read(start, stop), self.source.frame_values(start, stop)
+            # frames in their stored dtype (int16 ADU stays int16): preprocessing widens once
+            read = getattr(self.source, "read_raw", self.source.read)
+            return read(start, stop), self.source.frame_values(start, stop)
 
     def __call__(self, start: int, stop: int) -> FrameBatch:
         rejects: list[tuple[int, str]] = []
@@ -170,7 +172,10 @@ class FrameReader:
             frames = np.concatenate(parts) if parts else np.empty(shape, np.float32)
             numbers = np.asarray(nums, dtype=np.int64)
             values = {k: np.concatenate([v[k] for v in vals]) for k in (vals[0] if vals else {})}
-        finite = np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
+        if np.issubdtype(frames.dtype, np.integer):  # integers are always finite
+            finite = np.ones(len(frames), dtype=bool)
+        else:
+            finite = np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
         if not finite.all():
             for k in np.flatnonzero(~finite):
                 rejects.append((int(numbers[k]), "frame holds NaN or inf pixel values"))
@@ -190,6 +195,8 @@ class FrameReader:
         """NaN where the per-frame masks say bad; a frame whose mask cannot be read is a reject."""
         ids, masks = self.source.frame_ids, self.masks
         assert masks is not None
+        if not np.issubdtype(frames.dtype, np.floating):  # int16 ADU: NaN needs a float
+            frames = frames.astype(np.float32)
         keep = np.ones(len(numbers), dtype=bool)
         for k, n in enumerate(numbers.tolist()):
             try:
@@ -251,6 +258,8 @@ class Featurizer:
         # GPU ranks remove the background with cupy on their own device where cupy works
         gpu = cuda_index(device)
         self.preprocess_gpu = gpu if gpu is not None and gpu_available() else None
+        if self.preprocess_gpu is None:
+            self.preprocess.prepare()  # detector maps and resampling matrix, before any frame
         fc = job.features
         self.extractor = FeatureExtractor(
             fc.weights,

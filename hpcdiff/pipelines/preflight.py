@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hpcdiff.config import JobConfig
 from hpcdiff.errors import HpcdiffError
 
@@ -234,6 +232,8 @@ def _geometry_in_frames(job: JobConfig) -> bool:
 
 def _check_frames(job: JobConfig, result: CheckResult, geom: Any) -> list[Any]:
     """Open every frame file and read its first frame; the run's frame ids (readable files)."""
+    import numpy as np
+
     from hpcdiff.io.sources import open_job_source
 
     ids: list[Any] = []
@@ -270,6 +270,8 @@ def _check_frames(job: JobConfig, result: CheckResult, geom: Any) -> list[Any]:
 def _check_labels(
     job: JobConfig, result: CheckResult, frame_ids: list[Any], *, training: bool
 ) -> None:
+    import numpy as np
+
     from hpcdiff.io.labels import describe_spec, label_sources
     from hpcdiff.learn import split_rows, split_sizes, targets
     from hpcdiff.learn.split import too_few_labelled
@@ -371,6 +373,7 @@ def _check_weights(
     job: JobConfig, result: CheckResult, *, need_info: bool
 ) -> dict[str, Any] | None:
     """Problems with ``[features] weights``/``layer``; the weights info a run would record."""
+
     from hpcdiff.errors import FormatError
     from hpcdiff.features.catalog import verify_checkpoint
     from hpcdiff.features.layers import LAYER_SIZES, layer_note, resolve_layer
