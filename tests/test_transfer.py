@@ -178,7 +178,8 @@ def test_transfer_settings_survive_save_and_load(tmp_path):
 
 @pytest.mark.parametrize(
     "settings", [{"standardise": "features", "recalibrate": "mixture"},
-                 {"standardise": "scores", "recalibrate": "em"}, {}]
+                 {"standardise": "scores", "recalibrate": "em"},
+                 {"standardise": "none", "recalibrate": "mixture_wide"}, {}]
 )  # fmt: skip
 def test_transfer_calibration_does_not_use_the_test_labels(settings):
     x, y = _experiment(300, seed=9)
@@ -298,3 +299,45 @@ def test_mixture_keeps_the_model_scale_on_one_mode_and_finds_a_small_second_mode
     assert bimodal(t) is not None
     assert np.mean((mixture_recalibrate(t) > 0.5) == y) > 0.95
     assert np.mean(sigmoid(t) > 0.5) < 0.1  # the model's own scale misses most of them
+
+
+def test_wide_mixture_finds_weak_diffuse_frames_that_a_shared_width_misses():
+    """Transfer scores: a compact non-diffuse peak and diffuse scores spread as widely as
+    their log-uniform strengths, the whole scale shifted far below 0.5."""
+    from hpcdiff.learn.calibration import WideMixture1D, wide_mixture_recalibrate
+
+    rng = np.random.default_rng(5)
+    n0, n1 = 420, 180
+    log_strength = rng.uniform(0.0, 1.0, n1)  # log10 of a strength over one decade
+    t = np.r_[rng.normal(-15.5, 0.3, n0), -14.6 + 6.0 * log_strength + rng.normal(0, 0.2, n1)]
+    y = np.r_[np.zeros(n0), np.ones(n1)]
+    assert (sigmoid(t) < 0.5).all()
+    p_wide = wide_mixture_recalibrate(t)
+    p_shared = mixture_recalibrate(t)
+    acc_wide = np.mean((p_wide > 0.5) == y)
+    assert acc_wide > 0.95
+    assert acc_wide > np.mean((p_shared > 0.5) == y) + 0.03
+    order = np.argsort(t)
+    assert np.all(np.diff(p_wide[order]) >= 0)  # monotone: the ranking (ROC AUC) is kept
+    mix = WideMixture1D.fit(t)
+    assert mix.std[1] > 2 * mix.std[0]
+    assert mix.weight[1] == pytest.approx(n1 / (n0 + n1), abs=0.05)
+    # the raw posterior of a wider upper component rises again in the far lower tail; the
+    # calibrated one does not
+    far = np.array([mix.mean[0] - 20 * mix.std[0]])
+    assert mix._raw(far)[0] > mix.posterior(far)[0]
+
+
+def test_wide_mixture_keeps_the_model_scale_on_one_mode_and_is_monotone_both_ways():
+    from hpcdiff.learn.calibration import WideMixture1D, wide_mixture_recalibrate
+
+    rng = np.random.default_rng(6)
+    one_mode = rng.normal(-3.0, 1.0, 400)
+    np.testing.assert_allclose(wide_mixture_recalibrate(one_mode), sigmoid(one_mode))
+    # a narrow upper class beside a wide lower one
+    t = np.r_[rng.normal(-2.0, 3.0, 300), rng.normal(5.0, 0.3, 100)]
+    mix = WideMixture1D.fit(t)
+    assert mix.std[1] < mix.std[0]
+    p = wide_mixture_recalibrate(t)
+    o = np.argsort(t)
+    assert np.all(np.diff(p[o]) >= 0) and p[o][0] < 0.01 and p[o][-1] > 0.99

@@ -13,7 +13,9 @@ experiment's own unlabelled statistics, never its labels:
 ``recalibrate`` (at predict; default stored in the model)
     ``"none"``; ``"em"``: prior shift by EM (:func:`~hpcdiff.learn.calibration.em_prior_shift`);
     ``"mixture"``: a two-Gaussian mixture of the experiment's logit scores
-    (:func:`~hpcdiff.learn.calibration.mixture_recalibrate`).
+    (:func:`~hpcdiff.learn.calibration.mixture_recalibrate`); ``"mixture_wide"``: the
+    same with a width per component (:func:`~hpcdiff.learn.calibration.wide_mixture_recalibrate`:
+    the diffuse frames' scores spread as widely as their strengths).
 target labels (at predict, optional)
     A Platt map (:class:`~hpcdiff.learn.calibration.PlattScaling`) fitted on a handful of
     labelled frames of the new experiment, applied to every frame after the above.
@@ -37,14 +39,20 @@ from typing import Any, Literal
 import numpy as np
 
 from hpcdiff.io.featurefile import FeatureMeta
-from hpcdiff.learn.calibration import PlattScaling, em_prior_shift, logit, mixture_recalibrate
+from hpcdiff.learn.calibration import (
+    PlattScaling,
+    em_prior_shift,
+    logit,
+    mixture_recalibrate,
+    wide_mixture_recalibrate,
+)
 from hpcdiff.learn.model import DiffuseClassifier
 from hpcdiff.learn.pca_stats import pca_from_array
 
 Standardise = Literal["none", "features", "scores"]
-Recalibrate = Literal["none", "em", "mixture"]
+Recalibrate = Literal["none", "em", "mixture", "mixture_wide"]
 STANDARDISE: tuple[str, ...] = ("none", "features", "scores")
-RECALIBRATE: tuple[str, ...] = ("none", "em", "mixture")
+RECALIBRATE: tuple[str, ...] = ("none", "em", "mixture", "mixture_wide")
 
 
 @dataclass(frozen=True)
@@ -286,6 +294,8 @@ def proba_from_scores(
         t = logit(p)
     elif mode == "mixture":
         t = logit(mixture_recalibrate(t))
+    elif mode == "mixture_wide":
+        t = logit(wide_mixture_recalibrate(t))
     if labelled is not None:
         rows, y = (np.asarray(a) for a in labelled)
         t = PlattScaling.fit(t[rows], y, prior_strength=prior_strength)(t)
