@@ -239,19 +239,24 @@ def test_train_and_predict_commands_adapt_to_a_new_experiment(tmp_path):
     feats_t, _ = _files(tmp_path, "b", xt, yt)
     common = ["--n-components", "8", "--n-train", "200", "--n-test", "100", "--quiet"]
     plain, adapted = tmp_path / "plain.npz", tmp_path / "adapted.npz"
+    default = tmp_path / "default.npz"
     assert main(["train", "--features", str(feats), "--labels", str(labels), "--model",
-                 str(plain), *common]) == 0  # fmt: skip
+                 str(plain), *common, "--recalibrate", "none"]) == 0  # fmt: skip
+    # the default ([learn] recalibrate = "auto"): mixture_wide for a binary model
+    assert main(["train", "--features", str(feats), "--labels", str(labels), "--model",
+                 str(default), *common]) == 0  # fmt: skip
+    assert DiffuseClassifier.load(default).metadata_["transfer"]["recalibrate"] == "mixture_wide"
     assert main(["train", "--features", str(feats), "--labels", str(labels), "--model",
                  str(adapted), *common, "--standardise", "scores",
                  "--recalibrate", "mixture"]) == 0  # fmt: skip
     assert DiffuseClassifier.load(adapted).metadata_["transfer"]["standardise"] == "scores"
     acc = {}
-    for name, model in (("plain", plain), ("adapted", adapted)):
+    for name, model in (("plain", plain), ("adapted", adapted), ("default", default)):
         out = tmp_path / f"{name}.h5"
         assert main(["predict", "--features", str(feats_t), "--model", str(model), "--out",
                      str(out), "--quiet", "--batch-rows", "64"]) == 0  # fmt: skip
         acc[name] = float(np.mean(read_predictions(out).labels == yt))
-    assert acc["plain"] < 0.75 and acc["adapted"] > 0.9
+    assert acc["plain"] < 0.75 and acc["adapted"] > 0.9 and acc["default"] > 0.9
     # 20 labelled frames of the new experiment fix the plain model's scale
     few = Labels.from_frame_ids(
         [read_predictions(tmp_path / "plain.h5").frame_ids[i] for i in range(20)],
@@ -341,3 +346,22 @@ def test_wide_mixture_keeps_the_model_scale_on_one_mode_and_is_monotone_both_way
     p = wide_mixture_recalibrate(t)
     o = np.argsort(t)
     assert np.all(np.diff(p[o]) >= 0) and p[o][0] < 0.01 and p[o][-1] > 0.99
+
+
+def test_learnable_experiments_drops_an_experiment_whose_labels_the_features_cannot_show():
+    from hpcdiff.learn.transfer import learnable_experiments
+
+    x1, y1 = _experiment(120, seed=21)  # class signal in five columns
+    x2, _ = _experiment(120, seed=22)
+    y2 = np.random.default_rng(23).permutation(np.r_[np.zeros(60), np.ones(60)]).astype(int)
+    x2 = np.random.default_rng(24).normal(size=x2.shape).astype(np.float32)  # no signal
+    x = np.concatenate([x1, x2])
+    y = np.concatenate([y1, y2])
+    groups = np.r_[np.zeros(120, int), np.ones(120, int)]
+    keep, auc = learnable_experiments(x, y, groups, n_components=10)
+    assert auc[0] > 0.9 and auc[1] < 0.75
+    np.testing.assert_array_equal(keep, groups == 0)
+    # an experiment with too few frames of a class is kept (nothing to judge it by)
+    y3 = np.r_[np.ones(3), np.zeros(117)].astype(int)
+    keep3, auc3 = learnable_experiments(x1, y3, np.zeros(120, int))
+    assert keep3.all() and np.isnan(auc3[0])
