@@ -365,3 +365,18 @@ def test_learnable_experiments_drops_an_experiment_whose_labels_the_features_can
     y3 = np.r_[np.ones(3), np.zeros(117)].astype(int)
     keep3, auc3 = learnable_experiments(x1, y3, np.zeros(120, int))
     assert keep3.all() and np.isnan(auc3[0])
+
+
+def test_recalibrate_auto_is_mixture_wide_for_binary_and_none_for_classes():
+    from hpcdiff.config import LearnConfig
+    from hpcdiff.learn.transfer import transfer_info
+    from hpcdiff.learn.workflow import fit_model
+
+    assert LearnConfig().recalibrate == "auto"
+    LearnConfig(target="classes")  # the default is valid for an ordered-classes target
+    with pytest.raises(ValueError, match="needs target = 'binary'"):
+        LearnConfig(target="classes", recalibrate="mixture_wide")
+    x, y = _experiment(120, seed=30)
+    cfg = LearnConfig(n_components=8, n_train=100)
+    model = fit_model(x, y, class_names=BINARY_CLASS_NAMES, cfg=cfg, feature_meta=_meta())
+    assert transfer_info(model)["recalibrate"] == "mixture_wide"
