@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/bench_transfer.py [--quick] [--prepare] [--json]
+    python benchmarks/bench_transfer.py [--quick] [--prepare] [--json] [--transfer-only]
     python benchmarks/run.py --only transfer [--quick]
 
 Configurations (:data:`CONFIGS`) differ in molecule (atoms, seed), unit cell and space
@@ -27,6 +27,14 @@ configuration (``pool``) is the domain-randomisation row; a ``randomised`` prese
 where this checkout's simulator has one.  In-domain rows (150/150, 500/500 where there are
 frames) put the method beside the radial-profile reference and the combined model; the
 learning curve on the hard preset goes to 2,000 labelled frames in full mode.
+
+Calibrated transfer (:func:`calibrated_transfer`, alone with ``--transfer-only``): sources
+``randomised`` (:data:`RANDOMISED`: randomised-preset experiments cycling the four diffuse
+models), ``randomised-learnable`` (those whose own labels the features can learn,
+:func:`hpcdiff.learn.transfer.learnable_experiments`) and single tuning configurations; every
+``standardise/recalibrate`` option of :data:`OPTIONS` (``mixture_wide``: a width per mixture
+component) with and without 20 target labels; the choice on the tuning block, then the
+``HELD_OUT`` block ("held out (not tuned on)") with the seed's precision/recall table.
 
 Targets (printed, not asserted): unseen configuration, no target labels: accuracy >= 0.90
 (moderate), AUC >= 0.95; with 20 target labels >= 0.92; in-domain >= 0.95 moderate,
@@ -78,36 +86,50 @@ CONFIGS: dict[str, dict[str, Any]] = {
                         diffuse_model="liquid_like", space_group="P1",
                         molecule_shape="flat"),
 }  # fmt: skip
+#: a second foreign-style held-out experiment: the real CSPAD geometry written as Cheetah
+#: int16, another molecule, space group and diffuse model (never used to choose anything)
+CONFIGS["H-cspad-rigid"] = dict(geometry=str(td.REAL_GEOM), detector="cspad",
+                                detector_distance_m=0.09, photon_energy_ev=7200.0,
+                                cell_nm=(7.1, 7.1, 10.4), cell_angles_deg=(90.0, 90.0, 90.0),
+                                n_atoms=260, seed=51, diffuse_fraction=0.4, preset="moderate",
+                                diffuse_model="rigid_body", space_group="P43212",
+                                molecule_shape="globular", output_dtype="int16")  # fmt: skip
 TUNING = ("A", "B", "C")
-HELD_OUT = ("H-cspad-real", "H-triclinic")
+HELD_OUT = ("H-cspad-real", "H-cspad-rigid", "H-triclinic")
 #: hard versions (in-domain rows and the learning curve)
 HARD = {"A-hard": {**CONFIGS["A"], "preset": "hard"}, "B-hard": {**CONFIGS["B"], "preset": "hard"}}
-#: domain randomisation: the randomised preset draws diffuse model, molecule, cell, space
-#: group, detector effects and background per experiment, so several seeds are pooled
+#: domain randomisation: the randomised preset draws molecule, cell, space group, distance,
+#: energy, gain, noise, masks and background family per experiment; the diffuse model is
+#: cycled explicitly over all four (seeds 90-92 of the earlier pool all drew
+#: ``displacement`` by chance, so that pool never saw another model).  All on the small
+#: detector (CSPAD-sized randomised experiments cost ~10 min per 120 frames on this box).
+RANDOMISED_MODELS = ("displacement", "liquid_like", "rigid_body", "correlated")
 RANDOMISED = {
-    f"R{i}": {**CONFIGS["A"], "preset": "randomised", "seed": 90 + i, "diffuse_fraction": 0.5,
-              "diffuse_model": "auto", "space_group": "auto", "molecule_shape": "auto"}
-    for i in range(3)
+    f"RM{i}": {**CONFIGS["A"], "preset": "randomised", "seed": 200 + i, "diffuse_fraction": 0.5,
+               "diffuse_model": RANDOMISED_MODELS[i % 4], "space_group": "random",
+               "molecule_shape": "random", "detector": "small"}
+    for i in range(8)
 }  # fmt: skip
 
 
 def _frames(name: str, quick: bool) -> int:
-    cspad = "cspad" in {**CONFIGS, **HARD}.get(name, {}).get("detector", "")
     if quick:
         return 120
     if name == "A-hard":
         return 600
-    return 80 if cspad else 300
+    return 80 if cspad(name) else 300
 
 
 def cspad(name: str) -> bool:
-    return "cspad" in {**CONFIGS, **HARD}.get(name, {}).get("detector", "")
+    return "cspad" in {**CONFIGS, **HARD, **RANDOMISED}.get(name, {}).get("detector", "")
 
 
 def _variants(name: str, quick: bool) -> list[str]:
     """Variants measured on a configuration: every one on the tuning configurations."""
     allv = list(td.variants())
     extra = ["standard"] if "standard" in allv else []
+    if name in RANDOMISED or name == "H-cspad-rigid":  # the default preprocessing only
+        return extra or ["seed"]
     if quick:
         return ["seed", *extra]
     if name in TUNING:  # on the CSPAD-sized one (slow on 2 shared cores) seed and standard
@@ -129,7 +151,7 @@ def prepare(quick: bool, *, log: Callable[[str], None] = print) -> dict[str, Any
         return vgg_box[0]
 
     data: dict[str, Any] = {}
-    names = ["A", "C", "H-cspad-real", "A-hard", "B", "H-triclinic"]
+    names = ["A", "C", "H-cspad-real", "H-cspad-rigid", "A-hard", "B", "H-triclinic"]
     specs = {**CONFIGS, **HARD}
     if "randomised" in td.available_presets():
         names += list(RANDOMISED)
@@ -272,6 +294,121 @@ def in_domain(arrays: dict[str, np.ndarray], *, layer: str, variant: str, n_trai
     return out
 
 
+#: the options of the calibrated-transfer section: (standardise, recalibrate)
+OPTIONS: tuple[tuple[str, str], ...] = tuple(
+    (std, rec) for std in ("none", "scores", "features")
+    for rec in ("none", "mixture", "mixture_wide")
+)  # fmt: skip
+#: layer and preprocessing of that section (the defaults of the job file)
+TRANSFER_LAYER = "pool4+pool5"
+TRANSFER_VARIANT = "standard"
+
+
+def calibrated_transfer(
+    data: dict[str, Any], *, log: Callable[[str], None] = print
+) -> tuple[list[str], dict[str, Any], tuple[str, str]]:
+    """Train on simulated frames only, predict an unseen configuration with no labels of it
+    (and with 20).
+
+    Sources: the randomised experiments pooled (``randomised``), those of them whose own
+    labels the features can learn (``randomised-learnable``,
+    :func:`hpcdiff.learn.transfer.learnable_experiments`), and single tuning
+    configurations.  Every option of :data:`OPTIONS` is scored on the tuning block; the
+    choice (best mean accuracy, ties: AUC) uses the pairs whose source and target are
+    learnable in-domain (a target the features cannot separate even with its own labels
+    says nothing about transfer).  The held-out block is printed for the chosen option
+    beside the others, never used to choose.
+
+    Returns the printed lines, the results and the chosen ``(standardise, recalibrate)``.
+    """
+    from hpcdiff.learn import format_report
+    from hpcdiff.learn.transfer import learnable_experiments
+
+    v, layer = TRANSFER_VARIANT, TRANSFER_LAYER
+    have = [n for n in data if v in data[n]]
+    rand = [r for r in RANDOMISED if r in have]
+    in_domain: dict[str, float] = {}
+    for n in have:
+        x = layer_x(data[n][v], layer)
+        y = data[n][v]["y"]
+        in_domain[n] = learnable_experiments(x, y, np.zeros(len(y)))[1][0]
+    learnable = {n for n, auc in in_domain.items() if not auc < 0.75}
+    models = sorted({RANDOMISED[r]["diffuse_model"] for r in rand})
+    lines = [
+        f"== Calibrated transfer [{v} / {layer}]: trained on simulated frames only; "
+        "no target labels, and '+labels20' (Platt map on 20 target labels, mean of "
+        f"{LABEL_DRAWS} draws, scored on the other frames)",
+        f"   randomised = {len(rand)} experiments of the randomised preset ("
+        + ", ".join(rand) + f"; diffuse models {', '.join(models)}), pooled, each "
+        "standardised by its own statistics where the option standardises",
+        "   in-domain 5-fold cross-validated AUC (labels learnable from these features if "
+        ">= 0.75): " + ", ".join(f"{n} {in_domain[n]:.2f}" for n in have),
+    ]  # fmt: skip
+    sources: dict[str, list[str]] = {}
+    if rand:
+        sources["randomised"] = rand
+        sources["randomised-learnable"] = [r for r in rand if r in learnable]
+    sources.update({c: [c] for c in TUNING if c in have})
+    tuning_pairs = [(r, t) for t in TUNING if t in have for r in sources if r.startswith("rand")]
+    tuning_pairs += [(a, b) for a in TUNING for b in TUNING if a != b and {a, b} <= set(have)]
+    held_pairs = [(src, h) for h in HELD_OUT if h in have
+                  for src in ("randomised", "randomised-learnable", "A", "C")
+                  if src in sources]  # fmt: skip
+    results: dict[str, Any] = {"tuning": {}, "held_out": {}, "in_domain_auc": in_domain}
+    labelled = f"+labels{N_TARGET_LABELS}"
+
+    def counts(src: str, dst: str) -> bool:  # the pair enters the choice
+        return dst in learnable and all(a in learnable for a in sources[src] if a in TUNING)
+
+    def run_pair(src: str, dst: str, options: tuple[tuple[str, str], ...]) -> dict[str, Any]:
+        return transfer_pair([data[a][v] for a in sources[src]], data[dst][v], layer=layer,
+                             variant=v, adaptations=options, labels=True)  # fmt: skip
+
+    grid: dict[str, list[dict[str, float]]] = {}
+    for src, dst in tuning_pairs:
+        for k, rep in run_pair(src, dst, OPTIONS).items():
+            results["tuning"][f"{src} -> {dst} {k}"] = _flat(rep)
+            if counts(src, dst):
+                grid.setdefault(k, []).append(_flat(rep))
+    chosen_pairs = [p for p in tuning_pairs if counts(*p)]
+    mean = {k: {m: float(np.mean([r[m] for r in lst])) for m in lst[0]} for k, lst in grid.items()}
+    lines.append("")
+    lines.append(f"-- tuning block, the choice: mean over {len(chosen_pairs)} pairs ("
+                 + ", ".join(f"{a} -> {b}" for a, b in chosen_pairs)
+                 + "), option = standardise/recalibrate")  # fmt: skip
+    for k in sorted(mean, key=lambda k: (-mean[k]["accuracy"], -mean[k]["auc"])):
+        lines.append(_fmt_row(k, mean[k]))
+    unlabelled = [k for k in mean if "labels" not in k]
+    best = max(unlabelled, key=lambda k: (round(mean[k]["accuracy"], 3), mean[k]["auc"]))
+    std, rec = best.split("/")
+    lines.append(f"chosen on the tuning block: standardise {std}, recalibrate {rec}")
+    lines.append("")
+    lines.append("-- tuning pairs, chosen option and baseline ('*': not in the choice, "
+                 "target or source not learnable in-domain)")  # fmt: skip
+    for src, dst in tuning_pairs:
+        mark = "" if counts(src, dst) else " *"
+        for k in (best, best + labelled, "none/none"):
+            lines.append(_fmt_row(f"{src} -> {dst} [{k}]{mark}",
+                                  results["tuning"][f"{src} -> {dst} {k}"]))  # fmt: skip
+    lines.append("")
+    lines.append("== Held out (not tuned on): " + ", ".join(h for h in HELD_OUT if h in have))
+    for src, dst in held_pairs:
+        options = (OPTIONS if src.startswith("randomised")
+                   else tuple(dict.fromkeys(((std, rec), ("none", "none")))))  # fmt: skip
+        reps = run_pair(src, dst, options)
+        order = sorted(reps, key=lambda k: (k != best, k != best + labelled, k != "none/none", k))
+        for k in order:
+            s = _flat(reps[k])
+            name = f"{src} -> {dst} [{k}]" + ("  <- chosen" if k == best else "")
+            results["held_out"][f"{src} -> {dst} {k}"] = s
+            lines.append(_fmt_row(name, s))
+        if src.startswith("randomised"):
+            title = f"    seed table, {src} -> {dst} [{best}]"
+            lines.append(format_report(reps[best], title=title))
+    log(f"  calibrated transfer: {len(tuning_pairs)} tuning, {len(held_pairs)} held-out pairs")
+    return lines, results, (std, rec)
+
+
 def _fmt_row(name: str, s: dict[str, float]) -> str:
     return (f"  {name:<58} acc {s['accuracy']:.3f}  AUC {s['auc']:.3f}  Brier {s['brier']:.3f}  "
             f"ECE {s['ece']:.3f}  | diffuse P/R {s['p_diffuse']:.2f}/{s['r_diffuse']:.2f}  "
@@ -280,7 +417,6 @@ def _fmt_row(name: str, s: dict[str, float]) -> str:
 
 def run(quick: bool = False, *, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Benchmark entry point for ``benchmarks/run.py``."""
-    from hpcdiff.learn import format_report
 
     t0 = time.perf_counter()
     data = prepare(quick, log=log)
@@ -353,36 +489,21 @@ def run(quick: bool = False, *, log: Callable[[str], None] = print) -> dict[str,
                     lines.append(_fmt_row(f"{v} / {layer_} / {k} (mean of {len(lst)})", m))
                     results["tuning"][f"small pairs {v} {layer_} {k}"] = m
 
-    # ---- 2. held-out configurations, chosen setting and baselines
-    held = [c for c in HELD_OUT if c in data]
-    sources: list[tuple[str, list[str]]] = [(a, [a]) for a in tuning]
-    sources.append(("pool(" + "+".join(tuning) + ")", tuning))
-    if all(r in data for r in RANDOMISED):
-        sources.append(("randomised", list(RANDOMISED)))
+    # ---- 2. calibrated transfer: randomised and single configurations -> tuning block
+    # (choice) and the held-out block (reported, never tuned on)
     lines.append("")
-    lines.append("== Held-out configurations (never used to choose anything): "
-                 + ", ".join(held))  # fmt: skip
-    chosen = ((std, rec), ("none", "none"))
-    for h in held:
-        v = variant if variant in data[h] else "seed"
-        for sname, src in sources:
-            if not all(v in data[a] for a in src):
-                continue
-            reps = transfer_pair([data[a][v] for a in src], data[h][v], layer=layer, variant=v,
-                                 adaptations=tuple(dict.fromkeys(chosen)), labels=True)  # fmt: skip
-            for adapt2, rep in reps.items():
-                s = _flat(rep)
-                name = f"{sname} -> {h} [{v} / {layer} / {adapt2}]"
-                results["held_out"][name] = s
-                lines.append(_fmt_row(name, s))
-                add(f"held out: {name}", s)
-                if adapt2 == adapt and sname.startswith("pool") and "mean_of_draws" not in rep:
-                    lines.append(format_report(rep, title=f"    seed table, {name}"))
+    t_lines, t_results, transfer_chosen = calibrated_transfer(data, log=log)
+    lines += t_lines
+    results["calibrated"] = t_results
+    for name, s in t_results["held_out"].items():
+        add(f"held out: {name}", s)
 
     # ---- 3. in-domain (150/150; 500/500 where there are frames): method vs references
     lines.append("")
     lines.append("== In-domain (labelled frames of the same configuration)")
     for name, arrays in data.items():
+        if "seed" not in arrays or name in RANDOMISED:
+            continue
         n = len(arrays["seed"]["y"])
         for ntr in (150, 500):
             if n < 2 * ntr:
@@ -439,7 +560,7 @@ def run(quick: bool = False, *, log: Callable[[str], None] = print) -> dict[str,
                  "20 labels: >= 0.92; in-domain >= 0.95 moderate, >= 0.80 hard, >= radial + "
                  "0.05. Published seed table: accuracy 0.92; diffuse P/R 0.95/0.90, "
                  "non-diffuse 0.89/0.95.")  # fmt: skip
-    dropped = {n: json.loads(str(a["seed"]["dropped"])) for n, a in data.items()}
+    dropped = {n: json.loads(str(next(iter(a.values()))["dropped"])) for n, a in data.items()}
     lines.append("simulator options not in this checkout (dropped): "
                  + "; ".join(f"{n}: {', '.join(d) or '-'}" for n, d in dropped.items()))  # fmt: skip
     return {
@@ -452,11 +573,27 @@ def run(quick: bool = False, *, log: Callable[[str], None] = print) -> dict[str,
             "standardise": std,
             "recalibrate": rec,
         },  # fmt: skip
+        "transfer_chosen": {"standardise": transfer_chosen[0], "recalibrate": transfer_chosen[1]},
         "results": results,
         "prepare_s": prep_s,
         "score_s": time.perf_counter() - t0 - prep_s,
         "text": "\n".join(lines),
     }
+
+
+def run_transfer(quick: bool = False, *, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Only the calibrated-transfer section (``--transfer-only``): tuning and held-out blocks."""
+    t0 = time.perf_counter()
+    data = prepare(quick, log=log)
+    prep_s = time.perf_counter() - t0
+    lines, results, chosen = calibrated_transfer(data, log=log)
+    lines.append("")
+    lines.append("Targets: unseen configuration, no labels: accuracy >= 0.90 (moderate), "
+                 "AUC >= 0.95; 20 labels: >= 0.92. Published seed table: accuracy 0.92; "
+                 "diffuse P/R 0.95/0.90, non-diffuse 0.89/0.95.")  # fmt: skip
+    return {"chosen": {"standardise": chosen[0], "recalibrate": chosen[1]},
+            "results": results, "prepare_s": prep_s,
+            "score_s": time.perf_counter() - t0 - prep_s, "text": "\n".join(lines)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -465,6 +602,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prepare", action="store_true", help="only compute the cached features")
     p.add_argument("--json", action="store_true", help="print the result as JSON too")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
+    p.add_argument(
+        "--transfer-only",
+        action="store_true",
+        help="only the calibrated-transfer section (tuning and held-out blocks)",
+    )
     args = p.parse_args(argv)
     if args.threads:
         import torch
@@ -473,7 +615,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.prepare:
         prepare(args.quick)
         return 0
-    result = run(args.quick)
+    result = (run_transfer if args.transfer_only else run)(args.quick)
     print(result["text"])
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "text"}, indent=2, default=str))

@@ -178,7 +178,8 @@ def test_transfer_settings_survive_save_and_load(tmp_path):
 
 @pytest.mark.parametrize(
     "settings", [{"standardise": "features", "recalibrate": "mixture"},
-                 {"standardise": "scores", "recalibrate": "em"}, {}]
+                 {"standardise": "scores", "recalibrate": "em"},
+                 {"standardise": "none", "recalibrate": "mixture_wide"}, {}]
 )  # fmt: skip
 def test_transfer_calibration_does_not_use_the_test_labels(settings):
     x, y = _experiment(300, seed=9)
@@ -238,19 +239,24 @@ def test_train_and_predict_commands_adapt_to_a_new_experiment(tmp_path):
     feats_t, _ = _files(tmp_path, "b", xt, yt)
     common = ["--n-components", "8", "--n-train", "200", "--n-test", "100", "--quiet"]
     plain, adapted = tmp_path / "plain.npz", tmp_path / "adapted.npz"
+    default = tmp_path / "default.npz"
     assert main(["train", "--features", str(feats), "--labels", str(labels), "--model",
-                 str(plain), *common]) == 0  # fmt: skip
+                 str(plain), *common, "--recalibrate", "none"]) == 0  # fmt: skip
+    # the default ([learn] recalibrate = "auto"): mixture_wide for a binary model
+    assert main(["train", "--features", str(feats), "--labels", str(labels), "--model",
+                 str(default), *common]) == 0  # fmt: skip
+    assert DiffuseClassifier.load(default).metadata_["transfer"]["recalibrate"] == "mixture_wide"
     assert main(["train", "--features", str(feats), "--labels", str(labels), "--model",
                  str(adapted), *common, "--standardise", "scores",
                  "--recalibrate", "mixture"]) == 0  # fmt: skip
     assert DiffuseClassifier.load(adapted).metadata_["transfer"]["standardise"] == "scores"
     acc = {}
-    for name, model in (("plain", plain), ("adapted", adapted)):
+    for name, model in (("plain", plain), ("adapted", adapted), ("default", default)):
         out = tmp_path / f"{name}.h5"
         assert main(["predict", "--features", str(feats_t), "--model", str(model), "--out",
                      str(out), "--quiet", "--batch-rows", "64"]) == 0  # fmt: skip
         acc[name] = float(np.mean(read_predictions(out).labels == yt))
-    assert acc["plain"] < 0.75 and acc["adapted"] > 0.9
+    assert acc["plain"] < 0.75 and acc["adapted"] > 0.9 and acc["default"] > 0.9
     # 20 labelled frames of the new experiment fix the plain model's scale
     few = Labels.from_frame_ids(
         [read_predictions(tmp_path / "plain.h5").frame_ids[i] for i in range(20)],
@@ -298,3 +304,79 @@ def test_mixture_keeps_the_model_scale_on_one_mode_and_finds_a_small_second_mode
     assert bimodal(t) is not None
     assert np.mean((mixture_recalibrate(t) > 0.5) == y) > 0.95
     assert np.mean(sigmoid(t) > 0.5) < 0.1  # the model's own scale misses most of them
+
+
+def test_wide_mixture_finds_weak_diffuse_frames_that_a_shared_width_misses():
+    """Transfer scores: a compact non-diffuse peak and diffuse scores spread as widely as
+    their log-uniform strengths, the whole scale shifted far below 0.5."""
+    from hpcdiff.learn.calibration import WideMixture1D, wide_mixture_recalibrate
+
+    rng = np.random.default_rng(5)
+    n0, n1 = 420, 180
+    log_strength = rng.uniform(0.0, 1.0, n1)  # log10 of a strength over one decade
+    t = np.r_[rng.normal(-15.5, 0.3, n0), -14.6 + 6.0 * log_strength + rng.normal(0, 0.2, n1)]
+    y = np.r_[np.zeros(n0), np.ones(n1)]
+    assert (sigmoid(t) < 0.5).all()
+    p_wide = wide_mixture_recalibrate(t)
+    p_shared = mixture_recalibrate(t)
+    acc_wide = np.mean((p_wide > 0.5) == y)
+    assert acc_wide > 0.95
+    assert acc_wide > np.mean((p_shared > 0.5) == y) + 0.03
+    order = np.argsort(t)
+    assert np.all(np.diff(p_wide[order]) >= 0)  # monotone: the ranking (ROC AUC) is kept
+    mix = WideMixture1D.fit(t)
+    assert mix.std[1] > 2 * mix.std[0]
+    assert mix.weight[1] == pytest.approx(n1 / (n0 + n1), abs=0.05)
+    # the raw posterior of a wider upper component rises again in the far lower tail; the
+    # calibrated one does not
+    far = np.array([mix.mean[0] - 20 * mix.std[0]])
+    assert mix._raw(far)[0] > mix.posterior(far)[0]
+
+
+def test_wide_mixture_keeps_the_model_scale_on_one_mode_and_is_monotone_both_ways():
+    from hpcdiff.learn.calibration import WideMixture1D, wide_mixture_recalibrate
+
+    rng = np.random.default_rng(6)
+    one_mode = rng.normal(-3.0, 1.0, 400)
+    np.testing.assert_allclose(wide_mixture_recalibrate(one_mode), sigmoid(one_mode))
+    # a narrow upper class beside a wide lower one
+    t = np.r_[rng.normal(-2.0, 3.0, 300), rng.normal(5.0, 0.3, 100)]
+    mix = WideMixture1D.fit(t)
+    assert mix.std[1] < mix.std[0]
+    p = wide_mixture_recalibrate(t)
+    o = np.argsort(t)
+    assert np.all(np.diff(p[o]) >= 0) and p[o][0] < 0.01 and p[o][-1] > 0.99
+
+
+def test_learnable_experiments_drops_an_experiment_whose_labels_the_features_cannot_show():
+    from hpcdiff.learn.transfer import learnable_experiments
+
+    x1, y1 = _experiment(120, seed=21)  # class signal in five columns
+    x2, _ = _experiment(120, seed=22)
+    y2 = np.random.default_rng(23).permutation(np.r_[np.zeros(60), np.ones(60)]).astype(int)
+    x2 = np.random.default_rng(24).normal(size=x2.shape).astype(np.float32)  # no signal
+    x = np.concatenate([x1, x2])
+    y = np.concatenate([y1, y2])
+    groups = np.r_[np.zeros(120, int), np.ones(120, int)]
+    keep, auc = learnable_experiments(x, y, groups, n_components=10)
+    assert auc[0] > 0.9 and auc[1] < 0.75
+    np.testing.assert_array_equal(keep, groups == 0)
+    # an experiment with too few frames of a class is kept (nothing to judge it by)
+    y3 = np.r_[np.ones(3), np.zeros(117)].astype(int)
+    keep3, auc3 = learnable_experiments(x1, y3, np.zeros(120, int))
+    assert keep3.all() and np.isnan(auc3[0])
+
+
+def test_recalibrate_auto_is_mixture_wide_for_binary_and_none_for_classes():
+    from hpcdiff.config import LearnConfig
+    from hpcdiff.learn.transfer import transfer_info
+    from hpcdiff.learn.workflow import fit_model
+
+    assert LearnConfig().recalibrate == "auto"
+    LearnConfig(target="classes")  # the default is valid for an ordered-classes target
+    with pytest.raises(ValueError, match="needs target = 'binary'"):
+        LearnConfig(target="classes", recalibrate="mixture_wide")
+    x, y = _experiment(120, seed=30)
+    cfg = LearnConfig(n_components=8, n_train=100)
+    model = fit_model(x, y, class_names=BINARY_CLASS_NAMES, cfg=cfg, feature_meta=_meta())
+    assert transfer_info(model)["recalibrate"] == "mixture_wide"

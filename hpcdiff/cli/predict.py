@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--recalibrate",
-        choices=("none", "em", "mixture"),
+        choices=("none", "em", "mixture", "mixture_wide"),
         help="recalibration from this experiment's unlabelled scores (default: the model's)",
     )
     add_job_argument(p)

@@ -69,7 +69,7 @@ def add_learn_arguments(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--recalibrate",
-        choices=["none", "em", "mixture"],
+        choices=["auto", "none", "em", "mixture", "mixture_wide"],
         help="probability scale from each experiment's own unlabelled scores at predict",
     )
 

@@ -286,9 +286,12 @@ class LearnConfig:
     Transfer to a new experiment (:mod:`hpcdiff.learn.transfer`; predict uses the whole
     experiment's unlabelled frames, never its labels): ``standardise = "scores"`` shifts and
     scales each experiment's PCA scores to the training experiment's; ``recalibrate``
-    (``"mixture"``: two-Gaussian mixture of the experiment's logit scores; ``"em"``: prior
-    shift) sets the probability scale; ``n_target_labels``: how many frames of the new
-    experiment's labels (``hpcdiff predict --target-labels``) fit a Platt map (0 = all given).
+    (``"mixture"``: two-Gaussian mixture of the experiment's logit scores;
+    ``"mixture_wide"``: the same with a width per component, for diffuse frames whose
+    strengths spread over a decade; ``"em"``: prior shift; ``"auto"``, the default:
+    ``"mixture_wide"`` for a binary target, ``"none"`` for classes) sets the probability scale;
+    ``n_target_labels``: how many frames of the new experiment's labels
+    (``hpcdiff predict --target-labels``) fit a Platt map (0 = all given).
     """
 
     n_components: int = field(default=50, metadata={"check": positive})
@@ -300,11 +303,11 @@ class LearnConfig:
     pca_from: Literal["gather", "statistics"] = "gather"
     split: Literal["stratified", "order"] = "stratified"
     standardise: Literal["none", "scores"] = "none"
-    recalibrate: Literal["none", "em", "mixture"] = "none"
+    recalibrate: Literal["auto", "none", "em", "mixture", "mixture_wide"] = "auto"
     n_target_labels: int = field(default=0, metadata={"check": non_negative})
 
     def __post_init__(self) -> None:
-        if self.target != "binary" and self.recalibrate != "none":
+        if self.target != "binary" and self.recalibrate not in ("none", "auto"):
             raise ValueError(
                 f"recalibrate = {self.recalibrate!r} needs target = 'binary' (diffuse or not)"
             )

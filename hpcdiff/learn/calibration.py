@@ -254,6 +254,118 @@ def mixture_recalibrate(t: np.ndarray) -> np.ndarray:
     return sigmoid(t) if mix is None else mix.posterior(t)
 
 
+@dataclass(frozen=True)
+class WideMixture1D:
+    """Two 1-D Gaussians, each with its own width, fitted by EM (component 1: larger mean).
+
+    Made for transfer scores, where the non-diffuse frames form one compact peak and the
+    diffuse frames spread over a range as wide as their diffuse strengths (log-uniform over
+    a decade): a shared width (:class:`GaussianMixture1D`) then fits the upper component to
+    the strongest frames only and calls the weak ones non-diffuse.  With unequal widths the
+    raw posterior of the wider component rises again in the far lower tail, so
+    :meth:`posterior` is made monotone: below the point where the raw posterior is lowest
+    (between the component means) it keeps that lowest value, and ranks are kept.
+
+    Attributes
+    ----------
+    weight, mean, std
+        ``(2,)`` mixing weights, means and standard deviations (same units as the scores).
+    """
+
+    weight: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def fit(cls, t: np.ndarray, *, max_iter: int = 500, tol: float = 1e-10) -> WideMixture1D:
+        """EM from the shared-width fit (:class:`GaussianMixture1D`), a deterministic start.
+
+        Each width is floored at 5 % of the spread of ``t`` so that neither component can
+        collapse onto a few tied scores.
+        """
+        t = np.asarray(t, dtype=np.float64)
+        start = GaussianMixture1D.fit(t)
+        floor = max(float(np.std(t)) * 0.05, 1e-6)
+        weight, mean = start.weight.copy(), start.mean.copy()
+        std = np.array([max(start.std, floor)] * 2)
+        last = -np.inf
+        for _ in range(max_iter):
+            log_r = np.log(weight)[None] - 0.5 * ((t[:, None] - mean[None]) / std[None]) ** 2
+            log_r -= np.log(std)[None]
+            top = log_r.max(axis=1, keepdims=True)
+            ll = float(np.sum(top[:, 0] + np.log(np.exp(log_r - top).sum(axis=1))))
+            r = np.exp(log_r - top)
+            r /= r.sum(axis=1, keepdims=True)
+            nk = r.sum(axis=0) + 1e-12
+            weight = np.clip(nk / t.size, 1e-4, 1.0)
+            weight /= weight.sum()
+            mean = (r * t[:, None]).sum(axis=0) / nk
+            std = np.sqrt((r * (t[:, None] - mean[None]) ** 2).sum(axis=0) / nk)
+            std = np.maximum(std, floor)
+            if ll - last < tol * max(1.0, abs(ll)):
+                break
+            last = ll
+        order = np.argsort(mean)
+        return cls(weight[order], mean[order], std[order])
+
+    def log_likelihood(self, t: np.ndarray) -> float:
+        """Log likelihood of values ``t`` ``(n,)`` under the mixture."""
+        return float(np.sum(_logsumexp(self._log_joint(t))))
+
+    def _log_joint(self, t: np.ndarray) -> np.ndarray:
+        t = np.asarray(t, dtype=np.float64)
+        z = (t[:, None] - self.mean[None]) / self.std[None]
+        return np.log(self.weight)[None] - 0.5 * z**2 - np.log(self.std * np.sqrt(2 * np.pi))[None]
+
+    def _raw(self, t: np.ndarray) -> np.ndarray:
+        lj = self._log_joint(t)
+        return sigmoid(lj[:, 1] - lj[:, 0])
+
+    def turning_point(self) -> float:
+        """Where the log odds of the upper component have their extreme (``t`` where
+        ``(t - m0) / s0^2 = (t - m1) / s1^2``): a minimum when the upper component is the
+        wider, a maximum when it is the narrower; ``nan`` for equal widths (monotone)."""
+        (m0, m1), (s0, s1) = self.mean, self.std
+        if s0 == s1:
+            return float("nan")
+        return float((m0 / s0**2 - m1 / s1**2) / (1 / s0**2 - 1 / s1**2))
+
+    def posterior(self, t: np.ndarray) -> np.ndarray:
+        """``(n,)`` monotone non-decreasing posterior of the upper (diffuse) component."""
+        t = np.asarray(t, dtype=np.float64)
+        p = self._raw(t)
+        (s0, s1) = self.std
+        if s0 == s1:
+            return p
+        t_e = self.turning_point()
+        p_e = self._raw(np.array([t_e]))[0]
+        if s1 > s0:  # wider upper component: flat below the minimum of its posterior
+            return np.where(t < t_e, p_e, p)
+        return np.where(t > t_e, p_e, p)  # narrower upper: flat above the maximum
+
+
+def _logsumexp(a: np.ndarray) -> np.ndarray:
+    top = a.max(axis=1)
+    return top + np.log(np.exp(a - top[:, None]).sum(axis=1))
+
+
+def wide_mixture_recalibrate(t: np.ndarray) -> np.ndarray:
+    """Diffuse probability of logit scores ``t`` ``(n,)`` from a two-Gaussian mixture with
+    unequal widths (:class:`WideMixture1D`), when the data prefer it to one Gaussian
+    (Bayesian information criterion, 5 against 2 parameters); otherwise ``sigmoid(t)``.
+    Monotone in ``t``: the ranking (and the ROC AUC) of ``t`` is kept up to ties.
+    """
+    t = np.asarray(t, dtype=np.float64)
+    if t.size < 6:
+        return sigmoid(t)
+    mix = WideMixture1D.fit(t)
+    std = max(float(np.std(t)), 1e-12)
+    one = float(np.sum(-0.5 * ((t - t.mean()) / std) ** 2 - np.log(std * np.sqrt(2 * np.pi))))
+    bic_one = 2 * np.log(t.size) - 2 * one
+    bic_mix = 5 * np.log(t.size) - 2 * mix.log_likelihood(t)
+    return mix.posterior(t) if bic_mix < bic_one else sigmoid(t)
+
+
 # --------------------------------------------------------------------------- labelled
 
 

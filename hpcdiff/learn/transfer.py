@@ -13,10 +13,15 @@ experiment's own unlabelled statistics, never its labels:
 ``recalibrate`` (at predict; default stored in the model)
     ``"none"``; ``"em"``: prior shift by EM (:func:`~hpcdiff.learn.calibration.em_prior_shift`);
     ``"mixture"``: a two-Gaussian mixture of the experiment's logit scores
-    (:func:`~hpcdiff.learn.calibration.mixture_recalibrate`).
+    (:func:`~hpcdiff.learn.calibration.mixture_recalibrate`); ``"mixture_wide"``: the
+    same with a width per component (:func:`~hpcdiff.learn.calibration.wide_mixture_recalibrate`:
+    the diffuse frames' scores spread as widely as their strengths).
 target labels (at predict, optional)
     A Platt map (:class:`~hpcdiff.learn.calibration.PlattScaling`) fitted on a handful of
     labelled frames of the new experiment, applied to every frame after the above.
+
+Pooled training on many simulated experiments (domain randomisation) can first drop the
+experiments whose own labels the features cannot learn (:func:`learnable_experiments`).
 
 Per-experiment statistics are mergeable sums (:class:`ExperimentStats`: count, sum, sum of
 squares), so ranks that each hold part of an experiment combine them with one
@@ -37,14 +42,20 @@ from typing import Any, Literal
 import numpy as np
 
 from hpcdiff.io.featurefile import FeatureMeta
-from hpcdiff.learn.calibration import PlattScaling, em_prior_shift, logit, mixture_recalibrate
+from hpcdiff.learn.calibration import (
+    PlattScaling,
+    em_prior_shift,
+    logit,
+    mixture_recalibrate,
+    wide_mixture_recalibrate,
+)
 from hpcdiff.learn.model import DiffuseClassifier
 from hpcdiff.learn.pca_stats import pca_from_array
 
 Standardise = Literal["none", "features", "scores"]
-Recalibrate = Literal["none", "em", "mixture"]
+Recalibrate = Literal["none", "em", "mixture", "mixture_wide"]
 STANDARDISE: tuple[str, ...] = ("none", "features", "scores")
-RECALIBRATE: tuple[str, ...] = ("none", "em", "mixture")
+RECALIBRATE: tuple[str, ...] = ("none", "em", "mixture", "mixture_wide")
 
 
 @dataclass(frozen=True)
@@ -286,6 +297,8 @@ def proba_from_scores(
         t = logit(p)
     elif mode == "mixture":
         t = logit(mixture_recalibrate(t))
+    elif mode == "mixture_wide":
+        t = logit(wide_mixture_recalibrate(t))
     if labelled is not None:
         rows, y = (np.asarray(a) for a in labelled)
         t = PlattScaling.fit(t[rows], y, prior_strength=prior_strength)(t)
@@ -432,3 +445,68 @@ def choose_target_rows(
     rows, _ = stratified_split(y, n_train=n, n_test=0, random_state=random_state)
     rows = np.sort(rows)
     return positions[rows], y[rows]
+
+
+def learnable_experiments(
+    x: np.ndarray,
+    y: np.ndarray,
+    groups: np.ndarray,
+    *,
+    min_auc: float = 0.75,
+    n_components: int = 20,
+    n_splits: int = 5,
+    random_state: int = 0,
+) -> tuple[np.ndarray, dict[int, float]]:
+    """Which experiments of a pooled training set have labels the features can learn.
+
+    Domain randomisation draws experiments whose diffuse signal the features do not show
+    at all (e.g. a smooth, nearly isotropic liquid-like halo that background removal takes
+    away): their labels are noise to a pooled model.  Each experiment's own
+    cross-validated ROC AUC (``n_splits`` stratified folds of standardised features ->
+    PCA(``n_components``) -> logistic regression, on its rows only) decides.
+
+    Parameters
+    ----------
+    x
+        ``(n, d)`` features of the pooled training rows.
+    y
+        ``(n,)`` 0/1 labels.
+    groups
+        ``(n,)`` experiment of each row.
+    min_auc
+        Experiments whose cross-validated AUC is below this are left out.
+
+    Returns
+    -------
+    keep, auc
+        ``(n,)`` bool mask of the rows of kept experiments; each experiment's AUC (``nan``
+        where it has fewer than ``n_splits`` frames of a class: kept).
+    """
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    x = np.asarray(x)
+    y = np.asarray(y, dtype=np.int64)
+    groups = np.asarray(groups)
+    if not (x.shape[0] == y.shape[0] == groups.shape[0]):
+        raise ValueError(f"x {x.shape}, y {y.shape} and groups {groups.shape} must have n rows")
+    keep = np.ones(y.shape, dtype=bool)
+    aucs: dict[int, float] = {}
+    for g in np.unique(groups):
+        rows = groups == g
+        yg = y[rows]
+        if min(int(np.sum(yg == 0)), int(np.sum(yg == 1))) < n_splits:
+            aucs[int(g)] = float("nan")
+            continue
+        k = int(min(n_components, rows.sum() * (n_splits - 1) // n_splits - 1, x.shape[1]))
+        pipe = make_pipeline(StandardScaler(), PCA(k, random_state=random_state),
+                             LogisticRegression(max_iter=2000))  # fmt: skip
+        folds = StratifiedKFold(n_splits, shuffle=True, random_state=random_state)
+        p = cross_val_predict(pipe, x[rows], yg, cv=folds, method="predict_proba")[:, 1]
+        aucs[int(g)] = float(roc_auc_score(yg, p))
+        keep[rows] = aucs[int(g)] >= min_auc
+    return keep, aucs

@@ -208,6 +208,8 @@ def fit_model(
                        config_hash=config_hash, meta_extra=meta_extra)  # fmt: skip
     standardise = getattr(cfg, "standardise", "none")
     recalibrate = getattr(cfg, "recalibrate", "none")
+    if recalibrate == "auto":  # the default: measured best for transfer (bench_transfer.py)
+        recalibrate = "mixture_wide" if getattr(cfg, "target", "binary") == "binary" else "none"
     if standardise != "none" or recalibrate != "none":
         from hpcdiff.learn.transfer import record_transfer
 
