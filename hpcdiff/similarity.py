@@ -452,7 +452,178 @@ def image_similarity(
     return dist, corr
 
 
+# --------------------------------------------------------------------------- noise
+
+
+def fisher_z(
+    similarity: np.ndarray, overlap: np.ndarray, *, significance: bool = True
+) -> np.ndarray:
+    """Fisher-z form of correlations measured over ``overlap`` common elements.
+
+    ``z = atanh(r)`` has standard error ``1 / sqrt(n - 3)`` for ``n`` common elements, so
+    ``atanh(r) * sqrt(n - 3)`` is a significance: standard normal when two frames share
+    nothing but noise, whatever their overlap.
+
+    Parameters
+    ----------
+    similarity
+        Pearson correlations in [-1, 1], NaN where undefined (any shape).
+    overlap
+        Common elements of each pair, same shape (int).
+    significance
+        True: ``atanh(r) * sqrt(n - 3)`` (dimensionless, ~N(0, 1) under no correlation);
+        False: ``atanh(r)``.
+
+    Returns
+    -------
+    np.ndarray
+        float64, same shape; NaN where the correlation is NaN or ``n <= 3``.  ``|r| = 1``
+        is clipped to ``1 - 1e-12`` (a finite z).
+    """
+    r = np.asarray(similarity, dtype=np.float64)
+    n = np.asarray(overlap, dtype=np.float64)
+    if r.shape != n.shape:
+        raise ValueError(f"similarity {r.shape} and overlap {n.shape} differ")
+    with np.errstate(invalid="ignore"):
+        z = np.arctanh(np.clip(r, -1.0 + 1e-12, 1.0 - 1e-12))
+        z = np.where(n > 3, z, np.nan)
+        if significance:
+            z = z * np.sqrt(np.maximum(n - 3.0, 0.0))
+    return z
+
+
+def _not_upper(block: SimilarityBlock) -> np.ndarray:
+    """``(rows, cols)`` bool of a block: True on and below the diagonal."""
+    rows = np.arange(block.start, block.stop)[:, None]
+    cols = np.arange(block.start, block.start + block.similarity.shape[1])[None, :]
+    return cols <= rows
+
+
+class FrameScores:
+    """Per-frame scores from similarity blocks, accumulated without the N x N matrix.
+
+    For frame ``i``, over the other frames ``j`` with a similarity:
+
+    * ``mean_z``: the inverse-variance (``n_ij - 3``) weighted mean of ``atanh(r_ij)``,
+      the frame's typical Fisher-z to the others (a correlation after ``tanh``);
+    * ``significance``: ``sum_j w_ij z_ij / sqrt(sum_j w_ij)``, the same sum in units of its
+      standard error: N(0, 1) for a frame that shares only noise with the others;
+    * ``mean_cc``: the plain mean correlation; ``pairs``: the pairs counted.
+
+    Feed it every upper-triangle :class:`SimilarityBlock` once (:meth:`add`); each pair
+    counts for both frames.
+
+    Parameters
+    ----------
+    n
+        Number of frames.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = int(n)
+        self.sum_wz = np.zeros(self.n)
+        self.sum_w = np.zeros(self.n)
+        self.sum_r = np.zeros(self.n)
+        self.pairs = np.zeros(self.n, np.int64)
+
+    def add(self, block: SimilarityBlock) -> None:
+        """Add rows ``block.start:block.stop`` (columns ``block.start:``, diagonal skipped)."""
+        r = np.array(block.similarity, dtype=np.float64)
+        ovl = np.asarray(block.overlap)
+        rows = np.arange(block.start, block.stop)
+        r[_not_upper(block)] = np.nan  # each pair once: strictly above the diagonal
+        z = fisher_z(r, ovl, significance=False)
+        ok = np.isfinite(z)
+        w = np.where(ok, np.maximum(ovl - 3.0, 0.0), 0.0)
+        wz = np.where(ok, w * z, 0.0)
+        rr = np.where(ok, r, 0.0)
+        cols = slice(block.start, block.start + r.shape[1])
+        for arr, vals in ((self.sum_wz, wz), (self.sum_w, w), (self.sum_r, rr)):
+            arr[rows] += vals.sum(axis=1)
+            arr[cols] += vals.sum(axis=0)
+        counts = ok.astype(np.int64)
+        self.pairs[rows] += counts.sum(axis=1)
+        self.pairs[cols] += counts.sum(axis=0)
+
+    @property
+    def mean_z(self) -> np.ndarray:
+        """``(n,)`` float64 weighted mean Fisher z (NaN for a frame without pairs)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.sum_w > 0, self.sum_wz / self.sum_w, np.nan)
+
+    @property
+    def significance(self) -> np.ndarray:
+        """``(n,)`` float64 ``sum w z / sqrt(sum w)`` (NaN for a frame without pairs)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.sum_w > 0, self.sum_wz / np.sqrt(self.sum_w), np.nan)
+
+    @property
+    def mean_cc(self) -> np.ndarray:
+        """``(n,)`` float64 plain mean correlation to the others (NaN without pairs)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.pairs > 0, self.sum_r / self.pairs, np.nan)
+
+
+def frame_scores(similarity: np.ndarray, overlap: np.ndarray) -> FrameScores:
+    """:class:`FrameScores` of full ``(n, n)`` matrices (one block of every row)."""
+    n = similarity.shape[0]
+    scores = FrameScores(n)
+    scores.add(SimilarityBlock(0, n, np.asarray(similarity), np.asarray(overlap)))
+    return scores
+
+
+class ProfileSketch:
+    """Random projection of each frame's similarity profile, accumulated from blocks.
+
+    Frame ``i``'s *profile* is its row of Fisher-z significances to every frame (0 where a
+    pair has none, and on the diagonal).  One pair's significance is mostly noise (a few
+    tens of common voxels), but frames of one kind share an offset over all the frames of
+    that kind, which the profile collects.  ``sketch = Z @ R`` with ``R`` an ``(n, dims)``
+    Gaussian matrix ``/ sqrt(dims)`` (Johnson-Lindenstrauss: distances between profiles are
+    kept to a relative ``~ sqrt(2 / dims)``), built block by block: ``(n, dims)`` memory,
+    never ``Z`` itself.  ``R``'s rows come from ``seed`` and the frame number alone, so the
+    sketch does not depend on the block layout.
+
+    Parameters
+    ----------
+    n
+        Number of frames.
+    dims
+        Sketch dimensions.
+    seed
+        Seed of ``R``.
+    """
+
+    def __init__(self, n: int, *, dims: int = 256, seed: int = 0) -> None:
+        if dims < 1:
+            raise ValueError(f"dims must be >= 1, got {dims}")
+        self.n, self.dims, self.seed = int(n), int(dims), int(seed)
+        self.sketch = np.zeros((self.n, self.dims))
+        self._r: np.ndarray | None = None
+
+    @property
+    def projection(self) -> np.ndarray:
+        """``(n, dims)`` float64 ``R``."""
+        if self._r is None:
+            rng = np.random.default_rng(self.seed)
+            self._r = rng.standard_normal((self.n, self.dims)) / np.sqrt(self.dims)
+        return self._r
+
+    def add(self, block: SimilarityBlock) -> None:
+        """Add an upper-triangle block's contribution (both ``Z[rows, cols]`` and its transpose)."""
+        z = fisher_z(block.similarity, block.overlap, significance=True)
+        rows = np.arange(block.start, block.stop)
+        z[_not_upper(block)] = np.nan  # each pair once; the diagonal is no evidence
+        z = np.where(np.isfinite(z), z, 0.0)
+        cols = slice(block.start, block.start + z.shape[1])
+        r = self.projection
+        self.sketch[rows] += z @ r[cols]
+        self.sketch[cols] += z.T @ r[rows]
+
+
 __all__ = [
+    "FrameScores",
+    "ProfileSketch",
     "SimilarityBlock",
     "SparseFrames",
     "assemble",
@@ -461,6 +632,8 @@ __all__ = [
     "common_arc_similarity",
     "common_arc_similarity_dense",
     "downsample",
+    "fisher_z",
+    "frame_scores",
     "image_block",
     "image_similarity",
     "image_vectors",
