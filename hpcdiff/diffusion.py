@@ -357,6 +357,117 @@ def diffusion_map_sparse(
     return DiffusionMap(w, coords, connected)
 
 
+def diffusion_map_of_points(
+    points: np.ndarray,
+    *,
+    k: int = 20,
+    n_coords: int = 4,
+    n_components: int | None = None,
+    epsilon: float | None = None,
+    alpha: float = 1.0,
+) -> tuple[DiffusionMap, float]:
+    """Diffusion map of points on a sparse ``k``-nearest-neighbour Gaussian kernel.
+
+    Parameters
+    ----------
+    points
+        ``(n, d)`` float coordinates (e.g. a :class:`~hpcdiff.similarity.ProfileSketch`).
+    k
+        Neighbours per point.
+    n_coords, alpha
+        As :func:`diffusion_map`.
+    n_components
+        If given and ``< d``: the points' leading principal components first (centred SVD;
+        keeps the directions the frames differ along, drops isotropic noise).
+    epsilon
+        Kernel bandwidth (squared distance units); None: the median heuristic of
+        :func:`knn_kernel`.
+
+    Returns
+    -------
+    (DiffusionMap, float)
+        The map and the bandwidth used.
+    """
+    x = np.asarray(points, dtype=np.float64)
+    ok = np.all(np.isfinite(x), axis=1)
+    if n_components is not None and n_components < x.shape[1] and ok.sum() > n_components:
+        xc = x[ok] - x[ok].mean(axis=0)
+        u, s, _ = np.linalg.svd(xc, full_matrices=False)
+        y = np.full((x.shape[0], n_components), np.nan)
+        y[ok] = u[:, :n_components] * s[:n_components]
+        x = y
+    idx, d2 = knn_points(x, k=k)
+    kern, eps = knn_kernel(idx, d2, epsilon=epsilon)
+    return diffusion_map_sparse(kern, n_coords=n_coords, alpha=alpha), eps
+
+
+class BlockKnn:
+    """Each frame's ``k`` nearest neighbours, from upper-triangle blocks of a pair matrix.
+
+    Feed every row block ``values[i - start, j - start]`` (rows ``start:stop``, columns
+    ``start:``) once with :meth:`add`; entries at or below the diagonal are ignored and
+    each pair counts for both frames.  Memory ``(n, k)``: the matrix is never whole.
+
+    Parameters
+    ----------
+    n
+        Number of frames.
+    k
+        Neighbours kept per frame (clipped to ``n - 1``).
+    largest
+        False: the smallest values are nearest (distances); True: the largest
+        (similarities).  NaN values are never neighbours.
+    """
+
+    def __init__(self, n: int, k: int, *, largest: bool = False) -> None:
+        self.n, self.k = int(n), max(1, min(int(k), max(int(n) - 1, 1)))
+        self.largest = largest
+        self.keys = np.full((self.n, self.k), np.inf)
+        self.indices = np.full((self.n, self.k), -1, np.int64)
+
+    def add(self, start: int, values: np.ndarray) -> None:
+        """Add rows ``start:start + len(values)``, columns ``start:``."""
+        v = np.asarray(values, dtype=np.float64)
+        b, w = v.shape
+        key = -v if self.largest else v.copy()
+        rows = np.arange(start, start + b)[:, None]
+        cols = np.arange(start, start + w)[None, :]
+        key = np.where((cols > rows) & np.isfinite(key), key, np.inf)
+        col_idx = np.broadcast_to(cols, key.shape)
+        self._merge(np.arange(start, start + b), key, col_idx)
+        row_idx = np.broadcast_to(np.arange(start, start + b)[None, :], (w, b))
+        self._merge(np.arange(start, start + w), key.T, row_idx)
+
+    def _merge(self, who: np.ndarray, key: np.ndarray, idx: np.ndarray) -> None:
+        allk = np.concatenate([self.keys[who], key], axis=1)
+        alli = np.concatenate([self.indices[who], idx], axis=1)
+        kk = self.k
+        if allk.shape[1] > kk:
+            part = np.argpartition(allk, kk - 1, axis=1)[:, :kk]
+            allk = np.take_along_axis(allk, part, 1)
+            alli = np.take_along_axis(alli, part, 1)
+        # ties broken by index, so the result does not depend on the order of the blocks
+        order = _row_lexsort(allk, alli)
+        self.keys[who] = np.take_along_axis(allk, order, 1)
+        self.indices[who] = np.where(
+            np.isfinite(self.keys[who]), np.take_along_axis(alli, order, 1), -1
+        )
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices, values)``: ``(n, k)`` neighbours nearest first (-1 where missing)
+        and their values (NaN where missing)."""
+        vals = np.where(np.isfinite(self.keys), -self.keys if self.largest else self.keys, np.nan)
+        return self.indices.copy(), vals
+
+
+def _row_lexsort(keys: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per row: order by key, then index."""
+    order = np.argsort(idx, axis=1, kind="stable")
+    k2 = np.take_along_axis(keys, order, 1)
+    o2 = np.argsort(k2, axis=1, kind="stable")
+    return np.take_along_axis(order, o2, 1)
+
+
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for binary ``labels`` (ties count half).
 
@@ -464,6 +575,8 @@ def _square(a: np.ndarray, name: str) -> np.ndarray:
 
 
 __all__ = [
+    "diffusion_map_of_points",
+    "BlockKnn",
     "DiffusionMap",
     "coordinate_aucs",
     "diffusion_map",

@@ -25,7 +25,7 @@ Image space
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -191,6 +191,88 @@ def common_arc_block(
     corr = np.concatenate([p[0] for p in parts], axis=1)[:, trim:]
     n = np.concatenate([p[1] for p in parts], axis=1)[:, trim:]
     return SimilarityBlock(start, stop, corr, n.astype(np.int64))
+
+
+def frame_rows(
+    frames: Sequence[FrameVoxels], *, n_voxels: int
+) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
+    """``(x, m, x2)`` CSR rows of :class:`SparseFrames` over the whole grid (no remapping).
+
+    Parameters
+    ----------
+    frames
+        Frames on a grid of ``n_voxels`` voxels.
+
+    Returns
+    -------
+    (x, m, x2)
+        ``(len(frames), n_voxels)`` CSR float64: standardised values, indicator, squares.
+    """
+    lengths = np.array([len(f) for f in frames], dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    if frames:
+        indices = np.concatenate([np.asarray(f.voxels, np.int64) for f in frames])
+        values = np.concatenate([_standardise(f.means) for f in frames])
+    else:
+        indices, values = np.zeros(0, np.int64), np.zeros(0)
+    if indices.size and (indices.min() < 0 or indices.max() >= n_voxels):
+        raise ValueError(f"voxel indices outside [0, {n_voxels})")
+    dt = np.int32 if n_voxels < 2**31 and indices.size < 2**31 else np.int64
+    ind, ptr, shape = indices.astype(dt), indptr.astype(dt), (len(frames), max(n_voxels, 1))
+    x = sp.csr_matrix((values, ind, ptr), shape=shape)
+    m = sp.csr_matrix((np.ones_like(values), ind, ptr), shape=shape)
+    x2 = sp.csr_matrix((values * values, ind, ptr), shape=shape)
+    return x, m, x2
+
+
+def common_arc_rows(
+    rows: Sequence[FrameVoxels],
+    column_blocks: Iterable[Sequence[FrameVoxels]],
+    *,
+    start: int,
+    n_voxels: int,
+    min_overlap: int,
+) -> SimilarityBlock:
+    """:func:`common_arc_block` of rows ``start:start + len(rows)`` with columns streamed.
+
+    The column frames arrive in blocks (e.g. read from disk one at a time), in frame
+    order from frame ``start`` to the last; only one column block is in memory at once.
+
+    Parameters
+    ----------
+    rows
+        The block's frames.
+    column_blocks
+        Frames ``start, start + 1, ..., n - 1`` in consecutive blocks.
+    start
+        Frame number of ``rows[0]``.
+    n_voxels, min_overlap
+        As :func:`common_arc_similarity`.
+
+    Returns
+    -------
+    SimilarityBlock
+        Rows ``start:start + len(rows)``, columns ``start:``.
+    """
+    xb, mb, x2b = frame_rows(rows, n_voxels=n_voxels)
+    left1 = sp.vstack([mb, xb, x2b], format="csr")
+    left2 = sp.vstack([mb, xb], format="csr")
+    b = len(rows)
+    corrs, counts = [], []
+    for cols in column_blocks:
+        xc, mc, x2c = frame_rows(cols, n_voxels=n_voxels)
+        p1 = _dense(left1 @ mc.T.tocsr())
+        p2 = _dense(left2 @ xc.T.tocsr())
+        syy = _dense(mb @ x2c.T.tocsr())
+        n, sx, sxx = p1[:b], p1[b : 2 * b], p1[2 * b :]
+        sy, sxy = p2[:b], p2[b:]
+        corrs.append(pearson_from_sums(n, sx, sy, sxx, syy, sxy, min_overlap=min_overlap))
+        counts.append(n)
+    if not corrs:
+        raise ValueError("no column blocks")
+    corr = np.concatenate(corrs, axis=1)
+    n_all = np.concatenate(counts, axis=1)
+    return SimilarityBlock(start, start + b, corr, n_all.astype(np.int64))
 
 
 def _dense(a: sp.spmatrix) -> np.ndarray:
@@ -407,9 +489,19 @@ def image_block(
         Distances (same units as the images) and correlation coefficients (NaN for a
         constant image); ``overlap`` is ``d``, the pixels compared.
     """
-    rows = vectors[start:stop]
-    cols = vectors[start:]
-    d = vectors.shape[1]
+    dist, corr = image_pairs(vectors[start:stop], vectors[start:])
+    ovl = np.full(dist.shape, vectors.shape[1], np.int64)
+    return SimilarityBlock(start, stop, dist, ovl), SimilarityBlock(start, stop, corr, ovl)
+
+
+def image_pairs(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distances and correlations between ``(a, d)`` rows and ``(b, d)`` columns.
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray)
+        ``(a, b)`` float64 distances and correlations (NaN for a constant image).
+    """
     sq_r = np.einsum("ij,ij->i", rows, rows)
     sq_c = np.einsum("ij,ij->i", cols, cols)
     dist = np.sqrt(np.maximum(sq_r[:, None] + sq_c[None, :] - 2.0 * (rows @ cols.T), 0.0))
@@ -420,8 +512,7 @@ def image_block(
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = (rc @ cc.T) / (nr[:, None] * nc[None, :])
     corr = np.where(np.isfinite(corr), np.clip(corr, -1.0, 1.0), np.nan)
-    ovl = np.full(dist.shape, d, np.int64)
-    return SimilarityBlock(start, stop, dist, ovl), SimilarityBlock(start, stop, corr, ovl)
+    return dist, corr
 
 
 def image_similarity(
@@ -629,12 +720,15 @@ __all__ = [
     "assemble",
     "blocks",
     "common_arc_block",
+    "common_arc_rows",
     "common_arc_similarity",
     "common_arc_similarity_dense",
     "downsample",
     "fisher_z",
+    "frame_rows",
     "frame_scores",
     "image_block",
+    "image_pairs",
     "image_similarity",
     "image_vectors",
     "pearson_from_sums",
