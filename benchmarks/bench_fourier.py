@@ -533,6 +533,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--scaling-sizes", type=int, nargs="+", default=[500, 1000, 2000, 5000])
     p.add_argument("--embedding-frames", type=int, default=240)
     p.add_argument(
+        "--embedding-configs", nargs="+", help="a subset of the embedding configurations"
+    )
+    p.add_argument(
         "--scaling-stride", type=int, default=2, help="pixel sampling of the scaling rows"
     )
     p.add_argument("--json", type=Path, help="also write the numbers here")
@@ -565,6 +568,8 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.quick:
             configs = {"A": ("tuned", 40)}
+        if args.embedding_configs:
+            configs = {k: v for k, v in configs.items() if k in args.embedding_configs}
         report["embedding"] = bench_embedding(configs, args.embedding_frames)
     if "scaling" in args.sections:
         report["scaling"] = bench_scaling(
