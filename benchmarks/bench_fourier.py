@@ -487,6 +487,18 @@ def bench_scaling(
                 f"{target**2 * 28 / 2**30:,.0f} GiB on disk"
             )
         res["per_frame_disk_bytes"] = per_frame_disk
+        workers = 64
+        print(
+            'scaling: plan for 10^5 on a SLURMCluster: [fourier.cluster] kind = "slurm", '
+            f"n_workers = {workers}, threads_per_worker = 1, memory_per_worker = "
+            f'"{max(4, int(np.ceil((m0 + m1 * 100_000) * 1.5 / 2**30)))}GiB", frames_per_task = '
+            f"{f.frames_per_task}, similarity_block = {block}; output.dir on the shared file "
+            "system (workers read the chunk files there); walltime from the CPU-h above plus "
+            "the merge (~1.5 CPU-s per CSPAD frame, issue #14); SIGUSR1 before the limit and "
+            "a requeue resume from fourier.work. The N x N outputs (similarity.h5 and the "
+            "saved blocks, 28 bytes per pair) are what does not scale: at 10^5 they need "
+            "float32 or kNN-only storage (not done)."
+        )
     return res
 
 
