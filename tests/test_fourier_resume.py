@@ -145,8 +145,7 @@ def test_sigterm_exits_75_and_rerun_resumes(experiment, reference, tmp_path):
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "hpcdiff", "fourier", str(experiment), "--out", str(out)]
-    cmd += ["--n-workers", "1"]
-    proc = subprocess.Popen(cmd, env=env, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([*cmd, "--n-workers", "1"], env=env, stderr=subprocess.PIPE, text=True)
     ckpt = out / "fourier.work" / "merge.npz"
     t0 = time.monotonic()
     while not ckpt.exists() and proc.poll() is None and time.monotonic() - t0 < 120:
@@ -157,7 +156,10 @@ def test_sigterm_exits_75_and_rerun_resumes(experiment, reference, tmp_path):
     assert "exit status 75" in err
     assert (out / "fourier.work").is_dir() and not (out / "fourier_summary.json").exists()
     assert not list(out.rglob(".*.part"))
-    rerun = subprocess.run(cmd, env=env, stderr=subprocess.PIPE, text=True, timeout=300)
+    # the requeued job runs with other workers: the same checkpoints are resumed
+    rerun = subprocess.run(
+        [*cmd, "--n-workers", "2"], env=env, stderr=subprocess.PIPE, text=True, timeout=300
+    )
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming" in rerun.stderr
     _assert_same(_outputs(out), reference)

@@ -664,6 +664,19 @@ def similarity_task(
     )
 
 
+def _work_hash(job: JobConfig) -> str:
+    """The job's config hash without ``[fourier.cluster]``: a rerun on another cluster (a
+    requeue with other workers) resumes the same checkpoints."""
+    import dataclasses
+
+    from hpcdiff.config import ClusterConfig
+
+    plain = dataclasses.replace(
+        job, fourier=dataclasses.replace(job.fourier, cluster=ClusterConfig())
+    )
+    return plain.config_hash()
+
+
 def _check_stop(stop: object, where: str, work: FourierWork) -> None:
     if stop is not None and stop:
         raise Preempted(
@@ -749,7 +762,7 @@ def run_fourier(
         )
     if fcfg.truth is not None:
         read_truth(fcfg.truth)  # a bad truth file fails before any work
-    work = FourierWork(files.work, job.config_hash())
+    work = FourierWork(files.work, _work_hash(job))
     resumed = _prepare_outputs(files, work, n_frames=n, force=force)
     print(
         f"fourier: {n} oriented frames of {plan.n_frames_total}; grid {settings.grid.size}^3 "
