@@ -289,7 +289,8 @@ def bench_embedding(configs: dict[str, tuple[str, int]], n_frames: int) -> dict:
         n = len(y)
         t0, c0 = time.perf_counter(), time.process_time()
         mats = sparse_frames(d["frames"], n_voxels=d["n_voxels"])
-        scores, sketch = FrameScores(n), ProfileSketch(n, dims=f.profile_dims)
+        scores = FrameScores(n)
+        sketch = ProfileSketch(n, dims=f.profile_dims, form=f.profile_form)
         parts = []
         for s, e in blocks(n, 64):
             b = common_arc_block(mats, s, e, min_overlap=f.min_overlap)
@@ -349,8 +350,8 @@ def bench_embedding(configs: dict[str, tuple[str, int]], n_frames: int) -> dict:
         )
         best = max(row["auc_diffusion_coords"])
         print(
-            f"embedding [{role}] {name}: diffusion map (kNN {f.diffusion_knn}, eps {eps:.3g} by "
-            f"median heuristic) coordinate AUCs "
+            f"embedding [{role}] {name}: diffusion map ({f.profile_form} profiles, kNN "
+            f"{f.diffusion_knn}, eps {eps:.3g} by median heuristic) coordinate AUCs "
             + ", ".join(f"{a:.3f}" for a in row["auc_diffusion_coords"])
             + f" (best {best:.3f}, target >= 0.8); eigenvalues "
             + ", ".join(f"{v:.3f}" for v in dm.eigenvalues[1:])
@@ -574,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
     if "embedding" in args.sections:
         configs = {
             "A": ("tuned", 40),
+            "B": ("tuned", 40),
             "small-s3": ("held-out", 40),
             "H-triclinic": ("held-out", 40),
             "default-s7": ("held-out", 100),

@@ -27,11 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 
 from hpcdiff.merge import FrameVoxels
+
+ProfileForm = Literal["cc", "fisher", "significance"]
 
 
 @dataclass(frozen=True)
@@ -666,14 +669,14 @@ def frame_scores(similarity: np.ndarray, overlap: np.ndarray) -> FrameScores:
 class ProfileSketch:
     """Random projection of each frame's similarity profile, accumulated from blocks.
 
-    Frame ``i``'s *profile* is its row of Fisher-z significances to every frame (0 where a
-    pair has none, and on the diagonal).  One pair's significance is mostly noise (a few
-    tens of common voxels), but frames of one kind share an offset over all the frames of
-    that kind, which the profile collects.  ``sketch = Z @ R`` with ``R`` an ``(n, dims)``
-    Gaussian matrix ``/ sqrt(dims)`` (Johnson-Lindenstrauss: distances between profiles are
-    kept to a relative ``~ sqrt(2 / dims)``), built block by block: ``(n, dims)`` memory,
-    never ``Z`` itself.  ``R``'s rows come from ``seed`` and the frame number alone, so the
-    sketch does not depend on the block layout.
+    Frame ``i``'s *profile* is its row of the common-arc matrix ``Z`` in the chosen
+    ``form`` (0 where a pair has no similarity, and on the diagonal).  One pair's value is
+    mostly noise (a few tens of common voxels), but frames of one kind share an offset over
+    all the frames of that kind, which the profile collects.  ``sketch = Z @ R`` with ``R``
+    an ``(n, dims)`` Gaussian matrix ``/ sqrt(dims)`` (Johnson-Lindenstrauss: distances
+    between profiles are kept to a relative ``~ sqrt(2 / dims)``), built block by block:
+    ``(n, dims)`` memory, never ``Z`` itself.  ``R``'s rows come from ``seed`` and the frame
+    number alone, so the sketch does not depend on the block layout.
 
     Parameters
     ----------
@@ -683,12 +686,18 @@ class ProfileSketch:
         Sketch dimensions.
     seed
         Seed of ``R``.
+    form
+        ``"cc"``: the correlations themselves (every pair weighs the same);
+        ``"fisher"``: ``atanh(r)``; ``"significance"``: ``atanh(r) sqrt(n - 3)``
+        (:func:`fisher_z`; pairs weighted by their overlap).
     """
 
-    def __init__(self, n: int, *, dims: int = 256, seed: int = 0) -> None:
+    def __init__(self, n: int, *, dims: int = 256, seed: int = 0, form: ProfileForm = "cc") -> None:
         if dims < 1:
             raise ValueError(f"dims must be >= 1, got {dims}")
-        self.n, self.dims, self.seed = int(n), int(dims), int(seed)
+        if form not in ("cc", "fisher", "significance"):
+            raise ValueError(f"form must be 'cc', 'fisher' or 'significance', got {form!r}")
+        self.n, self.dims, self.seed, self.form = int(n), int(dims), int(seed), form
         self.sketch = np.zeros((self.n, self.dims))
         self._r: np.ndarray | None = None
 
@@ -702,7 +711,10 @@ class ProfileSketch:
 
     def add(self, block: SimilarityBlock) -> None:
         """Add an upper-triangle block's contribution (both ``Z[rows, cols]`` and its transpose)."""
-        z = fisher_z(block.similarity, block.overlap, significance=True)
+        if self.form == "cc":
+            z = np.array(block.similarity, dtype=np.float64)
+        else:
+            z = fisher_z(block.similarity, block.overlap, significance=self.form == "significance")
         rows = np.arange(block.start, block.stop)
         z[_not_upper(block)] = np.nan  # each pair once; the diagonal is no evidence
         z = np.where(np.isfinite(z), z, 0.0)
@@ -714,6 +726,7 @@ class ProfileSketch:
 
 __all__ = [
     "FrameScores",
+    "ProfileForm",
     "ProfileSketch",
     "SimilarityBlock",
     "SparseFrames",

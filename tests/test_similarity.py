@@ -192,17 +192,18 @@ def test_frame_scores_from_blocks_match_full_matrix_and_separate_planted_frames(
     assert roc_auc(full.significance, labels) > 0.95
 
 
-def test_profile_sketch_blockwise_equals_z_times_projection():
+@pytest.mark.parametrize("form", ["cc", "fisher", "significance"])
+def test_profile_sketch_blockwise_equals_z_times_projection(form):
     from hpcdiff.similarity import ProfileSketch, common_arc_block, fisher_z
 
     frames, _labels, n_voxels = _planted(30)
     sim, ovl = common_arc_similarity(frames, n_voxels=n_voxels, min_overlap=10)
-    z = fisher_z(sim, ovl)
+    z = sim.copy() if form == "cc" else fisher_z(sim, ovl, significance=form == "significance")
     np.fill_diagonal(z, 0.0)
     z = np.where(np.isfinite(z), z, 0.0)
     mats = sparse_frames(frames, n_voxels=n_voxels)
     for size in (1, 4, 30):
-        sk = ProfileSketch(len(frames), dims=16, seed=5)
+        sk = ProfileSketch(len(frames), dims=16, seed=5, form=form)
         for s, e in blocks(len(frames), size):
             sk.add(common_arc_block(mats, s, e, min_overlap=10))
         np.testing.assert_allclose(sk.sketch, z @ sk.projection, rtol=1e-10, atol=1e-10)

@@ -424,6 +424,15 @@ class FourierConfig:
             "significance profile (its Fisher-z to every frame).",
         },
     )
+    profile_form: Literal["cc", "fisher", "significance"] = field(
+        default="cc",
+        metadata={
+            "doc": "What a frame's similarity profile holds per pair: `cc` the common-arc "
+            "correlation, `fisher` atanh(cc), `significance` atanh(cc) sqrt(overlap - 3) "
+            "(pairs weighted by overlap). `cc` measured best on the tuning configurations "
+            "(benchmarks/bench_fourier.py --sections embedding).",
+        },
+    )
     profile_components: int = field(
         default=8,
         metadata={

@@ -855,7 +855,7 @@ def run_fourier(
     t0 = time.perf_counter()
     stamp = provenance(job.config_hash(), job=json.dumps(job.to_dict(), sort_keys=True))
     scores = FrameScores(n)
-    sketch = ProfileSketch(n, dims=fcfg.profile_dims, seed=0)
+    sketch = ProfileSketch(n, dims=fcfg.profile_dims, seed=0, form=fcfg.profile_form)
     knn_dist = BlockKnn(n, fcfg.diffusion_knn)
     knn_corr = BlockKnn(n, fcfg.diffusion_knn, largest=True)
     overlaps: list[np.ndarray] = []
@@ -954,8 +954,8 @@ def run_fourier(
             "knn": fcfg.diffusion_knn,
             "epsilon": eps,
             "epsilon_rule": "given" if fcfg.diffusion_epsilon is not None else "median heuristic",
-            "common_arc_points": f"sketch of the Fisher-z significance profiles "
-            f"({fcfg.profile_dims} dims, {fcfg.profile_components} principal components)",
+            "common_arc_points": f"sketch of the common-arc profiles ({fcfg.profile_form}; "
+            f"{fcfg.profile_dims} dims, {fcfg.profile_components} principal components)",
             "eigenvalues": {name: dm.eigenvalues.tolist() for name, dm in maps.items()},
         },
         "image_kernel_epsilon": eps["image"],
