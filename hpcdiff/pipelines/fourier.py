@@ -968,8 +968,7 @@ def run_fourier(
             "merge_task_sum": task_s,
             "frames_per_s_per_worker": sum(e - s for s, e in todo) / task_s if task_s > 0 else None,
             "common_arc": t_sim,
-            "similarity_task_sum": sim_task_s,
-            "image_similarity": 0.0,
+            "similarity_task_sum": sim_task_s,  # common arc and image space, one task per block
             "embedding": t_embed,
         },
         "auc": {},
