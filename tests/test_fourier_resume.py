@@ -164,3 +164,18 @@ def test_sigterm_exits_75_and_rerun_resumes(experiment, reference, tmp_path):
     assert "resuming" in rerun.stderr
     _assert_same(_outputs(out), reference)
     assert not (out / "fourier.work").exists()
+
+
+def test_work_folder_of_another_job_is_refused_and_an_empty_one_reused(tmp_path):
+    from hpcdiff.errors import OutputExistsError
+    from hpcdiff.pipelines.fourier_work import FourierWork
+
+    root = tmp_path / "fourier.work"
+    (root / "frames").mkdir(parents=True)  # killed before its state.json: reused
+    assert FourierWork(root, "aaaa").prepare(n_frames=4, force=False) is False
+    (root / "frames" / ".chunk.part").write_bytes(b"")
+    assert FourierWork(root, "aaaa").prepare(n_frames=4, force=False) is True
+    assert not (root / "frames" / ".chunk.part").exists()  # stale temporary files swept
+    with pytest.raises(OutputExistsError, match="another Fourier job"):
+        FourierWork(root, "bbbb").prepare(n_frames=4, force=False)
+    assert FourierWork(root, "bbbb").prepare(n_frames=4, force=True) is False

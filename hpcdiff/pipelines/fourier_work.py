@@ -141,6 +141,8 @@ class FourierWork:
             is false.
         """
         state = self._state()
+        if self.root.exists() and state is None and not self._has_checkpoints():
+            shutil.rmtree(self.root)  # killed before its state was written: nothing to keep
         if self.root.exists() and (
             state is None
             or state.get("config_hash") != self.config_hash
@@ -172,6 +174,9 @@ class FourierWork:
                 ),
             )
         return resumed
+
+    def _has_checkpoints(self) -> bool:
+        return any(p.is_file() and not p.name.startswith(".") for p in self.root.rglob("*"))
 
     def remove(self) -> None:
         """Delete the folder (after the summary is written)."""
