@@ -20,6 +20,14 @@ Prints numbers, medians and ratios (not a test).  Sections:
    cheaply: real Ewald-sphere geometry of the CSPAD detector at reduced pixel sampling
    (every ``stride``-th pixel along fs and ss), random orientations, values sampled from a
    smooth random 3D map plus noise, binned into the 200^3 grid.
+4. embedding: simulated experiments with half the frames diffuse (``embedding_data.py``):
+   per-frame scores (mean CC, mean Fisher z, significance) and the diffusion map of the
+   profile sketch on a sparse kNN kernel, ROC AUC per coordinate (target: best >= 0.8),
+   beside the dense ``exp(CC - 1)`` map of before; tuned and held-out configurations
+   printed separately.
+5. scaling: the on-disk similarity stage (chunk files, row-block tasks reading columns
+   from disk) on synthetic arcs, N = 500 ... 5000: CPU time per frame, peak memory of the
+   widest task, a fit of cost against N, and the plan for 10^4 and 10^5 frames.
 
 Usage::
 
@@ -504,6 +512,255 @@ def bench_similarity(
     return res
 
 
+def bench_embedding(configs: dict[str, tuple[str, int]], n_frames: int) -> dict:
+    """Per-frame scores and diffusion maps of simulated experiments, half the frames diffuse.
+
+    ``configs``: name -> (role, similarity grid size); role ``tuned`` (the recipe was chosen
+    on it) or ``held-out``.  Frames come from :mod:`embedding_data` (simulated with
+    :func:`hpcdiff.simulate.simulate_experiment`, run through the job's per-frame chain).
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import embedding_data as ed
+
+    from hpcdiff.config import FourierConfig
+    from hpcdiff.diffusion import (
+        coordinate_aucs,
+        diffusion_map,
+        diffusion_map_of_points,
+        kernel_from_similarity,
+        roc_auc,
+    )
+    from hpcdiff.similarity import (
+        FrameScores,
+        ProfileSketch,
+        blocks,
+        common_arc_block,
+        sparse_frames,
+    )
+
+    f = FourierConfig()
+    out: dict = {}
+    specs = ed.specs()
+    for name, (role, grid_size) in configs.items():
+        d = ed.load(name, specs[name], n_frames, grid_size=grid_size)
+        y = d["labels"].astype(bool)
+        n = len(y)
+        t0, c0 = time.perf_counter(), time.process_time()
+        mats = sparse_frames(d["frames"], n_voxels=d["n_voxels"])
+        scores = FrameScores(n)
+        sketch = ProfileSketch(n, dims=f.profile_dims, form=f.profile_form)
+        parts = []
+        for s, e in blocks(n, 64):
+            b = common_arc_block(mats, s, e, min_overlap=f.min_overlap)
+            scores.add(b)
+            sketch.add(b)
+            parts.append(b)
+        dm, eps = diffusion_map_of_points(
+            sketch.sketch,
+            k=f.diffusion_knn,
+            n_coords=f.n_diffusion_coords,
+            n_components=f.profile_components,
+        )
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        from hpcdiff.similarity import assemble
+
+        sim, ovl = assemble(n, parts)
+        old = diffusion_map(kernel_from_similarity(sim, epsilon=1.0), n_coords=4)  # before #14
+
+        def sep(v: np.ndarray, y: np.ndarray = y) -> float:
+            a = roc_auc(v, y)
+            return float(max(a, 1.0 - a))
+
+        iu = np.triu_indices(n, 1)
+        dd = np.outer(y, y)[iu]
+        nn = np.outer(~y, ~y)[iu]
+        row = {
+            "role": role,
+            "frames": n,
+            "diffuse": int(y.sum()),
+            "similarity_grid": grid_size,
+            "median_overlap": float(np.median(ovl[iu])),
+            "mean_cc_diffuse_pairs": float(np.nanmean(sim[iu][dd])),
+            "mean_cc_other_pairs": float(np.nanmean(sim[iu][~dd & ~nn])),
+            "mean_cc_clean_pairs": float(np.nanmean(sim[iu][nn])),
+            "auc_frame_mean_cc": sep(scores.mean_cc),
+            "auc_frame_mean_z": sep(scores.mean_z),
+            "auc_frame_significance": sep(scores.significance),
+            "auc_diffusion_coords": [r["auc_max"] for r in coordinate_aucs(dm.coords, y)],
+            "eigenvalues": dm.eigenvalues.tolist(),
+            "epsilon_median_heuristic": eps,
+            "auc_old_dense_exp_cc": [r["auc_max"] for r in coordinate_aucs(old.coords, y)],
+            "old_eigenvalues": old.eigenvalues.tolist(),
+            "wall_s": wall,
+            "cpu_s": cpu,
+        }
+        out[name] = row
+        print(
+            f"embedding [{role}] {name}: {n} frames ({int(y.sum())} diffuse), similarity grid "
+            f"{grid_size}^3, median overlap {row['median_overlap']:.0f} voxels; mean CC "
+            f"diffuse-diffuse {row['mean_cc_diffuse_pairs']:.3f}, mixed "
+            f"{row['mean_cc_other_pairs']:.3f}, clean-clean {row['mean_cc_clean_pairs']:.3f}"
+        )
+        print(
+            f"embedding [{role}] {name}: per-frame score AUC: mean CC {row['auc_frame_mean_cc']:.3f}, "
+            f"mean Fisher z {row['auc_frame_mean_z']:.3f}, significance "
+            f"{row['auc_frame_significance']:.3f}"
+        )
+        best = max(row["auc_diffusion_coords"])
+        print(
+            f"embedding [{role}] {name}: diffusion map ({f.profile_form} profiles, kNN "
+            f"{f.diffusion_knn}, eps {eps:.3g} by median heuristic) coordinate AUCs "
+            + ", ".join(f"{a:.3f}" for a in row["auc_diffusion_coords"])
+            + f" (best {best:.3f}, target >= 0.8); eigenvalues "
+            + ", ".join(f"{v:.3f}" for v in dm.eigenvalues[1:])
+        )
+        print(
+            f"embedding [{role}] {name}: before (dense exp(CC - 1), eps 1): best AUC "
+            f"{max(row['auc_old_dense_exp_cc']):.3f}, eigenvalues "
+            + ", ".join(f"{v:.3f}" for v in old.eigenvalues[1:])
+            + f"; {wall:.1f} s wall, {cpu:.1f} s CPU"
+        )
+    return out
+
+
+def bench_scaling(
+    sizes: list[int], *, grid_size: int, stride: int, block: int, n_distinct: int = 300
+) -> dict:
+    """Cost per frame and memory per worker of the on-disk similarity stage against N.
+
+    Synthetic per-frame arc data (``synthetic_frames``: CSPAD Ewald geometry at reduced
+    pixel sampling, not the full per-frame chain) written as the job's chunk files; each
+    row block runs :func:`hpcdiff.pipelines.fourier.similarity_task` here, serially (one
+    worker), CPU time per task and the peak traced allocation of the widest task (row
+    block 0, every column) as the memory a worker needs.
+    """
+    import tracemalloc
+
+    from hpcdiff.config import FourierConfig
+    from hpcdiff.diffusion import diffusion_map_of_points
+    from hpcdiff.pipelines.fourier import similarity_task
+    from hpcdiff.pipelines.fourier_work import ChunkData, FourierWork
+    from hpcdiff.similarity import FrameScores, ProfileSketch, blocks
+
+    f = FourierConfig()
+    n_max = max(sizes)
+    t0 = time.perf_counter()
+    distinct, grid, n_pix = synthetic_frames(
+        min(n_max, n_distinct), grid_size=grid_size, stride=stride
+    )
+    frames = [distinct[i % len(distinct)] for i in range(n_max)]
+    print(
+        f"scaling: synthetic arcs ({n_pix} pixels per frame, 1 in {stride} along fs and ss, "
+        f"grid {grid_size}^3, median {int(np.median([len(x) for x in distinct]))} voxels per "
+        f"frame; {len(distinct)} distinct orientations, repeated to N) made in "
+        f"{time.perf_counter() - t0:.0f} s"
+    )
+    rows = []
+    for n in sizes:
+        with tempfile.TemporaryDirectory(prefix="bench_scaling_") as tmp:
+            work = FourierWork(Path(tmp) / "fourier.work", "bench")
+            work.prepare(n_frames=n, force=False)
+            chunks = blocks(n, f.frames_per_task)
+            img = np.zeros((1, 4, 4), np.float32)
+            for s, e in chunks:
+                work.write_chunk(
+                    s, e, ChunkData(np.arange(s, e), frames[s:e], np.repeat(img, e - s, 0))
+                )
+            disk = sum(p.stat().st_size for p in work.frames_dir.iterdir())
+            keep = np.ones(16, bool)
+            kw = dict(
+                n=n,
+                chunks=chunks,
+                n_voxels=grid.n_voxels,
+                min_overlap=f.min_overlap,
+                column_block=f.similarity_column_block,
+                keep=keep,
+            )
+            cpu = []
+            scores, sketch = FrameScores(n), ProfileSketch(n, dims=f.profile_dims)
+            peak = 0
+            for i, (s, e) in enumerate(blocks(n, block)):
+                if i == 0:
+                    tracemalloc.start()
+                c0 = time.process_time()
+                res = similarity_task(work, s, e, **kw)
+                cpu.append(time.process_time() - c0)
+                if i == 0:
+                    peak = tracemalloc.get_traced_memory()[1]
+                    tracemalloc.stop()
+                scores.add(res.common_arc)
+                sketch.add(res.common_arc)
+            c0 = time.process_time()
+            diffusion_map_of_points(
+                sketch.sketch, k=f.diffusion_knn, n_components=f.profile_components
+            )
+            emb = time.process_time() - c0
+        total = float(sum(cpu))
+        rows.append(
+            {
+                "n": n,
+                "similarity_cpu_s": total,
+                "cpu_s_per_frame": total / n,
+                "embedding_cpu_s": emb,
+                "peak_task_bytes": peak,
+                "frames_on_disk_bytes": disk,
+                "tasks": len(cpu),
+            }
+        )
+        print(
+            f"scaling: N={n:5d}: similarity {total:7.1f} CPU-s in {len(cpu)} tasks of {block} rows "
+            f"({total / n * 1e3:.1f} CPU-ms per frame), embedding {emb:.1f} CPU-s; widest task "
+            f"peak {peak / 2**20:.0f} MiB; frames on disk {disk / 2**20:.0f} MiB"
+        )
+    res: dict = {"rows": rows}
+    if len(rows) >= 2:
+        ns = np.array([r["n"] for r in rows], float)
+        ts = np.array([r["similarity_cpu_s"] for r in rows])
+        slope = float(np.polyfit(np.log(ns), np.log(ts), 1)[0])
+        a = float(np.sum(ts * ns**2) / np.sum(ns**4))  # t = a N^2 (pairs)
+        res.update(growth_exponent=slope, cpu_s_per_pair=2 * a)
+        print(
+            f"scaling: similarity CPU time ~ N^{slope:.2f} (log-log fit); as pairs: "
+            f"{2 * a * 1e6:.2f} CPU-us per pair (t = a N^2 fit)"
+        )
+        per_frame_disk = rows[-1]["frames_on_disk_bytes"] / rows[-1]["n"]
+        big = [r for r in rows if r["n"] >= f.similarity_column_block] or rows[-1:]
+        mem_ns = np.array([r["n"] for r in big], float)
+        mem_b = np.array([r["peak_task_bytes"] for r in big], float)
+        m1, m0 = np.polyfit(mem_ns, mem_b, 1) if len(big) >= 2 else (0.0, mem_b[0])
+        res.update(memory_fit_bytes={"per_frame": float(m1), "constant": float(m0)})
+        print(
+            f"scaling: widest-task memory ~ {m0 / 2**20:.0f} MiB + {m1 / 2**10:.1f} KiB x N "
+            f"(linear fit over N >= {f.similarity_column_block})"
+        )
+        for target, workers in ((10_000, 2), (100_000, 64)):
+            cpu_total = a * target**2
+            mem = m0 + m1 * target
+            print(
+                f"scaling: plan N={target:,}: similarity {cpu_total / 3600:,.1f} CPU-h "
+                f"({cpu_total / 3600 / workers:,.1f} h on {workers} one-thread workers), "
+                f"{-(-target // block)} row-block tasks; frames on disk "
+                f"{per_frame_disk * target / 2**30:.1f} GiB; per worker ~{mem / 2**30:.2f} GiB; "
+                f"client: sketch {target * f.profile_dims * 8 / 2**20:.0f} MiB, kNN "
+                f"{target * f.diffusion_knn * 16 / 2**20:.0f} MiB, similarity.h5 "
+                f"{target**2 * 28 / 2**30:,.0f} GiB on disk"
+            )
+        res["per_frame_disk_bytes"] = per_frame_disk
+        workers = 64
+        print(
+            'scaling: plan for 10^5 on a SLURMCluster: [fourier.cluster] kind = "slurm", '
+            f"n_workers = {workers}, threads_per_worker = 1, memory_per_worker = "
+            f'"{max(4, int(np.ceil((m0 + m1 * 100_000) * 1.5 / 2**30)))}GiB", frames_per_task = '
+            f"{f.frames_per_task}, similarity_block = {block}; output.dir on the shared file "
+            "system (workers read the chunk files there); walltime from the CPU-h above plus "
+            "the merge (~1.5 CPU-s per CSPAD frame, issue #14); SIGUSR1 before the limit and "
+            "a requeue resume from fourier.work. The N x N outputs (similarity.h5 and the "
+            "saved blocks, 28 bytes per pair) are what does not scale: at 10^5 they need "
+            "float32 or kNN-only storage (not done)."
+        )
+    return res
+
+
 def _flat_rows(prefix: str, value: object, rows: list[dict]) -> None:
     """Numbers of a nested report as suite rows (``metric`` = dotted path)."""
     if isinstance(value, dict):
@@ -532,8 +789,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--sections",
         nargs="+",
-        default=["merge", "cc", "similarity"],
-        choices=["merge", "cc", "similarity"],
+        default=["merge", "cc", "similarity", "embedding", "scaling"],
+        choices=["merge", "cc", "similarity", "embedding", "scaling"],
     )
     p.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
     p.add_argument("--grid-size", type=int, default=200)
@@ -544,10 +801,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stride", type=int, default=3, help="pixel sampling of the similarity frames")
     p.add_argument("--block", type=int, default=256)
     p.add_argument("--min-overlap", type=int, default=20)
+    p.add_argument("--scaling-sizes", type=int, nargs="+", default=[500, 1000, 2000, 5000])
+    p.add_argument("--embedding-frames", type=int, default=240)
+    p.add_argument(
+        "--embedding-configs", nargs="+", help="a subset of the embedding configurations"
+    )
+    p.add_argument(
+        "--scaling-stride", type=int, default=2, help="pixel sampling of the scaling rows"
+    )
     p.add_argument("--json", type=Path, help="also write the numbers here")
     args = p.parse_args(argv)
     if args.quick:
         args.merge_frames, args.cc_frames, args.sizes, args.dense_n = 3, 16, [100, 200, 400], 12
+        args.scaling_sizes, args.embedding_frames = [200, 400], 120
     print(
         f"bench_fourier: {os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}, numpy {np.__version__}"
     )
@@ -565,6 +831,26 @@ def main(argv: list[str] | None = None) -> int:
     if "similarity" in args.sections:
         report["similarity"] = bench_similarity(
             args.sizes, args.dense_n, args.grid_size, args.stride, args.block, args.min_overlap
+        )
+    if "embedding" in args.sections:
+        configs = {
+            "A": ("tuned", 40),
+            "B": ("tuned", 40),
+            "small-s3": ("held-out", 40),
+            "H-triclinic": ("held-out", 40),
+            "default-s7": ("held-out", 100),
+        }
+        if args.quick:
+            configs = {"A": ("tuned", 40)}
+        if args.embedding_configs:
+            configs = {k: v for k, v in configs.items() if k in args.embedding_configs}
+        report["embedding"] = bench_embedding(configs, args.embedding_frames)
+    if "scaling" in args.sections:
+        report["scaling"] = bench_scaling(
+            args.scaling_sizes,
+            grid_size=args.grid_size,
+            stride=args.scaling_stride,
+            block=args.block,
         )
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))

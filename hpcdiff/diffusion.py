@@ -14,6 +14,15 @@ Normalisation
     ``psi = D^-1/2 v``, scaled so ``psi_0 = 1``; diffusion coordinates
     ``lambda_k^t psi_k``, ``k = 1..n_coords``.  Frames with no kernel weight to any other
     frame (isolated) get NaN coordinates.
+
+Sparse nearest-neighbour kernels (what the Fourier job uses)
+    :func:`knn_points` finds each point's ``k`` nearest neighbours in blocks of rows
+    (``(n, k)`` memory), :func:`knn_kernel` turns them into a symmetric sparse Gaussian
+    kernel ``exp(-d^2 / eps)`` (``eps`` by default the median squared distance to the
+    ``k``-th neighbour: the median heuristic), and :func:`diffusion_map_sparse` does the same
+    normalisation as :func:`diffusion_map` on the sparse matrix, with
+    :func:`scipy.sparse.linalg.eigsh` for the leading eigenvectors.  With every pair kept,
+    it equals the dense :func:`diffusion_map` of the same kernel.
 """
 
 from __future__ import annotations
@@ -23,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import scipy.linalg
+import scipy.sparse as sp
 
 
 def kernel_from_similarity(similarity: np.ndarray, *, epsilon: float = 1.0) -> np.ndarray:
@@ -185,6 +195,279 @@ def diffusion_map(
     return DiffusionMap(w, coords, connected)
 
 
+def knn_points(points: np.ndarray, *, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """Exact ``k`` nearest neighbours of every point (Euclidean), in blocks of rows.
+
+    Parameters
+    ----------
+    points
+        ``(n, d)`` float coordinates; rows with a non-finite entry get no neighbours and
+        are nobody's neighbour.
+    k
+        Neighbours per point (clipped to ``n - 1``); the point itself is excluded.
+    block
+        Rows per distance block (``block * n`` float64 of memory).
+
+    Returns
+    -------
+    indices : np.ndarray
+        ``(n, k)`` int64 neighbour indices, nearest first; -1 where missing.
+    d2 : np.ndarray
+        ``(n, k)`` float64 squared distances (inf where missing).
+    """
+    x = np.asarray(points, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"points must be (n, d), got shape {x.shape}")
+    n = x.shape[0]
+    kk = min(int(k), max(n - 1, 0))
+    if kk < 1:
+        raise ValueError(f"need k >= 1 and at least 2 points, got k={k}, n={n}")
+    ok = np.all(np.isfinite(x), axis=1)
+    xs = np.where(ok[:, None], x, 0.0)
+    sq = np.einsum("ij,ij->i", xs, xs)
+    idx = np.full((n, kk), -1, np.int64)
+    dist = np.full((n, kk), np.inf)
+    for s in range(0, n, block):
+        e = min(s + block, n)
+        d2 = np.maximum(sq[s:e, None] + sq[None, :] - 2.0 * (xs[s:e] @ xs.T), 0.0)
+        d2[:, ~ok] = np.inf
+        d2[~ok[s:e]] = np.inf
+        d2[np.arange(e - s), np.arange(s, e)] = np.inf
+        part = np.argpartition(d2, kk - 1, axis=1)[:, :kk]
+        pd = np.take_along_axis(d2, part, axis=1)
+        order = np.argsort(pd, axis=1, kind="stable")
+        part, pd = np.take_along_axis(part, order, 1), np.take_along_axis(pd, order, 1)
+        idx[s:e] = np.where(np.isfinite(pd), part, -1)
+        dist[s:e] = pd
+    return idx, dist
+
+
+def knn_kernel(
+    indices: np.ndarray, d2: np.ndarray, *, epsilon: float | None = None
+) -> tuple[sp.csr_matrix, float]:
+    """Symmetric sparse Gaussian kernel on a nearest-neighbour graph.
+
+    ``K_ij = exp(-d_ij^2 / eps)`` for ``j`` among ``i``'s neighbours or ``i`` among ``j``'s
+    (the larger of the two weights), 0 elsewhere and on the diagonal.
+
+    Parameters
+    ----------
+    indices, d2
+        ``(n, k)`` from :func:`knn_points` (-1 / inf where missing).
+    epsilon
+        Bandwidth in squared distance units; None: the median heuristic, the median over
+        points of the squared distance to the ``k``-th neighbour.
+
+    Returns
+    -------
+    kernel : scipy.sparse.csr_matrix
+        ``(n, n)`` float64, symmetric, at most ``2 n k`` entries.
+    epsilon : float
+        The bandwidth used.
+    """
+    indices = np.asarray(indices, dtype=np.int64)
+    d2 = np.asarray(d2, dtype=np.float64)
+    if indices.shape != d2.shape or indices.ndim != 2:
+        raise ValueError(f"indices {indices.shape} and d2 {d2.shape} must be one (n, k) shape")
+    n, k = indices.shape
+    if epsilon is None:
+        kth = d2[:, -1][np.isfinite(d2[:, -1])]
+        if kth.size == 0:
+            raise ValueError("no finite neighbour distances to set a bandwidth from")
+        eps = float(np.median(kth))
+        if eps <= 0:
+            pos = d2[np.isfinite(d2) & (d2 > 0)]
+            eps = float(np.median(pos)) if pos.size else 1.0
+    else:
+        eps = float(epsilon)
+    if not eps > 0:
+        raise ValueError(f"epsilon must be > 0, got {eps}")
+    ok = indices >= 0
+    rows = np.repeat(np.arange(n), k)[ok.ravel()]
+    cols = indices[ok]
+    w = np.exp(-d2[ok] / eps)
+    kern = sp.csr_matrix((w, (rows, cols)), shape=(n, n))
+    kern = kern.maximum(kern.T).tocsr()
+    kern.setdiag(0.0)
+    kern.eliminate_zeros()
+    return kern, eps
+
+
+def diffusion_map_sparse(
+    kernel: sp.spmatrix | sp.sparray,
+    *,
+    n_coords: int = 4,
+    alpha: float = 1.0,
+    t: float = 1.0,
+    dense_below: int = 64,
+) -> DiffusionMap:
+    """:func:`diffusion_map` of a sparse symmetric kernel, with :func:`scipy.sparse.linalg.eigsh`.
+
+    Parameters
+    ----------
+    kernel
+        ``(n, n)`` sparse, symmetric, >= 0.
+    n_coords, alpha, t
+        As :func:`diffusion_map`.
+    dense_below
+        Fewer connected frames than this: solved densely (eigsh needs ``k < n``).
+
+    Returns
+    -------
+    DiffusionMap
+        Same normalisation and sign convention as :func:`diffusion_map`.
+    """
+    from scipy.sparse.linalg import eigsh
+
+    k = sp.csr_matrix(kernel, dtype=np.float64)
+    if k.shape[0] != k.shape[1]:
+        raise ValueError(f"kernel must be square, got shape {k.shape}")
+    if k.nnz and (np.any(k.data < 0) or not np.all(np.isfinite(k.data))):
+        raise ValueError("kernel has negative or non-finite entries")
+    if k.nnz and abs(k - k.T).max() > 1e-10 * abs(k).max():
+        raise ValueError("kernel is not symmetric")
+    n = k.shape[0]
+    diag = k.diagonal()
+    connected = np.asarray(k.sum(axis=1)).ravel() - diag > 0
+    idx = np.flatnonzero(connected)
+    coords = np.full((n, n_coords), np.nan)
+    m = idx.size
+    n_eff = min(n_coords, max(m - 1, 0))
+    if n_eff == 0:
+        return DiffusionMap(np.ones(1), coords, connected)
+    kc = k[idx][:, idx]
+    q = np.asarray(kc.sum(axis=1)).ravel()
+    qa = q**alpha
+    ka = sp.diags(1.0 / qa) @ kc @ sp.diags(1.0 / qa)
+    d = np.asarray(ka.sum(axis=1)).ravel()
+    sq = np.sqrt(d)
+    sym = sp.diags(1.0 / sq) @ ka @ sp.diags(1.0 / sq)
+    sym = (0.5 * (sym + sym.T)).tocsr()
+    if m < max(dense_below, n_eff + 3):
+        w, v = scipy.linalg.eigh(sym.toarray(), subset_by_index=[m - n_eff - 1, m - 1])
+    else:
+        # start vector: the known top eigenvector sqrt(d) (deterministic, fast convergence)
+        w, v = eigsh(sym, k=n_eff + 1, which="LA", v0=sq / np.linalg.norm(sq), tol=1e-10)
+    order = np.argsort(w)[::-1]
+    w, v = w[order], v[:, order]
+    psi = v / sq[:, None] * np.sqrt(d.sum())
+    big = psi[np.argmax(np.abs(psi), axis=0), np.arange(psi.shape[1])]
+    psi = psi * np.where(big < 0, -1.0, 1.0)
+    coords[idx, :n_eff] = psi[:, 1:] * (w[1:] ** t)
+    return DiffusionMap(w, coords, connected)
+
+
+def diffusion_map_of_points(
+    points: np.ndarray,
+    *,
+    k: int = 20,
+    n_coords: int = 4,
+    n_components: int | None = None,
+    epsilon: float | None = None,
+    alpha: float = 1.0,
+) -> tuple[DiffusionMap, float]:
+    """Diffusion map of points on a sparse ``k``-nearest-neighbour Gaussian kernel.
+
+    Parameters
+    ----------
+    points
+        ``(n, d)`` float coordinates (e.g. a :class:`~hpcdiff.similarity.ProfileSketch`).
+    k
+        Neighbours per point.
+    n_coords, alpha
+        As :func:`diffusion_map`.
+    n_components
+        If given and ``< d``: the points' leading principal components first (centred SVD;
+        keeps the directions the frames differ along, drops isotropic noise).
+    epsilon
+        Kernel bandwidth (squared distance units); None: the median heuristic of
+        :func:`knn_kernel`.
+
+    Returns
+    -------
+    (DiffusionMap, float)
+        The map and the bandwidth used.
+    """
+    x = np.asarray(points, dtype=np.float64)
+    ok = np.all(np.isfinite(x), axis=1)
+    if n_components is not None and n_components < x.shape[1] and ok.sum() > n_components:
+        xc = x[ok] - x[ok].mean(axis=0)
+        u, s, _ = np.linalg.svd(xc, full_matrices=False)
+        y = np.full((x.shape[0], n_components), np.nan)
+        y[ok] = u[:, :n_components] * s[:n_components]
+        x = y
+    idx, d2 = knn_points(x, k=k)
+    kern, eps = knn_kernel(idx, d2, epsilon=epsilon)
+    return diffusion_map_sparse(kern, n_coords=n_coords, alpha=alpha), eps
+
+
+class BlockKnn:
+    """Each frame's ``k`` nearest neighbours, from upper-triangle blocks of a pair matrix.
+
+    Feed every row block ``values[i - start, j - start]`` (rows ``start:stop``, columns
+    ``start:``) once with :meth:`add`; entries at or below the diagonal are ignored and
+    each pair counts for both frames.  Memory ``(n, k)``: the matrix is never whole.
+
+    Parameters
+    ----------
+    n
+        Number of frames.
+    k
+        Neighbours kept per frame (clipped to ``n - 1``).
+    largest
+        False: the smallest values are nearest (distances); True: the largest
+        (similarities).  NaN values are never neighbours.
+    """
+
+    def __init__(self, n: int, k: int, *, largest: bool = False) -> None:
+        self.n, self.k = int(n), max(1, min(int(k), max(int(n) - 1, 1)))
+        self.largest = largest
+        self.keys = np.full((self.n, self.k), np.inf)
+        self.indices = np.full((self.n, self.k), -1, np.int64)
+
+    def add(self, start: int, values: np.ndarray) -> None:
+        """Add rows ``start:start + len(values)``, columns ``start:``."""
+        v = np.asarray(values, dtype=np.float64)
+        b, w = v.shape
+        key = -v if self.largest else v.copy()
+        rows = np.arange(start, start + b)[:, None]
+        cols = np.arange(start, start + w)[None, :]
+        key = np.where((cols > rows) & np.isfinite(key), key, np.inf)
+        col_idx = np.broadcast_to(cols, key.shape)
+        self._merge(np.arange(start, start + b), key, col_idx)
+        row_idx = np.broadcast_to(np.arange(start, start + b)[None, :], (w, b))
+        self._merge(np.arange(start, start + w), key.T, row_idx)
+
+    def _merge(self, who: np.ndarray, key: np.ndarray, idx: np.ndarray) -> None:
+        allk = np.concatenate([self.keys[who], key], axis=1)
+        alli = np.concatenate([self.indices[who], idx], axis=1)
+        kk = self.k
+        if allk.shape[1] > kk:
+            part = np.argpartition(allk, kk - 1, axis=1)[:, :kk]
+            allk = np.take_along_axis(allk, part, 1)
+            alli = np.take_along_axis(alli, part, 1)
+        # ties broken by index, so the result does not depend on the order of the blocks
+        order = _row_lexsort(allk, alli)
+        self.keys[who] = np.take_along_axis(allk, order, 1)
+        self.indices[who] = np.where(
+            np.isfinite(self.keys[who]), np.take_along_axis(alli, order, 1), -1
+        )
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(indices, values)``: ``(n, k)`` neighbours nearest first (-1 where missing)
+        and their values (NaN where missing)."""
+        vals = np.where(np.isfinite(self.keys), -self.keys if self.largest else self.keys, np.nan)
+        return self.indices.copy(), vals
+
+
+def _row_lexsort(keys: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """Per row: order by key, then index."""
+    order = np.argsort(idx, axis=1, kind="stable")
+    k2 = np.take_along_axis(keys, order, 1)
+    o2 = np.argsort(k2, axis=1, kind="stable")
+    return np.take_along_axis(order, o2, 1)
+
+
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     """Area under the ROC curve of ``scores`` for binary ``labels`` (ties count half).
 
@@ -292,12 +575,17 @@ def _square(a: np.ndarray, name: str) -> np.ndarray:
 
 
 __all__ = [
+    "diffusion_map_of_points",
+    "BlockKnn",
     "DiffusionMap",
     "coordinate_aucs",
     "diffusion_map",
+    "diffusion_map_sparse",
     "kernel_from_distances",
     "kernel_from_similarity",
     "knn_bandwidth",
+    "knn_kernel",
+    "knn_points",
     "plot_diffusion",
     "roc_auc",
 ]

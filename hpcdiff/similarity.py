@@ -25,13 +25,16 @@ Image space
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
 
 from hpcdiff.merge import FrameVoxels
+
+ProfileForm = Literal["cc", "fisher", "significance"]
 
 
 @dataclass(frozen=True)
@@ -191,6 +194,88 @@ def common_arc_block(
     corr = np.concatenate([p[0] for p in parts], axis=1)[:, trim:]
     n = np.concatenate([p[1] for p in parts], axis=1)[:, trim:]
     return SimilarityBlock(start, stop, corr, n.astype(np.int64))
+
+
+def frame_rows(
+    frames: Sequence[FrameVoxels], *, n_voxels: int
+) -> tuple[sp.csr_matrix, sp.csr_matrix, sp.csr_matrix]:
+    """``(x, m, x2)`` CSR rows of :class:`SparseFrames` over the whole grid (no remapping).
+
+    Parameters
+    ----------
+    frames
+        Frames on a grid of ``n_voxels`` voxels.
+
+    Returns
+    -------
+    (x, m, x2)
+        ``(len(frames), n_voxels)`` CSR float64: standardised values, indicator, squares.
+    """
+    lengths = np.array([len(f) for f in frames], dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(lengths)])
+    if frames:
+        indices = np.concatenate([np.asarray(f.voxels, np.int64) for f in frames])
+        values = np.concatenate([_standardise(f.means) for f in frames])
+    else:
+        indices, values = np.zeros(0, np.int64), np.zeros(0)
+    if indices.size and (indices.min() < 0 or indices.max() >= n_voxels):
+        raise ValueError(f"voxel indices outside [0, {n_voxels})")
+    dt = np.int32 if n_voxels < 2**31 and indices.size < 2**31 else np.int64
+    ind, ptr, shape = indices.astype(dt), indptr.astype(dt), (len(frames), max(n_voxels, 1))
+    x = sp.csr_matrix((values, ind, ptr), shape=shape)
+    m = sp.csr_matrix((np.ones_like(values), ind, ptr), shape=shape)
+    x2 = sp.csr_matrix((values * values, ind, ptr), shape=shape)
+    return x, m, x2
+
+
+def common_arc_rows(
+    rows: Sequence[FrameVoxels],
+    column_blocks: Iterable[Sequence[FrameVoxels]],
+    *,
+    start: int,
+    n_voxels: int,
+    min_overlap: int,
+) -> SimilarityBlock:
+    """:func:`common_arc_block` of rows ``start:start + len(rows)`` with columns streamed.
+
+    The column frames arrive in blocks (e.g. read from disk one at a time), in frame
+    order from frame ``start`` to the last; only one column block is in memory at once.
+
+    Parameters
+    ----------
+    rows
+        The block's frames.
+    column_blocks
+        Frames ``start, start + 1, ..., n - 1`` in consecutive blocks.
+    start
+        Frame number of ``rows[0]``.
+    n_voxels, min_overlap
+        As :func:`common_arc_similarity`.
+
+    Returns
+    -------
+    SimilarityBlock
+        Rows ``start:start + len(rows)``, columns ``start:``.
+    """
+    xb, mb, x2b = frame_rows(rows, n_voxels=n_voxels)
+    left1 = sp.vstack([mb, xb, x2b], format="csr")
+    left2 = sp.vstack([mb, xb], format="csr")
+    b = len(rows)
+    corrs, counts = [], []
+    for cols in column_blocks:
+        xc, mc, x2c = frame_rows(cols, n_voxels=n_voxels)
+        p1 = _dense(left1 @ mc.T.tocsr())
+        p2 = _dense(left2 @ xc.T.tocsr())
+        syy = _dense(mb @ x2c.T.tocsr())
+        n, sx, sxx = p1[:b], p1[b : 2 * b], p1[2 * b :]
+        sy, sxy = p2[:b], p2[b:]
+        corrs.append(pearson_from_sums(n, sx, sy, sxx, syy, sxy, min_overlap=min_overlap))
+        counts.append(n)
+    if not corrs:
+        raise ValueError("no column blocks")
+    corr = np.concatenate(corrs, axis=1)
+    n_all = np.concatenate(counts, axis=1)
+    return SimilarityBlock(start, start + b, corr, n_all.astype(np.int64))
 
 
 def _dense(a: sp.spmatrix) -> np.ndarray:
@@ -407,9 +492,19 @@ def image_block(
         Distances (same units as the images) and correlation coefficients (NaN for a
         constant image); ``overlap`` is ``d``, the pixels compared.
     """
-    rows = vectors[start:stop]
-    cols = vectors[start:]
-    d = vectors.shape[1]
+    dist, corr = image_pairs(vectors[start:stop], vectors[start:])
+    ovl = np.full(dist.shape, vectors.shape[1], np.int64)
+    return SimilarityBlock(start, stop, dist, ovl), SimilarityBlock(start, stop, corr, ovl)
+
+
+def image_pairs(rows: np.ndarray, cols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean distances and correlations between ``(a, d)`` rows and ``(b, d)`` columns.
+
+    Returns
+    -------
+    (np.ndarray, np.ndarray)
+        ``(a, b)`` float64 distances and correlations (NaN for a constant image).
+    """
     sq_r = np.einsum("ij,ij->i", rows, rows)
     sq_c = np.einsum("ij,ij->i", cols, cols)
     dist = np.sqrt(np.maximum(sq_r[:, None] + sq_c[None, :] - 2.0 * (rows @ cols.T), 0.0))
@@ -420,8 +515,7 @@ def image_block(
     with np.errstate(invalid="ignore", divide="ignore"):
         corr = (rc @ cc.T) / (nr[:, None] * nc[None, :])
     corr = np.where(np.isfinite(corr), np.clip(corr, -1.0, 1.0), np.nan)
-    ovl = np.full(dist.shape, d, np.int64)
-    return SimilarityBlock(start, stop, dist, ovl), SimilarityBlock(start, stop, corr, ovl)
+    return dist, corr
 
 
 def image_similarity(
@@ -452,16 +546,202 @@ def image_similarity(
     return dist, corr
 
 
+# --------------------------------------------------------------------------- noise
+
+
+def fisher_z(
+    similarity: np.ndarray, overlap: np.ndarray, *, significance: bool = True
+) -> np.ndarray:
+    """Fisher-z form of correlations measured over ``overlap`` common elements.
+
+    ``z = atanh(r)`` has standard error ``1 / sqrt(n - 3)`` for ``n`` common elements, so
+    ``atanh(r) * sqrt(n - 3)`` is a significance: standard normal when two frames share
+    nothing but noise, whatever their overlap.
+
+    Parameters
+    ----------
+    similarity
+        Pearson correlations in [-1, 1], NaN where undefined (any shape).
+    overlap
+        Common elements of each pair, same shape (int).
+    significance
+        True: ``atanh(r) * sqrt(n - 3)`` (dimensionless, ~N(0, 1) under no correlation);
+        False: ``atanh(r)``.
+
+    Returns
+    -------
+    np.ndarray
+        float64, same shape; NaN where the correlation is NaN or ``n <= 3``.  ``|r| = 1``
+        is clipped to ``1 - 1e-12`` (a finite z).
+    """
+    r = np.asarray(similarity, dtype=np.float64)
+    n = np.asarray(overlap, dtype=np.float64)
+    if r.shape != n.shape:
+        raise ValueError(f"similarity {r.shape} and overlap {n.shape} differ")
+    with np.errstate(invalid="ignore"):
+        z = np.arctanh(np.clip(r, -1.0 + 1e-12, 1.0 - 1e-12))
+        z = np.where(n > 3, z, np.nan)
+        if significance:
+            z = z * np.sqrt(np.maximum(n - 3.0, 0.0))
+    return z
+
+
+def _not_upper(block: SimilarityBlock) -> np.ndarray:
+    """``(rows, cols)`` bool of a block: True on and below the diagonal."""
+    rows = np.arange(block.start, block.stop)[:, None]
+    cols = np.arange(block.start, block.start + block.similarity.shape[1])[None, :]
+    return cols <= rows
+
+
+class FrameScores:
+    """Per-frame scores from similarity blocks, accumulated without the N x N matrix.
+
+    For frame ``i``, over the other frames ``j`` with a similarity:
+
+    * ``mean_z``: the inverse-variance (``n_ij - 3``) weighted mean of ``atanh(r_ij)``,
+      the frame's typical Fisher-z to the others (a correlation after ``tanh``);
+    * ``significance``: ``sum_j w_ij z_ij / sqrt(sum_j w_ij)``, the same sum in units of its
+      standard error: N(0, 1) for a frame that shares only noise with the others;
+    * ``mean_cc``: the plain mean correlation; ``pairs``: the pairs counted.
+
+    Feed it every upper-triangle :class:`SimilarityBlock` once (:meth:`add`); each pair
+    counts for both frames.
+
+    Parameters
+    ----------
+    n
+        Number of frames.
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = int(n)
+        self.sum_wz = np.zeros(self.n)
+        self.sum_w = np.zeros(self.n)
+        self.sum_r = np.zeros(self.n)
+        self.pairs = np.zeros(self.n, np.int64)
+
+    def add(self, block: SimilarityBlock) -> None:
+        """Add rows ``block.start:block.stop`` (columns ``block.start:``, diagonal skipped)."""
+        r = np.array(block.similarity, dtype=np.float64)
+        ovl = np.asarray(block.overlap)
+        rows = np.arange(block.start, block.stop)
+        r[_not_upper(block)] = np.nan  # each pair once: strictly above the diagonal
+        z = fisher_z(r, ovl, significance=False)
+        ok = np.isfinite(z)
+        w = np.where(ok, np.maximum(ovl - 3.0, 0.0), 0.0)
+        wz = np.where(ok, w * z, 0.0)
+        rr = np.where(ok, r, 0.0)
+        cols = slice(block.start, block.start + r.shape[1])
+        for arr, vals in ((self.sum_wz, wz), (self.sum_w, w), (self.sum_r, rr)):
+            arr[rows] += vals.sum(axis=1)
+            arr[cols] += vals.sum(axis=0)
+        counts = ok.astype(np.int64)
+        self.pairs[rows] += counts.sum(axis=1)
+        self.pairs[cols] += counts.sum(axis=0)
+
+    @property
+    def mean_z(self) -> np.ndarray:
+        """``(n,)`` float64 weighted mean Fisher z (NaN for a frame without pairs)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.sum_w > 0, self.sum_wz / self.sum_w, np.nan)
+
+    @property
+    def significance(self) -> np.ndarray:
+        """``(n,)`` float64 ``sum w z / sqrt(sum w)`` (NaN for a frame without pairs)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.sum_w > 0, self.sum_wz / np.sqrt(self.sum_w), np.nan)
+
+    @property
+    def mean_cc(self) -> np.ndarray:
+        """``(n,)`` float64 plain mean correlation to the others (NaN without pairs)."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(self.pairs > 0, self.sum_r / self.pairs, np.nan)
+
+
+def frame_scores(similarity: np.ndarray, overlap: np.ndarray) -> FrameScores:
+    """:class:`FrameScores` of full ``(n, n)`` matrices (one block of every row)."""
+    n = similarity.shape[0]
+    scores = FrameScores(n)
+    scores.add(SimilarityBlock(0, n, np.asarray(similarity), np.asarray(overlap)))
+    return scores
+
+
+class ProfileSketch:
+    """Random projection of each frame's similarity profile, accumulated from blocks.
+
+    Frame ``i``'s *profile* is its row of the common-arc matrix ``Z`` in the chosen
+    ``form`` (0 where a pair has no similarity, and on the diagonal).  One pair's value is
+    mostly noise (a few tens of common voxels), but frames of one kind share an offset over
+    all the frames of that kind, which the profile collects.  ``sketch = Z @ R`` with ``R``
+    an ``(n, dims)`` Gaussian matrix ``/ sqrt(dims)`` (Johnson-Lindenstrauss: distances
+    between profiles are kept to a relative ``~ sqrt(2 / dims)``), built block by block:
+    ``(n, dims)`` memory, never ``Z`` itself.  ``R``'s rows come from ``seed`` and the frame
+    number alone, so the sketch does not depend on the block layout.
+
+    Parameters
+    ----------
+    n
+        Number of frames.
+    dims
+        Sketch dimensions.
+    seed
+        Seed of ``R``.
+    form
+        ``"cc"``: the correlations themselves (every pair weighs the same);
+        ``"fisher"``: ``atanh(r)``; ``"significance"``: ``atanh(r) sqrt(n - 3)``
+        (:func:`fisher_z`; pairs weighted by their overlap).
+    """
+
+    def __init__(self, n: int, *, dims: int = 256, seed: int = 0, form: ProfileForm = "cc") -> None:
+        if dims < 1:
+            raise ValueError(f"dims must be >= 1, got {dims}")
+        if form not in ("cc", "fisher", "significance"):
+            raise ValueError(f"form must be 'cc', 'fisher' or 'significance', got {form!r}")
+        self.n, self.dims, self.seed, self.form = int(n), int(dims), int(seed), form
+        self.sketch = np.zeros((self.n, self.dims))
+        self._r: np.ndarray | None = None
+
+    @property
+    def projection(self) -> np.ndarray:
+        """``(n, dims)`` float64 ``R``."""
+        if self._r is None:
+            rng = np.random.default_rng(self.seed)
+            self._r = rng.standard_normal((self.n, self.dims)) / np.sqrt(self.dims)
+        return self._r
+
+    def add(self, block: SimilarityBlock) -> None:
+        """Add an upper-triangle block's contribution (both ``Z[rows, cols]`` and its transpose)."""
+        if self.form == "cc":
+            z = np.array(block.similarity, dtype=np.float64)
+        else:
+            z = fisher_z(block.similarity, block.overlap, significance=self.form == "significance")
+        rows = np.arange(block.start, block.stop)
+        z[_not_upper(block)] = np.nan  # each pair once; the diagonal is no evidence
+        z = np.where(np.isfinite(z), z, 0.0)
+        cols = slice(block.start, block.start + z.shape[1])
+        r = self.projection
+        self.sketch[rows] += z @ r[cols]
+        self.sketch[cols] += z.T @ r[rows]
+
+
 __all__ = [
+    "FrameScores",
+    "ProfileForm",
+    "ProfileSketch",
     "SimilarityBlock",
     "SparseFrames",
     "assemble",
     "blocks",
     "common_arc_block",
+    "common_arc_rows",
     "common_arc_similarity",
     "common_arc_similarity_dense",
     "downsample",
+    "fisher_z",
+    "frame_rows",
+    "frame_scores",
     "image_block",
+    "image_pairs",
     "image_similarity",
     "image_vectors",
     "pearson_from_sums",

@@ -108,3 +108,71 @@ def test_plot_writes_png(tmp_path):
     dm = diffusion_map(kernel_from_distances(distances(points))[0], n_coords=2)
     path = plot_diffusion(dm.coords, labels, tmp_path / "dm.png", title="test")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- sparse kNN
+
+
+def test_sparse_diffusion_map_equals_dense_with_every_pair():
+    """Keeping every pair, the sparse kNN kernel and eigsh give the dense map."""
+    import scipy.sparse as sp
+
+    from hpcdiff.diffusion import diffusion_map_sparse, knn_kernel, knn_points
+
+    rng = np.random.default_rng(3)
+    points = rng.normal(size=(90, 4)) + np.repeat([[0.0], [1.5], [3.0]], 30, axis=0)
+    idx, d2 = knn_points(points, k=89)
+    kern, eps = knn_kernel(idx, d2)
+    dense = np.exp(-(distances(points) ** 2) / eps)
+    np.fill_diagonal(dense, 0.0)
+    np.testing.assert_allclose(kern.toarray(), dense, rtol=1e-10, atol=1e-12)
+    a = diffusion_map_sparse(kern, n_coords=3, dense_below=0)  # eigsh path
+    b = diffusion_map(dense, n_coords=3)
+    np.testing.assert_allclose(a.eigenvalues, b.eigenvalues, rtol=1e-8)
+    np.testing.assert_allclose(a.coords, b.coords, rtol=1e-6, atol=1e-8)
+    assert sp.issparse(kern)
+
+
+def test_sparse_knn_map_separates_clusters_and_isolates_nan():
+    from hpcdiff.diffusion import diffusion_map_of_points, knn_points
+
+    points, labels = two_clusters(60)
+    points = points.copy()
+    points[0] = np.nan  # a frame without coordinates: no neighbours, NaN coordinates
+    idx, d2 = knn_points(points, k=5)
+    assert np.all(idx[0] == -1) and not np.any(idx == 0)
+    dm, eps = diffusion_map_of_points(points, k=8, n_coords=2)
+    assert eps > 0 and np.all(np.isnan(dm.coords[0]))
+    assert roc_auc(dm.coords[1:, 0], labels[1:]) in (0.0, 1.0)
+
+
+def test_knn_points_match_brute_force():
+    from hpcdiff.diffusion import knn_points
+
+    rng = np.random.default_rng(1)
+    points = rng.normal(size=(50, 3))
+    idx, d2 = knn_points(points, k=4, block=7)
+    d = distances(points) ** 2
+    np.fill_diagonal(d, np.inf)
+    np.testing.assert_array_equal(idx, np.argsort(d, axis=1)[:, :4])
+    np.testing.assert_allclose(d2, np.sort(d, axis=1)[:, :4], rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("block", [1, 6, 40])
+@pytest.mark.parametrize("largest", [False, True])
+def test_block_knn_matches_full_matrix(block, largest):
+    from hpcdiff.diffusion import BlockKnn
+
+    rng = np.random.default_rng(2)
+    n, k = 40, 5
+    m = rng.normal(size=(n, n))
+    m = m + m.T
+    m[3, 7] = m[7, 3] = np.nan
+    acc = BlockKnn(n, k, largest=largest)
+    for s in range(0, n, block):
+        acc.add(s, m[s : min(s + block, n), s:])
+    idx, vals = acc.result()
+    key = np.where(np.isfinite(m), -m if largest else m, np.inf)
+    np.fill_diagonal(key, np.inf)
+    np.testing.assert_array_equal(idx, np.argsort(key, axis=1, kind="stable")[:, :k])
+    np.testing.assert_allclose(vals, np.take_along_axis(m, idx, 1))

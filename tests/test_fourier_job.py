@@ -261,6 +261,11 @@ def test_local_cluster_job_end_to_end(experiment, capsys):
         aucs = [r["auc_max"] for r in summary["auc"][name]]
         assert len(aucs) == 2 and all(0.5 <= a <= 1.0 for a in aucs)
     assert max(r["auc_max"] for r in summary["auc"]["common_arc"]) > 0.8
+    # the per-frame score separates the alternating diffuse frames; epsilon is recorded
+    assert summary["frame_score_auc"]["mean_z"] > 0.8
+    assert summary["diffusion"]["epsilon_rule"] == "median heuristic"
+    assert summary["diffusion"]["epsilon"]["common_arc"] > 0
+    assert not (out / "fourier.work").exists()  # the working folder goes after the summary
     assert (out / "diffusion_common_arc.png").read_bytes()[:4] == b"\x89PNG"
     # nothing is overwritten without --force
     assert _run_cli(["fourier", str(experiment), "--out", str(out)]) == 1

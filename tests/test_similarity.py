@@ -136,3 +136,107 @@ def test_image_similarity_matches_direct():
     np.testing.assert_allclose(corr, np.corrcoef(flat), atol=1e-12)
     np.testing.assert_array_equal(np.diag(dist), 0.0)
     np.testing.assert_array_equal(corr, corr.T)
+
+
+# --------------------------------------------------------------------------- noise and scores
+
+
+def test_fisher_z_significance_is_standard_normal_for_noise():
+    """Correlations of independent noise over n elements: atanh(r) sqrt(n - 3) ~ N(0, 1)."""
+    from hpcdiff.similarity import fisher_z
+
+    rng = np.random.default_rng(0)
+    for n in (10, 40, 400):
+        x, y = rng.normal(size=(2, 4000, n))
+        r = np.array([np.corrcoef(a, b)[0, 1] for a, b in zip(x, y, strict=True)])
+        z = fisher_z(r, np.full(r.shape, n))
+        assert abs(z.mean()) < 0.08 and abs(z.std() - 1.0) < 0.06, (n, z.mean(), z.std())
+    z = fisher_z(np.array([0.5, np.nan, 0.5, 1.0]), np.array([3, 50, 50, 50]))
+    assert np.isnan(z[0]) and np.isnan(z[1]) and np.isfinite(z[3])
+    np.testing.assert_allclose(z[2], np.arctanh(0.5) * np.sqrt(47))
+
+
+def _planted(n: int = 60, n_voxels: int = 4000, seed: int = 0):
+    """Frames on random voxel subsets: half see one shared map plus noise, half noise only."""
+    from hpcdiff.merge import FrameVoxels
+
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(size=n_voxels)
+    labels = rng.permutation(np.repeat([0, 1], n // 2))
+    frames = []
+    for lab in labels:
+        vox = np.sort(rng.choice(n_voxels, size=rng.integers(300, 700), replace=False))
+        vals = rng.normal(size=vox.size) + (0.5 * shared[vox] if lab else 0.0)
+        frames.append(FrameVoxels(vox, vals, np.ones(vox.size, np.int64)))
+    return frames, labels, n_voxels
+
+
+def test_frame_scores_from_blocks_match_full_matrix_and_separate_planted_frames():
+    from hpcdiff.diffusion import roc_auc
+    from hpcdiff.similarity import FrameScores, common_arc_block, fisher_z, frame_scores
+
+    frames, labels, n_voxels = _planted()
+    sim, ovl = common_arc_similarity(frames, n_voxels=n_voxels, min_overlap=10)
+    full = frame_scores(sim, ovl)
+    mats = sparse_frames(frames, n_voxels=n_voxels)
+    blockwise = FrameScores(len(frames))
+    for s, e in blocks(len(frames), 7):
+        blockwise.add(common_arc_block(mats, s, e, min_overlap=10))
+    np.testing.assert_allclose(blockwise.mean_z, full.mean_z, rtol=1e-12)
+    np.testing.assert_allclose(blockwise.significance, full.significance, rtol=1e-12)
+    # by hand for frame 0
+    z = fisher_z(sim[0, 1:], ovl[0, 1:], significance=False)
+    w = np.where(np.isfinite(z), ovl[0, 1:] - 3.0, 0.0)
+    np.testing.assert_allclose(full.mean_z[0], np.nansum(w * z) / w.sum())
+    assert roc_auc(full.mean_z, labels) > 0.95
+    assert roc_auc(full.significance, labels) > 0.95
+
+
+@pytest.mark.parametrize("form", ["cc", "fisher", "significance"])
+def test_profile_sketch_blockwise_equals_z_times_projection(form):
+    from hpcdiff.similarity import ProfileSketch, common_arc_block, fisher_z
+
+    frames, _labels, n_voxels = _planted(30)
+    sim, ovl = common_arc_similarity(frames, n_voxels=n_voxels, min_overlap=10)
+    z = sim.copy() if form == "cc" else fisher_z(sim, ovl, significance=form == "significance")
+    np.fill_diagonal(z, 0.0)
+    z = np.where(np.isfinite(z), z, 0.0)
+    mats = sparse_frames(frames, n_voxels=n_voxels)
+    for size in (1, 4, 30):
+        sk = ProfileSketch(len(frames), dims=16, seed=5, form=form)
+        for s, e in blocks(len(frames), size):
+            sk.add(common_arc_block(mats, s, e, min_overlap=10))
+        np.testing.assert_allclose(sk.sketch, z @ sk.projection, rtol=1e-10, atol=1e-10)
+
+
+def test_common_arc_rows_streamed_columns_equal_whole_matrix():
+    from hpcdiff.similarity import common_arc_rows
+
+    frames, _labels, n_voxels = _planted(26)
+    n = len(frames)
+    sim, ovl = common_arc_similarity(frames, n_voxels=n_voxels, min_overlap=10)
+    for start, stop in ((0, 6), (10, n), (n - 1, n)):
+        cols = [frames[s : s + 4] for s in range(start, n, 4)]
+        b = common_arc_rows(
+            frames[start:stop], cols, start=start, n_voxels=n_voxels, min_overlap=10
+        )
+        got = b.similarity.copy()
+        i = np.arange(stop - start)
+        got[i, i] = 1.0
+        np.testing.assert_allclose(got, sim[start:stop, start:], atol=1e-10, equal_nan=True)
+        np.testing.assert_array_equal(b.overlap, ovl[start:stop, start:])
+
+
+def test_planted_structure_embeds_on_the_first_diffusion_coordinate():
+    """The profile sketch's kNN diffusion map separates the planted frames."""
+    from hpcdiff.diffusion import diffusion_map_of_points, roc_auc
+    from hpcdiff.similarity import ProfileSketch, common_arc_block
+
+    frames, labels, n_voxels = _planted(80, seed=4)
+    mats = sparse_frames(frames, n_voxels=n_voxels)
+    sk = ProfileSketch(len(frames), dims=64)
+    for s, e in blocks(len(frames), 16):
+        sk.add(common_arc_block(mats, s, e, min_overlap=10))
+    dm, _eps = diffusion_map_of_points(sk.sketch, k=10, n_coords=2, n_components=8)
+    auc = roc_auc(dm.coords[:, 0], labels)
+    assert max(auc, 1 - auc) > 0.9

@@ -5,6 +5,9 @@ dask-jobqueue; ``mpi``: run under ``srun``/``mpiexec``, rank 0 scheduler, rank 1
 the rest workers; ``address``: a running scheduler), prints the dashboard address and
 progress, and writes its outputs to ``[output] dir`` (or ``--out``).
 
+SIGTERM or SIGUSR1 stop the job at its next checkpoint with exit status 75; rerunning the
+same command resumes from ``<out>/fourier.work`` (see :func:`hpcdiff.pipelines.fourier.run_fourier`).
+
 A job with a ``[simulate]`` section and no ``[experiment] frames`` first simulates the
 experiment into ``<out>/simulated`` and merges that, validating against its true map.
 """
@@ -75,9 +78,14 @@ def _simulated(job: JobConfig, out: Path, *, force: bool) -> JobConfig:
 
     assert job.simulate is not None
     sim_dir = out / "simulated"
-    print(f"fourier: simulating {job.simulate.n_frames} frames into {sim_dir}", file=sys.stderr)
-    sim = simulate_experiment(job.simulate, sim_dir, force=force)
-    sim_job = load_job(getattr(sim, "job", sim_dir / "job.toml"))
+    if (sim_dir / "job.toml").is_file() and (out / "fourier.work").is_dir() and not force:
+        # a stopped run of this job: its frames are there already
+        print(f"fourier: reusing the simulated frames in {sim_dir}", file=sys.stderr)
+        sim_job = load_job(sim_dir / "job.toml")
+    else:
+        print(f"fourier: simulating {job.simulate.n_frames} frames into {sim_dir}", file=sys.stderr)
+        sim = simulate_experiment(job.simulate, sim_dir, force=force)
+        sim_job = load_job(getattr(sim, "job", sim_dir / "job.toml"))
     truth = sim_dir / "truth.h5"
     fourier = job.fourier
     if fourier.truth is None and truth.is_file():
@@ -90,6 +98,7 @@ def _simulated(job: JobConfig, out: Path, *, force: bool) -> JobConfig:
 
 def run(args: argparse.Namespace) -> int:
     from hpcdiff.parallel.dask_cluster import open_cluster, slurm_cluster
+    from hpcdiff.parallel.signals import EXIT_PREEMPTED, Preempted, stop_on_signals
     from hpcdiff.pipelines.fourier import run_fourier
 
     job = load_job(args.job)
@@ -105,12 +114,16 @@ def run(args: argparse.Namespace) -> int:
             cluster.close()
         return 0
     out = args.out if args.out is not None else job.output.dir
-    with open_cluster(cfg) as session:
-        if not session.is_client:  # an MPI rank that served as scheduler or worker
-            return 0
-        if job.simulate is not None and not job.experiment.frames:
-            job = _simulated(job, out, force=args.force)
-        result = run_fourier(job, session.client, out_dir=out, force=args.force)
+    try:
+        with stop_on_signals() as stop, open_cluster(cfg) as session:
+            if not session.is_client:  # an MPI rank that served as scheduler or worker
+                return 0
+            if job.simulate is not None and not job.experiment.frames:
+                job = _simulated(job, out, force=args.force)
+            result = run_fourier(job, session.client, out_dir=out, force=args.force, stop=stop)
+    except Preempted as exc:
+        print(f"fourier: {exc} (exit status {EXIT_PREEMPTED})", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
     print(f"fourier: outputs in {out}: " + ", ".join(p.name for p in result.outputs.values()))
     from hpcdiff.pipelines.reports import write_fourier_report
 

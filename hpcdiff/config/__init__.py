@@ -427,9 +427,10 @@ class FourierConfig:
     (nm^-1 without 2 pi) or, unset, the detector's largest ``|q|``; on a q grid the grid
     is the cube ``+-q_max``.  The common-arc similarity bins frames on a grid of
     ``similarity_grid_size`` (default: ``grid_size``) over the same extent.
-    ``diffusion_epsilon`` is the width of the ``exp((CC - 1) / eps)`` kernel; image-space
-    distances use a Gaussian kernel whose bandwidth is the squared median distance to the
-    ``diffusion_knn``-th neighbour.  ``truth`` is an optional HDF5 map (e.g. a simulation's
+    Diffusion maps use sparse Gaussian kernels on each frame's ``diffusion_knn`` nearest
+    neighbours: of the common-arc significance profiles (sketched to ``profile_dims``, then
+    ``profile_components`` principal components) and of the image-space distances.
+    ``truth`` is an optional HDF5 map (e.g. a simulation's
     ``truth.h5``) to validate the merge against: the summary gives the correlation overall,
     in ``truth_shells`` resolution shells of equal reciprocal-space volume, and after
     subtracting from both maps their means in thin shells ``truth_isotropic_shell_width_per_nm``
@@ -438,8 +439,62 @@ class FourierConfig:
 
     grid_size: int = field(default=200, metadata={"check": positive})
     similarity_grid_size: int | None = field(default=None, metadata={"check": positive})
-    diffusion_epsilon: float = field(default=1.0, metadata={"check": positive})
-    diffusion_knn: int = field(default=10, metadata={"check": positive})
+    diffusion_epsilon: float | None = field(
+        default=None,
+        metadata={
+            "check": positive,
+            "doc": "Bandwidth of the diffusion maps' Gaussian kNN kernels, squared distance "
+            "units; unset: the median squared distance to the `diffusion_knn`-th neighbour "
+            "(median heuristic, recorded in fourier_summary.json).",
+        },
+    )
+    diffusion_knn: int = field(
+        default=20,
+        metadata={
+            "check": positive,
+            "doc": "Neighbours per frame in the sparse kernel of the diffusion maps.",
+        },
+    )
+    profile_dims: int = field(
+        default=256,
+        metadata={
+            "check": positive,
+            "doc": "Dimensions of the random projection of each frame's common-arc "
+            "significance profile (its Fisher-z to every frame).",
+        },
+    )
+    profile_form: Literal["cc", "fisher", "significance"] = field(
+        default="cc",
+        metadata={
+            "doc": "What a frame's similarity profile holds per pair: `cc` the common-arc "
+            "correlation, `fisher` atanh(cc), `significance` atanh(cc) sqrt(overlap - 3) "
+            "(pairs weighted by overlap). `cc` measured best on the tuning configurations "
+            "(benchmarks/bench_fourier.py --sections embedding).",
+        },
+    )
+    profile_components: int = field(
+        default=8,
+        metadata={
+            "check": positive,
+            "doc": "Principal components of the profile sketch the kNN kernel is built on.",
+        },
+    )
+    checkpoint_tasks: int = field(
+        default=32,
+        metadata={
+            "check": positive,
+            "doc": "Merge tasks between checkpoints of the merge accumulator (a stop signal "
+            "is honoured at the next checkpoint).",
+        },
+    )
+    similarity_column_block: int = field(
+        default=512,
+        metadata={
+            "check": positive,
+            "doc": "Frames per column block a similarity task reads from disk at once "
+            "(bounds a worker's memory).",
+        },
+    )
     truth: Path | None = None
     extent: Literal["hkl", "q"] = "hkl"
     max_hkl: float | None = field(default=None, metadata={"check": positive})

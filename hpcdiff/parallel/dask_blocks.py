@@ -4,12 +4,18 @@
 ``fn(shared, start, stop, **kwargs)`` for each block as a task, and either gathers the
 results in block order or, given ``reduce``, tree-reduces the first item of every result
 on the workers (a mergeable accumulator; :func:`~hpcdiff.parallel.dask_cluster.tree_reduce`)
-while gathering the second.  Pipelines hand it pure functions and never call the client.
+while gathering the second.  :func:`for_each_block` hands each result to a callback as it
+arrives (to save it) and stops early on request.  Pipelines hand them pure functions and
+never call the client.
+
+What is shared should be small (a plan, a folder's path): per-frame data goes to disk and
+each task reads what it needs, so nothing large is copied to every worker.
 """
 
 from __future__ import annotations
 
 import operator
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Generic, TypeVar
@@ -87,9 +93,65 @@ def map_blocks(
     return MappedBlocks(total, parts)
 
 
+def for_each_block(
+    client: Any,
+    fn: Callable[..., R],
+    shared: Any,
+    blocks: Sequence[tuple[int, int]],
+    *,
+    on_result: Callable[[int, R], None],
+    stop: object = None,
+    stopped: Callable[[], None] | None = None,
+    label: str = "tasks",
+    log: IO[str] | None = None,
+    every_s: float = 5.0,
+    **kwargs: Any,
+) -> None:
+    """Run ``fn(shared, start, stop, **kwargs)`` per block; ``on_result(i, result)`` as each ends.
+
+    Results are handed over in completion order and released at once (the client holds
+    one at a time).  After each result, if ``stop`` is truthy the remaining tasks are
+    cancelled and ``stopped()`` is called (it raises, e.g.
+    :class:`~hpcdiff.parallel.signals.Preempted`); the results handed over so far are
+    the caller's to keep.
+
+    Raises
+    ------
+    Exception
+        The first task error, with its remote traceback.
+    """
+    import time
+
+    from distributed import as_completed
+
+    log = log if log is not None else sys.stderr
+    shared_f = client.scatter(shared, broadcast=True, hash=False)
+    futures = [client.submit(fn, shared_f, s, e, pure=False, **kwargs) for s, e in blocks]
+    index = {f.key: i for i, f in enumerate(futures)}
+    total, done = len(futures), 0
+    t0 = last = time.monotonic()
+    try:
+        for fut in as_completed(futures):
+            result = fut.result()  # re-raises a task's error
+            on_result(index[fut.key], result)
+            fut.release()
+            done += 1
+            now = time.monotonic()
+            if now - last >= every_s or done == total:
+                print(f"{label}: {done}/{total} tasks ({now - t0:.1f} s)", file=log, flush=True)
+                last = now
+            if stop is not None and stop and done < total:
+                client.cancel(futures)
+                if stopped is not None:
+                    stopped()
+                return
+    finally:
+        del futures
+
+
 def worker_count(client: Any) -> int:
     """Number of workers the cluster's scheduler knows now."""
     return len(client.scheduler_info(n_workers=-1).get("workers", {}))
 
 
-__all__ = ["MappedBlocks", "map_blocks", "worker_count"]
+__all__ = ["MappedBlocks", "for_each_block", "map_blocks", "worker_count"]

@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -38,12 +39,14 @@ import numpy as np
 
 from hpcdiff.config import JobConfig
 from hpcdiff.diffusion import (
+    BlockKnn,
     DiffusionMap,
     coordinate_aucs,
-    diffusion_map,
-    kernel_from_distances,
-    kernel_from_similarity,
+    diffusion_map_of_points,
+    diffusion_map_sparse,
+    knn_kernel,
     plot_diffusion,
+    roc_auc,
 )
 from hpcdiff.errors import ConfigError, FormatError
 from hpcdiff.fourier_truth import (
@@ -53,12 +56,14 @@ from hpcdiff.fourier_truth import (
     truth_correlation,
     truth_summary,
 )
-from hpcdiff.io.outputs import atomic_path, ensure_writable, provenance, write_json
+from hpcdiff.io.outputs import atomic_path, provenance, write_json
 from hpcdiff.merge import (
+    FrameVoxels,
     Grid,
     MergeAccumulator,
     reciprocal_metric,
 )
+from hpcdiff.parallel.signals import Preempted
 from hpcdiff.pipelines.fourier_frames import (
     ChainSettings,
     ChunkFrames,
@@ -70,14 +75,16 @@ from hpcdiff.pipelines.fourier_frames import (
     refine_scales,
     scale_summary,
 )
+from hpcdiff.pipelines.fourier_work import ChunkData, FourierWork, SimilarityRows
 from hpcdiff.pipelines.layout import FourierLayout
+from hpcdiff.pipelines.requeue import refuse_finished, refuse_strays
 from hpcdiff.similarity import (
-    assemble,
+    FrameScores,
+    ProfileSketch,
+    SimilarityBlock,
     blocks,
-    common_arc_block,
-    image_block,
-    image_vectors,
-    sparse_frames,
+    common_arc_rows,
+    image_pairs,
 )
 
 # --------------------------------------------------------------------------- settings
@@ -161,18 +168,129 @@ def merge_accumulators(*accs: MergeAccumulator) -> MergeAccumulator:
 
 @dataclass
 class FourierResult:
-    """What :func:`run_fourier` produced (also written to ``out_dir``)."""
+    """What :func:`run_fourier` produced (also written to ``out_dir``).
+
+    The N x N matrices are not kept in memory (at 10^4 frames they are GBs): they are in
+    ``outputs["similarity"]``; :meth:`matrix` reads one back.
+    """
 
     merged: MergeAccumulator
-    common_arc: np.ndarray
-    overlap: np.ndarray
-    image_distance: np.ndarray
-    image_correlation: np.ndarray
     maps: dict[str, DiffusionMap]
+    scores: dict[str, np.ndarray] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
     outputs: dict[str, Path] = field(default_factory=dict)
     frame_ids: tuple[Any, ...] = ()
     labels: np.ndarray | None = None
+
+    def matrix(self, name: str) -> np.ndarray:
+        """``(n, n)`` dataset ``name`` of ``similarity.h5`` (``common_arc``, ``overlap``,
+        ``image_distance``, ``image_correlation``)."""
+        with h5py.File(self.outputs["similarity"], "r") as h5:
+            return np.asarray(h5[name][()])
+
+
+def chunk_to_work(
+    plan: FramePlan, start: int, stop: int, *, settings: FourierSettings, work: FourierWork
+) -> tuple[MergeAccumulator, dict[str, Any]]:
+    """One merge task: :func:`chunk_task`, its per-frame data written to ``work``.
+
+    Returns the accumulator (tree-reduced on the workers) and a small record: the task's
+    rows, seconds, which image pixels are finite in every frame of the task, and the
+    frames' shot intensities.
+    """
+    acc, part = chunk_task(plan, start, stop, settings=settings)
+    work.write_chunk(start, stop, ChunkData(part.numbers, part.similarity_frames, part.images))
+    finite = np.all(np.isfinite(part.images), axis=0)
+    return acc, {
+        "start": start,
+        "stop": stop,
+        "seconds": part.seconds,
+        "finite": finite,
+        "shot": np.asarray(part.shot, np.float64),
+    }
+
+
+def similarity_task(
+    work: FourierWork,
+    start: int,
+    stop: int,
+    *,
+    n: int,
+    chunks: list[tuple[int, int]],
+    n_voxels: int,
+    min_overlap: int,
+    column_block: int,
+    keep: np.ndarray,
+) -> SimilarityRows:
+    """Rows ``start:stop`` of the common-arc and image-space matrices, columns ``start:``.
+
+    Reads its rows, then the columns one block of ``column_block`` frames at a time, from
+    the chunk files in ``work`` (a worker holds two blocks of frames, never all of them).
+    """
+    t0 = time.perf_counter()
+    rows = work.read_rows(start, stop, chunks)
+    row_vec = rows.images.reshape(len(rows.frames), -1)[:, keep].astype(np.float64)
+    col_ranges = [(s, min(s + column_block, n)) for s in range(start, n, column_block)]
+    dists, corrs = [], []
+
+    def columns() -> Iterator[list[FrameVoxels]]:
+        for s, e in col_ranges:
+            cols = rows if (s, e) == (start, stop) else work.read_rows(s, e, chunks)
+            col_vec = cols.images.reshape(len(cols.frames), -1)[:, keep].astype(np.float64)
+            d, c = image_pairs(row_vec, col_vec)
+            dists.append(d)
+            corrs.append(c)
+            yield cols.frames
+
+    cc = common_arc_rows(
+        rows.frames, columns(), start=start, n_voxels=n_voxels, min_overlap=min_overlap
+    )
+    pix = np.full(cc.similarity.shape, int(keep.sum()), np.int64)
+    return SimilarityRows(
+        cc,
+        SimilarityBlock(start, stop, np.concatenate(dists, axis=1), pix),
+        SimilarityBlock(start, stop, np.concatenate(corrs, axis=1), pix),
+        time.perf_counter() - t0,
+    )
+
+
+def _work_hash(job: JobConfig) -> str:
+    """The job's config hash without ``[fourier.cluster]``: a rerun on another cluster (a
+    requeue with other workers) resumes the same checkpoints."""
+    import dataclasses
+
+    from hpcdiff.config import ClusterConfig
+
+    plain = dataclasses.replace(
+        job, fourier=dataclasses.replace(job.fourier, cluster=ClusterConfig())
+    )
+    return plain.config_hash()
+
+
+def _check_stop(stop: object, where: str, work: FourierWork) -> None:
+    if stop is not None and stop:
+        raise Preempted(
+            f"stopped by a signal {where}; the checkpoints in {work.root} are kept: run the "
+            "same command again (no --force) to finish"
+        )
+
+
+def _prepare_outputs(
+    files: FourierLayout, work: FourierWork, *, n_frames: int, force: bool
+) -> bool:
+    """Refuse a finished run or strays; create or reopen the working folder.
+
+    Returns True when resuming (outputs of this job's unfinished run may be overwritten).
+    """
+    outputs = {p.name: p for p in files.outputs}
+    if not force:
+        refuse_finished("fourier", outputs, finished=[files.summary], out_dir=files.root)
+        if not work.exists():
+            refuse_strays("fourier", outputs, shard_dir=work.root)
+    files.root.mkdir(parents=True, exist_ok=True)
+    for stale in files.root.glob(".*.part"):  # left by a killed atomic write
+        stale.unlink(missing_ok=True)
+    return work.prepare(n_frames=n_frames, force=force)
 
 
 def run_fourier(
@@ -182,8 +300,15 @@ def run_fourier(
     out_dir: str | Path | None = None,
     force: bool = False,
     log: IO[str] | None = None,
+    stop: object = None,
 ) -> FourierResult:
     """Run the Fourier job on a connected dask client and write its outputs.
+
+    Stages: merge tasks in waves of ``[fourier] checkpoint_tasks`` (the accumulator saved
+    after each), similarity row blocks (each saved when it arrives), then the outputs, the
+    summary last, and the working folder removed.  A rerun of the same job resumes from
+    the working folder (:mod:`hpcdiff.pipelines.fourier_work`) and gives the same outputs
+    as an uninterrupted run.
 
     Parameters
     ----------
@@ -194,22 +319,27 @@ def run_fourier(
     out_dir
         Output folder (default ``job.output.dir``).
     force
-        Overwrite existing outputs.
+        Run again although the run is finished, overwriting its outputs; discard another
+        job's working folder.
     log
         Progress messages (default stderr).
+    stop
+        A :class:`~hpcdiff.parallel.signals.StopFlag` (or anything truthy when a stop is
+        requested), looked at after each checkpoint.
 
     Raises
     ------
     OutputExistsError
-        Before any work, when an output exists and ``force`` is false.
+        Before any work: the run is finished, or outputs are in the way and there is no
+        working folder of this job, and ``force`` is false.
+    Preempted
+        After a checkpoint, when ``stop`` is set.
     """
-    from hpcdiff.parallel.dask_blocks import MappedBlocks, map_blocks, worker_count
+    from hpcdiff.parallel.dask_blocks import for_each_block, map_blocks, worker_count
 
     log = log if log is not None else sys.stderr
     out = Path(out_dir if out_dir is not None else job.output.dir)
     files = FourierLayout(out)
-    for path in files.outputs:
-        ensure_writable(path, force=force)
     fcfg = job.fourier
     t_start = time.perf_counter()
     plan = plan_frames(job)
@@ -224,99 +354,221 @@ def run_fourier(
     if fcfg.truth is not None:  # read and checked against the grid before any work
         truth = load_truth(fcfg.truth)
         check_truth_grid(truth, settings.grid)
+    work = FourierWork(files.work, _work_hash(job))
+    resumed = _prepare_outputs(files, work, n_frames=n, force=force)
     print(
         f"fourier: {n} oriented frames of {plan.n_frames_total}; grid {_grid_text(settings.grid)}, "
-        f"similarity grid {_grid_text(settings.similarity_grid)}",
+        f"similarity grid {_grid_text(settings.similarity_grid)}"
+        + (f"; resuming from {work.root}" if resumed else ""),
         file=log,
         flush=True,
     )
 
-    # 1. map: one task per chunk of frames; 2. tree reduction of the accumulators
+    # 1. merge: tasks in waves; after each wave the accumulator is saved
     t0 = time.perf_counter()
-    mapped = map_blocks(
-        client,
-        chunk_task,
-        plan,
-        blocks(n, fcfg.frames_per_task),
-        reduce=merge_accumulators,
-        label="merge",
-        log=log,
-        settings=settings,
-    )
-    parts: list[ChunkFrames] = mapped.parts
-    assert mapped.reduced is not None  # reduced: one accumulator of every chunk
-    merged: MergeAccumulator = mapped.reduced
-    del mapped
+    chunks = blocks(n, fcfg.frames_per_task)
+    saved = work.load_merge(settings.grid) if resumed else None
+    on_disk = work.chunks_on_disk()
+    merged, done = saved if saved is not None else (MergeAccumulator.empty(settings.grid), [])
+    done = [c for c in done if c in on_disk]  # a chunk counts only with its frames on disk
+    if saved is not None and len(done) != len(saved[1]):
+        merged, done = MergeAccumulator.empty(settings.grid), []
+    todo = [c for c in chunks if c not in set(done)]
+    finite = work.load_finite() if done else None
+    shots = work.load_shots(n) if done else np.full(n, np.nan)
+    task_s = 0.0
+    waves = [
+        todo[i : i + fcfg.checkpoint_tasks] for i in range(0, len(todo), fcfg.checkpoint_tasks)
+    ]
+    for w, wave in enumerate(waves):
+        mapped = map_blocks(
+            client,
+            chunk_to_work,
+            plan,
+            wave,
+            reduce=merge_accumulators,
+            label=f"merge (wave {w + 1}/{len(waves)})",
+            log=log,
+            settings=settings,
+            work=work,
+        )
+        assert mapped.reduced is not None
+        merged = merge_accumulators(merged, mapped.reduced)
+        for rec in mapped.parts:
+            task_s += float(rec["seconds"])
+            finite = rec["finite"] if finite is None else finite & rec["finite"]
+            shots[int(rec["start"]) : int(rec["stop"])] = rec["shot"]
+        done = done + list(wave)
+        assert finite is not None
+        work.save_finite(finite)
+        work.save_shots(shots)
+        work.save_merge(merged, done)
+        del mapped
+        if w < len(waves) - 1:
+            _check_stop(stop, "during the merge", work)
     t_merge = time.perf_counter() - t0
-    task_s = float(sum(p.seconds for p in parts))
-    merged = merged.symmetrised(fcfg.symmetrise)
+    _check_stop(stop, "after the merge", work)
+    if finite is None:
+        finite = work.load_finite()
+    merged_sym = merged.symmetrised(fcfg.symmetrise)
     frame_scales = None
     for _ in range(settings.chain.scale_passes):  # per-frame scales against the merged map
-        merged, frame_scales = refine_scales(
-            client, plan, settings, merged, frames_per_task=fcfg.frames_per_task, log=log
+        merged_sym, frame_scales = refine_scales(
+            client, plan, settings, merged_sym, frames_per_task=fcfg.frames_per_task, log=log
         )
-        merged = merged.symmetrised(fcfg.symmetrise)
+        merged_sym = merged_sym.symmetrised(fcfg.symmetrise)
 
-    # 3. similarities, row blocks as tasks
-    sim_frames = [f for p in parts for f in p.similarity_frames]
+    # 2. similarity row blocks, each saved as it arrives
     t0 = time.perf_counter()
     sblocks = blocks(n, fcfg.similarity_block)
-    sim: MappedBlocks[Any] = map_blocks(
-        client,
-        common_arc_block,
-        sparse_frames(sim_frames, n_voxels=settings.similarity_grid.n_voxels),
-        sblocks,
-        label="common-arc similarity",
-        log=log,
-        min_overlap=fcfg.min_overlap,
-    )
-    common_arc, overlap = assemble(n, sim.parts)
-    t_sim = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    vectors = image_vectors(np.concatenate([p.images for p in parts]))
-    img_parts = map_blocks(
-        client, image_block, vectors, sblocks, label="image similarity", log=log
-    ).parts
-    image_distance, _ = assemble(n, [p[0] for p in img_parts], diagonal=0.0)
-    image_correlation, _ = assemble(n, [p[1] for p in img_parts], diagonal=1.0)
-    t_img = time.perf_counter() - t0
+    have = work.blocks_done()
+    missing = [b for b in sblocks if b not in have]
+    keep = finite.reshape(-1)
+    sim_task_s = 0.0
+    if missing:
 
-    # 4. diffusion maps
+        def save(_i: int, rows: SimilarityRows) -> None:
+            nonlocal sim_task_s
+            work.save_block(rows)
+            sim_task_s += rows.seconds
+
+        for_each_block(
+            client,
+            similarity_task,
+            work,
+            missing,
+            on_result=save,
+            stop=stop,
+            stopped=lambda: _check_stop(stop, "during the similarity", work),
+            label="similarity",
+            log=log,
+            n=n,
+            chunks=chunks,
+            n_voxels=settings.similarity_grid.n_voxels,
+            min_overlap=fcfg.min_overlap,
+            column_block=fcfg.similarity_column_block,
+            keep=keep,
+        )
+    t_sim = time.perf_counter() - t0
+    _check_stop(stop, "after the similarity", work)
+
+    # 3. one pass over the saved blocks, in order: similarity.h5, scores, sketch, kNN
+    t0 = time.perf_counter()
+    stamp = provenance(job.config_hash(), job=json.dumps(job.to_dict(), sort_keys=True))
+    scores = FrameScores(n)
+    sketch = ProfileSketch(n, dims=fcfg.profile_dims, seed=0, form=fcfg.profile_form)
+    knn_dist = BlockKnn(n, fcfg.diffusion_knn)
+    knn_corr = BlockKnn(n, fcfg.diffusion_knn, largest=True)
+    overlaps: list[np.ndarray] = []
+    pairs_with = 0
+    outputs: dict[str, Path] = {}
+    with atomic_path(files.similarity, force=True) as tmp, h5py.File(tmp, "w") as h5:
+        _ids(h5, plan)
+        opts: dict[str, Any] = {"chunks": (min(fcfg.similarity_block, n), min(n, 1024))}
+        ds = {
+            "common_arc": h5.create_dataset("common_arc", (n, n), np.float64, **opts),
+            "overlap": h5.create_dataset("overlap", (n, n), np.int32, **opts),
+            "image_distance": h5.create_dataset("image_distance", (n, n), np.float64, **opts),
+            "image_correlation": h5.create_dataset("image_correlation", (n, n), np.float64, **opts),
+        }
+        h5["common_arc"].attrs["description"] = (
+            "Pearson CC over common voxels; NaN below min_overlap"
+        )
+        h5["common_arc"].attrs["min_overlap"] = fcfg.min_overlap
+        for rows in work.iter_blocks(sblocks):
+            s, e = rows.start, rows.stop
+            scores.add(rows.common_arc)
+            sketch.add(rows.common_arc)
+            knn_dist.add(s, rows.image_distance.similarity)
+            knn_corr.add(s, rows.image_correlation.similarity)
+            sim = rows.common_arc.similarity
+            upper = np.arange(s, n)[None, :] > np.arange(s, e)[:, None]
+            pairs_with += int(np.isfinite(sim[upper]).sum())
+            overlaps.append(rows.common_arc.overlap[upper])
+            _write_upper(ds["common_arc"], s, e, sim, diagonal=1.0)
+            _write_upper(ds["overlap"], s, e, rows.common_arc.overlap, diagonal=None)
+            _write_upper(ds["image_distance"], s, e, rows.image_distance.similarity, diagonal=0.0)
+            _write_upper(
+                ds["image_correlation"], s, e, rows.image_correlation.similarity, diagonal=1.0
+            )
+        _mirror(ds["common_arc"], fcfg.similarity_block)
+        _mirror(ds["overlap"], fcfg.similarity_block)
+        _mirror(ds["image_distance"], fcfg.similarity_block)
+        _mirror(ds["image_correlation"], fcfg.similarity_block)
+        h5.create_dataset("mean_z", data=scores.mean_z)
+        h5.create_dataset("significance", data=scores.significance)
+        h5.create_dataset("mean_cc", data=scores.mean_cc)
+        h5["mean_z"].attrs["description"] = (
+            "per frame: overlap-weighted (n - 3) mean Fisher z of its common-arc CCs"
+        )
+        h5["significance"].attrs["description"] = (
+            "per frame: sum (n - 3) atanh(r) / sqrt(sum (n - 3)); N(0, 1) for noise only"
+        )
+        h5.attrs.update(stamp)
+    outputs["similarity"] = files.similarity
+
+    # 4. diffusion maps on sparse kNN kernels
     k = fcfg.n_diffusion_coords
-    img_kernel, img_eps = kernel_from_distances(image_distance, k=fcfg.diffusion_knn)
-    maps = {
-        "common_arc": diffusion_map(
-            kernel_from_similarity(common_arc, epsilon=fcfg.diffusion_epsilon), n_coords=k
-        ),
-        "image": diffusion_map(img_kernel, n_coords=k),
-        "image_correlation": diffusion_map(
-            kernel_from_similarity(image_correlation, epsilon=fcfg.diffusion_epsilon), n_coords=k
-        ),
+    eps: dict[str, float] = {}
+    maps: dict[str, DiffusionMap] = {}
+    maps["common_arc"], eps["common_arc"] = diffusion_map_of_points(
+        sketch.sketch,
+        k=fcfg.diffusion_knn,
+        n_coords=k,
+        n_components=fcfg.profile_components,
+        epsilon=fcfg.diffusion_epsilon,
+    )
+    idx, dvals = knn_dist.result()
+    kern, eps["image"] = knn_kernel(
+        idx, np.where(idx >= 0, dvals**2, np.inf), epsilon=fcfg.diffusion_epsilon
+    )
+    maps["image"] = diffusion_map_sparse(kern, n_coords=k)
+    idx, cvals = knn_corr.result()
+    cd2 = np.where(idx >= 0, 2.0 * (1.0 - cvals), np.inf)
+    kern, eps["image_correlation"] = knn_kernel(idx, cd2, epsilon=fcfg.diffusion_epsilon)
+    maps["image_correlation"] = diffusion_map_sparse(kern, n_coords=k)
+    t_embed = time.perf_counter() - t0
+
+    all_overlap = np.concatenate(overlaps) if overlaps else np.zeros(0)
+    frame_score = {
+        "mean_z": scores.mean_z,
+        "significance": scores.significance,
+        "mean_cc": scores.mean_cc,
     }
     summary: dict[str, Any] = {
         "n_frames_oriented": n,
         "n_frames_total": plan.n_frames_total,
         "n_multi_crystal_chunks": plan.n_multi_crystal,
         "frames": {"choice": plan.frames, "n_oriented": plan.n_oriented, "n_chosen": n},
-        "frame_scales": scale_summary(
-            np.concatenate([p.shot for p in parts]), frame_scales, settings.chain.scale_min
-        ),
+        "frame_scales": scale_summary(shots, frame_scales, settings.chain.scale_min),
         "n_workers": worker_count(client),
         "grid": settings.grid.to_dict(),
         "similarity_grid": settings.similarity_grid.to_dict(),
-        "voxels_measured": int(np.count_nonzero(merged.counts)),
-        "pairs_with_similarity": int(
-            (np.isfinite(common_arc).sum() - np.isfinite(np.diag(common_arc)).sum()) // 2
-        ),
+        "voxels_measured": int(np.count_nonzero(merged_sym.counts)),
+        "pairs_with_similarity": pairs_with,
         "pairs_total": n * (n - 1) // 2,
-        "median_overlap": float(np.median(overlap[np.triu_indices(n, 1)])),
-        "image_kernel_epsilon": img_eps,
+        "median_overlap": float(np.median(all_overlap)) if all_overlap.size else 0.0,
+        "diffusion": {
+            "kernel": "sparse Gaussian on each frame's diffusion_knn nearest neighbours",
+            "knn": fcfg.diffusion_knn,
+            "epsilon": eps,
+            "epsilon_rule": "given" if fcfg.diffusion_epsilon is not None else "median heuristic",
+            "common_arc_points": f"sketch of the common-arc profiles ({fcfg.profile_form}; "
+            f"{fcfg.profile_dims} dims, {fcfg.profile_components} principal components)",
+            "eigenvalues": {name: dm.eigenvalues.tolist() for name, dm in maps.items()},
+        },
+        "image_kernel_epsilon": eps["image"],
+        "resumed": {
+            "merge_tasks_reused": len(chunks) - len(todo),
+            "similarity_blocks_reused": len(sblocks) - len(missing),
+        },
         "timing_s": {
             "merge_wall": t_merge,
             "merge_task_sum": task_s,
-            "frames_per_s_per_worker": n / task_s if task_s > 0 else None,
+            "frames_per_s_per_worker": sum(e - s for s, e in todo) / task_s if task_s > 0 else None,
             "common_arc": t_sim,
-            "image_similarity": t_img,
+            "similarity_task_sum": sim_task_s,  # common arc and image space, one task per block
+            "embedding": t_embed,
         },
         "auc": {},
     }
@@ -326,57 +578,70 @@ def run_fourier(
         )
         for name, dm in maps.items():
             summary["auc"][name] = coordinate_aucs(dm.coords, plan.labels)
+        summary["frame_score_auc"] = {
+            name: roc_auc(v, plan.labels) for name, v in frame_score.items()
+        }
     if truth is not None:
         summary["truth_correlation"] = truth_summary(
-            merged,
+            merged_sym,
             truth,
             metric=reciprocal_metric(plan.orientations),
             n_shells=fcfg.truth_shells,
             isotropic_shell_width_per_nm=fcfg.truth_isotropic_shell_width_per_nm,
         )
 
-    # 5. outputs
-    stamp = provenance(job.config_hash(), job=json.dumps(job.to_dict(), sort_keys=True))
-    out.mkdir(parents=True, exist_ok=True)
-    outputs = {
-        "merged": write_merged(files.merged, merged, stamp=stamp, force=force),
-        "similarity": write_similarity(
-            files.similarity,
-            plan,
-            common_arc=common_arc,
-            overlap=overlap,
-            image_distance=image_distance,
-            image_correlation=image_correlation,
-            stamp=stamp,
-            min_overlap=fcfg.min_overlap,
-            force=force,
-        ),
-        "diffusion": write_diffusion(files.diffusion, plan, maps, stamp=stamp, force=force),
-    }
+    # 5. outputs (this job's unfinished ones are overwritten), the summary last
+    outputs["merged"] = write_merged(files.merged, merged_sym, stamp=stamp, force=True)
+    outputs["diffusion"] = write_diffusion(
+        files.diffusion, plan, maps, stamp=stamp, force=True, scores=frame_score
+    )
     for name, title in (
         ("common_arc", "common-arc correlation"),
         ("image", "image-space distance"),
     ):
         path = files.plot(name)
-        with atomic_path(path, force=force) as tmp:
+        with atomic_path(path, force=True) as tmp:
             plot_diffusion(maps[name].coords, plan.labels, tmp, title=f"diffusion map: {title}")
         outputs[f"plot_{name}"] = path
     summary["timing_s"]["total"] = time.perf_counter() - t_start
     summary["provenance"] = {k2: v for k2, v in stamp.items() if k2 != "job"}
-    outputs["summary"] = write_json(files.summary, summary, force=force)
+    outputs["summary"] = write_json(files.summary, summary, force=True)
+    work.remove()
     print(_summary_text(summary), file=log, flush=True)
     return FourierResult(
-        merged,
-        common_arc,
-        overlap,
-        image_distance,
-        image_correlation,
+        merged_sym,
         maps,
+        frame_score,
         summary,
         outputs,
         frame_ids=plan.frame_ids,
         labels=plan.labels,
     )
+
+
+def _write_upper(
+    ds: h5py.Dataset, start: int, stop: int, values: np.ndarray, *, diagonal: float | None
+) -> None:
+    """Rows ``start:stop``, columns ``start:`` of an upper-triangle block into ``ds``."""
+    v = np.array(values)
+    if diagonal is not None:
+        i = np.arange(stop - start)
+        d = v[i, i]
+        v[i, i] = np.where(np.isfinite(d), diagonal, np.nan) if v.dtype.kind == "f" else d
+    ds[start:stop, start:] = v
+
+
+def _mirror(ds: h5py.Dataset, block: int) -> None:
+    """Copy the upper triangle onto the lower one, ``block`` rows at a time."""
+    n = ds.shape[0]
+    for s in range(0, n, block):
+        e = min(s + block, n)
+        # lower part of rows s:e = transpose of the upper part of columns s:e, rows 0:e
+        col = ds[0:e, s:e]  # (e, e - s): rows 0..e-1, columns s..e-1
+        rows = ds[s:e, 0:e]
+        r = np.arange(s, e)[:, None]
+        c = np.arange(0, e)[None, :]
+        ds[s:e, 0:e] = np.where(c < r, col.T, rows)
 
 
 def _summary_text(summary: dict[str, Any]) -> str:
@@ -498,8 +763,10 @@ def write_diffusion(
     *,
     stamp: dict[str, Any],
     force: bool = False,
+    scores: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write each model's diffusion coordinates and eigenvalues (group per model)."""
+    """Write each model's diffusion coordinates and eigenvalues (group per model), and the
+    per-frame scores (group ``frame_scores``: ``mean_z``, ``significance``, ``mean_cc``)."""
     with atomic_path(path, force=force) as tmp, h5py.File(tmp, "w") as h5:
         _ids(h5, plan)
         for name, dm in maps.items():
@@ -507,6 +774,10 @@ def write_diffusion(
             g.create_dataset("coords", data=dm.coords)
             g.create_dataset("eigenvalues", data=dm.eigenvalues)
             g.create_dataset("connected", data=dm.connected)
+        if scores:
+            g = h5.create_group("frame_scores")
+            for name, v in scores.items():
+                g.create_dataset(name, data=v)
         h5.attrs.update(stamp)
     return path
 
@@ -521,6 +792,8 @@ __all__ = [
     "process_chunk",
     "process_frames",
     "read_truth",
+    "chunk_to_work",
+    "similarity_task",
     "run_fourier",
     "truth_correlation",
     "write_diffusion",

@@ -149,6 +149,11 @@ class FourierLayout:
         return self.root / "fourier_summary.json"
 
     @property
+    def work(self) -> Path:
+        """``fourier.work/``: frames on disk and checkpoints, removed after the summary."""
+        return self.root / "fourier.work"
+
+    @property
     def outputs(self) -> tuple[Path, ...]:
         """Every file the job writes (refused when present, unless ``--force``)."""
         return (
