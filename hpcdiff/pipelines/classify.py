@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from hpcdiff.backend import cuda_index, gpu_available
+from hpcdiff.backend_check import preprocess_gpu
 from hpcdiff.config import JobConfig
 from hpcdiff.corrections import read_pedestal_and_gain
 from hpcdiff.errors import ConfigError, FormatError, HpcdiffError
@@ -220,9 +220,11 @@ class Featurizer:
             gain=gain,
             threads=threads,
         )
-        # GPU ranks remove the background with cupy on their own device where cupy works
-        gpu = cuda_index(device)
-        self.preprocess_gpu = gpu if gpu is not None and gpu_available() else None
+        # GPU ranks remove the background with cupy on their own device; no cupy there is
+        # a ConfigError unless background.preprocess_device = "cpu" (hpcdiff.backend_check)
+        self.preprocess_gpu = preprocess_gpu(
+            device, preprocess_device=job.background.preprocess_device
+        )
         fc = job.features
         self.extractor = FeatureExtractor(
             fc.weights,
