@@ -56,6 +56,7 @@ from hpcdiff.parallel.collect import (
     on_root,
     root_decides,
 )
+from hpcdiff.parallel.device_feed import DeviceUpload
 from hpcdiff.parallel.frame_loop import FrameBatch, LoopOutcome, distributed_map
 from hpcdiff.parallel.mpi import Comm
 from hpcdiff.parallel.placement import RankInfo, setup_rank
@@ -225,6 +226,8 @@ class Featurizer:
         self.preprocess_gpu = preprocess_gpu(
             device, preprocess_device=job.background.preprocess_device
         )
+        # raw frames reach the device through pinned slots on an upload stream
+        self._upload = None if self.preprocess_gpu is None else DeviceUpload(device, kind="cupy")
         fc = job.features
         self.extractor = FeatureExtractor(
             fc.weights,
@@ -261,7 +264,8 @@ class Featurizer:
 
             # the current cupy device is per thread: this may run in the reader thread
             with cupy.cuda.Device(self.preprocess_gpu):
-                images = self.preprocess(cupy.asarray(batch.frames), photon_energy_ev=energy)
+                assert self._upload is not None
+                images = self.preprocess(self._upload(batch.frames), photon_energy_ev=energy)
                 # done before the timing ends and before the CNN thread reads the images
                 cupy.cuda.get_current_stream().synchronize()
             return images
