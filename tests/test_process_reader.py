@@ -4,6 +4,7 @@ through shared memory; errors at their batch's place; and into the device feed."
 from __future__ import annotations
 
 import h5py
+import hdf5plugin
 import numpy as np
 import pytest
 
@@ -22,7 +23,7 @@ def frames_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("reader") / "frames.cxi"
     with h5py.File(path, "w") as f:
         # one frame per chunk, compressed: what the workers decompress in parallel
-        f.create_dataset(DATASET, data=frames, chunks=(1, *SHAPE), compression="gzip")
+        f.create_dataset(DATASET, data=frames, chunks=(1, *SHAPE), **hdf5plugin.LZ4())
     return path, frames
 
 

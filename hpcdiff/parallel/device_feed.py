@@ -339,6 +339,7 @@ class DeviceUpload:
         self.kind = kind
         self.slots = slots
         self.uploader: SlotUploader | None = None
+        self._lock = threading.Lock()  # one batch at a time, whichever thread calls
 
     def _consumer(self) -> torch.cuda.Stream | None:
         import torch
@@ -354,7 +355,10 @@ class DeviceUpload:
 
     def __call__(self, frames: np.ndarray) -> object:
         """Upload ``(n, *frame_shape)`` host frames; ``(n, *frame_shape)`` float32 back."""
-        frames = np.asarray(frames)
+        with self._lock:
+            return self._call(np.asarray(frames))
+
+    def _call(self, frames: np.ndarray) -> object:
         up = self.uploader
         if (
             up is None

@@ -221,6 +221,7 @@ class H5Reader:
 
     def __init__(self, path: str, dataset: str) -> None:
         import h5py
+        import hdf5plugin  # noqa: F401  (a spawned worker registers the lz4/bitshuffle filters)
 
         self.path = path
         self.dataset = dataset
