@@ -2,7 +2,8 @@
 # GPU checks on a GPU node, in under 10 minutes: the gpu-marked tests, then the GPU benchmark
 # rows of benchmarks/bench_gpu_limits.py (H2D bandwidth pageable/pinned for float32 and int16
 # frames, bf16 matmul peak, each stage per batch, end to end as a fraction of both limits).
-# Writes benchmarks/records/gpu-HOST-DATE.{json,txt} (+ .tests.txt, the pytest output).
+# Writes benchmarks/records/gpu-HOST-DATE.{json,txt} (+ .tests.txt, the pytest output, and
+# .feed.txt, benchmarks/bench_feed.py: reader processes and the device feed on this node).
 # Without a CUDA device it prints "no CUDA device: nothing measured" and exits 0.
 #
 # Usage: bash benchmarks/gpu.sh [--quick]      (PYTHON=... to pick the interpreter)
@@ -32,8 +33,13 @@ timeout 300 "$PY" benchmarks/bench_gpu_limits.py "$@" --record "$base" \
     --tests-log "${base}.tests.txt" --tests-rc "$tests_rc"
 bench_rc=$?
 
-echo "gpu tests: exit ${tests_rc}; benchmark: exit ${bench_rc}; record: ${base}.{json,txt}"
-if [ "$tests_rc" -ne 0 ] || [ "$bench_rc" -ne 0 ]; then
+# 3) the host feed: reader processes (1..16) on lz4 int16 CSPAD frames, DeviceFeed on CUDA (2 min at most)
+timeout 120 "$PY" benchmarks/bench_feed.py "$@" 2>&1 | tee "${base}.feed.txt"
+feed_rc=${PIPESTATUS[0]}
+
+echo "gpu tests: exit ${tests_rc}; benchmark: exit ${bench_rc}; host feed: exit ${feed_rc};" \
+    "record: ${base}.{json,txt,tests.txt,feed.txt}"
+if [ "$tests_rc" -ne 0 ] || [ "$bench_rc" -ne 0 ] || [ "$feed_rc" -ne 0 ]; then
     exit 1
 fi
 exit 0
