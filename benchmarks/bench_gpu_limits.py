@@ -199,6 +199,7 @@ def _stage_rows(torch, *, batch: int, repeats: int, limits: dict, quick: bool) -
         return up.upload(s, up.fill(s, frames))
 
     t = _median_time(upload, repeats=repeats, sync=sync)
+    rates = [batch / t]
     rows.append(
         _row(
             "stage: fill pinned + upload int16 + widen",
@@ -217,6 +218,7 @@ def _stage_rows(torch, *, batch: int, repeats: int, limits: dict, quick: bool) -
         t = _median_time(
             lambda: pre(dev_frames, photon_energy_ev=9500.0), repeats=repeats, sync=sync
         )
+        rates.append(batch / t)
         rows.append(
             _row("stage: preprocess (cupy)", batch / t, "frames/s", f"{t * 1e3:.1f} ms per {batch}")
         )
@@ -229,6 +231,7 @@ def _stage_rows(torch, *, batch: int, repeats: int, limits: dict, quick: bool) -
     images = torch.rand((batch, 3, 224, 224), device="cuda")
     extractor.extract(images)
     t = _median_time(lambda: extractor.extract(images), repeats=repeats, sync=sync)
+    rates.append(batch / t)
     rows.append(
         _row(
             "stage: VGG16 pool5 bf16",
@@ -240,12 +243,13 @@ def _stage_rows(torch, *, batch: int, repeats: int, limits: dict, quick: bool) -
     if pre is None:
         return rows
 
-    n_batches = 8 if quick else 40
-    host_batches = [frames] * n_batches  # in host memory, as from the page cache
+    # about 15 s (5 s quick) at the slowest stage's rate, 4 to 40 batches
+    seconds = 5.0 if quick else 15.0
+    n_batches = int(min(max(seconds * min(rates) / batch, 4), 40))
 
-    def end_to_end() -> None:
+    def end_to_end(n: int) -> None:
         feed = DeviceFeed(
-            iter(host_batches),
+            iter([frames] * n),  # in host memory, as from the page cache
             batch_size=batch,
             frame_shape=frames.shape[1:],
             dtype=frames.dtype,
@@ -254,11 +258,11 @@ def _stage_rows(torch, *, batch: int, repeats: int, limits: dict, quick: bool) -
         for raw in feed:
             extractor.extract(pre(handoff(raw, "cupy"), photon_energy_ev=9500.0))
 
-    end_to_end()  # warm-up
+    end_to_end(2)  # warm-up
     sync()
     start = time.perf_counter()
     cpu0 = time.process_time()
-    end_to_end()
+    end_to_end(n_batches)
     sync()
     wall = time.perf_counter() - start
     rate = n_batches * batch / wall

@@ -23,18 +23,18 @@ base="benchmarks/records/gpu-${host}-${stamp}"
 mkdir -p benchmarks/records
 "$PY" -c 'import torch; print("device:", torch.cuda.get_device_name(0))'
 
-# 1) the gpu-marked tests (4 min at most; never the slurm ones)
-timeout 240 "$PY" -m pytest -q -m "gpu and not slurm" -p no:cacheprovider tests 2>&1 \
+# 1) the gpu-marked tests (200 s at most; never the slurm ones)
+timeout 200 "$PY" -m pytest -q -m "gpu and not slurm" -p no:cacheprovider tests 2>&1 \
     | tee "${base}.tests.txt"
 tests_rc=${PIPESTATUS[0]}
 
-# 2) the benchmark rows (5 min at most), with the tests' outcome in the record
-timeout 300 "$PY" benchmarks/bench_gpu_limits.py "$@" --record "$base" \
+# 2) the benchmark rows (270 s at most), with the tests' outcome in the record
+timeout 270 "$PY" benchmarks/bench_gpu_limits.py "$@" --record "$base" \
     --tests-log "${base}.tests.txt" --tests-rc "$tests_rc"
 bench_rc=$?
 
-# 3) the host feed: reader processes (1..16) on lz4 int16 CSPAD frames, DeviceFeed on CUDA (2 min at most)
-timeout 120 "$PY" benchmarks/bench_feed.py "$@" 2>&1 | tee "${base}.feed.txt"
+# 3) the host feed: reader processes (1..16) on lz4 int16 CSPAD frames, DeviceFeed on CUDA (100 s at most)
+timeout 100 "$PY" benchmarks/bench_feed.py "$@" 2>&1 | tee "${base}.feed.txt"
 feed_rc=${PIPESTATUS[0]}
 
 echo "gpu tests: exit ${tests_rc}; benchmark: exit ${bench_rc}; host feed: exit ${feed_rc};" \
