@@ -86,3 +86,16 @@ def test_reader_processes_feed_the_device_feed_in_order(frames_file):
     feed = DeviceFeed(reader, batch_size=5, frame_shape=SHAPE, dtype=np.int16)
     got = np.concatenate([out.numpy().copy() for out in feed])
     np.testing.assert_array_equal(got, frames.astype(np.float32))
+
+
+def test_a_file_that_cannot_be_opened_is_its_own_error_in_the_parent(tmp_path):
+    reader = ProcessReader(
+        H5Frames(str(tmp_path / "missing.cxi"), DATASET),
+        [(0, 2), (2, 4)],
+        frame_shape=SHAPE,
+        dtype=np.int16,
+        batch_size=2,
+        workers=2,
+    )
+    with pytest.raises(OSError, match="missing.cxi"):
+        list(reader)

@@ -36,6 +36,16 @@ class ReadRange(Protocol):
     def __call__(self, start: int, stop: int) -> np.ndarray: ...
 
 
+def _payload(exc: BaseException) -> bytes:
+    """``exc`` pickled for the parent; a RuntimeError with its traceback where it cannot be."""
+    try:
+        payload = pickle.dumps(exc)
+        pickle.loads(payload)  # some exceptions pickle but cannot be rebuilt
+    except Exception:
+        payload = pickle.dumps(RuntimeError(traceback.format_exc()))
+    return payload
+
+
 def _worker(
     open_reader: Callable[[], ReadRange],
     names: list[str],
@@ -46,13 +56,21 @@ def _worker(
 ) -> None:
     blocks = [shared_memory.SharedMemory(name=n) for n in names]
     views = [np.ndarray(shape, dtype=dtype, buffer=b.buf) for b in blocks]
+    read: ReadRange | None = None
+    open_error: bytes | None = None
     try:
         read = open_reader()
+    except Exception as exc:  # e.g. the file is missing: every range reports it
+        open_error = _payload(exc)
+    try:
         while True:
             task = tasks.get()
             if task is None:
                 return
             index, start, stop, slot = task
+            if read is None:
+                results.put((index, slot, 0, open_error))
+                continue
             try:
                 n = stop - start
                 read_into = getattr(read, "read_into", None)
@@ -69,12 +87,7 @@ def _worker(
                 views[slot][:n] = frames
                 results.put((index, slot, n, None))
             except Exception as exc:  # handed to the parent in order
-                try:
-                    payload = pickle.dumps(exc)
-                    pickle.loads(payload)  # some exceptions pickle but cannot be rebuilt
-                except Exception:
-                    payload = pickle.dumps(RuntimeError(traceback.format_exc()))
-                results.put((index, slot, 0, payload))
+                results.put((index, slot, 0, _payload(exc)))
     finally:
         del views
         for b in blocks:
@@ -149,12 +162,12 @@ class ProcessReader:
             )
             for k in range(self.workers)
         ]
-        for p in self._procs:
-            p.start()
         free = list(range(self.n_slots))
         sent = 0
         done: dict[int, tuple[int, int, bytes | None]] = {}
         try:
+            for p in self._procs:
+                p.start()
             for index in range(len(self.ranges)):
                 while free and sent < len(self.ranges):
                     start, stop = self.ranges[sent]
@@ -192,6 +205,8 @@ class ProcessReader:
         for _ in self._procs:
             tasks.put(None)
         for p in self._procs:
+            if p.pid is None:  # never started
+                continue
             p.join(timeout=5.0)
             if p.is_alive():
                 p.terminate()
