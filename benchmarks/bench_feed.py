@@ -61,7 +61,7 @@ def run(quick: bool = False) -> dict:
     from hpcdiff.parallel.device_feed import DeviceFeed
     from hpcdiff.parallel.process_reader import H5Frames, ProcessReader
 
-    n, batch = (32, 8) if quick else (96, 16)
+    n, batch = (48, 8) if quick else (128, 16)
     repeats = 3
     cores = os.cpu_count() or 1
     counts = [k for k in (1, 2, 4, 8, 16) if k <= max(cores, 2)]
@@ -91,7 +91,8 @@ def run(quick: bool = False) -> dict:
             }
         )
 
-        first: list[float] = []
+        first: list[float] = []  # seconds to the first batch (process start, spawn imports)
+        steady_s: list[float] = []  # first batch to last batch (no start, no shutdown)
 
         def readers(k: int, feed: bool) -> None:
             reader = ProcessReader(
@@ -110,23 +111,28 @@ def run(quick: bool = False) -> dict:
                 )
                 t0 = time.perf_counter()
                 next(it)
-                first.append(time.perf_counter() - t0)
+                t1 = time.perf_counter()
+                first.append(t1 - t0)
                 for _ in it:
-                    pass
+                    t2 = time.perf_counter()
+                steady_s.append(t2 - t1)
                 if device == "cuda":
                     torch.cuda.synchronize()
             else:
                 it2 = iter(reader)
                 t0 = time.perf_counter()
                 next(it2)
-                first.append(time.perf_counter() - t0)
+                t1 = time.perf_counter()
+                first.append(t1 - t0)
                 for _ in it2:
-                    pass
+                    t2 = time.perf_counter()
+                steady_s.append(t2 - t1)
 
         def steady(wall: float) -> tuple[float, float]:
-            # after the first batch (process start, spawn imports): the rate a long run sees
+            # batches 2..last, from the first batch's arrival to the last's: the rate a long
+            # run sees (process start and shutdown are reported apart)
             start = statistics.median(first[-repeats:])
-            return (n - batch) / max(wall - start, 1e-9), start
+            return (n - batch) / max(statistics.median(steady_s[-repeats:]), 1e-9), start
 
         for k in counts:
             wall, cpu = _timed(lambda k=k: readers(k, False), repeats)
