@@ -150,6 +150,8 @@ class ProcessReader:
             shared_memory.SharedMemory(create=True, size=nbytes) for _ in range(self.n_slots)
         ]
         views = [np.ndarray(self.shape, dtype=self.dtype, buffer=b.buf) for b in self._blocks]
+        for v in views:  # allocate the pages now, not in the first reads
+            v.fill(0)
         tasks: mp.Queue = self._ctx.Queue()
         results: mp.Queue = self._ctx.Queue()
         names = [b.name for b in self._blocks]
