@@ -26,8 +26,10 @@ Accuracy, ROC AUC, diffuse recall and specificity are reported per preset, and t
 of diffuse frames within strength bins (each preset's log range in thirds: its weak,
 moderate and strong classes) as curves, with a PNG figure when ``--out`` is given.  Chance
 is the larger class fraction of the test rows.  ``gap`` is the spatial mean of ``pool5`` and
-``fc6+fc7`` is computed from ``pool5`` with the checkpoint's classifier weights, so one
-VGG16 pass per image and weights serves every layer (exact at 224 x 224 input).
+``fc6+fc7`` is computed from ``pool5`` with the checkpoint's classifier weights, and
+``pool4+pool5`` (the default layer with conv-only weights, ``--layers auto``) joins the
+spatial mean of pool4 (kept from the same pass by a forward hook) to ``gap``, so one VGG16
+pass per image and weights serves every layer (exact at 224 x 224 input).
 """
 
 from __future__ import annotations
@@ -71,8 +73,10 @@ class Settings:
     radial_q_range: tuple[float, float] | None = None  # fixed rings, nm^-1 (transfer checks)
 
 
-QUICK = Settings("small", 0.06, ("moderate", "hard"), 32, ("gap", "pool5"))
-FULL = Settings("cspad", 0.1, ("moderate", "hard", "subtle"), 80, ("gap", "pool5", "fc6+fc7"))
+QUICK = Settings("small", 0.06, ("moderate", "hard"), 32, ("pool4+pool5", "gap", "pool5"))
+FULL = Settings(
+    "cspad", 0.1, ("moderate", "hard", "subtle"), 80, ("pool4+pool5", "gap", "pool5", "fc6+fc7")
+)
 
 
 @dataclass
@@ -84,6 +88,7 @@ class Experiment:
     radial: np.ndarray  # ring means over the valid pixels, Bragg-peak pixels left out
     radial_all: np.ndarray  # the same with the Bragg-peak pixels included
     cnn: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # (bg, weights) -> pool5
+    gap4: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)  # spatial mean of pool4
     seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
 
 
@@ -106,7 +111,8 @@ def weight_specs(only: Sequence[str] | None = None) -> list[tuple[str, str]]:
 
 
 class Extractor:
-    """One VGG16 per weights: ``pool5`` per image, other layers derived from it."""
+    """One VGG16 per weights: ``pool5`` per image (and the spatial mean of ``pool4``, from a
+    forward hook on the same pass), other layers derived from them."""
 
     def __init__(self, spec: str, *, device: str, bf16_cpu: bool, batch_size: int) -> None:
         from hpcdiff.features import FeatureExtractor
@@ -116,20 +122,41 @@ class Extractor:
         )
         self.spec = spec
         self._fc: tuple[Any, ...] | None = None
+        self._pool4: list[np.ndarray] = []
+        self.last_gap4: np.ndarray | None = None  # (n, 512) of the last :meth:`pool5` call
+        self._pool4_module().register_forward_hook(self._hook)
+
+    def _pool4_module(self) -> Any:
+        from hpcdiff.features.vgg16 import POOL4_END
+
+        return self.fx._model.features[POOL4_END - 1]
+
+    def _hook(self, module: Any, inputs: Any, output: Any) -> None:
+        self._pool4.append(output.float().mean(dim=(2, 3)).cpu().numpy())
 
     @property
     def layers(self) -> tuple[str, ...]:
         return tuple(self.fx.info.layers)
 
     def pool5(self, images: np.ndarray) -> np.ndarray:
-        return self.fx.extract(images)
+        """``(n, 25088)`` pool5 vectors; the pool4 means of the same pass in :attr:`last_gap4`."""
+        self._pool4.clear()
+        out = self.fx.extract(images)
+        self.last_gap4 = np.concatenate(self._pool4, axis=0).astype(np.float32)
+        return out
 
-    def layer(self, pool5: np.ndarray, layer: str) -> np.ndarray:
-        """Features of ``layer`` from ``(n, 25088)`` pool5 vectors."""
+    def layer(self, pool5: np.ndarray, layer: str, *, gap4: np.ndarray | None = None) -> np.ndarray:
+        """Features of ``layer`` from ``(n, 25088)`` pool5 vectors (and ``(n, 512)`` pool4
+        means for ``pool4+pool5``, in the order of :mod:`hpcdiff.features.vgg16`: pool4 first)."""
         if layer == "pool5":
             return pool5
         if layer == "gap":  # pool5 at 224 x 224 is the 7 x 7 map itself, channel-major
             return pool5.reshape(pool5.shape[0], 512, 49).mean(axis=2)
+        if layer == "pool4+pool5":
+            if gap4 is None:
+                raise ValueError("layer pool4+pool5 needs the pool4 means of the same pass")
+            gap = pool5.reshape(pool5.shape[0], 512, 49).mean(axis=2)
+            return np.concatenate([gap4, gap], axis=1)
         if layer == "fc6+fc7":
             return self._fc67(pool5)
         raise ValueError(f"layer {layer!r} is not derived here")
@@ -154,6 +181,13 @@ class Extractor:
 
 
 # --------------------------------------------------------------------------- frames
+
+
+def default_layer() -> str:
+    """The layer ``[features] layer = "auto"`` gives with conv-only weights."""
+    from hpcdiff.features.layers import BEST_CONV_LAYER
+
+    return BEST_CONV_LAYER
 
 
 def _batches(n: int, size: int) -> Iterator[tuple[int, int]]:
@@ -225,6 +259,7 @@ def measure_preset(
     radial_all = np.empty_like(radial)
     backgrounds = settings.backgrounds
     pool5 = {(bg, w): np.empty((n, 25088), np.float32) for bg in backgrounds for w in extractors}
+    gap4 = {key: np.empty((n, 512), np.float32) for key in pool5}
     for start, stop in _batches(n, settings.batch_size):
         if stop <= n_bad:
             frames, s = first[start:stop], first_strength[start:stop]
@@ -244,9 +279,10 @@ def measure_preset(
             for label, ex in extractors.items():
                 t = time.perf_counter()
                 pool5[bg, label][start:stop] = ex.pool5(images)
+                gap4[bg, label][start:stop] = ex.last_gap4
                 seconds[f"VGG16 {label}"] += time.perf_counter() - t
         log(f"  {preset}: {stop}/{n} frames ({sum(seconds.values()):.0f} s)")
-    return Experiment(preset, strength, radial, radial_all, pool5, seconds)
+    return Experiment(preset, strength, radial, radial_all, pool5, gap4, seconds)
 
 
 # --------------------------------------------------------------------------- scoring
@@ -312,7 +348,7 @@ def score(
         for layer in settings.layers:
             if layer not in ex.layers:
                 continue
-            x = ex.layer(pool5, layer)
+            x = ex.layer(pool5, layer, gap4=exp.gap4.get((bg, label)))
             meta = FeatureMeta(layer, x.shape[1], ex.fx.weights_info, {"method": bg})
             method = DiffuseClassifier(n_components=k).fit(
                 x[train], y[train], class_names=BINARY_CLASS_NAMES, feature_meta=meta
@@ -468,7 +504,8 @@ def run(
     if backgrounds:
         changes["backgrounds"] = tuple(backgrounds)
     if layers:
-        changes["layers"] = tuple(layers)
+        changes["layers"] = tuple(dict.fromkeys(default_layer() if x == "auto" else x
+                                                for x in layers))  # fmt: skip
     settings = dataclasses.replace(settings, **changes)
     t0 = time.perf_counter()
     extractors = {
@@ -517,7 +554,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="print the result as JSON too")
     p.add_argument("--backgrounds", nargs="*", help="radial, local (seed recipe), standard")
     p.add_argument("--weights", nargs="*", help="weights labels: random, imagenet-conv, ...")
-    p.add_argument("--layers", nargs="*", help="layers: gap, pool5, fc6+fc7")
+    p.add_argument("--layers", nargs="*",
+                   help="layers: pool4+pool5 (auto), gap, pool5, fc6+fc7")  # fmt: skip
     args = p.parse_args(argv)
     result = run(
         args.quick, presets=args.presets, n_frames=args.n_frames, threads=args.threads,

@@ -8,8 +8,8 @@ Prints numbers, medians and ratios (not a test).  Sections:
    (``PixelDirections`` + ``MergeAccumulator.add_voxels``), with the ratios, on the cube
    +-10 hkl grid of earlier defaults and on the grid fitted to the cell and the detector's
    q range, each alone and with the similarity grid beside it; (b) frames/s per worker
-   (one process, one thread) of ``process_frames`` on CSPAD frames (2.3 M pixels;
-   polarisation and solid-angle correction, radial background, 200^3 grid).
+   (one process, one thread) of ``process_frames`` on CSPAD frames (2.3 M pixels; the
+   classify job's frame chain, polarisation and solid-angle correction, 200^3 grid).
 2. cc: a simulated CSPAD experiment (``hpcdiff.simulate``, preset ``easy``, all frames
    diffuse) merged into the 200^3 hkl grid; Pearson CC of the merged map with the true
    diffuse intensity (truth.h5) after n frames.
@@ -60,19 +60,38 @@ def _orientations(n: int, seed: int, cell_nm=(7.9, 7.9, 3.8)) -> np.ndarray:
     return np.stack([inv @ r.T for r in _rotations(n, seed)])
 
 
+def _chain(geom):
+    """The Fourier job's frame chain of ``geom`` (default sections), 0.1 m, 9.5 keV."""
+    from hpcdiff.geometry import DetectorModel
+    from hpcdiff.pipelines.fourier_frames import ChainSettings, FrameChain
+
+    model = DetectorModel.build(geom, clen_m=0.1, photon_energy_ev=9500.0)
+    return FrameChain(model, ChainSettings())
+
+
+def _unit_directions(chain, clen_m: float) -> np.ndarray:
+    """``(n_ss, n_fs, 3)`` ``k_out - k_in`` (``|k| = 1``) of every pixel at ``clen_m``."""
+    pos = chain.detector(clen_m)[0].positions_m
+    unit = pos / np.linalg.norm(pos, axis=-1, keepdims=True)
+    unit[..., 2] -= 1.0
+    return unit
+
+
 def bench_merge(n_frames: int, grid_size: int) -> dict:
     """Frames/s of process_frames on CSPAD-sized synthetic frames, one process."""
-    from hpcdiff.geometry import cspad_like_geometry
+    from hpcdiff.geometry import DetectorModel, cspad_like_geometry
     from hpcdiff.merge import Grid
-    from hpcdiff.pipelines.fourier import DetectorCache, FourierSettings, process_frames
+    from hpcdiff.pipelines.fourier import FourierSettings, process_frames
+    from hpcdiff.pipelines.fourier_frames import FrameChain
 
     geom = cspad_like_geometry(clen_m=0.1)
-    detector = DetectorCache(geom)
     rng = np.random.default_rng(0)
     frames = rng.gamma(2.0, 50.0, size=(n_frames, *geom.slab_shape)).astype(np.float32)
     orient = _orientations(n_frames, 1)
-    settings = FourierSettings(Grid(grid_size, 10.0), Grid(grid_size // 2, 10.0), n_radial_bins=400)
-    kw = dict(detector=detector, settings=settings)
+    settings = FourierSettings(Grid(grid_size, 10.0), Grid(grid_size // 2, 10.0))
+    model = DetectorModel.build(geom, clen_m=0.1, photon_energy_ev=9500.0)
+    detector = FrameChain(model, settings.chain)  # the classify job's chain, default sections
+    kw = dict(chain=detector, settings=settings)
     process_frames(
         frames[:1], orient[:1], photon_energy_ev=np.full(1, 9500.0), clen_m=np.full(1, 0.1), **kw
     )  # warm caches
@@ -91,7 +110,8 @@ def bench_merge(n_frames: int, grid_size: int) -> dict:
     print(
         f"merge: CSPAD {geom.slab_shape[0]}x{geom.slab_shape[1]} slab "
         f"({int(detector.valid.sum())} valid pixels), grid {grid_size}^3 + similarity grid "
-        f"{grid_size // 2}^3, polarisation/solid angle, radial median background: tasks of "
+        f"{grid_size // 2}^3, the classify chain (corrections, standard background, Bragg mask), "
+        f"polarisation/solid angle: tasks of "
         f"{n_frames} frames, median of 3: {med * 1e3:.0f} ms/frame = {1 / med:.2f} frames/s per worker"
     )
     return {"seconds_per_frame_median": med, "frames_per_s_per_worker": 1 / med, "n": n_frames}
@@ -130,12 +150,11 @@ def bench_merge_kernel(n_frames: int, grid_size: int) -> dict:
     from hpcdiff.fourier_grid import detector_q_max
     from hpcdiff.geometry import cspad_like_geometry, photon_energy_to_wavelength_m
     from hpcdiff.merge import Grid, MergeAccumulator, bin_frame, fit_grid
-    from hpcdiff.pipelines.fourier import DetectorCache
 
     energy = 9500.0
     geom = cspad_like_geometry(clen_m=0.1)
-    detector = DetectorCache(geom)
-    unit, _ = detector.at(0.1)
+    detector = _chain(geom)
+    unit = _unit_directions(detector, 0.1)
     valid = detector.valid
     lam_nm = photon_energy_to_wavelength_m(energy) * 1e9
     rng = np.random.default_rng(0)
@@ -242,11 +261,10 @@ def bench_grid_fill(n_frames: int, grid_size: int, stride: int = 4) -> dict:
     from hpcdiff.fourier_grid import detector_q_max
     from hpcdiff.geometry import cspad_like_geometry, photon_energy_to_wavelength_m
     from hpcdiff.merge import Grid, MergeAccumulator, PixelDirections, fit_grid
-    from hpcdiff.pipelines.fourier import DetectorCache
 
     geom = cspad_like_geometry(clen_m=0.1)
-    detector = DetectorCache(geom)
-    unit, _ = detector.at(0.1)
+    detector = _chain(geom)
+    unit = _unit_directions(detector, 0.1)
     sub = (slice(None, None, stride), slice(None, None, stride))
     pixels = PixelDirections.build(unit[sub], detector.valid[sub])
     lam_nm = photon_energy_to_wavelength_m(9500.0) * 1e9

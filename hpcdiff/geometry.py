@@ -17,16 +17,27 @@ import math
 from collections import deque
 from dataclasses import dataclass, field
 from functools import cached_property
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from hpcdiff.io.geom import HC_EV_M, BadRegion, DetectorGeometry, Panel
+from hpcdiff.io.geom import HC_EV_M, BadRegion, DetectorGeometry, Panel, length_spec
+
+if TYPE_CHECKING:
+    from hpcdiff.pixel_masks import PixelMasks
 
 __all__ = [
     "DetectorModel",
     "PixelMap",
     "bad_region_mask",
     "cspad_like_geometry",
+    "detector_shift_m",
+    "edge_mask",
+    "fixed_shift_m",
+    "frame_directions",
+    "geometry_valid",
+    "scattering_directions",
+    "shift_positions",
     "panel_index_map",
     "photon_energy_to_wavelength_m",
     "pixel_map",
@@ -73,8 +84,66 @@ def _panel_clen_m(p: Panel, clen_m: float | None) -> float:
     )
 
 
-def pixel_positions_m(geom: DetectorGeometry, *, clen_m: float | None = None) -> np.ndarray:
+def fixed_shift_m(geom: DetectorGeometry) -> np.ndarray:
+    """``(2,)`` float64 top-level ``detector_shift_x/y`` in metres that the geometry gives as
+    numbers; a component read per frame from the files counts 0 here (add that frame's
+    value, :func:`detector_shift_m`)."""
+    out = np.zeros(2)
+    for k, spec in enumerate(geom.detector_shift or ()):
+        number, _, _ = length_spec(spec)
+        out[k] = 0.0 if number is None else number
+    return out
+
+
+def detector_shift_m(
+    geom: DetectorGeometry, values: dict[str, np.ndarray] | None = None, *, frame: int = 0
+) -> np.ndarray:
+    """``(2,)`` float64 top-level detector shift ``(x, y)`` of one frame, metres.
+
+    Parameters
+    ----------
+    geom
+        The detector; its ``detector_shift`` numbers, or HDF5 paths read per frame.
+    values
+        Per-frame values (:meth:`hpcdiff.io.cxi.FrameSource.frame_values`):
+        ``detector_shift_x_m``/``detector_shift_y_m`` give a path-valued shift.  A NaN
+        value counts 0, as CrystFEL.
+    frame
+        Row of ``values`` to use.
+
+    Raises
+    ------
+    ValueError
+        When the geometry reads the shift from the files and ``values`` lacks it.
+    """
+    out = fixed_shift_m(geom)
+    if not geom.has_frame_shift:
+        return out
+    for k, (key, spec) in enumerate(
+        zip(("detector_shift_x_m", "detector_shift_y_m"), geom.detector_shift or (), strict=True)
+    ):
+        if not isinstance(spec, str):
+            continue
+        if values is None or key not in values:
+            raise ValueError(
+                f"{geom.source or 'geometry'}: detector_shift comes from the HDF5 path "
+                f"{spec!r}; pass the frame's value (shift_m=, or values with {key!r})"
+            )
+        v = float(values[key][frame])
+        out[k] = v if math.isfinite(v) else 0.0
+    return out
+
+
+def pixel_positions_m(
+    geom: DetectorGeometry,
+    *,
+    clen_m: float | None = None,
+    shift_m: tuple[float, float] | np.ndarray | None = None,
+) -> np.ndarray:
     """Lab position of every pixel centre, as CrystFEL computes it.
+
+    Each panel's corner moves by the top-level detector shift plus the panel's own
+    (``detector_shift_m``), in metres, as CrystFEL's ``cnx += shift_x / pixel_pitch``.
 
     Parameters
     ----------
@@ -83,18 +152,92 @@ def pixel_positions_m(geom: DetectorGeometry, *, clen_m: float | None = None) ->
     clen_m
         Camera length in metres (without ``coffset``), overriding the geometry's; needed
         when the geometry reads ``clen`` from the frame files.
+    shift_m
+        Top-level detector shift ``(x, y)``, metres, overriding the geometry's
+        ``detector_shift_x/y``; needed when the geometry reads it from the frame files
+        (:func:`detector_shift_m`).
 
     Returns
     -------
     np.ndarray
         ``(n_ss, n_fs, 3)`` float64, metres (x, y, z); NaN where no panel is.
     """
+    shift = detector_shift_m(geom) if shift_m is None else np.asarray(shift_m, np.float64)
+    if shift.shape != (2,) or not np.isfinite(shift).all():
+        raise ValueError(f"shift_m must be two finite metres (x, y), got {shift_m!r}")
     out = np.full((*geom.slab_shape, 3), np.nan)
     for p in geom.panels:
         xyz = _panel_xyz_px(p, offset=0.5) / p.res
+        xyz[..., 0] += shift[0] + p.detector_shift_m[0]
+        xyz[..., 1] += shift[1] + p.detector_shift_m[1]
         xyz[..., 2] += _panel_clen_m(p, clen_m) + p.coffset_m
         out[p.min_ss : p.max_ss + 1, p.min_fs : p.max_fs + 1] = xyz
     return out
+
+
+def shift_positions(
+    positions_m: np.ndarray, *, shift_m: tuple[float, float] | np.ndarray
+) -> np.ndarray:
+    """Pixel positions moved by a detector shift in the lab x-y plane.
+
+    Parameters
+    ----------
+    positions_m
+        ``(..., 3)`` lab positions, metres.
+    shift_m
+        ``(x, y)`` metres, e.g. a stream crystal's ``det_shift`` (stream millimetres
+        / 1000): CrystFEL moves every panel corner by it when predicting that crystal.
+
+    Returns
+    -------
+    np.ndarray
+        ``(..., 3)`` float64 positions (a new array).
+    """
+    shift = np.asarray(shift_m, np.float64)
+    if shift.shape != (2,) or not np.isfinite(shift).all():
+        raise ValueError(f"shift_m must be two finite metres (x, y), got {shift_m!r}")
+    out = np.array(positions_m, dtype=np.float64, copy=True)
+    out[..., 0] += shift[0]
+    out[..., 1] += shift[1]
+    return out
+
+
+def scattering_directions(positions_m: np.ndarray) -> np.ndarray:
+    """``k_out - k_in`` with ``|k| = 1`` for pixels at ``positions_m`` (``q = this / lambda``).
+
+    Returns
+    -------
+    np.ndarray
+        ``(..., 3)`` float64, dimensionless; NaN where a position is NaN.
+    """
+    r = np.asarray(positions_m, dtype=np.float64)
+    unit = r / np.linalg.norm(r, axis=-1, keepdims=True)
+    unit[..., 2] -= 1.0
+    return unit
+
+
+def frame_directions(
+    geom: DetectorGeometry, *, clen_m: float, shift_m: tuple[float, float] | np.ndarray
+) -> np.ndarray:
+    """:func:`scattering_directions` of one frame whose detector is shifted by ``shift_m``.
+
+    Parameters
+    ----------
+    geom
+        The detector.
+    clen_m
+        That frame's camera length, metres (without ``coffset``).
+    shift_m
+        ``(x, y)`` metres: the frame's whole top-level detector shift (the geometry's
+        :func:`fixed_shift_m`, plus the frame's path-valued part and its crystal's
+        ``det_shift``).
+
+    Returns
+    -------
+    np.ndarray
+        ``(n_ss, n_fs, 3)`` float64; ``q = directions / lambda_nm`` in nm^-1.
+    """
+    return scattering_directions(pixel_positions_m(geom, clen_m=clen_m, shift_m=shift_m))
 
 
 def scattering_vectors(positions_m: np.ndarray, *, wavelength_m: float) -> np.ndarray:
@@ -114,10 +257,7 @@ def scattering_vectors(positions_m: np.ndarray, *, wavelength_m: float) -> np.nd
     """
     if not (math.isfinite(wavelength_m) and wavelength_m > 0):
         raise ValueError(f"wavelength must be positive metres, got {wavelength_m!r}")
-    r = np.asarray(positions_m, dtype=np.float64)
-    unit = r / np.linalg.norm(r, axis=-1, keepdims=True)
-    unit[..., 2] -= 1.0
-    return unit / (wavelength_m * 1e9)
+    return scattering_directions(positions_m) / (wavelength_m * 1e9)
 
 
 def polarisation_factor(positions_m: np.ndarray, *, degree: float = 1.0) -> np.ndarray:
@@ -191,6 +331,40 @@ def bad_region_mask(geom: DetectorGeometry) -> np.ndarray:
             view = bad[p.min_ss : p.max_ss + 1, p.min_fs : p.max_fs + 1]
             view |= _region_on_panel(region, p)
     return bad
+
+
+def edge_mask(geom: DetectorGeometry) -> np.ndarray:
+    """Pixels within ``mask_edge_pixels`` of their panel's edge, ``(n_ss, n_fs)`` bool.
+
+    As CrystFEL: the ``N`` outermost rows and columns of each panel (a panel narrower than
+    ``2 N`` is masked whole).
+    """
+    bad = np.zeros(geom.slab_shape, dtype=bool)
+    for p in geom.panels:
+        n = p.mask_edge_pixels
+        if n <= 0:
+            continue
+        view = bad[p.min_ss : p.max_ss + 1, p.min_fs : p.max_fs + 1]
+        view[:n, :] = True
+        view[-n:, :] = True
+        view[:, :n] = True
+        view[:, -n:] = True
+    return bad
+
+
+def geometry_valid(geom: DetectorGeometry) -> np.ndarray:
+    """``(n_ss, n_fs)`` bool pixels the geometry alone keeps: on a panel, the panel not
+    ``no_index``, outside every bad region and the ``mask_edge_pixels`` border.
+
+    Masks read from files (``maskN_data``) and per-frame flags are applied by
+    :mod:`hpcdiff.pixel_masks`.
+    """
+    index = panel_index_map(geom)
+    ok = index >= 0
+    for i, p in enumerate(geom.panels):
+        if p.no_index:
+            ok &= index != i
+    return ok & ~bad_region_mask(geom) & ~edge_mask(geom)
 
 
 def _region_on_panel(region: BadRegion, p: Panel) -> np.ndarray:
@@ -295,7 +469,7 @@ def pixel_map(geom: DetectorGeometry, *, positions_m: np.ndarray | None = None) 
         Precomputed :func:`pixel_positions_m` (any camera length: only x and y are used).
     """
     if positions_m is None:
-        positions_m = pixel_positions_m(geom, clen_m=0.0)
+        positions_m = pixel_positions_m(geom, clen_m=0.0, shift_m=fixed_shift_m(geom))
     res = float(np.median([p.res for p in geom.panels]))
     on = np.isfinite(positions_m[..., 0])
     x = positions_m[..., 0][on] * res
@@ -437,12 +611,20 @@ class DetectorModel:
         Photon energy, eV.
     polarisation_degree
         Fraction of horizontal (x) polarisation used by :attr:`polarisation`.
+    shift_m
+        Top-level detector shift ``(x, y)``, metres (the geometry's
+        ``detector_shift_x/y``, read per frame where it names an HDF5 path).
+    frame_file
+        A frame file of the run: where masks and saturation maps the geometry puts "in
+        the frame file" are read (:attr:`pixel_masks`); ``None`` when there is none.
     """
 
     geom: DetectorGeometry
     clen_m: float
     photon_energy_ev: float
     polarisation_degree: float = 1.0
+    shift_m: tuple[float, float] = (0.0, 0.0)
+    frame_file: str | None = None
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     @classmethod
@@ -453,15 +635,24 @@ class DetectorModel:
         clen_m: float | None = None,
         photon_energy_ev: float | None = None,
         polarisation_degree: float = 1.0,
+        shift_m: tuple[float, float] | np.ndarray | None = None,
+        frame_file: str | None = None,
     ) -> DetectorModel:
         """A model with numbers taken from ``geom`` where they are not given.
+
+        ``shift_m`` is the top-level detector shift ``(x, y)`` in metres (default: the
+        geometry's, :func:`detector_shift_m`).
 
         Raises
         ------
         ValueError
-            When the geometry reads clen or photon energy from the frame files and no value
-            was passed, or panels have different numeric clen and none was passed.
+            When the geometry reads clen, photon energy or the detector shift from the
+            frame files and no value was passed, or panels have different numeric clen and
+            none was passed.
         """
+        shift = detector_shift_m(geom) if shift_m is None else np.asarray(shift_m, np.float64)
+        if shift.shape != (2,) or not np.isfinite(shift).all():
+            raise ValueError(f"shift_m must be two finite metres (x, y), got {shift_m!r}")
         if clen_m is None:
             clens = {p.clen for p in geom.panels}
             only = next(iter(clens))
@@ -481,7 +672,14 @@ class DetectorModel:
         photon_energy_to_wavelength_m(photon_energy_ev)  # validates
         if not 0.0 <= polarisation_degree <= 1.0:
             raise ValueError(f"polarisation degree must lie in [0, 1], got {polarisation_degree}")
-        return cls(geom, float(clen_m), float(photon_energy_ev), float(polarisation_degree))
+        return cls(
+            geom,
+            float(clen_m),
+            float(photon_energy_ev),
+            float(polarisation_degree),
+            (float(shift[0]), float(shift[1])),
+            None if frame_file is None else str(frame_file),
+        )
 
     def __getstate__(self) -> dict:
         # Send the recipe, not the cached arrays, to other processes (dask, MPI).
@@ -507,7 +705,10 @@ class DetectorModel:
     @property
     def positions_m(self) -> np.ndarray:
         """``(n_ss, n_fs, 3)`` float64 pixel-centre lab positions, metres; NaN off-panel."""
-        return self._cached("positions", lambda: pixel_positions_m(self.geom, clen_m=self.clen_m))
+        return self._cached(
+            "positions",
+            lambda: pixel_positions_m(self.geom, clen_m=self.clen_m, shift_m=self.shift_m),
+        )
 
     @property
     def q_vectors(self) -> np.ndarray:
@@ -557,16 +758,28 @@ class DetectorModel:
 
     @property
     def valid(self) -> np.ndarray:
-        """``(n_ss, n_fs)`` bool: on a panel, not ``no_index``, not in a bad region."""
+        """``(n_ss, n_fs)`` bool: on a panel, not ``no_index``, not in a bad region or the
+        ``mask_edge_pixels`` border (:func:`geometry_valid`)."""
+        return self._cached("valid", lambda: geometry_valid(self.geom))
 
-        def compute() -> np.ndarray:
-            ok = self.panel_index >= 0
-            for i, p in enumerate(self.geom.panels):
-                if p.no_index:
-                    ok &= self.panel_index != i
-            return ok & ~bad_region_mask(self.geom)
+    @property
+    def pixel_masks(self) -> PixelMasks:
+        """The geometry's mask files, ``flag_*`` values and saturation map
+        (:class:`hpcdiff.pixel_masks.PixelMasks`), read on first use.
 
-        return self._cached("valid", compute)
+        Raises
+        ------
+        FormatError
+            Naming the geometry line, the mask file and dataset, when a map is missing or
+            has the wrong shape.
+        """
+        from hpcdiff.pixel_masks import PixelMasks
+
+        if "pixel_masks" not in self._cache:
+            self._cache["pixel_masks"] = PixelMasks.from_geometry(
+                self.geom, frame_file=self.frame_file
+            )
+        return self._cache["pixel_masks"]
 
     def radial_bins(
         self, n_bins: int, *, q_max: float | None = None, q_min: float | None = None

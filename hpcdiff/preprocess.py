@@ -6,6 +6,8 @@ Everything that depends only on the detector (ring index, panel rectangles, ASIC
 pixel map, per-pixel gain) is computed once, in the constructor; a call then runs, for a
 batch ``(n, n_ss, n_fs)``:
 
+0. the geometry's per-frame bad pixels on the raw values (``flag_*``, ``saturation_map``:
+   :mod:`hpcdiff.pixel_masks`) become NaN, i.e. invalid; its mask files join ``valid``;
 1. pedestal and gain maps (optional): ``(raw - pedestal) * gain``;
 2. ADU -> photons with the geometry's ``adu_per_eV`` and each frame's photon energy;
 3. per-ASIC common-mode subtraction from the zero-photon pixels;
@@ -71,6 +73,7 @@ from hpcdiff.corrections import (
     read_pedestal_and_gain,
     subtract_common_mode,
 )
+from hpcdiff.cpu_corrections import CommonModePlan, FrameCorrections
 
 
 @dataclass(frozen=True)
@@ -127,7 +130,8 @@ class Preprocessor:
     ----------
     model
         The detector (:class:`hpcdiff.geometry.DetectorModel`): uses ``valid``,
-        ``panel_index``, ``radial_bins()``, ``pixel_map()`` and ``geom.panels``.
+        ``panel_index``, ``radial_bins()``, ``pixel_map()``, ``geom.panels`` and, where it
+        has them, ``pixel_masks`` (the geometry's mask files, flags, saturation map).
     background_cfg
         Background and normalisation settings.
     corrections_cfg
@@ -197,6 +201,7 @@ class Preprocessor:
         asic_shape = cast("tuple[int, int] | None", tuple(self.corrections.asic_shape) or None)
         self.asics = Segments(asic_index(self.panel_index, asic_shape=asic_shape))
         self.pixmap = model.pixel_map()
+        self.pixel_masks = getattr(model, "pixel_masks", None)
         self.bad_pixel_mask = (
             np.zeros(self.slab_shape, bool)
             if bad_pixel_mask is None
@@ -205,6 +210,7 @@ class Preprocessor:
         self._device: dict[int, dict[str, Any]] = {}
         self._ring_order: RingOrderImages | None = None
         self._qmatrix: Any = None
+        self._frame_corrections: FrameCorrections | None = None
 
     @classmethod
     def from_job(
@@ -239,8 +245,12 @@ class Preprocessor:
 
     @property
     def valid(self) -> np.ndarray:
-        """``(n_ss, n_fs)`` bool pixels used: the geometry's valid pixels minus bad pixels."""
-        return np.asarray(self.model.valid, bool) & ~self.bad_pixel_mask
+        """``(n_ss, n_fs)`` bool pixels used: the geometry's valid pixels minus bad pixels
+        and those its mask files mark bad."""
+        ok = np.asarray(self.model.valid, bool) & ~self.bad_pixel_mask
+        if self.pixel_masks is not None:
+            ok &= ~self.pixel_masks.static_bad
+        return ok
 
     @property
     def limit(self) -> float:
@@ -257,6 +267,11 @@ class Preprocessor:
                 "ev_per_adu": None if self.adu_per_ev is None else xp.asarray(self._ev_per_adu()),
                 "pedestal": None if self.pedestal is None else xp.asarray(self.pedestal),
                 "gain": None if self.gain is None else xp.asarray(self.gain),
+                "saturation": (
+                    None
+                    if self.pixel_masks is None or self.pixel_masks.saturation is None
+                    else xp.asarray(self.pixel_masks.saturation)
+                ),
             }
             if self.standard:
                 self._device[key]["polarisation"] = xp.asarray(self._polarisation())
@@ -317,14 +332,49 @@ class Preprocessor:
         gain = float(np.nanmedian(per_pixel[np.asarray(self.model.valid, bool)]))
         return gain * self._energies(photon_energy_ev, n)
 
+    @property
+    def frame_corrections(self) -> FrameCorrections | None:
+        """:meth:`correct` of one numpy frame with per-detector plans
+        (:class:`~hpcdiff.cpu_corrections.FrameCorrections`, the same float32 results), or
+        None for settings it does not cover (no photon conversion, histogram common mode,
+        a geometry's per-frame ``flag_*`` / ``saturation_map``, which :meth:`correct` applies
+        before the common mode); built on first use."""
+        c = self.corrections
+        if not c.convert_to_photons or self.adu_per_ev is None:
+            return None
+        if self.pixel_masks is not None and self.pixel_masks.per_frame:
+            return None
+        if c.common_mode and c.common_mode_method != "median":
+            return None
+        if self._frame_corrections is None:
+            plan = (
+                CommonModePlan.build(self.asics, valid=self.valid, stride=c.common_mode_stride)
+                if c.common_mode
+                else None
+            )
+            self._frame_corrections = FrameCorrections(
+                ev_per_adu=self._ev_per_adu(),
+                pedestal=self.pedestal,
+                gain=self.gain,
+                plan=plan,
+                threshold=c.common_mode_threshold_photons,
+            )
+        return self._frame_corrections
+
     def _check(self, frames: Any) -> Any:
+        """``frames`` as float32 after :meth:`_check_shape`."""
+        frames = self._check_shape(frames)
+        xp = array_module(frames)
+        return frames if frames.dtype == np.float32 else frames.astype(xp.float32)
+
+    def _check_shape(self, frames: Any) -> Any:
+        """``frames`` unchanged when they are ``(n, n_ss, n_fs)`` slabs of this detector."""
         if frames.ndim != 3 or tuple(frames.shape[1:]) != self.slab_shape:
             raise ValueError(
                 f"frames must be (n, {self.slab_shape[0]}, {self.slab_shape[1]}) slabs of "
                 f"this detector, got shape {tuple(frames.shape)}"
             )
-        xp = array_module(frames)
-        return frames if frames.dtype == np.float32 else frames.astype(xp.float32)
+        return frames
 
     # ------------------------------------------------------------------ stages
 
@@ -341,12 +391,20 @@ class Preprocessor:
         Returns
         -------
         ndarray, (n, n_ss, n_fs) float32
-            Photons (or ADU when ``convert_to_photons`` is off).
+            Photons (or ADU when ``convert_to_photons`` is off); NaN where the geometry's
+            ``flag_*`` or ``saturation_map`` mark a raw value bad.
         """
         frames = self._check(frames)
         xp = array_module(frames)
         dev = self._arrays(xp)
+        flagged = (
+            None
+            if self.pixel_masks is None
+            else self.pixel_masks.frame_bad(frames, saturation=dev["saturation"])
+        )
         x = apply_pedestal_gain(frames, pedestal=dev["pedestal"], gain=dev["gain"])
+        if flagged is not None:  # flag_* / saturation_map: bad in this frame, before all else
+            xp.copyto(x, xp.float32(np.nan), where=flagged)
         c = self.corrections
         if not (c.convert_to_photons or c.common_mode):
             return x
@@ -576,6 +634,17 @@ class Preprocessor:
             )
         return self._ring_order
 
+    def prepare(self) -> None:
+        """Build now what the numpy path builds on first use (detector maps, the ring-order
+        chain with its resampling matrix, the per-frame corrections), so that the first
+        batch of the frame loop costs what every other batch costs."""
+        self._arrays(np)
+        if self.cfg.method == "radial" or self.standard:
+            _ = self.ring_order
+            _ = self.frame_corrections
+        else:
+            resampling_matrix(self.pixmap, self.cfg.image_size_px)
+
     def bragg_min_excess(self, photon_energy_ev: Any, n: int) -> np.ndarray:
         """``(n,)`` smallest excess over the background of a Bragg peak in each frame, unit
         of :meth:`correct`'s output (photons for the standard recipe):
@@ -591,7 +660,7 @@ class Preprocessor:
         images as the slab-order chain, without moving every pixel between slab and ring
         order at every stage); otherwise :meth:`_slab_images` of each frame.
         """
-        frames = self._check(frames)
+        frames = self._check_shape(frames)
         n = frames.shape[0]
         energy = self._energies(photon_energy_ev, n)
         size = self.cfg.image_size_px
@@ -602,9 +671,15 @@ class Preprocessor:
             chain = self.ring_order
             min_excess = self.bragg_min_excess(energy, n)
             unit = self._photon_unit(energy, n) if self.standard else np.ones(n)
+            fast = self.frame_corrections
+            if fast is not None and not (np.isfinite(energy).all() and (energy > 0).all()):
+                raise ValueError("photon energies must be finite and > 0 eV")
 
             def image(i: int) -> None:
-                x = self.correct(frames[i : i + 1], photon_energy_ev=energy[i : i + 1])
+                if fast is not None:
+                    x = fast(frames[i], photon_energy_ev=float(energy[i]))[None]
+                else:
+                    x = self.correct(frames[i : i + 1], photon_energy_ev=energy[i : i + 1])
                 if unit[i] != 1:
                     x = x / np.float32(unit[i])
                 out[i : i + 1] = chain(x, min_excess=min_excess[i : i + 1])
@@ -668,6 +743,7 @@ class Preprocessor:
         self.bad_pixel_mask = self.bad_pixel_mask | found.mask
         self._device.clear()
         self._ring_order = None
+        self._frame_corrections = None
         return found
 
 

@@ -62,6 +62,9 @@ def test_smallest_configuration_runs_and_is_consistent():
     speedup = rows["speed-up end to end (ours / baseline)"]
     assert speedup["value"] == pytest.approx(e2e["ours"] / e2e["baseline"], rel=1e-2)
     assert ("NOT met" in speedup["note"]) == (speedup["value"] < bench.TARGET_SPEEDUP)
+    # the baseline with batched VGG16 (fp32, NCHW) is reported beside it
+    batched = rows["speed-up end to end (ours / baseline with batched VGG16)"]["value"]
+    assert batched == pytest.approx(e2e["ours"] / e2e["baseline_batched_vgg16"], rel=1e-2)
     ours_rad = rows["ours, slab order (the cupy path): background radial (median, 400 rings)"]
     base_rad = rows["baseline: background radial (per-ring np.median loop)"]["value"]
     assert rows["speed-up background radial (ours / baseline)"]["value"] == pytest.approx(

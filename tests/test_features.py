@@ -149,6 +149,12 @@ def test_random_extractor_features_reproducible():
     assert fx.run_info()["autocast"] == ("torch.bfloat16" if native else None)
     fp32 = FeatureExtractor("random:1", layer="gap", device="cpu", bf16_cpu=False)
     assert fp32.run_info()["autocast"] is None
+    # bf16 on the CPU: weights cast once; the fp32 fallback keeps float32 weights
+    assert fx.run_info()["weights_dtype"] == ("torch.bfloat16" if native else "torch.float32")
+    assert fp32.run_info()["weights_dtype"] == "torch.float32"
+    forced = FeatureExtractor("random:1", layer="gap", device="cpu", bf16_cpu=True)
+    assert forced.run_info()["weights_dtype"] == "torch.bfloat16"
+    np.testing.assert_allclose(forced.extract(x), fp32.extract(x), rtol=5e-2, atol=5e-2)
     np.testing.assert_allclose(fp32.extract(x), f2, rtol=5e-2, atol=5e-2 if native else 1e-6)
     with pytest.raises(ValueError, match="bf16_cpu must be true, false or 'auto'"):
         FeatureExtractor("random:1", layer="gap", device="cpu", bf16_cpu="yes")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,16 +14,16 @@ import h5py
 import numpy as np
 import pytest
 
-from hpcdiff.config import ClusterConfig, load_job
+from hpcdiff.config import BackgroundConfig, ClusterConfig, load_job
 from hpcdiff.merge import Grid, map_correlation
 from hpcdiff.parallel.dask_cluster import slurm_cluster, slurm_cluster_kwargs
 from hpcdiff.pipelines.fourier import (
-    DetectorCache,
     FourierSettings,
     merge_accumulators,
     process_frames,
     read_truth,
 )
+from hpcdiff.pipelines.fourier_frames import ChainSettings, FrameChain, reference_map
 
 CELL_NM = (7.9, 7.9, 3.8)
 ENERGY_EV = 9500.0
@@ -148,6 +149,14 @@ def experiment(tmp_path_factory) -> Path:
     return write_experiment(tmp_path_factory.mktemp("fourier") / "exp")
 
 
+def chain_of(geom, settings: FourierSettings) -> FrameChain:
+    """The frame chain of ``geom`` at the experiment's distance and energy."""
+    from hpcdiff.geometry import DetectorModel
+
+    model = DetectorModel.build(geom, clen_m=0.1, photon_energy_ev=ENERGY_EV)
+    return FrameChain(model, settings.chain)
+
+
 def test_truth_correlation_rises_with_frames(experiment):
     """Merging more frames of the known map gives a map closer to it."""
     from hpcdiff.io.geom import read_geom
@@ -155,8 +164,12 @@ def test_truth_correlation_rises_with_frames(experiment):
     geom = read_geom(experiment.parent / "detector.geom")
     frames, orientations, labels, _ = make_frames(geom, 24, seed=3)
     diffuse = np.flatnonzero(labels)
-    settings = FourierSettings(Grid(24, MAX_HKL), Grid(24, MAX_HKL), n_radial_bins=40)
-    detector = DetectorCache(geom)
+    settings = FourierSettings(
+        Grid(24, MAX_HKL),
+        Grid(24, MAX_HKL),
+        chain=ChainSettings(background=BackgroundConfig(n_radial_bins=40)),
+    )
+    detector = chain_of(geom, settings)
     grid = settings.grid
     axis = grid.axis()
     truth = field3d(np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1))
@@ -168,7 +181,7 @@ def test_truth_correlation_rises_with_frames(experiment):
             orientations[rows],
             photon_energy_ev=np.full(n, ENERGY_EV),
             clen_m=np.full(n, 0.1),
-            detector=detector,
+            chain=detector,
             settings=settings,
         )
         assert acc.n_frames == n and len(chunk.similarity_frames) == n
@@ -181,12 +194,14 @@ def test_process_frames_split_invariance(experiment):
 
     geom = read_geom(experiment.parent / "detector.geom")
     frames, orientations, _, _ = make_frames(geom, 6, seed=4)
-    settings = FourierSettings(Grid(16, MAX_HKL), Grid(8, MAX_HKL), background="none")
-    detector = DetectorCache(geom)
+    background = BackgroundConfig(preprocessing="seed", method="none")
+    settings = FourierSettings(
+        Grid(16, MAX_HKL), Grid(8, MAX_HKL), chain=ChainSettings(background=background)
+    )
     kw = dict(
         photon_energy_ev=np.full(6, ENERGY_EV),
         clen_m=np.full(6, 0.1),
-        detector=detector,
+        chain=chain_of(geom, settings),
         settings=settings,
     )
     whole, _ = process_frames(frames, orientations, **kw)
@@ -214,7 +229,9 @@ def test_local_cluster_job_end_to_end(experiment, capsys):
     with h5py.File(out / "merged.h5") as h5:
         intensity = h5["intensity"][()]
         counts = h5["counts"][()]
-        assert intensity.shape == (24, 24, 24) and h5.attrs["n_frames"] == N_FRAMES
+        n_merged = int(h5.attrs["n_frames"])
+        # the scale pass may leave out frames with no copy of the map (the unlabelled half)
+        assert intensity.shape == (24, 24, 24) and N_FRAMES // 2 <= n_merged <= N_FRAMES
         assert "config_hash" in h5.attrs
         np.testing.assert_array_equal(np.isnan(intensity), counts == 0)
         np.testing.assert_allclose(h5["h"][()], Grid(24, MAX_HKL).axis())
@@ -237,6 +254,9 @@ def test_local_cluster_job_end_to_end(experiment, capsys):
     assert tc["isotropic_removed"]["voxels"] == tc["voxels"]
     assert summary["grid"]["shape"] == [24, 24, 24]
     assert summary["n_frames_oriented"] == N_FRAMES
+    scales = summary["frame_scales"]
+    assert scales["n_below_scale_min"] == N_FRAMES - n_merged, scales
+    assert 0.5 < scales["refined"]["p95"] < 3.0 and scales["shot"]["median"] > 0, scales
     for name in ("common_arc", "image"):
         aucs = [r["auc_max"] for r in summary["auc"][name]]
         assert len(aucs) == 2 and all(0.5 <= a <= 1.0 for a in aucs)
@@ -249,14 +269,17 @@ def test_local_cluster_job_end_to_end(experiment, capsys):
 
 @pytest.fixture(scope="module")
 def serial_reference(experiment):
-    """The merge and common-arc similarity computed in this process, one chunk, no dask."""
+    """The merge (with the job's one scale pass) and common-arc similarity computed in this
+    process, one chunk, no dask."""
     from hpcdiff.pipelines.fourier import plan_frames, process_chunk
     from hpcdiff.similarity import common_arc_similarity
 
     job = load_job(experiment)
     plan = plan_frames(job)
     settings = FourierSettings.from_job(job)
+    assert settings.chain.scale_passes == 1
     acc, frames = process_chunk(plan, range(len(plan)), settings)
+    acc, _ = process_chunk(plan, range(len(plan)), settings, reference=reference_map(acc))
     sim, _ = common_arc_similarity(
         frames.similarity_frames,
         n_voxels=settings.similarity_grid.n_voxels,
@@ -359,8 +382,10 @@ def test_dask_mpi_job_under_mpiexec(experiment):
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "dask cluster (mpi)" in proc.stderr
+    summary = json.loads((out / "fourier_summary.json").read_text())
+    left_out = summary["frame_scales"].get("n_below_scale_min", 0)  # the scale pass's choice
     with h5py.File(out / "merged.h5") as h5:
-        assert h5.attrs["n_frames"] == N_FRAMES
+        assert h5.attrs["n_frames"] == N_FRAMES - left_out > 0
     with h5py.File(out / "similarity.h5") as h5:
         assert h5["common_arc"].shape == (N_FRAMES, N_FRAMES)
 
@@ -399,8 +424,7 @@ def test_grid_fitted_to_cell_and_detector_holds_every_pixel(experiment):
     q_max = detector_q_max(geom, photon_energy_ev=ENERGY_EV)
     np.testing.assert_allclose(settings.grid.half_widths, q_max * np.array(CELL_NM), rtol=1e-6)
     assert settings.grid.shape == (24, 24, 24) and not settings.grid.is_cube
-    detector = DetectorCache(geom)
-    pixels = detector.pixels(0.1)
+    pixels = FrameChain.for_plan(plan, settings.chain).pixels(0.1)
     lam_nm = 1239.84198 / ENERGY_EV
     for a in plan.orientations[:4]:
         (vox,) = pixels.voxels(a, wavelength_nm=lam_nm, grids=(settings.grid,))

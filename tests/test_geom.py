@@ -13,6 +13,7 @@ from hpcdiff.io.geom import (
     BadRegion,
     DetectorGeometry,
     Panel,
+    PixelFlag,
     format_geom,
     parse_geom,
     read_geom,
@@ -220,7 +221,8 @@ def test_mask_synonyms_and_flags() -> None:
     )
     p0, p1 = parse_geom(text).panels
     assert (p0.mask, p0.mask_good, p0.mask_bad, p0.no_index) == ("/mask", 1, 6, True)
-    assert p0.extra == (("flag_morethan", "30000"),) and p0.max_adu == 16000.0
+    assert p0.flags == (PixelFlag("morethan", 30000.0),) and p0.max_adu == 16000.0
+    assert p0.extra == ()
     assert (p1.mask, p1.no_index, p1.extra) == (None, False, ())
     assert parse_geom(format_geom(parse_geom(text))) == parse_geom(text)
 
@@ -347,8 +349,15 @@ def test_missing_corner_x() -> None:
         ("p0/corner_x = -12.0", "p0/corner_xx = -12.0", "did you mean 'corner_x'"),
         ("res = 10000", "resolution = 10000", "unknown global key"),
         ("p0/corner_y = 3.0", "p0/corner_y = 3.0\np0/corner_y = 4.0", "given twice"),
-        ("p0/min_fs = 0", "p0/min_fs = 0\np0/mask3_data = /m", "one mask"),
-        ("clen = 0.1", "clen = 0.1\ndetector_shift_x = 1 mm", "not supported"),
+        ("p0/min_fs = 0", "p0/min_fs = 0\np0/mask8_data = /m", "masks 0..7"),
+        ("p0/min_fs = 0", "p0/min_fs = 0\np0/mask3_data = m", "starting with '/'"),
+        ("p0/min_fs = 0", "p0/min_fs = 0\np0/mask3_badbits = red", "bit mask"),
+        ("p0/min_fs = 0", "p0/min_fs = 0\np0/mask_edge_pixels = -1", ">= 0"),
+        ("p0/min_fs = 0", "p0/min_fs = 0\np0/flag_lessthan = low", "must be a number"),
+        ("p0/min_fs = 0", "p0/min_fs = 0\np0/saturation_map = sat", "starting with '/'"),
+        ("clen = 0.1", "clen = 0.1\ndetector_shift_x = 1 mm", "without detector_shift_y"),
+        ("clen = 0.1", "clen = 0.1\ndetector_shift_x = 1 cm", "[m|mm]"),
+        ("p0/min_fs = 0", "p0/min_fs = 0\np0/detector_shift_x = /shift", "top-level only"),
         ("p0/no_index = 0", "p0/no_index = maybe", "no_index"),
         ("p0/min_fs = 0", "p0/min_fs = 0\ngroup_x/min_fs = 0", "must not start"),
         ("p0/min_fs = 0", "p0/min_fs = 0\nbad1/min_q = 0", "bad-region key"),

@@ -133,11 +133,11 @@ def summarise_geometry_file(path: Path) -> dict[str, Any]:
     """Panels, pixels, slab and assembled shapes, largest radius of a ``.geom`` file."""
     import numpy as np
 
-    from hpcdiff.geometry import pixel_map, pixel_positions_m
+    from hpcdiff.geometry import fixed_shift_m, pixel_map, pixel_positions_m
     from hpcdiff.io.geom import read_geom
 
     geom = read_geom(path)
-    positions = pixel_positions_m(geom, clen_m=0.0)
+    positions = pixel_positions_m(geom, clen_m=0.0, shift_m=fixed_shift_m(geom))
     radius_px = 0.0
     for p in geom.panels:
         xy = positions[p.min_ss : p.max_ss + 1, p.min_fs : p.max_fs + 1, :2]
@@ -159,6 +159,17 @@ def summarise_geometry_file(path: Path) -> dict[str, Any]:
         "clen": panel.clen,
         "coffset_m": panel.coffset_m,
         "photon_energy": geom.photon_energy,
+        "masks": sorted(
+            {
+                f"{m.data}" + (f" in {m.file}" if m.file else "")
+                for p in geom.panels
+                for m in p.masks
+            }
+        ),  # fmt: skip
+        "flags": sorted({f"{f.kind} {f.value:g}" for p in geom.panels for f in p.flags}),
+        "mask_edge_pixels": sorted({p.mask_edge_pixels for p in geom.panels}),
+        "saturation_maps": sum(p.saturation_map is not None for p in geom.panels),
+        "detector_shift": None if geom.detector_shift is None else list(geom.detector_shift),
     }
 
 
@@ -249,6 +260,11 @@ def format_summary(summary: dict[str, Any]) -> str:
                 ("data", f"{summary['data']} dims {summary['dim_structure']}"),
                 ("clen", f"{summary['clen']} (+ coffset {summary['coffset_m']} m)"),
                 ("photon energy", summary["photon_energy"]),
+                ("masks", ", ".join(summary["masks"]) or "none"),
+                ("flags", ", ".join(summary["flags"]) or "none"),
+                ("edge pixels masked", "/".join(map(str, summary["mask_edge_pixels"]))),
+                ("saturation maps", f"{summary['saturation_maps']} panel(s)"),
+                ("detector shift", summary["detector_shift"] or "none"),
             ]
         )
     elif kind == "stream":

@@ -16,11 +16,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from hpcdiff.cli.train import add_job_argument, default_features, default_model, load_job_arg, pick
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from hpcdiff.config import JobConfig
     from hpcdiff.learn import DiffuseClassifier
 

@@ -176,6 +176,15 @@ class CorrectionsConfig:
     bad_pixel_frames: int = field(default=50, metadata={"check": non_negative})
     bad_pixel_dead_fraction: float = field(default=0.9, metadata={"check": fraction})
     bad_pixel_hot_sigma: float = field(default=10.0, metadata={"check": positive})
+    polarisation_degree: float = field(
+        default=1.0,
+        metadata={
+            "check": fraction,
+            "doc": "Fraction of the beam polarised horizontally (lab x): 1.0 for an XFEL, "
+            "about 0.99 at a synchrotron, 0.5 unpolarised; used by the standard recipe's "
+            "ring background and the Fourier job's polarisation correction.",
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.asic_shape and (len(self.asic_shape) != 2 or min(self.asic_shape) < 1):
@@ -445,13 +454,66 @@ class FourierConfig:
     truth_isotropic_shell_width_per_nm: float | None = field(
         default=None, metadata={"check": positive}
     )
-    mask_bragg_radius_hkl: float = field(default=0.0, metadata={"check": non_negative})
+    mask_bragg_radius_hkl: float = field(default=0.1, metadata={"check": non_negative})
     symmetrise: Literal["none", "friedel", "laue"] = "none"
     min_overlap: int = field(default=20, metadata={"check": positive})
     frames_per_task: int = field(default=16, metadata={"check": positive})
     similarity_block: int = field(default=256, metadata={"check": positive})
     image_downsample: int = field(default=8, metadata={"check": positive})
     n_diffusion_coords: int = field(default=4, metadata={"check": positive})
+    frames: Literal["all", "labelled-diffuse", "predicted-diffuse"] = field(
+        default="all",
+        metadata={
+            "doc": "Frames to merge and compare: `all` oriented frames, those "
+            "`[experiment] labels` mark diffuse (`labelled-diffuse`), or those the classify "
+            "job predicted diffuse (`predicted-diffuse`, read from `predictions`).",
+        },
+    )
+    predictions: Path | None = field(
+        default=None,
+        metadata={
+            "doc": 'Predictions file of the classify job for `frames = "predicted-diffuse"` '
+            "(default: `predictions.h5` in `[output] dir`).",
+        },
+    )
+    correct_polarisation: bool = field(
+        default=True,
+        metadata={
+            "doc": "Divide each pixel by its polarisation factor "
+            "(`[corrections] polarisation_degree`).",
+        },
+    )
+    correct_solid_angle: bool = field(
+        default=True,
+        metadata={"doc": "Divide each pixel by its solid angle (sr) before merging."},
+    )
+    scale_shot: bool = field(
+        default=False,
+        metadata={
+            "doc": "Divide each frame by its shot intensity: the mean of its corrected "
+            "counts per (polarisation x sr) over the valid pixels (Bragg peaks masked). Off "
+            "by default: where the background varies apart from the pulse it adds noise (the "
+            "refined scale of `scale_passes` is fitted to the diffuse map itself).",
+        },
+    )
+    scale_passes: int = field(
+        default=1,
+        metadata={
+            "check": non_negative,
+            "doc": "Passes of per-frame scale refinement against the merged map (a least-"
+            "squares scale per frame, then a new merge; frames below `scale_min` left out); "
+            '0: none. It also picks the frames that carry the map out of `frames = "all"`; '
+            "on frames already chosen diffuse, 0 measured as well or better.",
+        },
+    )
+    scale_min: float = field(
+        default=0.2,
+        metadata={
+            "check": non_negative,
+            "doc": "Frames whose refined scale is below this fraction of the merged map carry "
+            "no measurable diffuse signal and are left out of the refined merge.",
+        },
+    )
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 

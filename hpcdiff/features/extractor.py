@@ -136,6 +136,15 @@ class FeatureExtractor:
         if self.channels_last:
             # Module.to(memory_format=...) is documented torch API its stubs omit
             model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        # on the CPU, bf16 weights cast once (no autocast: it re-casts every weight at every
+        # call, 1.38x slower at batch 4); activations then stay bf16 from the first layer
+        self._cast_dtype = (
+            torch.bfloat16
+            if self.autocast_dtype is not None and self.device.type == "cpu"
+            else None
+        )
+        if self._cast_dtype is not None:
+            model = model.to(self._cast_dtype)
         self._model = model.to(self.device)
         forward: Callable[[torch.Tensor], torch.Tensor] = self._forward
         self._run = torch.compile(forward) if compile else forward
@@ -178,6 +187,7 @@ class FeatureExtractor:
             "n_features": self.n_features,
             "device": str(self.device),
             "autocast": None if self.autocast_dtype is None else str(self.autocast_dtype),
+            "weights_dtype": str(next(self._model.parameters()).dtype),
             "channels_last": self.channels_last,
             "batch_size": self.batch_size,
         }
@@ -192,6 +202,8 @@ class FeatureExtractor:
         x = self.normalise(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self._cast_dtype is not None:
+            return self._model.forward_features(x.to(self._cast_dtype), self.layer)
         if self.autocast_dtype is not None:
             with torch.autocast(self.device.type, dtype=self.autocast_dtype):
                 return self._model.forward_features(x, self.layer)

@@ -34,6 +34,7 @@ import numpy as np
 
 from hpcdiff.errors import FormatError
 from hpcdiff.io.appendable import AppendableH5
+from hpcdiff.io.geom import length_spec
 from hpcdiff.io.hdf5 import describe_read_error, open_hdf5
 
 if TYPE_CHECKING:
@@ -337,6 +338,7 @@ class FrameSource:
         self._offsets = np.concatenate([[0], np.cumsum(counts)])
         self.n_frames = int(self._offsets[-1])
         self._ids: tuple[FrameId, ...] | None = None
+        self._dtype: np.dtype | None = None
 
     # ------------------------------------------------------------------ run structure
 
@@ -404,6 +406,77 @@ class FrameSource:
             out[o : o + (i1 - i0)] = block.reshape(i1 - i0, *self.slab_shape)
         return out
 
+    @property
+    def dtype(self) -> np.dtype:
+        """The run's frame dtype as stored (one type all its files' frames fit in)."""
+        if self._dtype is None:
+            types = [
+                self._dataset(f, lay.data_path).dtype
+                for f, lay in zip(self.files, self._layouts, strict=True)
+            ]
+            self._dtype = np.result_type(*types)
+        return self._dtype
+
+    def read_raw(self, start: int, stop: int, *, out: np.ndarray | None = None) -> np.ndarray:
+        """Frames ``start:stop`` in their stored dtype (int16 ADU stays int16).
+
+        The widening to float32 is left to preprocessing, which does it once, in its first
+        arithmetic pass.  Frames stored as ``(frame, ss, fs)`` are read by HDF5 straight
+        into the output (``read_direct``: no intermediate array); other layouts (psana
+        panel stacks, transposed axes) through one hyperslab read and a copy.
+
+        Parameters
+        ----------
+        out
+            Optional buffer to reuse, C-contiguous, ``(m, n_ss, n_fs)`` with
+            ``m >= stop - start`` and dtype :attr:`dtype`.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(stop - start, n_ss, n_fs)`` of dtype :attr:`dtype`; a view of ``out`` when
+            given.
+
+        Raises
+        ------
+        ValueError
+            If ``out`` has the wrong dtype, shape or memory layout.
+        FormatError
+            If the file cannot be read.
+        """
+        n = stop - start
+        shape = (n, *self.slab_shape)
+        if out is None:
+            out = np.empty(shape, dtype=self.dtype)
+        else:
+            if (
+                out.dtype != self.dtype
+                or out.ndim != 3
+                or tuple(out.shape[1:]) != self.slab_shape
+                or out.shape[0] < n
+                or not out.flags.c_contiguous
+            ):
+                raise ValueError(
+                    f"out must be a C-contiguous (>= {n}, {self.slab_shape[0]}, "
+                    f"{self.slab_shape[1]}) {self.dtype} array, got {out.shape} {out.dtype}"
+                )
+            out = out[:n]
+        for f, i0, i1, o in self._segments(start, stop):
+            layout = self._layouts[f]
+            dset = self._dataset(self.files[f], layout.data_path)
+            dest = out[o : o + (i1 - i0)]
+            try:
+                if layout.selection == ("%", "ss", "fs") and dset.dtype == out.dtype:
+                    dset.read_direct(dest, source_sel=np.s_[i0:i1])
+                else:
+                    dest[...] = _read_block(dset, layout, i0, i1).reshape(dest.shape)
+            except OSError as exc:  # a corrupt chunk, a missing filter plugin, a vanished file
+                why = describe_read_error(exc, dset) or str(exc)
+                raise FormatError(
+                    self.files[f], f"cannot read frames {i0}..{i1 - 1} ({why})", dataset=dset.name
+                ) from None
+        return out
+
     def global_numbers(self, ids: Sequence[FrameId]) -> np.ndarray:
         """Global frame numbers ``(n,)`` int64 of frames named by identity.
 
@@ -449,6 +522,9 @@ class FrameSource:
                 read in millimetres, as CrystFEL does.
             ``"detector_distance_m"``
                 ``clen + coffset``, metres: the camera length CrystFEL reports.
+            ``"detector_shift_x_m"``, ``"detector_shift_y_m"``
+                The geometry's top-level ``detector_shift_x/y``, metres (read per frame
+                when it names an HDF5 path; metres unless the path is followed by ``mm``).
         """
         geom = self.geometry
         if geom is None or not geom.panels:
@@ -462,6 +538,10 @@ class FrameSource:
             clen = self._value(panel.clen, start, stop, scale=1e-3)
             out["clen_m"] = clen
             out["detector_distance_m"] = clen + float(panel.coffset_m)
+        shifts = getattr(geom, "detector_shift", None) or ()
+        for key, spec in zip(("shift_x", "shift_y"), shifts, strict=False):
+            _, path, scale = length_spec(spec)
+            out[f"detector_{key}_m"] = self._value(path or spec, start, stop, scale=scale)
         for key, values in out.items():
             assert values.shape == (n,), key
         return out

@@ -38,6 +38,10 @@ __all__ = [
     "BadRegion",
     "DetectorGeometry",
     "Panel",
+    "PanelMask",
+    "PixelFlag",
+    "SaturationMap",
+    "length_spec",
     "format_geom",
     "parse_geom",
     "read_geom",
@@ -52,6 +56,78 @@ HC_EV_M = 12398.419843320026e-10
 
 
 # --------------------------------------------------------------------------- data model
+
+
+@dataclass(frozen=True)
+class PanelMask:
+    """One of CrystFEL's bad-pixel masks of a panel (``maskN_data`` ... ``maskN_badbits``).
+
+    A pixel is bad unless every bit of ``goodbits`` is set in its mask value, and bad when
+    any bit of ``badbits`` is set (CrystFEL's rule).
+
+    Parameters
+    ----------
+    number
+        ``N`` of ``maskN_*``, 0..7 (0 is also spelled ``mask``, ``mask_file``, ...).
+    data
+        HDF5 dataset (``/entry_1/data_1/mask``), laid out as the panel's data (the
+        frame axis may be absent: a static mask).
+    file
+        HDF5 file holding it (absolute, or relative to the working directory), or
+        ``None``: the frame file.
+    goodbits, badbits
+        Bit masks.
+    line
+        Geometry-file line of ``maskN_data`` (for error messages; not compared).
+    """
+
+    number: int
+    data: str
+    file: str | None = None
+    goodbits: int = 0
+    badbits: int = 0
+    line: int | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class SaturationMap:
+    """A panel's per-pixel saturation values (``saturation_map``, ``saturation_map_file``).
+
+    ``data`` is an HDF5 dataset laid out as the panel's data (frame axis optional), ADU;
+    ``file`` as for :class:`PanelMask`; ``line`` the geometry line (not compared).
+    """
+
+    data: str
+    file: str | None = None
+    line: int | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True)
+class PixelFlag:
+    """``flag_lessthan``/``flag_morethan``/``flag_equal``: raw values that mark a pixel bad.
+
+    ``kind`` is ``"lessthan"`` (bad when ``raw < value``), ``"morethan"`` (``raw > value``)
+    or ``"equal"`` (``rint(raw) == value``); the comparisons are strict, as CrystFEL's.
+    """
+
+    kind: str
+    value: float
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("lessthan", "morethan", "equal"):
+            raise ValueError(f"flag kind must be lessthan, morethan or equal, got {self.kind!r}")
+        if math.isnan(self.value):
+            raise ValueError("a flag value must be a number, got NaN")
+
+
+def length_spec(spec: float | str) -> tuple[float | None, str | None, float]:
+    """Split a CrystFEL length (``detector_shift_x``): ``(metres, None, 1)`` for a number,
+    ``(None, path, scale_to_m)`` for an HDF5 path (``/x/shift mm`` -> scale 1e-3; no unit:
+    metres, as CrystFEL)."""
+    if not isinstance(spec, str):
+        return float(spec), None, 1.0
+    path, _, unit = spec.partition(" ")
+    return None, path, {"": 1.0, "m": 1.0, "mm": 1e-3}[unit.strip()]
 
 
 @dataclass(frozen=True)
@@ -84,9 +160,11 @@ class Panel:
     dim_structure
         Meaning of each axis of ``data``: ``"%"`` (frame), ``"ss"``, ``"fs"`` or a fixed
         integer index (a panel index, as psana's ``N x 32 x 185 x 388`` layout).
-    mask, mask_file, mask_good, mask_bad
-        Bad-pixel mask dataset, the file it is in (``None``: the frame file) and the bits
-        that mark good and bad pixels.
+    masks
+        Bad-pixel masks (CrystFEL 0.10's ``mask0_data`` .. ``mask7_data`` with their
+        ``_file``, ``_goodbits``, ``_badbits``; ``mask``, ``mask_file``, ``mask_good`` and
+        ``mask_bad`` are mask 0), at most one per number.  The properties ``mask``,
+        ``mask_file``, ``mask_good`` and ``mask_bad`` read mask 0.
     no_index
         True for a panel to ignore completely.
     slab_ss_offset
@@ -94,6 +172,17 @@ class Panel:
         layouts with a fixed panel index).
     extra
         CrystFEL keys kept verbatim but not used (``(key, value)`` pairs).
+    flags
+        ``flag_lessthan`` / ``flag_morethan`` / ``flag_equal`` values: raw pixel values
+        that mark a pixel bad in that frame (:class:`PixelFlag`).
+    mask_edge_pixels
+        Outermost pixel rows and columns of the panel marked bad (``>= 0``).
+    saturation_map
+        Per-pixel saturation values (:class:`SaturationMap`), or ``None``.
+    detector_shift_m
+        ``(x, y)`` shift of this panel in metres (``p0/detector_shift_x``: an hpcdiff
+        extension; CrystFEL reads only the top-level ``detector_shift_x/y``, which is
+        :attr:`DetectorGeometry.detector_shift` and adds to this).
     """
 
     name: str
@@ -113,13 +202,14 @@ class Panel:
     max_adu: float = math.inf
     data: str | None = None
     dim_structure: tuple[DimEntry, ...] = ("ss", "fs")
-    mask: str | None = None
-    mask_file: str | None = None
-    mask_good: int = 0
-    mask_bad: int = 0
+    masks: tuple[PanelMask, ...] = ()
     no_index: bool = False
     slab_ss_offset: int = 0
     extra: tuple[tuple[str, str], ...] = ()
+    flags: tuple[PixelFlag, ...] = ()
+    mask_edge_pixels: int = 0
+    saturation_map: SaturationMap | None = None
+    detector_shift_m: tuple[float, float] = (0.0, 0.0)
 
     def __post_init__(self) -> None:
         problems = []
@@ -150,8 +240,48 @@ class Panel:
             problems.append("give only one of adu_per_eV and adu_per_photon")
         if isinstance(self.clen, float | int) and not math.isfinite(self.clen):
             problems.append(f"clen must be finite, got {self.clen!r}")
+        numbers = [m.number for m in self.masks]
+        if any(not 0 <= n <= 7 for n in numbers) or len(set(numbers)) != len(numbers):
+            problems.append(f"mask numbers must be distinct and within 0..7, got {numbers}")
+        if not (isinstance(self.mask_edge_pixels, int | np.integer) and self.mask_edge_pixels >= 0):
+            problems.append(
+                f"mask_edge_pixels must be an integer >= 0, got {self.mask_edge_pixels!r}"
+            )
+        if len(self.detector_shift_m) != 2 or not all(
+            math.isfinite(v) for v in self.detector_shift_m
+        ):
+            problems.append(
+                f"detector_shift_m must be two finite metres, got {self.detector_shift_m!r}"
+            )
         if problems:
             raise ValueError(f"panel {self.name}: " + "; ".join(problems))
+
+    def _mask0(self) -> PanelMask | None:
+        return next((m for m in self.masks if m.number == 0), None)
+
+    @property
+    def mask(self) -> str | None:
+        """Dataset of mask 0 (``mask`` / ``mask0_data``), or ``None``."""
+        m = self._mask0()
+        return None if m is None else m.data
+
+    @property
+    def mask_file(self) -> str | None:
+        """File of mask 0, or ``None`` (the frame file)."""
+        m = self._mask0()
+        return None if m is None else m.file
+
+    @property
+    def mask_good(self) -> int:
+        """``goodbits`` of mask 0 (0 without one)."""
+        m = self._mask0()
+        return 0 if m is None else m.goodbits
+
+    @property
+    def mask_bad(self) -> int:
+        """``badbits`` of mask 0 (0 without one)."""
+        m = self._mask0()
+        return 0 if m is None else m.badbits
 
     @property
     def n_fs(self) -> int:
@@ -265,6 +395,10 @@ class DetectorGeometry:
     rigid_groups: tuple[tuple[str, tuple[str, ...]], ...] = ()
     extra: tuple[tuple[str, str], ...] = ()
     source: str | None = field(default=None, compare=False)
+    #: Top-level ``detector_shift_x``/``_y``: ``(x, y)``, each metres or an HDF5 path read
+    #: per frame (``"/path"`` metres, ``"/path mm"``; see :func:`length_spec`); added to
+    #: every panel's position.
+    detector_shift: tuple[float | str, float | str] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "panels", tuple(self.panels))
@@ -313,6 +447,22 @@ class DetectorGeometry:
             math.isfinite(self.photon_energy) and self.photon_energy > 0
         ):
             raise ValueError(f"photon_energy must be positive eV, got {self.photon_energy!r}")
+        if self.detector_shift is not None:
+            shift = tuple(self.detector_shift)
+            if len(shift) != 2 or any(
+                not isinstance(v, str) and not math.isfinite(v) for v in shift
+            ):
+                raise ValueError(
+                    f"detector_shift must be two finite metres or paths, got {shift!r}"
+                )
+            object.__setattr__(self, "detector_shift", shift)
+
+    @property
+    def has_frame_shift(self) -> bool:
+        """True when the top-level detector shift is read from the frame files."""
+        return self.detector_shift is not None and any(
+            isinstance(v, str) for v in self.detector_shift
+        )
 
     @property
     def n_pixels(self) -> int:
@@ -372,26 +522,24 @@ _PANEL_KEYS = (
     "adu_per_photon",
     "max_adu",
     "data",
-    "mask",
-    "mask_file",
-    "mask_good",
-    "mask_bad",
     "no_index",
-)
-_PANEL_SYNONYMS = {
-    "mask0_data": "mask",
-    "mask0_file": "mask_file",
-    "mask0_goodbits": "mask_good",
-    "mask0_badbits": "mask_bad",
-}
-#: CrystFEL panel keys that hpcdiff keeps verbatim but does not use.
-_PANEL_KEPT = (
-    "flag_lessthan",
-    "flag_morethan",
-    "flag_equal",
     "mask_edge_pixels",
     "saturation_map",
     "saturation_map_file",
+    "detector_shift_x",
+    "detector_shift_y",
+)
+#: CrystFEL's older mask spellings are mask 0.
+_PANEL_SYNONYMS = {
+    "mask": "mask0_data",
+    "mask_file": "mask0_file",
+    "mask_good": "mask0_goodbits",
+    "mask_bad": "mask0_badbits",
+}
+#: Keys that may be given several times; each adds a value (CrystFEL's flag lists).
+_FLAG_KEYS = {"flag_lessthan": "lessthan", "flag_morethan": "morethan", "flag_equal": "equal"}
+#: CrystFEL panel keys that hpcdiff keeps verbatim but does not use.
+_PANEL_KEPT = (
     "clen_for_centering",
     "badrow_direction",
 )
@@ -404,17 +552,17 @@ _GLOBAL_KEPT = ("bandwidth", "photon_energy_bandwidth", "peak_list", "peak_list_
 _UNSUPPORTED = {
     "electron_voltage": "hpcdiff handles X-ray data; give photon_energy",
     "photon_energy_scale": "scale the photon energy yourself and give photon_energy",
-    "detector_shift_x": "fold the shift into corner_x of every panel",
-    "detector_shift_y": "fold the shift into corner_y of every panel",
 }
+_SHIFT_KEYS = ("detector_shift_x", "detector_shift_y")
 _BAD_KEYS = ("min_x", "max_x", "min_y", "max_y", "min_fs", "max_fs", "min_ss", "max_ss", "panel")
 _DIM_RE = re.compile(r"dim(\d)$")
-_MASKN_RE = re.compile(r"mask([1-7])_(data|file|goodbits|badbits)$")
+_MASKN_RE = re.compile(r"mask([0-7])_(data|file|goodbits|badbits)$")
 _VECTOR_TERM = re.compile(r"([+-]?)(\d+\.?\d*(?:[eE][+-]?\d+)?|\.\d+(?:[eE][+-]?\d+)?)?([xyz])")
 
 
 def _valid_panel_keys() -> list[str]:
-    return [*_PANEL_KEYS, "dim0..dim9", *_PANEL_SYNONYMS, *_PANEL_KEPT]
+    return [*_PANEL_KEYS, "dim0..dim9", "mask0_data..mask7_badbits", *_PANEL_SYNONYMS,
+            *_FLAG_KEYS, *_PANEL_KEPT]  # fmt: skip
 
 
 # --------------------------------------------------------------------------- parsing
@@ -435,6 +583,11 @@ class _Parser:
         self.photon_energy: tuple[float | str, int] | None = None
         self.groups: dict[str, tuple[tuple[str, ...], int]] = {}
         self.extra: dict[str, str] = {}
+        #: flag_* values: the defaults so far, and each panel's (defaults at its first
+        #: mention, then its own), as (kind, value, line)
+        self.default_flags: list[tuple[str, float, int]] = []
+        self.flags: dict[str, list[tuple[str, float, int]]] = {}
+        self.shift: dict[str, tuple[float | str, int]] = {}
 
     def error(self, message: str, line: int | None) -> FormatError:
         return FormatError(self.source, message, line=line)
@@ -446,6 +599,17 @@ class _Parser:
                 self.line(line, lineno)
         if not self.panels:
             raise self.error("no panels defined (expected lines like 'p0/min_fs = 0')", None)
+        shift = None
+        if self.shift:
+            missing = [k for k in _SHIFT_KEYS if k not in self.shift]
+            if missing:
+                given = next(iter(self.shift))
+                raise self.error(
+                    f"{given} is given without {missing[0]}; CrystFEL needs both (give "
+                    f"{missing[0]} = 0 for no shift)",
+                    self.shift[given][1],
+                )
+            shift = (self.shift["detector_shift_x"][0], self.shift["detector_shift_y"][0])
         panels = self.build_panels()
         self.check_groups({p.name for p in panels})
         regions = tuple(self.build_bad(name) for name in self.bad)
@@ -458,6 +622,7 @@ class _Parser:
                 rigid_groups=groups,
                 extra=tuple(self.extra.items()),
                 source=self.source,
+                detector_shift=shift,
             )
         except ValueError as exc:
             raise self.error(str(exc), self.blame_line(str(exc))) from None
@@ -528,6 +693,14 @@ class _Parser:
             return
         if key in _GLOBAL_ONLY:
             self.photon_energy = (self.parse_energy(key, value, lineno), lineno)
+        elif key in _SHIFT_KEYS:
+            if key in self.shift:
+                raise self.error(f"{key} given twice (first at line {self.shift[key][1]})", lineno)
+            self.shift[key] = (self.parse_length(key, value, lineno), lineno)
+        elif key in _FLAG_KEYS:
+            self.default_flags.append(
+                (_FLAG_KEYS[key], self.parse_float(key, value, lineno), lineno)
+            )
         elif key in _GLOBAL_KEPT:
             self.extra[key] = value
         elif key in _UNSUPPORTED:
@@ -539,22 +712,32 @@ class _Parser:
 
     def check_panel_key(self, key: str, lineno: int, *, where: str) -> str:
         key = _PANEL_SYNONYMS.get(key, key)
-        if key in _PANEL_KEYS or key in _PANEL_KEPT or _DIM_RE.match(key):
+        if key in _PANEL_KEYS or key in _PANEL_KEPT or _DIM_RE.match(key) or _MASKN_RE.match(key):
             return key
-        if _MASKN_RE.match(key):
-            raise self.error(f"{key}: hpcdiff reads one mask per panel (mask0/mask only)", lineno)
+        if re.match(r"mask\d+_", key):
+            raise self.error(
+                f"{key}: CrystFEL has masks 0..7 (mask0_data .. mask7_data); got {key!r}", lineno
+            )
         valid = _valid_panel_keys() + ([] if "/" in where else [*_GLOBAL_ONLY, *_GLOBAL_KEPT])
         close = difflib.get_close_matches(key, valid, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise self.error(f"unknown {where} {key!r}{hint}; valid keys: {', '.join(valid)}", lineno)
 
     def panel_key(self, name: str, sub: str, value: str, lineno: int) -> None:
-        sub = self.check_panel_key(sub, lineno, where=f"key for panel {name}/")
-        self.parse_panel_value(sub, value, lineno)
+        flag = _FLAG_KEYS.get(sub)
+        if flag is None:
+            sub = self.check_panel_key(sub, lineno, where=f"key for panel {name}/")
+            self.parse_panel_value(sub, value, lineno)
         if name not in self.panels:
             self.panels[name] = dict(self.defaults)
             self.panel_line[name] = lineno
             self.explicit[name] = set()
+            self.flags[name] = list(self.default_flags)
+        if flag is not None:
+            self.flags[name].append(
+                (flag, self.parse_float(f"{name}/{sub}", value, lineno), lineno)
+            )
+            return
         entry = self.panels[name]
         if sub in self.explicit[name]:
             raise self.error(f"{name}/{sub} given twice (first at line {entry[sub][1]})", lineno)
@@ -616,6 +799,30 @@ class _Parser:
         if vec == (0.0, 0.0, 0.0):
             raise self.error(f"{key}: {value!r} is a zero vector", lineno)
         return vec
+
+    def parse_length(self, key: str, value: str, lineno: int) -> float | str:
+        """CrystFEL's length: ``nnn [m|mm]`` (metres without a unit), or an HDF5 path with
+        an optional unit (kept as ``"/path"`` or ``"/path mm"``; see :func:`length_spec`)."""
+        tokens = value.split()
+        unit = tokens[1] if len(tokens) == 2 else None
+        if len(tokens) > 2 or unit not in (None, "m", "mm"):
+            raise self.error(
+                f"{key} must be a length 'number [m|mm]' or an HDF5 path [m|mm], got {value!r}",
+                lineno,
+            )
+        try:
+            number = float(tokens[0])
+        except ValueError:
+            if not tokens[0].startswith("/"):
+                raise self.error(
+                    f"{key} must be a number (metres unless 'mm' follows) or an HDF5 path "
+                    f"starting with '/', got {value!r}",
+                    lineno,
+                ) from None
+            return tokens[0] if unit is None else f"{tokens[0]} {unit}"
+        if not math.isfinite(number):
+            raise self.error(f"{key} must be finite, got {value!r}", lineno)
+        return number * (1e-3 if unit == "mm" else 1.0)
 
     def parse_clen(self, value: str, lineno: int) -> float | str:
         tokens = value.split()
@@ -692,13 +899,37 @@ class _Parser:
             return real
         if key == "clen":
             return self.parse_clen(value, lineno)
-        if key in ("mask_good", "mask_bad"):
+        if key.endswith(("_goodbits", "_badbits")):
             try:
-                return int(value, 0)
+                bits = int(value, 0)
             except ValueError:
+                bits = -1
+            if bits < 0:
                 raise self.error(
-                    f"{key} must be an integer bit mask such as 0x0000, got {value!r}", lineno
-                ) from None
+                    f"{key} must be a non-negative integer bit mask such as 0xffff, got {value!r}",
+                    lineno,
+                )
+            return bits
+        if key.endswith("_data") or key == "saturation_map":
+            if not value.startswith("/") or " " in value:
+                raise self.error(
+                    f"{key} must be an HDF5 dataset path starting with '/', got {value!r}", lineno
+                )
+            return value
+        if key == "mask_edge_pixels":
+            edge = self.parse_int(key, value, lineno)
+            if edge < 0:
+                raise self.error(f"mask_edge_pixels must be >= 0, got {value!r}", lineno)
+            return edge
+        if key in _SHIFT_KEYS:
+            shift = self.parse_length(key, value, lineno)
+            if isinstance(shift, str):
+                raise self.error(
+                    f"a panel's {key} must be a number (m or mm); a per-frame shift read from "
+                    f"the files is top-level only ('{key} = {value}' without a panel name)",
+                    lineno,
+                )
+            return shift
         if key == "no_index":
             low = value.lower()
             if low in ("true", "false"):
@@ -753,12 +984,24 @@ class _Parser:
                     max_adu=v.get("max_adu", math.inf),
                     data=v.get("data"),
                     dim_structure=dims,
-                    mask=v.get("mask"),
-                    mask_file=v.get("mask_file"),
-                    mask_good=v.get("mask_good", 0),
-                    mask_bad=v.get("mask_bad", 0),
+                    masks=self.build_masks(entry, v),
                     no_index=v.get("no_index", False),
                     extra=tuple((k, entry[k][0]) for k in _PANEL_KEPT if k in entry),
+                    flags=tuple(PixelFlag(k, val) for k, val, _ in self.flags[name]),
+                    mask_edge_pixels=v.get("mask_edge_pixels", 0),
+                    saturation_map=(
+                        SaturationMap(
+                            v["saturation_map"],
+                            v.get("saturation_map_file"),
+                            line=entry["saturation_map"][1],
+                        )
+                        if "saturation_map" in v
+                        else None
+                    ),
+                    detector_shift_m=(
+                        v.get("detector_shift_x", 0.0),
+                        v.get("detector_shift_y", 0.0),
+                    ),
                 )
             )
         self.fold_fixed_index(built)
@@ -777,6 +1020,26 @@ class _Parser:
                 self.panel_line[odd.name],
             )
         return tuple(panels)
+
+    @staticmethod
+    def build_masks(entry: dict[str, tuple[str, int]], v: dict[str, Any]) -> tuple[PanelMask, ...]:
+        """The panel's masks 0..7; a number with bits or a file but no ``_data`` is no mask
+        (as CrystFEL, which skips it)."""
+        masks = []
+        for n in range(8):
+            key = f"mask{n}_data"
+            if key in v:
+                masks.append(
+                    PanelMask(
+                        n,
+                        v[key],
+                        v.get(f"mask{n}_file"),
+                        v.get(f"mask{n}_goodbits", 0),
+                        v.get(f"mask{n}_badbits", 0),
+                        line=entry[key][1],
+                    )
+                )
+        return tuple(masks)
 
     def build_dims(self, name: str, entry: dict[str, tuple[str, int]]) -> tuple[DimEntry, ...]:
         dims = {int(m.group(1)): (val, ln) for k, (val, ln) in entry.items()
@@ -924,14 +1187,27 @@ def _panel_items(p: Panel) -> list[tuple[str, str]]:
         items.append(("data", p.data))
     if p.dim_structure != ("ss", "fs"):
         items.extend((f"dim{i}", str(d)) for i, d in enumerate(p.dim_structure))
-    if p.mask is not None:
-        items.append(("mask", p.mask))
-    if p.mask_file is not None:
-        items.append(("mask_file", p.mask_file))
-    if p.mask_good:
-        items.append(("mask_good", f"0x{p.mask_good:x}"))
-    if p.mask_bad:
-        items.append(("mask_bad", f"0x{p.mask_bad:x}"))
+    for m in p.masks:
+        # mask 0 in the older spelling, which CrystFEL 0.9 and OM's reader also read
+        names = (
+            ("mask", "mask_file", "mask_good", "mask_bad")
+            if m.number == 0
+            else tuple(f"mask{m.number}_{k}" for k in ("data", "file", "goodbits", "badbits"))
+        )
+        items.append((names[0], m.data))
+        if m.file is not None:
+            items.append((names[1], m.file))
+        items.append((names[2], f"0x{m.goodbits:x}"))
+        items.append((names[3], f"0x{m.badbits:x}"))
+    if p.mask_edge_pixels:
+        items.append(("mask_edge_pixels", str(p.mask_edge_pixels)))
+    if p.saturation_map is not None:
+        items.append(("saturation_map", p.saturation_map.data))
+        if p.saturation_map.file is not None:
+            items.append(("saturation_map_file", p.saturation_map.file))
+    for key, value in zip(_SHIFT_KEYS, p.detector_shift_m, strict=True):
+        if value != 0.0:
+            items.append((key, f"{_num(value)} m"))
     if p.no_index:
         items.append(("no_index", "1"))
     items.extend(p.extra)
@@ -940,7 +1216,13 @@ def _panel_items(p: Panel) -> list[tuple[str, str]]:
 
 #: Keys written once at the top when all panels share the value.
 _SHAREABLE = ("res", "clen", "coffset", "adu_per_eV", "adu_per_photon", "max_adu", "data",
-              "mask", "mask_file", "mask_good", "mask_bad")  # fmt: skip
+              "mask", "mask_file", "mask_good", "mask_bad",
+              *(f"mask{n}_{k}" for n in range(1, 8) for k in ("data", "file", "goodbits", "badbits")),
+              "mask_edge_pixels", "saturation_map", "saturation_map_file")  # fmt: skip
+
+
+def _flag_lines(flags: tuple[PixelFlag, ...], prefix: str = "") -> list[str]:
+    return [f"{prefix}flag_{f.kind} = {_num(f.value)}" for f in flags]
 
 
 def format_geom(geom: DetectorGeometry) -> str:
@@ -957,12 +1239,18 @@ def format_geom(geom: DetectorGeometry) -> str:
         pe = geom.photon_energy
         lines.append(f"photon_energy = {pe if isinstance(pe, str) else _num(pe)}")
     lines.extend(f"{k} = {v}" for k, v in geom.extra)
+    if geom.detector_shift is not None:
+        for key, spec in zip(_SHIFT_KEYS, geom.detector_shift, strict=True):
+            lines.append(f"{key} = {spec if isinstance(spec, str) else _num(spec) + ' m'}")
+    all_flags = {p.flags for p in geom.panels}
+    shared_flags = all_flags.pop() if len(all_flags) == 1 else ()
+    lines.extend(_flag_lines(shared_flags))
     shared: dict[str, str] = {}
     for key in _SHAREABLE:
         values = {d.get(key) for d in per_panel}
-        value = values.pop() if len(values) == 1 else None
-        if value is not None:
-            shared[key] = value
+        common = values.pop() if len(values) == 1 else None
+        if common is not None:
+            shared[key] = common
     dims = {tuple((k, v) for k, v in d.items() if _DIM_RE.match(k)) for d in per_panel}
     if len(dims) == 1:
         shared.update(dims.pop())
@@ -970,6 +1258,8 @@ def format_geom(geom: DetectorGeometry) -> str:
     for p, items in zip(geom.panels, per_panel, strict=True):
         lines.append("")
         lines.extend(f"{p.name}/{k} = {v}" for k, v in items.items() if k not in shared)
+        if p.flags != shared_flags:
+            lines.extend(_flag_lines(p.flags, f"{p.name}/"))
     for region in geom.bad_regions:
         lines.append("")
         keys = ("min_fs", "max_fs", "min_ss", "max_ss") if region.is_fsss else (

@@ -93,7 +93,12 @@ class RunFrames:
         self.source = open_job_source(job, self.run.files, geometry=self.geometry)
         self.geometry = self.source.geometry
         self.frame_ids: list[FrameId] = list(self.source.frame_ids)
-        self.model = detector_model(self.geometry, self.source.frame_values(0, 1))
+        self.model = detector_model(
+            self.geometry,
+            self.source.frame_values(0, 1),
+            frame_file=self.source.files[0],
+            polarisation_degree=job.corrections.polarisation_degree,
+        )
         self.pedestal, self.gain = read_pedestal_and_gain(
             job.experiment, shape=self.source.slab_shape
         )

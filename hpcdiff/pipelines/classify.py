@@ -138,15 +138,20 @@ class FrameReader:
 
     A range that fails to read is retried frame by frame; frames that still fail, or that
     hold NaN/inf pixels, become rejects (global frame, reason) instead of results.
+    ``masks`` (:class:`hpcdiff.pixel_masks.PixelMasks`): pixels its per-frame mask
+    datasets mark bad become NaN (after the NaN check), i.e. invalid.
     """
 
-    def __init__(self, source: Any, *, timings: Timings | None = None) -> None:
+    def __init__(self, source: Any, *, timings: Timings | None = None, masks: Any = None) -> None:
         self.source = source
         self.timings = timings if timings is not None else Timings()
+        self.masks = masks if masks is not None and masks.frame_masks else None
 
     def _read(self, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         with self.timings.section("read", stop - start):
-            return self.source.read(start, stop), self.source.frame_values(start, stop)
+            # frames in their stored dtype (int16 ADU stays int16): preprocessing widens once
+            read = getattr(self.source, "read_raw", self.source.read)
+            return read(start, stop), self.source.frame_values(start, stop)
 
     def __call__(self, start: int, stop: int) -> FrameBatch:
         rejects: list[tuple[int, str]] = []
@@ -168,13 +173,43 @@ class FrameReader:
             frames = np.concatenate(parts) if parts else np.empty(shape, np.float32)
             numbers = np.asarray(nums, dtype=np.int64)
             values = {k: np.concatenate([v[k] for v in vals]) for k in (vals[0] if vals else {})}
-        finite = np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
+        if np.issubdtype(frames.dtype, np.integer):  # integers are always finite
+            finite = np.ones(len(frames), dtype=bool)
+        else:
+            finite = np.isfinite(frames.reshape(len(frames), -1)).all(axis=1)
         if not finite.all():
             for k in np.flatnonzero(~finite):
                 rejects.append((int(numbers[k]), "frame holds NaN or inf pixel values"))
             frames, numbers = frames[finite], numbers[finite]
             values = {k: v[finite] for k, v in values.items()}
+        if self.masks is not None and len(numbers):
+            frames, numbers, values = self._mask(frames, numbers, values, rejects)
         return FrameBatch(start, stop, frames, numbers, values, sorted(rejects))
+
+    def _mask(
+        self,
+        frames: np.ndarray,
+        numbers: np.ndarray,
+        values: dict[str, np.ndarray],
+        rejects: list[tuple[int, str]],
+    ) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+        """NaN where the per-frame masks say bad; a frame whose mask cannot be read is a reject."""
+        ids, masks = self.source.frame_ids, self.masks
+        assert masks is not None
+        if not np.issubdtype(frames.dtype, np.floating):  # int16 ADU: NaN needs a float
+            frames = frames.astype(np.float32)
+        keep = np.ones(len(numbers), dtype=bool)
+        for k, n in enumerate(numbers.tolist()):
+            try:
+                bad = masks.read_frame_bad([ids[n]])
+            except (OSError, FormatError) as exc:
+                rejects.append((int(n), f"cannot read mask: {exc}"))
+                keep[k] = False
+                continue
+            frames[k][bad[0]] = np.nan
+        if keep.all():
+            return frames, numbers, values
+        return frames[keep], numbers[keep], {k: v[keep] for k, v in values.items()}
 
 
 class Featurizer:
@@ -228,6 +263,8 @@ class Featurizer:
         )
         # raw frames reach the device through pinned slots on an upload stream
         self._upload = None if self.preprocess_gpu is None else DeviceUpload(device, kind="cupy")
+        if self.preprocess_gpu is None:
+            self.preprocess.prepare()  # detector maps and resampling matrix, before any frame
         fc = job.features
         self.extractor = FeatureExtractor(
             fc.weights,
@@ -286,9 +323,17 @@ class Featurizer:
         return {"features": self.features(batch)}
 
 
-def detector_model(geometry: Any, values: dict[str, np.ndarray]) -> Any:
-    """:class:`hpcdiff.geometry.DetectorModel` at the camera length and energy in ``values``."""
-    from hpcdiff.geometry import DetectorModel
+def detector_model(
+    geometry: Any,
+    values: dict[str, np.ndarray],
+    *,
+    frame_file: str | None = None,
+    polarisation_degree: float = 1.0,
+) -> Any:
+    """:class:`hpcdiff.geometry.DetectorModel` at the camera length, energy and detector
+    shift in ``values``; the geometry's masks "in the frame file" are read from
+    ``frame_file``; ``polarisation_degree``: ``[corrections] polarisation_degree``."""
+    from hpcdiff.geometry import DetectorModel, detector_shift_m
 
     clen = values.get("clen_m")
     energy = values.get("photon_energy_ev")
@@ -296,6 +341,9 @@ def detector_model(geometry: Any, values: dict[str, np.ndarray]) -> Any:
         geometry,
         clen_m=None if clen is None else float(clen[0]),
         photon_energy_ev=None if energy is None else float(energy[0]),
+        shift_m=detector_shift_m(geometry, values),
+        frame_file=frame_file,
+        polarisation_degree=polarisation_degree,
     )
 
 
@@ -419,7 +467,12 @@ def _frame_stage(
     with open_job_source(job, run.files, geometry=geometry) as source:
         # every rank builds the same detector model from frame 0's camera length and energy
         # (the source's geometry: the job's, or an NXmx file's own)
-        model = detector_model(source.geometry, source.frame_values(0, 1))
+        model = detector_model(
+            source.geometry,
+            source.frame_values(0, 1),
+            frame_file=source.files[0],
+            polarisation_degree=job.corrections.polarisation_degree,
+        )
         pedestal, gain = read_pedestal_and_gain(job.experiment, shape=source.slab_shape)
         mask = root_decides(comm, lambda: _bad_pixels(job, source, model, pedestal, gain))
         featurizer = Featurizer(
@@ -437,7 +490,9 @@ def _frame_stage(
             comm,
             n_frames=run.n_frames,
             read=_reader(
-                FrameReader(source, timings=timings), featurizer, job.parallel.overlap_preprocess
+                FrameReader(source, timings=timings, masks=model.pixel_masks),
+                featurizer,
+                job.parallel.overlap_preprocess,
             ),
             process=make_process(featurizer),
             store=store,

@@ -203,6 +203,16 @@ def run_demo(settings: DemoSettings, *, stream: IO[str] | None = None) -> DemoRe
     )
     train_cfg = SimulateConfig(n_frames=settings.n_train_frames, **common)
     new_cfg = dataclasses.replace(train_cfg, n_frames=settings.n_new_frames, seed=settings.seed + 1)
+    from hpcdiff.pipelines.demo_disk import check_space, estimate_demo_bytes
+    from hpcdiff.simulate.experiment import simulated_geometry
+
+    disk = estimate_demo_bytes(
+        [train_cfg, new_cfg],
+        slab_shape=simulated_geometry(train_cfg).slab_shape,
+        fourier_grid=settings.grid_size,
+    )
+    say(f"disk: writes {disk.describe()} under {out}")
+    check_space(out, disk)
     say(
         f"simulating {train_cfg.n_frames} training frames and {new_cfg.n_frames} new frames "
         f"({settings.detector} detector, preset {settings.preset!r})"

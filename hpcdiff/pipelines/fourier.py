@@ -2,17 +2,21 @@
 
 Stages (each a pure function; dask only in :func:`run_fourier`):
 
-1. :func:`plan_frames`: the frames with an orientation (CrystFEL stream chunks matched to
-   frame files by name and event), their photon energies, labels.
-2. :func:`process_frames` (one dask task per ``frames_per_task`` frames, via
-   :func:`process_chunk`): each frame's pixels are divided by polarisation times solid angle
-   at the frame's own detector distance, the isotropic (radial) or local background is
-   removed, the residual is mapped to ``hkl`` with the frame's orientation and binned on
-   the merge grid (a dense :class:`~hpcdiff.merge.MergeAccumulator` per task) and on the
-   similarity grid (sparse, per frame); the normalised residual is downsampled for the
-   image-space similarity.
-3. The per-task accumulators are reduced in a dask tree; per-frame sparse voxel sets become
-   the sparse matrices of :mod:`hpcdiff.similarity`, whose row blocks run as dask tasks.
+1. :func:`~hpcdiff.pipelines.fourier_frames.plan_frames`: the frames with an orientation
+   (CrystFEL stream chunks matched to frame files by name and event) chosen by ``[fourier]
+   frames``, their photon energies, labels, the classify job's bad pixels.
+2. :func:`~hpcdiff.pipelines.fourier_frames.process_frames` (one dask task per
+   ``frames_per_task`` frames, via ``process_chunk``): each frame goes through the classify
+   job's chain (:class:`~hpcdiff.pipelines.fourier_frames.FrameChain`: corrections,
+   background, Bragg-peak mask, normalisation); its residual is divided by polarisation
+   times solid angle at the frame's own detector distance and by the shot intensity, mapped
+   to ``hkl`` with the frame's orientation and binned on the merge grid (a dense
+   :class:`~hpcdiff.merge.MergeAccumulator` per task) and on the similarity grid (sparse, per
+   frame); the normalised residual is downsampled for the image-space similarity.
+3. The per-task accumulators are reduced in a dask tree, then ``scale_passes`` passes refine
+   a scale per frame against the merged map and merge again
+   (:func:`~hpcdiff.pipelines.fourier_frames.refine_scales`); per-frame sparse voxel sets
+   become the sparse matrices of :mod:`hpcdiff.similarity`, whose row blocks run as dask tasks.
 4. Diffusion maps of the common-arc and image-space similarities, ROC AUC of each
    coordinate against the labels, PNG plots.
 
@@ -23,14 +27,11 @@ Outputs (in ``out_dir``): ``merged.h5``, ``similarity.h5``, ``diffusion.h5``,
 from __future__ import annotations
 
 import json
-import logging
 import sys
 import time
-from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import h5py
 import numpy as np
@@ -54,12 +55,20 @@ from hpcdiff.fourier_truth import (
 )
 from hpcdiff.io.outputs import atomic_path, ensure_writable, provenance, write_json
 from hpcdiff.merge import (
-    FrameVoxels,
     Grid,
     MergeAccumulator,
-    PixelDirections,
-    bin_frame,
     reciprocal_metric,
+)
+from hpcdiff.pipelines.fourier_frames import (
+    ChainSettings,
+    ChunkFrames,
+    FramePlan,
+    chunk_task,
+    plan_frames,
+    process_chunk,
+    process_frames,
+    refine_scales,
+    scale_summary,
 )
 from hpcdiff.pipelines.layout import FourierLayout
 from hpcdiff.similarity import (
@@ -70,11 +79,6 @@ from hpcdiff.similarity import (
     image_vectors,
     sparse_frames,
 )
-
-if TYPE_CHECKING:
-    from hpcdiff.background.local import LocalFilter
-    from hpcdiff.background.normalise import Compression
-    from hpcdiff.background.radial import RadialStatistic
 
 # --------------------------------------------------------------------------- settings
 
@@ -89,39 +93,23 @@ class FourierSettings:
         Merge grid and common-arc similarity grid.
     bragg_radius_hkl
         Pixels this close to integer ``hkl`` are left out of both grids.
-    background
-        ``"radial"``, ``"local"`` or ``"none"``.
-    radial_statistic, n_radial_bins, radial_clip_sigma
-        Radial background parameters (:class:`~hpcdiff.config.BackgroundConfig`).
-    local_filter, local_size_px, local_percentile, local_bin_px
-        Local background parameters.
-    compression, clip_sigma
-        Normalisation of the image-space frames.
     image_downsample
         Mean-pooling factor of the image-space frames.
-    polarisation_degree
-        Horizontal polarisation fraction of the beam (1.0 for an XFEL).
+    chain
+        The per-frame chain (the classify job's ``[corrections]``, ``[background]``,
+        ``[experiment]``) and the merge's scale settings
+        (:class:`~hpcdiff.pipelines.fourier_frames.ChainSettings`).
     """
 
     grid: Grid
     similarity_grid: Grid
     bragg_radius_hkl: float = 0.0
-    background: str = "radial"
-    radial_statistic: RadialStatistic = "median"
-    n_radial_bins: int = 400
-    local_filter: LocalFilter = "median"
-    local_size_px: int = 15
-    local_percentile: float = 50.0
-    local_bin_px: int = 5
-    radial_clip_sigma: float = 3.0
-    compression: Compression = "none"
-    clip_sigma: float = 5.0
     image_downsample: int = 8
-    polarisation_degree: float = 1.0
+    chain: ChainSettings = field(default_factory=ChainSettings)
 
     @classmethod
     def from_job(cls, job: JobConfig, *, plan: FramePlan | None = None) -> FourierSettings:
-        """Settings from the job's ``[fourier]`` and ``[background]`` sections.
+        """Settings from the job's ``[fourier]`` section and the frame chain's sections.
 
         The grids come from :func:`hpcdiff.fourier_grid.grid_from_config`: a grid fitted
         to the cell and the detector's q range needs the frame ``plan`` (made here from
@@ -129,7 +117,7 @@ class FourierSettings:
         """
         from hpcdiff.fourier_grid import grid_from_config, plan_q_max
 
-        f, b = job.fourier, job.background
+        f = job.fourier
         if f.symmetrise == "laue" and f.extent == "q":
             raise ConfigError(
                 f"{job.source}: [fourier.symmetrise] 'laue' needs extent = 'hkl' "
@@ -152,456 +140,12 @@ class FourierSettings:
             grid=grid,
             similarity_grid=similarity_grid,
             bragg_radius_hkl=f.mask_bragg_radius_hkl,
-            background=b.method,
-            radial_statistic=b.radial_statistic,
-            n_radial_bins=b.n_radial_bins,
-            local_filter=b.local_filter,
-            local_size_px=b.local_size_px,
-            local_percentile=b.local_percentile,
-            local_bin_px=b.local_bin_px,
-            radial_clip_sigma=b.radial_clip_sigma,
-            compression=b.compression,
-            clip_sigma=b.clip_sigma,
             image_downsample=f.image_downsample,
+            chain=ChainSettings.from_job(job),
         )
 
 
-# --------------------------------------------------------------------------- planning
-
-
-@dataclass(frozen=True)
-class FramePlan:
-    """The frames the job merges: those with an orientation.
-
-    Attributes
-    ----------
-    files
-        The run's frame files (global frame numbers run through them in order).
-    data_path
-        Frame dataset override (None: from the geometry).
-    geometry
-        :class:`~hpcdiff.io.geom.DetectorGeometry`.
-    numbers
-        ``(n,)`` int64 global frame numbers of the oriented frames, increasing.
-    frame_ids
-        Their :class:`~hpcdiff.io.cxi.FrameId`.
-    orientations
-        ``(n, 3, 3)`` float64 rows ``astar, bstar, cstar`` (nm^-1, lab frame).
-    photon_energy_ev
-        ``(n,)`` float64 from the stream; NaN where the stream has none (then from the
-        frame file or the geometry).
-    labels
-        ``(n,)`` int8 diffuse 0/1, or None without a labels file.
-    n_frames_total, n_multi_crystal
-        Frames in the run; chunks with more than one crystal (the first is used).
-    """
-
-    files: tuple[str, ...]
-    data_path: str | None
-    geometry: Any
-    numbers: np.ndarray
-    frame_ids: tuple[Any, ...]
-    orientations: np.ndarray
-    photon_energy_ev: np.ndarray
-    labels: np.ndarray | None
-    n_frames_total: int
-    n_multi_crystal: int = 0
-
-    def __len__(self) -> int:
-        return int(self.numbers.size)
-
-
-def _chunk_key(filename: str, index: int | None) -> tuple[str, int]:
-    return (Path(filename).name, 0 if index is None else int(index))
-
-
-def plan_frames(job: JobConfig) -> FramePlan:
-    """Match the stream's oriented chunks to the run's frames.
-
-    A chunk matches the frame whose file has the same name (folders ignored: streams
-    record the paths the indexer saw) and whose index is the chunk's event (``//N``;
-    0 without an event).
-
-    Raises
-    ------
-    ConfigError
-        When the job names no frames, geometry or stream.
-    FormatError
-        When the stream orients no frame of the run.
-    """
-    from hpcdiff.io.cxi import FrameSource
-    from hpcdiff.io.geom import read_geom
-    from hpcdiff.io.stream import read_stream
-
-    exp = job.experiment
-    src = job.source or "<job>"
-    if exp.stream is None:
-        raise ConfigError(f"{src}: [experiment.stream] is needed by the Fourier job (orientations)")
-    if exp.geometry is None:
-        raise ConfigError(f"{src}: [experiment.geometry] is needed by the Fourier job")
-    files = [str(f) for f in job.frame_files()]
-    if not files:
-        raise ConfigError(f"{src}: [experiment.frames] names no frame file")
-    geom = read_geom(exp.geometry)
-    with FrameSource(files, geometry=geom, data_path=exp.data_path) as source:
-        frame_ids = list(source.frame_ids)
-    index = {_chunk_key(fid.file, fid.index): i for i, fid in enumerate(frame_ids)}
-    stream = read_stream(exp.stream)
-    found: dict[int, tuple[np.ndarray, float]] = {}
-    n_multi = 0
-    for chunk in stream.chunks:
-        if not chunk.crystals:
-            continue
-        key = _chunk_key(chunk.image_filename, chunk.frame_index)
-        if key not in index:
-            continue
-        n_multi += len(chunk.crystals) > 1
-        energy = chunk.photon_energy_ev if chunk.photon_energy_ev is not None else np.nan
-        found.setdefault(index[key], (chunk.crystals[0].reciprocal_matrix, float(energy)))
-    if not found:
-        raise FormatError(
-            exp.stream,
-            f"no chunk with a crystal matches a frame of the run ({len(files)} file(s), e.g. "
-            f"{Path(files[0]).name}); chunks name files {stream.chunks[0].image_filename!r}..."
-            if stream.chunks
-            else "the stream has no chunks",
-        )
-    numbers = np.array(sorted(found), dtype=np.int64)
-    orientations = np.stack([found[i][0] for i in numbers])
-    energies = np.array([found[i][1] for i in numbers], dtype=np.float64)
-    ids = tuple(frame_ids[i] for i in numbers)
-    labels = None
-    if exp.labels is not None:
-        from hpcdiff.io.labels import read_labels
-
-        all_labels = read_labels(exp.labels, class_names=exp.class_names or None)
-        try:
-            labels = all_labels.lookup(list(ids)).diffuse.astype(np.int8)
-        except KeyError as exc:  # labels of some frames only: no label colours or AUCs
-            logging.getLogger("hpcdiff.fourier").warning(
-                "labels cover only some merged frames (%s); diffusion maps without labels",
-                exc.args[0] if exc.args else exc,
-            )
-    return FramePlan(
-        files=tuple(files),
-        data_path=exp.data_path,
-        geometry=geom,
-        numbers=numbers,
-        frame_ids=ids,
-        orientations=orientations,
-        photon_energy_ev=energies,
-        labels=labels,
-        n_frames_total=len(frame_ids),
-        n_multi_crystal=int(n_multi),
-    )
-
-
-# --------------------------------------------------------------------------- per-frame work
-
-
-class DetectorCache:
-    """Per-pixel geometry at each detector distance met, computed once per distance.
-
-    Parameters
-    ----------
-    geom
-        The detector geometry.
-    polarisation_degree
-        Horizontal polarisation fraction.
-    max_entries
-        Distances kept (least recently used dropped).
-    """
-
-    def __init__(
-        self, geom: Any, *, polarisation_degree: float = 1.0, max_entries: int = 8
-    ) -> None:
-        self.geom = geom
-        self.polarisation_degree = polarisation_degree
-        self.max_entries = max_entries
-        self._cache: OrderedDict[float, tuple[np.ndarray, np.ndarray]] = OrderedDict()
-        self._valid: np.ndarray | None = None
-        self._panels: np.ndarray | None = None
-        self._rings: dict[tuple[float, int], Any] = {}
-        self._pixels: dict[float, PixelDirections] = {}
-
-    @property
-    def valid(self) -> np.ndarray:
-        """``(n_ss, n_fs)`` bool: on a panel and not in a bad region."""
-        if self._valid is None:
-            from hpcdiff.geometry import bad_region_mask, panel_index_map
-
-            self._panels = panel_index_map(self.geom)
-            self._valid = (self._panels >= 0) & ~bad_region_mask(self.geom)
-        return self._valid
-
-    @property
-    def panel_index(self) -> np.ndarray:
-        """``(n_ss, n_fs)`` int16 panel of each pixel, -1 off-panel."""
-        _ = self.valid
-        assert self._panels is not None
-        return self._panels
-
-    def at(self, clen_m: float) -> tuple[np.ndarray, np.ndarray]:
-        """Unit scattering directions ``k_out - k_in`` (``|k| = 1``) ``(n_ss, n_fs, 3)`` and the
-        correction factor ``polarisation * solid_angle_sr`` ``(n_ss, n_fs)`` at ``clen_m``.
-
-        ``q = directions / lambda_nm``.
-        """
-        from hpcdiff.geometry import pixel_positions_m, polarisation_factor, solid_angle_sr
-
-        key = round(float(clen_m), 7)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        pos = pixel_positions_m(self.geom, clen_m=clen_m)
-        unit = pos / np.linalg.norm(pos, axis=-1, keepdims=True)
-        unit[..., 2] -= 1.0
-        corr = polarisation_factor(pos, degree=self.polarisation_degree) * solid_angle_sr(
-            self.geom, pos
-        )
-        self._cache[key] = (unit, corr)
-        if len(self._cache) > self.max_entries:
-            self._cache.popitem(last=False)
-            self._rings.clear()
-        return unit, corr
-
-    def pixels(self, clen_m: float) -> PixelDirections:
-        """The valid pixels' directions at ``clen_m``, laid out for the merge (cached)."""
-        key = round(float(clen_m), 7)
-        if key not in self._pixels:
-            unit, _ = self.at(clen_m)
-            if len(self._pixels) >= self.max_entries:
-                self._pixels.pop(next(iter(self._pixels)))
-            self._pixels[key] = PixelDirections.build(unit, self.valid)
-        return self._pixels[key]
-
-    def rings(self, clen_m: float, n_bins: int) -> Any:
-        """|q| rings of equal width over the valid pixels at ``clen_m``, as prepared
-        :class:`~hpcdiff.background.Segments` (ring index -1 off the valid pixels).
-
-        Rings depend on the scattering angle only (not the wavelength), so one set serves
-        every frame at this distance.
-        """
-        from hpcdiff.segments import as_segments
-
-        key = (round(float(clen_m), 7), int(n_bins))
-        if key not in self._rings:
-            unit, _ = self.at(clen_m)
-            q_abs = np.linalg.norm(unit, axis=-1)
-            valid = self.valid & np.isfinite(q_abs)
-            lo, hi = float(np.min(q_abs[valid])), float(np.max(q_abs[valid]))
-            edges = np.linspace(lo, hi, n_bins + 1)
-            ring = np.searchsorted(edges, np.where(valid, q_abs, lo), side="right") - 1
-            ring = np.clip(ring, 0, n_bins - 1).astype(np.int32)
-            ring[~valid] = -1
-            self._rings[key] = as_segments(ring, n_segments=n_bins)
-        return self._rings[key]
-
-
-@dataclass
-class ChunkFrames:
-    """What one task returns besides its accumulator.
-
-    Attributes
-    ----------
-    numbers
-        ``(k,)`` global frame numbers.
-    similarity_frames
-        ``k`` frames binned on the similarity grid.
-    images
-        ``(k, h, w)`` float32 normalised residuals, downsampled.
-    seconds
-        Wall time of the task.
-    """
-
-    numbers: np.ndarray
-    similarity_frames: list[FrameVoxels]
-    images: np.ndarray
-    seconds: float = 0.0
-
-
-def _background(
-    corrected: np.ndarray,
-    *,
-    valid: np.ndarray,
-    detector: DetectorCache,
-    rings: Any,
-    settings: FourierSettings,
-) -> np.ndarray:
-    if settings.background == "none":
-        return np.zeros_like(corrected)
-    if settings.background == "radial":
-        from hpcdiff.background import radial_background
-
-        return radial_background(
-            corrected,
-            rings,
-            valid=valid,
-            statistic=settings.radial_statistic,
-            clip_sigma=settings.radial_clip_sigma,
-        )
-    from hpcdiff.background import local_background
-
-    return local_background(
-        corrected,
-        detector.panel_index,
-        valid=valid,
-        size_px=settings.local_size_px,
-        statistic=settings.local_filter,
-        percentile=settings.local_percentile,
-        bin_px=settings.local_bin_px,
-    )
-
-
-def process_frames(
-    frames: np.ndarray,
-    orientations: np.ndarray,
-    *,
-    photon_energy_ev: np.ndarray,
-    clen_m: np.ndarray,
-    detector: DetectorCache,
-    settings: FourierSettings,
-    numbers: np.ndarray | None = None,
-) -> tuple[MergeAccumulator, ChunkFrames]:
-    """Merge a batch of frames and bin them for the similarities (array in, arrays out).
-
-    Parameters
-    ----------
-    frames
-        ``(k, n_ss, n_fs)`` float slab frames (ADU or photons).
-    orientations
-        ``(k, 3, 3)`` rows ``astar, bstar, cstar``, nm^-1 lab frame.
-    photon_energy_ev, clen_m
-        ``(k,)`` per-frame photon energy (eV) and camera length (m, without coffset).
-    detector
-        Per-pixel geometry cache.
-    settings
-        Grids and background settings.
-    numbers
-        ``(k,)`` global frame numbers (default ``0..k-1``).
-
-    Returns
-    -------
-    (MergeAccumulator, ChunkFrames)
-    """
-    from hpcdiff.background import normalise
-    from hpcdiff.geometry import photon_energy_to_wavelength_m
-    from hpcdiff.similarity import downsample
-
-    t0 = time.perf_counter()
-    frames = np.asarray(frames)
-    k = frames.shape[0]
-    if orientations.shape != (k, 3, 3):
-        raise ValueError(f"orientations {orientations.shape} do not match {k} frames")
-    valid = detector.valid
-    if frames.shape[1:] != valid.shape:
-        raise ValueError(f"frames {frames.shape[1:]} do not match the detector slab {valid.shape}")
-    acc = MergeAccumulator.empty(settings.grid)
-    sim_frames: list[FrameVoxels] = []
-    residuals = np.empty(frames.shape, np.float32)
-    for i in range(k):
-        _, corr = detector.at(float(clen_m[i]))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            corrected = (frames[i] / corr).astype(np.float32)
-        ok = valid & np.isfinite(corrected)
-        rings = None
-        if settings.background == "radial":
-            rings = detector.rings(float(clen_m[i]), settings.n_radial_bins)
-        residual = corrected - _background(
-            corrected, valid=ok, detector=detector, rings=rings, settings=settings
-        )
-        residual = np.where(ok, residual, np.nan).astype(np.float32)
-        residuals[i] = residual
-        lam_nm = photon_energy_to_wavelength_m(float(photon_energy_ev[i])) * 1e9
-        pixels = detector.pixels(float(clen_m[i]))
-        values = pixels.values(residual)  # NaN where not ok
-        merge_voxels, sim_voxels = pixels.voxels(
-            orientations[i],
-            wavelength_nm=lam_nm,
-            grids=(settings.grid, settings.similarity_grid),
-            bragg_radius_hkl=settings.bragg_radius_hkl,
-        )
-        acc.add_voxels(merge_voxels, values)
-        sim_frames.append(bin_frame(values, sim_voxels))
-    normed = normalise(
-        np.nan_to_num(residuals),
-        valid=np.isfinite(residuals),
-        compression=settings.compression,
-        clip_sigma=settings.clip_sigma,
-    )
-    images = downsample(np.where(valid, normed, np.nan), settings.image_downsample)
-    nums = np.arange(k) if numbers is None else np.asarray(numbers)
-    return acc, ChunkFrames(nums, sim_frames, images, time.perf_counter() - t0)
-
-
-_DETECTOR: list[DetectorCache] = []  # this process's cache for the geometry it last saw
-
-
-def _detector(geom: Any, polarisation_degree: float) -> DetectorCache:
-    if (
-        not _DETECTOR
-        or _DETECTOR[0].geom is not geom
-        or (_DETECTOR[0].polarisation_degree != polarisation_degree)
-    ):
-        _DETECTOR[:] = [DetectorCache(geom, polarisation_degree=polarisation_degree)]
-    return _DETECTOR[0]
-
-
-def process_chunk(
-    plan: FramePlan, rows: Sequence[int], settings: FourierSettings
-) -> tuple[MergeAccumulator, ChunkFrames]:
-    """Read and process the plan's frames ``rows`` (indices into ``plan.numbers``): one dask task.
-
-    Reads the frames from their files (each worker opens them itself), takes each frame's
-    photon energy from the stream (else the file, else the geometry) and camera length
-    from the file (else the geometry), then :func:`process_frames`.
-    """
-    from hpcdiff.io.cxi import FrameSource
-
-    index = np.asarray(rows, dtype=np.int64)
-    numbers = plan.numbers[index]
-    detector = _detector(plan.geometry, settings.polarisation_degree)
-    with FrameSource(plan.files, geometry=plan.geometry, data_path=plan.data_path) as source:
-        frames = np.stack([source.read(int(n), int(n) + 1)[0] for n in numbers])
-        values = [source.frame_values(int(n), int(n) + 1) for n in numbers]
-    energies = plan.photon_energy_ev[index].copy()
-    clens = np.empty(len(index))
-    for j, v in enumerate(values):
-        if not np.isfinite(energies[j]):
-            energies[j] = _number(
-                v, "photon_energy_ev", plan.geometry.photon_energy, "photon energy", plan
-            )
-        clens[j] = _number(v, "clen_m", plan.geometry.panels[0].clen, "camera length (clen)", plan)
-    return process_frames(
-        frames,
-        plan.orientations[index],
-        photon_energy_ev=energies,
-        clen_m=clens,
-        detector=detector,
-        settings=settings,
-        numbers=numbers,
-    )
-
-
-def _number(
-    values: dict[str, np.ndarray], key: str, fallback: Any, what: str, plan: FramePlan
-) -> float:
-    if key in values and np.isfinite(values[key][0]):
-        return float(values[key][0])
-    if isinstance(fallback, int | float):
-        return float(fallback)
-    raise FormatError(
-        plan.geometry.source or "geometry",
-        f"no {what} for the frames: neither the frame files nor the geometry give a number",
-    )
-
-
-def chunk_task(
-    plan: FramePlan, start: int, stop: int, *, settings: FourierSettings
-) -> tuple[MergeAccumulator, ChunkFrames]:
-    """:func:`process_chunk` of the plan's frames ``start:stop`` (a block of
-    :func:`~hpcdiff.parallel.dask_blocks.map_blocks`)."""
-    return process_chunk(plan, range(start, stop), settings)
+# --------------------------------------------------------------------------- merging
 
 
 def merge_accumulators(*accs: MergeAccumulator) -> MergeAccumulator:
@@ -706,6 +250,12 @@ def run_fourier(
     t_merge = time.perf_counter() - t0
     task_s = float(sum(p.seconds for p in parts))
     merged = merged.symmetrised(fcfg.symmetrise)
+    frame_scales = None
+    for _ in range(settings.chain.scale_passes):  # per-frame scales against the merged map
+        merged, frame_scales = refine_scales(
+            client, plan, settings, merged, frames_per_task=fcfg.frames_per_task, log=log
+        )
+        merged = merged.symmetrised(fcfg.symmetrise)
 
     # 3. similarities, row blocks as tasks
     sim_frames = [f for p in parts for f in p.similarity_frames]
@@ -747,6 +297,10 @@ def run_fourier(
         "n_frames_oriented": n,
         "n_frames_total": plan.n_frames_total,
         "n_multi_crystal_chunks": plan.n_multi_crystal,
+        "frames": {"choice": plan.frames, "n_oriented": plan.n_oriented, "n_chosen": n},
+        "frame_scales": scale_summary(
+            np.concatenate([p.shot for p in parts]), frame_scales, settings.chain.scale_min
+        ),
         "n_workers": worker_count(client),
         "grid": settings.grid.to_dict(),
         "similarity_grid": settings.similarity_grid.to_dict(),
@@ -959,7 +513,6 @@ def write_diffusion(
 
 __all__ = [
     "ChunkFrames",
-    "DetectorCache",
     "FourierResult",
     "FourierSettings",
     "FramePlan",

@@ -21,8 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from hpcdiff.config import JobConfig
 from hpcdiff.errors import HpcdiffError
 
@@ -146,6 +144,8 @@ def check_job(job: JobConfig, *, mode: str = "auto") -> CheckResult:
             "the Fourier job needs crystal orientations",
             'name the CrystFEL stream of the run: stream = "run.stream" (indexamajig output)',
         )
+    if mode == "fourier":
+        _check_frame_choice(job, result)
     if job.experiment.stream is not None and job.experiment.stream.is_file():
         _check_stream(job, result)
     if job.fourier.truth is not None:
@@ -232,6 +232,8 @@ def _geometry_in_frames(job: JobConfig) -> bool:
 
 def _check_frames(job: JobConfig, result: CheckResult, geom: Any) -> list[Any]:
     """Open every frame file and read its first frame; the run's frame ids (readable files)."""
+    import numpy as np
+
     from hpcdiff.io.sources import open_job_source
 
     ids: list[Any] = []
@@ -268,6 +270,8 @@ def _check_frames(job: JobConfig, result: CheckResult, geom: Any) -> list[Any]:
 def _check_labels(
     job: JobConfig, result: CheckResult, frame_ids: list[Any], *, training: bool
 ) -> None:
+    import numpy as np
+
     from hpcdiff.io.labels import describe_spec, label_sources
     from hpcdiff.learn import split_rows, split_sizes, targets
     from hpcdiff.learn.split import too_few_labelled
@@ -369,6 +373,7 @@ def _check_weights(
     job: JobConfig, result: CheckResult, *, need_info: bool
 ) -> dict[str, Any] | None:
     """Problems with ``[features] weights``/``layer``; the weights info a run would record."""
+
     from hpcdiff.errors import FormatError
     from hpcdiff.features.catalog import verify_checkpoint
     from hpcdiff.features.layers import LAYER_SIZES, layer_note, resolve_layer
@@ -508,6 +513,30 @@ def _check_stream(job: JobConfig, result: CheckResult) -> None:
     n_crystals = sum(len(c.crystals) for c in stream.chunks)
     if n_crystals == 0:
         result.notes.append(f"{path}: no indexed crystals; the Fourier job has nothing to merge")
+
+
+def _check_frame_choice(job: JobConfig, result: CheckResult) -> None:
+    """``[fourier] frames`` needs the labels or the classify job's predictions."""
+    choice = job.fourier.frames
+    if choice == "labelled-diffuse" and job.experiment.labels is None:
+        result.add(
+            "[fourier.frames]",
+            "'labelled-diffuse' merges the frames the labels mark diffuse, but the job names "
+            "no labels",
+            'name them in [experiment] labels, or set frames = "all"',
+        )
+    if choice == "predicted-diffuse":
+        from hpcdiff.pipelines.layout import ClassifyLayout
+
+        path = job.fourier.predictions or ClassifyLayout.from_job(job).predictions
+        if not Path(path).is_file():
+            result.add(
+                "[fourier.predictions]",
+                f"'predicted-diffuse' reads the classify job's predictions, but {path} does "
+                "not exist",
+                "run `hpcdiff classify` (or `hpcdiff predict`) first, or name the file in "
+                "[fourier] predictions",
+            )
 
 
 def _check_truth(job: JobConfig, result: CheckResult) -> None:

@@ -246,9 +246,9 @@ def add_confidence_table(report: Report, predictions: Any, *, n: int = 10) -> No
 
 def example_frames(job: JobConfig, predictions: Any, *, n: int = 4) -> tuple[list, list, list]:
     """Raw and background-removed assembled images of the most and least diffuse-looking frames."""
-    from hpcdiff.geometry import DetectorModel
     from hpcdiff.io.geom import read_geom
     from hpcdiff.io.sources import open_job_source
+    from hpcdiff.pipelines.classify import detector_model
     from hpcdiff.preprocess import Preprocessor
 
     geom = None if job.experiment.geometry is None else read_geom(job.experiment.geometry)
@@ -266,12 +266,7 @@ def example_frames(job: JobConfig, predictions: Any, *, n: int = 4) -> tuple[lis
         values = source.frame_values(int(number), int(number) + 1)
         energy = values.get("photon_energy_ev")
         if pre is None:
-            clen = values.get("clen_m")
-            model = DetectorModel.build(
-                geom,
-                clen_m=None if clen is None else float(clen[0]),
-                photon_energy_ev=None if energy is None else float(energy[0]),
-            )
+            model = detector_model(geom, values, frame_file=source.files[0])
             pre = Preprocessor.from_job(job, model)
             pixmap = model.pixel_map()
         assert pixmap is not None  # built with pre, on the first frame

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from hpcdiff.errors import OutputExistsError
-from hpcdiff.parallel.mpi import Comm, allreduce_sum
 from hpcdiff.parallel.signals import Preempted
+
+if TYPE_CHECKING:  # numpy and MPI load on use: ``hpcdiff --help`` imports this module
+    from hpcdiff.parallel.mpi import Comm
 
 FORCE_HELP = (
     "run again although the run is finished, overwriting its outputs, and discard "
@@ -84,6 +85,10 @@ def stop_if_requested(comm: Comm, stop: object, *, where: str, shard_dir: Path) 
     Call between stages, before anything is written: every rank takes part (one small
     reduction), so all ranks stop together and nothing is half-written.
     """
+    import numpy as np
+
+    from hpcdiff.parallel.mpi import allreduce_sum
+
     flag = np.array([1 if (stop is not None and stop) else 0], dtype=np.int64)
     if int(allreduce_sum(comm, flag)[0]):
         raise Preempted(

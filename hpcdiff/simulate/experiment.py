@@ -233,9 +233,13 @@ def simulated_geometry(
     def saturation(p: Any) -> float:
         return min(p.max_adu if math.isfinite(p.max_adu) else DEFAULT_MAX_ADU, dtype_max)
 
+    # mask and saturation-map datasets of a target's geometry are not in simulated files
+    unread = {"masks": (), "saturation_map": None}
     if cfg.geometry_layout == "file":
         panels = tuple(
-            dataclasses.replace(p, adu_per_ev=gain(p), adu_per_photon=None, max_adu=saturation(p))
+            dataclasses.replace(
+                p, adu_per_ev=gain(p), adu_per_photon=None, max_adu=saturation(p), **unread
+            )
             for p in geom.panels
         )
     else:
@@ -250,6 +254,7 @@ def simulated_geometry(
                 adu_per_ev=gain(p),
                 adu_per_photon=None,
                 max_adu=saturation(p),
+                **unread,
             )
             for p in geom.panels
         )

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
+if TYPE_CHECKING:  # numpy loads on use: ``hpcdiff --help`` lists the presets
+    import numpy as np
 
 RATIO_BAND_PER_NM: tuple[float, float] = (2.0, 4.0)
 """|q| band (nm^-1, no 2 pi; d = 5.0 to 2.5 Angstrom) where ratios are defined."""
@@ -174,6 +176,8 @@ def diffuse_class(strength: float | np.ndarray, preset: Preset) -> np.ndarray:
     numpy.ndarray
         int16, same shape; 0 where strength is 0, else 1, 2 or 3.
     """
+    import numpy as np
+
     s = np.asarray(strength, dtype=np.float64)
     low, high = preset.ratio_range
     with np.errstate(divide="ignore"):

@@ -1,0 +1,231 @@
+"""Benchmark of the Fourier job's merge inputs: CC of the merged map with the truth, per shell.
+
+Simulated experiments (the configurations of ``bench_transfer.py``: other molecules, cells,
+space groups, diffuse models, detectors; half or a third of the frames diffuse, true
+orientations in the stream, ``truth.h5`` the diffuse intensity on fractional hkl) are merged
+serially (``plan_frames`` + ``process_chunk``, the same functions the dask job runs) into a
+``--grid``^3 hkl grid of half-width ``--max-hkl``; the merged map is compared with the
+truth (nearest truth voxel) overall and per |q| shell (nm^-1, no 2 pi), and with the truth
+minus its isotropic part (mean in thin |q| shells).
+
+Rows: ``all`` / ``diffuse`` (all oriented frames, or the labelled-diffuse ones), and with
+this checkout's chain ``scale0`` / ``scale1`` (no / one scale-refinement pass).  Run the
+same script with ``PYTHONPATH=/work/main`` for the rows of main (no chain, no scales).
+
+Usage::
+
+    python benchmarks/bench_fourier_chain.py --configs A H-triclinic --frames 160
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import inspect
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CACHE = Path("/tmp/hpcdiff-fourier-chain-cache")
+SHELLS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0)
+
+
+def configs() -> dict[str, dict]:
+    import bench_transfer as bt
+
+    return {**bt.CONFIGS, **bt.HARD}
+
+
+def simulate(name: str, spec: dict, n_frames: int) -> Path:
+    """The simulated experiment's job file (cached under /tmp)."""
+    import transfer_data as td
+
+    from hpcdiff.simulate import simulate_experiment
+
+    out = CACHE / f"{name}-{n_frames}"
+    job = out / "sim" / "job.toml"
+    if (out / "done").is_file():
+        return Path((out / "done").read_text().strip())
+    cfg, dropped = td.make_sim_config({**spec, "n_frames": n_frames, "frames_per_file": 100})
+    cfg = dataclasses.replace(cfg, compression="none")
+    t0 = time.perf_counter()
+    sim = simulate_experiment(cfg, out / "sim", force=True)
+    print(f"{name}: simulated {n_frames} frames in {time.perf_counter() - t0:.0f} s", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "done").write_text(str(sim.job))
+    return Path(sim.job) if sim.job else job
+
+
+def sampled_truth(grid, truth_path: Path) -> np.ndarray:
+    from hpcdiff.pipelines.fourier import read_truth
+
+    volume, axes = read_truth(truth_path)
+    centres = grid.axis()
+    idx, masks = [], []
+    for a in axes:
+        step = (a[-1] - a[0]) / max(len(a) - 1, 1)
+        i = np.rint((centres - a[0]) / step).astype(np.int64)
+        masks.append((i >= 0) & (i < len(a)))
+        idx.append(np.clip(i, 0, len(a) - 1))
+    out = volume[np.ix_(idx[0], idx[1], idx[2])]
+    ok = masks[0][:, None, None] & masks[1][None, :, None] & masks[2][None, None, :]
+    return np.where(ok, out, np.nan)
+
+
+def q_of_voxels(grid, orientation: np.ndarray) -> np.ndarray:
+    axis = grid.axis()
+    hkl = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)
+    return np.linalg.norm(hkl @ orientation, axis=-1)  # q = h a* + k b* + l c*
+
+
+def isotropic_removed(truth: np.ndarray, q: np.ndarray, width: float = 0.05) -> np.ndarray:
+    ok = np.isfinite(truth)
+    b = np.floor(q / width).astype(np.int64)
+    n = np.bincount(b[ok], minlength=b.max() + 1)
+    s = np.bincount(b[ok], weights=truth[ok], minlength=b.max() + 1)
+    mean = s / np.maximum(n, 1)
+    return truth - mean[b]
+
+
+def cc(a: np.ndarray, b: np.ndarray, sel: np.ndarray | None = None) -> tuple[float, int]:
+    ok = np.isfinite(a) & np.isfinite(b)
+    if sel is not None:
+        ok &= sel
+    n = int(ok.sum())
+    if n < 10:
+        return float("nan"), n
+    x, y = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
+    d = np.sqrt(x @ x * (y @ y))
+    return (float(x @ y / d) if d > 0 else float("nan")), n
+
+
+def measure(
+    job_path: Path,
+    *,
+    grid_size: int,
+    max_hkl: float,
+    passes: list[int],
+    overrides: dict | None = None,
+    which: tuple[str, ...] = ("all", "diffuse"),
+) -> list[dict]:
+    from hpcdiff.config import load_job
+    from hpcdiff.pipelines import fourier as fj
+
+    new_chain = "reference" in inspect.signature(fj.process_chunk).parameters
+    job = load_job(job_path)
+    job = dataclasses.replace(
+        job,
+        fourier=dataclasses.replace(
+            job.fourier,
+            grid_size=grid_size,
+            max_hkl=max_hkl,
+            similarity_grid_size=8,
+            **(overrides or {}),
+        ),
+    )
+    plan = fj.plan_frames(job)
+    settings = fj.FourierSettings.from_job(job)
+    truth = sampled_truth(settings.grid, job.fourier.truth or job_path.parent / "truth.h5")
+    q = q_of_voxels(settings.grid, plan.orientations[0])
+    iso = isotropic_removed(truth, q)
+    assert plan.labels is not None
+    rows_of = {
+        "all": np.arange(len(plan)),
+        "diffuse": np.flatnonzero(plan.labels == 1),
+    }
+    out = []
+    for name, rows in rows_of.items():
+        if name not in which:
+            continue
+        t0, c0 = time.perf_counter(), time.process_time()
+        acc, _ = fj.process_chunk(plan, rows, settings)
+        for p in passes if new_chain else [0]:
+            cur = acc
+            for _ in range(p):
+                from hpcdiff.pipelines.fourier_frames import reference_map
+
+                cur, _ = fj.process_chunk(plan, rows, settings, reference=reference_map(cur))
+            m = cur.intensity()
+            row = {
+                "frames": name,
+                "n_frames": len(rows),
+                "n_merged": cur.n_frames,
+                "chain": "new" if new_chain else "main",
+                "scale_passes": p,
+                "bragg_radius_hkl": settings.bragg_radius_hkl,
+                "cc": cc(m, truth)[0],
+                "cc_iso_removed": cc(m, iso)[0],
+                "shells": [],
+                "wall_s": time.perf_counter() - t0,
+                "cpu_s": time.process_time() - c0,
+            }
+            for lo, hi in zip(SHELLS[:-1], SHELLS[1:], strict=True):
+                sel = (q >= lo) & (q < hi)
+                c, n = cc(m, truth, sel)
+                ci, _ = cc(m, iso, sel)
+                if n >= 10:
+                    row["shells"].append(
+                        {"q_min_nm_inv": lo, "q_max_nm_inv": hi, "cc": c, "cc_iso": ci, "voxels": n}
+                    )
+            out.append(row)
+            shells = "  ".join(
+                f"[{s['q_min_nm_inv']:.1f},{s['q_max_nm_inv']:.1f}) {s['cc']:.3f}/{s['cc_iso']:.3f}"
+                f" ({s['voxels']})"
+                for s in row["shells"]
+            )
+            print(
+                f"  {row['chain']:4s} {name:7s} n={len(rows):3d} merged={cur.n_frames:3d} "
+                f"scale_passes={p} bragg={settings.bragg_radius_hkl:g}: CC {row['cc']:.3f}, "
+                f"iso-removed {row['cc_iso_removed']:.3f}; per shell CC/CC-iso (voxels): {shells}",
+                flush=True,
+            )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--configs", nargs="+", default=["A", "H-triclinic"])
+    ap.add_argument("--frames", type=int, default=160)
+    ap.add_argument("--grid", type=int, default=100)
+    ap.add_argument("--max-hkl", type=float, default=10.0)
+    ap.add_argument("--passes", type=int, nargs="+", default=[0, 1])
+    ap.add_argument("--json", type=Path)
+    ap.add_argument("--rows", nargs="+", default=["all", "diffuse"], choices=["all", "diffuse"])
+    ap.add_argument(
+        "--fourier",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="[fourier] keys for an ablation, e.g. mask_bragg_radius_hkl=0 scale_shot=false",
+    )
+    args = ap.parse_args(argv)
+    overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.fourier)}
+    specs = configs()
+    report = {}
+    for name in args.configs:
+        job = simulate(name, specs[name], args.frames)
+        print(f"{name}: {specs[name].get('detector')} {specs[name].get('diffuse_model')} "
+              f"{specs[name].get('space_group')} cell {specs[name].get('cell_nm')}", flush=True)  # fmt: skip
+        report[name] = measure(
+            job,
+            grid_size=args.grid,
+            max_hkl=args.max_hkl,
+            passes=args.passes,
+            overrides=overrides,
+            which=tuple(args.rows),
+        )
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,421 @@
+"""CPU throughput of the classify path against its own limits and today's code, in one run.
+
+Usage::
+
+    python benchmarks/bench_throughput.py [--frames 16] [--batch 8] [--repeats 3]
+                                          [--baseline REV] [--skip-vgg]
+                                          [--only startup read preprocess vgg]
+
+Every row is the median of ``repeats`` timed passes, CPU time (``time.process_time``,
+all threads of the process) beside wall time; every ratio is of two rows measured in this
+run, interleaved.  Frames are CSPAD-like slabs (1480 x 1552) simulated once and stored as
+int16 ADU (the Cheetah layout), cached under ``/tmp/hpcdiff-throughput-cache``.
+
+1. read: :meth:`FrameSource.read_raw` into one reused buffer against a plain h5py read
+   (``dset[a:b]``) of the same frames, lz4 and uncompressed (target >= 0.9x);
+2. preprocess: frames per CPU-second of the default (``"standard"``) and the seed recipe,
+   this checkout against ``--baseline`` (a git revision, default ``main``, exported to a
+   temporary folder and run in a subprocess, alternating with this checkout's subprocess);
+   the images of both are compared (target >= 3x for the default, seed no slower);
+3. VGG16: images per second at ``batch`` against the bf16 (native bf16 CPUs) or fp32
+   matmul bound measured here: the fraction of the bound's FLOP rate (target >= 70%);
+4. end to end: read + preprocess (prefetch thread) + VGG16 on ``frames`` frames against
+   VGG16 alone on as many images, same layer, batch and threads (target >= 0.8x);
+5. start-up: CPU seconds of ``hpcdiff --help`` against ``python -c pass``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CACHE = Path("/tmp/hpcdiff-throughput-cache")
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = Path("/tmp/hpcdiff-weights/vgg16_features_imagenet_caffe.pth")
+ENERGY_EV = 9500.0
+
+#: Multiply-adds of VGG16's 13 conv layers on one 224 x 224 image (to pool5).
+VGG16_CONV_MACS = 15.35e9
+
+Row = dict[str, Any]
+
+
+def timed(fn: Callable[[], Any], repeats: int) -> tuple[float, float]:
+    """Median (CPU seconds, wall seconds) of ``repeats`` calls after one warm-up call."""
+    fn()
+    cpu, wall = [], []
+    for _ in range(repeats):
+        c0, w0 = time.process_time(), time.perf_counter()
+        fn()
+        cpu.append(time.process_time() - c0)
+        wall.append(time.perf_counter() - w0)
+    return statistics.median(cpu), statistics.median(wall)
+
+
+def show(rows: list[Row], metric: str, value: float, unit: str, note: str = "") -> None:
+    rows.append({"metric": metric, "value": value, "unit": unit, "note": note})
+    print(f"{metric:58s} {value:10.3f} {unit:14s} {note}", flush=True)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def cspad_frames(n: int) -> tuple[np.ndarray, Any]:
+    """``(n, 1480, 1552)`` int16 ADU frames of the built-in CSPAD simulation, and the
+    detector model."""
+    from hpcdiff.config import SimulateConfig
+    from hpcdiff.geometry import DetectorModel
+    from hpcdiff.simulate import build_simulator
+    from hpcdiff.simulate.experiment import simulated_geometry
+
+    cfg = SimulateConfig(detector="cspad", n_frames=n, seed=0)
+    geom = simulated_geometry(cfg)
+    model = DetectorModel.build(
+        geom, clen_m=cfg.detector_distance_m, photon_energy_ev=cfg.photon_energy_ev
+    )
+    path = CACHE / f"cspad_int16_{n}.npy"
+    if path.is_file():
+        return np.load(path), model
+    sim = build_simulator(cfg, geom)
+    frames = np.stack([sim.frame(i)[0] for i in range(n)])
+    frames = np.clip(np.round(frames), -32768, 32767).astype(np.int16)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    np.save(path, frames)
+    return frames, model
+
+
+# --------------------------------------------------------------------------- 1. reader
+
+
+def reader_rows(frames: np.ndarray, tmp: Path, batch: int, repeats: int) -> list[Row]:
+    import h5py
+
+    from hpcdiff.io.cxi import FrameSource, write_cxi
+
+    rows: list[Row] = []
+    n = len(frames)
+    for compression in ("lz4", "none"):
+        path = write_cxi(tmp / f"frames_{compression}.cxi", frames, compression=compression)
+        with h5py.File(path, "r") as h5, FrameSource([path]) as src:
+            dset = h5[src.data_path()]
+            buf = np.empty((batch, *src.slab_shape), dtype=src.dtype)
+
+            def plain(dset: Any = dset) -> None:
+                for a in range(0, n, batch):
+                    dset[a : min(a + batch, n)]
+
+            def ours(src: Any = src, buf: np.ndarray = buf) -> None:
+                for a in range(0, n, batch):
+                    src.read_raw(a, min(a + batch, n), out=buf)
+
+            def float32(src: Any = src) -> None:
+                for a in range(0, n, batch):
+                    src.read(a, min(a + batch, n))
+
+            got: dict[str, tuple[float, float]] = {}
+            for _ in range(2):  # interleaved: plain, ours, plain, ours
+                for name, fn in (("plain", plain), ("read_raw", ours), ("read", float32)):
+                    got[name] = timed(fn, repeats)
+        for name, (cpu, wall) in got.items():
+            show(
+                rows,
+                f"read {compression} {name}",
+                n / cpu,
+                "frames/CPU-s",
+                f"wall {n / wall:.1f}/s",
+            )
+        ratio_cpu = got["plain"][0] / got["read_raw"][0]
+        ratio_wall = got["plain"][1] / got["read_raw"][1]
+        show(
+            rows,
+            f"read {compression}: read_raw / plain h5py",
+            ratio_cpu,
+            "x (CPU)",
+            f"wall {ratio_wall:.2f}x; target >= 0.9",
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- 2. preprocessing
+
+_WORKER = r"""
+import json, sys, time, statistics
+import numpy as np
+root, frames_path, recipe, repeats, out = sys.argv[1:6]
+sys.path.insert(0, root)
+from hpcdiff.config import BackgroundConfig, SimulateConfig
+from hpcdiff.geometry import DetectorModel
+from hpcdiff.preprocess import Preprocessor
+from hpcdiff.simulate.experiment import simulated_geometry
+cfg = SimulateConfig(detector="cspad", n_frames=1, seed=0)
+geom = simulated_geometry(cfg)
+model = DetectorModel.build(geom, clen_m=cfg.detector_distance_m, photon_energy_ev=cfg.photon_energy_ev)
+frames = np.load(frames_path)
+pre = Preprocessor(model, BackgroundConfig(preprocessing=recipe), threads=1)
+t0 = time.process_time()
+pre(frames[:1], photon_energy_ev=9500.0)
+first = time.process_time() - t0
+cpu, wall = [], []
+for _ in range(int(repeats)):
+    c0, w0 = time.process_time(), time.perf_counter()
+    images = pre(frames, photon_energy_ev=9500.0)
+    cpu.append(time.process_time() - c0); wall.append(time.perf_counter() - w0)
+np.save(out, images)
+print(json.dumps({"cpu": statistics.median(cpu), "wall": statistics.median(wall), "first": first,
+                  "file": __import__("hpcdiff").__file__}))
+"""
+
+
+def export_revision(rev: str, dest: Path) -> Path:
+    """``git archive`` of ``rev``'s ``hpcdiff`` package into ``dest``; returns ``dest``."""
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "hpcdiff"], capture_output=True, check=True
+    ).stdout
+    dest.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(dest)], input=archive, check=True)
+    return dest
+
+
+def preprocess_rows(frames: np.ndarray, tmp: Path, baseline: str, repeats: int) -> list[Row]:
+    rows: list[Row] = []
+    frames_path = tmp / "frames.npy"
+    np.save(frames_path, frames)
+    base_root = export_revision(baseline, tmp / "baseline")
+    worker = tmp / "worker.py"
+    worker.write_text(_WORKER)
+    n = len(frames)
+    for recipe in ("standard", "seed"):
+        got: dict[str, list[dict[str, float]]] = {"baseline": [], "ours": []}
+        for _ in range(2):  # alternate the two subprocesses
+            for name, root in (("baseline", base_root), ("ours", ROOT)):
+                out = tmp / f"images_{name}_{recipe}.npy"
+                env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+                res = subprocess.run(
+                    [
+                        sys.executable,
+                        str(worker),
+                        str(root),
+                        str(frames_path),
+                        recipe,
+                        str(repeats),
+                        str(out),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    env=env,
+                    check=True,
+                )
+                got[name].append(json.loads(res.stdout.strip().splitlines()[-1]))
+        med = {k: statistics.median(r["cpu"] for r in v) for k, v in got.items()}
+        wall = {k: statistics.median(r["wall"] for r in v) for k, v in got.items()}
+        for name in ("baseline", "ours"):
+            show(
+                rows,
+                f"preprocess {recipe} {name}",
+                n / med[name],
+                "frames/CPU-s",
+                f"{1e3 * med[name] / n:.1f} ms CPU/frame; wall {n / wall[name]:.1f}/s; first call {got[name][-1]['first']:.2f} s CPU",
+            )
+        a = np.load(tmp / f"images_baseline_{recipe}.npy")
+        b = np.load(tmp / f"images_ours_{recipe}.npy")
+        target = "target >= 3" if recipe == "standard" else "target >= 1 (no slower)"
+        show(
+            rows,
+            f"preprocess {recipe}: ours / baseline",
+            med["baseline"] / med["ours"],
+            "x (CPU)",
+            f"wall {wall['baseline'] / wall['ours']:.2f}x; {target}; images max |diff| {np.abs(a - b).max():.1e}",
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- 3-4. VGG16
+
+
+def matmul_bound(dtype: Any, repeats: int) -> tuple[float, float]:
+    """Median FLOP per wall second and per CPU second of a 2048^3 matmul in ``dtype`` on
+    this process's torch threads."""
+    import torch
+
+    a = torch.randn(2048, 2048).to(dtype)
+    b = torch.randn(2048, 2048).to(dtype)
+    cpu, wall = timed(lambda: torch.mm(a, b), max(repeats, 5))
+    return 2 * 2048**3 / wall, 2 * 2048**3 / cpu
+
+
+def vgg_rows(frames: np.ndarray, model: Any, tmp: Path, batch: int, repeats: int) -> list[Row]:
+    import torch
+
+    from hpcdiff.config import BackgroundConfig
+    from hpcdiff.features.extractor import FeatureExtractor, cpu_has_native_bf16
+    from hpcdiff.io.cxi import FrameSource, write_cxi
+    from hpcdiff.parallel.prefetch import Prefetcher
+    from hpcdiff.preprocess import Preprocessor
+
+    rows: list[Row] = []
+    native = cpu_has_native_bf16()
+    weights = str(WEIGHTS) if WEIGHTS.is_file() else "random:0"
+    layer = "pool5"
+    n = len(frames)
+    pre = Preprocessor(model, BackgroundConfig(), threads=1)
+    images = pre(frames, photon_energy_ev=ENERGY_EV)
+    threads = torch.get_num_threads()
+    note = f"batch {batch}, {threads} threads, layer {layer}, weights {Path(weights).name}"
+
+    ours = FeatureExtractor(weights, layer=layer, device="cpu", batch_size=batch)
+    fp32 = FeatureExtractor(
+        weights, layer=layer, device="cpu", batch_size=batch, bf16_cpu=False, channels_last=False
+    )
+    dt = torch.bfloat16 if native else torch.float32
+    before = matmul_bound(dt, repeats)
+    vgg_cpu, vgg_wall = timed(lambda: ours.extract(images), repeats)
+    fp_cpu, fp_wall = timed(lambda: fp32.extract(images), repeats)
+    after = matmul_bound(dt, repeats)
+    bound, bound_cpu = max(before[0], after[0]), max(before[1], after[1])  # less disturbed
+    rate = n / vgg_wall
+    dtype = ours.run_info()["weights_dtype"]
+    flops = 2 * VGG16_CONV_MACS
+    show(
+        rows,
+        f"matmul bound ({'bf16' if native else 'fp32'})",
+        bound / 1e12,
+        "TFLOP/s",
+        f"2048^3, before and after; {bound_cpu / 1e12:.3f} TFLOP/CPU-s",
+    )
+    show(
+        rows,
+        f"VGG16 ours ({dtype}, channels_last)",
+        rate,
+        "images/s",
+        f"{note}; CPU {n / vgg_cpu:.2f}/CPU-s",
+    )
+    show(
+        rows,
+        "VGG16 fp32 NCHW batched",
+        n / fp_wall,
+        "images/s",
+        f"{note}; CPU {n / fp_cpu:.2f}/CPU-s",
+    )
+    show(
+        rows,
+        "VGG16 ours / fp32 NCHW batched",
+        fp_wall / vgg_wall,
+        "x (wall)",
+        f"CPU {fp_cpu / vgg_cpu:.2f}x",
+    )
+    show(
+        rows,
+        "VGG16 ours: fraction of the matmul bound",
+        rate * flops / bound,
+        "(wall)",
+        f"per CPU-second {n / vgg_cpu * flops / bound_cpu:.2f}; target >= 0.70",
+    )
+
+    path = write_cxi(tmp / "e2e.cxi", frames, compression="lz4")
+
+    def end_to_end() -> None:
+        with FrameSource([path]) as src:
+
+            def read(a: int, b: int) -> np.ndarray:
+                return pre(src.read_raw(a, b), photon_energy_ev=ENERGY_EV)
+
+            ranges = [(a, min(a + batch, n)) for a in range(0, n, batch)]
+            with Prefetcher(read, ranges, depth=2) as pf:
+                for imgs in pf:
+                    ours.extract(imgs)
+
+    e_cpu, e_wall = timed(end_to_end, repeats)
+    v_cpu, v_wall = timed(lambda: ours.extract(images), repeats)
+    show(
+        rows,
+        "end to end (read lz4 + preprocess + VGG16)",
+        n / e_wall,
+        "frames/s",
+        f"{note}; CPU {e_cpu:.2f} s",
+    )
+    show(rows, "end to end / VGG16 alone", v_wall / e_wall, "x (wall)", "target >= 0.8")
+    return rows
+
+
+# --------------------------------------------------------------------------- 5. start-up
+
+
+def startup_rows(repeats: int) -> list[Row]:
+    import resource
+
+    rows: list[Row] = []
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+
+    def child_cpu(cmd: list[str]) -> float:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        subprocess.run(cmd, env=env, capture_output=True, check=True)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+    help_s, bare_s = [], []
+    for _ in range(max(repeats, 5)):
+        help_s.append(child_cpu([sys.executable, "-m", "hpcdiff", "--help"]))
+        bare_s.append(child_cpu([sys.executable, "-c", "pass"]))
+    show(rows, "hpcdiff --help", statistics.median(help_s), "CPU s", "target < 0.3")
+    show(rows, "python -c pass", statistics.median(bare_s), "CPU s", "the interpreter alone")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--frames", type=int, default=16)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument(
+        "--baseline", help="git revision of today's code (default: where this branch left main)"
+    )
+    p.add_argument("--skip-vgg", action="store_true")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=("startup", "read", "preprocess", "vgg"),
+        help="run only these parts",
+    )
+    p.add_argument("--json", type=Path, help="write the rows here")
+    args = p.parse_args(argv)
+    if args.baseline is None:
+        args.baseline = subprocess.run(
+            ["git", "-C", str(ROOT), "merge-base", "HEAD", "main"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    print(f"baseline {args.baseline}; this checkout {ROOT}", flush=True)
+    frames, model = cspad_frames(args.frames)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="hpcdiff-throughput-") as d:
+        tmp = Path(d)
+        parts = set(args.only or ("startup", "read", "preprocess", "vgg"))
+        if args.skip_vgg:
+            parts.discard("vgg")
+        if "startup" in parts:
+            rows += startup_rows(args.repeats)
+        if "read" in parts:
+            rows += reader_rows(frames, tmp, args.batch, args.repeats)
+        if "preprocess" in parts:
+            rows += preprocess_rows(frames, tmp, args.baseline, args.repeats)
+        if "vgg" in parts:
+            rows += vgg_rows(frames, model, tmp, args.batch, args.repeats)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
