@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 
@@ -42,6 +43,11 @@ class FormatError(HpcdiffError, ValueError):
         if dataset is not None:
             where += f", dataset {dataset}"
         super().__init__(f"{where}: {message}")
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        # picklable across processes and MPI ranks (keyword-only arguments need this)
+        rebuild = functools.partial(type(self), line=self.line, dataset=self.dataset)
+        return rebuild, (self.path, self.message)
 
 
 class ConfigError(HpcdiffError, ValueError):

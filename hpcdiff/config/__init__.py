@@ -240,6 +240,15 @@ class BackgroundConfig:
     compression: Literal["none", "sqrt", "log"] = "none"
     clip_sigma: float = field(default=5.0, metadata={"check": positive})
     image_size_px: int = field(default=224, metadata={"check": positive})
+    preprocess_device: Literal["auto", "cpu"] = field(
+        default="auto",
+        metadata={
+            "doc": "Where background removal runs: `auto` (cupy on the rank's GPU when its "
+            "torch device is CUDA, numpy otherwise; a GPU rank without a working cupy is an "
+            "error naming `pip install 'hpcdiff[gpu]'`) or `cpu` (numpy on the host, on "
+            "purpose, also on GPU ranks).",
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.standard_guard < 1.0:

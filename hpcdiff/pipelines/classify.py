@@ -43,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from hpcdiff.backend import cuda_index, gpu_available
+from hpcdiff.backend_check import preprocess_gpu
 from hpcdiff.config import JobConfig
 from hpcdiff.corrections import read_pedestal_and_gain
 from hpcdiff.errors import ConfigError, FormatError, HpcdiffError
@@ -56,6 +56,7 @@ from hpcdiff.parallel.collect import (
     on_root,
     root_decides,
 )
+from hpcdiff.parallel.device_feed import DeviceUpload
 from hpcdiff.parallel.frame_loop import FrameBatch, LoopOutcome, distributed_map
 from hpcdiff.parallel.mpi import Comm
 from hpcdiff.parallel.placement import RankInfo, setup_rank
@@ -255,9 +256,13 @@ class Featurizer:
             gain=gain,
             threads=threads,
         )
-        # GPU ranks remove the background with cupy on their own device where cupy works
-        gpu = cuda_index(device)
-        self.preprocess_gpu = gpu if gpu is not None and gpu_available() else None
+        # GPU ranks remove the background with cupy on their own device; no cupy there is
+        # a ConfigError unless background.preprocess_device = "cpu" (hpcdiff.backend_check)
+        self.preprocess_gpu = preprocess_gpu(
+            device, preprocess_device=job.background.preprocess_device
+        )
+        # raw frames reach the device through pinned slots on an upload stream
+        self._upload = None if self.preprocess_gpu is None else DeviceUpload(device, kind="cupy")
         if self.preprocess_gpu is None:
             self.preprocess.prepare()  # detector maps and resampling matrix, before any frame
         fc = job.features
@@ -296,7 +301,8 @@ class Featurizer:
 
             # the current cupy device is per thread: this may run in the reader thread
             with cupy.cuda.Device(self.preprocess_gpu):
-                images = self.preprocess(cupy.asarray(batch.frames), photon_energy_ev=energy)
+                assert self._upload is not None
+                images = self.preprocess(self._upload(batch.frames), photon_energy_ev=energy)
                 # done before the timing ends and before the CNN thread reads the images
                 cupy.cuda.get_current_stream().synchronize()
             return images

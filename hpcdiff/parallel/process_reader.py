@@ -1,0 +1,268 @@
+"""Several reader processes per rank, handing frames over in shared memory, in order.
+
+h5py serialises every HDF5 call behind one lock, so reader *threads* do not decompress in
+parallel; separate processes do.  :class:`ProcessReader` starts ``workers`` processes, each
+opening its own reader once (``open_reader()``, a picklable factory such as
+``functools.partial(open_frames, path)``), and keeps ``slots`` batches in flight.  Each
+worker reads ``(start, stop)`` straight into a shared-memory slot of ``(batch_size,
+*frame_shape)`` frames of the file's dtype; the parent yields the slots' numpy views in the
+order of the ranges.  A view is valid until the next batch is asked for (then its slot is
+refilled): :class:`~hpcdiff.parallel.device_feed.DeviceFeed` copies it into a pinned slot at
+once, so ``DeviceFeed(ProcessReader(...), ...)`` feeds a GPU from several decompressing
+processes.
+
+An exception in a worker is raised again in the parent at that batch's place; a worker that
+dies is a RuntimeError.  No MPI is called in the workers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import pickle
+import queue
+import traceback
+from collections.abc import Callable, Iterable, Iterator
+from multiprocessing import shared_memory
+from typing import Protocol
+
+import numpy as np
+
+_POLL_S = 0.2
+
+
+class ReadRange(Protocol):
+    """``read(start, stop) -> (stop - start, *frame_shape)`` frames, in a worker process."""
+
+    def __call__(self, start: int, stop: int) -> np.ndarray: ...
+
+
+def _payload(exc: BaseException) -> bytes:
+    """``exc`` pickled for the parent; a RuntimeError with its traceback where it cannot be."""
+    try:
+        payload = pickle.dumps(exc)
+        pickle.loads(payload)  # some exceptions pickle but cannot be rebuilt
+    except Exception:
+        payload = pickle.dumps(RuntimeError(traceback.format_exc()))
+    return payload
+
+
+def _worker(
+    open_reader: Callable[[], ReadRange],
+    names: list[str],
+    shape: tuple[int, ...],
+    dtype: str,
+    tasks: mp.Queue,
+    results: mp.Queue,
+) -> None:
+    blocks = [shared_memory.SharedMemory(name=n) for n in names]
+    views = [np.ndarray(shape, dtype=dtype, buffer=b.buf) for b in blocks]
+    read: ReadRange | None = None
+    open_error: bytes | None = None
+    try:
+        read = open_reader()
+    except Exception as exc:  # e.g. the file is missing: every range reports it
+        open_error = _payload(exc)
+    try:
+        while True:
+            task = tasks.get()
+            if task is None:
+                return
+            index, start, stop, slot = task
+            if read is None:
+                results.put((index, slot, 0, open_error))
+                continue
+            try:
+                n = stop - start
+                read_into = getattr(read, "read_into", None)
+                if read_into is not None:  # straight into shared memory, no temporary
+                    read_into(start, stop, views[slot][:n])
+                    results.put((index, slot, n, None))
+                    continue
+                frames = np.asarray(read(start, stop))
+                if frames.shape != (n, *shape[1:]) or frames.dtype != np.dtype(dtype):
+                    raise ValueError(
+                        f"reader gave frames {frames.shape} {frames.dtype} for range "
+                        f"[{start}, {stop}); expected {(n, *shape[1:])} {dtype}"
+                    )
+                views[slot][:n] = frames
+                results.put((index, slot, n, None))
+            except Exception as exc:  # handed to the parent in order
+                results.put((index, slot, 0, _payload(exc)))
+    finally:
+        del views
+        for b in blocks:
+            b.close()
+
+
+class ProcessReader:
+    """Iterate over ``read(start, stop)`` of each range, read by ``workers`` processes.
+
+    Parameters
+    ----------
+    open_reader
+        Picklable callable run once in each worker, returning ``read(start, stop)``.
+    ranges
+        ``(start, stop)`` ranges of at most ``batch_size`` frames, yielded in this order.
+    frame_shape, dtype
+        Of one frame as read (``int16`` stays ``int16``).
+    batch_size
+        Most frames in a range.
+    workers
+        Reader processes.
+    slots
+        Batches in flight (default ``2 * workers``).
+    start_method
+        ``multiprocessing`` start method; ``"spawn"`` is safe beside threads, CUDA and MPI.
+    """
+
+    def __init__(
+        self,
+        open_reader: Callable[[], ReadRange],
+        ranges: Iterable[tuple[int, int]],
+        *,
+        frame_shape: tuple[int, ...],
+        dtype: np.dtype | type,
+        batch_size: int,
+        workers: int = 2,
+        slots: int | None = None,
+        start_method: str = "spawn",
+    ) -> None:
+        if workers < 1 or batch_size < 1:
+            raise ValueError(f"workers and batch_size must be >= 1; got {workers}, {batch_size}")
+        self.ranges = [(int(a), int(b)) for a, b in ranges]
+        for a, b in self.ranges:
+            if not 0 < b - a <= batch_size:
+                raise ValueError(
+                    f"range [{a}, {b}) is empty or longer than batch_size {batch_size}"
+                )
+        self.shape = (batch_size, *(int(s) for s in frame_shape))
+        self.dtype = np.dtype(dtype)
+        self.workers = workers
+        self.n_slots = slots if slots is not None else 2 * workers
+        self._open_reader = open_reader
+        self._ctx = mp.get_context(start_method)
+        self._blocks: list[shared_memory.SharedMemory] = []
+        self._procs: list[mp.process.BaseProcess] = []
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        nbytes = max(int(np.prod(self.shape)) * self.dtype.itemsize, 1)
+        self._blocks = [
+            shared_memory.SharedMemory(create=True, size=nbytes) for _ in range(self.n_slots)
+        ]
+        views = [np.ndarray(self.shape, dtype=self.dtype, buffer=b.buf) for b in self._blocks]
+        for v in views:  # allocate the pages now, not in the first reads
+            v.fill(0)
+        tasks: mp.Queue = self._ctx.Queue()
+        results: mp.Queue = self._ctx.Queue()
+        names = [b.name for b in self._blocks]
+        self._procs = [
+            self._ctx.Process(  # type: ignore[attr-defined]
+                target=_worker,
+                args=(self._open_reader, names, self.shape, self.dtype.str, tasks, results),
+                daemon=True,
+                name=f"hpcdiff-reader-{k}",
+            )
+            for k in range(self.workers)
+        ]
+        free = list(range(self.n_slots))
+        sent = 0
+        done: dict[int, tuple[int, int, bytes | None]] = {}
+        try:
+            for p in self._procs:
+                p.start()
+            for index in range(len(self.ranges)):
+                while free and sent < len(self.ranges):
+                    start, stop = self.ranges[sent]
+                    tasks.put((sent, start, stop, free.pop()))
+                    sent += 1
+                while index not in done:
+                    got = self._result(results)
+                    done[got[0]] = got[1:]
+                slot, n, error = done.pop(index)
+                if error is not None:
+                    raise pickle.loads(error)
+                yield views[slot][:n]
+                free.append(slot)
+        finally:
+            del views
+            self._shutdown(tasks)
+
+    def _result(self, results: mp.Queue) -> tuple[int, int, int, bytes | None]:
+        while True:
+            try:
+                return results.get(timeout=_POLL_S)
+            except queue.Empty:
+                dead = [p for p in self._procs if not p.is_alive()]
+                if dead:
+                    raise RuntimeError(
+                        f"reader process {dead[0].name} died (exit code {dead[0].exitcode})"
+                    ) from None
+
+    def _shutdown(self, tasks: mp.Queue) -> None:
+        try:  # drop ranges not started yet (after an error or an early stop)
+            while True:
+                tasks.get_nowait()
+        except queue.Empty:
+            pass
+        for _ in self._procs:
+            tasks.put(None)
+        for p in self._procs:
+            if p.pid is None:  # never started
+                continue
+            p.join(timeout=5.0)
+            if p.is_alive():
+                p.terminate()
+                p.join()
+        for b in self._blocks:
+            b.close()
+            b.unlink()
+        self._blocks = []
+
+
+class H5Frames:
+    """Picklable factory (``open_reader``) of readers of ``dataset[start:stop]`` of one HDF5 file.
+
+    Called in a worker, it opens the file once and returns an :class:`H5Reader`.
+    """
+
+    def __init__(self, path: str, dataset: str) -> None:
+        self.path = str(path)
+        self.dataset = dataset
+
+    def __call__(self) -> H5Reader:
+        return H5Reader(self.path, self.dataset)
+
+
+class H5Reader:
+    """Frames ``dataset[start:stop]`` of an open HDF5 file, in the dataset's own dtype."""
+
+    def __init__(self, path: str, dataset: str) -> None:
+        import h5py
+        import hdf5plugin  # noqa: F401  (a spawned worker registers the lz4/bitshuffle filters)
+
+        self.path = path
+        self.dataset = dataset
+        self._dset = h5py.File(path, "r")[dataset]
+
+    def _check(self, start: int, stop: int) -> None:
+        from hpcdiff.errors import FormatError
+
+        n_frames = int(self._dset.shape[0])
+        if not 0 <= start < stop <= n_frames:
+            raise FormatError(
+                self.path,
+                f"frames [{start}, {stop}) asked for; it holds {n_frames}",
+                dataset=self.dataset,
+            )
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        self._check(start, stop)
+        return np.asarray(self._dset[start:stop])
+
+    def read_into(self, start: int, stop: int, out: np.ndarray) -> None:
+        """Frames ``[start, stop)`` decompressed straight into ``out`` (``read_direct``)."""
+        self._check(start, stop)
+        self._dset.read_direct(out, np.s_[start:stop])
+
+
+__all__ = ["H5Frames", "H5Reader", "ProcessReader", "ReadRange"]
