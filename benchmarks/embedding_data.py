@@ -111,12 +111,14 @@ def load(
 
 
 def specs() -> dict[str, dict[str, Any]]:
-    """The configurations: ``bench_transfer``'s, and the default simulation at two seeds."""
+    """The configurations: ``bench_transfer``'s, and the default simulation at three seeds."""
     import bench_transfer as bt
 
     out = {**bt.CONFIGS, **bt.HARD}
     out["default-s7"] = dict(detector="cspad", seed=7, diffuse_fraction=0.5, preset="moderate")
     out["small-s3"] = dict(detector="small", seed=3, diffuse_fraction=0.5, preset="moderate")
+    # held out from every embedding choice (added with the data-driven embedding, #14)
+    out["small-s5"] = dict(detector="small", seed=5, diffuse_fraction=0.5, preset="moderate")
     return out
 
 

@@ -401,6 +401,74 @@ def diffusion_map_of_points(
     return diffusion_map_sparse(kern, n_coords=n_coords, alpha=alpha), eps
 
 
+def profile_points(
+    sketch: np.ndarray,
+    *,
+    score: np.ndarray | None = None,
+    n_components: int = 8,
+    score_weight: float = 1.0,
+) -> np.ndarray:
+    """Points for the common-arc diffusion map: a per-frame score beside the profile's PCs.
+
+    One frame's similarity profile is mostly noise, while the per-frame score (its mean
+    correlation to all the others) averages that noise over every pair.  The points are
+    ``[score_weight * (score - mean) / std, pc_1 / sd_1, ..., pc_m / sd_1]``: the
+    standardised score as one coordinate and the sketch's ``m = n_components`` leading
+    principal components (centred SVD), all scaled so the first component has unit standard
+    deviation (relative scales between components are kept).  The kernel then follows the
+    score where the profiles carry only noise, and the profiles' structure where they do.
+
+    Parameters
+    ----------
+    sketch
+        ``(n, d)`` float profile sketch (:class:`~hpcdiff.similarity.ProfileSketch`).
+    score
+        ``(n,)`` float per-frame score (e.g. :attr:`~hpcdiff.similarity.FrameScores.mean_cc`),
+        NaN where a frame has none; None or ``score_weight == 0``: principal components only.
+    n_components
+        Principal components kept (clipped to ``d`` and to the finite rows - 1).
+    score_weight
+        Weight of the standardised score against the first principal component (>= 0).
+
+    Returns
+    -------
+    np.ndarray
+        ``(n, m)`` or ``(n, m + 1)`` float64 (score column first); rows NaN where the sketch
+        or the score is not finite (such frames get no diffusion coordinates).
+    """
+    x = np.asarray(sketch, dtype=np.float64)
+    if x.ndim != 2:
+        raise ValueError(f"sketch must be (n, d), got shape {x.shape}")
+    if score_weight < 0:
+        raise ValueError(f"score_weight must be >= 0, got {score_weight}")
+    if n_components < 1:
+        raise ValueError(f"n_components must be >= 1, got {n_components}")
+    n = x.shape[0]
+    ok = np.all(np.isfinite(x), axis=1)
+    use_score = score is not None and score_weight > 0
+    if use_score:
+        sc = np.asarray(score, dtype=np.float64)
+        if sc.shape != (n,):
+            raise ValueError(f"score must have shape ({n},), got {sc.shape}")
+        ok &= np.isfinite(sc)
+    m = max(1, min(int(n_components), x.shape[1], max(int(ok.sum()) - 1, 1)))
+    pcs = np.full((n, m), np.nan)
+    if ok.sum() >= 2:
+        xc = x[ok] - x[ok].mean(axis=0)
+        u, s, _ = np.linalg.svd(xc, full_matrices=False)
+        p = u[:, :m] * s[:m]
+        sd = float(p[:, 0].std())
+        pcs[ok] = p / sd if sd > 0 else p
+    if not use_score:
+        return pcs
+    z = np.full(n, np.nan)
+    if ok.sum() >= 2:
+        v = sc[ok]
+        sd = float(v.std())
+        z[ok] = score_weight * ((v - v.mean()) / sd if sd > 0 else v * 0.0)
+    return np.column_stack([z, pcs])
+
+
 class BlockKnn:
     """Each frame's ``k`` nearest neighbours, from upper-triangle blocks of a pair matrix.
 
@@ -587,5 +655,6 @@ __all__ = [
     "knn_kernel",
     "knn_points",
     "plot_diffusion",
+    "profile_points",
     "roc_auc",
 ]

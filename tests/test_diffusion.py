@@ -176,3 +176,44 @@ def test_block_knn_matches_full_matrix(block, largest):
     np.fill_diagonal(key, np.inf)
     np.testing.assert_array_equal(idx, np.argsort(key, axis=1, kind="stable")[:, :k])
     np.testing.assert_allclose(vals, np.take_along_axis(m, idx, 1))
+
+
+def test_profile_points_let_the_score_lead_where_profiles_are_noise():
+    """Noise-only profiles: the PCs alone do not separate; with the score the first
+    diffusion coordinate does, and weight 0 is the PCs-only map exactly."""
+    from hpcdiff.diffusion import diffusion_map_of_points, profile_points
+
+    rng = np.random.default_rng(3)
+    n = 160
+    labels = np.arange(n) % 2 == 0
+    sketch = rng.normal(size=(n, 32))  # profiles that carry nothing but noise
+    score = labels * 1.0 + rng.normal(scale=0.25, size=n)
+    score[5] = np.nan  # a frame without pairs
+    pts = profile_points(sketch, score=score, n_components=6)
+    assert pts.shape == (n, 7) and np.all(np.isnan(pts[5]))
+    keep = np.arange(n) != 5
+    np.testing.assert_allclose(np.nanmean(pts[:, 0]), 0.0, atol=1e-12)
+    np.testing.assert_allclose(np.nanstd(pts[:, 0]), 1.0, rtol=1e-12)
+    np.testing.assert_allclose(np.nanstd(pts[:, 1]), 1.0, rtol=1e-12)
+    dm, _ = diffusion_map_of_points(pts, k=15, n_coords=2)
+    assert np.all(np.isnan(dm.coords[5]))
+    auc = roc_auc(dm.coords[keep, 0], labels[keep])
+    assert max(auc, 1 - auc) > 0.95
+    base, _ = diffusion_map_of_points(sketch, k=15, n_coords=2, n_components=6)
+    best = max(max(a, 1 - a) for a in (roc_auc(c, labels) for c in base.coords.T))
+    assert best < 0.75
+    # weight 0: principal components only, the map of diffusion_map_of_points' own PCA
+    p0 = profile_points(sketch, score=score, n_components=6, score_weight=0.0)
+    assert p0.shape == (n, 6)
+    m0, _ = diffusion_map_of_points(p0, k=15, n_coords=2)
+    np.testing.assert_allclose(m0.eigenvalues, base.eigenvalues, rtol=1e-8)
+    np.testing.assert_allclose(np.abs(m0.coords), np.abs(base.coords), rtol=1e-6, atol=1e-8)
+
+
+def test_profile_points_reject_bad_input():
+    from hpcdiff.diffusion import profile_points
+
+    with pytest.raises(ValueError, match="score must have shape"):
+        profile_points(np.zeros((5, 3)), score=np.zeros(4))
+    with pytest.raises(ValueError, match="score_weight"):
+        profile_points(np.zeros((5, 3)), score=np.zeros(5), score_weight=-1.0)

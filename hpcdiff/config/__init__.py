@@ -488,6 +488,28 @@ class FourierConfig:
             "doc": "Principal components of the profile sketch the kNN kernel is built on.",
         },
     )
+    profile_score_weight: float = field(
+        default=1.0,
+        metadata={
+            "check": non_negative,
+            "doc": "Weight of the standardised per-frame score (`mean_cc` for `cc` profiles, "
+            "the mean Fisher z otherwise) as one more coordinate beside the profile's "
+            "principal components (scaled so the first has unit spread) in the common-arc "
+            "diffusion map's kernel; 0: principal components only (the embedding before "
+            "this key). 1 holds on held-out configurations (benchmarks/bench_fourier.py "
+            "--sections embedding).",
+        },
+    )
+    dense_similarity_max_frames: int = field(
+        default=20000,
+        metadata={
+            "check": positive,
+            "doc": "Above this many frames `similarity.h5` holds no dense N x N matrices "
+            "(about 28 bytes per pair): only the per-frame scores, each frame's "
+            "`diffusion_knn` nearest neighbours (indices and values) and a summary of the "
+            "overlaps.",
+        },
+    )
     checkpoint_tasks: int = field(
         default=32,
         metadata={

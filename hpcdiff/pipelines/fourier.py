@@ -46,6 +46,7 @@ from hpcdiff.diffusion import (
     diffusion_map_sparse,
     knn_kernel,
     plot_diffusion,
+    profile_points,
     roc_auc,
 )
 from hpcdiff.errors import ConfigError, FormatError
@@ -511,12 +512,15 @@ def run_fourier(
     k = fcfg.n_diffusion_coords
     eps: dict[str, float] = {}
     maps: dict[str, DiffusionMap] = {}
-    maps["common_arc"], eps["common_arc"] = diffusion_map_of_points(
+    score_name = "mean_cc" if fcfg.profile_form == "cc" else "mean_z"
+    points = profile_points(
         sketch.sketch,
-        k=fcfg.diffusion_knn,
-        n_coords=k,
+        score=scores.mean_cc if score_name == "mean_cc" else scores.mean_z,
         n_components=fcfg.profile_components,
-        epsilon=fcfg.diffusion_epsilon,
+        score_weight=fcfg.profile_score_weight,
+    )
+    maps["common_arc"], eps["common_arc"] = diffusion_map_of_points(
+        points, k=fcfg.diffusion_knn, n_coords=k, epsilon=fcfg.diffusion_epsilon
     )
     idx, dvals = knn_dist.result()
     kern, eps["image"] = knn_kernel(
@@ -555,6 +559,12 @@ def run_fourier(
             "epsilon_rule": "given" if fcfg.diffusion_epsilon is not None else "median heuristic",
             "common_arc_points": f"sketch of the common-arc profiles ({fcfg.profile_form}; "
             f"{fcfg.profile_dims} dims, {fcfg.profile_components} principal components)",
+            "common_arc_score": {
+                "score": score_name,
+                "weight": fcfg.profile_score_weight,
+                "rule": "standardised per-frame score as one coordinate beside the principal "
+                "components (first scaled to unit spread); weight 0: components only",
+            },
             "eigenvalues": {name: dm.eigenvalues.tolist() for name, dm in maps.items()},
         },
         "image_kernel_epsilon": eps["image"],
