@@ -185,8 +185,21 @@ class FourierResult:
 
     def matrix(self, name: str) -> np.ndarray:
         """``(n, n)`` dataset ``name`` of ``similarity.h5`` (``common_arc``, ``overlap``,
-        ``image_distance``, ``image_correlation``)."""
+        ``image_distance``, ``image_correlation``).
+
+        Raises
+        ------
+        KeyError
+            Above ``[fourier] dense_similarity_max_frames`` frames the file has no dense
+            matrices (only per-frame scores, the kNN graph and the overlaps' summary).
+        """
         with h5py.File(self.outputs["similarity"], "r") as h5:
+            if name not in h5:
+                raise KeyError(
+                    f"{self.outputs['similarity']} has no dense {name!r} (more frames than "
+                    f"[fourier] dense_similarity_max_frames = "
+                    f"{h5.attrs.get('dense_similarity_max_frames')}); see its knn/ group"
+                )
             return np.asarray(h5[name][()])
 
 
@@ -460,42 +473,75 @@ def run_fourier(
     sketch = ProfileSketch(n, dims=fcfg.profile_dims, seed=0, form=fcfg.profile_form)
     knn_dist = BlockKnn(n, fcfg.diffusion_knn)
     knn_corr = BlockKnn(n, fcfg.diffusion_knn, largest=True)
-    overlaps: list[np.ndarray] = []
+    knn_arc = BlockKnn(n, fcfg.diffusion_knn, largest=True)
+    overlap_hist = np.zeros(0, np.int64)  # pairs per overlap value (exact median, O(max))
+    overlap_sum = np.zeros(n)
     pairs_with = 0
+    dense = n <= fcfg.dense_similarity_max_frames
     outputs: dict[str, Path] = {}
     with atomic_path(files.similarity, force=True) as tmp, h5py.File(tmp, "w") as h5:
         _ids(h5, plan)
-        opts: dict[str, Any] = {"chunks": (min(fcfg.similarity_block, n), min(n, 1024))}
-        ds = {
-            "common_arc": h5.create_dataset("common_arc", (n, n), np.float64, **opts),
-            "overlap": h5.create_dataset("overlap", (n, n), np.int32, **opts),
-            "image_distance": h5.create_dataset("image_distance", (n, n), np.float64, **opts),
-            "image_correlation": h5.create_dataset("image_correlation", (n, n), np.float64, **opts),
-        }
-        h5["common_arc"].attrs["description"] = (
-            "Pearson CC over common voxels; NaN below min_overlap"
-        )
-        h5["common_arc"].attrs["min_overlap"] = fcfg.min_overlap
+        ds: dict[str, h5py.Dataset] = {}
+        if dense:
+            opts: dict[str, Any] = {"chunks": (min(fcfg.similarity_block, n), min(n, 1024))}
+            for name, dtype in (
+                ("common_arc", np.float64),
+                ("overlap", np.int32),
+                ("image_distance", np.float64),
+                ("image_correlation", np.float64),
+            ):
+                ds[name] = h5.create_dataset(name, (n, n), dtype, **opts)
+            h5["common_arc"].attrs["description"] = (
+                "Pearson CC over common voxels; NaN below min_overlap"
+            )
+            h5["common_arc"].attrs["min_overlap"] = fcfg.min_overlap
+        h5.attrs["dense_matrices"] = dense
+        h5.attrs["dense_similarity_max_frames"] = fcfg.dense_similarity_max_frames
         for rows in work.iter_blocks(sblocks):
             s, e = rows.start, rows.stop
             scores.add(rows.common_arc)
             sketch.add(rows.common_arc)
             knn_dist.add(s, rows.image_distance.similarity)
             knn_corr.add(s, rows.image_correlation.similarity)
+            knn_arc.add(s, rows.common_arc.similarity)
             sim = rows.common_arc.similarity
             upper = np.arange(s, n)[None, :] > np.arange(s, e)[:, None]
             pairs_with += int(np.isfinite(sim[upper]).sum())
-            overlaps.append(rows.common_arc.overlap[upper])
-            _write_upper(ds["common_arc"], s, e, sim, diagonal=1.0)
-            _write_upper(ds["overlap"], s, e, rows.common_arc.overlap, diagonal=None)
-            _write_upper(ds["image_distance"], s, e, rows.image_distance.similarity, diagonal=0.0)
-            _write_upper(
-                ds["image_correlation"], s, e, rows.image_correlation.similarity, diagonal=1.0
+            ovl_up = np.where(upper, rows.common_arc.overlap, 0)
+            overlap_sum[s:e] += ovl_up.sum(axis=1)
+            overlap_sum[s:] += ovl_up.sum(axis=0)
+            counts = np.bincount(rows.common_arc.overlap[upper].astype(np.int64))
+            if counts.size > overlap_hist.size:
+                overlap_hist = np.pad(overlap_hist, (0, counts.size - overlap_hist.size))
+            overlap_hist[: counts.size] += counts
+            if dense:
+                _write_upper(ds["common_arc"], s, e, sim, diagonal=1.0)
+                _write_upper(ds["overlap"], s, e, rows.common_arc.overlap, diagonal=None)
+                _write_upper(
+                    ds["image_distance"], s, e, rows.image_distance.similarity, diagonal=0.0
+                )
+                _write_upper(
+                    ds["image_correlation"], s, e, rows.image_correlation.similarity, diagonal=1.0
+                )
+        for d in ds.values():
+            _mirror(d, fcfg.similarity_block)
+        for name, knn in (
+            ("common_arc", knn_arc),
+            ("image_distance", knn_dist),
+            ("image_correlation", knn_corr),
+        ):
+            kidx, kval = knn.result()
+            g = h5.create_group(f"knn/{name}")
+            g.create_dataset("indices", data=kidx)
+            g.create_dataset("values", data=kval)
+            g.attrs["description"] = (
+                f"each frame's {knn.k} nearest frames by {name} "
+                f"({'largest' if knn.largest else 'smallest'} first; -1 / NaN where missing)"
             )
-        _mirror(ds["common_arc"], fcfg.similarity_block)
-        _mirror(ds["overlap"], fcfg.similarity_block)
-        _mirror(ds["image_distance"], fcfg.similarity_block)
-        _mirror(ds["image_correlation"], fcfg.similarity_block)
+        mean_overlap = overlap_sum / max(n - 1, 1)
+        h5.create_dataset("mean_overlap", data=mean_overlap)
+        h5["mean_overlap"].attrs["description"] = "per frame: mean common voxels to the others"
+        h5.attrs["overlap_quantiles"] = _hist_quantiles(overlap_hist, (0.0, 0.25, 0.5, 0.75, 1.0))
         h5.create_dataset("mean_z", data=scores.mean_z)
         h5.create_dataset("significance", data=scores.significance)
         h5.create_dataset("mean_cc", data=scores.mean_cc)
@@ -533,7 +579,6 @@ def run_fourier(
     maps["image_correlation"] = diffusion_map_sparse(kern, n_coords=k)
     t_embed = time.perf_counter() - t0
 
-    all_overlap = np.concatenate(overlaps) if overlaps else np.zeros(0)
     frame_score = {
         "mean_z": scores.mean_z,
         "significance": scores.significance,
@@ -551,7 +596,12 @@ def run_fourier(
         "voxels_measured": int(np.count_nonzero(merged_sym.counts)),
         "pairs_with_similarity": pairs_with,
         "pairs_total": n * (n - 1) // 2,
-        "median_overlap": float(np.median(all_overlap)) if all_overlap.size else 0.0,
+        "median_overlap": _hist_quantiles(overlap_hist, (0.5,))[0],
+        "similarity_output": {
+            "dense_matrices": dense,
+            "dense_similarity_max_frames": fcfg.dense_similarity_max_frames,
+            "knn": fcfg.diffusion_knn,
+        },
         "diffusion": {
             "kernel": "sparse Gaussian on each frame's diffusion_knn nearest neighbours",
             "knn": fcfg.diffusion_knn,
@@ -627,6 +677,23 @@ def run_fourier(
         frame_ids=plan.frame_ids,
         labels=plan.labels,
     )
+
+
+def _hist_quantiles(hist: np.ndarray, qs: tuple[float, ...]) -> list[float]:
+    """Quantiles of integer values given as counts per value (``hist[v]``; 0 if empty);
+    the median of an even count is the mean of the two middle values, as ``np.median``."""
+    total = int(hist.sum())
+    if total == 0:
+        return [0.0 for _ in qs]
+    cum = np.cumsum(hist)
+    out = []
+    for q in qs:
+        pos = q * (total - 1)  # numpy's linear interpolation between order statistics
+        lo, hi = int(np.floor(pos)), int(np.ceil(pos))
+        vlo = int(np.searchsorted(cum, lo + 1))
+        vhi = int(np.searchsorted(cum, hi + 1))
+        out.append(float(vlo + (vhi - vlo) * (pos - lo)))
+    return out
 
 
 def _write_upper(

@@ -348,7 +348,8 @@ class FourierWork:
         return self.blocks_dir / f"block_{start:09d}_{stop:09d}.npz"
 
     def save_block(self, rows: SimilarityRows) -> None:
-        """Save one finished similarity row block (atomic)."""
+        """Save one finished similarity row block (atomic): CCs and distances as float32,
+        overlaps as int32 (16 bytes per pair instead of 32)."""
         path = self.block_path(rows.start, rows.stop)
         tmp = _tmp_beside(path)
         try:
@@ -357,10 +358,10 @@ class FourierWork:
                     fh,
                     start=rows.start,
                     stop=rows.stop,
-                    common_arc=rows.common_arc.similarity,
-                    overlap=rows.common_arc.overlap,
-                    image_distance=rows.image_distance.similarity,
-                    image_correlation=rows.image_correlation.similarity,
+                    common_arc=np.asarray(rows.common_arc.similarity, np.float32),
+                    overlap=np.asarray(rows.common_arc.overlap, np.int32),
+                    image_distance=np.asarray(rows.image_distance.similarity, np.float32),
+                    image_correlation=np.asarray(rows.image_correlation.similarity, np.float32),
                     pixels=rows.image_distance.overlap[:1, :1],
                     seconds=rows.seconds,
                 )
@@ -380,12 +381,13 @@ class FourierWork:
         path = self.block_path(start, stop)
         try:
             with np.load(path) as z:
-                ovl = z["overlap"]
+                ovl = np.asarray(z["overlap"], np.int64)
                 pix = np.full(ovl.shape, int(z["pixels"].ravel()[0]) if z["pixels"].size else 0)
+                f64 = np.float64
                 return SimilarityRows(
-                    SimilarityBlock(start, stop, z["common_arc"], ovl),
-                    SimilarityBlock(start, stop, z["image_distance"], pix),
-                    SimilarityBlock(start, stop, z["image_correlation"], pix),
+                    SimilarityBlock(start, stop, np.asarray(z["common_arc"], f64), ovl),
+                    SimilarityBlock(start, stop, np.asarray(z["image_distance"], f64), pix),
+                    SimilarityBlock(start, stop, np.asarray(z["image_correlation"], f64), pix),
                     float(z["seconds"]),
                 )
         except (OSError, ValueError, KeyError) as exc:
