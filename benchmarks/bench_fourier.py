@@ -656,7 +656,7 @@ def bench_scaling(
     import tracemalloc
 
     from hpcdiff.config import FourierConfig
-    from hpcdiff.diffusion import diffusion_map_of_points
+    from hpcdiff.diffusion import diffusion_map_of_points, profile_points
     from hpcdiff.pipelines.fourier import similarity_task
     from hpcdiff.pipelines.fourier_work import ChunkData, FourierWork
     from hpcdiff.similarity import FrameScores, ProfileSketch, blocks
@@ -711,7 +711,13 @@ def bench_scaling(
                 sketch.add(res.common_arc)
             c0 = time.process_time()
             diffusion_map_of_points(
-                sketch.sketch, k=f.diffusion_knn, n_components=f.profile_components
+                profile_points(
+                    sketch.sketch,
+                    score=scores.mean_cc,
+                    n_components=f.profile_components,
+                    score_weight=f.profile_score_weight,
+                ),
+                k=f.diffusion_knn,
             )
             emb = time.process_time() - c0
         total = float(sum(cpu))
@@ -761,8 +767,14 @@ def bench_scaling(
                 f"{-(-target // block)} row-block tasks; frames on disk "
                 f"{per_frame_disk * target / 2**30:.1f} GiB; per worker ~{mem / 2**30:.2f} GiB; "
                 f"client: sketch {target * f.profile_dims * 8 / 2**20:.0f} MiB, kNN "
-                f"{target * f.diffusion_knn * 16 / 2**20:.0f} MiB, similarity.h5 "
-                f"{target**2 * 28 / 2**30:,.0f} GiB on disk"
+                f"{target * f.diffusion_knn * 16 / 2**20:.0f} MiB; saved blocks (float32/int32, "
+                f"upper triangle) {target**2 / 2 * 16 / 2**30:,.1f} GiB in fourier.work; "
+                + (
+                    f"similarity.h5 dense {target**2 * 28 / 2**30:,.1f} GiB"
+                    if target <= f.dense_similarity_max_frames
+                    else f"similarity.h5 kNN-only {target * (3 * f.diffusion_knn * 16 + 40) / 2**20:,.0f}"
+                    f" MiB (N > dense_similarity_max_frames = {f.dense_similarity_max_frames})"
+                )
             )
         res["per_frame_disk_bytes"] = per_frame_disk
         workers = 64
@@ -773,9 +785,10 @@ def bench_scaling(
             f"{f.frames_per_task}, similarity_block = {block}; output.dir on the shared file "
             "system (workers read the chunk files there); walltime from the CPU-h above plus "
             "the merge (~1.5 CPU-s per CSPAD frame, issue #14); SIGUSR1 before the limit and "
-            "a requeue resume from fourier.work. The N x N outputs (similarity.h5 and the "
-            "saved blocks, 28 bytes per pair) are what does not scale: at 10^5 they need "
-            "float32 or kNN-only storage (not done)."
+            "a requeue resume from fourier.work. N x N storage: the saved blocks are float32 "
+            "CCs/distances + int32 overlaps (16 bytes per upper-triangle pair, removed when the "
+            "job ends), and above [fourier] dense_similarity_max_frames similarity.h5 holds "
+            "only per-frame scores, the kNN graph and the overlaps' summary."
         )
     return res
 
