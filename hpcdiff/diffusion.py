@@ -406,7 +406,7 @@ def profile_points(
     *,
     score: np.ndarray | None = None,
     n_components: int = 8,
-    score_weight: float = 1.0,
+    score_weight: float = 2.0,
 ) -> np.ndarray:
     """Points for the common-arc diffusion map: a per-frame score beside the profile's PCs.
 

@@ -189,7 +189,7 @@ def test_profile_points_let_the_score_lead_where_profiles_are_noise():
     sketch = rng.normal(size=(n, 32))  # profiles that carry nothing but noise
     score = labels * 1.0 + rng.normal(scale=0.25, size=n)
     score[5] = np.nan  # a frame without pairs
-    pts = profile_points(sketch, score=score, n_components=6)
+    pts = profile_points(sketch, score=score, n_components=6, score_weight=1.0)
     assert pts.shape == (n, 7) and np.all(np.isnan(pts[5]))
     keep = np.arange(n) != 5
     np.testing.assert_allclose(np.nanmean(pts[:, 0]), 0.0, atol=1e-12)

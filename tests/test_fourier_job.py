@@ -486,6 +486,8 @@ def test_large_n_writes_no_dense_matrices(experiment, tmp_path):
     n = N_FRAMES
     assert dense.summary["similarity_output"]["dense_matrices"] is True
     assert sparse.summary["similarity_output"]["dense_matrices"] is False
+    recorded = dense.summary["diffusion"]["common_arc_score"]
+    assert recorded["score"] == "mean_cc" and recorded["weight"] == job.fourier.profile_score_weight
     with pytest.raises(KeyError, match="dense_similarity_max_frames"):
         sparse.matrix("common_arc")
     sim = dense.matrix("common_arc")

@@ -489,15 +489,15 @@ class FourierConfig:
         },
     )
     profile_score_weight: float = field(
-        default=1.0,
+        default=2.0,
         metadata={
             "check": non_negative,
             "doc": "Weight of the standardised per-frame score (`mean_cc` for `cc` profiles, "
             "the mean Fisher z otherwise) as one more coordinate beside the profile's "
             "principal components (scaled so the first has unit spread) in the common-arc "
             "diffusion map's kernel; 0: principal components only (the embedding before "
-            "this key). 1 holds on held-out configurations (benchmarks/bench_fourier.py "
-            "--sections embedding).",
+            "this key). 2 was chosen on the tuning configurations (0.5, 1, 2 tried) and "
+            "holds on held-out ones (benchmarks/bench_fourier.py --sections embedding).",
         },
     )
     dense_similarity_max_frames: int = field(
