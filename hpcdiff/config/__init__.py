@@ -437,8 +437,10 @@ class FourierConfig:
     is the cube ``+-q_max``.  The common-arc similarity bins frames on a grid of
     ``similarity_grid_size`` (default: ``grid_size``) over the same extent.
     Diffusion maps use sparse Gaussian kernels on each frame's ``diffusion_knn`` nearest
-    neighbours: of the common-arc significance profiles (sketched to ``profile_dims``, then
-    ``profile_components`` principal components) and of the image-space distances.
+    neighbours: of the common-arc profiles (sketched to ``profile_dims``, then
+    ``profile_components`` principal components, beside each frame's standardised score
+    weighted ``profile_score_weight``) and of the image-space distances.  Above
+    ``dense_similarity_max_frames`` frames ``similarity.h5`` keeps no N x N matrices.
     ``truth`` is an optional HDF5 map (e.g. a simulation's
     ``truth.h5``) to validate the merge against: the summary gives the correlation overall,
     in ``truth_shells`` resolution shells of equal reciprocal-space volume, and after
