@@ -54,6 +54,7 @@ from hpcdiff.merge import (
 
 if TYPE_CHECKING:
     from hpcdiff.geometry import DetectorModel
+    from hpcdiff.io.sources.base import FrameReaderSource
     from hpcdiff.pipelines.fourier import FourierSettings
     from hpcdiff.preprocess import Preprocessor, PreprocessResult
 
@@ -151,6 +152,10 @@ class FramePlan:
     model_shift_m
         The chain's top-level detector shift ``(x, y)``, metres (the geometry's
         ``detector_shift_x/y``, frame 0's value where it names a dataset).
+    source_kind, detector
+        The frame source that reads :attr:`files` (``"cxi"``, ``"nxmx"``, ``"euxfel"``,
+        ``"psana2"``; never ``"auto"``) and its detector name: what each dask worker needs
+        to reopen it (:func:`open_plan_source`).
     """
 
     files: tuple[str, ...]
@@ -170,21 +175,23 @@ class FramePlan:
     n_oriented: int = 0
     det_shift_m: np.ndarray | None = None
     model_shift_m: tuple[float, float] = (0.0, 0.0)
+    source_kind: str = "cxi"
+    detector: str | None = None
 
     def __len__(self) -> int:
         return int(self.numbers.size)
 
 
-def _chunk_key(filename: str, index: int | None) -> tuple[str, int]:
-    return (Path(filename).name, 0 if index is None else int(index))
-
-
 def plan_frames(job: JobConfig) -> FramePlan:
     """Match the stream's oriented chunks to the run's frames and choose the frames to merge.
 
-    A chunk matches the frame whose file has the same name (folders ignored: streams
-    record the paths the indexer saw) and whose index is the chunk's event (``//N``;
-    0 without an event).  Of those, ``[fourier] frames`` chooses: all, those labelled
+    The frames are read by the job's frame source (CXI, NXmx, European XFEL, psana2;
+    the geometry is the job's or, for NXmx, the files' own).  A chunk matches the frame
+    whose file (or run directory) has the same name (folders ignored: streams record the
+    paths the indexer saw) and whose index is the chunk's event (``//N``; 0 without an
+    event; European XFEL: ``//train_id * 10000 + pulse``), see
+    :mod:`hpcdiff.io.sources.stream_match`; a chunk naming a frame of the run's files that
+    the run does not have is an error.  Of those, ``[fourier] frames`` chooses: all, those labelled
     diffuse, or those predicted diffuse.  The bad pixels are judged as the classify job
     judges them.
 
@@ -198,8 +205,9 @@ def plan_frames(job: JobConfig) -> FramePlan:
         cover the oriented frames.
     """
     from hpcdiff.corrections import read_pedestal_and_gain
-    from hpcdiff.io.cxi import FrameSource
     from hpcdiff.io.geom import read_geom
+    from hpcdiff.io.sources import open_job_source
+    from hpcdiff.io.sources.stream_match import FrameMatcher
     from hpcdiff.io.stream import read_stream
     from hpcdiff.pipelines.classify import _bad_pixels, detector_model
 
@@ -207,13 +215,19 @@ def plan_frames(job: JobConfig) -> FramePlan:
     src = job.source or "<job>"
     if exp.stream is None:
         raise ConfigError(f"{src}: [experiment.stream] is needed by the Fourier job (orientations)")
-    if exp.geometry is None:
-        raise ConfigError(f"{src}: [experiment.geometry] is needed by the Fourier job")
     files = [str(f) for f in job.frame_files()]
     if not files:
         raise ConfigError(f"{src}: [experiment.frames] names no frame file")
-    geom = read_geom(exp.geometry)
-    with FrameSource(files, geometry=geom, data_path=exp.data_path) as source:
+    with open_job_source(
+        job, files, geometry=None if exp.geometry is None else read_geom(exp.geometry)
+    ) as source:
+        geom = source.geometry  # the job's, or the frames' own (NXmx)
+        if geom is None:
+            raise ConfigError(
+                f"{src}: [experiment.geometry] is needed by the Fourier job (the frames "
+                "carry no geometry of their own)"
+            )
+        kind = getattr(source, "kind", "cxi")
         frame_ids = list(source.frame_ids)
         values0 = source.frame_values(0, 1)
         model = detector_model(
@@ -224,7 +238,7 @@ def plan_frames(job: JobConfig) -> FramePlan:
         )
         pedestal, gain = read_pedestal_and_gain(exp, shape=source.slab_shape)
         bad = _bad_pixels(job, source, model, pedestal, gain)
-    index = {_chunk_key(fid.file, fid.index): i for i, fid in enumerate(frame_ids)}
+    matcher = FrameMatcher(frame_ids, kind=kind)
     stream = read_stream(exp.stream)
     found: dict[int, tuple[np.ndarray, float]] = {}
     shifts: dict[int, tuple[float, float]] = {}
@@ -232,13 +246,15 @@ def plan_frames(job: JobConfig) -> FramePlan:
     for chunk in stream.chunks:
         if not chunk.crystals:
             continue
-        key = _chunk_key(chunk.image_filename, chunk.frame_index)
-        if key not in index:
+        number = matcher.number(
+            chunk.image_filename, chunk.frame_index, stream=str(exp.stream), line=chunk.line
+        )
+        if number is None:  # another run's frame
             continue
         n_multi += len(chunk.crystals) > 1
         energy = chunk.photon_energy_ev if chunk.photon_energy_ev is not None else np.nan
-        found.setdefault(index[key], (chunk.crystals[0].reciprocal_matrix, float(energy)))
-        shifts.setdefault(index[key], chunk.crystals[0].det_shift_mm or (0.0, 0.0))
+        found.setdefault(number, (chunk.crystals[0].reciprocal_matrix, float(energy)))
+        shifts.setdefault(number, chunk.crystals[0].det_shift_mm or (0.0, 0.0))
     if not found:
         raise FormatError(
             exp.stream,
@@ -278,6 +294,21 @@ def plan_frames(job: JobConfig) -> FramePlan:
         n_oriented=int(keep.size),
         det_shift_m=np.array([shifts[i] for i in numbers], dtype=np.float64).reshape(-1, 2) * 1e-3,
         model_shift_m=(float(model.shift_m[0]), float(model.shift_m[1])),
+        source_kind=kind,
+        detector=exp.detector,
+    )
+
+
+def open_plan_source(plan: FramePlan) -> FrameReaderSource:
+    """Open the plan's frames again (in a dask worker) with the source that planned them."""
+    from hpcdiff.io.sources import open_source
+
+    return open_source(
+        plan.files,
+        kind=plan.source_kind,
+        geometry=plan.geometry,
+        data_path=plan.data_path,
+        detector=plan.detector,
     )
 
 
@@ -882,12 +913,11 @@ def process_chunk(
     pass).
     """
     from hpcdiff.geometry import detector_shift_m
-    from hpcdiff.io.cxi import FrameSource
 
     index = np.asarray(rows, dtype=np.int64)
     numbers = plan.numbers[index]
     chain = chain_for(plan, settings.chain)
-    with FrameSource(plan.files, geometry=plan.geometry, data_path=plan.data_path) as source:
+    with open_plan_source(plan) as source:
         frames = np.stack([source.read(int(n), int(n) + 1)[0] for n in numbers])
         values = [source.frame_values(int(n), int(n) + 1) for n in numbers]
     masks = chain.model.pixel_masks  # mask files, flags, saturation: in the chain; per-frame

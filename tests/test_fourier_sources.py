@@ -1,0 +1,145 @@
+"""The Fourier job on frame sources beside CXI: NXmx frames (geometry from the file) merge
+exactly as the same frames in a CXI file with the same geometry; stream chunks are matched
+by each source's frame naming, and a chunk naming a frame the run lacks is an error."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_fourier_job import ENERGY_EV, make_frames
+from test_sources_nxmx import N_FS, N_SS, write_nxmx
+
+from hpcdiff.config import load_job
+from hpcdiff.errors import FormatError
+from hpcdiff.io.cxi import FrameId
+from hpcdiff.io.sources.stream_match import FrameMatcher
+from hpcdiff.pipelines.fourier import FourierSettings
+from hpcdiff.pipelines.fourier_frames import plan_frames, process_chunk
+
+N = 6
+
+
+def _stream(path: Path, name: str, orientations: np.ndarray, *, extra: int | None = None) -> None:
+    from hpcdiff.io.stream import Chunk, Crystal, Stream, write_stream
+
+    chunks = [
+        Chunk(
+            f"/beamline/raw/{name}",
+            event=f"//{i}",
+            photon_energy_ev=ENERGY_EV,
+            crystals=(Crystal(None, *(tuple(r) for r in orientations[i])),),
+        )
+        for i in range(len(orientations))
+    ]
+    chunks.append(Chunk("other_run.h5", event="//0", crystals=chunks[0].crystals))  # skipped
+    if extra is not None:
+        chunks.append(Chunk(name, event=f"//{extra}", crystals=chunks[0].crystals))
+    write_stream(Stream(chunks=tuple(chunks)), path)
+
+
+def _job(root: Path, frames: str, *, geometry: str | None, stream: str) -> Path:
+    geom = f'geometry = "{geometry}"' if geometry else ""
+    path = root / f"job_{Path(frames).stem}.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [experiment]
+            frames = ["{frames}"]
+            stream = "{stream}"
+            {geom}
+
+            [corrections]
+            bad_pixel_frames = 0
+
+            [background]
+            method = "radial"
+            n_radial_bins = 12
+
+            [fourier]
+            grid_size = 12
+            max_hkl = 6.0
+            min_overlap = 1
+            frames_per_task = 3
+            """
+        )
+    )
+    return path
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory) -> tuple[Path, Path, np.ndarray]:
+    """The same frames as an NXmx master file (geometry from its NXtransformations) and as a
+    CXI file with that geometry written as a ``.geom``, each with its own stream."""
+    from hpcdiff.io.cxi import write_cxi
+    from hpcdiff.io.geom import write_geom
+    from hpcdiff.io.sources.nxmx import read_nxmx
+
+    root = tmp_path_factory.mktemp("fsrc")
+    master = write_nxmx(root / "scan_master.h5", np.zeros((N, 2 * N_SS, N_FS), np.uint16))
+    geom = read_nxmx(master).geometry
+    frames, orientations, _, _ = make_frames(geom, N, seed=3)
+    frames = np.round(frames / frames.max() * 50000).astype(np.uint16)
+    master.unlink()
+    write_nxmx(master, frames)
+    write_geom(geom, root / "twin.geom")
+    write_cxi(root / "twin.cxi", frames.astype(np.float32), compression=None)
+    _stream(root / "nxmx.stream", "scan_master.h5", orientations)
+    _stream(root / "cxi.stream", "twin.cxi", orientations)
+    nx = _job(root, "scan_master.h5", geometry=None, stream="nxmx.stream")
+    cx = _job(root, "twin.cxi", geometry="twin.geom", stream="cxi.stream")
+    return nx, cx, orientations
+
+
+def test_nxmx_frames_merge_as_their_cxi_twin(twins):
+    nx_path, cx_path, orientations = twins
+    nx_job, cx_job = load_job(nx_path), load_job(cx_path)
+    nx, cx = plan_frames(nx_job), plan_frames(cx_job)
+    assert nx.source_kind == "nxmx" and cx.source_kind == "cxi"
+    assert nx.geometry.slab_shape == (2 * N_SS, N_FS)  # the file's own geometry
+    np.testing.assert_array_equal(nx.numbers, np.arange(N))
+    np.testing.assert_allclose(nx.orientations, orientations)
+    assert [f.index for f in nx.frame_ids] == list(range(N))
+    np.testing.assert_allclose(nx.model_clen_m, cx.model_clen_m)
+    settings = FourierSettings.from_job(nx_job, plan=nx)
+    a, fa = process_chunk(nx, range(N), settings)
+    b, fb = process_chunk(cx, range(N), FourierSettings.from_job(cx_job, plan=cx))
+    assert a.n_frames == b.n_frames == N
+    assert np.count_nonzero(a.counts) > 0
+    np.testing.assert_array_equal(a.counts, b.counts)
+    np.testing.assert_allclose(a.sums, b.sums, rtol=1e-5, atol=1e-6 * np.abs(b.sums).max())
+    # a worker reopens the plan's source from what the plan holds (pickled to dask)
+    import pickle
+
+    again, _ = process_chunk(pickle.loads(pickle.dumps(nx)), [1, 4], settings)
+    part, _ = process_chunk(nx, [1, 4], settings)
+    np.testing.assert_array_equal(again.counts, part.counts)
+
+
+def test_a_chunk_naming_a_frame_the_nxmx_file_lacks_is_an_error(twins, tmp_path):
+    nx_path, _, orientations = twins
+    root = nx_path.parent
+    _stream(tmp_path / "bad.stream", "scan_master.h5", orientations, extra=N + 3)
+    job = load_job(_job(root, "scan_master.h5", geometry=None, stream=str(tmp_path / "bad.stream")))
+    with pytest.raises(FormatError, match=rf"frame {N + 3} of scan_master.h5.*does not have") as e:
+        plan_frames(job)
+    assert e.value.line is not None and e.value.line > 1
+
+
+def test_euxfel_chunks_name_train_and_pulse():
+    """European XFEL frames: the run directory plus ``//train_id * 10000 + pulse``."""
+    from hpcdiff.io.sources.euxfel import frame_id
+
+    ids = [frame_id("/gpfs/exfel/proc/r0142", t, p) for t in (10000012, 10000013) for p in (0, 2)]
+    m = FrameMatcher(ids, kind="euxfel")
+    assert m.number("/elsewhere/r0142", 10000013 * 10000 + 2) == 3
+    assert m.number("r0142/", 10000012 * 10000) == 0
+    assert m.number("r0143", 10000012 * 10000) is None  # another run: skipped
+    with pytest.raises(FormatError, match="train 10000012, pulse 1 of r0142"):
+        m.number("r0142", 10000012 * 10000 + 1, stream="x.stream", line=7)
+    with pytest.raises(FormatError, match="without an event"):
+        m.number("r0142", None, stream="x.stream")
+    cxi = FrameMatcher([FrameId("/d/a.cxi", 0), FrameId("/d/a.cxi", 1)], kind="cxi")
+    assert cxi.number("a.cxi", None) == 0 and cxi.number("/x/a.cxi", 1) == 1
