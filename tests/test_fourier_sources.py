@@ -17,7 +17,7 @@ from hpcdiff.errors import FormatError
 from hpcdiff.io.cxi import FrameId
 from hpcdiff.io.sources.stream_match import FrameMatcher
 from hpcdiff.pipelines.fourier import FourierSettings
-from hpcdiff.pipelines.fourier_frames import plan_frames, process_chunk
+from hpcdiff.pipelines.fourier_frames import plan_frames, process_chunk, reference_map
 
 N = 6
 
@@ -40,9 +40,9 @@ def _stream(path: Path, name: str, orientations: np.ndarray, *, extra: int | Non
     write_stream(Stream(chunks=tuple(chunks)), path)
 
 
-def _job(root: Path, frames: str, *, geometry: str | None, stream: str) -> Path:
+def _job(root: Path, frames: str, *, geometry: str | None, stream: str, name: str = "") -> Path:
     geom = f'geometry = "{geometry}"' if geometry else ""
-    path = root / f"job_{Path(frames).stem}.toml"
+    path = root / f"job_{Path(frames).stem}{name}.toml"
     path.write_text(
         textwrap.dedent(
             f"""
@@ -122,7 +122,11 @@ def test_a_chunk_naming_a_frame_the_nxmx_file_lacks_is_an_error(twins, tmp_path)
     nx_path, _, orientations = twins
     root = nx_path.parent
     _stream(tmp_path / "bad.stream", "scan_master.h5", orientations, extra=N + 3)
-    job = load_job(_job(root, "scan_master.h5", geometry=None, stream=str(tmp_path / "bad.stream")))
+    job = load_job(
+        _job(
+            root, "scan_master.h5", geometry=None, stream=str(tmp_path / "bad.stream"), name="_bad"
+        )
+    )
     with pytest.raises(FormatError, match=rf"frame {N + 3} of scan_master.h5.*does not have") as e:
         plan_frames(job)
     assert e.value.line is not None and e.value.line > 1
@@ -143,3 +147,31 @@ def test_euxfel_chunks_name_train_and_pulse():
         m.number("r0142", None, stream="x.stream")
     cxi = FrameMatcher([FrameId("/d/a.cxi", 0), FrameId("/d/a.cxi", 1)], kind="cxi")
     assert cxi.number("a.cxi", None) == 0 and cxi.number("/x/a.cxi", 1) == 1
+
+
+def test_run_fourier_on_nxmx_frames(twins, tmp_path):
+    """The whole job on a one-worker dask client: the merged grid is the serial merge."""
+    import os
+
+    import h5py
+    from distributed import Client
+
+    from hpcdiff.pipelines.fourier import run_fourier
+
+    nx_path, _, _ = twins
+    job = load_job(nx_path)
+    plan = plan_frames(job)
+    settings = FourierSettings.from_job(job, plan=plan)
+    serial, _ = process_chunk(plan, range(N), settings)
+    for _ in range(settings.chain.scale_passes):  # the job's scale passes, as it runs them
+        serial, _ = process_chunk(plan, range(N), settings, reference=reference_map(serial))
+    with (
+        Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None),
+        open(os.devnull, "w") as log,
+    ):
+        run_fourier(job, Client.current(), out_dir=tmp_path, log=log)
+    with h5py.File(tmp_path / "merged.h5") as h5:
+        np.testing.assert_array_equal(h5["counts"][()], serial.counts.reshape(serial.grid.shape))
+        np.testing.assert_allclose(
+            h5["sums"][()], serial.sums.reshape(serial.grid.shape), rtol=1e-10, atol=1e-12
+        )
