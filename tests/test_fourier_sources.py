@@ -22,14 +22,21 @@ from hpcdiff.pipelines.fourier_frames import plan_frames, process_chunk, referen
 N = 6
 
 
-def _stream(path: Path, name: str, orientations: np.ndarray, *, extra: int | None = None) -> None:
+def _stream(
+    path: Path,
+    name: str,
+    orientations: np.ndarray,
+    *,
+    extra: int | None = None,
+    energy: float | None = ENERGY_EV,
+) -> None:
     from hpcdiff.io.stream import Chunk, Crystal, Stream, write_stream
 
     chunks = [
         Chunk(
             f"/beamline/raw/{name}",
             event=f"//{i}",
-            photon_energy_ev=ENERGY_EV,
+            photon_energy_ev=energy,
             crystals=(Crystal(None, *(tuple(r) for r in orientations[i])),),
         )
         for i in range(len(orientations))
@@ -175,3 +182,25 @@ def test_run_fourier_on_nxmx_frames(twins, tmp_path):
         np.testing.assert_allclose(
             h5["sums"][()], serial.sums.reshape(serial.grid.shape), rtol=1e-10, atol=1e-12
         )
+
+
+def test_energies_per_frame_from_the_nxmx_file(twins, tmp_path):
+    """A stream without photon energies: each frame's comes from the NXmx file's
+    per-frame wavelength, in the merge and in the grid's q range."""
+    from hpcdiff.fourier_grid import detector_q_max, plan_q_max
+    from hpcdiff.io.geom import HC_EV_M
+
+    _, _, orientations = twins
+    wavelength_a = np.linspace(1.0, 1.5, N)
+    frames = np.full((N, 2 * N_SS, N_FS), 100, np.uint16)
+    write_nxmx(tmp_path / "w_master.h5", frames, per_frame_wavelength=wavelength_a)
+    _stream(tmp_path / "w.stream", "w_master.h5", orientations, energy=None)
+    job = load_job(_job(tmp_path, "w_master.h5", geometry=None, stream="w.stream"))
+    plan = plan_frames(job)
+    assert plan.geometry.photon_energy is None and np.isnan(plan.photon_energy_ev).all()
+    energies = HC_EV_M / (wavelength_a * 1e-10)
+    assert plan.model_photon_energy_ev == pytest.approx(energies[0])
+    want = detector_q_max(plan.geometry, photon_energy_ev=energies.max(), clen_m=None)
+    assert plan_q_max(plan) == pytest.approx(want)
+    acc, _ = process_chunk(plan, range(N), FourierSettings.from_job(job, plan=plan))
+    assert acc.n_frames == N
