@@ -204,3 +204,71 @@ def test_energies_per_frame_from_the_nxmx_file(twins, tmp_path):
     assert plan_q_max(plan) == pytest.approx(want)
     acc, _ = process_chunk(plan, range(N), FourierSettings.from_job(job, plan=plan))
     assert acc.n_frames == N
+
+
+def test_plan_and_merge_a_european_xfel_run(tmp_path):
+    """JUNGFRAU run (extra-data mock files, EXtra-geom geometry): chunks naming the run
+    directory and ``//train_id * 10000 + pulse`` select those frames; they merge."""
+    pytest.importorskip(
+        "extra_data", reason="extra-data not installed: pip install hpcdiff[euxfel]"
+    )
+    extra_geom = pytest.importorskip("extra_geom", reason="EXtra-geom not installed")
+    import h5py
+    from extra_data.tests.mockdata import write_file
+    from extra_data.tests.mockdata.jungfrau import JUNGFRAUModule
+
+    from hpcdiff.io.sources.euxfel import frame_id, train_pulse
+
+    run = tmp_path / "r0042"
+    run.mkdir()
+    rng = np.random.default_rng(2)
+    for m in (1, 2):
+        path = run / f"CORR-R0042-JNGFR{m:02}-S00000.h5"
+        write_file(
+            str(path),
+            [JUNGFRAUModule(f"SPB_IRDA_JF4M/CORR/JNGFR{m:02}")],
+            ntrains=2,
+            chunksize=1,
+            format_version="1.0",
+        )
+        with h5py.File(path, "r+") as h5:
+            adc = h5[f"INSTRUMENT/SPB_IRDA_JF4M/CORR/JNGFR{m:02}:daqOutput/data/adc"]
+            adc[...] = rng.uniform(50, 150, adc.shape).astype(adc.dtype)
+    geom_xg = extra_geom.JUNGFRAUGeometry.from_module_positions([(0, 0), (0, -560)])
+    geom_xg.write_crystfel_geom(
+        str(tmp_path / "jf.geom"),
+        dims=("frame", "modno", "ss", "fs"),
+        clen=0.1,
+        photon_energy=9500,
+        adu_per_ev=0.01,
+    )
+    from hpcdiff.io.sources import open_source
+    from hpcdiff.io.stream import Chunk, Crystal, Stream, write_stream
+
+    with open_source([run]) as src:
+        ids = src.frame_ids
+    chosen = [3, 17, 30]  # global frames: (train, memory cell) of both trains
+    orientations = np.stack([np.diag([1 / 7.9, 1 / 7.9, 1 / 3.8])] * 3)
+    chunks = [
+        Chunk(
+            f"/gpfs/exfel/proc/{run.name}",
+            event=f"//{ids[k].index}",
+            crystals=(Crystal(None, *(tuple(r) for r in orientations[j])),),
+        )
+        for j, k in enumerate(chosen)
+    ]
+    write_stream(Stream(chunks=tuple(chunks)), tmp_path / "run.stream")
+    job = load_job(_job(tmp_path, "r0042", geometry="jf.geom", stream="run.stream"))
+    plan = plan_frames(job)
+    assert plan.source_kind == "euxfel" and plan.n_frames_total == 32
+    np.testing.assert_array_equal(plan.numbers, chosen)
+    train, cell = train_pulse(plan.frame_ids[1])
+    assert plan.frame_ids[1] == frame_id(str(run), train, cell)
+    acc, _ = process_chunk(plan, range(3), FourierSettings.from_job(job, plan=plan))
+    assert acc.n_frames == 3 and np.count_nonzero(acc.counts) > 0
+    # a frame id the run lacks (a third train) is named
+    bad = Chunk(run.name, event=f"//{(train + 5) * 10000}", crystals=chunks[0].crystals)
+    write_stream(Stream(chunks=(*chunks, bad)), tmp_path / "bad.stream", force=True)
+    job = load_job(_job(tmp_path, "r0042", geometry="jf.geom", stream="bad.stream", name="_b"))
+    with pytest.raises(FormatError, match=f"train {train + 5}, pulse 0 of r0042"):
+        plan_frames(job)
