@@ -101,7 +101,8 @@ class SimulateConfig:
     ``randomised``; ``random``: drawn, with a random cell).  ``output_dtype``: frames as
     detector integers (``int16`` saturating at 32767, ``int32``) or ``float32`` ADU.
     ``like``: a target job file whose geometry, data layout (``data_path``, dtype, frames
-    per file), distance and energy the simulation copies (``hpcdiff simulate --like``);
+    per file), distance and energy the simulation copies (``hpcdiff simulate --like``;
+    the target's frames may be of any ``[experiment] source``);
     ``detector_distance_m`` is the sample-detector distance (``clen + coffset``).
     ``geometry_layout = "file"`` keeps the geometry's own data path, dimensions and
     per-frame value paths instead of the Cheetah slab at ``data_path``; ``frame_shape``
