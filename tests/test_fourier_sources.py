@@ -137,6 +137,16 @@ def test_a_chunk_naming_a_frame_the_nxmx_file_lacks_is_an_error(twins, tmp_path)
     with pytest.raises(FormatError, match=rf"frame {N + 3} of scan_master.h5.*does not have") as e:
         plan_frames(job)
     assert e.value.line is not None and e.value.line > 1
+    # `hpcdiff check --for fourier` lists it before the job is queued; the good stream passes
+    from hpcdiff.pipelines.preflight import check_job
+
+    def stream_problems(j):
+        return [p for p in check_job(j, mode="fourier").problems if "stream" in p.where]
+
+    problems = stream_problems(job)
+    assert [p.where for p in problems] == [f"[experiment.stream] {tmp_path / 'bad.stream'}"]
+    assert f"frame {N + 3} of scan_master.h5" in str(problems[0])
+    assert not stream_problems(load_job(nx_path))
 
 
 def test_euxfel_chunks_name_train_and_pulse():

@@ -31,11 +31,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from hpcdiff.errors import FormatError
 from hpcdiff.io.cxi import FrameId
 
-__all__ = ["FrameMatcher"]
+if TYPE_CHECKING:
+    from hpcdiff.io.stream import Chunk
+
+__all__ = ["FrameMatcher", "check_stream_frames"]
 
 
 def _name(path: str) -> str:
@@ -96,3 +100,25 @@ class FrameMatcher:
                 line=line or None,
             )
         return found
+
+
+def check_stream_frames(
+    chunks: Sequence[Chunk], frame_ids: Sequence[FrameId], *, kind: str, stream: str
+) -> tuple[int, list[FormatError]]:
+    """How many chunks with a crystal name a frame of the run, and the errors of those that
+    name a frame of the run's files the run does not have (for ``hpcdiff check``)."""
+    matcher = FrameMatcher(frame_ids, kind=kind)
+    n_matched = 0
+    errors: list[FormatError] = []
+    for chunk in chunks:
+        if not chunk.crystals:
+            continue
+        try:
+            found = matcher.number(
+                chunk.image_filename, chunk.frame_index, stream=stream, line=chunk.line
+            )
+        except FormatError as exc:
+            errors.append(exc)
+            continue
+        n_matched += found is not None
+    return n_matched, errors
