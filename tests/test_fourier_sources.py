@@ -282,3 +282,45 @@ def test_plan_and_merge_a_european_xfel_run(tmp_path):
     job = load_job(_job(tmp_path, "r0042", geometry="jf.geom", stream="bad.stream", name="_b"))
     with pytest.raises(FormatError, match=f"train {train + 5}, pulse 0 of r0042"):
         plan_frames(job)
+
+
+def test_plan_and_merge_a_psana2_run(tmp_path):
+    """XTC2 run (psana's DgramEdit): chunks ``run.xtc2 //N`` select event N; each frame's
+    photon energy comes from the run (the stream has none)."""
+    pytest.importorskip("psana", reason="psana not installed")
+    from test_sources_psana2 import ENERGIES, N_SEG, write_xtc2
+    from test_sources_psana2 import N_FS as P_FS
+    from test_sources_psana2 import N_SS as P_SS
+
+    from hpcdiff.io.stream import Chunk, Crystal, Stream, write_stream
+
+    run = write_xtc2(tmp_path / "run0003.xtc2")
+    n_ss = N_SEG * P_SS
+    (tmp_path / "pnccd.geom").write_text(
+        "clen = 0.08\nres = 5000\nadu_per_eV = 0.01\n"
+        + "".join(
+            f"p0/{k} = {v}\n"
+            for k, v in (
+                ("min_fs", 0),
+                ("max_fs", P_FS - 1),
+                ("min_ss", 0),
+                ("max_ss", n_ss - 1),
+                ("fs", "+1.0x +0.0y +0.0z"),
+                ("ss", "+0.0x +1.0y +0.0z"),
+                ("corner_x", -P_FS / 2),
+                ("corner_y", -n_ss / 2),
+            )  # fmt: skip
+        )
+    )
+    chosen = [1, 4]
+    a = np.diag([1 / 7.9, 1 / 7.9, 1 / 3.8])
+    chunks = [Chunk(f"/sdf/data/{run.name}", event=f"//{k}", crystals=(Crystal(None, *a),))
+              for k in chosen]  # fmt: skip
+    write_stream(Stream(chunks=tuple(chunks)), tmp_path / "run.stream")
+    job = load_job(_job(tmp_path, run.name, geometry="pnccd.geom", stream="run.stream"))
+    plan = plan_frames(job)
+    assert plan.source_kind == "psana2" and plan.n_frames_total == len(ENERGIES)
+    np.testing.assert_array_equal(plan.numbers, chosen)
+    assert plan.model_photon_energy_ev == pytest.approx(ENERGIES[0])
+    acc, _ = process_chunk(plan, range(2), FourierSettings.from_job(job, plan=plan))
+    assert acc.n_frames == 2 and np.count_nonzero(acc.counts) > 0
