@@ -29,7 +29,7 @@ from typing import Literal
 import numpy as np
 
 #: Candidate widths (voxels, Gaussian sigma) the data-driven choice scans.
-DEFAULT_SIGMAS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+DEFAULT_SIGMAS: tuple[float, ...] = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 #: Kernel radius in sigmas.
 TRUNCATE = 3.0
