@@ -238,11 +238,14 @@ def test_local_cluster_job_end_to_end(experiment, capsys):
         # intensity: the smoothed map (width recorded); intensity_raw: the voxel means
         raw = h5["intensity_raw"][()]
         sigma = float(h5["intensity"].attrs["smooth_sigma_voxels"])
+        # inverse-variance weighted by default: weighted means sums / weights
+        weights = h5["weights"][()]
+        assert (weights[counts > 0] > 0).all() and (weights[counts == 0] == 0).all()
         with np.errstate(invalid="ignore", divide="ignore"):
-            np.testing.assert_allclose(raw, h5["sums"][()] / counts, rtol=1e-6)
+            np.testing.assert_allclose(raw, h5["sums"][()] / weights, rtol=1e-6)
         from hpcdiff.map_smooth import smoothed_mean
 
-        expect = smoothed_mean(h5["sums"][()], counts, sigma_voxels=sigma)
+        expect = smoothed_mean(h5["sums"][()], weights, sigma_voxels=sigma)
         np.testing.assert_allclose(intensity, expect.astype(np.float32), rtol=1e-6)
     with h5py.File(out / "similarity.h5") as h5:
         sim = h5["common_arc"][()]

@@ -572,6 +572,14 @@ class FourierConfig:
             "no measurable diffuse signal and are left out of the refined merge.",
         },
     )
+    merge_weights: Literal["inverse-variance", "none"] = field(
+        default="inverse-variance",
+        metadata={
+            "doc": "How pixels weigh in each voxel's mean: `inverse-variance` by the inverse "
+            "of the frame chain's noise variance (Poisson + read noise of the background, "
+            "times g^2 after a scale pass), `none` equally (the plain mean).",
+        },
+    )
     map_smooth_sigma_voxels: float | None = field(
         default=None,
         metadata={

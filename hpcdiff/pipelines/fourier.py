@@ -370,10 +370,12 @@ def run_fourier(
     chunks = blocks(n, fcfg.frames_per_task)
     saved = work.load_merge(settings.grid) if resumed else None
     on_disk = work.chunks_on_disk()
-    merged, done = saved if saved is not None else (MergeAccumulator.empty(settings.grid), [])
+    weighted = settings.chain.weighted
+    empty = MergeAccumulator.empty(settings.grid, weighted=weighted)
+    merged, done = saved if saved is not None else (empty, [])
     done = [c for c in done if c in on_disk]  # a chunk counts only with its frames on disk
-    if saved is not None and len(done) != len(saved[1]):
-        merged, done = MergeAccumulator.empty(settings.grid), []
+    if saved is not None and (len(done) != len(saved[1]) or saved[0].weighted != weighted):
+        merged, done = empty, []
     todo = [c for c in chunks if c not in set(done)]
     finite = work.load_finite() if done else None
     shots = work.load_shots(n) if done else np.full(n, np.nan)
@@ -720,7 +722,7 @@ def smoothed_map(
         The width used and the ``grid.shape`` float64 map, NaN where nothing was merged.
     """
     shape = merged.grid.shape
-    sums, counts = merged.sums.reshape(shape), merged.counts.reshape(shape)
+    sums, counts = merged.sums.reshape(shape), merged.denominator().reshape(shape)
     choice = smoothing_for(
         sums, counts, sigma_voxels="auto" if sigma_voxels is None else sigma_voxels
     )
@@ -740,7 +742,8 @@ def write_merged(
 
     ``intensity`` is the given map (the smoothed map of :func:`smoothed_map`, its width in
     the dataset's ``smooth_sigma_voxels`` attribute) or the voxel means; ``intensity_raw``
-    always holds the voxel means ``sums / counts``.  Attributes ``grid_shape``,
+    always holds the voxel means ``sums / counts``, or for a weighted merge the weighted
+    means ``sums / weights`` (``weights`` written too).  Attributes ``grid_shape``,
     ``grid_half_widths``, ``grid_steps`` (per axis) and ``grid_extent`` describe the grid;
     the axes datasets hold the voxel centres.
     """
@@ -760,6 +763,8 @@ def write_merged(
         h5.create_dataset("intensity_raw", data=raw, **opts)
         h5.create_dataset("counts", data=merged.counts.reshape(grid.shape), **opts)
         h5.create_dataset("sums", data=merged.sums.reshape(grid.shape), **opts)
+        if merged.weights is not None:  # sums are weighted: intensity_raw = sums / weights
+            h5.create_dataset("weights", data=merged.weights.reshape(grid.shape), **opts)
         for name, axis in zip(names, axes, strict=True):
             h5.create_dataset(name, data=axis)
         h5["intensity"].attrs["axes"] = json.dumps(list(names))
