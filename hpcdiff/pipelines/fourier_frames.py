@@ -25,6 +25,13 @@ Scale refinement (:func:`refine_scales`)
     as ``v / g``; frames with ``g < scale_min`` carry no measurable copy of the map and are
     left out of that merge.
 
+Pixel weights (``[fourier] merge_weights``)
+    ``"inverse-variance"`` (default): each pixel enters its voxel's mean with weight
+    ``1 / noise_var`` (:func:`pixel_weights`, the chain's Poisson + read-noise variance of the
+    background, floored), ``g^2 / noise_var`` as ``v / g`` in a scale pass, so each voxel's
+    mean is the weighted mean ``sum(w v) / sum(w)`` (a weighted
+    :class:`~hpcdiff.merge.MergeAccumulator`); ``"none"``: the plain mean.
+
 Frame choice (:func:`plan_frames`)
     ``[fourier] frames``: ``"all"`` oriented frames, ``"labelled-diffuse"`` (``[experiment]
     labels``) or ``"predicted-diffuse"`` (the classify job's ``predictions.h5``).
