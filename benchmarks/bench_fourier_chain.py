@@ -11,6 +11,10 @@ minus its isotropic part (mean in thin |q| shells).
 Rows: ``all`` / ``diffuse`` (all oriented frames, or the labelled-diffuse ones), and with
 this checkout's chain ``scale0`` / ``scale1`` (no / one scale-refinement pass).  Run the
 same script with ``PYTHONPATH=/work/main`` for the rows of main (no chain, no scales).
+Each row is scored per ``--smooth`` map: ``raw`` voxel means, ``auto`` (the job's default: a
+normalised Gaussian smoothing whose width minimises the leave-one-voxel-out error,
+:mod:`hpcdiff.map_smooth`) or a fixed sigma in voxels.  ``--fourier merge_weights='"none"'``
+gives the unweighted merge (inverse-variance weights are the default).
 
 Usage::
 
