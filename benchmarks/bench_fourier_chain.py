@@ -45,7 +45,7 @@ SHELLS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0)
 def configs() -> dict[str, dict]:
     import bench_transfer as bt
 
-    return {**bt.CONFIGS, **bt.HARD}
+    return {**bt.CONFIGS, **bt.HARD, **bt.RANDOMISED}
 
 
 def simulate(name: str, spec: dict, n_frames: int) -> Path:
