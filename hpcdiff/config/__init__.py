@@ -573,6 +573,24 @@ class FourierConfig:
             "no measurable diffuse signal and are left out of the refined merge.",
         },
     )
+    merge_weights: Literal["inverse-variance", "none"] = field(
+        default="inverse-variance",
+        metadata={
+            "doc": "How pixels weigh in each voxel's mean: `inverse-variance` by the inverse "
+            "of the frame chain's noise variance (Poisson + read noise of the background, "
+            "times g^2 after a scale pass), `none` equally (the plain mean).",
+        },
+    )
+    map_smooth_sigma_voxels: float | None = field(
+        default=None,
+        metadata={
+            "check": non_negative,
+            "doc": "Gaussian sigma (voxels) of the normalised convolution that gives the "
+            "merged map (`intensity` in merged.h5; `intensity_raw` keeps the voxel means); "
+            "unset: chosen per run by leave-one-voxel-out prediction (hpcdiff.map_smooth, "
+            "recorded in fourier_summary.json `map_smoothing`); 0: no smoothing.",
+        },
+    )
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
