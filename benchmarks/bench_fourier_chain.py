@@ -11,6 +11,10 @@ minus its isotropic part (mean in thin |q| shells).
 Rows: ``all`` / ``diffuse`` (all oriented frames, or the labelled-diffuse ones), and with
 this checkout's chain ``scale0`` / ``scale1`` (no / one scale-refinement pass).  Run the
 same script with ``PYTHONPATH=/work/main`` for the rows of main (no chain, no scales).
+Each row is scored per ``--smooth`` map: ``raw`` voxel means, ``auto`` (the job's default: a
+normalised Gaussian smoothing whose width minimises the leave-one-voxel-out error,
+:mod:`hpcdiff.map_smooth`) or a fixed sigma in voxels.  ``--fourier merge_weights='"none"'``
+gives the unweighted merge (inverse-variance weights are the default).
 
 Usage::
 
@@ -41,7 +45,7 @@ SHELLS = (0.0, 0.5, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 6.0)
 def configs() -> dict[str, dict]:
     import bench_transfer as bt
 
-    return {**bt.CONFIGS, **bt.HARD}
+    return {**bt.CONFIGS, **bt.HARD, **bt.RANDOMISED}
 
 
 def simulate(name: str, spec: dict, n_frames: int) -> Path:
@@ -107,6 +111,19 @@ def cc(a: np.ndarray, b: np.ndarray, sel: np.ndarray | None = None) -> tuple[flo
     return (float(x @ y / d) if d > 0 else float("nan")), n
 
 
+def smoothed(acc, smooth: str) -> tuple[np.ndarray, float]:
+    """The map of ``acc``: ``raw`` voxel means, ``auto`` (leave-one-voxel-out width) or a
+    fixed Gaussian sigma in voxels (:mod:`hpcdiff.map_smooth`; main has no smoothing)."""
+    if smooth == "raw":
+        return acc.intensity(), 0.0
+    from hpcdiff.map_smooth import smoothed_mean, smoothing_for
+
+    shape = acc.grid.shape
+    s, c = acc.sums.reshape(shape), acc.counts.reshape(shape)
+    choice = smoothing_for(s, c, sigma_voxels="auto" if smooth == "auto" else float(smooth))
+    return smoothed_mean(s, c, sigma_voxels=choice.sigma_voxels), choice.sigma_voxels
+
+
 def measure(
     job_path: Path,
     *,
@@ -115,6 +132,7 @@ def measure(
     passes: list[int],
     overrides: dict | None = None,
     which: tuple[str, ...] = ("all", "diffuse"),
+    smooths: tuple[str, ...] = ("raw", "auto"),
 ) -> list[dict]:
     from hpcdiff.config import load_job
     from hpcdiff.pipelines import fourier as fj
@@ -153,40 +171,47 @@ def measure(
                 from hpcdiff.pipelines.fourier_frames import reference_map
 
                 cur, _ = fj.process_chunk(plan, rows, settings, reference=reference_map(cur))
-            m = cur.intensity()
-            row = {
-                "frames": name,
-                "n_frames": len(rows),
-                "n_merged": cur.n_frames,
-                "chain": "new" if new_chain else "main",
-                "scale_passes": p,
-                "bragg_radius_hkl": settings.bragg_radius_hkl,
-                "cc": cc(m, truth)[0],
-                "cc_iso_removed": cc(m, iso)[0],
-                "shells": [],
-                "wall_s": time.perf_counter() - t0,
-                "cpu_s": time.process_time() - c0,
-            }
-            for lo, hi in zip(SHELLS[:-1], SHELLS[1:], strict=True):
-                sel = (q >= lo) & (q < hi)
-                c, n = cc(m, truth, sel)
-                ci, _ = cc(m, iso, sel)
-                if n >= 10:
-                    row["shells"].append(
-                        {"q_min_nm_inv": lo, "q_max_nm_inv": hi, "cc": c, "cc_iso": ci, "voxels": n}
-                    )
-            out.append(row)
-            shells = "  ".join(
-                f"[{s['q_min_nm_inv']:.1f},{s['q_max_nm_inv']:.1f}) {s['cc']:.3f}/{s['cc_iso']:.3f}"
-                f" ({s['voxels']})"
-                for s in row["shells"]
-            )
-            print(
-                f"  {row['chain']:4s} {name:7s} n={len(rows):3d} merged={cur.n_frames:3d} "
-                f"scale_passes={p} bragg={settings.bragg_radius_hkl:g}: CC {row['cc']:.3f}, "
-                f"iso-removed {row['cc_iso_removed']:.3f}; per shell CC/CC-iso (voxels): {shells}",
-                flush=True,
-            )
+            for smooth in smooths:
+                m, sigma = smoothed(cur, smooth)
+                row = {
+                    "frames": name,
+                    "n_frames": len(rows),
+                    "n_merged": cur.n_frames,
+                    "chain": "new" if new_chain else "main",
+                    "scale_passes": p,
+                    "bragg_radius_hkl": settings.bragg_radius_hkl,
+                    "smooth": smooth,
+                    "sigma_voxels": sigma,
+                    "cc": cc(m, truth)[0],
+                    "cc_iso_removed": cc(m, iso)[0],
+                    "shells": [],
+                    "wall_s": time.perf_counter() - t0,
+                    "cpu_s": time.process_time() - c0,
+                }
+                for lo, hi in zip(SHELLS[:-1], SHELLS[1:], strict=True):
+                    sel = (q >= lo) & (q < hi)
+                    c, n = cc(m, truth, sel)
+                    ci, _ = cc(m, iso, sel)
+                    if n >= 10:
+                        row["shells"].append(
+                            {"q_min_nm_inv": lo, "q_max_nm_inv": hi, "cc": c, "cc_iso": ci,
+                             "voxels": n}
+                        )  # fmt: skip
+                out.append(row)
+                shells = "  ".join(
+                    f"[{s['q_min_nm_inv']:.1f},{s['q_max_nm_inv']:.1f}) "
+                    f"{s['cc']:.3f}/{s['cc_iso']:.3f} ({s['voxels']})"
+                    for s in row["shells"]
+                )
+                best = max((s["cc"] for s in row["shells"]), default=float("nan"))
+                print(
+                    f"  {row['chain']:4s} {name:7s} n={len(rows):3d} merged={cur.n_frames:3d} "
+                    f"scale_passes={p} bragg={settings.bragg_radius_hkl:g} "
+                    f"smooth={smooth}(sigma {sigma:g} vox): CC {row['cc']:.3f}, "
+                    f"iso-removed {row['cc_iso_removed']:.3f}, strongest shell {best:.3f}; "
+                    f"per shell CC/CC-iso (voxels): {shells}",
+                    flush=True,
+                )
     return out
 
 
@@ -198,6 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-hkl", type=float, default=10.0)
     ap.add_argument("--passes", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--smooth",
+        nargs="+",
+        default=["raw", "auto"],
+        help="maps to score: raw voxel means, auto (leave-one-voxel-out width), or sigmas",
+    )
     ap.add_argument("--rows", nargs="+", default=["all", "diffuse"], choices=["all", "diffuse"])
     ap.add_argument(
         "--fourier",
@@ -221,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             passes=args.passes,
             overrides=overrides,
             which=tuple(args.rows),
+            smooths=tuple(args.smooth),
         )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

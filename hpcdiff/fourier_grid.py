@@ -56,7 +56,7 @@ def plan_q_max(plan: FramePlan) -> float:
     geometry's); the camera length the smallest of the frame files' (else the
     geometry's) over the oriented frames.
     """
-    from hpcdiff.io.cxi import FrameSource
+    from hpcdiff.pipelines.fourier_frames import open_plan_source
 
     geom = plan.geometry
     energies = plan.photon_energy_ev[np.isfinite(plan.photon_energy_ev)]
@@ -64,7 +64,7 @@ def plan_q_max(plan: FramePlan) -> float:
     if not isinstance(geom.photon_energy, int | float) or any(
         not isinstance(p.clen, int | float) for p in geom.panels
     ):
-        with FrameSource(plan.files, geometry=geom, data_path=plan.data_path) as source:
+        with open_plan_source(plan) as source:  # the plan's source: CXI, NXmx, EuXFEL ...
             values: dict[str, Any] = source.frame_values(0, plan.n_frames_total)
         if "clen_m" in values:
             clens = np.asarray(values["clen_m"], float)[plan.numbers]

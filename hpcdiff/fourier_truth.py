@@ -356,6 +356,7 @@ def truth_summary(
     metric: np.ndarray,
     n_shells: int = 10,
     isotropic_shell_width_per_nm: float | None = None,
+    intensity: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """The ``truth_correlation`` entry of ``fourier_summary.json`` (see :func:`compare_maps`).
 
@@ -371,12 +372,15 @@ def truth_summary(
         Resolution shells.
     isotropic_shell_width_per_nm
         Thin-shell width for the isotropic part; None for one voxel (:func:`isotropic_width`).
+    intensity
+        ``merged.grid.shape`` map to compare (e.g. the smoothed map of
+        :mod:`hpcdiff.map_smooth`); None: ``merged.intensity()``.
     """
     check_truth_grid(truth, merged.grid)
     width = isotropic_shell_width_per_nm or isotropic_width(merged.grid, metric)
     on_grid = resample_truth(truth, merged.grid)
     out = compare_maps(
-        merged.intensity(),
+        merged.intensity() if intensity is None else intensity,
         on_grid,
         voxel_q_abs(merged.grid, metric),
         n_shells=n_shells,

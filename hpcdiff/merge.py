@@ -734,46 +734,82 @@ def map_frame_grids(
 
 @dataclass
 class MergeAccumulator:
-    """Mergeable sums and counts over a grid (flat, C order).
+    """Mergeable sums and counts over a grid (flat, C order), optionally with float weights.
+
+    Unweighted, each voxel's mean is ``sums / counts``.  Weighted (``weights`` not None),
+    each pixel carries a weight ``w`` (e.g. its inverse noise variance), ``sums`` holds
+    ``sum(w v)`` and ``weights`` ``sum(w)``, and each voxel's mean is the weighted mean
+    ``sums / weights``; ``counts`` still counts pixels.
 
     Attributes
     ----------
     grid
         The grid.
     sums
-        ``(grid.n_voxels,)`` float64 summed values.
+        ``(grid.n_voxels,)`` float64 summed (weighted) values.
     counts
         ``(grid.n_voxels,)`` int64 number of pixels summed.
     n_frames
         Frames added.
+    weights
+        ``(grid.n_voxels,)`` float64 summed pixel weights, or None (unweighted).
     """
 
     grid: Grid
     sums: np.ndarray = field(repr=False)
     counts: np.ndarray = field(repr=False)
     n_frames: int = 0
+    weights: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def weighted(self) -> bool:
+        """Whether pixels carry weights (``weights`` is not None)."""
+        return self.weights is not None
 
     @classmethod
-    def empty(cls, grid: Grid) -> MergeAccumulator:
-        """An accumulator with nothing in it (two arrays of ``grid.n_voxels``)."""
-        return cls(grid, np.zeros(grid.n_voxels, np.float64), np.zeros(grid.n_voxels, np.int64), 0)
+    def empty(cls, grid: Grid, *, weighted: bool = False) -> MergeAccumulator:
+        """An accumulator with nothing in it (arrays of ``grid.n_voxels``)."""
+        return cls(
+            grid,
+            np.zeros(grid.n_voxels, np.float64),
+            np.zeros(grid.n_voxels, np.int64),
+            0,
+            np.zeros(grid.n_voxels, np.float64) if weighted else None,
+        )
 
-    def add_frame(self, frame: FrameVoxels) -> MergeAccumulator:
-        """Add one binned frame in place; returns ``self``."""
+    def add_frame(
+        self, frame: FrameVoxels, *, weights: np.ndarray | None = None
+    ) -> MergeAccumulator:
+        """Add one binned frame in place; returns ``self``.
+
+        A weighted accumulator needs ``weights``, the ``(m,)`` summed pixel weights per
+        voxel of ``frame``, with ``frame.sums`` the weighted sums; an unweighted one
+        takes none.
+        """
         if frame.voxels.size and (frame.voxels[0] < 0 or frame.voxels[-1] >= self.grid.n_voxels):
             raise ValueError("frame voxel indices outside the grid")
+        if (weights is None) != (self.weights is None):
+            raise ValueError("a weighted accumulator needs weights, an unweighted one none")
         self.sums[frame.voxels] += frame.sums  # voxels are unique: fancy += is exact
         self.counts[frame.voxels] += frame.counts
+        if self.weights is not None and weights is not None:
+            w = np.asarray(weights, np.float64).reshape(-1)
+            if w.shape != frame.voxels.shape:
+                raise ValueError(f"weights {w.shape} do not match the frame's voxels")
+            self.weights[frame.voxels] += w
         self.n_frames += 1
         return self
 
-    def add_voxels(self, voxels: np.ndarray, values: np.ndarray) -> MergeAccumulator:
+    def add_voxels(
+        self, voxels: np.ndarray, values: np.ndarray, *, weights: np.ndarray | None = None
+    ) -> MergeAccumulator:
         """Add one frame's pixels in place (see :meth:`PixelDirections.voxels`); returns ``self``.
 
-        Pixels with voxel -1 or a non-finite value are left out.  The sums and counts
-        are those of :func:`bin_frame` then :meth:`add_frame`, without the sparse step:
-        one :func:`numpy.bincount` over the grid when the frame fills a good part of it,
-        else :func:`numpy.add.at` of the pixels inside.
+        Pixels with voxel -1, a non-finite value, or (weighted) a weight that is not finite
+        and > 0 are left out (not counted).  The sums and
+        counts are those of :func:`bin_frame` then :meth:`add_frame`, without the sparse
+        step: one :func:`numpy.bincount` over the grid when the frame fills a good part of
+        it, else :func:`numpy.add.at` of the pixels inside.
 
         Parameters
         ----------
@@ -781,11 +817,23 @@ class MergeAccumulator:
             ``(n,)`` int flat voxel index per pixel, -1 outside the grid.
         values
             ``(n,)`` float pixel values (summed in float64).
+        weights
+            ``(n,)`` float pixel weights (>= 0), required by a weighted accumulator (which
+            adds ``w v`` to ``sums`` and ``w`` to ``weights``), refused by an unweighted one.
         """
         voxels = np.asarray(voxels).reshape(-1)
         values = np.asarray(values).reshape(-1)
         if voxels.shape != values.shape:
             raise ValueError(f"voxels {voxels.shape} and values {values.shape} differ in shape")
+        if (weights is None) != (self.weights is None):
+            raise ValueError("a weighted accumulator needs weights, an unweighted one none")
+        if weights is not None:
+            w = np.asarray(weights, np.float64).reshape(-1)
+            if w.shape != values.shape:
+                raise ValueError(f"weights {w.shape} and values {values.shape} differ in shape")
+            if (w < 0).any():
+                raise ValueError("pixel weights must be >= 0")
+            return self._add_weighted(voxels, values, w)
         n = self.grid.n_voxels
         if voxels.size >= n:
             # at least as many pixels as voxels: one pass over the pixels, one over the
@@ -815,12 +863,29 @@ class MergeAccumulator:
         self.n_frames += 1
         return self
 
+    def _add_weighted(
+        self, voxels: np.ndarray, values: np.ndarray, weights: np.ndarray
+    ) -> MergeAccumulator:
+        assert self.weights is not None
+        n = self.grid.n_voxels
+        ok = (voxels >= 0) & np.isfinite(values) & np.isfinite(weights) & (weights > 0)
+        if ok.any() and int(voxels[ok].max()) >= n:
+            raise ValueError("frame voxel indices outside the grid")
+        idx = voxels[ok]
+        w = weights[ok]
+        self.sums += np.bincount(idx, weights=w * values[ok].astype(np.float64), minlength=n)
+        self.weights += np.bincount(idx, weights=w, minlength=n)
+        self.counts += np.bincount(idx, minlength=n)
+        self.n_frames += 1
+        return self
+
     def save(self, path: str | Path, *, force: bool = False) -> Path:
         """Write the accumulator to HDF5 atomically (a checkpoint), with a checksum.
 
-        The file holds ``sums`` (float64) and ``counts`` (int64) as flat ``(n_voxels,)``
-        datasets and attributes ``grid`` (JSON of :meth:`Grid.to_dict`), ``n_frames`` and
-        ``sha256`` (of the grid JSON, ``n_frames``, sums and counts); it is written to a
+        The file holds ``sums`` (float64), ``counts`` (int64) and, when weighted,
+        ``weights`` (float64) as flat ``(n_voxels,)`` datasets and attributes ``grid``
+        (JSON of :meth:`Grid.to_dict`), ``n_frames`` and ``sha256`` (of the grid JSON,
+        ``n_frames``, sums, counts and weights); it is written to a
         temporary file beside ``path`` and renamed, so a kill part-way leaves the previous
         file.  :meth:`load` reads it back and checks the checksum.
 
@@ -841,10 +906,12 @@ class MergeAccumulator:
         from hpcdiff.io.outputs import atomic_path
 
         meta = json.dumps(self.grid.to_dict(), sort_keys=True)
-        digest = _checksum(meta, self.n_frames, self.sums, self.counts)
+        digest = _checksum(meta, self.n_frames, self.sums, self.counts, self.weights)
         with atomic_path(path, force=force) as tmp, h5py.File(tmp, "w") as h5:
             h5.create_dataset("sums", data=np.ascontiguousarray(self.sums, np.float64))
             h5.create_dataset("counts", data=np.ascontiguousarray(self.counts, np.int64))
+            if self.weights is not None:
+                h5.create_dataset("weights", data=np.ascontiguousarray(self.weights, np.float64))
             h5.attrs["format"] = _ACC_FORMAT
             h5.attrs["grid"] = meta
             h5.attrs["n_frames"] = int(self.n_frames)
@@ -881,8 +948,11 @@ class MergeAccumulator:
                 saved = Grid.from_dict(json.loads(meta))
             except (ValueError, KeyError, TypeError) as exc:
                 raise FormatError(path, f"bad grid attribute: {exc}") from None
-            arrays = {}
-            for name, dtype in (("sums", np.float64), ("counts", np.int64)):
+            arrays: dict[str, np.ndarray] = {}
+            names = [("sums", np.float64), ("counts", np.int64)]
+            if "weights" in h5:
+                names.append(("weights", np.float64))
+            for name, dtype in names:
                 ds = h5.get(name)
                 if not isinstance(ds, h5py.Dataset) or ds.shape != (saved.n_voxels,):
                     raise FormatError(
@@ -891,11 +961,12 @@ class MergeAccumulator:
                 arrays[name] = np.asarray(ds[()], dtype=dtype)
             n_frames = int(h5.attrs["n_frames"])
             digest = str(h5.attrs.get("sha256", ""))
-        if digest != _checksum(meta, n_frames, arrays["sums"], arrays["counts"]):
+        weights = arrays.get("weights")
+        if digest != _checksum(meta, n_frames, arrays["sums"], arrays["counts"], weights):
             raise FormatError(path, "checksum mismatch: the file is damaged or incomplete")
         if grid is not None and saved != grid:
             raise FormatError(path, f"holds a merge on {saved}, expected {grid}")
-        return cls(saved, arrays["sums"], arrays["counts"], n_frames)
+        return cls(saved, arrays["sums"], arrays["counts"], n_frames, weights)
 
     def merge(self, other: MergeAccumulator) -> MergeAccumulator:
         """Add another accumulator in place; returns ``self``."""
@@ -903,8 +974,12 @@ class MergeAccumulator:
             raise ValueError(
                 f"cannot merge accumulators on different grids: {self.grid} vs {other.grid}"
             )
+        if other.weighted != self.weighted:
+            raise ValueError("cannot merge a weighted accumulator with an unweighted one")
         self.sums += other.sums
         self.counts += other.counts
+        if self.weights is not None and other.weights is not None:
+            self.weights += other.weights
         self.n_frames += other.n_frames
         return self
 
@@ -913,7 +988,13 @@ class MergeAccumulator:
 
     def copy(self) -> MergeAccumulator:
         """A deep copy."""
-        return MergeAccumulator(self.grid, self.sums.copy(), self.counts.copy(), self.n_frames)
+        return MergeAccumulator(
+            self.grid,
+            self.sums.copy(),
+            self.counts.copy(),
+            self.n_frames,
+            None if self.weights is None else self.weights.copy(),
+        )
 
     def symmetrised(self, symmetry: Symmetry) -> MergeAccumulator:
         """Sums and counts symmetrised by adding symmetry-equivalent voxels.
@@ -935,15 +1016,34 @@ class MergeAccumulator:
         else:
             raise ValueError(f"symmetry must be 'none', 'friedel' or 'laue', got {symmetry!r}")
         new_sums, new_counts = sums, counts
+        new_w = None if self.weights is None else self.weights.reshape(self.grid.shape)
         for axes in folds:
             new_sums = new_sums + np.flip(new_sums, axis=axes)
             new_counts = new_counts + np.flip(new_counts, axis=axes)
-        return MergeAccumulator(self.grid, new_sums.ravel(), new_counts.ravel(), self.n_frames)
+            if new_w is not None:
+                new_w = new_w + np.flip(new_w, axis=axes)
+        return MergeAccumulator(
+            self.grid,
+            new_sums.ravel(),
+            new_counts.ravel(),
+            self.n_frames,
+            None if new_w is None else new_w.ravel(),
+        )
+
+    def denominator(self) -> np.ndarray:
+        """``(grid.n_voxels,)`` float64 what each voxel's sum is divided by: the summed
+        weights (weighted) or the pixel counts."""
+        return self.weights if self.weights is not None else self.counts.astype(np.float64)
 
     def intensity(self) -> np.ndarray:
-        """Mean intensity per voxel, ``grid.shape`` float64, NaN where nothing was merged."""
+        """Mean intensity per voxel, ``grid.shape`` float64, NaN where nothing was merged
+        (weighted: the weighted mean ``sums / weights``)."""
         with np.errstate(invalid="ignore", divide="ignore"):
-            mean = np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), np.nan)
+            if self.weights is not None:
+                ok = (self.counts > 0) & (self.weights > 0)
+                mean = np.where(ok, self.sums / np.where(ok, self.weights, 1.0), np.nan)
+            else:
+                mean = np.where(self.counts > 0, self.sums / np.maximum(self.counts, 1), np.nan)
         return mean.reshape(self.grid.shape)
 
 
@@ -986,12 +1086,20 @@ def map_correlation(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
 _ACC_FORMAT = "hpcdiff.merge.MergeAccumulator/1"
 
 
-def _checksum(meta: str, n_frames: int, sums: np.ndarray, counts: np.ndarray) -> str:
+def _checksum(
+    meta: str,
+    n_frames: int,
+    sums: np.ndarray,
+    counts: np.ndarray,
+    weights: np.ndarray | None = None,
+) -> str:
     h = hashlib.sha256()
     h.update(meta.encode())
     h.update(str(int(n_frames)).encode())
     h.update(np.ascontiguousarray(sums, np.float64).data)
     h.update(np.ascontiguousarray(counts, np.int64).data)
+    if weights is not None:
+        h.update(np.ascontiguousarray(weights, np.float64).data)
     return h.hexdigest()
 
 

@@ -134,13 +134,14 @@ def test_frame_choice(experiment, tmp_path):
 
 def test_shot_intensity_is_divided_out(experiment):
     """A frame recorded with 3x the pulse energy merges to the same values (Bragg-peak pixel
-    masking off: its threshold is in photons, so it rightly depends on the counts)."""
+    masking off: its threshold is in photons, so it rightly depends on the counts; equal
+    pixel weights: inverse-variance weights rightly follow the photon counts)."""
     from hpcdiff.io.cxi import FrameSource
     from hpcdiff.io.geom import read_geom
 
     job = load_job(experiment)
     job = dataclasses.replace(
-        _with_fourier(job, scale_shot=True),
+        _with_fourier(job, scale_shot=True, merge_weights="none"),
         background=dataclasses.replace(job.background, mask_bragg=False),
     )
     plan = plan_frames(job)

@@ -235,6 +235,18 @@ def test_local_cluster_job_end_to_end(experiment, capsys):
         assert "config_hash" in h5.attrs
         np.testing.assert_array_equal(np.isnan(intensity), counts == 0)
         np.testing.assert_allclose(h5["h"][()], Grid(24, MAX_HKL).axis())
+        # intensity: the smoothed map (width recorded); intensity_raw: the voxel means
+        raw = h5["intensity_raw"][()]
+        sigma = float(h5["intensity"].attrs["smooth_sigma_voxels"])
+        # inverse-variance weighted by default: weighted means sums / weights
+        weights = h5["weights"][()]
+        assert (weights[counts > 0] > 0).all() and (weights[counts == 0] == 0).all()
+        with np.errstate(invalid="ignore", divide="ignore"):
+            np.testing.assert_allclose(raw, h5["sums"][()] / weights, rtol=1e-6)
+        from hpcdiff.map_smooth import smoothed_mean
+
+        expect = smoothed_mean(h5["sums"][()], weights, sigma_voxels=sigma)
+        np.testing.assert_allclose(intensity, expect.astype(np.float32), rtol=1e-6)
     with h5py.File(out / "similarity.h5") as h5:
         sim = h5["common_arc"][()]
         assert sim.shape == (N_FRAMES, N_FRAMES) and len(h5["file"]) == N_FRAMES
@@ -252,6 +264,11 @@ def test_local_cluster_job_end_to_end(experiment, capsys):
     assert tc["cc"] > 0.5  # half the frames carry no diffuse map
     assert len(tc["shells"]) == 10 and sum(s["voxels"] for s in tc["shells"]) == tc["voxels"]
     assert tc["isotropic_removed"]["voxels"] == tc["voxels"]
+    smoothing = summary["map_smoothing"]
+    assert smoothing["method"] == "loo" and smoothing["sigma_voxels"] == sigma
+    assert len(smoothing["loo_errors"]) >= 2
+    if sigma > 0:
+        assert "cc" in tc["unsmoothed"] and len(tc["unsmoothed"]["shells"]) == 10
     assert summary["grid"]["shape"] == [24, 24, 24]
     assert summary["n_frames_oriented"] == N_FRAMES
     scales = summary["frame_scales"]

@@ -86,7 +86,8 @@ def local_out(experiment: Path) -> Path:
 
 def _assert_same_outputs(out: Path, reference: Path) -> None:
     with h5py.File(out / "merged.h5") as h5, h5py.File(reference / "merged.h5") as ref:
-        assert h5.attrs["n_frames"] == ref.attrs["n_frames"] == N_FRAMES
+        # frames merged: N_FRAMES less those the scale pass leaves out (the same choice)
+        assert 0 < h5.attrs["n_frames"] == ref.attrs["n_frames"] <= N_FRAMES
         np.testing.assert_array_equal(h5["counts"][()], ref["counts"][()])
         np.testing.assert_allclose(h5["sums"][()], ref["sums"][()], rtol=1e-10)
         np.testing.assert_allclose(

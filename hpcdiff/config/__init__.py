@@ -101,7 +101,8 @@ class SimulateConfig:
     ``randomised``; ``random``: drawn, with a random cell).  ``output_dtype``: frames as
     detector integers (``int16`` saturating at 32767, ``int32``) or ``float32`` ADU.
     ``like``: a target job file whose geometry, data layout (``data_path``, dtype, frames
-    per file), distance and energy the simulation copies (``hpcdiff simulate --like``);
+    per file), distance and energy the simulation copies (``hpcdiff simulate --like``;
+    the target's frames may be of any ``[experiment] source``);
     ``detector_distance_m`` is the sample-detector distance (``clen + coffset``).
     ``geometry_layout = "file"`` keeps the geometry's own data path, dimensions and
     per-frame value paths instead of the Cheetah slab at ``data_path``; ``frame_shape``
@@ -594,6 +595,24 @@ class FourierConfig:
             "check": non_negative,
             "doc": "Frames whose refined scale is below this fraction of the merged map carry "
             "no measurable diffuse signal and are left out of the refined merge.",
+        },
+    )
+    merge_weights: Literal["inverse-variance", "none"] = field(
+        default="inverse-variance",
+        metadata={
+            "doc": "How pixels weigh in each voxel's mean: `inverse-variance` by the inverse "
+            "of the frame chain's noise variance (Poisson + read noise of the background, "
+            "times g^2 after a scale pass), `none` equally (the plain mean).",
+        },
+    )
+    map_smooth_sigma_voxels: float | None = field(
+        default=None,
+        metadata={
+            "check": non_negative,
+            "doc": "Gaussian sigma (voxels) of the normalised convolution that gives the "
+            "merged map (`intensity` in merged.h5; `intensity_raw` keeps the voxel means); "
+            "unset: chosen per run by leave-one-voxel-out prediction (hpcdiff.map_smooth, "
+            "recorded in fourier_summary.json `map_smoothing`); 0: no smoothing.",
         },
     )
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

@@ -21,7 +21,8 @@ KEY_DOCS: dict[str, str] = {
     "simulate.seed": "Random seed; the same seed gives the same experiment.",
     "simulate.detector": "`cspad` (1480 x 1552 Cheetah slab) or `small` (four 48 x 64 panels, "
     "for tests).",
-    "simulate.geometry": "A CrystFEL .geom to simulate instead of the built-in detector.",
+    "simulate.geometry": "A CrystFEL .geom to simulate instead of the built-in detector, or an "
+    "NXmx file (its NXtransformations; what `like` sets for an NXmx target without a .geom).",
     "simulate.diffuse_fraction": "Fraction of frames with diffuse scattering.",
     "simulate.frames_per_file": "Frames per CXI file.",
     "simulate.photon_energy_ev": "Photon energy, eV.",

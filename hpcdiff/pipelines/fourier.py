@@ -58,6 +58,7 @@ from hpcdiff.fourier_truth import (
     truth_summary,
 )
 from hpcdiff.io.outputs import atomic_path, provenance, write_json
+from hpcdiff.map_smooth import SmoothingChoice, smoothed_mean, smoothing_for
 from hpcdiff.merge import (
     FrameVoxels,
     Grid,
@@ -383,10 +384,12 @@ def run_fourier(
     chunks = blocks(n, fcfg.frames_per_task)
     saved = work.load_merge(settings.grid) if resumed else None
     on_disk = work.chunks_on_disk()
-    merged, done = saved if saved is not None else (MergeAccumulator.empty(settings.grid), [])
+    weighted = settings.chain.weighted
+    empty = MergeAccumulator.empty(settings.grid, weighted=weighted)
+    merged, done = saved if saved is not None else (empty, [])
     done = [c for c in done if c in on_disk]  # a chunk counts only with its frames on disk
-    if saved is not None and len(done) != len(saved[1]):
-        merged, done = MergeAccumulator.empty(settings.grid), []
+    if saved is not None and (len(done) != len(saved[1]) or saved[0].weighted != weighted):
+        merged, done = empty, []
     todo = [c for c in chunks if c not in set(done)]
     finite = work.load_finite() if done else None
     shots = work.load_shots(n) if done else np.full(n, np.nan)
@@ -641,6 +644,8 @@ def run_fourier(
         summary["frame_score_auc"] = {
             name: roc_auc(v, plan.labels) for name, v in frame_score.items()
         }
+    smoothing, intensity = smoothed_map(merged_sym, fcfg.map_smooth_sigma_voxels)
+    summary["map_smoothing"] = smoothing.to_dict()
     if truth is not None:
         summary["truth_correlation"] = truth_summary(
             merged_sym,
@@ -648,10 +653,24 @@ def run_fourier(
             metric=reciprocal_metric(plan.orientations),
             n_shells=fcfg.truth_shells,
             isotropic_shell_width_per_nm=fcfg.truth_isotropic_shell_width_per_nm,
+            intensity=intensity,
         )
+        if smoothing.sigma_voxels > 0:
+            raw = truth_summary(
+                merged_sym,
+                truth,
+                metric=reciprocal_metric(plan.orientations),
+                n_shells=fcfg.truth_shells,
+                isotropic_shell_width_per_nm=fcfg.truth_isotropic_shell_width_per_nm,
+            )
+            summary["truth_correlation"]["unsmoothed"] = {
+                k: raw[k] for k in ("cc", "isotropic_removed", "shells") if k in raw
+            }
 
     # 5. outputs (this job's unfinished ones are overwritten), the summary last
-    outputs["merged"] = write_merged(files.merged, merged_sym, stamp=stamp, force=True)
+    outputs["merged"] = write_merged(
+        files.merged, merged_sym, stamp=stamp, force=True, intensity=intensity, smoothing=smoothing
+    )
     outputs["diffusion"] = write_diffusion(
         files.diffusion, plan, maps, stamp=stamp, force=True, scores=frame_score
     )
@@ -753,6 +772,9 @@ def _truth_text(tc: dict[str, Any]) -> list[str]:
     )
     if shells:
         lines.append(f"fourier: CC per shell (nm^-1): {shells}")
+    raw = tc.get("unsmoothed")
+    if raw:
+        lines.append(f"fourier: unsmoothed voxel means CC = {_cc_text(raw.get('cc'))}")
     return lines
 
 
@@ -765,22 +787,61 @@ def _grid_text(grid: Grid) -> str:
 # --------------------------------------------------------------------------- files
 
 
+def smoothed_map(
+    merged: MergeAccumulator, sigma_voxels: float | None
+) -> tuple[SmoothingChoice, np.ndarray]:
+    """The merged map smoothed as ``[fourier] map_smooth_sigma_voxels`` says (None: the width
+    of the smallest leave-one-voxel-out error, :mod:`hpcdiff.map_smooth`).
+
+    Returns
+    -------
+    (SmoothingChoice, np.ndarray)
+        The width used and the ``grid.shape`` float64 map, NaN where nothing was merged.
+    """
+    shape = merged.grid.shape
+    sums, counts = merged.sums.reshape(shape), merged.denominator().reshape(shape)
+    choice = smoothing_for(
+        sums, counts, sigma_voxels="auto" if sigma_voxels is None else sigma_voxels
+    )
+    return choice, smoothed_mean(sums, counts, sigma_voxels=choice.sigma_voxels)
+
+
 def write_merged(
-    path: Path, merged: MergeAccumulator, *, stamp: dict[str, Any], force: bool = False
+    path: Path,
+    merged: MergeAccumulator,
+    *,
+    stamp: dict[str, Any],
+    force: bool = False,
+    intensity: np.ndarray | None = None,
+    smoothing: SmoothingChoice | None = None,
 ) -> Path:
     """Write the merged map: ``intensity`` (NaN where unmeasured), ``counts``, ``sums``, axes.
 
-    Attributes ``grid_shape``, ``grid_half_widths``, ``grid_steps`` (per axis) and
-    ``grid_extent`` describe the grid; the axes datasets hold the voxel centres.
+    ``intensity`` is the given map (the smoothed map of :func:`smoothed_map`, its width in
+    the dataset's ``smooth_sigma_voxels`` attribute) or the voxel means; ``intensity_raw``
+    always holds the voxel means ``sums / counts``, or for a weighted merge the weighted
+    means ``sums / weights`` (``weights`` written too).  Attributes ``grid_shape``,
+    ``grid_half_widths``, ``grid_steps`` (per axis) and ``grid_extent`` describe the grid;
+    the axes datasets hold the voxel centres.
     """
     grid = merged.grid
     names = ("h", "k", "l") if grid.extent == "hkl" else ("qx_per_nm", "qy_per_nm", "qz_per_nm")
     axes = grid.axes()
     with atomic_path(path, force=force) as tmp, h5py.File(tmp, "w") as h5:
         opts = {"compression": "gzip", "compression_opts": 4, "chunks": True}
-        h5.create_dataset("intensity", data=merged.intensity().astype(np.float32), **opts)
+        raw = merged.intensity().astype(np.float32)
+        shown = raw if intensity is None else np.asarray(intensity).astype(np.float32)
+        if shown.shape != grid.shape:
+            raise ValueError(f"intensity {shown.shape} is not the grid's {grid.shape}")
+        h5.create_dataset("intensity", data=shown, **opts)
+        h5["intensity"].attrs["smooth_sigma_voxels"] = (
+            0.0 if smoothing is None else smoothing.sigma_voxels
+        )
+        h5.create_dataset("intensity_raw", data=raw, **opts)
         h5.create_dataset("counts", data=merged.counts.reshape(grid.shape), **opts)
         h5.create_dataset("sums", data=merged.sums.reshape(grid.shape), **opts)
+        if merged.weights is not None:  # sums are weighted: intensity_raw = sums / weights
+            h5.create_dataset("weights", data=merged.weights.reshape(grid.shape), **opts)
         for name, axis in zip(names, axes, strict=True):
             h5.create_dataset(name, data=axis)
         h5["intensity"].attrs["axes"] = json.dumps(list(names))

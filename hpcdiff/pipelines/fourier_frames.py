@@ -25,6 +25,13 @@ Scale refinement (:func:`refine_scales`)
     as ``v / g``; frames with ``g < scale_min`` carry no measurable copy of the map and are
     left out of that merge.
 
+Pixel weights (``[fourier] merge_weights``)
+    ``"inverse-variance"`` (default): each pixel enters its voxel's mean with weight
+    ``1 / noise_var`` (:func:`pixel_weights`, the chain's Poisson + read-noise variance of the
+    background, floored), ``g^2 / noise_var`` as ``v / g`` in a scale pass, so each voxel's
+    mean is the weighted mean ``sum(w v) / sum(w)`` (a weighted
+    :class:`~hpcdiff.merge.MergeAccumulator`); ``"none"``: the plain mean.
+
 Frame choice (:func:`plan_frames`)
     ``[fourier] frames``: ``"all"`` oriented frames, ``"labelled-diffuse"`` (``[experiment]
     labels``) or ``"predicted-diffuse"`` (the classify job's ``predictions.h5``).
@@ -54,6 +61,7 @@ from hpcdiff.merge import (
 
 if TYPE_CHECKING:
     from hpcdiff.geometry import DetectorModel
+    from hpcdiff.io.sources.base import FrameReaderSource
     from hpcdiff.pipelines.fourier import FourierSettings
     from hpcdiff.preprocess import Preprocessor, PreprocessResult
 
@@ -81,6 +89,10 @@ class ChainSettings:
         Passes of per-frame scale refinement against the merged map.
     scale_min
         Frames with a refined scale below this are left out of the refined merge.
+    merge_weights
+        ``"inverse-variance"``: each pixel enters its voxel's mean with weight
+        ``g^2 / noise_var`` (:func:`pixel_weights`; ``g`` the frame's refined scale, 1
+        before refinement); ``"none"``: every pixel weighs the same.
     """
 
     background: BackgroundConfig = field(default_factory=BackgroundConfig)
@@ -91,6 +103,12 @@ class ChainSettings:
     scale_shot: bool = False
     scale_passes: int = 1
     scale_min: float = 0.2
+    merge_weights: Literal["inverse-variance", "none"] = "inverse-variance"
+
+    @property
+    def weighted(self) -> bool:
+        """Whether the merge weighs pixels (``merge_weights`` is not ``"none"``)."""
+        return self.merge_weights != "none"
 
     @classmethod
     def from_job(cls, job: JobConfig) -> ChainSettings:
@@ -106,6 +124,7 @@ class ChainSettings:
             scale_shot=f.scale_shot,
             scale_passes=f.scale_passes,
             scale_min=f.scale_min,
+            merge_weights=f.merge_weights,
         )
 
 
@@ -151,6 +170,10 @@ class FramePlan:
     model_shift_m
         The chain's top-level detector shift ``(x, y)``, metres (the geometry's
         ``detector_shift_x/y``, frame 0's value where it names a dataset).
+    source_kind, detector
+        The frame source that reads :attr:`files` (``"cxi"``, ``"nxmx"``, ``"euxfel"``,
+        ``"psana2"``; never ``"auto"``) and its detector name: what each dask worker needs
+        to reopen it (:func:`open_plan_source`).
     """
 
     files: tuple[str, ...]
@@ -170,21 +193,23 @@ class FramePlan:
     n_oriented: int = 0
     det_shift_m: np.ndarray | None = None
     model_shift_m: tuple[float, float] = (0.0, 0.0)
+    source_kind: str = "cxi"
+    detector: str | None = None
 
     def __len__(self) -> int:
         return int(self.numbers.size)
 
 
-def _chunk_key(filename: str, index: int | None) -> tuple[str, int]:
-    return (Path(filename).name, 0 if index is None else int(index))
-
-
 def plan_frames(job: JobConfig) -> FramePlan:
     """Match the stream's oriented chunks to the run's frames and choose the frames to merge.
 
-    A chunk matches the frame whose file has the same name (folders ignored: streams
-    record the paths the indexer saw) and whose index is the chunk's event (``//N``;
-    0 without an event).  Of those, ``[fourier] frames`` chooses: all, those labelled
+    The frames are read by the job's frame source (CXI, NXmx, European XFEL, psana2;
+    the geometry is the job's or, for NXmx, the files' own).  A chunk matches the frame
+    whose file (or run directory) has the same name (folders ignored: streams record the
+    paths the indexer saw) and whose index is the chunk's event (``//N``; 0 without an
+    event; European XFEL: ``//train_id * 10000 + pulse``), see
+    :mod:`hpcdiff.io.sources.stream_match`; a chunk naming a frame of the run's files that
+    the run does not have is an error.  Of those, ``[fourier] frames`` chooses: all, those labelled
     diffuse, or those predicted diffuse.  The bad pixels are judged as the classify job
     judges them.
 
@@ -198,8 +223,9 @@ def plan_frames(job: JobConfig) -> FramePlan:
         cover the oriented frames.
     """
     from hpcdiff.corrections import read_pedestal_and_gain
-    from hpcdiff.io.cxi import FrameSource
     from hpcdiff.io.geom import read_geom
+    from hpcdiff.io.sources import open_job_source
+    from hpcdiff.io.sources.stream_match import FrameMatcher
     from hpcdiff.io.stream import read_stream
     from hpcdiff.pipelines.classify import _bad_pixels, detector_model
 
@@ -207,13 +233,19 @@ def plan_frames(job: JobConfig) -> FramePlan:
     src = job.source or "<job>"
     if exp.stream is None:
         raise ConfigError(f"{src}: [experiment.stream] is needed by the Fourier job (orientations)")
-    if exp.geometry is None:
-        raise ConfigError(f"{src}: [experiment.geometry] is needed by the Fourier job")
     files = [str(f) for f in job.frame_files()]
     if not files:
         raise ConfigError(f"{src}: [experiment.frames] names no frame file")
-    geom = read_geom(exp.geometry)
-    with FrameSource(files, geometry=geom, data_path=exp.data_path) as source:
+    with open_job_source(
+        job, files, geometry=None if exp.geometry is None else read_geom(exp.geometry)
+    ) as source:
+        geom = source.geometry  # the job's, or the frames' own (NXmx)
+        if geom is None:
+            raise ConfigError(
+                f"{src}: [experiment.geometry] is needed by the Fourier job (the frames "
+                "carry no geometry of their own)"
+            )
+        kind = getattr(source, "kind", "cxi")
         frame_ids = list(source.frame_ids)
         values0 = source.frame_values(0, 1)
         model = detector_model(
@@ -224,7 +256,7 @@ def plan_frames(job: JobConfig) -> FramePlan:
         )
         pedestal, gain = read_pedestal_and_gain(exp, shape=source.slab_shape)
         bad = _bad_pixels(job, source, model, pedestal, gain)
-    index = {_chunk_key(fid.file, fid.index): i for i, fid in enumerate(frame_ids)}
+    matcher = FrameMatcher(frame_ids, kind=kind)
     stream = read_stream(exp.stream)
     found: dict[int, tuple[np.ndarray, float]] = {}
     shifts: dict[int, tuple[float, float]] = {}
@@ -232,13 +264,15 @@ def plan_frames(job: JobConfig) -> FramePlan:
     for chunk in stream.chunks:
         if not chunk.crystals:
             continue
-        key = _chunk_key(chunk.image_filename, chunk.frame_index)
-        if key not in index:
+        number = matcher.number(
+            chunk.image_filename, chunk.frame_index, stream=str(exp.stream), line=chunk.line
+        )
+        if number is None:  # another run's frame
             continue
         n_multi += len(chunk.crystals) > 1
         energy = chunk.photon_energy_ev if chunk.photon_energy_ev is not None else np.nan
-        found.setdefault(index[key], (chunk.crystals[0].reciprocal_matrix, float(energy)))
-        shifts.setdefault(index[key], chunk.crystals[0].det_shift_mm or (0.0, 0.0))
+        found.setdefault(number, (chunk.crystals[0].reciprocal_matrix, float(energy)))
+        shifts.setdefault(number, chunk.crystals[0].det_shift_mm or (0.0, 0.0))
     if not found:
         raise FormatError(
             exp.stream,
@@ -278,6 +312,21 @@ def plan_frames(job: JobConfig) -> FramePlan:
         n_oriented=int(keep.size),
         det_shift_m=np.array([shifts[i] for i in numbers], dtype=np.float64).reshape(-1, 2) * 1e-3,
         model_shift_m=(float(model.shift_m[0]), float(model.shift_m[1])),
+        source_kind=kind,
+        detector=exp.detector,
+    )
+
+
+def open_plan_source(plan: FramePlan) -> FrameReaderSource:
+    """Open the plan's frames again (in a dask worker) with the source that planned them."""
+    from hpcdiff.io.sources import open_source
+
+    return open_source(
+        plan.files,
+        kind=plan.source_kind,
+        geometry=plan.geometry,
+        data_path=plan.data_path,
+        detector=plan.detector,
     )
 
 
@@ -658,14 +707,45 @@ class ScaleReference:
 
     intensity: np.ndarray
     counts: np.ndarray
+    weights: np.ndarray | None = None
 
 
 def reference_map(merged: MergeAccumulator) -> ScaleReference:
-    """The :class:`ScaleReference` of a merged accumulator (after symmetrising, if any)."""
+    """The :class:`ScaleReference` of a merged accumulator (after symmetrising, if any); a
+    weighted accumulator's reference keeps its ``(n_voxels,)`` float64 summed weights."""
     return ScaleReference(
         merged.intensity().ravel().astype(np.float32),
         np.minimum(merged.counts, np.iinfo(np.int32).max).astype(np.int32),
+        None if merged.weights is None else merged.weights.copy(),
     )
+
+
+#: Pixel noise variances are floored at this fraction of the frame's median (a pixel with no
+#: background and no read noise would otherwise get an infinite weight).
+VAR_FLOOR_FRACTION = 0.01
+
+
+def pixel_weights(var: np.ndarray) -> np.ndarray:
+    """Inverse-variance weights ``1 / max(var, f * median(var))`` of a frame's pixels
+    (``f`` = :data:`VAR_FLOOR_FRACTION`, the median over the finite positive variances).
+
+    Parameters
+    ----------
+    var
+        ``(n,)`` float noise variance per pixel (NaN: not merged).
+
+    Returns
+    -------
+    np.ndarray
+        ``(n,)`` float64 weights; 0 where ``var`` is not finite.
+    """
+    v = np.asarray(var, np.float64)
+    ok = np.isfinite(v) & (v > 0)
+    if not ok.any():
+        return np.where(np.isfinite(v), 1.0, 0.0)  # no noise model: equal weights
+    floor = VAR_FLOOR_FRACTION * float(np.median(v[ok]))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(np.isfinite(v), 1.0 / np.maximum(v, floor), 0.0)
 
 
 #: Prior spread of a frame's scale about 1 (frames of one experiment differ by tens of per
@@ -674,7 +754,11 @@ SCALE_PRIOR_SD = 0.5
 
 
 def frame_scale(
-    frame: FrameVoxels, *, reference: ScaleReference, noise: np.ndarray | float
+    frame: FrameVoxels,
+    *,
+    reference: ScaleReference,
+    noise: np.ndarray | float,
+    own: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[float, float]:
     """Least-squares scale ``g`` of a frame's pixel values ``v ~ g * M`` against the merged map,
     corrected for the map's noise and regularised towards 1.
@@ -689,6 +773,13 @@ def frame_scale(
     ``1 +- SCALE_PRIOR_SD`` (inverse-variance weights): a frame that measures its scale well
     keeps ``g_ls``; a frame whose fit is all noise keeps 1.
 
+    A weighted reference (``reference.weights``; each voxel the weighted mean
+    ``sum(w v) / W`` with inverse-variance weights) takes the frame out with ``own``, the
+    frame's weighted sums and weights per voxel as the reference merged them:
+    ``M = (r W - own_s) / (W - own_w)``, of noise variance ``1 / (W - own_w)``.  (After a
+    scale pass the reference merged the frame with weight ``g^2 / var``; ``own`` at ``g = 1``
+    then takes it out approximately.)
+
     Parameters
     ----------
     frame
@@ -698,6 +789,9 @@ def frame_scale(
     noise
         ``(m,)`` sum of the pixel noise variances per voxel of ``frame`` (aligned with
         ``frame.voxels``), or one pixel variance for every pixel; 0: noise-free.
+    own
+        ``((m,), (m,))`` the frame's weighted value sums and weight sums per voxel (needed
+        with a weighted reference, ignored otherwise).
 
     Returns
     -------
@@ -714,12 +808,22 @@ def frame_scale(
     if n_all.ndim == 1 and np.ndim(noise) == 0:
         n_all = n_all * frame.counts
     ok = (c_loo > 0) & np.isfinite(r_all) & np.isfinite(n_all)
+    if reference.weights is not None:
+        if own is None:
+            raise ValueError("a weighted reference needs the frame's own weighted sums")
+        w_all = reference.weights[v].astype(np.float64)
+        w_loo = w_all - own[1]
+        ok &= w_loo > 1e-9 * np.maximum(w_all, 1e-300)
     if int(frame.counts[ok].sum()) < MIN_SCALE_PIXELS:
         return float("nan"), float("nan")
     c = frame.counts[ok].astype(np.float64)
     n = n_all[ok]
-    m = (r_all[ok] * c_all[ok] - frame.sums[ok]) / c_loo[ok]
-    d = float(np.dot(c, m * m)) - float(np.sum(n / c_loo[ok]))
+    if reference.weights is not None and own is not None:
+        m = (r_all[ok] * w_all[ok] - own[0][ok]) / w_loo[ok]
+        d = float(np.dot(c, m * m)) - float(np.sum(c / w_loo[ok]))
+    else:
+        m = (r_all[ok] * c_all[ok] - frame.sums[ok]) / c_loo[ok]
+        d = float(np.dot(c, m * m)) - float(np.sum(n / c_loo[ok]))
     if not d > 0:
         return float("nan"), float("nan")
     g_ls = float(np.dot(frame.sums[ok], m) / d)
@@ -742,6 +846,15 @@ def bin_with_noise(
     (FrameVoxels, np.ndarray)
         The binned values and the ``(m,)`` float64 sum of the noise variances per voxel.
     """
+    vals, var, vox = pixels_with_noise(mv, orientation, settings=settings)
+    return bin_frame(vals, vox), bin_frame(var, vox).sums
+
+
+def pixels_with_noise(
+    mv: MergeValues, orientation: np.ndarray, *, settings: FourierSettings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A frame's ``(n,)`` pixel values, noise variances (both NaN where either is not
+    finite) and merge-grid voxels (-1: outside or Bragg)."""
     px = mv.pixels
     vals = px.values(mv.values)
     var = px.values(mv.noise_var) if mv.noise_var is not None else np.zeros_like(vals)
@@ -754,7 +867,7 @@ def bin_with_noise(
         grids=(settings.grid,),
         bragg_radius_hkl=settings.bragg_radius_hkl,
     )
-    return bin_frame(vals, vox), bin_frame(var, vox).sums
+    return vals, var, vox
 
 
 def process_frames(
@@ -809,7 +922,8 @@ def process_frames(
     if frames.shape[1:] != valid.shape:
         raise ValueError(f"frames {frames.shape[1:]} do not match the detector slab {valid.shape}")
     scale_min = chain.settings.scale_min
-    acc = MergeAccumulator.empty(settings.grid)
+    weighted = chain.settings.weighted
+    acc = MergeAccumulator.empty(settings.grid, weighted=weighted)
     sim_frames: list[FrameVoxels] = []
     normed = np.empty(frames.shape if reference is None else (0, 0, 0), np.float32)
     shots, scales, errors = np.ones(k), np.ones(k), np.zeros(k)
@@ -833,19 +947,37 @@ def process_frames(
             sim_frames.append(bin_frame(vals, sim_vox))
             normed[i] = np.where(mv.valid, mv.normalised, np.nan)
             if np.isfinite(mv.shot):
-                acc.add_voxels(merge_vox, vals)
+                if weighted:
+                    assert mv.noise_var is not None
+                    w = pixel_weights(mv.pixels.values(mv.noise_var))
+                    acc.add_voxels(merge_vox, vals, weights=np.where(np.isfinite(vals), w, 0.0))
+                else:
+                    acc.add_voxels(merge_vox, vals)
                 merged[i] = True
             continue
-        frame, noise = bin_with_noise(mv, orientations[i], settings=settings)
-        g, errors[i] = frame_scale(frame, reference=reference, noise=noise)
+        pvals, pvar, pvox = pixels_with_noise(mv, orientations[i], settings=settings)
+        frame, noise = bin_frame(pvals, pvox), bin_frame(pvar, pvox).sums
+        pw = pixel_weights(pvar) if weighted else None
+        own = None
+        if reference.weights is not None:
+            w0 = pw if pw is not None else pixel_weights(pvar)
+            w0 = np.where(np.isfinite(pvals), w0, np.nan)  # the voxels of ``frame``
+            own = (bin_frame(pvals * w0, pvox).sums, bin_frame(w0, pvox).sums)
+        g, errors[i] = frame_scale(frame, reference=reference, noise=noise, own=own)
         scales[i] = g
         if np.isfinite(g) and g < scale_min:
             continue  # no measurable copy of the map in this frame: left out
-        if np.isfinite(g):
-            frame = FrameVoxels(frame.voxels, frame.sums / g, frame.counts)
-        if np.isfinite(mv.shot):
+        if not np.isfinite(mv.shot):
+            continue
+        if pw is not None:
+            # v / g has noise variance var / g^2: weight g^2 / var
+            gg = g if np.isfinite(g) else 1.0
+            acc.add_voxels(pvox, pvals / gg, weights=pw * gg * gg)
+        else:
+            if np.isfinite(g):
+                frame = FrameVoxels(frame.voxels, frame.sums / g, frame.counts)
             acc.add_frame(frame)
-            merged[i] = True
+        merged[i] = True
     images = (
         downsample(normed, settings.image_downsample)
         if reference is None
@@ -882,12 +1014,11 @@ def process_chunk(
     pass).
     """
     from hpcdiff.geometry import detector_shift_m
-    from hpcdiff.io.cxi import FrameSource
 
     index = np.asarray(rows, dtype=np.int64)
     numbers = plan.numbers[index]
     chain = chain_for(plan, settings.chain)
-    with FrameSource(plan.files, geometry=plan.geometry, data_path=plan.data_path) as source:
+    with open_plan_source(plan) as source:
         frames = np.stack([source.read(int(n), int(n) + 1)[0] for n in numbers])
         values = [source.frame_values(int(n), int(n) + 1) for n in numbers]
     masks = chain.model.pixel_masks  # mask files, flags, saturation: in the chain; per-frame
@@ -1052,6 +1183,8 @@ __all__ = [
     "chain_for",
     "chunk_task",
     "frame_scale",
+    "pixel_weights",
+    "pixels_with_noise",
     "plan_frames",
     "process_chunk",
     "process_frames",

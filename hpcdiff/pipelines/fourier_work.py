@@ -261,14 +261,15 @@ class FourierWork:
         tmp = _tmp_beside(self.merge_file)
         try:
             with open(tmp, "wb") as fh:
-                np.savez(
-                    fh,
-                    sums=acc.sums,
-                    counts=acc.counts,
-                    n_frames=np.int64(acc.n_frames),
-                    done=np.asarray(sorted(done), np.int64).reshape(-1, 2),
-                    grid_shape=np.asarray(acc.sums.shape, np.int64),
-                )
+                done_a = np.asarray(sorted(done), np.int64).reshape(-1, 2)
+                shape = np.asarray(acc.sums.shape, np.int64)
+                n_frames = np.int64(acc.n_frames)
+                if acc.weights is None:
+                    np.savez(fh, sums=acc.sums, counts=acc.counts, n_frames=n_frames,
+                             done=done_a, grid_shape=shape)  # fmt: skip
+                else:  # a weighted merge (inverse-variance weights)
+                    np.savez(fh, sums=acc.sums, counts=acc.counts, weights=acc.weights,
+                             n_frames=n_frames, done=done_a, grid_shape=shape)  # fmt: skip
             os.replace(tmp, self.merge_file)
         finally:
             tmp.unlink(missing_ok=True)
@@ -280,6 +281,7 @@ class FourierWork:
         try:
             with np.load(self.merge_file) as z:
                 sums, counts = z["sums"], z["counts"]
+                weights = z["weights"] if "weights" in z.files else None
                 n_frames = int(z["n_frames"])
                 done = [(int(r[0]), int(r[1])) for r in z["done"]]
         except (OSError, ValueError, KeyError) as exc:
@@ -289,7 +291,9 @@ class FourierWork:
         empty = MergeAccumulator.empty(grid)
         if sums.shape != empty.sums.shape:
             raise FormatError(self.merge_file, f"grid {sums.shape} is not the job's")
-        return MergeAccumulator(grid, sums, counts, n_frames), done
+        if weights is not None and weights.shape != sums.shape:
+            raise FormatError(self.merge_file, f"weights {weights.shape} do not match the sums")
+        return MergeAccumulator(grid, sums, counts, n_frames, weights), done
 
     @property
     def finite_file(self) -> Path:

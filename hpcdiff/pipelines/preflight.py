@@ -147,7 +147,7 @@ def check_job(job: JobConfig, *, mode: str = "auto") -> CheckResult:
     if mode == "fourier":
         _check_frame_choice(job, result)
     if job.experiment.stream is not None and job.experiment.stream.is_file():
-        _check_stream(job, result)
+        _check_stream(job, result, frame_ids if mode == "fourier" else [])
     if job.fourier.truth is not None:
         _check_truth(job, result)
     return result
@@ -496,7 +496,9 @@ def _check_outputs(job: JobConfig, result: CheckResult, mode: str) -> None:
 # --------------------------------------------------------------------------- stream, truth
 
 
-def _check_stream(job: JobConfig, result: CheckResult) -> None:
+def _check_stream(job: JobConfig, result: CheckResult, frame_ids: list[Any]) -> None:
+    """The stream parses, has crystals and (``frame_ids``: the Fourier job's run) names frames
+    the run has (:mod:`hpcdiff.io.sources.stream_match`)."""
     from hpcdiff.io.stream import read_stream
 
     path = job.experiment.stream
@@ -513,6 +515,31 @@ def _check_stream(job: JobConfig, result: CheckResult) -> None:
     n_crystals = sum(len(c.crystals) for c in stream.chunks)
     if n_crystals == 0:
         result.notes.append(f"{path}: no indexed crystals; the Fourier job has nothing to merge")
+    elif frame_ids:
+        _check_stream_frames(job, result, stream, frame_ids)
+
+
+def _check_stream_frames(job: JobConfig, result: CheckResult, stream: Any, ids: list[Any]) -> None:
+    from hpcdiff.io.sources import detect_kind
+    from hpcdiff.io.sources.stream_match import check_stream_frames
+
+    path = job.experiment.stream
+    source = job.experiment.source
+    kind = detect_kind(ids[0].file) if source == "auto" else str(source)
+    n_matched, errors = check_stream_frames(stream.chunks, ids, kind=kind, stream=str(path))
+    if errors:
+        result.add(
+            f"[experiment.stream] {path}",
+            f"{len(errors)} chunk(s) name frames the run does not have; first: {errors[0]}",
+            "use the stream indexed from these frame files",
+        )
+    elif n_matched == 0:
+        result.add(
+            f"[experiment.stream] {path}",
+            f"no chunk with a crystal names a frame of the run (e.g. {ids[0]})",
+            "use the stream indexed from these frame files (chunks are matched by file name "
+            "and event //N)",
+        )
 
 
 def _check_frame_choice(job: JobConfig, result: CheckResult) -> None:

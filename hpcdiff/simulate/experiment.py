@@ -134,10 +134,10 @@ class Prepared:
 
 def _base_geometry(cfg: SimulateConfig) -> Any:
     from hpcdiff.geometry import cspad_like_geometry, small_geometry
-    from hpcdiff.io.geom import read_geom
+    from hpcdiff.simulate.like import read_geometry
 
     if cfg.geometry is not None:
-        return read_geom(cfg.geometry)
+        return read_geometry(cfg.geometry)  # a .geom, or an NXmx file's (simulate --like)
     if cfg.detector == "cspad":
         return cspad_like_geometry(clen_m=cfg.detector_distance_m)
     return small_geometry(clen_m=cfg.detector_distance_m)
@@ -238,7 +238,12 @@ def simulated_geometry(
     if cfg.geometry_layout == "file":
         panels = tuple(
             dataclasses.replace(
-                p, adu_per_ev=gain(p), adu_per_photon=None, max_adu=saturation(p), **unread
+                p,
+                adu_per_ev=gain(p),
+                adu_per_photon=None,
+                max_adu=saturation(p),
+                data=cfg.data_path if p.data is None else p.data,  # the written file's
+                **unread,
             )
             for p in geom.panels
         )

@@ -155,6 +155,11 @@ class IndexedSource:
         self._check_range(start, stop)
         return constant_values(self.geometry, stop - start, source=self.files[0])
 
+    def frame_dtype(self) -> np.dtype:
+        """The dtype frames have in the files (:meth:`read` gives float32 whatever it is);
+        float32 where the source does not know (subclasses that do override it)."""
+        return np.dtype(np.float32)
+
     def describe(self) -> dict[str, Any]:
         """What :command:`hpcdiff inspect` prints: frames, shape, dtype, ids, geometry."""
         ids = self._ids

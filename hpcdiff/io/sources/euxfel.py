@@ -349,6 +349,13 @@ class EuXFELSource(IndexedSource):
             old.close()
         return h5
 
+    def frame_dtype(self) -> np.dtype:
+        """dtype of the modules' frame datasets (``CORR``: float32; ``RAW``: uint16)."""
+        dset = self._file(0).get(self._dsets[0])
+        if not isinstance(dset, h5py.Dataset):
+            raise FormatError(self._paths[0], "frame dataset missing", dataset=self._dsets[0])
+        return np.dtype(dset.dtype)
+
     def _read_into(self, start: int, stop: int, out: np.ndarray) -> None:
         n_ss = self.module_shape[0]
         for slot, mod in enumerate(self._modules):

@@ -544,6 +544,10 @@ class NXmxSource(IndexedSource):
             raise FormatError(file, "frame dataset missing", dataset=dpath)
         return obj
 
+    def frame_dtype(self) -> np.dtype:
+        """dtype of the first file's frame dataset (Eiger: ``uint16`` / ``uint32``)."""
+        return np.dtype(self._dataset(0, self.info[0].data_paths[0]).dtype)
+
     def _read_into(self, start: int, stop: int, out: np.ndarray) -> None:
         k = int(np.searchsorted(self._starts, start, side="right")) - 1
         pos = start

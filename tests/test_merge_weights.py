@@ -1,0 +1,156 @@
+"""Weighted merge: inverse-variance weighted voxel means, their weights through merge,
+symmetrising, save/load and the Fourier job's checkpoint, and the weighted scale fit."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hpcdiff.errors import FormatError
+from hpcdiff.merge import Grid, MergeAccumulator, bin_frame
+from hpcdiff.pipelines.fourier_frames import (
+    VAR_FLOOR_FRACTION,
+    frame_scale,
+    pixel_weights,
+    reference_map,
+)
+
+GRID = Grid(6, 3.0)
+
+
+def _pixels(rng, n=4000):
+    vox = rng.integers(-1, GRID.n_voxels, n)
+    vals = rng.normal(2.0, 1.0, n)
+    vals[rng.random(n) < 0.05] = np.nan
+    var = rng.uniform(0.5, 3.0, n)
+    return vox, vals, var
+
+
+def test_weighted_mean_is_the_exact_inverse_variance_mean():
+    rng = np.random.default_rng(0)
+    vox, vals, var = _pixels(rng)
+    w = 1.0 / var
+    acc = MergeAccumulator.empty(GRID, weighted=True).add_voxels(vox, vals, weights=w)
+    got = acc.intensity().ravel()
+    ok = (vox >= 0) & np.isfinite(vals)
+    for v in np.unique(vox[ok])[:200]:
+        sel = ok & (vox == v)
+        assert got[v] == pytest.approx(np.sum(w[sel] * vals[sel]) / np.sum(w[sel]), rel=1e-12)
+        assert acc.counts[v] == sel.sum()
+    untouched = np.setdiff1d(np.arange(GRID.n_voxels), vox[ok])
+    assert np.isnan(got[untouched]).all()
+    # equal weights give the plain mean
+    plain = MergeAccumulator.empty(GRID).add_voxels(vox, vals)
+    equal = MergeAccumulator.empty(GRID, weighted=True).add_voxels(
+        vox, vals, weights=np.full(vals.shape, 3.0)
+    )
+    np.testing.assert_allclose(equal.intensity(), plain.intensity(), rtol=1e-12)
+    np.testing.assert_array_equal(equal.counts, plain.counts)
+
+
+def test_binned_frame_adds_as_its_pixels():
+    rng = np.random.default_rng(1)
+    vox, vals, var = _pixels(rng, 500)
+    w = np.where(np.isfinite(vals), 1.0 / var, np.nan)
+    a = MergeAccumulator.empty(GRID, weighted=True).add_voxels(vox, vals, weights=1.0 / var)
+    b = MergeAccumulator.empty(GRID, weighted=True)
+    b.add_frame(bin_frame(vals * w, vox), weights=bin_frame(w, vox).sums)
+    np.testing.assert_allclose(a.sums, b.sums, rtol=1e-12)
+    np.testing.assert_allclose(a.weights, b.weights, rtol=1e-12)
+    np.testing.assert_array_equal(a.counts, b.counts)
+
+
+def test_twice_the_noise_gets_a_quarter_of_the_weight():
+    rng = np.random.default_rng(2)
+    var = rng.uniform(1.0, 2.0, 1000)
+    np.testing.assert_allclose(pixel_weights(4.0 * var), pixel_weights(var) / 4.0, rtol=1e-12)
+    # two frames on the same voxels, the second with twice the noise sd
+    vox = np.arange(GRID.n_voxels)
+    v1, v2 = rng.normal(size=vox.size), rng.normal(size=vox.size)
+    var1 = np.full(vox.size, 0.3)
+    acc = MergeAccumulator.empty(GRID, weighted=True)
+    acc.add_voxels(vox, v1, weights=pixel_weights(var1))
+    acc.add_voxels(vox, v2, weights=pixel_weights(4.0 * var1))
+    np.testing.assert_allclose(acc.intensity().ravel(), (v1 + v2 / 4.0) / 1.25, rtol=1e-12)
+    assert acc.n_frames == 2
+
+
+def test_pixel_weights_floor_and_missing():
+    var = np.array([1.0, 1.0, 1.0, 0.0, np.nan])
+    w = pixel_weights(var)
+    assert w[4] == 0.0 and w[0] == 1.0
+    assert w[3] == pytest.approx(1.0 / VAR_FLOOR_FRACTION)  # floored, not infinite
+
+
+def test_weights_survive_merge_symmetrise_save_and_load(tmp_path):
+    rng = np.random.default_rng(3)
+    parts = []
+    for _ in range(3):
+        vox, vals, var = _pixels(rng, 800)
+        parts.append(
+            MergeAccumulator.empty(GRID, weighted=True).add_voxels(vox, vals, weights=1 / var)
+        )
+    total = parts[0] + parts[1] + parts[2]
+    np.testing.assert_allclose(total.weights, sum(p.weights for p in parts), rtol=1e-12)
+    sym = total.symmetrised("friedel")
+    np.testing.assert_allclose(sym.weights, total.weights + total.weights[::-1], rtol=1e-12)
+    path = total.save(tmp_path / "acc.h5")
+    back = MergeAccumulator.load(path, grid=GRID)
+    assert back.weighted and back.n_frames == 3
+    np.testing.assert_array_equal(back.weights, total.weights)
+    np.testing.assert_array_equal(back.intensity(), total.intensity())
+    import h5py
+
+    with h5py.File(path, "r+") as h5:
+        h5["weights"][0] += 1.0
+    with pytest.raises(FormatError, match="checksum"):
+        MergeAccumulator.load(path)
+    # an unweighted accumulator's file is as before (no weights dataset)
+    plain = MergeAccumulator.empty(GRID).add_voxels(np.arange(5), np.ones(5))
+    back = MergeAccumulator.load(plain.save(tmp_path / "plain.h5"))
+    assert not back.weighted
+    with pytest.raises(ValueError, match="weighted"):
+        back.merge(total)
+    with pytest.raises(ValueError, match="weights"):
+        total.copy().add_voxels(np.arange(5), np.ones(5))
+
+
+def test_checkpoint_keeps_the_weights(tmp_path):
+    from hpcdiff.pipelines.fourier_work import FourierWork
+
+    rng = np.random.default_rng(4)
+    vox, vals, var = _pixels(rng)
+    acc = MergeAccumulator.empty(GRID, weighted=True).add_voxels(vox, vals, weights=1 / var)
+    work = FourierWork(tmp_path / "fourier.work", "abcd")
+    work.prepare(n_frames=4, force=False)
+    work.save_merge(acc, [(0, 2)])
+    back, done = work.load_merge(GRID)
+    assert done == [(0, 2)] and back.weighted
+    np.testing.assert_array_equal(back.weights, acc.weights)
+    np.testing.assert_array_equal(back.sums, acc.sums)
+    plain = MergeAccumulator.empty(GRID).add_voxels(vox, vals)
+    work.save_merge(plain, [(0, 2)])
+    assert not work.load_merge(GRID)[0].weighted
+
+
+def test_weighted_scale_fit_leaves_the_frame_out():
+    """A frame that is 0.7 x the map, merged into the weighted reference, is fitted 0.7."""
+    rng = np.random.default_rng(5)
+    truth = rng.normal(size=GRID.n_voxels) + 3.0
+    acc = MergeAccumulator.empty(GRID, weighted=True)
+    for _ in range(4):  # other frames: the map with a little noise
+        vox = rng.integers(0, GRID.n_voxels, 3000)
+        var = rng.uniform(0.5, 2.0, vox.size) * 1e-4
+        acc.add_voxels(vox, truth[vox] + rng.normal(size=vox.size) * np.sqrt(var), weights=1 / var)
+    vox = rng.integers(0, GRID.n_voxels, 3000)
+    var = rng.uniform(0.5, 2.0, vox.size) * 1e-4
+    vals = 0.7 * truth[vox]  # noise-free copy at 0.7
+    w = pixel_weights(var)
+    acc.add_voxels(vox, vals, weights=w)  # the frame is in the reference (g = 1 weights)
+    ref = reference_map(acc)
+    frame = bin_frame(vals, vox)
+    own = (bin_frame(vals * w, vox).sums, bin_frame(w, vox).sums)
+    g, err = frame_scale(frame, reference=ref, noise=bin_frame(var, vox).sums, own=own)
+    assert g == pytest.approx(0.7, abs=2e-3) and err > 0
+    with pytest.raises(ValueError, match="own"):
+        frame_scale(frame, reference=ref, noise=bin_frame(var, vox).sums)
