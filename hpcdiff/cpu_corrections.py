@@ -275,12 +275,10 @@ class FrameCorrections:
                 scale = np.ones(plan.n_asics, dtype=np.float32)
                 scale[plan.asics] = lo
                 self.asic_scale = scale
+        self._maps_finite: bool | None = None
 
-    def __call__(self, raw: np.ndarray, *, photon_energy_ev: float) -> np.ndarray:
-        """``(n_ss, n_fs)`` float32 photons of a raw ``(n_ss, n_fs)`` frame (any real dtype).
-
-        Equal bit for bit to :meth:`hpcdiff.preprocess.Preprocessor.correct` of the frame.
-        """
+    def _photons(self, raw: np.ndarray, inv_energy: np.float32) -> np.ndarray:
+        """Photons of ``raw`` before the common mode (any shape, the maps' shape)."""
         if self.pedestal is None and self.gain is None:
             x = np.multiply(raw, self.ev_per_adu, dtype=np.float32)
         else:
@@ -290,10 +288,15 @@ class FrameCorrections:
             if self.gain is not None:
                 x *= self.gain
             x *= self.ev_per_adu
-        inv_energy = np.float32(1.0 / photon_energy_ev)
         x *= inv_energy
-        if self.plan is None:
-            return x
+        return x
+
+    def _levels(
+        self, raw: np.ndarray, inv_energy: np.float32, photons: np.ndarray | None
+    ) -> np.ndarray:
+        """``(n_asics,)`` common-mode levels of ``raw`` (counted on integer ADU when the
+        settings allow, else from its slab ``photons``, computed here when None)."""
+        assert self.plan is not None
         level = None
         if (
             self.asic_scale is not None
@@ -304,9 +307,33 @@ class FrameCorrections:
                 raw, scale=self.asic_scale, inv_energy=inv_energy, threshold=self.threshold
             )
         if level is None:
-            level = self.plan.levels(x, threshold=self.threshold)
-        self.plan.subtract(x, level)
+            if photons is None:
+                photons = self._photons(raw, inv_energy)
+            level = self.plan.levels(photons, threshold=self.threshold)
+        return level
+
+    def __call__(self, raw: np.ndarray, *, photon_energy_ev: float) -> np.ndarray:
+        """``(n_ss, n_fs)`` float32 photons of a raw ``(n_ss, n_fs)`` frame (any real dtype).
+
+        Equal bit for bit to :meth:`hpcdiff.preprocess.Preprocessor.correct` of the frame.
+        """
+        inv_energy = np.float32(1.0 / photon_energy_ev)
+        x = self._photons(raw, inv_energy)
+        if self.plan is None:
+            return x
+        self.plan.subtract(x, self._levels(raw, inv_energy, x))
         return x
+
+    def finite_for(self, raw: np.ndarray) -> bool:
+        """Whether every corrected value of ``raw`` is finite without looking at it:
+        integer ADU of at most 16 bits and finite maps (a NaN common-mode level
+        subtracts 0)."""
+        if self._maps_finite is None:
+            maps = [m for m in (self.ev_per_adu, self.pedestal, self.gain) if m is not None]
+            self._maps_finite = bool(all(np.isfinite(m).all() for m in maps))
+        return (
+            self._maps_finite and np.issubdtype(raw.dtype, np.integer) and raw.dtype.itemsize <= 2
+        )
 
 
 __all__ = ["CommonModePlan", "FrameCorrections"]

@@ -494,13 +494,16 @@ class StandardRingOrder(RingOrderImages):
             pos = pos[pos >= 0]
         return pos
 
-    def _noise_units(self, g: np.ndarray, ok: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    def _noise_units(
+        self, g: np.ndarray, ok: np.ndarray, mean: np.ndarray, *, finite: bool = False
+    ) -> np.ndarray:
         """Clipped, compressed noise units of one ring-ordered frame, 0 where not ok.
 
         :func:`noise_residual` with ``B = P * mean`` (``mean`` the ``(n_rings,)`` ring
         means of ``I / P``) with two frame-sized temporaries, :func:`noise_scale` of the
         guard sample and :func:`finish_noise_units`.  ``ok`` loses the non-finite values,
-        in place.  (Fusing the passes over cache-sized blocks measured slower here.)
+        in place (``finite``: every value of ``g`` is known finite, so the check is needed
+        only without read noise).  (Fusing the passes over cache-sized blocks measured slower here.)
         """
         cfg = self.cfg
         bg = np.repeat(mean, self.rings.sizes)
@@ -512,7 +515,10 @@ class StandardRingOrder(RingOrderImages):
         with np.errstate(divide="ignore", invalid="ignore"):
             z /= bg
         del bg
-        ok &= np.isfinite(z)
+        if not finite or cfg.read_noise_photons <= 0:
+            # with finite inputs and sigma > 0, z is finite on every ok pixel: its ring
+            # has an ok value, so its mean is finite, and B + sigma^2 > 0
+            ok &= np.isfinite(z)
         take = self.guard_take
         scale = noise_scale(z[None, take], ok[None, take])
         # finish_noise_units, in place: a divisor of 1 (the guard idle) is skipped, and
@@ -521,8 +527,7 @@ class StandardRingOrder(RingOrderImages):
         if divisor != 1:
             z /= divisor
         clip = np.float32(cfg.clip_sigma)
-        np.minimum(z, clip, out=z)
-        np.maximum(z, -clip, out=z)
+        np.clip(z, -clip, clip, out=z)
         if cfg.compression != "none":
             z = _compress(z, cfg.compression, np)
             ok &= np.isfinite(z)
@@ -533,16 +538,25 @@ class StandardRingOrder(RingOrderImages):
         """Cell sums ``sum(w z)``, ``sum(w)``, ``sum(w^2)`` over the valid pixels of one
         corrected frame ``x`` ``(n_ss * n_fs,)`` float32 photons; ``(size * size,)`` float32
         each (see :func:`grid_images`)."""
+        return self._ordered_frame(np.take(x, self.rings.order), min_excess, finite=False)
+
+    def _ordered_frame(
+        self, g: np.ndarray, min_excess: float, *, finite: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_frame` of a frame already in ring order, ``g`` ``(n_ring_pixels,)``
+        float32 photons (changed in place); ``finite``: every value of ``g`` is finite."""
         cfg = self.cfg
-        g = np.take(x, self.rings.order)
-        ok = np.isfinite(g)
-        ok &= self.valid
+        if finite:
+            ok = self.valid.copy()
+        else:
+            ok = np.isfinite(g)
+            ok &= self.valid
         gp = np.multiply(g, self.inv_pol)
         if cfg.mask_bragg:  # thresholds are relative to each ring's clipped mean
             ok[self._bragg_fast(gp, ok, min_excess)] = False
         mean = self._ring_mean(gp[None], ok[None])[0]
         del gp
-        z = self._noise_units(g, ok, mean)
+        z = self._noise_units(g, ok, mean, finite=finite)
         num = self.matrix @ z
         # sums of w and w^2: their values for the static mask minus the pixels dropped here
         dropped = np.flatnonzero(self.valid & ~ok)
@@ -578,6 +592,40 @@ class StandardRingOrder(RingOrderImages):
             sums[0, i], sums[1, i], sums[2, i] = self._frame(flat[i], float(floor[i]))
         num, den, den2 = sums.reshape(3, n, size, size)
         return grid_images(num, den, den2, limit=self.limit, cell=cfg.q_cell, smooth=self.smooth)
+
+    def ordered_images(
+        self, ordered: np.ndarray, *, min_excess: float | np.ndarray = 0.0, finite: bool = False
+    ) -> np.ndarray:
+        """:meth:`__call__` of frames already gathered into ring order.
+
+        Parameters
+        ----------
+        ordered
+            ``(n, n_ring_pixels)`` float32 corrected frames, photons, in the order of
+            ``rings.order`` (e.g. from
+            :class:`~hpcdiff.cpu_corrections.OrderedCorrections`); changed in place.
+        min_excess
+            As for :meth:`__call__`.
+        finite
+            Every value is known finite (skips the finiteness checks).
+
+        Returns
+        -------
+        ndarray, (n, 3, size, size) float32
+            Equal to :meth:`__call__` of the slab frames they were gathered from.
+        """
+        n = ordered.shape[0]
+        floor = np.broadcast_to(np.asarray(min_excess, dtype=np.float64), (n,))
+        size = self.size
+        sums = np.empty((3, n, size * size), dtype=np.float32)
+        for i in range(n):
+            sums[0, i], sums[1, i], sums[2, i] = self._ordered_frame(
+                ordered[i], float(floor[i]), finite=finite
+            )
+        num, den, den2 = sums.reshape(3, n, size, size)
+        return grid_images(
+            num, den, den2, limit=self.limit, cell=self.cfg.q_cell, smooth=self.smooth
+        )
 
 
 def grow_within_panels(
