@@ -169,3 +169,24 @@ def test_grow_within_panels_is_the_reference_growth(model, steps):
     _, ref = chain._grow(np.zeros(40, np.int64), pixel, steps)
     got = grow_within_panels(pixel, panel=chain.panel_flat, shape=chain.shape, steps=steps)
     np.testing.assert_array_equal(np.unique(got), ref)
+
+
+@pytest.mark.parametrize("read_noise", [0.3, 0.0])
+@pytest.mark.parametrize("mask_bragg", [True, False])
+def test_finite_ring_order_frames_give_the_checked_images(model, read_noise, mask_bragg):
+    """Frames known finite (integer ADU) skip the finiteness checks and build the ring
+    means and cell weights from the dropped pixels: the same images as the checked path."""
+    cfg = BackgroundConfig(read_noise_photons=read_noise, mask_bragg=mask_bragg)
+    pre = Preprocessor(model, cfg)
+    chain, fast = pre.ring_order, pre.frame_corrections
+    assert fast is not None
+    frames = int16_frames(model, 3)
+    assert fast.finite_for(frames) and not fast.finite_for(frames.astype(np.float32))
+    floor = np.full(1, cfg.bragg_min_photons)
+    for frame in frames:
+        x = fast(frame, photon_energy_ev=ENERGY_EV)
+        checked = chain(x[None], min_excess=floor)
+        g = np.take(x.reshape(-1), chain.rings.order)[None]
+        known = chain.ordered_images(g, min_excess=floor, finite=True)
+        np.testing.assert_allclose(known, checked, atol=1e-6)
+        assert np.abs(known - 0.5).max() > 0.05

@@ -422,6 +422,15 @@ class StandardRingOrder(RingOrderImages):
         self.valid &= good
         self.pol = np.where(good, pol, 1.0).astype(np.float32)
         self.inv_pol = (1.0 / self.pol).astype(np.float32)
+        # the finite-frame path: 1/P zeroed off the valid pixels, static masks and counts
+        self.inv_pol_valid = np.where(self.valid, self.inv_pol, np.float32(0))
+        self.invalid = ~self.valid
+        self.noise_valid = self.valid[self.noise_take]
+        self.valid_counts = np.zeros(rings.n_segments, dtype=np.int64)
+        if rings.n_segments:
+            self.valid_counts[:] = np.bincount(
+                rings.sorted_labels[self.valid], minlength=rings.n_segments
+            )
         self.matrix_sq = self.matrix.multiply(self.matrix).tocsr()
         self.matrix_csc = self.matrix.tocsc()
         self.matrix_sq_csc = self.matrix_sq.tocsc()
@@ -460,24 +469,33 @@ class StandardRingOrder(RingOrderImages):
         with np.errstate(invalid="ignore", divide="ignore"):
             return (s1 / cnt).astype(np.float32)
 
-    def _bragg_fast(self, gp: np.ndarray, ok: np.ndarray, min_excess: float) -> np.ndarray:
+    def _bragg_fast(
+        self,
+        gp: np.ndarray,
+        ok: np.ndarray,
+        min_excess: float,
+        *,
+        sample_ok: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Ring positions of the grown Bragg peaks of one ring-ordered frame ``gp`` (m,).
 
         As :meth:`~hpcdiff.background.ring_order.RingOrderImages._bragg` (the clipped ring
         statistics of the every-4th-pixel noise sample, the threshold, the grown peaks),
         with the clipping passes of :func:`clipped_ring_stats` (float32 comparisons,
-        moments updated from the pixels that changed).
+        moments updated from the pixels that changed).  ``sample_ok``: ``ok`` of the
+        noise sample when known (then its values are known finite).
         """
         cfg = self.cfg
         mean, std = clipped_ring_stats(
             gp[self.noise_take],
-            ok[self.noise_take],
+            ok[self.noise_take] if sample_ok is None else sample_ok,
             starts=self.noise_starts,
             nonempty=self.noise_nz,
             labels=self.noise_segments.sorted_labels,
             n_segments=self.rings.n_segments,
             sigma=3.0,
             max_iter=3,
+            finite=sample_ok is not None,
         )
         threshold = _float32_floor(mean + np.maximum(cfg.bragg_sigma * std, float(min_excess)))
         peaks = gp > np.repeat(threshold.astype(np.float32), self.rings.sizes)
@@ -495,7 +513,13 @@ class StandardRingOrder(RingOrderImages):
         return pos
 
     def _noise_units(
-        self, g: np.ndarray, ok: np.ndarray, mean: np.ndarray, *, finite: bool = False
+        self,
+        g: np.ndarray,
+        ok: np.ndarray,
+        mean: np.ndarray,
+        *,
+        finite: bool = False,
+        dropped: np.ndarray | None = None,
     ) -> np.ndarray:
         """Clipped, compressed noise units of one ring-ordered frame, 0 where not ok.
 
@@ -503,7 +527,8 @@ class StandardRingOrder(RingOrderImages):
         means of ``I / P``) with two frame-sized temporaries, :func:`noise_scale` of the
         guard sample and :func:`finish_noise_units`.  ``ok`` loses the non-finite values,
         in place (``finite``: every value of ``g`` is known finite, so the check is needed
-        only without read noise).  (Fusing the passes over cache-sized blocks measured slower here.)
+        only without read noise; ``dropped``: with ``finite``, the ring positions of the
+        valid pixels that are not ok, so that ``ok`` is not negated).  (Fusing the passes over cache-sized blocks measured slower here.)
         """
         cfg = self.cfg
         bg = np.repeat(mean, self.rings.sizes)
@@ -531,6 +556,10 @@ class StandardRingOrder(RingOrderImages):
         if cfg.compression != "none":
             z = _compress(z, cfg.compression, np)
             ok &= np.isfinite(z)
+        elif finite and dropped is not None:
+            np.copyto(z, np.float32(0), where=self.invalid)
+            z[dropped] = 0
+            return z
         np.copyto(z, np.float32(0), where=~ok)
         return z
 
@@ -545,6 +574,8 @@ class StandardRingOrder(RingOrderImages):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """:meth:`_frame` of a frame already in ring order, ``g`` ``(n_ring_pixels,)``
         float32 photons (changed in place); ``finite``: every value of ``g`` is finite."""
+        if finite and self.cfg.compression == "none" and self.cfg.read_noise_photons > 0:
+            return self._finite_frame(g, min_excess)
         cfg = self.cfg
         if finite:
             ok = self.valid.copy()
@@ -560,6 +591,47 @@ class StandardRingOrder(RingOrderImages):
         num = self.matrix @ z
         # sums of w and w^2: their values for the static mask minus the pixels dropped here
         dropped = np.flatnonzero(self.valid & ~ok)
+        cells = self.size * self.size
+        den = self.den_static - column_sums(self.matrix_csc, dropped, cells)
+        den2 = self.den2_static - column_sums(self.matrix_sq_csc, dropped, cells)
+        return num, den.astype(np.float32), den2.astype(np.float32)
+
+    def _finite_frame(
+        self, g: np.ndarray, min_excess: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_ordered_frame` of a ring-ordered frame whose values are all finite
+        (integer ADU through finite maps), ``compression = "none"``, read noise > 0 (so
+        the noise units are finite on every ok pixel).
+
+        The pixels a frame drops are the valid pixels of its grown Bragg peaks: the ring
+        means of ``I / P`` are the sums over the valid pixels (``I / P`` made 0 on invalid
+        pixels by a precomputed factor) less the dropped pixels' values, and the counts
+        the static counts less theirs; the cell weights ``sum(w)``, ``sum(w^2)`` lose the
+        same pixels.  No frame-sized mask is negated or searched: the same images up to
+        float32 summation order.
+        """
+        cfg = self.cfg
+        gp = np.multiply(g, self.inv_pol_valid)
+        dropped = np.empty(0, dtype=np.int64)
+        if cfg.mask_bragg:
+            pos = self._bragg_fast(gp, self.valid, min_excess, sample_ok=self.noise_valid)
+            dropped = np.unique(pos)
+            dropped = dropped[self.valid[dropped]]
+        ok = self.valid.copy()
+        ok[dropped] = False
+        # ring means of I / P over the ok pixels
+        labels = self.rings.sorted_labels[dropped]
+        n_rings = self.rings.n_segments
+        s1 = np.zeros(n_rings, dtype=np.float64)
+        if self.ring_nz.size:
+            s1[self.ring_nz] = np.add.reduceat(gp, self.ring_starts)
+        s1 -= np.bincount(labels, weights=gp[dropped], minlength=n_rings)
+        cnt = self.valid_counts - np.bincount(labels, minlength=n_rings)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (s1 / cnt).astype(np.float32)
+        del gp
+        z = self._noise_units(g, ok, mean, finite=True, dropped=dropped)
+        num = self.matrix @ z
         cells = self.size * self.size
         den = self.den_static - column_sums(self.matrix_csc, dropped, cells)
         den2 = self.den2_static - column_sums(self.matrix_sq_csc, dropped, cells)
@@ -675,6 +747,7 @@ def clipped_ring_stats(
     n_segments: int,
     sigma: float,
     max_iter: int,
+    finite: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sigma-clipped mean and std of each segment of one frame in segment order.
 
@@ -696,6 +769,8 @@ def clipped_ring_stats(
         ``(m,)`` int segment of each value.
     n_segments
         Number of segments.
+    finite
+        The ok values are known finite (skips their check).
 
     Returns
     -------
@@ -705,7 +780,7 @@ def clipped_ring_stats(
     cnt = np.zeros(n_segments, dtype=np.float64)
     s1 = np.zeros(n_segments, dtype=np.float64)
     s2 = np.zeros(n_segments, dtype=np.float64)
-    ok = ok & np.isfinite(v)
+    ok = ok if finite else ok & np.isfinite(v)
     if nonempty.size:
         w = np.where(ok, v, np.float32(0)).astype(np.float64)
         cnt[nonempty] = np.add.reduceat(ok, starts, dtype=np.int32)
