@@ -190,3 +190,19 @@ def test_finite_ring_order_frames_give_the_checked_images(model, read_noise, mas
         known = chain.ordered_images(g, min_excess=floor, finite=True)
         np.testing.assert_allclose(known, checked, atol=1e-6)
         assert np.abs(known - 0.5).max() > 0.05
+
+
+def test_flat_noise_scale_matches_the_masked_one():
+    from hpcdiff.background.standard import noise_scale, noise_scale_flat
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 1.7, 5000).astype(np.float32)
+    z[:40] = 30.0  # outliers the clipping removes
+    z[40:45] = np.nan
+    ok = rng.random(5000) > 0.1
+    expected = noise_scale(z[None], ok[None])
+    got = noise_scale_flat(z, ok)
+    assert got.shape == (1,)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert 1.5 < got[0] < 1.9
+    assert np.isnan(noise_scale_flat(z, np.zeros(5000, bool))[0])

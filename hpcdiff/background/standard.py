@@ -135,6 +135,32 @@ def noise_scale(z: Any, ok: Any, *, clip: float = 4.0, max_iter: int = 3) -> Any
     return std
 
 
+def noise_scale_flat(
+    z: np.ndarray, ok: np.ndarray, *, clip: float = 4.0, max_iter: int = 3
+) -> np.ndarray:
+    """:func:`noise_scale` of one numpy frame's values ``z`` ``(m,)`` (``ok`` ``(m,)``
+    bool): the same clipping on the kept values only, compressed once per pass instead of
+    masked sums over all of them (equal up to float64 summation order).
+
+    Returns
+    -------
+    ndarray, (1,) float64
+        NaN when no value is ok.
+    """
+    v = z[ok].astype(np.float64)
+    v = v[np.isfinite(v)]
+    std = np.float64(np.nan)
+    for it in range(max_iter + 1):
+        if v.size == 0:
+            return np.full(1, np.nan)
+        mean = v.mean()
+        dev = v - mean
+        std = np.sqrt(np.dot(dev, dev) / v.size)
+        if it < max_iter:
+            v = v[np.abs(dev) <= clip * std]
+    return np.full(1, std)
+
+
 def guard_divisor(scale: Any, *, guard: float) -> Any:
     """``scale / clip(scale, 1/guard, guard)``: 1 inside the band, else what brings the
     noise scale back to the band's edge; 1 where ``scale`` is not finite or not > 0."""
@@ -533,8 +559,10 @@ class StandardRingOrder(RingOrderImages):
         cfg = self.cfg
         bg = np.repeat(mean, self.rings.sizes)
         bg *= self.pol
-        z = np.subtract(g, bg)
-        np.maximum(bg, 0, out=bg)
+        z = np.subtract(g, bg, out=g)
+        finite_mean = mean[np.isfinite(mean)]
+        if finite_mean.size and finite_mean.min() < 0:  # else B >= 0 already (P > 0)
+            np.maximum(bg, 0, out=bg)
         bg += np.float32(cfg.read_noise_photons**2)
         np.sqrt(bg, out=bg)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -545,7 +573,7 @@ class StandardRingOrder(RingOrderImages):
             # has an ok value, so its mean is finite, and B + sigma^2 > 0
             ok &= np.isfinite(z)
         take = self.guard_take
-        scale = noise_scale(z[None, take], ok[None, take])
+        scale = noise_scale_flat(z[take], ok[take])
         # finish_noise_units, in place: a divisor of 1 (the guard idle) is skipped, and
         # values non-finite after the clip were non-finite before it (ok is False there)
         divisor = np.float32(guard_divisor(scale, guard=cfg.standard_guard)[0])
@@ -842,6 +870,7 @@ __all__ = [
     "guard_divisor",
     "noise_residual",
     "noise_scale",
+    "noise_scale_flat",
     "qspace_images",
     "qspace_matrix",
     "slab_subsample",
