@@ -167,12 +167,14 @@ class CommonModePlan:
         def photon(v: np.ndarray) -> np.ndarray:
             return (v.astype(f32) * s_scale).astype(f32) * inv_energy
 
-        flat = raw.reshape(-1)
+        # the ADU of every voter, gathered once; the early voters are a subset of them
+        adu_all = np.take(raw.reshape(-1), self.voters[0]).astype(np.int32)
         level = np.full(m, np.nan, dtype=f32)
         thr = f32(threshold)
         lowest = np.iinfo(np.int64).min
         for it in range(n_iter):
-            order, sizes = self.voters_early if it < n_iter - 1 else self.voters
+            early = it < n_iter - 1
+            sizes = (self.voters_early if early else self.voters)[1]
             start = np.where(np.isfinite(level), level, f32(0)).astype(f32)
             top = (start + thr).astype(f32)  # a pixel counts when f(r) < top
             guess = np.floor(top.astype(np.float64) / per_adu).astype(np.int64)
@@ -186,10 +188,10 @@ class CommonModePlan:
             if np.abs(low).max() > 1 << 30:
                 return None
             # bins of ASIC s: s (W + 2) + [under, W window values, over]
-            key = np.take(flat, order).astype(np.int32)
-            key -= np.repeat((low - 1 - np.arange(m) * (width + 2)).astype(np.int32), sizes)
-            base = np.repeat((np.arange(m) * (width + 2)).astype(np.int32), sizes)
-            np.clip(key, base, base + (width + 1), out=key)
+            key = adu_all[self.early_in_voters] if early else adu_all.copy()
+            key -= np.repeat((low - 1).astype(np.int32), sizes)
+            np.clip(key, 0, width + 1, out=key)
+            key += self._bin_base(early, width)
             hist = np.bincount(key, minlength=m * (width + 2)).reshape(m, width + 2)
             count = sizes - hist[:, -1]
             cum = np.cumsum(hist[:, :-1], axis=1)
@@ -206,6 +208,28 @@ class CommonModePlan:
         out = np.full(self.n_asics, np.nan, dtype=f32)
         out[self.asics] = level
         return out
+
+    def _bin_base(self, early: bool, width: int) -> np.ndarray:
+        """``(voters,)`` int32 first histogram bin ``s (width + 2)`` of each voter's ASIC
+        (cached per width)."""
+        key = (early, width)
+        hit = self._bases.get(key)
+        if hit is None:
+            sizes = (self.voters_early if early else self.voters)[1]
+            m = self.asics.size
+            if len(self._bases) > 8:
+                self._bases.clear()
+            hit = self._bases[key] = np.repeat((np.arange(m) * (width + 2)).astype(np.int32), sizes)
+        return hit
+
+    @cached_property
+    def _bases(self) -> dict[tuple[bool, int], np.ndarray]:
+        return {}
+
+    @cached_property
+    def early_in_voters(self) -> np.ndarray:
+        """Index of the early voters within :attr:`voters`."""
+        return np.flatnonzero(self.early[self.valid])
 
     @cached_property
     def voters(self) -> tuple[np.ndarray, np.ndarray]:
