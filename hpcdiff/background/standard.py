@@ -135,6 +135,13 @@ def noise_scale(z: Any, ok: Any, *, clip: float = 4.0, max_iter: int = 3) -> Any
     return std
 
 
+def scipy_diag(values: np.ndarray) -> Any:
+    """Sparse diagonal matrix of ``values`` (CSR)."""
+    import scipy.sparse
+
+    return scipy.sparse.diags(values, format="csr")
+
+
 def noise_scale_flat(
     z: np.ndarray, ok: np.ndarray, *, clip: float = 4.0, max_iter: int = 3
 ) -> np.ndarray:
@@ -451,6 +458,10 @@ class StandardRingOrder(RingOrderImages):
         self.inv_pol = (1.0 / self.pol).astype(np.float32)
         # the finite-frame path: 1/P zeroed off the valid pixels, static masks and counts
         self.inv_pol_valid = np.where(self.valid, self.inv_pol, np.float32(0))
+        # the resampling matrix without the invalid pixels' columns: their values unread
+        keep = scipy_diag(self.valid.astype(np.float32))
+        self.matrix_valid = (self.matrix @ keep).tocsr()
+        self.matrix_valid.eliminate_zeros()
         self.invalid = ~self.valid
         self.noise_valid = self.valid[self.noise_take]
         self.valid_counts = np.zeros(rings.n_segments, dtype=np.int64)
@@ -510,7 +521,7 @@ class StandardRingOrder(RingOrderImages):
         statistics of the every-4th-pixel noise sample, the threshold, the grown peaks),
         with the clipping passes of :func:`clipped_ring_stats` (float32 comparisons,
         moments updated from the pixels that changed).  ``sample_ok``: ``ok`` of the
-        noise sample when known (then its values are known finite).
+        noise sample when known; then ``gp`` is known finite and 0 where not ``ok``.
         """
         cfg = self.cfg
         mean, std = clipped_ring_stats(
@@ -522,11 +533,13 @@ class StandardRingOrder(RingOrderImages):
             n_segments=self.rings.n_segments,
             sigma=3.0,
             max_iter=3,
-            finite=sample_ok is not None,
+            clean=sample_ok is not None,
         )
         threshold = _float32_floor(mean + np.maximum(cfg.bragg_sigma * std, float(min_excess)))
         peaks = gp > np.repeat(threshold.astype(np.float32), self.rings.sizes)
-        peaks &= ok
+        known = threshold[np.isfinite(threshold)]
+        if sample_ok is None or (known.size and known.min() < 0):
+            peaks &= ok  # else gp is 0 where not ok, never above a threshold >= 0
         pos = np.flatnonzero(peaks)
         if cfg.bragg_grow_px > 0 and pos.size:
             pixel = grow_within_panels(
@@ -555,7 +568,8 @@ class StandardRingOrder(RingOrderImages):
         guard sample and :func:`finish_noise_units`.  ``ok`` loses the non-finite values,
         in place (``finite``: every value of ``g`` is known finite, so the check is needed
         only without read noise; ``dropped``: with ``finite``, the ring positions of the
-        valid pixels that are not ok, so that ``ok`` is not negated).  (Fusing the passes over cache-sized blocks measured slower here.)
+        valid pixels that are not ok: only they are zeroed, the invalid pixels keep
+        meaningless values, to be read only through ``matrix_valid``).  (Fusing the passes over cache-sized blocks measured slower here.)
         """
         cfg = self.cfg
         bg = np.repeat(mean, self.rings.sizes)
@@ -586,8 +600,7 @@ class StandardRingOrder(RingOrderImages):
             z = _compress(z, cfg.compression, np)
             ok &= np.isfinite(z)
         elif finite and dropped is not None:
-            np.copyto(z, np.float32(0), where=self.invalid)
-            z[dropped] = 0
+            z[dropped] = 0  # invalid pixels: not read through matrix_valid
             return z
         np.copyto(z, np.float32(0), where=~ok)
         return z
@@ -660,7 +673,7 @@ class StandardRingOrder(RingOrderImages):
             mean = (s1 / cnt).astype(np.float32)
         del gp
         z = self._noise_units(g, ok, mean, finite=True, dropped=dropped)
-        num = self.matrix @ z
+        num = self.matrix_valid @ z
         cells = self.size * self.size
         den = self.den_static - column_sums(self.matrix_csc, dropped, cells)
         den2 = self.den2_static - column_sums(self.matrix_sq_csc, dropped, cells)
@@ -776,7 +789,7 @@ def clipped_ring_stats(
     n_segments: int,
     sigma: float,
     max_iter: int,
-    finite: bool = False,
+    clean: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sigma-clipped mean and std of each segment of one frame in segment order.
 
@@ -798,8 +811,8 @@ def clipped_ring_stats(
         ``(m,)`` int segment of each value.
     n_segments
         Number of segments.
-    finite
-        The ok values are known finite (skips their check).
+    clean
+        ``v`` is known finite, and 0 where not ``ok`` (skips the check and the masking).
 
     Returns
     -------
@@ -809,9 +822,9 @@ def clipped_ring_stats(
     cnt = np.zeros(n_segments, dtype=np.float64)
     s1 = np.zeros(n_segments, dtype=np.float64)
     s2 = np.zeros(n_segments, dtype=np.float64)
-    ok = ok if finite else ok & np.isfinite(v)
+    ok = ok if clean else ok & np.isfinite(v)
     if nonempty.size:
-        w = np.where(ok, v, np.float32(0)).astype(np.float64)
+        w = v.astype(np.float64) if clean else np.where(ok, v, np.float32(0)).astype(np.float64)
         cnt[nonempty] = np.add.reduceat(ok, starts, dtype=np.int32)
         s1[nonempty] = np.add.reduceat(w, starts)
         np.multiply(w, w, out=w)
