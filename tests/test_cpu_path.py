@@ -115,7 +115,6 @@ def test_clipped_ring_stats_match_the_reference():
 def test_column_sums_match_a_dense_sum():
     import scipy.sparse
 
-    rng = np.random.default_rng(4)
     m = scipy.sparse.random(20, 50, density=0.2, random_state=5, format="csc", dtype=np.float32)
     cols = rng.choice(50, 12, replace=False)
     np.testing.assert_allclose(
@@ -206,3 +205,19 @@ def test_flat_noise_scale_matches_the_masked_one():
     np.testing.assert_allclose(got, expected, rtol=1e-12)
     assert 1.5 < got[0] < 1.9
     assert np.isnan(noise_scale_flat(z, np.zeros(5000, bool))[0])
+
+
+def test_column_sums_of_squares_match_the_squared_matrix():
+    import scipy.sparse
+
+    m = scipy.sparse.random(30, 200, density=0.1, random_state=5, dtype=np.float32).tocsc()
+    squared = m.multiply(m).tocsc()
+    cols = np.array([3, 3, 17, 199, 0, 42])
+    sums, sums2 = column_sums(m, cols, 30, squares=m.data * m.data)
+    np.testing.assert_array_equal(sums, column_sums(m, cols, 30))
+    np.testing.assert_allclose(sums2, column_sums(squared, cols, 30), rtol=1e-12)
+    dense = m.toarray().astype(np.float64)
+    np.testing.assert_allclose(sums2, (dense[:, cols] ** 2).sum(axis=1), rtol=1e-6)
+    assert sums2.sum() > 0
+    empty = column_sums(m, np.array([], dtype=np.int64), 30, squares=m.data * m.data)
+    assert all(np.array_equal(e, np.zeros(30)) for e in empty)

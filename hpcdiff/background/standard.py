@@ -48,7 +48,7 @@ reference and the cupy path; both give the same images up to float32 summation o
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import numpy as np
 
@@ -472,6 +472,7 @@ class StandardRingOrder(RingOrderImages):
         self.matrix_sq = self.matrix.multiply(self.matrix).tocsr()
         self.matrix_csc = self.matrix.tocsc()
         self.matrix_sq_csc = self.matrix_sq.tocsc()
+        self.matrix_csc_squares = self.matrix_csc.data * self.matrix_csc.data
         on = self.valid.astype(np.float64)
         self.den_static = self.matrix.astype(np.float64) @ on
         self.den2_static = self.matrix_sq.astype(np.float64) @ on
@@ -676,8 +677,9 @@ class StandardRingOrder(RingOrderImages):
         z = self._noise_units(g, ok, mean, finite=True, dropped=dropped)
         num = self.matrix_valid @ z
         cells = self.size * self.size
-        den = self.den_static - column_sums(self.matrix_csc, dropped, cells)
-        den2 = self.den2_static - column_sums(self.matrix_sq_csc, dropped, cells)
+        lost, lost2 = column_sums(self.matrix_csc, dropped, cells, squares=self.matrix_csc_squares)
+        den = self.den_static - lost
+        den2 = self.den2_static - lost2
         return num, den.astype(np.float32), den2.astype(np.float32)
 
     def __call__(
@@ -860,18 +862,39 @@ def clipped_ring_stats(
     return mean, std
 
 
-def column_sums(csc: Any, columns: np.ndarray, n_rows: int) -> np.ndarray:
-    """``(n_rows,)`` float64 sum of the given columns of a CSC matrix (repeats count)."""
+@overload
+def column_sums(csc: Any, columns: np.ndarray, n_rows: int) -> np.ndarray: ...
+
+
+@overload
+def column_sums(
+    csc: Any, columns: np.ndarray, n_rows: int, *, squares: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def column_sums(
+    csc: Any, columns: np.ndarray, n_rows: int, *, squares: np.ndarray | None = None
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """``(n_rows,)`` float64 sum of the given columns of a CSC matrix (repeats count).
+
+    With ``squares`` (the matrix's ``data`` squared, same layout), also the sums of the
+    squared entries, from the same gathered entries.
+    """
+    empty = np.zeros(n_rows)
     if columns.size == 0:
-        return np.zeros(n_rows)
+        return empty if squares is None else (empty, empty.copy())
     first = csc.indptr[columns]
     lengths = csc.indptr[columns + 1] - first
     total = int(lengths.sum())
     if total == 0:
-        return np.zeros(n_rows)
+        return empty if squares is None else (empty, empty.copy())
     ends = np.cumsum(lengths)
     at = np.arange(total) - np.repeat(ends - lengths, lengths) + np.repeat(first, lengths)
-    return np.bincount(csc.indices[at], weights=csc.data[at].astype(np.float64), minlength=n_rows)
+    rows = csc.indices[at]
+    sums = np.bincount(rows, weights=csc.data[at].astype(np.float64), minlength=n_rows)
+    if squares is None:
+        return sums
+    return sums, np.bincount(rows, weights=squares[at].astype(np.float64), minlength=n_rows)
 
 
 __all__ = [
