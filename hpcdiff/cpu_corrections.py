@@ -188,7 +188,7 @@ class CommonModePlan:
             if np.abs(low).max() > 1 << 30:
                 return None
             # bins of ASIC s: s (W + 2) + [under, W window values, over]
-            key = adu_all[self.early_in_voters] if early else adu_all.copy()
+            key = adu_all[self.early_in_voters] if early else adu_all  # last use
             key -= np.repeat((low - 1).astype(np.int32), sizes)
             np.clip(key, 0, width + 1, out=key)
             key += self._bin_base(early, width)

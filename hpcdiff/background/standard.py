@@ -483,6 +483,11 @@ class StandardRingOrder(RingOrderImages):
         self.noise_starts = noise.starts[self.noise_nz]
         self.guard_take = self.position[slab_subsample(n_pix)]
         self.guard_take = self.guard_take[self.guard_take >= 0]
+        self.guard_valid = self.valid[self.guard_take]
+        self.valid_view = self.valid.view()  # read-only: never changed through it
+        self.valid_view.flags.writeable = False
+        self.guard_slot = np.full(self.valid.size, -1, dtype=np.int64)
+        self.guard_slot[self.guard_take] = np.arange(self.guard_take.size)
         size = int(cfg.image_size_px)
         self.smooth = (
             gaussian_matrix(size, cfg.q_smooth_per_nm / (2 * cfg.q_max_per_nm / size))
@@ -561,6 +566,7 @@ class StandardRingOrder(RingOrderImages):
         *,
         finite: bool = False,
         dropped: np.ndarray | None = None,
+        guard_ok: np.ndarray | None = None,
     ) -> np.ndarray:
         """Clipped, compressed noise units of one ring-ordered frame, 0 where not ok.
 
@@ -570,7 +576,8 @@ class StandardRingOrder(RingOrderImages):
         in place (``finite``: every value of ``g`` is known finite, so the check is needed
         only without read noise; ``dropped``: with ``finite``, the ring positions of the
         valid pixels that are not ok: only they are zeroed, the invalid pixels keep
-        meaningless values, to be read only through ``matrix_valid``).  (Fusing the passes over cache-sized blocks measured slower here.)
+        meaningless values, to be read only through ``matrix_valid``; ``guard_ok``: ``ok``
+        of the guard sample, when known).  (Fusing the passes over cache-sized blocks measured slower here.)
         """
         cfg = self.cfg
         bg = np.repeat(mean, self.rings.sizes)
@@ -589,7 +596,7 @@ class StandardRingOrder(RingOrderImages):
             # has an ok value, so its mean is finite, and B + sigma^2 > 0
             ok &= np.isfinite(z)
         take = self.guard_take
-        scale = noise_scale_flat(z[take], ok[take])
+        scale = noise_scale_flat(z[take], ok[take] if guard_ok is None else guard_ok)
         # finish_noise_units, in place: a divisor of 1 (the guard idle) is skipped, and
         # values non-finite after the clip were non-finite before it (ok is False there)
         divisor = np.float32(guard_divisor(scale, guard=cfg.standard_guard)[0])
@@ -661,8 +668,9 @@ class StandardRingOrder(RingOrderImages):
             pos = np.sort(pos)  # unique by sorting: a few 10^4 positions
             dropped = pos[np.concatenate(([True], pos[1:] != pos[:-1]))] if pos.size else pos
             dropped = dropped[self.valid[dropped]]
-        ok = self.valid.copy()
-        ok[dropped] = False
+        guard_ok = self.guard_valid.copy()
+        slot = self.guard_slot[dropped]
+        guard_ok[slot[slot >= 0]] = False
         # ring means of I / P over the ok pixels
         labels = self.rings.sorted_labels[dropped]
         n_rings = self.rings.n_segments
@@ -674,7 +682,9 @@ class StandardRingOrder(RingOrderImages):
         with np.errstate(invalid="ignore", divide="ignore"):
             mean = (s1 / cnt).astype(np.float32)
         del gp
-        z = self._noise_units(g, ok, mean, finite=True, dropped=dropped)
+        z = self._noise_units(
+            g, self.valid_view, mean, finite=True, dropped=dropped, guard_ok=guard_ok
+        )
         num = self.matrix_valid @ z
         cells = self.size * self.size
         lost, lost2 = column_sums(self.matrix_csc, dropped, cells, squares=self.matrix_csc_squares)
