@@ -681,7 +681,8 @@ class Preprocessor:
                 if fast is not None and ring_chain is not None:
                     # gathered into ring order once; integer frames need no finiteness check
                     x = fast(frames[i], photon_energy_ev=float(energy[i]))
-                    g = np.take(x.reshape(-1), ring_chain.rings.order)[None]
+                    # (indices valid by construction: "wrap" skips the bounds checks)
+                    g = np.take(x.reshape(-1), ring_chain.rings.order, mode="wrap")[None]
                     del x
                     if unit[i] != 1:
                         g /= np.float32(unit[i])

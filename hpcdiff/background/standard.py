@@ -531,7 +531,7 @@ class StandardRingOrder(RingOrderImages):
         """
         cfg = self.cfg
         mean, std = clipped_ring_stats(
-            gp[self.noise_take],
+            np.take(gp, self.noise_take, mode="wrap"),  # indices valid by construction
             ok[self.noise_take] if sample_ok is None else sample_ok,
             starts=self.noise_starts,
             nonempty=self.noise_nz,
