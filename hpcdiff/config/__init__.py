@@ -336,8 +336,7 @@ class ParallelConfig:
     ``overlap_preprocess``, also removes their background, so that only the CNN runs on
     the main thread).  The job fails at the end if more than ``max_reject_fraction`` of
     the frames could not be used.  ``threads_per_rank`` (CPU threads for torch and for
-    preprocessing numpy frames, one frame per thread; with ``overlap_preprocess`` on a CPU
-    device torch gets one fewer, the reader thread's core) defaults
+    preprocessing numpy frames, one frame per thread) defaults
     to ``SLURM_CPUS_PER_TASK``, else the node's cores shared among its ranks.  ``gpu``:
     ``"auto"`` (GPU by node-local rank when there are GPUs), ``"local_rank"`` (require
     one), ``"none"`` (CPU).  The root logs progress every ``progress_interval_s``.

@@ -74,21 +74,6 @@ def threads_per_rank(
     return max(1, (os.cpu_count() or 1) // max(local_size, 1))
 
 
-def torch_threads(threads: int, *, device: str, overlap_preprocess: bool) -> int:
-    """Intra-op threads for torch on a rank with ``threads`` CPU threads.
-
-    On a CPU device whose reader thread also preprocesses (``overlap_preprocess``), one
-    thread fewer than ``threads``: with every core in torch's OpenMP team, the reader
-    thread displaces one team member and the others wait for it at every layer's barrier
-    (``benchmarks/bench_throughput.py --only vgg``, 2 cores: end to end 0.57x VGG16
-    alone with 2 torch threads, 0.97x with 1).  A GPU rank, a single thread or no
-    overlap keep ``threads``.
-    """
-    if overlap_preprocess and not device.startswith("cuda") and threads > 1:
-        return threads - 1
-    return threads
-
-
 def select_device(
     gpu: str, *, requested: str, local_rank: int, local_size: int, cuda_count: int | None = None
 ) -> str:
@@ -166,9 +151,7 @@ def setup_rank(comm: Comm, job: JobConfig) -> RankInfo:
     if device.startswith("cuda"):
         torch.cuda.set_device(torch.device(device))
     threads = threads_per_rank(job.parallel.threads_per_rank, local_size=local_size)
-    torch.set_num_threads(
-        torch_threads(threads, device=device, overlap_preprocess=job.parallel.overlap_preprocess)
-    )
+    torch.set_num_threads(threads)
     return RankInfo(
         comm.Get_rank(), comm.Get_size(), local_rank, local_size, device, threads, platform.node()
     )
@@ -181,5 +164,4 @@ __all__ = [
     "setup_rank",
     "slurm_cpus_per_task",
     "threads_per_rank",
-    "torch_threads",
 ]
