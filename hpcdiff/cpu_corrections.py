@@ -167,12 +167,14 @@ class CommonModePlan:
         def photon(v: np.ndarray) -> np.ndarray:
             return (v.astype(f32) * s_scale).astype(f32) * inv_energy
 
-        flat = raw.reshape(-1)
+        # the ADU of every voter, gathered once; the early voters are a subset of them
+        adu_all = np.take(raw.reshape(-1), self.voters[0]).astype(np.int32)
         level = np.full(m, np.nan, dtype=f32)
         thr = f32(threshold)
         lowest = np.iinfo(np.int64).min
         for it in range(n_iter):
-            order, sizes = self.voters_early if it < n_iter - 1 else self.voters
+            early = it < n_iter - 1
+            sizes = (self.voters_early if early else self.voters)[1]
             start = np.where(np.isfinite(level), level, f32(0)).astype(f32)
             top = (start + thr).astype(f32)  # a pixel counts when f(r) < top
             guess = np.floor(top.astype(np.float64) / per_adu).astype(np.int64)
@@ -186,10 +188,10 @@ class CommonModePlan:
             if np.abs(low).max() > 1 << 30:
                 return None
             # bins of ASIC s: s (W + 2) + [under, W window values, over]
-            key = np.take(flat, order).astype(np.int32)
-            key -= np.repeat((low - 1 - np.arange(m) * (width + 2)).astype(np.int32), sizes)
-            base = np.repeat((np.arange(m) * (width + 2)).astype(np.int32), sizes)
-            np.clip(key, base, base + (width + 1), out=key)
+            key = adu_all[self.early_in_voters] if early else adu_all  # last use
+            key -= np.repeat((low - 1).astype(np.int32), sizes)
+            np.clip(key, 0, width + 1, out=key)
+            key += self._bin_base(early, width)
             hist = np.bincount(key, minlength=m * (width + 2)).reshape(m, width + 2)
             count = sizes - hist[:, -1]
             cum = np.cumsum(hist[:, :-1], axis=1)
@@ -206,6 +208,28 @@ class CommonModePlan:
         out = np.full(self.n_asics, np.nan, dtype=f32)
         out[self.asics] = level
         return out
+
+    def _bin_base(self, early: bool, width: int) -> np.ndarray:
+        """``(voters,)`` int32 first histogram bin ``s (width + 2)`` of each voter's ASIC
+        (cached per width)."""
+        key = (early, width)
+        hit = self._bases.get(key)
+        if hit is None:
+            sizes = (self.voters_early if early else self.voters)[1]
+            m = self.asics.size
+            if len(self._bases) > 8:
+                self._bases.clear()
+            hit = self._bases[key] = np.repeat((np.arange(m) * (width + 2)).astype(np.int32), sizes)
+        return hit
+
+    @cached_property
+    def _bases(self) -> dict[tuple[bool, int], np.ndarray]:
+        return {}
+
+    @cached_property
+    def early_in_voters(self) -> np.ndarray:
+        """Index of the early voters within :attr:`voters`."""
+        return np.flatnonzero(self.early[self.valid])
 
     @cached_property
     def voters(self) -> tuple[np.ndarray, np.ndarray]:
@@ -275,12 +299,10 @@ class FrameCorrections:
                 scale = np.ones(plan.n_asics, dtype=np.float32)
                 scale[plan.asics] = lo
                 self.asic_scale = scale
+        self._maps_finite: bool | None = None
 
-    def __call__(self, raw: np.ndarray, *, photon_energy_ev: float) -> np.ndarray:
-        """``(n_ss, n_fs)`` float32 photons of a raw ``(n_ss, n_fs)`` frame (any real dtype).
-
-        Equal bit for bit to :meth:`hpcdiff.preprocess.Preprocessor.correct` of the frame.
-        """
+    def _photons(self, raw: np.ndarray, inv_energy: np.float32) -> np.ndarray:
+        """Photons of ``raw`` before the common mode (any shape, the maps' shape)."""
         if self.pedestal is None and self.gain is None:
             x = np.multiply(raw, self.ev_per_adu, dtype=np.float32)
         else:
@@ -290,10 +312,15 @@ class FrameCorrections:
             if self.gain is not None:
                 x *= self.gain
             x *= self.ev_per_adu
-        inv_energy = np.float32(1.0 / photon_energy_ev)
         x *= inv_energy
-        if self.plan is None:
-            return x
+        return x
+
+    def _levels(
+        self, raw: np.ndarray, inv_energy: np.float32, photons: np.ndarray | None
+    ) -> np.ndarray:
+        """``(n_asics,)`` common-mode levels of ``raw`` (counted on integer ADU when the
+        settings allow, else from its slab ``photons``, computed here when None)."""
+        assert self.plan is not None
         level = None
         if (
             self.asic_scale is not None
@@ -304,9 +331,33 @@ class FrameCorrections:
                 raw, scale=self.asic_scale, inv_energy=inv_energy, threshold=self.threshold
             )
         if level is None:
-            level = self.plan.levels(x, threshold=self.threshold)
-        self.plan.subtract(x, level)
+            if photons is None:
+                photons = self._photons(raw, inv_energy)
+            level = self.plan.levels(photons, threshold=self.threshold)
+        return level
+
+    def __call__(self, raw: np.ndarray, *, photon_energy_ev: float) -> np.ndarray:
+        """``(n_ss, n_fs)`` float32 photons of a raw ``(n_ss, n_fs)`` frame (any real dtype).
+
+        Equal bit for bit to :meth:`hpcdiff.preprocess.Preprocessor.correct` of the frame.
+        """
+        inv_energy = np.float32(1.0 / photon_energy_ev)
+        x = self._photons(raw, inv_energy)
+        if self.plan is None:
+            return x
+        self.plan.subtract(x, self._levels(raw, inv_energy, x))
         return x
+
+    def finite_for(self, raw: np.ndarray) -> bool:
+        """Whether every corrected value of ``raw`` is finite without looking at it:
+        integer ADU of at most 16 bits and finite maps (a NaN common-mode level
+        subtracts 0)."""
+        if self._maps_finite is None:
+            maps = [m for m in (self.ev_per_adu, self.pedestal, self.gain) if m is not None]
+            self._maps_finite = bool(all(np.isfinite(m).all() for m in maps))
+        return (
+            self._maps_finite and np.issubdtype(raw.dtype, np.integer) and raw.dtype.itemsize <= 2
+        )
 
 
 __all__ = ["CommonModePlan", "FrameCorrections"]

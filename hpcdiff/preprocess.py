@@ -675,7 +675,21 @@ class Preprocessor:
             if fast is not None and not (np.isfinite(energy).all() and (energy > 0).all()):
                 raise ValueError("photon energies must be finite and > 0 eV")
 
+            ring_chain = chain if isinstance(chain, StandardRingOrder) else None
+
             def image(i: int) -> None:
+                if fast is not None and ring_chain is not None:
+                    # gathered into ring order once; integer frames need no finiteness check
+                    x = fast(frames[i], photon_energy_ev=float(energy[i]))
+                    # (indices valid by construction: "wrap" skips the bounds checks)
+                    g = np.take(x.reshape(-1), ring_chain.rings.order, mode="wrap")[None]
+                    del x
+                    if unit[i] != 1:
+                        g /= np.float32(unit[i])
+                    out[i] = ring_chain.ordered_images(
+                        g, min_excess=min_excess[i : i + 1], finite=fast.finite_for(frames)
+                    )[0]
+                    return
                 if fast is not None:
                     x = fast(frames[i], photon_energy_ev=float(energy[i]))[None]
                 else:

@@ -169,3 +169,56 @@ def test_grow_within_panels_is_the_reference_growth(model, steps):
     _, ref = chain._grow(np.zeros(40, np.int64), pixel, steps)
     got = grow_within_panels(pixel, panel=chain.panel_flat, shape=chain.shape, steps=steps)
     np.testing.assert_array_equal(np.unique(got), ref)
+
+
+@pytest.mark.parametrize("read_noise", [0.3, 0.0])
+@pytest.mark.parametrize("mask_bragg", [True, False])
+def test_finite_ring_order_frames_give_the_checked_images(model, read_noise, mask_bragg):
+    """Frames known finite (integer ADU) skip the finiteness checks and build the ring
+    means and cell weights from the dropped pixels: the same images as the checked path."""
+    cfg = BackgroundConfig(read_noise_photons=read_noise, mask_bragg=mask_bragg)
+    pre = Preprocessor(model, cfg)
+    chain, fast = pre.ring_order, pre.frame_corrections
+    assert fast is not None
+    frames = int16_frames(model, 3)
+    assert fast.finite_for(frames) and not fast.finite_for(frames.astype(np.float32))
+    floor = np.full(1, cfg.bragg_min_photons)
+    for frame in frames:
+        x = fast(frame, photon_energy_ev=ENERGY_EV)
+        checked = chain(x[None], min_excess=floor)
+        g = np.take(x.reshape(-1), chain.rings.order)[None]
+        known = chain.ordered_images(g, min_excess=floor, finite=True)
+        np.testing.assert_allclose(known, checked, atol=1e-6)
+        assert np.abs(known - 0.5).max() > 0.05
+
+
+def test_flat_noise_scale_matches_the_masked_one():
+    from hpcdiff.background.standard import noise_scale, noise_scale_flat
+
+    rng = np.random.default_rng(3)
+    z = rng.normal(0, 1.7, 5000).astype(np.float32)
+    z[:40] = 30.0  # outliers the clipping removes
+    z[40:45] = np.nan
+    ok = rng.random(5000) > 0.1
+    expected = noise_scale(z[None], ok[None])
+    got = noise_scale_flat(z, ok)
+    assert got.shape == (1,)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    assert 1.5 < got[0] < 1.9
+    assert np.isnan(noise_scale_flat(z, np.zeros(5000, bool))[0])
+
+
+def test_column_sums_of_squares_match_the_squared_matrix():
+    import scipy.sparse
+
+    m = scipy.sparse.random(30, 200, density=0.1, random_state=5, dtype=np.float32).tocsc()
+    squared = m.multiply(m).tocsc()
+    cols = np.array([3, 3, 17, 199, 0, 42])
+    sums, sums2 = column_sums(m, cols, 30, squares=m.data * m.data)
+    np.testing.assert_array_equal(sums, column_sums(m, cols, 30))
+    np.testing.assert_allclose(sums2, column_sums(squared, cols, 30), rtol=1e-12)
+    dense = m.toarray().astype(np.float64)
+    np.testing.assert_allclose(sums2, (dense[:, cols] ** 2).sum(axis=1), rtol=1e-6)
+    assert sums2.sum() > 0
+    empty = column_sums(m, np.array([], dtype=np.int64), 30, squares=m.data * m.data)
+    assert all(np.array_equal(e, np.zeros(30)) for e in empty)

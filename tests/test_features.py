@@ -387,3 +387,14 @@ def test_gpu_cupy_input(random_conv_checkpoint):
     fx._pinned = None
     np.testing.assert_allclose(fx.extract(cupy.asarray(x)), want, rtol=5e-2, atol=5e-2)
     assert fx._pinned is None  # cupy data never visited the host
+
+
+def test_cpu_forward_passes_are_cut_to_a_few_images():
+    from hpcdiff.features.extractor import cpu_forward_batch
+
+    assert cpu_forward_batch(1) == 4 and cpu_forward_batch(2) == 4 and cpu_forward_batch(16) == 32
+    x = _images(6)
+    big = FeatureExtractor("random:1", layer="gap", device="cpu", batch_size=64).extract(x)
+    one = FeatureExtractor("random:1", layer="gap", device="cpu", batch_size=1).extract(x)
+    assert big.shape == (6, 512)
+    np.testing.assert_allclose(big, one, rtol=1e-5, atol=1e-6)  # chunking does not matter

@@ -48,7 +48,7 @@ reference and the cupy path; both give the same images up to float32 summation o
 from __future__ import annotations
 
 import math
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 import numpy as np
 
@@ -133,6 +133,40 @@ def noise_scale(z: Any, ok: Any, *, clip: float = 4.0, max_iter: int = 3) -> Any
             std = xp.sqrt((dev * dev).sum(axis=1) / cnt)
         keep = keep & (xp.abs(zz - mean[:, None]) <= clip * std[:, None])
     return std
+
+
+def scipy_diag(values: np.ndarray) -> Any:
+    """Sparse diagonal matrix of ``values`` (CSR)."""
+    import scipy.sparse
+
+    return scipy.sparse.diags(values, format="csr")
+
+
+def noise_scale_flat(
+    z: np.ndarray, ok: np.ndarray, *, clip: float = 4.0, max_iter: int = 3
+) -> np.ndarray:
+    """:func:`noise_scale` of one numpy frame's values ``z`` ``(m,)`` (``ok`` ``(m,)``
+    bool): the same clipping on the kept values only, compressed once per pass instead of
+    masked sums over all of them (equal up to float64 summation order).
+
+    Returns
+    -------
+    ndarray, (1,) float64
+        NaN when no value is ok.
+    """
+    v = z[ok].astype(np.float64)
+    v = v[np.isfinite(v)]
+    std = np.float64(np.nan)
+    for it in range(max_iter + 1):
+        if v.size == 0:
+            return np.full(1, np.nan)
+        mean = v.mean()
+        dev = v - mean
+        np.multiply(dev, dev, out=dev)  # not np.dot: BLAS threads cost more than they save
+        std = np.sqrt(dev.sum() / v.size)
+        if it < max_iter:
+            v = v[np.abs(v - mean) <= clip * std]
+    return np.full(1, std)
 
 
 def guard_divisor(scale: Any, *, guard: float) -> Any:
@@ -422,9 +456,23 @@ class StandardRingOrder(RingOrderImages):
         self.valid &= good
         self.pol = np.where(good, pol, 1.0).astype(np.float32)
         self.inv_pol = (1.0 / self.pol).astype(np.float32)
+        # the finite-frame path: 1/P zeroed off the valid pixels, static masks and counts
+        self.inv_pol_valid = np.where(self.valid, self.inv_pol, np.float32(0))
+        # the resampling matrix without the invalid pixels' columns: their values unread
+        keep = scipy_diag(self.valid.astype(np.float32))
+        self.matrix_valid = (self.matrix @ keep).tocsr()
+        self.matrix_valid.eliminate_zeros()
+        self.invalid = ~self.valid
+        self.noise_valid = self.valid[self.noise_take]
+        self.valid_counts = np.zeros(rings.n_segments, dtype=np.int64)
+        if rings.n_segments:
+            self.valid_counts[:] = np.bincount(
+                rings.sorted_labels[self.valid], minlength=rings.n_segments
+            )
         self.matrix_sq = self.matrix.multiply(self.matrix).tocsr()
         self.matrix_csc = self.matrix.tocsc()
         self.matrix_sq_csc = self.matrix_sq.tocsc()
+        self.matrix_csc_squares = self.matrix_csc.data * self.matrix_csc.data
         on = self.valid.astype(np.float64)
         self.den_static = self.matrix.astype(np.float64) @ on
         self.den2_static = self.matrix_sq.astype(np.float64) @ on
@@ -435,6 +483,11 @@ class StandardRingOrder(RingOrderImages):
         self.noise_starts = noise.starts[self.noise_nz]
         self.guard_take = self.position[slab_subsample(n_pix)]
         self.guard_take = self.guard_take[self.guard_take >= 0]
+        self.guard_valid = self.valid[self.guard_take]
+        self.valid_view = self.valid.view()  # read-only: never changed through it
+        self.valid_view.flags.writeable = False
+        self.guard_slot = np.full(self.valid.size, -1, dtype=np.int64)
+        self.guard_slot[self.guard_take] = np.arange(self.guard_take.size)
         size = int(cfg.image_size_px)
         self.smooth = (
             gaussian_matrix(size, cfg.q_smooth_per_nm / (2 * cfg.q_max_per_nm / size))
@@ -460,28 +513,39 @@ class StandardRingOrder(RingOrderImages):
         with np.errstate(invalid="ignore", divide="ignore"):
             return (s1 / cnt).astype(np.float32)
 
-    def _bragg_fast(self, gp: np.ndarray, ok: np.ndarray, min_excess: float) -> np.ndarray:
+    def _bragg_fast(
+        self,
+        gp: np.ndarray,
+        ok: np.ndarray,
+        min_excess: float,
+        *,
+        sample_ok: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Ring positions of the grown Bragg peaks of one ring-ordered frame ``gp`` (m,).
 
         As :meth:`~hpcdiff.background.ring_order.RingOrderImages._bragg` (the clipped ring
         statistics of the every-4th-pixel noise sample, the threshold, the grown peaks),
         with the clipping passes of :func:`clipped_ring_stats` (float32 comparisons,
-        moments updated from the pixels that changed).
+        moments updated from the pixels that changed).  ``sample_ok``: ``ok`` of the
+        noise sample when known; then ``gp`` is known finite and 0 where not ``ok``.
         """
         cfg = self.cfg
         mean, std = clipped_ring_stats(
-            gp[self.noise_take],
-            ok[self.noise_take],
+            np.take(gp, self.noise_take, mode="wrap"),  # indices valid by construction
+            ok[self.noise_take] if sample_ok is None else sample_ok,
             starts=self.noise_starts,
             nonempty=self.noise_nz,
             labels=self.noise_segments.sorted_labels,
             n_segments=self.rings.n_segments,
             sigma=3.0,
             max_iter=3,
+            clean=sample_ok is not None,
         )
         threshold = _float32_floor(mean + np.maximum(cfg.bragg_sigma * std, float(min_excess)))
         peaks = gp > np.repeat(threshold.astype(np.float32), self.rings.sizes)
-        peaks &= ok
+        known = threshold[np.isfinite(threshold)]
+        if sample_ok is None or (known.size and known.min() < 0):
+            peaks &= ok  # else gp is 0 where not ok, never above a threshold >= 0
         pos = np.flatnonzero(peaks)
         if cfg.bragg_grow_px > 0 and pos.size:
             pixel = grow_within_panels(
@@ -494,38 +558,58 @@ class StandardRingOrder(RingOrderImages):
             pos = pos[pos >= 0]
         return pos
 
-    def _noise_units(self, g: np.ndarray, ok: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    def _noise_units(
+        self,
+        g: np.ndarray,
+        ok: np.ndarray,
+        mean: np.ndarray,
+        *,
+        finite: bool = False,
+        dropped: np.ndarray | None = None,
+        guard_ok: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Clipped, compressed noise units of one ring-ordered frame, 0 where not ok.
 
         :func:`noise_residual` with ``B = P * mean`` (``mean`` the ``(n_rings,)`` ring
         means of ``I / P``) with two frame-sized temporaries, :func:`noise_scale` of the
         guard sample and :func:`finish_noise_units`.  ``ok`` loses the non-finite values,
-        in place.  (Fusing the passes over cache-sized blocks measured slower here.)
+        in place (``finite``: every value of ``g`` is known finite, so the check is needed
+        only without read noise; ``dropped``: with ``finite``, the ring positions of the
+        valid pixels that are not ok: only they are zeroed, the invalid pixels keep
+        meaningless values, to be read only through ``matrix_valid``; ``guard_ok``: ``ok``
+        of the guard sample, when known).  (Fusing the passes over cache-sized blocks measured slower here.)
         """
         cfg = self.cfg
         bg = np.repeat(mean, self.rings.sizes)
         bg *= self.pol
-        z = np.subtract(g, bg)
-        np.maximum(bg, 0, out=bg)
+        z = np.subtract(g, bg, out=g)
+        finite_mean = mean[np.isfinite(mean)]
+        if finite_mean.size and finite_mean.min() < 0:  # else B >= 0 already (P > 0)
+            np.maximum(bg, 0, out=bg)
         bg += np.float32(cfg.read_noise_photons**2)
         np.sqrt(bg, out=bg)
         with np.errstate(divide="ignore", invalid="ignore"):
             z /= bg
         del bg
-        ok &= np.isfinite(z)
+        if not finite or cfg.read_noise_photons <= 0:
+            # with finite inputs and sigma > 0, z is finite on every ok pixel: its ring
+            # has an ok value, so its mean is finite, and B + sigma^2 > 0
+            ok &= np.isfinite(z)
         take = self.guard_take
-        scale = noise_scale(z[None, take], ok[None, take])
+        scale = noise_scale_flat(z[take], ok[take] if guard_ok is None else guard_ok)
         # finish_noise_units, in place: a divisor of 1 (the guard idle) is skipped, and
         # values non-finite after the clip were non-finite before it (ok is False there)
         divisor = np.float32(guard_divisor(scale, guard=cfg.standard_guard)[0])
         if divisor != 1:
             z /= divisor
         clip = np.float32(cfg.clip_sigma)
-        np.minimum(z, clip, out=z)
-        np.maximum(z, -clip, out=z)
+        np.clip(z, -clip, clip, out=z)
         if cfg.compression != "none":
             z = _compress(z, cfg.compression, np)
             ok &= np.isfinite(z)
+        elif finite and dropped is not None:
+            z[dropped] = 0  # invalid pixels: not read through matrix_valid
+            return z
         np.copyto(z, np.float32(0), where=~ok)
         return z
 
@@ -533,22 +617,79 @@ class StandardRingOrder(RingOrderImages):
         """Cell sums ``sum(w z)``, ``sum(w)``, ``sum(w^2)`` over the valid pixels of one
         corrected frame ``x`` ``(n_ss * n_fs,)`` float32 photons; ``(size * size,)`` float32
         each (see :func:`grid_images`)."""
+        return self._ordered_frame(np.take(x, self.rings.order), min_excess, finite=False)
+
+    def _ordered_frame(
+        self, g: np.ndarray, min_excess: float, *, finite: bool
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_frame` of a frame already in ring order, ``g`` ``(n_ring_pixels,)``
+        float32 photons (changed in place); ``finite``: every value of ``g`` is finite."""
+        if finite and self.cfg.compression == "none" and self.cfg.read_noise_photons > 0:
+            return self._finite_frame(g, min_excess)
         cfg = self.cfg
-        g = np.take(x, self.rings.order)
-        ok = np.isfinite(g)
-        ok &= self.valid
+        if finite:
+            ok = self.valid.copy()
+        else:
+            ok = np.isfinite(g)
+            ok &= self.valid
         gp = np.multiply(g, self.inv_pol)
         if cfg.mask_bragg:  # thresholds are relative to each ring's clipped mean
             ok[self._bragg_fast(gp, ok, min_excess)] = False
         mean = self._ring_mean(gp[None], ok[None])[0]
         del gp
-        z = self._noise_units(g, ok, mean)
+        z = self._noise_units(g, ok, mean, finite=finite)
         num = self.matrix @ z
         # sums of w and w^2: their values for the static mask minus the pixels dropped here
         dropped = np.flatnonzero(self.valid & ~ok)
         cells = self.size * self.size
         den = self.den_static - column_sums(self.matrix_csc, dropped, cells)
         den2 = self.den2_static - column_sums(self.matrix_sq_csc, dropped, cells)
+        return num, den.astype(np.float32), den2.astype(np.float32)
+
+    def _finite_frame(
+        self, g: np.ndarray, min_excess: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`_ordered_frame` of a ring-ordered frame whose values are all finite
+        (integer ADU through finite maps), ``compression = "none"``, read noise > 0 (so
+        the noise units are finite on every ok pixel).
+
+        The pixels a frame drops are the valid pixels of its grown Bragg peaks: the ring
+        means of ``I / P`` are the sums over the valid pixels (``I / P`` made 0 on invalid
+        pixels by a precomputed factor) less the dropped pixels' values, and the counts
+        the static counts less theirs; the cell weights ``sum(w)``, ``sum(w^2)`` lose the
+        same pixels.  No frame-sized mask is negated or searched: the same images up to
+        float32 summation order.
+        """
+        cfg = self.cfg
+        gp = np.multiply(g, self.inv_pol_valid)
+        dropped = np.empty(0, dtype=np.int64)
+        if cfg.mask_bragg:
+            pos = self._bragg_fast(gp, self.valid, min_excess, sample_ok=self.noise_valid)
+            pos = np.sort(pos)  # unique by sorting: a few 10^4 positions
+            dropped = pos[np.concatenate(([True], pos[1:] != pos[:-1]))] if pos.size else pos
+            dropped = dropped[self.valid[dropped]]
+        guard_ok = self.guard_valid.copy()
+        slot = self.guard_slot[dropped]
+        guard_ok[slot[slot >= 0]] = False
+        # ring means of I / P over the ok pixels
+        labels = self.rings.sorted_labels[dropped]
+        n_rings = self.rings.n_segments
+        s1 = np.zeros(n_rings, dtype=np.float64)
+        if self.ring_nz.size:
+            s1[self.ring_nz] = np.add.reduceat(gp, self.ring_starts)
+        s1 -= np.bincount(labels, weights=gp[dropped], minlength=n_rings)
+        cnt = self.valid_counts - np.bincount(labels, minlength=n_rings)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = (s1 / cnt).astype(np.float32)
+        del gp
+        z = self._noise_units(
+            g, self.valid_view, mean, finite=True, dropped=dropped, guard_ok=guard_ok
+        )
+        num = self.matrix_valid @ z
+        cells = self.size * self.size
+        lost, lost2 = column_sums(self.matrix_csc, dropped, cells, squares=self.matrix_csc_squares)
+        den = self.den_static - lost
+        den2 = self.den2_static - lost2
         return num, den.astype(np.float32), den2.astype(np.float32)
 
     def __call__(
@@ -578,6 +719,40 @@ class StandardRingOrder(RingOrderImages):
             sums[0, i], sums[1, i], sums[2, i] = self._frame(flat[i], float(floor[i]))
         num, den, den2 = sums.reshape(3, n, size, size)
         return grid_images(num, den, den2, limit=self.limit, cell=cfg.q_cell, smooth=self.smooth)
+
+    def ordered_images(
+        self, ordered: np.ndarray, *, min_excess: float | np.ndarray = 0.0, finite: bool = False
+    ) -> np.ndarray:
+        """:meth:`__call__` of frames already gathered into ring order.
+
+        Parameters
+        ----------
+        ordered
+            ``(n, n_ring_pixels)`` float32 corrected frames, photons, in the order of
+            ``rings.order`` (e.g. from
+            :class:`~hpcdiff.cpu_corrections.OrderedCorrections`); changed in place.
+        min_excess
+            As for :meth:`__call__`.
+        finite
+            Every value is known finite (skips the finiteness checks).
+
+        Returns
+        -------
+        ndarray, (n, 3, size, size) float32
+            Equal to :meth:`__call__` of the slab frames they were gathered from.
+        """
+        n = ordered.shape[0]
+        floor = np.broadcast_to(np.asarray(min_excess, dtype=np.float64), (n,))
+        size = self.size
+        sums = np.empty((3, n, size * size), dtype=np.float32)
+        for i in range(n):
+            sums[0, i], sums[1, i], sums[2, i] = self._ordered_frame(
+                ordered[i], float(floor[i]), finite=finite
+            )
+        num, den, den2 = sums.reshape(3, n, size, size)
+        return grid_images(
+            num, den, den2, limit=self.limit, cell=self.cfg.q_cell, smooth=self.smooth
+        )
 
 
 def grow_within_panels(
@@ -627,6 +802,7 @@ def clipped_ring_stats(
     n_segments: int,
     sigma: float,
     max_iter: int,
+    clean: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Sigma-clipped mean and std of each segment of one frame in segment order.
 
@@ -648,6 +824,8 @@ def clipped_ring_stats(
         ``(m,)`` int segment of each value.
     n_segments
         Number of segments.
+    clean
+        ``v`` is known finite, and 0 where not ``ok`` (skips the check and the masking).
 
     Returns
     -------
@@ -657,9 +835,9 @@ def clipped_ring_stats(
     cnt = np.zeros(n_segments, dtype=np.float64)
     s1 = np.zeros(n_segments, dtype=np.float64)
     s2 = np.zeros(n_segments, dtype=np.float64)
-    ok = ok & np.isfinite(v)
+    ok = ok if clean else ok & np.isfinite(v)
     if nonempty.size:
-        w = np.where(ok, v, np.float32(0)).astype(np.float64)
+        w = v.astype(np.float64) if clean else np.where(ok, v, np.float32(0)).astype(np.float64)
         cnt[nonempty] = np.add.reduceat(ok, starts, dtype=np.int32)
         s1[nonempty] = np.add.reduceat(w, starts)
         np.multiply(w, w, out=w)
@@ -694,18 +872,39 @@ def clipped_ring_stats(
     return mean, std
 
 
-def column_sums(csc: Any, columns: np.ndarray, n_rows: int) -> np.ndarray:
-    """``(n_rows,)`` float64 sum of the given columns of a CSC matrix (repeats count)."""
+@overload
+def column_sums(csc: Any, columns: np.ndarray, n_rows: int) -> np.ndarray: ...
+
+
+@overload
+def column_sums(
+    csc: Any, columns: np.ndarray, n_rows: int, *, squares: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]: ...
+
+
+def column_sums(
+    csc: Any, columns: np.ndarray, n_rows: int, *, squares: np.ndarray | None = None
+) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """``(n_rows,)`` float64 sum of the given columns of a CSC matrix (repeats count).
+
+    With ``squares`` (the matrix's ``data`` squared, same layout), also the sums of the
+    squared entries, from the same gathered entries.
+    """
+    empty = np.zeros(n_rows)
     if columns.size == 0:
-        return np.zeros(n_rows)
+        return empty if squares is None else (empty, empty.copy())
     first = csc.indptr[columns]
     lengths = csc.indptr[columns + 1] - first
     total = int(lengths.sum())
     if total == 0:
-        return np.zeros(n_rows)
+        return empty if squares is None else (empty, empty.copy())
     ends = np.cumsum(lengths)
     at = np.arange(total) - np.repeat(ends - lengths, lengths) + np.repeat(first, lengths)
-    return np.bincount(csc.indices[at], weights=csc.data[at].astype(np.float64), minlength=n_rows)
+    rows = csc.indices[at]
+    sums = np.bincount(rows, weights=csc.data[at].astype(np.float64), minlength=n_rows)
+    if squares is None:
+        return sums
+    return sums, np.bincount(rows, weights=squares[at].astype(np.float64), minlength=n_rows)
 
 
 __all__ = [
@@ -719,6 +918,7 @@ __all__ = [
     "guard_divisor",
     "noise_residual",
     "noise_scale",
+    "noise_scale_flat",
     "qspace_images",
     "qspace_matrix",
     "slab_subsample",
