@@ -99,6 +99,21 @@ def test_both_jobs_see_the_same_pixels_and_residual(experiment):
         assert np.isnan(mv.values[~mv.valid]).all()
 
 
+def test_scale_passes_follow_the_frame_choice_unless_set(experiment):
+    """Unset, the scale pass runs on all frames (it picks those that carry the map) and not
+    on frames already chosen diffuse; a number in the job file wins either way."""
+    from hpcdiff.pipelines.fourier_frames import ChainSettings
+
+    job = load_job(experiment)
+    assert job.fourier.scale_passes is None
+    assert ChainSettings.from_job(job).scale_passes == 1
+    for frames in ("labelled-diffuse", "predicted-diffuse"):
+        assert ChainSettings.from_job(_with_fourier(job, frames=frames)).scale_passes == 0
+        chosen = _with_fourier(job, frames=frames, scale_passes=2)
+        assert ChainSettings.from_job(chosen).scale_passes == 2
+    assert ChainSettings.from_job(_with_fourier(job, scale_passes=0)).scale_passes == 0
+
+
 def test_frame_choice(experiment, tmp_path):
     from hpcdiff.io.predictions import PredictionWriter
 
@@ -317,7 +332,8 @@ def test_job_on_the_labelled_diffuse_frames(experiment, tmp_path):
         "n_oriented": N_FRAMES,
         "n_chosen": 8,
     }
-    assert summary["n_frames_oriented"] == 8 and result.merged.n_frames <= 8
-    assert summary["frame_scales"]["refined"]["median"] > 0.5
+    # frames already chosen diffuse: no scale pass by default, every chosen frame merged
+    assert summary["n_frames_oriented"] == 8 and result.merged.n_frames == 8
+    assert "refined" not in summary["frame_scales"]
     with h5py.File(tmp_path / "similarity.h5") as h5:
         assert h5["common_arc"].shape == (8, 8) and (h5["diffuse"][()] == 1).all()

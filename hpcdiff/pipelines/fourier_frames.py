@@ -72,6 +72,13 @@ log = logging.getLogger("hpcdiff.fourier")
 # --------------------------------------------------------------------------- settings
 
 
+def default_scale_passes(frames: str) -> int:
+    """``[fourier] scale_passes`` when unset: 1 for ``frames = "all"`` (the pass picks the
+    frames that carry the map), 0 for frames already chosen diffuse (there it only drops
+    weakly diffuse frames)."""
+    return 1 if frames == "all" else 0
+
+
 @dataclass(frozen=True)
 class ChainSettings:
     """What a worker needs to run the frame chain and scale the merge inputs (picklable).
@@ -122,7 +129,9 @@ class ChainSettings:
             correct_polarisation=f.correct_polarisation,
             correct_solid_angle=f.correct_solid_angle,
             scale_shot=f.scale_shot,
-            scale_passes=f.scale_passes,
+            scale_passes=default_scale_passes(f.frames)
+            if f.scale_passes is None
+            else f.scale_passes,
             scale_min=f.scale_min,
             merge_weights=f.merge_weights,
         )
