@@ -16,6 +16,17 @@ of the smoothed estimate: too narrow a kernel averages too few pixels, too wide 
 blurs the map.  Pixel noise correlated between neighbouring voxels (one frame's background
 error) makes the choice err towards narrower kernels.
 
+Neighbouring voxels' noise is not always independent of a voxel's own structure (fine speckle
+of correlated disorder, one frame's error spread over neighbouring voxels), and leave-one-out
+cannot choose "no smoothing".  With the frames split in two halves (by a hash of the global frame
+number, :func:`hpcdiff.merge.frame_half`; :attr:`hpcdiff.merge.MergeAccumulator.half_a`) the choice is made across halves
+(:func:`choose_sigma_halves`): each candidate width (0 = no smoothing included) smooths half A
+and predicts the *unsmoothed* voxel means of half B, and vice versa (:func:`half_map_error`).
+B's noise is independent of A, so the error is B's noise (the same for every candidate) plus
+the error of A's smoothed estimate, with no bias from correlations between neighbours.  The
+width is chosen for a half of the frames, so it is, if anything, a little wider than the best
+for the full map.  :func:`half_map_cc` gives the half-maps' correlation (``CC1/2``).
+
 All functions take grid-shaped ``(n0, n1, n2)`` arrays (see
 :class:`hpcdiff.merge.MergeAccumulator`), and widths in voxels along each axis (the
 fitted grids of :mod:`hpcdiff.fourier_grid` have voxels of about equal ``|q|`` extent).
@@ -151,21 +162,28 @@ class SmoothingChoice:
     sigma_voxels
         The chosen Gaussian sigma in voxels (0: no smoothing).
     method
-        ``"loo"`` (chosen by :func:`choose_sigma`) or ``"fixed"`` (given).
+        ``"loo"`` (chosen by :func:`choose_sigma`), ``"half-maps"`` (chosen by
+        :func:`choose_sigma_halves`) or ``"fixed"`` (given).
     loo_errors
-        Candidate sigma -> leave-one-voxel-out error (:func:`loo_error`); empty when fixed.
+        Candidate sigma -> leave-one-voxel-out error (:func:`loo_error`), or (half-maps)
+        candidate sigma -> cross-half prediction error (:func:`half_map_error`); empty when
+        fixed.
     """
 
     sigma_voxels: float
-    method: Literal["loo", "fixed"]
+    method: Literal["loo", "half-maps", "fixed"]
     loo_errors: dict[float, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, object]:
-        """JSON form (for ``fourier_summary.json``)."""
+        """JSON form (for ``fourier_summary.json``): ``sigma_voxels``, ``method`` (also as
+        ``rule``) and the candidates' errors (``loo_errors`` or ``half_map_errors``)."""
+        errors = {f"{k:g}": v for k, v in self.loo_errors.items()}
+        key = "half_map_errors" if self.method == "half-maps" else "loo_errors"
         return {
             "sigma_voxels": self.sigma_voxels,
             "method": self.method,
-            "loo_errors": {f"{k:g}": v for k, v in self.loo_errors.items()},
+            "rule": self.method,
+            key: errors,
         }
 
 
@@ -202,11 +220,124 @@ def choose_sigma(
     return SmoothingChoice(best, "loo", errors)
 
 
-def smoothing_for(
-    sums: np.ndarray, counts: np.ndarray, *, sigma_voxels: float | Literal["auto"]
+def half_map_error(
+    sums_a: np.ndarray,
+    counts_a: np.ndarray,
+    sums_b: np.ndarray,
+    counts_b: np.ndarray,
+    *,
+    sigma_voxels: float,
+    where: np.ndarray | None = None,
+) -> tuple[float, float]:
+    """Weighted squared error of predicting half B's voxel means from half A smoothed.
+
+    Parameters
+    ----------
+    sums_a, counts_a, sums_b, counts_b
+        ``(n0, n1, n2)`` sums and counts (or summed weights) of the two halves, as in
+        :func:`smoothed_mean`.
+    sigma_voxels
+        Gaussian sigma in voxels applied to A, >= 0 (0: A's own voxel means).
+    where
+        ``(n0, n1, n2)`` bool voxels to score (default: those measured in both halves).
+
+    Returns
+    -------
+    (float, float)
+        ``sum(c_B (mean_B - smoothed_A)^2)`` over the scored voxels and ``sum(c_B)``
+        (the error's numerator and denominator, to add over both directions).
+    """
+    sa, ca = _check(sums_a, counts_a)
+    sb, cb = _check(sums_b, counts_b)
+    if sa.shape != sb.shape:
+        raise ValueError(f"half-maps {sa.shape} and {sb.shape} differ in shape")
+    ok = (ca > 0) & (cb > 0) if where is None else np.asarray(where, bool) & (cb > 0)
+    pred = smoothed_mean(sa, ca, sigma_voxels=sigma_voxels, support="kernel")
+    ok &= np.isfinite(pred)
+    if not ok.any():
+        return 0.0, 0.0
+    w = cb[ok]
+    resid = sb[ok] / w - pred[ok]
+    return float(np.dot(w, resid * resid)), float(w.sum())
+
+
+def choose_sigma_halves(
+    sums_a: np.ndarray,
+    counts_a: np.ndarray,
+    sums_b: np.ndarray,
+    counts_b: np.ndarray,
+    *,
+    candidates: tuple[float, ...] = (0.0, *DEFAULT_SIGMAS),
 ) -> SmoothingChoice:
-    """:func:`choose_sigma` for ``"auto"``, else the fixed width."""
+    """The candidate width of the smallest cross-half prediction error.
+
+    Each candidate smooths A to predict B's unsmoothed voxel means and B to predict A's
+    (:func:`half_map_error`); the error is the sum over both directions divided by the
+    summed weights.  Every candidate is scored on the same voxels: those measured in both
+    halves (where the unsmoothed candidate 0 predicts).  With none, the choice is 0.
+
+    Parameters
+    ----------
+    sums_a, counts_a, sums_b, counts_b
+        ``(n0, n1, n2)`` sums and counts (or summed weights) of the two halves.
+    candidates
+        Gaussian sigmas in voxels, each >= 0 (0: no smoothing).
+    """
+    if not candidates or min(candidates) < 0:
+        raise ValueError(f"candidates must be sigmas >= 0, got {candidates}")
+    sa, ca = _check(sums_a, counts_a)
+    sb, cb = _check(sums_b, counts_b)
+    both = (ca > 0) & (cb > 0)
+    errors: dict[float, float] = {}
+    for sg in candidates:
+        n1, d1 = half_map_error(sa, ca, sb, cb, sigma_voxels=sg, where=both)
+        n2, d2 = half_map_error(sb, cb, sa, ca, sigma_voxels=sg, where=both)
+        errors[float(sg)] = (n1 + n2) / (d1 + d2) if d1 + d2 > 0 else float("nan")
+    finite = {k: v for k, v in errors.items() if np.isfinite(v)}
+    if not finite:
+        return SmoothingChoice(0.0, "half-maps", errors)
+    best = min(finite, key=lambda k: (finite[k], k))
+    return SmoothingChoice(best, "half-maps", errors)
+
+
+def half_map_cc(mean_a: np.ndarray, mean_b: np.ndarray) -> tuple[float, int]:
+    """Pearson correlation of two half-maps' voxel means (``CC1/2``) where both are finite.
+
+    Parameters
+    ----------
+    mean_a, mean_b
+        Maps of one shape, float, NaN where unmeasured.
+
+    Returns
+    -------
+    (float, int)
+        The correlation (NaN with fewer than 2 voxels or a constant map) and the voxels.
+    """
+    a = np.asarray(mean_a, np.float64).ravel()
+    b = np.asarray(mean_b, np.float64).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"half-maps {a.shape} and {b.shape} differ in size")
+    ok = np.isfinite(a) & np.isfinite(b)
+    n = int(ok.sum())
+    if n < 2:
+        return float("nan"), n
+    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
+    den = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
+    return (float(np.dot(a, b)) / den if den > 0 else float("nan")), n
+
+
+def smoothing_for(
+    sums: np.ndarray,
+    counts: np.ndarray,
+    *,
+    sigma_voxels: float | Literal["auto"],
+    halves: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+) -> SmoothingChoice:
+    """The fixed width, or for ``"auto"``: :func:`choose_sigma_halves` of ``halves``
+    (``(sums_a, counts_a, sums_b, counts_b)``) when given, else :func:`choose_sigma`."""
     if sigma_voxels == "auto":
+        if halves is not None:
+            return choose_sigma_halves(*halves)
         return choose_sigma(sums, counts)
     return SmoothingChoice(float(sigma_voxels), "fixed")
 
@@ -215,6 +346,9 @@ __all__ = [
     "DEFAULT_SIGMAS",
     "SmoothingChoice",
     "choose_sigma",
+    "choose_sigma_halves",
+    "half_map_cc",
+    "half_map_error",
     "loo_error",
     "smoothed_mean",
     "smoothing_for",

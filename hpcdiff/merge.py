@@ -732,6 +732,32 @@ def map_frame_grids(
     return [bin_frame(vals, v) for v in voxels]
 
 
+def frame_half(numbers: np.ndarray) -> np.ndarray:
+    """Which half-map (0: A, 1: B) each frame goes to, from its global frame number.
+
+    The low bit of a 64-bit integer hash (splitmix64) of the number: a fixed, random-looking
+    split, about half and half, that no alternating pattern of the frames (pump-probe on/off,
+    a simulator's alternating classes, interleaved detectors) lines up with, as plain
+    even/odd numbers would.
+
+    Parameters
+    ----------
+    numbers
+        ``(k,)`` int global frame numbers (>= 0).
+
+    Returns
+    -------
+    np.ndarray
+        ``(k,)`` int64 0 or 1.
+    """
+    z = np.asarray(numbers, np.int64).astype(np.uint64) + np.uint64(0x9E3779B97F4A7C15)
+    with np.errstate(over="ignore"):
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    return (z & np.uint64(1)).astype(np.int64)
+
+
 @dataclass
 class MergeAccumulator:
     """Mergeable sums and counts over a grid (flat, C order), optionally with float weights.
@@ -753,6 +779,11 @@ class MergeAccumulator:
         Frames added.
     weights
         ``(grid.n_voxels,)`` float64 summed pixel weights, or None (unweighted).
+    half_a
+        The accumulator of the frames of half A alone (:func:`frame_half` 0; same grid
+        and weighting, no half of its own), or None (no half-maps kept); half B is
+        :meth:`half_b` (this one minus ``half_a``).  Half-maps choose the map's smoothing
+        and give its ``cc_half`` (:mod:`hpcdiff.map_smooth`).
     """
 
     grid: Grid
@@ -760,6 +791,7 @@ class MergeAccumulator:
     counts: np.ndarray = field(repr=False)
     n_frames: int = 0
     weights: np.ndarray | None = field(default=None, repr=False)
+    half_a: MergeAccumulator | None = field(default=None, repr=False)
 
     @property
     def weighted(self) -> bool:
@@ -767,15 +799,42 @@ class MergeAccumulator:
         return self.weights is not None
 
     @classmethod
-    def empty(cls, grid: Grid, *, weighted: bool = False) -> MergeAccumulator:
-        """An accumulator with nothing in it (arrays of ``grid.n_voxels``)."""
+    def empty(cls, grid: Grid, *, weighted: bool = False, halves: bool = False) -> MergeAccumulator:
+        """An accumulator with nothing in it (arrays of ``grid.n_voxels``); ``halves``: with
+        an empty ``half_a``."""
         return cls(
             grid,
             np.zeros(grid.n_voxels, np.float64),
             np.zeros(grid.n_voxels, np.int64),
             0,
             np.zeros(grid.n_voxels, np.float64) if weighted else None,
+            cls.empty(grid, weighted=weighted) if halves else None,
         )
+
+    @property
+    def has_halves(self) -> bool:
+        """Whether half-maps are kept (``half_a`` is not None)."""
+        return self.half_a is not None
+
+    def half_b(self) -> MergeAccumulator:
+        """The frames of half B: this accumulator minus ``half_a`` (no halves)."""
+        if self.half_a is None:
+            raise ValueError("this accumulator keeps no half-maps")
+        e = self.half_a
+        return MergeAccumulator(
+            self.grid,
+            self.sums - e.sums,
+            self.counts - e.counts,
+            self.n_frames - e.n_frames,
+            None if self.weights is None or e.weights is None else self.weights - e.weights,
+        )
+
+    def with_half_a(self, half: MergeAccumulator) -> MergeAccumulator:
+        """Set ``half_a`` (half A of this accumulator's frames) in place; returns ``self``."""
+        if half.grid != self.grid or half.weighted != self.weighted or half.half_a is not None:
+            raise ValueError("half A must be a plain accumulator of the same grid")
+        self.half_a = half
+        return self
 
     def add_frame(
         self, frame: FrameVoxels, *, weights: np.ndarray | None = None
@@ -976,6 +1035,10 @@ class MergeAccumulator:
             )
         if other.weighted != self.weighted:
             raise ValueError("cannot merge a weighted accumulator with an unweighted one")
+        if (self.half_a is None) != (other.half_a is None):
+            raise ValueError("cannot merge an accumulator with half-maps with one without")
+        if self.half_a is not None and other.half_a is not None:
+            self.half_a.merge(other.half_a)
         self.sums += other.sums
         self.counts += other.counts
         if self.weights is not None and other.weights is not None:
@@ -994,6 +1057,7 @@ class MergeAccumulator:
             self.counts.copy(),
             self.n_frames,
             None if self.weights is None else self.weights.copy(),
+            None if self.half_a is None else self.half_a.copy(),
         )
 
     def symmetrised(self, symmetry: Symmetry) -> MergeAccumulator:
@@ -1005,7 +1069,7 @@ class MergeAccumulator:
         """
         if symmetry == "none":
             return self.copy()
-        sums = self.sums.reshape(self.grid.shape)
+        sums = self.sums.reshape(self.grid.shape)  # (half A, if kept, likewise)
         counts = self.counts.reshape(self.grid.shape)
         if symmetry == "friedel":
             folds: list[tuple[int, ...]] = [(0, 1, 2)]
@@ -1028,6 +1092,7 @@ class MergeAccumulator:
             new_counts.ravel(),
             self.n_frames,
             None if new_w is None else new_w.ravel(),
+            None if self.half_a is None else self.half_a.symmetrised(symmetry),
         )
 
     def denominator(self) -> np.ndarray:
@@ -1118,6 +1183,7 @@ __all__ = [
     "Extent",
     "FrameVoxels",
     "Grid",
+    "frame_half",
     "MergeAccumulator",
     "PixelDirections",
     "Symmetry",

@@ -337,3 +337,45 @@ def test_job_on_the_labelled_diffuse_frames(experiment, tmp_path):
     assert "refined" not in summary["frame_scales"]
     with h5py.File(tmp_path / "similarity.h5") as h5:
         assert h5["common_arc"].shape == (8, 8) and (h5["diffuse"][()] == 1).all()
+
+
+def test_half_maps_split_the_frames_by_global_number(experiment):
+    """Half A is exactly the merge of its frames alone (chosen by ``frame_half`` of the
+    global frame numbers); A + B is the full merge (counts exactly, sums to rounding)."""
+    from hpcdiff.io.cxi import FrameSource
+    from hpcdiff.io.geom import read_geom
+    from hpcdiff.merge import frame_half
+
+    job = load_job(experiment)
+    plan = plan_frames(job)
+    settings = FourierSettings.from_job(job)
+    chain = FrameChain.for_plan(plan, settings.chain)
+    with FrameSource(job.frame_files(), geometry=read_geom(job.experiment.geometry)) as source:
+        raw = source.read(0, 4)
+    kw = dict(
+        photon_energy_ev=np.full(4, ENERGY_EV), clen_m=np.full(4, 0.1), chain=chain,
+        settings=settings,
+    )  # fmt: skip
+    numbers = np.array([1, 2, 3, 4])  # global numbers
+    half = frame_half(numbers)
+    a_idx, b_idx = np.flatnonzero(half == 0), np.flatnonzero(half == 1)
+    assert a_idx.size == 2 and b_idx.size == 2  # (a fixed hash: this split is known)
+    full, _ = process_frames(raw, plan.orientations[:4], numbers=numbers, **kw)
+    assert full.half_a is not None and full.weighted and full.half_a.weighted
+    assert full.n_frames == 4 and full.half_a.n_frames == 2
+    sub = {}
+    for name, idx in (("a", a_idx), ("b", b_idx)):
+        kw_sub = {k: (v[idx] if isinstance(v, np.ndarray) else v) for k, v in kw.items()}
+        sub[name], _ = process_frames(
+            raw[idx], plan.orientations[idx], numbers=numbers[idx], **kw_sub
+        )
+    a, b = full.half_a, full.half_b()
+    np.testing.assert_array_equal(a.sums, sub["a"].sums)
+    np.testing.assert_array_equal(a.counts, sub["a"].counts)
+    np.testing.assert_array_equal(a.weights, sub["a"].weights)
+    np.testing.assert_array_equal(b.counts, sub["b"].counts)
+    scale = np.abs(full.sums).max()
+    np.testing.assert_allclose(b.sums, sub["b"].sums, rtol=0, atol=1e-12 * scale)
+    np.testing.assert_allclose(b.weights, sub["b"].weights, rtol=1e-12, atol=1e-12)
+    assert sub["a"].half_a.n_frames == 2 and sub["b"].half_a.n_frames == 0
+    assert full.counts.sum() == sub["a"].counts.sum() + sub["b"].counts.sum() > 0

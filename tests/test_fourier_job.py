@@ -265,8 +265,15 @@ def test_local_cluster_job_end_to_end(experiment, capsys):
     assert len(tc["shells"]) == 10 and sum(s["voxels"] for s in tc["shells"]) == tc["voxels"]
     assert tc["isotropic_removed"]["voxels"] == tc["voxels"]
     smoothing = summary["map_smoothing"]
-    assert smoothing["method"] == "loo" and smoothing["sigma_voxels"] == sigma
-    assert len(smoothing["loo_errors"]) >= 2
+    # default rule: half-maps (each half has >= 2 frames), 0 among the candidates
+    assert smoothing["method"] == "half-maps" and smoothing["sigma_voxels"] == sigma
+    errors = {float(k): v for k, v in smoothing["half_map_errors"].items()}
+    assert 0.0 in errors and len(errors) >= 2
+    assert errors[sigma] == min(v for v in errors.values() if v is not None)
+    half = summary["cc_half"]
+    assert sum(half["frames"]) == n_merged and min(half["frames"]) >= 2
+    assert -1.0 <= half["cc"] <= 1.0 and len(half["shells"]) == 10
+    assert sum(s["voxels"] for s in half["shells"]) == half["voxels"] > 0
     if sigma > 0:
         assert "cc" in tc["unsmoothed"] and len(tc["unsmoothed"]["shells"]) == 10
     assert summary["grid"]["shape"] == [24, 24, 24]

@@ -154,3 +154,53 @@ def test_weighted_scale_fit_leaves_the_frame_out():
     assert g == pytest.approx(0.7, abs=2e-3) and err > 0
     with pytest.raises(ValueError, match="own"):
         frame_scale(frame, reference=ref, noise=bin_frame(var, vox).sums)
+
+
+def test_half_maps_survive_merge_symmetrise_and_checkpoint(tmp_path):
+    from hpcdiff.pipelines.fourier_work import FourierWork
+
+    rng = np.random.default_rng(7)
+    parts = []
+    for number in range(4):  # one frame each; frames 0 and 2 in half A
+        vox, vals, var = _pixels(rng, 500)
+        half = MergeAccumulator.empty(GRID, weighted=True).add_voxels(vox, vals, weights=1 / var)
+        acc = half.copy().with_half_a(
+            half.copy() if number % 2 == 0 else MergeAccumulator.empty(GRID, weighted=True)
+        )
+        parts.append((half, acc))
+    total = MergeAccumulator.empty(GRID, weighted=True, halves=True).merge(parts[0][1])
+    for _, acc in parts[1:]:
+        total.merge(acc)
+    assert total.n_frames == 4 and total.half_a is not None and total.half_a.n_frames == 2
+    half_a = parts[0][0] + parts[2][0]
+    half_b = parts[1][0] + parts[3][0]
+    np.testing.assert_array_equal(total.half_a.sums, half_a.sums)
+    np.testing.assert_array_equal(total.half_b().counts, half_b.counts)
+    np.testing.assert_allclose(total.half_b().sums, half_b.sums, atol=1e-9)
+    np.testing.assert_allclose(total.half_b().weights, half_b.weights, atol=1e-9)
+    sym = total.symmetrised("laue")
+    np.testing.assert_array_equal(sym.half_a.sums, total.half_a.symmetrised("laue").sums)
+    np.testing.assert_array_equal(sym.half_a.weights, total.half_a.symmetrised("laue").weights)
+    with pytest.raises(ValueError, match="half-maps"):
+        total.copy().merge(parts[0][0])
+    with pytest.raises(ValueError, match="half-maps"):
+        parts[0][0].half_b()
+    work = FourierWork(tmp_path / "fourier.work", "abcd")
+    work.prepare(n_frames=4, force=False)
+    work.save_merge(total, [(0, 4)])
+    back, _ = work.load_merge(GRID)
+    assert back.half_a is not None and back.half_a.n_frames == 2
+    for name in ("sums", "counts", "weights"):
+        np.testing.assert_array_equal(getattr(back.half_a, name), getattr(total.half_a, name))
+        np.testing.assert_array_equal(getattr(back, name), getattr(total, name))
+
+
+def test_frame_half_is_a_fixed_balanced_split_unlike_parity():
+    from hpcdiff.merge import frame_half
+
+    n = np.arange(20000)
+    h = frame_half(n)
+    assert set(np.unique(h)) == {0, 1} and abs(h.mean() - 0.5) < 0.02
+    np.testing.assert_array_equal(frame_half(n[::-1]), h[::-1])  # per number, not position
+    for start in (0, 1):  # alternating frames (pump-probe, alternating classes) fill both
+        assert abs(h[start::2].mean() - 0.5) < 0.03

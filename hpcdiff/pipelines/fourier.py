@@ -32,7 +32,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Literal
 
 import h5py
 import numpy as np
@@ -385,10 +385,12 @@ def run_fourier(
     saved = work.load_merge(settings.grid) if resumed else None
     on_disk = work.chunks_on_disk()
     weighted = settings.chain.weighted
-    empty = MergeAccumulator.empty(settings.grid, weighted=weighted)
+    empty = MergeAccumulator.empty(settings.grid, weighted=weighted, halves=True)
     merged, done = saved if saved is not None else (empty, [])
     done = [c for c in done if c in on_disk]  # a chunk counts only with its frames on disk
-    if saved is not None and (len(done) != len(saved[1]) or saved[0].weighted != weighted):
+    if saved is not None and (
+        len(done) != len(saved[1]) or saved[0].weighted != weighted or not saved[0].has_halves
+    ):
         merged, done = empty, []
     todo = [c for c in chunks if c not in set(done)]
     finite = work.load_finite() if done else None
@@ -644,8 +646,16 @@ def run_fourier(
         summary["frame_score_auc"] = {
             name: roc_auc(v, plan.labels) for name, v in frame_score.items()
         }
-    smoothing, intensity = smoothed_map(merged_sym, fcfg.map_smooth_sigma_voxels)
+    smoothing, intensity = smoothed_map(
+        merged_sym, fcfg.map_smooth_sigma_voxels, rule=fcfg.map_smooth_rule
+    )
     summary["map_smoothing"] = smoothing.to_dict()
+    if merged_sym.half_a is not None:
+        summary["cc_half"] = half_map_summary(
+            merged_sym,
+            metric=reciprocal_metric(plan.orientations),
+            n_shells=fcfg.truth_shells,
+        )
     if truth is not None:
         summary["truth_correlation"] = truth_summary(
             merged_sym,
@@ -748,6 +758,11 @@ def _summary_text(summary: dict[str, Any]) -> str:
         f"fourier: common-arc pairs with similarity {summary['pairs_with_similarity']}/{summary['pairs_total']} "
         f"(median overlap {summary['median_overlap']:.0f} voxels), {t['common_arc']:.1f} s",
     ]
+    sm = summary.get("map_smoothing", {})
+    if sm:
+        lines.append(f"fourier: map smoothing sigma {sm['sigma_voxels']:g} voxels ({sm['method']})")
+    if "cc_half" in summary:
+        lines.append(f"fourier: CC1/2 (half-maps) = {_cc_text(summary['cc_half']['cc'])}")
     if "truth_correlation" in summary:
         lines.extend(_truth_text(summary["truth_correlation"]))
     for name, rows in summary["auc"].items():
@@ -787,11 +802,20 @@ def _grid_text(grid: Grid) -> str:
 # --------------------------------------------------------------------------- files
 
 
+#: Fewest frames in each half for the half-map rule (else leave-one-out).
+HALF_MAP_MIN_FRAMES = 2
+
+
 def smoothed_map(
-    merged: MergeAccumulator, sigma_voxels: float | None
+    merged: MergeAccumulator,
+    sigma_voxels: float | None,
+    *,
+    rule: Literal["half-maps", "leave-one-out"] = "half-maps",
 ) -> tuple[SmoothingChoice, np.ndarray]:
     """The merged map smoothed as ``[fourier] map_smooth_sigma_voxels`` says (None: the width
-    of the smallest leave-one-voxel-out error, :mod:`hpcdiff.map_smooth`).
+    chosen by ``rule``, ``[fourier] map_smooth_rule``, :mod:`hpcdiff.map_smooth`): across the
+    half-maps (``merged.half_a`` and :meth:`~hpcdiff.merge.MergeAccumulator.half_b`, each of at
+    least :data:`HALF_MAP_MIN_FRAMES` frames), else by leave-one-voxel-out.
 
     Returns
     -------
@@ -800,10 +824,65 @@ def smoothed_map(
     """
     shape = merged.grid.shape
     sums, counts = merged.sums.reshape(shape), merged.denominator().reshape(shape)
+    halves = None
+    if rule == "half-maps" and merged.half_a is not None and sigma_voxels is None:
+        a, b = merged.half_a, merged.half_b()
+        if min(a.n_frames, b.n_frames) >= HALF_MAP_MIN_FRAMES:
+            halves = (
+                a.sums.reshape(shape),
+                a.denominator().reshape(shape),
+                b.sums.reshape(shape),
+                b.denominator().reshape(shape),
+            )
     choice = smoothing_for(
-        sums, counts, sigma_voxels="auto" if sigma_voxels is None else sigma_voxels
+        sums, counts, sigma_voxels="auto" if sigma_voxels is None else sigma_voxels, halves=halves
     )
     return choice, smoothed_mean(sums, counts, sigma_voxels=choice.sigma_voxels)
+
+
+def half_map_summary(
+    merged: MergeAccumulator, *, metric: np.ndarray, n_shells: int
+) -> dict[str, Any]:
+    """The ``cc_half`` entry of ``fourier_summary.json``: the correlation of the two
+    half-maps' unsmoothed voxel means (``CC1/2``; frames split by
+    :func:`~hpcdiff.merge.frame_half`), overall and
+    per resolution shell (shells of equal volume up to the largest compared ``|q|``, as in
+    ``truth_correlation``), with the full map's estimate ``2 CC / (1 + CC)``.
+
+    Parameters
+    ----------
+    merged
+        A merge with its half-maps (``merged.half_a``).
+    metric
+        ``(3, 3)`` reciprocal metric of the crystals, nm^-2 (unused for a grid in ``q``).
+    n_shells
+        Resolution shells.
+    """
+    from hpcdiff.fourier_truth import compare_maps, isotropic_width, voxel_q_abs
+
+    if merged.half_a is None:
+        raise ValueError("the merge keeps no half-maps")
+    a, b = merged.half_a, merged.half_b()
+    out = compare_maps(
+        a.intensity(),
+        b.intensity(),
+        voxel_q_abs(merged.grid, metric),
+        n_shells=n_shells,
+        isotropic_shell_width_per_nm=isotropic_width(merged.grid, metric),
+    )
+    cc = out["cc"]
+    return {
+        "cc": cc,
+        "voxels": out["voxels"],
+        "cc_full_estimate": None if cc is None or cc <= -1 else 2 * cc / (1 + cc),
+        "frames": [a.n_frames, b.n_frames],
+        "split": "by a hash of the global frame number (hpcdiff.merge.frame_half); "
+        "unsmoothed voxel means",
+        "shells": [
+            {k: row[k] for k in ("q_min_nm_inv", "q_max_nm_inv", "cc", "voxels")}
+            for row in out["shells"]
+        ],
+    }
 
 
 def write_merged(
@@ -936,5 +1015,7 @@ __all__ = [
     "truth_correlation",
     "write_diffusion",
     "write_merged",
+    "half_map_summary",
+    "HALF_MAP_MIN_FRAMES",
     "write_similarity",
 ]

@@ -57,6 +57,7 @@ from hpcdiff.merge import (
     MergeAccumulator,
     PixelDirections,
     bin_frame,
+    frame_half,
 )
 
 if TYPE_CHECKING:
@@ -917,6 +918,9 @@ def process_frames(
     Returns
     -------
     (MergeAccumulator, ChunkFrames)
+        The merge, with the half-map of the frames of half A
+        (:func:`~hpcdiff.merge.frame_half` of ``numbers``) as its ``half_a``, and the
+        frames binned for the similarities.
     """
     from hpcdiff.similarity import downsample
 
@@ -932,7 +936,13 @@ def process_frames(
         raise ValueError(f"frames {frames.shape[1:]} do not match the detector slab {valid.shape}")
     scale_min = chain.settings.scale_min
     weighted = chain.settings.weighted
-    acc = MergeAccumulator.empty(settings.grid, weighted=weighted)
+    nums = np.arange(k) if numbers is None else np.asarray(numbers)
+    # half-maps: the frames of each half merged apart, summed at the end
+    half_of = frame_half(nums)
+    halves = (
+        MergeAccumulator.empty(settings.grid, weighted=weighted),
+        MergeAccumulator.empty(settings.grid, weighted=weighted),
+    )
     sim_frames: list[FrameVoxels] = []
     normed = np.empty(frames.shape if reference is None else (0, 0, 0), np.float32)
     shots, scales, errors = np.ones(k), np.ones(k), np.zeros(k)
@@ -945,6 +955,7 @@ def process_frames(
             det_shift_m=None if det_shift_m is None else det_shift_m[i],
         )
         shots[i] = mv.shot
+        acc = halves[int(half_of[i])]
         if reference is None:
             vals = mv.pixels.values(mv.values)  # NaN where the chain left the pixel out
             merge_vox, sim_vox = mv.pixels.voxels(
@@ -992,7 +1003,7 @@ def process_frames(
         if reference is None
         else np.zeros((0, 0, 0), np.float32)
     )
-    nums = np.arange(k) if numbers is None else np.asarray(numbers)
+    acc = (halves[0] + halves[1]).with_half_a(halves[0])
     return acc, ChunkFrames(
         nums, sim_frames, images, time.perf_counter() - t0, shots, scales, merged, errors
     )

@@ -263,13 +263,20 @@ class FourierWork:
             with open(tmp, "wb") as fh:
                 done_a = np.asarray(sorted(done), np.int64).reshape(-1, 2)
                 shape = np.asarray(acc.sums.shape, np.int64)
-                n_frames = np.int64(acc.n_frames)
-                if acc.weights is None:
-                    np.savez(fh, sums=acc.sums, counts=acc.counts, n_frames=n_frames,
-                             done=done_a, grid_shape=shape)  # fmt: skip
-                else:  # a weighted merge (inverse-variance weights)
-                    np.savez(fh, sums=acc.sums, counts=acc.counts, weights=acc.weights,
-                             n_frames=n_frames, done=done_a, grid_shape=shape)  # fmt: skip
+                n_frames = np.asarray(acc.n_frames, np.int64)
+                arrays: dict[str, np.ndarray] = {
+                    "sums": acc.sums, "counts": acc.counts, "n_frames": n_frames,
+                    "done": done_a, "grid_shape": shape,
+                }  # fmt: skip
+                if acc.weights is not None:  # a weighted merge (inverse-variance weights)
+                    arrays["weights"] = acc.weights
+                if acc.half_a is not None:  # half-map A (half B is the rest)
+                    arrays["half_a_sums"] = acc.half_a.sums
+                    arrays["half_a_counts"] = acc.half_a.counts
+                    arrays["half_a_n_frames"] = np.asarray(acc.half_a.n_frames, np.int64)
+                    if acc.half_a.weights is not None:
+                        arrays["half_a_weights"] = acc.half_a.weights
+                np.savez(fh, **arrays)  # type: ignore[arg-type]  # (no key is allow_pickle)
             os.replace(tmp, self.merge_file)
         finally:
             tmp.unlink(missing_ok=True)
@@ -283,6 +290,15 @@ class FourierWork:
                 sums, counts = z["sums"], z["counts"]
                 weights = z["weights"] if "weights" in z.files else None
                 n_frames = int(z["n_frames"])
+                half = None
+                if "half_a_sums" in z.files:
+                    half = MergeAccumulator(
+                        grid,
+                        z["half_a_sums"],
+                        z["half_a_counts"],
+                        int(z["half_a_n_frames"]),
+                        z["half_a_weights"] if "half_a_weights" in z.files else None,
+                    )
                 done = [(int(r[0]), int(r[1])) for r in z["done"]]
         except (OSError, ValueError, KeyError) as exc:
             raise FormatError(
@@ -293,7 +309,11 @@ class FourierWork:
             raise FormatError(self.merge_file, f"grid {sums.shape} is not the job's")
         if weights is not None and weights.shape != sums.shape:
             raise FormatError(self.merge_file, f"weights {weights.shape} do not match the sums")
-        return MergeAccumulator(grid, sums, counts, n_frames, weights), done
+        if half is not None and (
+            half.sums.shape != sums.shape or half.weighted != (weights is not None)
+        ):
+            raise FormatError(self.merge_file, "half-map A does not match the merge")
+        return MergeAccumulator(grid, sums, counts, n_frames, weights, half), done
 
     @property
     def finite_file(self) -> Path:
