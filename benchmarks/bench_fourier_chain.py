@@ -11,9 +11,10 @@ minus its isotropic part (mean in thin |q| shells).
 Rows: ``all`` / ``diffuse`` (all oriented frames, or the labelled-diffuse ones), and with
 this checkout's chain ``scale0`` / ``scale1`` (no / one scale-refinement pass).  Run the
 same script with ``PYTHONPATH=/work/main`` for the rows of main (no chain, no scales).
-Each row is scored per ``--smooth`` map: ``raw`` voxel means, ``auto`` (the job's default: a
-normalised Gaussian smoothing whose width minimises the leave-one-voxel-out error,
-:mod:`hpcdiff.map_smooth`) or a fixed sigma in voxels.  ``--fourier merge_weights='"none"'``
+Each row is scored per ``--smooth`` map: ``raw`` voxel means, ``auto`` (a normalised Gaussian
+smoothing whose width minimises the leave-one-voxel-out error, :mod:`hpcdiff.map_smooth`),
+``halves`` (the job's default: the width of the smallest cross-half-map prediction error,
+0 included) or a fixed sigma in voxels; each row also prints the half-maps' CC1/2.  ``--fourier merge_weights='"none"'``
 gives the unweighted merge (inverse-variance weights are the default).
 
 Usage::
@@ -119,8 +120,14 @@ def smoothed(acc, smooth: str) -> tuple[np.ndarray, float]:
     from hpcdiff.map_smooth import smoothed_mean, smoothing_for
 
     shape = acc.grid.shape
-    s, c = acc.sums.reshape(shape), acc.counts.reshape(shape)
-    choice = smoothing_for(s, c, sigma_voxels="auto" if smooth == "auto" else float(smooth))
+    den = acc.denominator() if hasattr(acc, "denominator") else acc.counts
+    s, c = acc.sums.reshape(shape), den.reshape(shape)
+    halves = None
+    if smooth == "halves":
+        a, b = acc.half_a, acc.half_b()
+        halves = tuple(x.reshape(shape) for x in (a.sums, a.denominator(), b.sums, b.denominator()))
+    auto = smooth in ("auto", "halves")
+    choice = smoothing_for(s, c, sigma_voxels="auto" if auto else float(smooth), halves=halves)
     return smoothed_mean(s, c, sigma_voxels=choice.sigma_voxels), choice.sigma_voxels
 
 
@@ -183,6 +190,9 @@ def measure(
                     "smooth": smooth,
                     "sigma_voxels": sigma,
                     "cc": cc(m, truth)[0],
+                    "cc_half": cc(cur.half_a.intensity(), cur.half_b().intensity())[0]
+                    if getattr(cur, "half_a", None) is not None
+                    else float("nan"),
                     "cc_iso_removed": cc(m, iso)[0],
                     "shells": [],
                     "wall_s": time.perf_counter() - t0,
@@ -208,7 +218,8 @@ def measure(
                     f"  {row['chain']:4s} {name:7s} n={len(rows):3d} merged={cur.n_frames:3d} "
                     f"scale_passes={p} bragg={settings.bragg_radius_hkl:g} "
                     f"smooth={smooth}(sigma {sigma:g} vox): CC {row['cc']:.3f}, "
-                    f"iso-removed {row['cc_iso_removed']:.3f}, strongest shell {best:.3f}; "
+                    f"iso-removed {row['cc_iso_removed']:.3f}, strongest shell {best:.3f}, "
+                    f"CC1/2 {row['cc_half']:.3f}; "
                     f"per shell CC/CC-iso (voxels): {shells}",
                     flush=True,
                 )
@@ -227,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         "--smooth",
         nargs="+",
         default=["raw", "auto"],
-        help="maps to score: raw voxel means, auto (leave-one-voxel-out width), or sigmas",
+        help="maps to score: raw voxel means, auto (leave-one-voxel-out width), halves "
+        "(half-map width), or sigmas",
     )
     ap.add_argument("--rows", nargs="+", default=["all", "diffuse"], choices=["all", "diffuse"])
     ap.add_argument(

@@ -268,8 +268,9 @@ def test_local_cluster_job_end_to_end(experiment, capsys):
     # default rule: half-maps (each half has >= 2 frames), 0 among the candidates
     assert smoothing["method"] == "half-maps" and smoothing["sigma_voxels"] == sigma
     errors = {float(k): v for k, v in smoothing["half_map_errors"].items()}
-    assert 0.0 in errors and len(errors) >= 2
-    assert errors[sigma] == min(v for v in errors.values() if v is not None)
+    ccs = {float(k): v for k, v in smoothing["half_map_ccs"].items()}
+    assert 0.0 in errors and len(errors) >= 2 and set(ccs) == set(errors)
+    assert ccs[sigma] == max(v for v in ccs.values() if v is not None)
     half = summary["cc_half"]
     assert sum(half["frames"]) == n_merged and min(half["frames"]) >= 2
     assert -1.0 <= half["cc"] <= 1.0 and len(half["shells"]) == 10

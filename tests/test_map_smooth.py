@@ -168,6 +168,8 @@ def test_half_maps_choose_to_smooth_a_sparse_noisy_smooth_field():
     choice = choose_sigma_halves(sa, ca, sb, cb)
     assert choice.method == "half-maps" and 0.0 in choice.loo_errors
     assert choice.sigma_voxels >= 1.0
+    ccs = choice.half_map_ccs
+    assert ccs[choice.sigma_voxels] == max(ccs.values()) > ccs[0.0] + 0.1
     assert choice.loo_errors[choice.sigma_voxels] < choice.loo_errors[0.0]
     # the full map smoothed at the chosen width is closer to the truth than unsmoothed
     s, c = sa + sb, ca + cb
@@ -187,6 +189,8 @@ def test_half_maps_choose_no_smoothing_for_noise_free_fine_structure():
     choice = choose_sigma_halves(sa, ca, sb, cb)
     assert choice.sigma_voxels == 0.0
     assert choice.loo_errors[0.0] < 1e-20 < min(v for k, v in choice.loo_errors.items() if k > 0)
+    assert choice.half_map_ccs[0.0] == pytest.approx(1.0, abs=1e-12)
+    assert max(v for k, v in choice.half_map_ccs.items() if k > 0) < 0.99
     # leave-one-out cannot choose 0: it picks its narrowest kernel
     assert choose_sigma(sa + sb, ca + cb).sigma_voxels > 0
 

@@ -621,11 +621,12 @@ class FourierConfig:
         default="half-maps",
         metadata={
             "doc": "How an unset `map_smooth_sigma_voxels` is chosen: `half-maps` by the "
-            "error of predicting one half of the frames' (split by a hash of the frame number) unsmoothed "
-            "voxel means from the other half smoothed, 0 (no smoothing) among the candidates "
+            "largest correlation of one half of the frames' (split by a hash of the frame "
+            "number) unsmoothed voxel means with the other half smoothed, 0 (no smoothing) "
+            "among the candidates "
             "(falls back to leave-one-out with fewer than 2 frames in a half); "
             "`leave-one-out` by predicting each voxel from its neighbours.  The rule and "
-            "each candidate's error are in fourier_summary.json `map_smoothing`.",
+            "each candidate's score are in fourier_summary.json `map_smoothing`.",
         },
     )
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
