@@ -13,7 +13,7 @@ this checkout's chain ``scale0`` / ``scale1`` (no / one scale-refinement pass). 
 same script with ``PYTHONPATH=/work/main`` for the rows of main (no chain, no scales).
 Each row is scored per ``--smooth`` map: ``raw`` voxel means, ``auto`` (a normalised Gaussian
 smoothing whose width minimises the leave-one-voxel-out error, :mod:`hpcdiff.map_smooth`),
-``halves`` (the job's default: the width of the smallest cross-half-map prediction error,
+``halves`` (`[fourier] map_smooth_rule = "half-maps"`: the largest cross-half correlation,
 0 included) or a fixed sigma in voxels; each row also prints the half-maps' CC1/2.  ``--fourier merge_weights='"none"'``
 gives the unweighted merge (inverse-variance weights are the default).
 

@@ -265,12 +265,9 @@ def test_local_cluster_job_end_to_end(experiment, capsys):
     assert len(tc["shells"]) == 10 and sum(s["voxels"] for s in tc["shells"]) == tc["voxels"]
     assert tc["isotropic_removed"]["voxels"] == tc["voxels"]
     smoothing = summary["map_smoothing"]
-    # default rule: half-maps (each half has >= 2 frames), 0 among the candidates
-    assert smoothing["method"] == "half-maps" and smoothing["sigma_voxels"] == sigma
-    errors = {float(k): v for k, v in smoothing["half_map_errors"].items()}
-    ccs = {float(k): v for k, v in smoothing["half_map_ccs"].items()}
-    assert 0.0 in errors and len(errors) >= 2 and set(ccs) == set(errors)
-    assert ccs[sigma] == max(v for v in ccs.values() if v is not None)
+    # default rule: leave-one-out (half-maps: [fourier] map_smooth_rule)
+    assert smoothing["method"] == "loo" and smoothing["sigma_voxels"] == sigma
+    assert len(smoothing["loo_errors"]) >= 2
     half = summary["cc_half"]
     assert sum(half["frames"]) == n_merged and min(half["frames"]) >= 2
     assert -1.0 <= half["cc"] <= 1.0 and len(half["shells"]) == 10

@@ -219,3 +219,39 @@ def test_cc_half_of_noise_is_zero_and_of_a_noise_free_map_one():
     cc, n = half_map_cc(a, b)
     assert n == np.isfinite(a).sum() and cc == pytest.approx(1.0, abs=1e-12)
     assert np.isnan(half_map_cc(np.full(3, np.nan), b.ravel()[:3])[0])
+
+
+def test_the_job_smooths_by_the_half_maps_of_its_merge():
+    """``smoothed_map`` with the half-map rule uses the merge's halves (A and full - A)."""
+    from hpcdiff.merge import Grid, MergeAccumulator
+    from hpcdiff.pipelines.fourier import smoothed_map
+
+    grid = Grid(20, 5.0)
+    rng = np.random.default_rng(15)
+    truth = gaussian_filter(rng.normal(size=grid.shape), 3.0, mode="wrap").ravel()
+    truth /= truth.std()
+    full = MergeAccumulator.empty(grid, halves=True)
+    halves = []
+    for number in range(6):  # frames 0, 2, 4 in half A
+        vox = np.flatnonzero(rng.random(grid.n_voxels) < 0.2)
+        acc = MergeAccumulator.empty(grid).add_voxels(
+            vox, truth[vox] + rng.normal(0, 1.5, vox.size)
+        )
+        full.merge(
+            acc.copy().with_half_a(acc.copy() if number % 2 == 0 else MergeAccumulator.empty(grid))
+        )
+        halves.append(acc)
+    choice, _ = smoothed_map(full, None, rule="half-maps")
+    a = halves[0] + halves[2] + halves[4]
+    b = halves[1] + halves[3] + halves[5]
+    shape = grid.shape
+    expect = choose_sigma_halves(
+        a.sums.reshape(shape), a.denominator().reshape(shape),
+        b.sums.reshape(shape), b.denominator().reshape(shape),
+    )  # fmt: skip
+    assert choice.method == "half-maps" and choice.sigma_voxels == expect.sigma_voxels > 0
+    assert smoothed_map(full, None)[0].method == "loo"
+    assert smoothed_map(full, 1.0, rule="half-maps")[0].method == "fixed"
+    few = MergeAccumulator.empty(grid, halves=True).merge(full.copy())
+    few.n_frames, few.half_a.n_frames = 3, 1  # one frame in half A: leave-one-out
+    assert smoothed_map(few, None, rule="half-maps")[0].method == "loo"

@@ -618,7 +618,7 @@ class FourierConfig:
         },
     )
     map_smooth_rule: Literal["half-maps", "leave-one-out"] = field(
-        default="half-maps",
+        default="leave-one-out",
         metadata={
             "doc": "How an unset `map_smooth_sigma_voxels` is chosen: `half-maps` by the "
             "largest correlation of one half of the frames' (split by a hash of the frame "

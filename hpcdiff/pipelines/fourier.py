@@ -810,7 +810,7 @@ def smoothed_map(
     merged: MergeAccumulator,
     sigma_voxels: float | None,
     *,
-    rule: Literal["half-maps", "leave-one-out"] = "half-maps",
+    rule: Literal["half-maps", "leave-one-out"] = "leave-one-out",
 ) -> tuple[SmoothingChoice, np.ndarray]:
     """The merged map smoothed as ``[fourier] map_smooth_sigma_voxels`` says (None: the width
     chosen by ``rule``, ``[fourier] map_smooth_rule``, :mod:`hpcdiff.map_smooth`): across the
