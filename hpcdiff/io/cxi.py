@@ -18,7 +18,6 @@ renamed onto the final name only when complete.
 
 from __future__ import annotations
 
-import collections
 import contextlib
 import json
 import math
@@ -35,7 +34,7 @@ import numpy as np
 from hpcdiff.errors import FormatError
 from hpcdiff.io.appendable import AppendableH5
 from hpcdiff.io.geom import length_spec
-from hpcdiff.io.hdf5 import describe_read_error, open_hdf5
+from hpcdiff.io.hdf5 import OpenFiles, describe_read_error, open_hdf5
 
 if TYPE_CHECKING:
     from hpcdiff.io.geom import DetectorGeometry
@@ -322,7 +321,7 @@ class FrameSource:
             raise ValueError(f"files listed more than once in the run: {', '.join(twice)}")
         self.geometry = geometry
         self.max_open = max(1, max_open)
-        self._handles: collections.OrderedDict[str, h5py.File] = collections.OrderedDict()
+        self._handles = OpenFiles(self.max_open)
         self._data_path, self._dims, self._n_blocks = _data_template(geometry, data_path)
         self._slab: tuple[int, int] | None = None
         if geometry is not None:
@@ -577,16 +576,7 @@ class FrameSource:
     # ------------------------------------------------------------------ files
 
     def _file(self, file: str) -> h5py.File:
-        h5 = self._handles.get(file)
-        if h5 is not None:
-            self._handles.move_to_end(file)
-            return h5
-        h5 = open_hdf5(file)
-        self._handles[file] = h5
-        while len(self._handles) > self.max_open:
-            _, old = self._handles.popitem(last=False)
-            old.close()
-        return h5
+        return self._handles.get(file)
 
     def _dataset(self, file: str, path: str, *, what: str = "frame data") -> h5py.Dataset:
         h5 = self._file(file)
@@ -624,20 +614,13 @@ class FrameSource:
 
     def close(self) -> None:
         """Close every open file (reopened on the next read)."""
-        while self._handles:
-            _, h5 = self._handles.popitem()
-            h5.close()
+        self._handles.close()
 
     def __enter__(self) -> FrameSource:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handles"] = collections.OrderedDict()
-        return state
 
     def __del__(self) -> None:
         with contextlib.suppress(Exception):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 from pathlib import Path
 from typing import Any
 
@@ -79,3 +80,47 @@ def read_checked(
         if why is None:
             raise
         raise FormatError(path, f"{why}; {advice}", dataset=dset.name) from None
+
+
+class OpenFiles:
+    """Read-only HDF5 files kept open, the ``max_open`` most recently used (the oldest is
+    closed when another opens).  Pickles empty: each process opens its own handles.
+
+    Parameters
+    ----------
+    max_open
+        Files kept open (at least 1).
+    what
+        Names the files in errors (see :func:`open_hdf5`).
+    """
+
+    def __init__(self, max_open: int, *, what: str = "file") -> None:
+        self.max_open = max(1, int(max_open))
+        self.what = what
+        self._open: collections.OrderedDict[str, h5py.File] = collections.OrderedDict()
+
+    def get(self, path: str | Path) -> h5py.File:
+        """The open file ``path``, opened now if it is not (:func:`open_hdf5`)."""
+        key = str(path)
+        h5 = self._open.get(key)
+        if h5 is not None:
+            self._open.move_to_end(key)
+            return h5
+        h5 = open_hdf5(key, what=self.what)
+        self._open[key] = h5
+        while len(self._open) > self.max_open:
+            _, old = self._open.popitem(last=False)
+            old.close()
+        return h5
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def close(self) -> None:
+        """Close every open file (they reopen on the next :meth:`get`)."""
+        while self._open:
+            _, h5 = self._open.popitem()
+            h5.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"max_open": self.max_open, "what": self.what, "_open": collections.OrderedDict()}

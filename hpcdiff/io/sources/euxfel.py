@@ -33,7 +33,6 @@ Needs the optional extra: ``pip install hpcdiff[euxfel]``.
 
 from __future__ import annotations
 
-import collections
 import logging
 from collections.abc import Iterable
 from pathlib import Path
@@ -44,7 +43,7 @@ import numpy as np
 
 from hpcdiff.errors import FormatError
 from hpcdiff.io.cxi import FrameId
-from hpcdiff.io.hdf5 import describe_read_error, open_hdf5
+from hpcdiff.io.hdf5 import OpenFiles, describe_read_error
 from hpcdiff.io.sources.base import IndexedSource
 
 if TYPE_CHECKING:
@@ -134,7 +133,7 @@ class EuXFELSource(IndexedSource):
             raise ValueError("EuXFELSource needs at least one run directory")
         self.geometry = geometry
         self.max_open = max(1, max_open)
-        self._handles: collections.OrderedDict[str, h5py.File] = collections.OrderedDict()
+        self._handles = OpenFiles(self.max_open)
         self._paths: list[str] = []
         self._dsets: list[str] = []
         self._run_of_file: list[str] = []
@@ -337,17 +336,7 @@ class EuXFELSource(IndexedSource):
     # ------------------------------------------------------------------ reading
 
     def _file(self, f: int) -> h5py.File:
-        path = self._paths[f]
-        h5 = self._handles.get(path)
-        if h5 is not None:
-            self._handles.move_to_end(path)
-            return h5
-        h5 = open_hdf5(path)
-        self._handles[path] = h5
-        while len(self._handles) > self.max_open:
-            _, old = self._handles.popitem(last=False)
-            old.close()
-        return h5
+        return self._handles.get(self._paths[f])
 
     def frame_dtype(self) -> np.dtype:
         """dtype of the modules' frame datasets (``CORR``: float32; ``RAW``: uint16)."""
@@ -424,12 +413,9 @@ class EuXFELSource(IndexedSource):
         return out
 
     def close(self) -> None:
-        while self._handles:
-            _, h5 = self._handles.popitem()
-            h5.close()
+        self._handles.close()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        state["_handles"] = collections.OrderedDict()
         state["_dets"] = []  # extra_data objects are only needed to build the index
         return state

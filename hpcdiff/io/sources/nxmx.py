@@ -32,7 +32,6 @@ data files, as Eiger master files hold them), read as one list.  Frame identity 
 
 from __future__ import annotations
 
-import collections
 import math
 import re
 from collections.abc import Iterable
@@ -46,7 +45,7 @@ import numpy as np
 from hpcdiff.errors import FormatError
 from hpcdiff.io.cxi import FrameId
 from hpcdiff.io.geom import HC_EV_M, DetectorGeometry, Panel
-from hpcdiff.io.hdf5 import describe_read_error, open_hdf5
+from hpcdiff.io.hdf5 import OpenFiles, describe_read_error, open_hdf5
 from hpcdiff.io.sources.base import IndexedSource
 
 _LENGTH_M = {"m": 1.0, "metre": 1.0, "meter": 1.0, "cm": 1e-2, "mm": 1e-3, "um": 1e-6,
@@ -502,7 +501,7 @@ class NXmxSource(IndexedSource):
         if not self.files:
             raise ValueError("NXmxSource needs at least one file")
         self.max_open = max(1, max_open)
-        self._handles: collections.OrderedDict[str, h5py.File] = collections.OrderedDict()
+        self._handles = OpenFiles(self.max_open, what="NXmx file")
         self.info = [read_nxmx(f) for f in self.files]
         self.geometry = geometry if geometry is not None else self.info[0].geometry
         self.slab_shape = (int(self.geometry.slab_shape[0]), int(self.geometry.slab_shape[1]))
@@ -528,14 +527,6 @@ class NXmxSource(IndexedSource):
     def _dataset(self, f: int, dpath: str) -> h5py.Dataset:
         file = self.files[f]
         h5 = self._handles.get(file)
-        if h5 is None:
-            h5 = open_hdf5(file, what="NXmx file")
-            self._handles[file] = h5
-            while len(self._handles) > self.max_open:
-                _, old = self._handles.popitem(last=False)
-                old.close()
-        else:
-            self._handles.move_to_end(file)
         try:
             obj = h5.get(dpath)
         except (KeyError, OSError):
@@ -598,8 +589,8 @@ class NXmxSource(IndexedSource):
         """``(n_ss, n_fs)`` bool from the first file's ``pixel_mask`` (non-zero = bad:
         gaps, dead, noisy ... pixels, NXmx's bits), or ``None`` when it has none."""
         det = self.info[0].detector
-        self._dataset(0, self.info[0].data_paths[0])  # opens the master file
-        h5 = self._handles[self.files[0]]  # (a linked dataset's .file is its data file)
+        self._dataset(0, self.info[0].data_paths[0])  # checks the frames are there
+        h5 = self._handles.get(self.files[0])  # (a linked dataset's .file is its data file)
         dset = h5.get(f"{det}/pixel_mask")
         if not isinstance(dset, h5py.Dataset):
             return None
@@ -641,11 +632,4 @@ class NXmxSource(IndexedSource):
         return out
 
     def close(self) -> None:
-        while self._handles:
-            _, h5 = self._handles.popitem()
-            h5.close()
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        state["_handles"] = collections.OrderedDict()
-        return state
+        self._handles.close()
