@@ -155,6 +155,59 @@ def em_prior_shift(
     return p_new, prior
 
 
+def _two_gaussians_em(
+    t: np.ndarray,
+    weight: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    *,
+    tied: bool,
+    floor: float,
+    max_iter: int,
+    tol: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """EM for two 1-D Gaussians from a start, until the log likelihood stops rising.
+
+    Parameters
+    ----------
+    t
+        ``(n,)`` float64 values.
+    weight, mean, std
+        ``(2,)`` starting mixing weights, means and standard deviations.
+    tied
+        One width shared by both components (pooled over all values) or one each.
+    floor
+        Lower bound of every width.
+
+    Returns
+    -------
+    (weight, mean, std)
+        ``(2,)`` each, in the components' starting order.
+    """
+    last = -np.inf
+    for _ in range(max_iter):
+        log_r = np.log(weight)[None] - 0.5 * ((t[:, None] - mean[None]) / std[None]) ** 2
+        log_r -= np.log(std)[None]
+        top = log_r.max(axis=1, keepdims=True)
+        ll = float(np.sum(top[:, 0] + np.log(np.exp(log_r - top).sum(axis=1))))
+        r = np.exp(log_r - top)
+        r /= r.sum(axis=1, keepdims=True)
+        nk = r.sum(axis=0) + 1e-12
+        weight = np.clip(nk / t.size, 1e-4, 1.0)
+        weight /= weight.sum()
+        mean = (r * t[:, None]).sum(axis=0) / nk
+        sq = r * (t[:, None] - mean[None]) ** 2
+        if tied:
+            std = np.full(2, float(np.sqrt(sq.sum() / t.size)))
+        else:
+            std = np.sqrt(sq.sum(axis=0) / nk)
+        std = np.maximum(std, floor)
+        if ll - last < tol * max(1.0, abs(ll)):
+            break
+        last = ll
+    return weight, mean, std
+
+
 @dataclass(frozen=True)
 class GaussianMixture1D:
     """Two 1-D Gaussians of one shared width, fitted by EM (component 1 has the larger mean).
@@ -186,26 +239,18 @@ class GaussianMixture1D:
         half = t.size // 2
         mean = np.array([s[:half].mean(), s[half:].mean()])
         std = max(float(np.sqrt((s[:half].var() + s[half:].var()) / 2)), floor)
-        weight = np.array([0.5, 0.5])
-        last = -np.inf
-        for _ in range(max_iter):
-            log_r = np.log(weight)[None] - 0.5 * ((t[:, None] - mean[None]) / std) ** 2
-            top = log_r.max(axis=1, keepdims=True)
-            ll = float(np.sum(top[:, 0] + np.log(np.exp(log_r - top).sum(axis=1)))) - t.size * (
-                np.log(std)
-            )
-            r = np.exp(log_r - top)
-            r /= r.sum(axis=1, keepdims=True)
-            nk = r.sum(axis=0) + 1e-12
-            weight = np.clip(nk / t.size, 1e-4, 1.0)
-            weight /= weight.sum()
-            mean = (r * t[:, None]).sum(axis=0) / nk
-            std = max(float(np.sqrt((r * (t[:, None] - mean[None]) ** 2).sum() / t.size)), floor)
-            if ll - last < tol * max(1.0, abs(ll)):
-                break
-            last = ll
+        weight, mean, widths = _two_gaussians_em(
+            t,
+            np.array([0.5, 0.5]),
+            mean,
+            np.array([std, std]),
+            tied=True,
+            floor=floor,
+            max_iter=max_iter,
+            tol=tol,
+        )
         order = np.argsort(mean)
-        return cls(weight[order], mean[order], std)
+        return cls(weight[order], mean[order], float(widths[0]))
 
     def log_likelihood(self, t: np.ndarray) -> float:
         """Log likelihood of values ``t`` ``(n,)`` under the mixture."""
@@ -288,23 +333,9 @@ class WideMixture1D:
         floor = max(float(np.std(t)) * 0.05, 1e-6)
         weight, mean = start.weight.copy(), start.mean.copy()
         std = np.array([max(start.std, floor)] * 2)
-        last = -np.inf
-        for _ in range(max_iter):
-            log_r = np.log(weight)[None] - 0.5 * ((t[:, None] - mean[None]) / std[None]) ** 2
-            log_r -= np.log(std)[None]
-            top = log_r.max(axis=1, keepdims=True)
-            ll = float(np.sum(top[:, 0] + np.log(np.exp(log_r - top).sum(axis=1))))
-            r = np.exp(log_r - top)
-            r /= r.sum(axis=1, keepdims=True)
-            nk = r.sum(axis=0) + 1e-12
-            weight = np.clip(nk / t.size, 1e-4, 1.0)
-            weight /= weight.sum()
-            mean = (r * t[:, None]).sum(axis=0) / nk
-            std = np.sqrt((r * (t[:, None] - mean[None]) ** 2).sum(axis=0) / nk)
-            std = np.maximum(std, floor)
-            if ll - last < tol * max(1.0, abs(ll)):
-                break
-            last = ll
+        weight, mean, std = _two_gaussians_em(
+            t, weight, mean, std, tied=False, floor=floor, max_iter=max_iter, tol=tol
+        )
         order = np.argsort(mean)
         return cls(weight[order], mean[order], std[order])
 
