@@ -388,16 +388,34 @@ def _zero_photon_level_numpy(
         ends = np.cumsum(counts)
         for s, c, e in zip(nz.tolist(), counts.tolist(), ends.tolist(), strict=True):
             v_all = vals[e - c : e]
-            v_early = v_all[vals_early[e - c : e]]
-            lev = dtype.type(np.nan)
-            for it in range(n_iter):
-                v = v_early if it < n_iter - 1 else v_all
-                # a pass that found nothing restarts the window at 0, as the cupy path
-                start = lev if np.isfinite(lev) else dtype.type(0)
-                sel = v[v < start + thr]
-                lev = percentile_sorted_1d(sel, 50.0) if sel.size else dtype.type(np.nan)
-            level[i, s] = lev
+            level[i, s] = window_median_level(v_all, v_all[vals_early[e - c : e]], thr, n_iter)
     return level
+
+
+def window_median_level(v_all: np.ndarray, v_early: np.ndarray, thr: Any, n_iter: int) -> Any:
+    """One ASIC's common-mode level: ``n_iter`` medians of the values below the last level
+    plus ``thr`` (the first window starts at 0), over ``v_early`` then, last, ``v_all``.
+
+    Parameters
+    ----------
+    v_all, v_early
+        ``(m,)`` the ASIC's valid pixel values, and those of its early (sampled) pixels.
+    thr
+        Window width above the level, in the values' units and dtype.
+
+    Returns
+    -------
+    scalar of ``v_all``'s dtype; NaN when the last window holds nothing.
+    """
+    dtype = v_all.dtype
+    lev = dtype.type(np.nan)
+    for it in range(n_iter):
+        v = v_early if it < n_iter - 1 else v_all
+        # a pass that found nothing restarts the window at 0, as the cupy path
+        start = lev if np.isfinite(lev) else dtype.type(0)
+        sel = v[v < start + thr]
+        lev = percentile_sorted_1d(sel, 50.0) if sel.size else dtype.type(np.nan)
+    return lev
 
 
 def subtract_common_mode(

@@ -20,7 +20,8 @@ from functools import cached_property
 
 import numpy as np
 
-from hpcdiff.segments import Segments, percentile_sorted_1d
+from hpcdiff.corrections import window_median_level
+from hpcdiff.segments import Segments
 
 
 @dataclass(frozen=True)
@@ -111,14 +112,7 @@ class CommonModePlan:
         thr = dtype.type(threshold)
         for s, c, e in zip(self.asics.tolist(), counts.tolist(), ends.tolist(), strict=True):
             v_all = kept[e - c : e]
-            v_early = v_all[kept_early[e - c : e]]
-            lev = dtype.type(np.nan)
-            for it in range(n_iter):
-                v = v_early if it < n_iter - 1 else v_all
-                start = lev if np.isfinite(lev) else dtype.type(0)
-                sel = v[v < start + thr]
-                lev = percentile_sorted_1d(sel, 50.0) if sel.size else dtype.type(np.nan)
-            level[s] = lev
+            level[s] = window_median_level(v_all, v_all[kept_early[e - c : e]], thr, n_iter)
         return level
 
     def counting_levels(
