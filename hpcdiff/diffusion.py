@@ -184,15 +184,23 @@ def diffusion_map(
     sym = ka / np.outer(sq, sq)
     sym = 0.5 * (sym + sym.T)
     w, v = scipy.linalg.eigh(sym, subset_by_index=[m - n_eff - 1, m - 1])
-    order = np.argsort(w)[::-1]
-    w, v = w[order], v[:, order]
-    # right eigenvectors of P, normalised so sum_i pi_i psi_k(i)^2 = 1 (pi = d / sum d):
-    # psi_0 = 1 for a connected kernel; each sign fixed so the largest |entry| is positive
-    psi = v / sq[:, None] * np.sqrt(d.sum())
-    big = psi[np.argmax(np.abs(psi), axis=0), np.arange(psi.shape[1])]
-    psi = psi * np.where(big < 0, -1.0, 1.0)
+    w, psi = _right_eigenvectors(w, v, d)
     coords[idx, :n_eff] = psi[:, 1:] * (w[1:] ** t)
     return DiffusionMap(w, coords, connected)
+
+
+def _right_eigenvectors(
+    w: np.ndarray, v: np.ndarray, d: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending) and right eigenvectors of the Markov matrix ``P`` from the
+    eigenpairs ``w, v`` of its symmetric form (degrees ``d``), normalised so
+    ``sum_i pi_i psi_k(i)^2 = 1`` (``pi = d / sum d``: ``psi_0 = 1`` for a connected kernel),
+    each sign fixed so its largest ``|entry|`` is positive."""
+    order = np.argsort(w)[::-1]
+    w, v = w[order], v[:, order]
+    psi = v / np.sqrt(d)[:, None] * np.sqrt(d.sum())
+    big = psi[np.argmax(np.abs(psi), axis=0), np.arange(psi.shape[1])]
+    return w, psi * np.where(big < 0, -1.0, 1.0)
 
 
 def knn_points(points: np.ndarray, *, k: int, block: int = 1024) -> tuple[np.ndarray, np.ndarray]:
@@ -348,11 +356,7 @@ def diffusion_map_sparse(
     else:
         # start vector: the known top eigenvector sqrt(d) (deterministic, fast convergence)
         w, v = eigsh(sym, k=n_eff + 1, which="LA", v0=sq / np.linalg.norm(sq), tol=1e-10)
-    order = np.argsort(w)[::-1]
-    w, v = w[order], v[:, order]
-    psi = v / sq[:, None] * np.sqrt(d.sum())
-    big = psi[np.argmax(np.abs(psi), axis=0), np.arange(psi.shape[1])]
-    psi = psi * np.where(big < 0, -1.0, 1.0)
+    w, psi = _right_eigenvectors(w, v, d)
     coords[idx, :n_eff] = psi[:, 1:] * (w[1:] ** t)
     return DiffusionMap(w, coords, connected)
 
