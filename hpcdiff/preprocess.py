@@ -599,7 +599,7 @@ class Preprocessor:
             In [0, 1], ``size = image_size_px``; 0.5 is the neutral (masked / gap) value.
             Frame ``i``'s image depends on frame ``i`` alone.
         """
-        if isinstance(frames, np.ndarray):
+        if array_module(frames) is np:
             return self._numpy_images(frames, photon_energy_ev)
         return self._slab_images(frames, photon_energy_ev)
 
