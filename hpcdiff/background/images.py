@@ -95,7 +95,7 @@ def resampling_matrix(pixmap: PixelMapLike, size: int) -> tuple[Any, np.ndarray]
     return matrix, on
 
 
-_DEVICE: dict[int, tuple[Any, Any]] = {}
+_DEVICE: dict[tuple[int, int], tuple[Any, Any]] = {}
 
 
 def _on_device(matrix: Any) -> Any:

@@ -14,6 +14,7 @@ estimate.
 
 from __future__ import annotations
 
+import functools
 from types import ModuleType
 from typing import Any, Literal
 
@@ -25,8 +26,10 @@ from hpcdiff.segments import PanelRect, panel_rectangles, percentile_rows
 LocalFilter = Literal["median", "percentile"]
 
 
+@functools.lru_cache(maxsize=32)
 def _interp_matrix(n_fine: int, n_coarse: int, bin_px: int, xp: ModuleType, dtype: Any) -> Any:
-    """(n_fine, n_coarse) bilinear weights from block centres to pixel centres."""
+    """(n_fine, n_coarse) bilinear weights from block centres to pixel centres (made once
+    per shape and module: read-only, never uploaded again)."""
     pos = (np.arange(n_fine) + 0.5) / bin_px - 0.5
     pos = np.clip(pos, 0, n_coarse - 1)
     lo = np.floor(pos).astype(int)
