@@ -292,7 +292,15 @@ def segment_percentile(
         return percentile_rows(g.reshape(n, k, size), gok.reshape(n, k, size), q)
     if g.dtype == np.float32:
         return _percentile_packed(g, gok, segments, q, xp)
-    ix = segments.arrays(xp)  # other dtypes: rows padded to the largest segment
+    return _percentile_padded(g, gok, segments, q, xp)  # other dtypes
+
+
+def _percentile_padded(g: Any, gok: Any, segments: Segments, q: float, xp: ModuleType) -> Any:
+    """:func:`segment_percentile` through rows padded to the largest segment
+    (``(n, n_segments, max_size)``: 2.8 times the real pixels for CSPAD |q| rings), for
+    dtypes :func:`_percentile_packed` does not take (and to compare with it)."""
+    n, k = g.shape[0], segments.n_segments
+    ix = segments.arrays(xp)
     width = int(segments.sizes.max()) if k else 0
     rows = xp.zeros((n, k, width), dtype=g.dtype)
     rows_ok = xp.zeros((n, k, width), dtype=bool)
@@ -310,13 +318,14 @@ def orderable_bits(x: Any) -> Any:
     for positive NaNs): the sign bit flipped for positive values, every bit for negative."""
     xp = array_module(x)
     u = x.view(xp.uint32)
-    return u ^ xp.where(u >= _SIGN, _ALL, _SIGN)
+    return u ^ xp.where(u >= _SIGN, _ALL, _SIGN).astype(xp.uint32, copy=False)
 
 
 def from_orderable_bits(k: Any) -> Any:
     """The inverse of :func:`orderable_bits`: uint32 -> float32."""
     xp = array_module(k)
-    return (k ^ xp.where(k >= _SIGN, _SIGN, _ALL)).view(xp.float32)
+    flip = xp.where(k >= _SIGN, _SIGN, _ALL).astype(xp.uint32, copy=False)
+    return (k ^ flip).astype(xp.uint32, copy=False).view(xp.float32)
 
 
 def _percentile_packed(g: Any, gok: Any, segments: Segments, q: float, xp: ModuleType) -> Any:
