@@ -283,6 +283,10 @@ class Preprocessor:
                     else xp.asarray(self.pixel_masks.saturation)
                 ),
             }
+            if self.pixel_masks is not None:  # flag_* panel groups, uploaded once
+                self._device[key]["flag_where"] = tuple(
+                    None if w is None else xp.asarray(w) for w, _ in self.pixel_masks.flag_groups
+                )
             if self.standard:
                 self._device[key]["polarisation"] = xp.asarray(self._polarisation())
         return self._device[key]
@@ -409,7 +413,9 @@ class Preprocessor:
         flagged = (
             None
             if self.pixel_masks is None
-            else self.pixel_masks.frame_bad(frames, saturation=dev["saturation"])
+            else self.pixel_masks.frame_bad(
+                frames, saturation=dev["saturation"], where=dev["flag_where"]
+            )
         )
         x = apply_pedestal_gain(frames, pedestal=dev["pedestal"], gain=dev["gain"])
         if flagged is not None:  # flag_* / saturation_map: bad in this frame, before all else

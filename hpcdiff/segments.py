@@ -428,7 +428,7 @@ def segment_moments(
     g, gok, labels = _gather(values, segments, valid, xp)
     if xp is np:
         return _moments_sorted(g, gok, segments)
-    return _moments(g, gok, segments, xp)
+    return _moments_device(g, gok, segments, xp)
 
 
 def _gather(values: Any, segments: Segments, valid: Any | None, xp: ModuleType) -> tuple:
@@ -455,7 +455,26 @@ def _segment_sums(w: Any, segments: Segments, xp: ModuleType) -> Any:
     return xp.take(run, ix["starts"] + ix["sizes"], axis=1) - xp.take(run, ix["starts"], axis=1)
 
 
-def _moments(g: Any, ok: Any, segments: Segments, xp: ModuleType) -> tuple[Any, Any, Any]:
+def _moments(rows: Any, ok: Any, labels: Any, n_seg: int, xp: ModuleType) -> tuple[Any, Any, Any]:
+    """Count, mean and std per frame and label with ``bincount`` over
+    ``frame * n_seg + label`` (any pixel order): the reference the segment-order paths
+    are checked against (on cupy it reads back to the host: not used on the device)."""
+    n = rows.shape[0]
+    ok = xp.broadcast_to(ok, rows.shape)
+    idx = (labels[None, :] + n_seg * xp.arange(n)[:, None])[ok]
+    v = rows[ok].astype(xp.float64)
+    size = n * n_seg
+    cnt = xp.bincount(idx, minlength=size)
+    s1 = xp.bincount(idx, weights=v, minlength=size)
+    s2 = xp.bincount(idx, weights=v * v, minlength=size)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s1 / cnt
+        var = xp.maximum(s2 / cnt - mean * mean, 0.0)
+    shape = (n, n_seg)
+    return cnt.reshape(shape).astype(xp.int64), mean.reshape(shape), xp.sqrt(var).reshape(shape)
+
+
+def _moments_device(g: Any, ok: Any, segments: Segments, xp: ModuleType) -> tuple[Any, Any, Any]:
     """Device path of :func:`segment_moments` on pixels gathered in segment order:
     masked running sums (no boolean indexing, no ``bincount``), float64."""
     ok = xp.broadcast_to(ok, g.shape)
@@ -551,12 +570,12 @@ def segment_clipped_stats(
         return _clipped_sorted(g, ok, segments, sigma, max_iter)
     # device path: always max_iter passes (a pass after convergence keeps the same pixels
     # and gives the same moments), so no convergence test reads the device
-    _, mean, std = _moments(g, ok, segments, xp)
+    _, mean, std = _moments_device(g, ok, segments, xp)
     for _ in range(max_iter):
         m = xp.take(mean, labels, axis=1)
         s = xp.take(std, labels, axis=1)
         keep = ok & (xp.abs(g - m) <= sigma * s)
-        _, mean, std = _moments(g, keep, segments, xp)
+        _, mean, std = _moments_device(g, keep, segments, xp)
     return mean, std
 
 

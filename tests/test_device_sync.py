@@ -249,3 +249,32 @@ def test_cupy_chain_runs_without_synchronisation(model, name):
     with cupyx.allow_synchronize(False):
         out = pre(dev_frames, photon_energy_ev=ENERGY_EV)
     np.testing.assert_allclose(cupy.asnumpy(out), host, rtol=0, atol=1e-5)
+
+
+def test_flags_and_saturation_on_the_device_without_sync(model):
+    from hpcdiff.io.geom import PixelFlag
+    from hpcdiff.pixel_masks import PixelMasks
+
+    frames = adu_frames(model, 3, seed=6)
+    frames[0, 3, 4] = -5000.0  # below the top-level flag
+    panel0 = model.panel_index == 0
+    frames[1][panel0] = np.where(frames[1][panel0] > 0, 40000.0, frames[1][panel0])
+    masks = PixelMasks(
+        static_bad=np.zeros(model.slab_shape, bool),
+        flag_groups=(
+            (None, (PixelFlag("lessthan", -1000.0),)),
+            (panel0, (PixelFlag("morethan", 30000.0),)),
+        ),
+        saturation=np.full(model.slab_shape, 35000.0, np.float32),
+    )
+    pre = Preprocessor(model, BackgroundConfig(), CorrectionsConfig())
+    pre.pixel_masks = masks
+    host = pre.residual(frames, photon_energy_ev=ENERGY_EV)
+    assert not host.valid[0, 3, 4] and not host.valid[1][panel0 & (frames[1] > 30000)].any()
+    with emulate_device():
+        pre(to_device(frames), photon_energy_ev=ENERGY_EV)
+    with emulate_device(strict=True) as log:
+        res = pre.residual(to_device(frames), photon_energy_ev=ENERGY_EV)
+    assert log.uploads == [], log.upload_summary()
+    np.testing.assert_array_equal(from_device(res.valid), host.valid)
+    np.testing.assert_allclose(from_device(res.normalised), host.normalised, rtol=0, atol=1e-5)
