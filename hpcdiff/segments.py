@@ -617,6 +617,8 @@ __all__ = [
     "percentile_sorted_1d",
     "as_segments",
     "expand",
+    "from_orderable_bits",
+    "orderable_bits",
     "segment_clipped_stats",
     "segment_median",
     "segment_moments",
