@@ -7,6 +7,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -282,8 +283,59 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def test_raw_frames_pickles_nothing_it_does_not_need(tmp_path):
-    files = _run(tmp_path, "none")
-    source = FrameSource(files)
-    source.read_raw(0, 2)  # opens a file in this process
-    pickle.loads(pickle.dumps(source)).read_raw(0, 2)  # reopens its own
+# --------------------------------------------------------------------------- the classify job
+
+needs_mpiexec = pytest.mark.skipif(shutil.which("mpiexec") is None, reason="no mpiexec")
+
+
+def _features_job(job: Path, name: str, processes: int) -> Path:
+    text = job.read_text().replace('dir = "out"', f'dir = "out_{name}"')
+    text = text.replace("[parallel]\n", f"[parallel]\nreader_processes = {processes}\n")
+    path = job.parent / f"job_{name}.toml"
+    path.write_text(text)
+    return path
+
+
+def _features(out: Path) -> dict[str, np.ndarray]:
+    with h5py.File(out / "features.h5") as h5:
+        return {k: h5[k][()] for k in ("features", "frame_file", "frame_index")}
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+@needs_mpiexec
+def test_features_job_with_reader_processes_equals_the_thread_on_1_and_2_ranks(tmp_path):
+    sys.path.insert(0, str(REPO / "tests" / "mpi"))
+    from tiny_experiment import make_experiment
+
+    job = make_experiment(tmp_path, 16, per_file=8)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI_", "OMPI_", "SLURM_"))}
+    env |= {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    before = _shm_segments()
+    runs = {"thread": (1, 0), "procs": (1, 2), "mpi2": (2, 2)}
+    for name, (ranks, processes) in runs.items():
+        cmd = [
+            sys.executable,
+            "-m",
+            "hpcdiff",
+            "features",
+            str(_features_job(job, name, processes)),
+        ]
+        if ranks > 1:
+            cmd = [shutil.which("mpiexec"), "-n", str(ranks), *cmd]
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+        assert proc.returncode == 0, proc.stderr
+        report = (tmp_path / f"out_{name}" / "features-run.json").read_text()
+        want = f"{processes} reader process(es)" if processes else "1 reader thread"
+        assert want in report
+    ref = _features(tmp_path / "out_thread")
+    assert len(ref["frame_index"]) == 16
+    for name in ("procs", "mpi2"):
+        got = _features(tmp_path / f"out_{name}")
+        np.testing.assert_array_equal(got["frame_file"], ref["frame_file"])
+        np.testing.assert_array_equal(got["frame_index"], ref["frame_index"])
+        if name == "procs":  # the same batches: the same bits
+            np.testing.assert_array_equal(got["features"], ref["features"])
+        else:  # other batches on two ranks, as test_mpi_job compares them
+            np.testing.assert_allclose(got["features"], ref["features"], atol=1e-5)
+    assert _shm_segments() <= before
