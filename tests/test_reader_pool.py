@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import pickle
 import shutil
 import signal
 import subprocess
