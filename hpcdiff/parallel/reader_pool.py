@@ -75,6 +75,12 @@ def choose_reader_processes(configured: int | None, *, device: str, threads: int
     return max(1, min(MAX_DEFAULT_PROCESSES, threads - 1))
 
 
+def shared_slots(processes: int, keep: int) -> int:
+    """Shared-memory batches of a rank with ``processes`` reader processes: ``keep`` held
+    by the consumer and one being read by each process."""
+    return processes + keep
+
+
 class _SourceReader:
     """A worker's ``read(start, stop)`` (and ``read_into``) of one frame source."""
 
@@ -137,7 +143,10 @@ class RawFrames:
     Notes
     -----
     The arrays from planned ranges are views of shared memory valid for ``keep`` more
-    planned reads and until :meth:`plan` exits: copy them to keep them longer.
+    planned reads and until :meth:`plan` exits: copy them to keep them longer.  The
+    processes share :func:`shared_slots` ``(processes, keep)`` batches of shared memory
+    (``/dev/shm``): with 16 CSPAD int16 frames a batch (74 MiB), 7 processes and
+    ``keep = 4``, 0.8 GiB per rank.
     """
 
     def __init__(
@@ -207,6 +216,7 @@ class RawFrames:
             dtype=dtype,
             batch_size=max(self.batch_size, max(b - a for a, b in ranges)),
             workers=self.processes,
+            slots=shared_slots(self.processes, self.keep),
             keep=self.keep,
             start_method=self.start_method,
         )
@@ -295,7 +305,7 @@ def rank_raw_frames(
             except (OSError, ValueError, KeyError):  # a file gone: its frames become rejects
                 itemsize = 4
             frame_bytes = int(np.prod(source.slab_shape)) * itemsize
-            need = (2 * n + keep - 1) * max(batch_size, 1) * frame_bytes
+            need = shared_slots(n, keep) * max(batch_size, 1) * frame_bytes
             free = shared_memory_free()
             if free is not None and free < need:
                 why = (
@@ -320,4 +330,5 @@ __all__ = [
     "SourceFrames",
     "choose_reader_processes",
     "raw_dtype",
+    "shared_slots",
 ]
