@@ -29,6 +29,7 @@ from hpcdiff.pipelines.classify import FrameReader
 REPO = Path(__file__).resolve().parents[1]
 LOOP_JOB = REPO / "tests" / "mpi" / "loop_job.py"
 SHAPE = (16, 12)
+KEEP = 2 + 2  # prefetch_batches + 2, as the classify job
 DATA = "/entry_1/data_1/data"
 
 
@@ -54,7 +55,7 @@ def _process(batch) -> dict[str, np.ndarray]:
 def _loop(files, store_dir: Path, *, processes: int, batch: int = 3, process=_process):
     source = FrameSource(files)
     store, _ = ShardStore.prepare(store_dir, config_hash="t", n_frames=source.n_frames, files=files)
-    raw = RawFrames(source, processes=processes, batch_size=batch, keep=2 + 2)
+    raw = RawFrames(source, processes=processes, batch_size=batch, keep=KEEP)
     out = distributed_map(
         SelfComm(),
         n_frames=source.n_frames,

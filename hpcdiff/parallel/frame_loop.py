@@ -109,7 +109,11 @@ def distributed_map(
         ``plan(ranges)``: a context manager entered with this rank's ``(start, stop)``
         ranges, in the order ``read`` will be called, around the loop (e.g.
         :meth:`hpcdiff.parallel.reader_pool.RawFrames.plan`, reader processes reading
-        them ahead); ``read`` may hold up to ``prefetch_batches + 2`` batches at once.
+        them ahead).  When ``read`` is called, the ``prefetch_batches + 1`` batches it
+        returned last may still be in use (queued, or being processed): a reader that
+        reuses buffers needs ``prefetch_batches + 2`` of them (``keep`` of
+        :class:`~hpcdiff.parallel.reader_pool.RawFrames`; one fewer corrupts batches,
+        as tests/test_reader_pool.py shows).
 
     Returns
     -------

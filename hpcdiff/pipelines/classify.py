@@ -502,7 +502,7 @@ def _frame_stage(
             device=info.device,
             threads=info.threads,
             batch_size=job.features.batch_size,
-            keep=job.parallel.prefetch_batches + 2,
+            keep=job.parallel.prefetch_batches + 2,  # see distributed_map(plan=)
         )
         outcome = distributed_map(
             comm,
