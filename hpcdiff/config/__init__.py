@@ -356,9 +356,10 @@ class ParallelConfig:
             "check": non_negative,
             "doc": "Reader processes per rank that decompress frames in parallel into "
             "shared-memory buffers of the file's dtype (h5py lets one thread decompress at a "
-            "time); 0: the one reader thread. Default: 0 on CPU ranks (preprocessing, not "
-            "reading, limits them), on GPU ranks the rank's CPU threads minus one (1 to 8), "
-            "to feed the GPU thousands of frames/s. Results are the same either way.",
+            "time); 0: the one reader thread. Default: 0 where frames are preprocessed on the "
+            "CPU (preprocessing, not reading, limits those ranks); on ranks preprocessing on "
+            "a GPU, the rank's CPU threads minus one (1 to 8), to feed it thousands of "
+            "frames/s. Each process needs a core. Results are the same either way.",
         },
     )
 

@@ -51,11 +51,12 @@ class RawSource(Protocol):
 def choose_reader_processes(configured: int | None, *, device: str, threads: int) -> int:
     """Reader processes of one rank: the job file's value, else the default.
 
-    The default is 0 on a CPU rank: its preprocessing takes tens of milliseconds of CPU
-    per CSPAD frame, ten or more times what one reader thread needs to read and
-    decompress it, so the thread keeps up and extra processes would only take cores from
-    preprocessing.  A GPU rank preprocesses on the device and must be fed 2,000 frames/s;
-    one reader thread decompresses a few hundred lz4 CSPAD frames/s, so it gets one
+    The default is 0 where frames are preprocessed on the CPU: preprocessing takes tens
+    of milliseconds of CPU per CSPAD frame, ten or more times what one reader thread
+    needs to read and decompress it (about 3 ms for lz4, 1 ms uncompressed:
+    ``benchmarks/bench_feed.py --part job``), so the thread keeps up and extra processes
+    would only take cores from preprocessing.  A rank that preprocesses on its GPU must
+    be fed 2,000 frames/s, about 6 busy cores of lz4 decompression, so it gets one
     process per CPU thread of the rank but one (kept for the main thread, which
     uploads), at least 1 and at most :data:`MAX_DEFAULT_PROCESSES`.
 
@@ -64,7 +65,7 @@ def choose_reader_processes(configured: int | None, *, device: str, threads: int
     configured
         ``parallel.reader_processes`` (``None``: not set).
     device
-        The rank's torch device (``"cpu"``, ``"cuda:K"``).
+        Where the rank preprocesses frames (``"cpu"``, ``"cuda:K"``).
     threads
         The rank's CPU threads (``parallel.threads_per_rank`` or its default).
     """

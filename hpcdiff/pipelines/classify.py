@@ -499,7 +499,8 @@ def _frame_stage(
         raw = rank_raw_frames(
             source,
             configured=job.parallel.reader_processes,
-            device=info.device,
+            # where frames are preprocessed: a rank preprocessing on the CPU needs its cores
+            device=info.device if featurizer.preprocess_gpu is not None else "cpu",
             threads=info.threads,
             batch_size=job.features.batch_size,
             keep=job.parallel.prefetch_batches + 2,  # see distributed_map(plan=)
