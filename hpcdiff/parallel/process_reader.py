@@ -31,6 +31,7 @@ import os
 import pickle
 import queue
 import signal
+import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing import shared_memory
@@ -91,26 +92,26 @@ def _worker(
             if task is None:
                 return
             index, start, stop, slot = task
+            cpu0 = time.process_time()
             if read is None:
-                results.put((index, slot, 0, open_error))
+                results.put((index, slot, 0, open_error, 0.0))
                 continue
             try:
                 n = stop - start
                 read_into = getattr(read, "read_into", None)
                 if read_into is not None:  # straight into shared memory, no temporary
                     read_into(start, stop, views[slot][:n])
-                    results.put((index, slot, n, None))
-                    continue
-                frames = np.asarray(read(start, stop))
-                if frames.shape != (n, *shape[1:]) or frames.dtype != np.dtype(dtype):
-                    raise ValueError(
-                        f"reader gave frames {frames.shape} {frames.dtype} for range "
-                        f"[{start}, {stop}); expected {(n, *shape[1:])} {dtype}"
-                    )
-                views[slot][:n] = frames
-                results.put((index, slot, n, None))
+                else:
+                    frames = np.asarray(read(start, stop))
+                    if frames.shape != (n, *shape[1:]) or frames.dtype != np.dtype(dtype):
+                        raise ValueError(
+                            f"reader gave frames {frames.shape} {frames.dtype} for range "
+                            f"[{start}, {stop}); expected {(n, *shape[1:])} {dtype}"
+                        )
+                    views[slot][:n] = frames
+                results.put((index, slot, n, None, time.process_time() - cpu0))
             except Exception as exc:  # handed to the parent in order
-                results.put((index, slot, 0, _payload(exc)))
+                results.put((index, slot, 0, _payload(exc), time.process_time() - cpu0))
     finally:
         del views
         for b in blocks:
@@ -201,6 +202,7 @@ class ProcessReader:
         self._blocks: list[shared_memory.SharedMemory] = []
         self._procs: list[mp.process.BaseProcess] = []
         self._tasks: mp.Queue | None = None
+        self.read_cpu_s = 0.0  # CPU seconds the workers spent reading the ranges handed over
 
     @property
     def slot_bytes(self) -> int:
@@ -252,7 +254,7 @@ class ProcessReader:
         free = list(range(self.n_slots))
         held: list[int] = []  # slots of yielded batches still valid, oldest first
         sent = 0
-        done: dict[int, tuple[int, int, bytes | None]] = {}
+        done: dict[int, tuple[int, int, bytes | None, float]] = {}
         try:
             for p in self._procs:
                 p.start()
@@ -266,7 +268,8 @@ class ProcessReader:
                 while index not in done:
                     got = self._result(results)
                     done[got[0]] = got[1:]
-                slot, n, error = done.pop(index)
+                slot, n, error, cpu_s = done.pop(index)
+                self.read_cpu_s += cpu_s
                 start, stop = self.ranges[index]
                 held.append(slot)
                 if error is not None:
@@ -277,7 +280,7 @@ class ProcessReader:
             del views
             self.close()
 
-    def _result(self, results: mp.Queue) -> tuple[int, int, int, bytes | None]:
+    def _result(self, results: mp.Queue) -> tuple[int, int, int, bytes | None, float]:
         while True:
             try:
                 return results.get(timeout=_POLL_S)

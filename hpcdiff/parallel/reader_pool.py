@@ -172,6 +172,7 @@ class RawFrames:
         self._next: tuple[int, int] | None = None
         self._lock = threading.Lock()
         self.from_processes = 0  # planned ranges served by the processes
+        self.process_cpu_s = 0.0  # CPU the processes spent reading them (no start-up)
 
     @property
     def dtype(self) -> np.dtype:
@@ -241,6 +242,7 @@ class RawFrames:
             if outcomes is not None:
                 outcomes.close()  # type: ignore[attr-defined]
             reader.close()
+            self.process_cpu_s += reader.read_cpu_s
 
     def read_raw(self, start: int, stop: int) -> np.ndarray:
         """Frames ``start:stop`` in the source's raw dtype, ``(n, n_ss, n_fs)``.
