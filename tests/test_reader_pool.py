@@ -339,3 +339,20 @@ def test_features_job_with_reader_processes_equals_the_thread_on_1_and_2_ranks(t
         else:  # other batches on two ranks, as test_mpi_job compares them
             np.testing.assert_allclose(got["features"], ref["features"], atol=1e-5)
     assert _shm_segments() <= before
+
+
+def test_too_little_shared_memory_is_an_error_only_when_asked_for(tmp_path, monkeypatch, caplog):
+    import hpcdiff.parallel.process_reader as pr
+
+    files = _run(tmp_path, "none")
+    source = FrameSource(files)
+    # 3 processes + keep 4 = 7 batches of 4 frames of 16 x 12 int16: 10,752 bytes
+    monkeypatch.setattr(pr, "shared_memory_free", lambda: 10_000)
+    kw = {"device": "cuda:0", "threads": 4, "batch_size": 4, "keep": 4}
+    with pytest.raises(ConfigError, match=r"reader_processes = 3: /dev/shm has 0 MiB free"):
+        rank_raw_frames(source, configured=3, **kw)
+    with caplog.at_level("WARNING", logger="hpcdiff.parallel"):
+        assert rank_raw_frames(source, configured=None, **kw).processes == 0
+    assert "one reader thread" in caplog.text
+    monkeypatch.setattr(pr, "shared_memory_free", lambda: 10_752)
+    assert rank_raw_frames(source, configured=None, **kw).processes == 3
