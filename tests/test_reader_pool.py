@@ -356,3 +356,20 @@ def test_too_little_shared_memory_is_an_error_only_when_asked_for(tmp_path, monk
     assert "one reader thread" in caplog.text
     monkeypatch.setattr(pr, "shared_memory_free", lambda: 10_752)
     assert rank_raw_frames(source, configured=None, **kw).processes == 3
+
+
+def test_a_source_without_read_raw_reads_float32_through_processes(tmp_path):
+    sys.path.insert(0, str(REPO / "tests"))
+    from test_sources_nxmx import N_FS, N_SS, write_nxmx
+
+    from hpcdiff.io.sources import open_source
+
+    frames = np.random.default_rng(1).integers(0, 500, (7, 2 * N_SS, N_FS)).astype(np.int32)
+    source = open_source([write_nxmx(tmp_path / "run.nxs", frames)], kind="nxmx")
+    raw = RawFrames(source, processes=2, batch_size=3)
+    assert raw.dtype == np.float32
+    ranges = [(0, 3), (3, 6), (6, 7)]
+    with raw.plan(ranges):
+        got = np.concatenate([raw.read_raw(a, b).copy() for a, b in ranges])
+    assert raw.from_processes == 3
+    np.testing.assert_array_equal(got, source.read(0, 7))
