@@ -76,8 +76,8 @@ def _worker(
     parent = mp.parent_process()
     blocks = [shared_memory.SharedMemory(name=n) for n in names]
     views = [np.ndarray(shape, dtype=dtype, buffer=b.buf) for b in blocks]
-    for b in blocks:  # map every page now (reading only: other workers may be filling it)
-        int(np.frombuffer(b.buf, dtype=np.uint8)[:: mmap.PAGESIZE].sum())
+    for v in views:  # map every page now (reading only: other workers may be filling it)
+        int(v.reshape(-1).view(np.uint8)[:: mmap.PAGESIZE].sum())
     read: ReadRange | None = None
     open_error: bytes | None = None
     try:
