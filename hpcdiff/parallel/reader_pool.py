@@ -53,12 +53,13 @@ def choose_reader_processes(configured: int | None, *, device: str, threads: int
 
     The default is 0 where frames are preprocessed on the CPU: preprocessing takes tens
     of milliseconds of CPU per CSPAD frame, ten or more times what one reader thread
-    needs to read and decompress it (about 3 ms for lz4, 1 ms uncompressed:
-    ``benchmarks/bench_feed.py --part job``), so the thread keeps up and extra processes
-    would only take cores from preprocessing.  A rank that preprocesses on its GPU must
-    be fed 2,000 frames/s, about 6 busy cores of lz4 decompression, so it gets one
-    process per CPU thread of the rank but one (kept for the main thread, which
-    uploads), at least 1 and at most :data:`MAX_DEFAULT_PROCESSES`.
+    needs to read and decompress it (3.5 to 5 ms for lz4, 1.2 to 2.5 ms uncompressed, on
+    the 2-core development box: ``benchmarks/bench_feed.py --part job``), so the thread
+    keeps up and extra processes would only take cores from preprocessing.  A rank that
+    preprocesses on its GPU must be fed 2,000 frames/s, 7 to 10 busy cores of that box's
+    lz4 decompression (fewer on faster cores), so it gets one process per CPU thread of
+    the rank but one (kept for the main thread, which takes 0.1 ms per frame from the
+    processes and uploads), at least 1 and at most :data:`MAX_DEFAULT_PROCESSES`.
 
     Parameters
     ----------
