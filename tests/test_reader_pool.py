@@ -373,3 +373,19 @@ def test_a_source_without_read_raw_reads_float32_through_processes(tmp_path):
         got = np.concatenate([raw.read_raw(a, b).copy() for a, b in ranges])
     assert raw.from_processes == 3
     np.testing.assert_array_equal(got, source.read(0, 7))
+
+
+def test_a_reader_process_that_dies_is_an_error_naming_it_and_nothing_is_left(tmp_path):
+    files = _run(tmp_path, "lz4")
+    before = _shm_segments()
+    raw = RawFrames(FrameSource(files), processes=1, batch_size=1, keep=1)
+    ranges = [(i, i + 1) for i in range(17)]
+    with pytest.raises(RuntimeError, match=r"reader process hpcdiff-reader-0 died"):  # noqa: PT012
+        with raw.plan(ranges):
+            raw.read_raw(0, 1)
+            (worker,) = mp.active_children()
+            os.kill(worker.pid, signal.SIGKILL)
+            for a, b in ranges[1:]:
+                raw.read_raw(a, b)
+    assert not mp.active_children()
+    assert _shm_segments() <= before

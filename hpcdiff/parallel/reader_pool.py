@@ -171,6 +171,7 @@ class RawFrames:
         self._reader: ProcessReader | None = None
         self._outcomes: Iterator[Outcome] | None = None
         self._next: tuple[int, int] | None = None
+        self._ranges: Iterator[tuple[int, int]] = iter(())
         self._lock = threading.Lock()
         self.from_processes = 0  # planned ranges served by the processes
         self.process_cpu_s = 0.0  # CPU the processes spent reading them (no start-up)
@@ -265,7 +266,9 @@ class RawFrames:
                 self._next = next(self._ranges, None)
         if planned is None:
             return self._read_here(start, stop)
-        got = next(planned)
+        got = next(planned, None)
+        if got is None:  # the processes stopped after an error raised before
+            raise RuntimeError(f"reader processes ended before frames [{start}, {stop})")
         if (got.start, got.stop) != (start, stop):  # cannot happen: one consumer, in order
             raise RuntimeError(
                 f"reader processes gave [{got.start}, {got.stop}) for [{start}, {stop})"
