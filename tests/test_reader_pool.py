@@ -4,6 +4,7 @@ out (error, KeyboardInterrupt, SIGTERM with exit 75, a killed parent)."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -328,6 +329,9 @@ def test_features_job_with_reader_processes_equals_the_thread_on_1_and_2_ranks(t
         report = (tmp_path / f"out_{name}" / "features-run.json").read_text()
         want = f"{processes} reader process(es)" if processes else "1 reader thread"
         assert want in report
+        # each rank's CPU in the reader processes, and the frames they read
+        cpu = [t.get("reader_cpu") for t in json.loads(report)["timings"]]
+        assert all(c is None for c in cpu) if not processes else sum(c["frames"] for c in cpu) == 16
     ref = _features(tmp_path / "out_thread")
     assert len(ref["frame_index"]) == 16
     for name in ("procs", "mpi2"):

@@ -206,6 +206,7 @@ class ProcessReader:
         self._procs: list[mp.process.BaseProcess] = []
         self._tasks: mp.Queue | None = None
         self.read_cpu_s = 0.0  # CPU seconds the workers spent reading the ranges handed over
+        self.read_frames = 0  # frames in those ranges
 
     @property
     def slot_bytes(self) -> int:
@@ -273,6 +274,7 @@ class ProcessReader:
                     done[got[0]] = got[1:]
                 slot, n, error, cpu_s = done.pop(index)
                 self.read_cpu_s += cpu_s
+                self.read_frames += n
                 start, stop = self.ranges[index]
                 held.append(slot)
                 if error is not None:

@@ -28,11 +28,14 @@ import logging
 import pickle
 import threading
 from collections.abc import Iterator, Sequence
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from hpcdiff.parallel.process_reader import Outcome, ProcessReader
+
+if TYPE_CHECKING:
+    from hpcdiff.progress import Timings
 
 log = logging.getLogger("hpcdiff.parallel")
 
@@ -141,6 +144,9 @@ class RawFrames:
         refilled only after ``keep`` more batches were read.
     start_method
         ``multiprocessing`` start method (``"spawn"``: safe beside MPI, CUDA, threads).
+    timings
+        Where each plan adds ``reader_cpu``: the CPU seconds the processes spent
+        in reads, and the frames they read (:class:`hpcdiff.progress.Timings`).
 
     Notes
     -----
@@ -159,6 +165,7 @@ class RawFrames:
         batch_size: int,
         keep: int = 4,
         start_method: str = "spawn",
+        timings: Timings | None = None,
     ) -> None:
         if processes < 0:
             raise ValueError(f"processes must be >= 0, got {processes}")
@@ -167,6 +174,7 @@ class RawFrames:
         self.batch_size = batch_size
         self.keep = keep
         self.start_method = start_method
+        self.timings = timings
         self._dtype: np.dtype | None = None
         self._reader: ProcessReader | None = None
         self._outcomes: Iterator[Outcome] | None = None
@@ -245,6 +253,8 @@ class RawFrames:
                 outcomes.close()  # type: ignore[attr-defined]
             reader.close()
             self.process_cpu_s += reader.read_cpu_s
+            if self.timings is not None:
+                self.timings.add("reader_cpu", reader.read_cpu_s, reader.read_frames)
 
     def read_raw(self, start: int, stop: int) -> np.ndarray:
         """Frames ``start:stop`` in the source's raw dtype, ``(n, n_ss, n_fs)``.
@@ -288,6 +298,7 @@ def rank_raw_frames(
     threads: int,
     batch_size: int,
     keep: int,
+    timings: Timings | None = None,
 ) -> RawFrames:
     """The :class:`RawFrames` of one rank of a frame job (the classify job's reader).
 
@@ -327,7 +338,7 @@ def rank_raw_frames(
             )
         log.warning("%s; reading with one reader thread", why)
         n = 0
-    return RawFrames(source, processes=n, batch_size=batch_size, keep=keep)
+    return RawFrames(source, processes=n, batch_size=batch_size, keep=keep, timings=timings)
 
 
 __all__ = [

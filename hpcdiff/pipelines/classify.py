@@ -504,6 +504,7 @@ def _frame_stage(
             threads=info.threads,
             batch_size=job.features.batch_size,
             keep=job.parallel.prefetch_batches + 2,  # see distributed_map(plan=)
+            timings=timings,
         )
         outcome = distributed_map(
             comm,
