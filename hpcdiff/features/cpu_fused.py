@@ -11,9 +11,12 @@ every feature layer means what it meant (same layer outputs); the results are bi
 of the eager bf16 path on this machine (``tests/test_cpu_fused.py`` checks them within bf16
 tolerance).
 
-Measured by ``benchmarks/bench_throughput.py`` (interleaved, one run; see its VGG16 rows):
-1.5-1.7x the eager bf16 channels_last path at 4 images a pass; packing costs about 0.1 CPU
-second once per extractor.
+Measured by ``benchmarks/bench_throughput.py --only vgg vgg-variants`` (2 AMX cores shared
+with other jobs, load 9-15; medians, interleaved, one run each): 1.80x the eager bf16
+channels_last path in wall time and 1.77x in CPU time at 4 images a pass (pool5, ImageNet
+weights), features bitwise equal; 1.52x in the variants rows, where ``torch.jit`` trace +
+freeze gave 0.95x and ``torch.utils.mkldnn`` 1.20x.  Packing costs 0.1-0.3 CPU second once
+per extractor; the first 1-image call 0.2 CPU second (eager: 0.4).
 
 Imports torch (as :mod:`hpcdiff.features.vgg16` does); nothing runs at import time.
 """

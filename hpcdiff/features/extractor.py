@@ -177,7 +177,11 @@ class FeatureExtractor:
         if self.cpu_fused:
             # same module indices (pool4 stays features[:POOL4_END]), so same layer outputs
             step = min(self.batch_size, cpu_forward_batch(torch.get_num_threads()))
-            self._model.features = fuse_conv_relu(self._model.features, batch=step)
+            try:
+                self._model.features = fuse_conv_relu(self._model.features, batch=step)
+            except (RuntimeError, TypeError) as exc:  # private oneDNN ops changed: stay eager
+                log.warning("oneDNN fused convolution unavailable (%s); eager VGG16", exc)
+                self.cpu_fused = False
         forward: Callable[[torch.Tensor], torch.Tensor] = self._forward
         self._run = torch.compile(forward) if compile else forward
         pre = loaded.info.preprocessing
