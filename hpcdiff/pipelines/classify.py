@@ -62,6 +62,7 @@ from hpcdiff.parallel.mpi import Comm
 from hpcdiff.parallel.placement import RankInfo, setup_rank
 from hpcdiff.parallel.reader_pool import rank_raw_frames
 from hpcdiff.parallel.shards import ShardStore
+from hpcdiff.parallel.stream_handoff import stream_ready
 from hpcdiff.pipelines.layout import ClassifyLayout
 from hpcdiff.progress import Timings, timings_table
 
@@ -299,7 +300,8 @@ class Featurizer:
 
     def images(self, batch: FrameBatch) -> Any:
         """``(n, 3, H, W)`` float32 CNN images of the batch's frames: numpy, or a cupy array
-        on :attr:`preprocess_gpu` (read by the feature extractor without a host copy)."""
+        on :attr:`preprocess_gpu` wrapped as :class:`~hpcdiff.parallel.stream_handoff.StreamReady`
+        (read by the feature extractor through DLPack, without a host copy or wait)."""
         n = len(batch.numbers)
         energy = batch.values.get("photon_energy_ev")
         if energy is None:
@@ -313,9 +315,9 @@ class Featurizer:
             with cupy.cuda.Device(self.preprocess_gpu):
                 assert self._upload is not None
                 images = self.preprocess(self._upload(batch.frames), photon_energy_ev=energy)
-                # done before the timing ends and before the CNN thread reads the images
-                cupy.cuda.get_current_stream().synchronize()
-            return images
+                # no host wait: an event on this stream that the CNN's stream waits on when
+                # it reads the images through DLPack (the timing covers the launches only)
+                return stream_ready(images)
 
     def prepare(self, batch: FrameBatch) -> FrameBatch:
         """Add the CNN images to ``batch`` (run in the reader thread, overlapping the CNN)."""
