@@ -441,6 +441,7 @@ class PixelDirections:
         wavelength_nm: float,
         grids: Sequence[Grid],
         bragg_radius_hkl: float = 0.0,
+        bragg_radius_per_nm: float = 0.0,
     ) -> list[np.ndarray]:
         """Flat voxel index of every pixel on each grid.
 
@@ -454,6 +455,12 @@ class PixelDirections:
             The grids.
         bragg_radius_hkl
             Pixels within this distance of an integer ``hkl`` get -1 on every grid.
+        bragg_radius_per_nm
+            Pixels within this ``|q|`` distance (nm^-1, no 2 pi) of the nearest
+            reciprocal-lattice point ``q_hkl`` get -1 on every grid as well (a Bragg spot
+            and its tails have a width in ``q``, set by mosaicity, divergence and bandwidth,
+            not in Miller indices: the same ``bragg_radius_hkl`` covers less of a spot
+            along a long cell axis).
 
         Returns
         -------
@@ -467,10 +474,13 @@ class PixelDirections:
         n = len(self)
         outs = [np.empty(n, np.int64) for _ in grids]
         bragg_t = None
-        if bragg_radius_hkl > 0:
+        if bragg_radius_hkl > 0 or bragg_radius_per_nm > 0:
             bragg_t = np.zeros((3, 4), np.float32)
             bragg_t[:, :3] = to_hkl.T
         r2 = np.float32(bragg_radius_hkl * bragg_radius_hkl)
+        # |q - q_hkl|^2 = d^T G* d, d = hkl - rint(hkl), G* = A A^T (nm^-2)
+        metric = (a @ a.T).astype(np.float32) if bragg_radius_per_nm > 0 else None
+        rq2 = np.float32(bragg_radius_per_nm * bragg_radius_per_nm)
         scratch = _Scratch(min(n, _CHUNK))
         # chunks of pixels small enough that every step after the matmul runs in cache
         for start in range(0, n, _CHUNK):
@@ -481,8 +491,13 @@ class PixelDirections:
                 hkl = scratch.coords[:, : stop - start]
                 np.matmul(bragg_t, d, out=hkl)
                 hkl -= np.rint(hkl)
-                hkl *= hkl
-                near = hkl.sum(axis=0) <= r2
+                if metric is not None:
+                    near = np.einsum("in,ij,jn->n", hkl, metric, hkl) <= rq2
+                    if bragg_radius_hkl > 0:
+                        near |= np.einsum("in,in->n", hkl, hkl) <= r2
+                else:
+                    hkl *= hkl
+                    near = hkl.sum(axis=0) <= r2
             for t, grid, out in zip(transforms, grids, outs, strict=True):
                 _flat_chunk(d, t, grid.shape, out[start:stop], scratch)
                 if near is not None:

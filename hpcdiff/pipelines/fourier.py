@@ -102,6 +102,8 @@ class FourierSettings:
         Merge grid and common-arc similarity grid.
     bragg_radius_hkl
         Pixels this close to integer ``hkl`` are left out of both grids.
+    bragg_radius_per_nm
+        Pixels this close in ``|q|`` (nm^-1) to a reciprocal-lattice point are left out too.
     image_downsample
         Mean-pooling factor of the image-space frames.
     chain
@@ -114,6 +116,7 @@ class FourierSettings:
     similarity_grid: Grid
     bragg_radius_hkl: float = 0.0
     image_downsample: int = 8
+    bragg_radius_per_nm: float = 0.0
     chain: ChainSettings = field(default_factory=ChainSettings)
 
     @classmethod
@@ -149,6 +152,7 @@ class FourierSettings:
             grid=grid,
             similarity_grid=similarity_grid,
             bragg_radius_hkl=f.mask_bragg_radius_hkl,
+            bragg_radius_per_nm=f.mask_bragg_radius_per_nm,
             image_downsample=f.image_downsample,
             chain=ChainSettings.from_job(job),
         )

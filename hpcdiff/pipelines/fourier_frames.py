@@ -876,6 +876,7 @@ def pixels_with_noise(
         wavelength_nm=mv.wavelength_nm,
         grids=(settings.grid,),
         bragg_radius_hkl=settings.bragg_radius_hkl,
+        bragg_radius_per_nm=settings.bragg_radius_per_nm,
     )
     return vals, var, vox
 
@@ -963,6 +964,7 @@ def process_frames(
                 wavelength_nm=mv.wavelength_nm,
                 grids=(settings.grid, settings.similarity_grid),
                 bragg_radius_hkl=settings.bragg_radius_hkl,
+                bragg_radius_per_nm=settings.bragg_radius_per_nm,
             )
             sim_frames.append(bin_frame(vals, sim_vox))
             normed[i] = np.where(mv.valid, mv.normalised, np.nan)
