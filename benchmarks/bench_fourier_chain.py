@@ -95,14 +95,6 @@ def sampled_truth(grid, truth_path: Path, *, how: str = "mean") -> np.ndarray:
     return np.where(ok, out, np.nan)
 
 
-def cc_star(cc_half: float) -> float:
-    """Karplus & Diederichs ``CC* = sqrt(2 CC1/2 / (1 + CC1/2))``: the correlation the full
-    map would have with the noise-free signal the data measure (0 for ``CC1/2 <= 0``)."""
-    if not np.isfinite(cc_half):
-        return float("nan")
-    return float(np.sqrt(2 * cc_half / (1 + cc_half))) if cc_half > 0 else 0.0
-
-
 def q_of_voxels(grid, orientation: np.ndarray) -> np.ndarray:
     axis = grid.axis()
     hkl = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1)
@@ -147,6 +139,14 @@ def smoothed(acc, smooth: str) -> tuple[np.ndarray, float]:
     auto = smooth in ("auto", "halves")
     choice = smoothing_for(s, c, sigma_voxels="auto" if auto else float(smooth), halves=halves)
     return smoothed_mean(s, c, sigma_voxels=choice.sigma_voxels), choice.sigma_voxels
+
+
+def star(cc_half: float) -> float:
+    """``CC*`` of a half-map correlation (:func:`hpcdiff.map_smooth.cc_star`; NaN if none)."""
+    from hpcdiff.map_smooth import cc_star
+
+    v = cc_star(cc_half)
+    return float("nan") if v is None else v
 
 
 def half_maps(acc, sigma: float) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -241,7 +241,7 @@ def measure(
                     if n >= 10:
                         row["shells"].append(
                             {"q_min_nm_inv": lo, "q_max_nm_inv": hi, "cc": c, "cc_iso": ci,
-                             "voxels": n, "cc_half": ch, "cc_star": cc_star(ch)}
+                             "voxels": n, "cc_half": ch, "cc_star": star(ch)}
                         )  # fmt: skip
                 out.append(row)
                 shells = "  ".join(

@@ -272,6 +272,7 @@ def test_local_cluster_job_end_to_end(experiment, capsys):
     assert sum(half["frames"]) == n_merged and min(half["frames"]) >= 2
     assert -1.0 <= half["cc"] <= 1.0 and len(half["shells"]) == 10
     assert sum(s["voxels"] for s in half["shells"]) == half["voxels"] > 0
+    assert all("cc_star" in s for s in half["shells"]) and ("smoothed" in half) == (sigma > 0)
     if sigma > 0:
         assert "cc" in tc["unsmoothed"] and len(tc["unsmoothed"]["shells"]) == 10
     assert summary["grid"]["shape"] == [24, 24, 24]
