@@ -442,6 +442,7 @@ class PixelDirections:
         grids: Sequence[Grid],
         bragg_radius_hkl: float = 0.0,
         bragg_radius_per_nm: float = 0.0,
+        bragg_excitation_per_nm: float | None = None,
     ) -> list[np.ndarray]:
         """Flat voxel index of every pixel on each grid.
 
@@ -461,6 +462,14 @@ class PixelDirections:
             and its tails have a width in ``q``, set by mosaicity, divergence and bandwidth,
             not in Miller indices: the same ``bragg_radius_hkl`` covers less of a spot
             along a long cell axis).
+        bragg_excitation_per_nm
+            With ``bragg_radius_per_nm``: only lattice points within this distance
+            (nm^-1) of the frame's Ewald sphere (the excitation error ``|e|``, ``e =
+            |q_hkl + k_in| - 1/lambda``, ``k_in`` along +z) are masked: a point off the
+            sphere puts no Bragg peak on the detector, and the diffuse scattering around
+            it (a halo of correlated disorder) is kept.  Needs the directions as
+            ``k_out - k_in`` with ``|k| = 1`` (as the Fourier job builds them).  None: every
+            point.
 
         Returns
         -------
@@ -481,6 +490,11 @@ class PixelDirections:
         # |q - q_hkl|^2 = d^T G* d, d = hkl - rint(hkl), G* = A A^T (nm^-2)
         metric = (a @ a.T).astype(np.float32) if bragg_radius_per_nm > 0 else None
         rq2 = np.float32(bragg_radius_per_nm * bragg_radius_per_nm)
+        # lattice point in direction units (|k| = 1): d_hkl = lambda * hkl @ A
+        to_dir = None
+        if metric is not None and bragg_excitation_per_nm is not None:
+            to_dir = (float(wavelength_nm) * a.T).astype(np.float32)
+            exc = np.float32(bragg_excitation_per_nm * float(wavelength_nm))
         scratch = _Scratch(min(n, _CHUNK))
         # chunks of pixels small enough that every step after the matmul runs in cache
         for start in range(0, n, _CHUNK):
@@ -490,9 +504,14 @@ class PixelDirections:
             if bragg_t is not None:
                 hkl = scratch.coords[:, : stop - start]
                 np.matmul(bragg_t, d, out=hkl)
+                node = np.rint(hkl) if to_dir is not None else None
                 hkl -= np.rint(hkl)
                 if metric is not None:
                     near = np.einsum("in,ij,jn->n", hkl, metric, hkl) <= rq2
+                    if to_dir is not None and node is not None:
+                        dn = to_dir @ node
+                        dn[2] += 1.0  # d_hkl + k_in, |k_in| = 1
+                        near &= np.abs(np.sqrt(np.einsum("in,in->n", dn, dn)) - 1.0) <= exc
                     if bragg_radius_hkl > 0:
                         near |= np.einsum("in,in->n", hkl, hkl) <= r2
                 else:

@@ -67,9 +67,48 @@ def test_q_radius_mask_is_the_same_for_a_rotated_crystal_and_detector():
 
 
 def test_fourier_config_q_radius_is_validated():
-    assert FourierConfig().mask_bragg_radius_per_nm == 0.0
+    f = FourierConfig()
+    assert f.mask_bragg_radius_per_nm > 0 and f.mask_bragg_excitation_per_nm is not None
+    assert 0 < f.mask_bragg_excitation_per_nm < f.mask_bragg_radius_per_nm
     assert FourierConfig(mask_bragg_radius_per_nm=0.03).mask_bragg_radius_per_nm == 0.03
     job = parse_job({"fourier": {"mask_bragg_radius_per_nm": 0.025}})
     assert job.fourier.mask_bragg_radius_per_nm == 0.025
     with pytest.raises(ConfigError, match="mask_bragg_radius_per_nm"):
         parse_job({"fourier": {"mask_bragg_radius_per_nm": -0.01}})
+    with pytest.raises(ConfigError, match="mask_bragg_excitation_per_nm"):
+        parse_job({"fourier": {"mask_bragg_excitation_per_nm": -0.01}})
+
+
+def test_excitation_cut_masks_only_around_points_on_the_ewald_sphere():
+    """Pixels near a lattice point on the Ewald sphere are masked, pixels as near a point
+    off the sphere are kept; the cut agrees with |e| = ||q_hkl + k_in| - 1/lambda|."""
+    wavelength = 0.13  # nm
+    k = 1.0 / wavelength
+    rng = np.random.default_rng(5)
+    # unit directions k_out - k_in (|k| = 1) of a random patch of the sphere
+    two_theta = rng.uniform(0.05, 0.4, 20000)
+    phi = rng.uniform(0, 2 * np.pi, two_theta.size)
+    out = np.stack(
+        [np.sin(two_theta) * np.cos(phi), np.sin(two_theta) * np.sin(phi), np.cos(two_theta)], 1
+    )
+    d = out - np.array([0.0, 0.0, 1.0])
+    a = _orientation(11)
+    grid = Grid(20, 40.0)
+    pixels = PixelDirections.build(d)
+
+    def masked(**kw):
+        return pixels.voxels(a, wavelength_nm=wavelength, grids=(grid,), **kw)[0] < 0
+
+    everywhere = masked(bragg_radius_per_nm=0.05)
+    on_sphere = masked(bragg_radius_per_nm=0.05, bragg_excitation_per_nm=0.01)
+    assert not masked().any()
+    q = d / wavelength
+    hkl = fractional_hkl(q, a)
+    qn = np.rint(hkl) @ a
+    e = np.abs(np.linalg.norm(qn + np.array([0.0, 0.0, k]), axis=1) - k)
+    dq = np.linalg.norm(q - qn, axis=1)
+    clear = (np.abs(e - 0.01) > 1e-4) & (np.abs(dq - 0.05) > 1e-4)
+    np.testing.assert_array_equal(on_sphere[clear], ((dq <= 0.05) & (e <= 0.01))[clear])
+    # a subset of the plain q mask, and a strict one: points off the sphere are spared
+    assert not (on_sphere & ~everywhere).any()
+    assert 0 < on_sphere.sum() < everywhere.sum()

@@ -104,6 +104,9 @@ class FourierSettings:
         Pixels this close to integer ``hkl`` are left out of both grids.
     bragg_radius_per_nm
         Pixels this close in ``|q|`` (nm^-1) to a reciprocal-lattice point are left out too.
+    bragg_excitation_per_nm
+        With ``bragg_radius_per_nm``: only points this close (nm^-1) to the frame's Ewald
+        sphere are masked (None: all).
     image_downsample
         Mean-pooling factor of the image-space frames.
     chain
@@ -117,6 +120,7 @@ class FourierSettings:
     bragg_radius_hkl: float = 0.0
     image_downsample: int = 8
     bragg_radius_per_nm: float = 0.0
+    bragg_excitation_per_nm: float | None = None
     chain: ChainSettings = field(default_factory=ChainSettings)
 
     @classmethod
@@ -153,6 +157,7 @@ class FourierSettings:
             similarity_grid=similarity_grid,
             bragg_radius_hkl=f.mask_bragg_radius_hkl,
             bragg_radius_per_nm=f.mask_bragg_radius_per_nm,
+            bragg_excitation_per_nm=f.mask_bragg_excitation_per_nm,
             image_downsample=f.image_downsample,
             chain=ChainSettings.from_job(job),
         )
