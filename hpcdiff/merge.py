@@ -504,16 +504,20 @@ class PixelDirections:
             if bragg_t is not None:
                 hkl = scratch.coords[:, : stop - start]
                 np.matmul(bragg_t, d, out=hkl)
-                node = np.rint(hkl) if to_dir is not None else None
-                hkl -= np.rint(hkl)
+                node = np.rint(hkl)
+                hkl -= node  # offset from the nearest lattice point
                 if metric is not None:
-                    near = np.einsum("in,ij,jn->n", hkl, metric, hkl) <= rq2
-                    if to_dir is not None and node is not None:
+                    gh = metric @ hkl
+                    gh *= hkl
+                    near = gh.sum(axis=0) <= rq2
+                    if to_dir is not None:
                         dn = to_dir @ node
                         dn[2] += 1.0  # d_hkl + k_in, |k_in| = 1
-                        near &= np.abs(np.sqrt(np.einsum("in,in->n", dn, dn)) - 1.0) <= exc
+                        dn *= dn
+                        near &= np.abs(np.sqrt(dn.sum(axis=0)) - 1.0) <= exc
                     if bragg_radius_hkl > 0:
-                        near |= np.einsum("in,in->n", hkl, hkl) <= r2
+                        hkl *= hkl
+                        near |= hkl.sum(axis=0) <= r2
                 else:
                     hkl *= hkl
                     near = hkl.sum(axis=0) <= r2
