@@ -265,13 +265,14 @@ def test_local_cluster_job_end_to_end(experiment, capsys):
     assert len(tc["shells"]) == 10 and sum(s["voxels"] for s in tc["shells"]) == tc["voxels"]
     assert tc["isotropic_removed"]["voxels"] == tc["voxels"]
     smoothing = summary["map_smoothing"]
-    # default rule: leave-one-out (half-maps: [fourier] map_smooth_rule)
-    assert smoothing["method"] == "loo" and smoothing["sigma_voxels"] == sigma
-    assert len(smoothing["loo_errors"]) >= 2
+    # default rule: half-maps (leave-one-out: [fourier] map_smooth_rule)
+    assert smoothing["method"] == "half-maps" and smoothing["sigma_voxels"] == sigma
+    assert len(smoothing["half_map_ccs"]) >= 2
     half = summary["cc_half"]
     assert sum(half["frames"]) == n_merged and min(half["frames"]) >= 2
     assert -1.0 <= half["cc"] <= 1.0 and len(half["shells"]) == 10
     assert sum(s["voxels"] for s in half["shells"]) == half["voxels"] > 0
+    assert all("cc_star" in s for s in half["shells"]) and ("smoothed" in half) == (sigma > 0)
     if sigma > 0:
         assert "cc" in tc["unsmoothed"] and len(tc["unsmoothed"]["shells"]) == 10
     assert summary["grid"]["shape"] == [24, 24, 24]

@@ -550,6 +550,27 @@ class FourierConfig:
         default=None, metadata={"check": positive}
     )
     mask_bragg_radius_hkl: float = field(default=0.1, metadata={"check": non_negative})
+    mask_bragg_radius_per_nm: float = field(
+        default=0.04,
+        metadata={
+            "check": non_negative,
+            "doc": "Pixels within this |q| distance (nm^-1, no 2 pi) of a reciprocal-lattice "
+            "point (on the Ewald sphere: `mask_bragg_excitation_per_nm`) are left out of the "
+            "merge as well: Bragg tails have a width in q, not in hkl, and reach ~0.04 nm^-1 "
+            "in the simulator's frames (spot sigma 0.007, excitation sigma 0.004 nm^-1); set "
+            "it from the data's spot size. 0: only `mask_bragg_radius_hkl`.",
+        },
+    )
+    mask_bragg_excitation_per_nm: float | None = field(
+        default=0.012,
+        metadata={
+            "check": non_negative,
+            "doc": "With `mask_bragg_radius_per_nm`: mask only around lattice points within "
+            "this distance (nm^-1) of the frame's Ewald sphere (excitation error), the ones "
+            "that put a peak on the detector; the diffuse around points off the sphere (a "
+            "halo of correlated disorder) is kept. Unset: around every point.",
+        },
+    )
     symmetrise: Literal["none", "friedel", "laue"] = "none"
     min_overlap: int = field(default=20, metadata={"check": positive})
     frames_per_task: int = field(default=16, metadata={"check": positive})
@@ -625,12 +646,12 @@ class FourierConfig:
             "check": non_negative,
             "doc": "Gaussian sigma (voxels) of the normalised convolution that gives the "
             "merged map (`intensity` in merged.h5; `intensity_raw` keeps the voxel means); "
-            "unset: chosen per run by leave-one-voxel-out prediction (hpcdiff.map_smooth, "
+            "unset: chosen per run by `map_smooth_rule` (hpcdiff.map_smooth, "
             "recorded in fourier_summary.json `map_smoothing`); 0: no smoothing.",
         },
     )
     map_smooth_rule: Literal["half-maps", "leave-one-out"] = field(
-        default="leave-one-out",
+        default="half-maps",
         metadata={
             "doc": "How an unset `map_smooth_sigma_voxels` is chosen: `half-maps` by the "
             "largest correlation of one half of the frames' (split by a hash of the frame "
@@ -638,7 +659,10 @@ class FourierConfig:
             "among the candidates "
             "(falls back to leave-one-out with fewer than 2 frames in a half); "
             "`leave-one-out` by predicting each voxel from its neighbours.  The rule and "
-            "each candidate's score are in fourier_summary.json `map_smoothing`.",
+            "each candidate's score are in fourier_summary.json `map_smoothing`.  Half-maps "
+            "is the default once Bragg tails are masked (`mask_bragg_radius_per_nm`): their "
+            "leftovers are shared by both halves and made the rule choose no smoothing (RM0); "
+            "chosen on A and B (benchmarks/bench_fourier_chain.py).",
         },
     )
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

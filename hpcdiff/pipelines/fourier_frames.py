@@ -15,7 +15,9 @@ Merge inputs (:class:`FrameChain.merge_values`)
     length; per frame (``scale_shot``, off by default), the shot intensity ``shot`` = mean
     corrected counts per (polarisation x sr) over the valid pixels (Bragg peaks masked), so
     frames of different pulse energy merge on one scale.  Pixels within ``bragg_radius_hkl`` of an integer ``hkl`` of the frame's
-    crystal are left out as well (:func:`hpcdiff.merge.map_frame_grids`).
+    crystal are left out as well, and those within ``bragg_radius_per_nm`` (``|q|``) of a
+    lattice point near the frame's Ewald sphere (``bragg_excitation_per_nm``): the Bragg
+    tails (:meth:`hpcdiff.merge.PixelDirections.voxels`).
 
 Scale refinement (:func:`refine_scales`)
     In the spirit of mdx2's scaling: with the merged map ``M`` (without the frame's own
@@ -876,6 +878,8 @@ def pixels_with_noise(
         wavelength_nm=mv.wavelength_nm,
         grids=(settings.grid,),
         bragg_radius_hkl=settings.bragg_radius_hkl,
+        bragg_radius_per_nm=settings.bragg_radius_per_nm,
+        bragg_excitation_per_nm=settings.bragg_excitation_per_nm,
     )
     return vals, var, vox
 
@@ -963,6 +967,8 @@ def process_frames(
                 wavelength_nm=mv.wavelength_nm,
                 grids=(settings.grid, settings.similarity_grid),
                 bragg_radius_hkl=settings.bragg_radius_hkl,
+                bragg_radius_per_nm=settings.bragg_radius_per_nm,
+                bragg_excitation_per_nm=settings.bragg_excitation_per_nm,
             )
             sim_frames.append(bin_frame(vals, sim_vox))
             normed[i] = np.where(mv.valid, mv.normalised, np.nan)
