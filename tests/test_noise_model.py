@@ -102,3 +102,17 @@ def test_frames_in_adu_of_unknown_gain_merge_like_photon_frames(experiment):  # 
     )
     assert np.corrcoef(m_p, m_a)[0, 1] > 0.999
     assert np.median(m_a / np.where(m_p != 0, m_p, np.nan)) == pytest.approx(g, rel=0.02)
+
+
+def test_noise_ratios_survive_the_checkpoint(tmp_path):
+    from hpcdiff.errors import FormatError
+    from hpcdiff.pipelines.fourier_work import FourierWork
+
+    work = FourierWork(tmp_path / "w", "aaaa")
+    work.prepare(n_frames=4, force=False)
+    assert np.isnan(work.load_per_frame("noise_ratio", 4)).all()  # nothing saved yet
+    ratios = np.array([1.0, np.nan, 0.9, 8.0])
+    work.save_per_frame("noise_ratio", ratios)
+    np.testing.assert_array_equal(work.load_per_frame("noise_ratio", 4), ratios)
+    with pytest.raises(FormatError, match="expected"):
+        work.load_per_frame("noise_ratio", 5)
