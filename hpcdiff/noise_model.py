@@ -14,11 +14,14 @@ panel, both valid, Bragg-peak pixels already left out by the chain): in noise un
 structure ``r`` carries (diffuse scattering, a background misfit, a panel offset), which a
 plain spread of ``z`` would count as noise.  The spread is a clipped standard deviation
 (:func:`hpcdiff.background.standard.noise_scale_flat`), so isolated outliers (missed peaks,
-hot pixels) do not inflate it.  The merge then uses ``k * model`` as each pixel's variance.
+hot pixels) do not inflate it.
 
 Photon frames give ``k`` near 1 (slightly less at a few photons per pixel, where the clipped
-spread of Poisson counts falls a little short); frames whose median ``k`` lies outside
-:data:`PHOTON_BAND` are evidently not photons, and :func:`noise_summary` says so.
+spread of Poisson counts falls a little short, and a little more where the frame's own
+diffuse photons add Poisson noise the background model does not hold); frames whose ``k``
+lies outside :data:`PHOTON_BAND` are evidently not photons: the merge then uses ``k *
+model`` (:meth:`hpcdiff.pipelines.fourier_frames.FrameChain.merge_values`), and
+:func:`noise_summary` says so when the median frame is outside.
 Neighbouring pixels whose noise is correlated (charge sharing, interpolated or binned
 pixels) make ``k`` too small; the band check then warns as well.
 """
