@@ -612,8 +612,10 @@ class FourierConfig:
         default="inverse-variance",
         metadata={
             "doc": "How pixels weigh in each voxel's mean: `inverse-variance` by the inverse "
-            "of the frame chain's noise variance (Poisson + read noise of the background, "
-            "times g^2 after a scale pass), `none` equally (the plain mean).",
+            "of the frame chain's noise variance (Poisson + read noise of the background; "
+            "times the frame's measured noise ratio when that shows the frame is not photons, "
+            "hpcdiff/noise_model.py; times g^2 after a scale pass), `none` equally (the plain "
+            "mean).",
         },
     )
     map_smooth_sigma_voxels: float | None = field(
