@@ -28,8 +28,10 @@ Decision (:func:`decide_scales`)
     The scales are *measurable* when at least :data:`MEASURABLE_FRACTION` of the frames
     (and :data:`MEASURABLE_MIN` frames) have ``g > 2 e``; otherwise no frame's copy of the
     map can be told from noise and the pass changes nothing (every frame kept with scale
-    1).  When measurable, the typical scale ``g_typ`` is the median ``g`` of those frames,
-    and a frame is left out only when its scale is *confidently* small,
+    1).  When measurable, the typical scale ``g_typ`` starts as the median ``g`` of those
+    frames and is then the median ``g`` of the frames kept (a fixed point: the significant
+    frames alone are the strong ones), and a frame is left out only when its scale is
+    *confidently* small,
     ``g + e < scale_min * g_typ``: a frame whose scale is uncertain is kept.  Kept frames
     are merged unscaled (``scale_model = "select"``), or (``"shrunk"``) as ``v / g'`` with
     weight ``g'^2 / var``, ``g'`` the scale shrunk towards ``g_typ`` by its error
@@ -61,6 +63,9 @@ MEASURABLE_FRACTION = 0.2
 
 #: Fewest frames with a significant scale for the scales to be used.
 MEASURABLE_MIN = 5
+
+#: Most fixed-point steps of the typical scale (median of the frames kept).
+TYPICAL_ITERATIONS = 20
 
 
 @dataclass(frozen=True)
@@ -278,7 +283,16 @@ def decide_scales(
     scale = np.ones(g.shape)
     if not measurable:
         return ScaleDecision(g, e, scale, False, float("nan"), model, scale_min)
+    # the typical scale of the frames that carry the map: first the median of the significant
+    # ones (biased high when few are: only strong frames reach 2 e), then the median of the
+    # frames kept, until it settles
     typ = float(np.median(g[sig]))
+    for _ in range(TYPICAL_ITERATIONS):
+        left_out = fit & (g + e < scale_min * typ)
+        new = float(np.median(g[fit & ~left_out]))
+        if not new > 0 or abs(new - typ) <= 1e-9 * typ:
+            break
+        typ = new
     left_out = fit & (g + e < scale_min * typ)
     scale[left_out] = 0.0
     prior_sd = float("nan")
@@ -303,6 +317,7 @@ __all__ = [
     "MEASURABLE_FRACTION",
     "MEASURABLE_MIN",
     "MIN_SCALE_PIXELS",
+    "TYPICAL_ITERATIONS",
     "HalfReference",
     "ScaleDecision",
     "ScaleModel",

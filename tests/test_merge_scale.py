@@ -110,3 +110,19 @@ def test_half_reference_fits_each_half_against_the_other():
     with pytest.raises(ValueError, match="half"):
         half_reference(a + b)
     del rng
+
+
+def test_typical_scale_is_not_that_of_the_strong_frames_alone():
+    """Scales spread over a factor 24 (randomised strengths) with an error that only the
+    strong frames clear twice: the typical scale settles on the frames kept, well below
+    the median of the significant ones, so moderately weak frames are not left out."""
+    rng = np.random.default_rng(6)
+    true = np.exp(rng.uniform(np.log(0.05), np.log(1.2), 200))
+    e = np.full(200, 0.12)
+    g = true + rng.normal(size=200) * e
+    d = decide_scales(g, e, scale_min=0.5)
+    strong = np.median(g[g > 2 * e])
+    assert d.measurable and d.typical < 0.8 * strong
+    first = g + e < 0.5 * strong  # what the significant frames' median alone would leave out
+    assert (~d.kept).sum() < first.sum()
+    assert d.kept[true > 0.5 * np.median(true) + 0.3].all()
