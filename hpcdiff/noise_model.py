@@ -17,8 +17,9 @@ plain spread of ``z`` would count as noise.  The spread is a clipped standard de
 hot pixels) do not inflate it.
 
 Photon frames give ``k`` near 1 (slightly less at a few photons per pixel, where the clipped
-spread of Poisson counts falls a little short, and a little more where the frame's own
-diffuse photons add Poisson noise the background model does not hold); frames whose ``k``
+spread of Poisson counts falls a little short; diffuse scattering that varies from pixel to
+pixel adds to it: up to 1.3-1.5 on strongly diffuse simulated frames, 2.1-3.6 on the
+strongest frames of randomised experiments); frames whose ``k``
 lies outside :data:`PHOTON_BAND` are evidently not photons: the merge then uses ``k *
 model`` (:meth:`hpcdiff.pipelines.fourier_frames.FrameChain.merge_values`), and
 :func:`noise_summary` says so when the median frame is outside.

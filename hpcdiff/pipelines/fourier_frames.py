@@ -595,9 +595,11 @@ class FrameChain:
         neighbouring pixels' differences; the gain for ADU taken as photons), when ``k``
         lies outside :data:`~hpcdiff.noise_model.PHOTON_BAND` (the frame is evidently not
         photons).  Within the band the photon model stands: there ``k`` above 1 is mostly
-        the Poisson noise of the frame's own diffuse photons, which would weigh the most
-        diffuse frames down (measured: whole-map truth CC 0.560 instead of 0.592 on A, all
-        frames).  ``k`` is NaN when it cannot be measured (the model stands).
+        diffuse scattering that varies from pixel to pixel (not noise, and not removed by
+        a model of the expected counts either), which would weigh the most diffuse frames
+        down (measured: whole-map truth CC 0.560 instead of 0.592 on A, all frames).  The
+        strongest frames of randomised experiments reach ``k`` 2.1-3.6 and are weighed
+        down all the same.  ``k`` is NaN when it cannot be measured (the model stands).
         """
         from hpcdiff.noise_model import PHOTON_BAND, noise_ratio
 
