@@ -65,6 +65,7 @@ from hpcdiff.merge import (
     MergeAccumulator,
     reciprocal_metric,
 )
+from hpcdiff.noise_model import noise_summary
 from hpcdiff.parallel.signals import Preempted
 from hpcdiff.pipelines.fourier_frames import (
     ChainSettings,
@@ -231,6 +232,7 @@ def chunk_to_work(
         "seconds": part.seconds,
         "finite": finite,
         "shot": np.asarray(part.shot, np.float64),
+        "noise_ratio": np.asarray(part.noise_ratio, np.float64),
     }
 
 
@@ -404,6 +406,7 @@ def run_fourier(
     todo = [c for c in chunks if c not in set(done)]
     finite = work.load_finite() if done else None
     shots = work.load_shots(n) if done else np.full(n, np.nan)
+    noise_ratios = work.load_per_frame("noise_ratio", n) if done else np.full(n, np.nan)
     task_s = 0.0
     waves = [
         todo[i : i + fcfg.checkpoint_tasks] for i in range(0, len(todo), fcfg.checkpoint_tasks)
@@ -426,25 +429,31 @@ def run_fourier(
             task_s += float(rec["seconds"])
             finite = rec["finite"] if finite is None else finite & rec["finite"]
             shots[int(rec["start"]) : int(rec["stop"])] = rec["shot"]
+            noise_ratios[int(rec["start"]) : int(rec["stop"])] = rec["noise_ratio"]
         done = done + list(wave)
         assert finite is not None
         work.save_finite(finite)
         work.save_shots(shots)
+        work.save_per_frame("noise_ratio", noise_ratios)
         work.save_merge(merged, done)
         del mapped
         if w < len(waves) - 1:
             _check_stop(stop, "during the merge", work)
     t_merge = time.perf_counter() - t0
     _check_stop(stop, "after the merge", work)
+    noise = noise_summary(noise_ratios)
+    if noise["warning"]:
+        print(f"fourier: warning: {noise['warning']}", file=log, flush=True)
     if finite is None:
         finite = work.load_finite()
     merged_sym = merged.symmetrised(fcfg.symmetrise)
     frame_scales = None
     for _ in range(settings.chain.scale_passes):  # per-frame scales against the merged map
-        merged_sym, frame_scales = refine_scales(
+        refined, frame_scales = refine_scales(
             client, plan, settings, merged_sym, frames_per_task=fcfg.frames_per_task, log=log
         )
-        merged_sym = merged_sym.symmetrised(fcfg.symmetrise)
+        if refined is not None:  # None: every frame kept with scale 1
+            merged_sym = refined.symmetrised(fcfg.symmetrise)
 
     # 2. similarity row blocks, each saved as it arrives
     t0 = time.perf_counter()
@@ -604,6 +613,7 @@ def run_fourier(
         "n_multi_crystal_chunks": plan.n_multi_crystal,
         "frames": {"choice": plan.frames, "n_oriented": plan.n_oriented, "n_chosen": n},
         "frame_scales": scale_summary(shots, frame_scales, settings.chain.scale_min),
+        "noise_model": noise,
         "n_workers": worker_count(client),
         "grid": settings.grid.to_dict(),
         "similarity_grid": settings.similarity_grid.to_dict(),
