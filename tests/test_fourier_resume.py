@@ -179,3 +179,83 @@ def test_work_folder_of_another_job_is_refused_and_an_empty_one_reused(tmp_path)
     with pytest.raises(OutputExistsError, match="another Fourier job"):
         FourierWork(root, "bbbb").prepare(n_frames=4, force=False)
     assert FourierWork(root, "bbbb").prepare(n_frames=4, force=True) is False
+
+
+def _folded_job(experiment: Path) -> Path:
+    """The resume job with ``dense_similarity_max_frames`` below N: blocks are folded."""
+    job = experiment.with_name("job_folded.toml")
+    text = experiment.read_text()
+    assert "checkpoint_tasks = 1\n" in text
+    job.write_text(text.replace("checkpoint_tasks = 1\n", "checkpoint_tasks = 1\n"
+                                "dense_similarity_max_frames = 4\n"))  # fmt: skip
+    return job
+
+
+def _folded_outputs(out: Path) -> dict[str, np.ndarray]:
+    got = {}
+    with h5py.File(out / "similarity.h5") as h5:
+        assert not h5.attrs["dense_matrices"] and "common_arc" not in h5
+        for k in ("mean_z", "mean_cc", "significance", "mean_overlap"):
+            got[f"similarity/{k}"] = h5[k][()]
+        for g in ("common_arc", "image_distance", "image_correlation"):
+            for d in ("indices", "values"):
+                got[f"similarity/knn/{g}/{d}"] = h5[f"knn/{g}/{d}"][()]
+    with h5py.File(out / "diffusion.h5") as h5:
+        for g in ("common_arc", "image", "image_correlation"):
+            got[f"diffusion/{g}"] = h5[g]["coords"][()]
+    return got
+
+
+def test_stop_during_folded_similarity_resumes_to_the_same_result(
+    experiment, reference, tmp_path, monkeypatch
+):
+    """Above dense_similarity_max_frames no N x N block is kept: each is folded into the
+    per-frame partial results as it arrives.  A stop part-way through the similarity saves
+    the fold; the rerun computes only the blocks not folded and gives the uninterrupted
+    run's result bit for bit, which is the dense run's (scores, embedding)."""
+    from hpcdiff.pipelines.fourier_work import FourierWork, SimilarityFold
+
+    job = _folded_job(experiment)
+    folded: list[tuple[int, int]] = []
+    spilled: list[tuple[int, int]] = []
+    real_add, real_save = SimilarityFold.add, FourierWork.save_block
+
+    def add(self, rows):
+        real_add(self, rows)
+        folded.append((rows.start, rows.stop))
+
+    def save_block(self, rows):
+        spilled.append((rows.start, rows.stop))
+        real_save(self, rows)
+
+    monkeypatch.setattr(SimilarityFold, "add", add)
+    monkeypatch.setattr(FourierWork, "save_block", save_block)
+    whole = tmp_path / "whole"
+    _run(job, whole)
+    assert folded == sorted(folded) and len(folded) == N // 2  # in block order, each once
+    assert not spilled  # one worker: blocks arrive in turn, none is saved
+    expected = _folded_outputs(whole)
+    for key in ("diffusion/common_arc", "diffusion/image", "diffusion/image_correlation"):
+        np.testing.assert_array_equal(expected[key], reference[key], err_msg=key)
+    np.testing.assert_array_equal(expected["similarity/mean_z"], reference["similarity/mean_z"])
+
+    class AfterThreeBlocks:
+        def __bool__(self) -> bool:
+            return len(folded) >= 3
+
+    folded.clear()
+    out = tmp_path / "stopped"
+    with pytest.raises(Preempted, match="during the similarity"):
+        _run(job, out, stop=AfterThreeBlocks())
+    work = out / "fourier.work"
+    with np.load(work / "similarity_fold.npz") as z:
+        assert 3 <= int(z["folded"]) < N // 2
+        n_folded = int(z["folded"])
+    assert not list((work / "similarity").glob("block_*.npz"))
+    assert not (out / "fourier_summary.json").exists()
+    folded.clear()
+    result = _run(job, out)
+    assert result.summary["resumed"]["similarity_blocks_reused"] == n_folded
+    assert len(folded) == N // 2 - n_folded  # only the blocks not folded are computed
+    _assert_same(_folded_outputs(out), expected)
+    assert not work.exists()
