@@ -75,7 +75,7 @@ class _Trigger:
         pass
 
 
-def _run(job_path: Path, out: Path, *, stop=None, log=None, force=False):
+def _run(job_path: Path, out: Path, *, stop=None, log=None, force=False, report=None):
     from distributed import Client
 
     from hpcdiff.pipelines.fourier import run_fourier
@@ -83,7 +83,9 @@ def _run(job_path: Path, out: Path, *, stop=None, log=None, force=False):
     job = load_job(job_path)
     with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as c:
         with open(os.devnull, "w") as null:
-            return run_fourier(job, c, out_dir=out, stop=stop, log=log or null, force=force)
+            return run_fourier(
+                job, c, out_dir=out, stop=stop, log=log or null, force=force, report=report
+            )
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +133,36 @@ def test_kill_between_writes_is_finished_by_a_rerun(experiment, reference, tmp_p
         _run(experiment, tmp_path)
 
 
+def test_kill_before_the_report_is_finished_by_a_rerun(experiment, reference, tmp_path):
+    """The report comes before the summary: a run killed while writing its report has no
+    summary (it does not look finished), and the rerun writes the report, then the summary."""
+    from hpcdiff.pipelines.reports import write_fourier_report
+
+    def killed(_result):
+        (tmp_path / "report").mkdir()  # a report half written
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(experiment, tmp_path, report=killed)
+    assert (tmp_path / "diffusion.h5").exists() and (tmp_path / "merged.h5").exists()
+    assert not (tmp_path / "fourier_summary.json").exists()
+    assert (tmp_path / "fourier.work").is_dir()
+    summary_there = []
+
+    def report(result):
+        summary_there.append((tmp_path / "fourier_summary.json").exists())
+        return write_fourier_report(load_job(experiment), result, tmp_path)
+
+    result = _run(experiment, tmp_path, report=report)
+    assert summary_there == [False]
+    assert (tmp_path / "report" / "index.html").is_file()
+    assert json.loads((tmp_path / "fourier_summary.json").read_text()) == json.loads(
+        json.dumps(result.summary)
+    )
+    _assert_same(_outputs(tmp_path), reference)
+    assert not (tmp_path / "fourier.work").exists()
+
+
 def test_strays_without_checkpoints_are_refused(experiment, tmp_path):
     from hpcdiff.errors import OutputExistsError
 
@@ -163,6 +195,7 @@ def test_sigterm_exits_75_and_rerun_resumes(experiment, reference, tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming" in rerun.stderr
     _assert_same(_outputs(out), reference)
+    assert (out / "report" / "index.html").is_file()
     assert not (out / "fourier.work").exists()
 
 

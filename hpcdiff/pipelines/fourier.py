@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -323,6 +323,7 @@ def run_fourier(
     force: bool = False,
     log: IO[str] | None = None,
     stop: object = None,
+    report: Callable[[FourierResult], Path | None] | None = None,
 ) -> FourierResult:
     """Run the Fourier job on a connected dask client and write its outputs.
 
@@ -348,6 +349,11 @@ def run_fourier(
     stop
         A :class:`~hpcdiff.parallel.signals.StopFlag` (or anything truthy when a stop is
         requested), looked at after each checkpoint.
+    report
+        Writes the run's report (e.g. the HTML report of
+        :func:`hpcdiff.pipelines.reports.write_fourier_report`) from the finished result,
+        after the other outputs and before the summary: a kill before the summary leaves
+        the working folder, and the rerun writes the report and the summary.
 
     Raises
     ------
@@ -695,10 +701,7 @@ def run_fourier(
         outputs[f"plot_{name}"] = path
     summary["timing_s"]["total"] = time.perf_counter() - t_start
     summary["provenance"] = {k2: v for k2, v in stamp.items() if k2 != "job"}
-    outputs["summary"] = write_json(files.summary, summary, force=True)
-    work.remove()
-    print(_summary_text(summary), file=log, flush=True)
-    return FourierResult(
+    result = FourierResult(
         merged_sym,
         maps,
         frame_score,
@@ -707,6 +710,12 @@ def run_fourier(
         frame_ids=plan.frame_ids,
         labels=plan.labels,
     )
+    if report is not None:  # before the summary: the summary marks the set complete
+        report(result)
+    outputs["summary"] = write_json(files.summary, summary, force=True)
+    work.remove()
+    print(_summary_text(summary), file=log, flush=True)
+    return result
 
 
 def _hist_quantiles(hist: np.ndarray, qs: tuple[float, ...]) -> list[float]:
