@@ -1,13 +1,15 @@
 """Similarity row blocks folded into per-frame partial results instead of being kept.
 
 Above ``dense_similarity_max_frames`` the Fourier job keeps no N x N block: each block is
-folded, in block order, into :class:`SimilarityFold` (score sums, profile sketch, kNN
+folded, as it arrives, into :class:`SimilarityFold` (score sums, profile sketch, kNN
 lists, overlap sums and histogram).  Invariants: the fold equals the results of the whole
-matrices; any arrival order, any stop and resume give the in-order fold bit for bit; the
-saved blocks do not outlive the fold that holds them.
+matrices; any arrival order, any stop and resume give the in-order fold bit for bit; no
+block is written.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import pytest
@@ -15,8 +17,9 @@ import pytest
 from hpcdiff.diffusion import BlockKnn
 from hpcdiff.errors import FormatError
 from hpcdiff.pipelines.fourier_work import (
+    BlockFolder,
+    ExactSum,
     FourierWork,
-    InOrderFold,
     SimilarityFold,
     SimilarityRows,
     as_saved,
@@ -74,6 +77,21 @@ def _assert_same_fold(a: SimilarityFold, b: SimilarityFold) -> None:
         np.testing.assert_array_equal(fa[key], fb[key], err_msg=key)
 
 
+def test_exact_sum_is_order_independent_and_accurate():
+    rng = np.random.default_rng(4)
+    values = rng.normal(scale=10.0, size=(200, 7)) * 10.0 ** rng.integers(-6, 3, size=(200, 1))
+    sums = []
+    for order in (np.arange(200), rng.permutation(200), rng.permutation(200)):
+        acc = ExactSum(7, bound=float(np.abs(values).sum()) * 10)
+        for i in order:
+            acc.add(slice(None), values[i])
+        sums.append(acc.value())
+    np.testing.assert_array_equal(sums[0], sums[1])
+    np.testing.assert_array_equal(sums[0], sums[2])
+    exact = [math.fsum(values[:, j]) for j in range(7)]
+    np.testing.assert_allclose(sums[0], exact, rtol=0, atol=1e-9 * np.abs(values).max())
+
+
 def test_fold_equals_the_whole_matrices():
     """Scores, sketch, kNN lists and overlap statistics of the fold are those of the
     whole matrices."""
@@ -82,89 +100,69 @@ def test_fold_equals_the_whole_matrices():
     fold = _in_order(m, layout, saved=False)
     assert fold.folded == len(layout)
     whole = frame_scores(m["cc"], m["overlap"])
+    mine = fold.scores()
     for name in ("mean_z", "significance", "mean_cc"):
         np.testing.assert_allclose(
-            getattr(fold.scores, name), getattr(whole, name), rtol=1e-12, err_msg=name
+            getattr(mine, name), getattr(whole, name), rtol=1e-12, err_msg=name
         )
-    sketch = ProfileSketch(N, dims=DIMS, form="cc")
-    sketch.add(SimilarityBlock(0, N, m["cc"], m["overlap"]))
-    np.testing.assert_allclose(fold.sketch.sketch, sketch.sketch, rtol=1e-10, atol=1e-12)
-    for mine, values, largest in (
+    for form in ("cc", "significance"):
+        f = SimilarityFold(N, K, DIMS, form)
+        for s, e in layout:
+            f.add(_rows(m, s, e))
+        sketch = ProfileSketch(N, dims=DIMS, form=form)
+        sketch.add(SimilarityBlock(0, N, m["cc"], m["overlap"]))
+        np.testing.assert_allclose(f.sketch(), sketch.sketch, rtol=1e-10, atol=1e-10)
+    for knn, values, largest in (
         (fold.knn_arc, m["cc"], True),
         (fold.knn_dist, m["dist"], False),
         (fold.knn_corr, m["corr"], True),
     ):
         ref = BlockKnn(N, K, largest=largest)
         ref.add(0, values)
-        for got, want in zip(mine.result(), ref.result(), strict=True):
+        for got, want in zip(knn.result(), ref.result(), strict=True):
             np.testing.assert_array_equal(got, want)
     iu = np.triu_indices(N, 1)
     assert fold.pairs_with == int(np.isfinite(m["cc"][iu]).sum())
     np.testing.assert_array_equal(fold.overlap_hist, np.bincount(m["overlap"][iu].astype(np.int64)))
     off = ~np.eye(N, dtype=bool)
-    np.testing.assert_allclose(fold.overlap_sum, np.where(off, m["overlap"], 0).sum(axis=1))
+    np.testing.assert_array_equal(fold.overlap_sum, np.where(off, m["overlap"], 0).sum(axis=1))
     assert fold.task_seconds == pytest.approx(0.5 * len(layout))
+    with pytest.raises(ValueError, match="folded already"):
+        fold.add(_rows(m, *layout[0]))
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_any_arrival_order_and_a_stop_give_the_in_order_fold(tmp_path, seed):
-    """Blocks arriving out of order, a stop part-way (checkpoint), a resumed run with the
-    rest in another order: the in-order fold bit for bit; no block file left."""
+    """Blocks arriving in any order, a stop part-way (its checkpoint), a rerun with the
+    rest in another order: the in-order fold bit for bit; no block is ever written."""
     m = _matrices()
     layout = blocks(N, BLOCK)
     reference = _in_order(m, layout)
     rng = np.random.default_rng(seed)
     work = _work(tmp_path)
-    folder = InOrderFold(work, SimilarityFold(N, K, DIMS, "cc"), layout, checkpoint_s=1e9)
+    folder = BlockFolder(work, SimilarityFold(N, K, DIMS, "cc"), layout, checkpoint_s=1e9)
     order = [layout[i] for i in rng.permutation(len(layout))]
     first = order[:3]
     for i, (s, e) in enumerate(first):
         folder(i, _rows(m, s, e))
-        # folded: exactly the leading blocks that arrived; the others wait on disk
-        arrived = set(first[: i + 1])
-        lead = next((j for j, b in enumerate(layout) if b not in arrived), len(layout))
-        assert folder.fold.folded == lead
-        assert set(work.blocks_done()) >= arrived - set(layout[:lead])
     folder.checkpoint()  # the stop signal's save
-    saved = set(work.blocks_done())
-    assert saved.isdisjoint(layout[: folder.fold.folded])  # folded blocks deleted
-    assert len(saved) + folder.fold.folded <= len(first)
-    # a rerun: the checkpoint and the early blocks; only the others are computed again
-    resumed = InOrderFold(
+    folder(3, _rows(m, *order[3]))  # folded, then killed before the next save
+    assert folder.fold.folded == 4
+    assert not work.blocks_done()
+    resumed = BlockFolder(
         work, work.load_fold(n=N, k=K, dims=DIMS, form="cc"), layout, checkpoint_s=0.0
     )
     todo = resumed.missing()
-    assert set(todo) == set(layout) - set(first)
+    assert set(todo) == set(layout) - set(first) and order[3] in todo
     for i in rng.permutation(len(todo)):
         s, e = todo[i]
         resumed(int(i), _rows(m, s, e))
-    resumed.checkpoint()
-    assert resumed.fold.folded == len(layout)
+    assert resumed.fold.folded == len(layout) and not resumed.missing()
     assert not work.blocks_done()
-    _assert_same_fold(resumed.fold, reference)
-    _assert_same_fold(work.load_fold(n=N, k=K, dims=DIMS, form="cc"), reference)
-
-
-def test_kill_between_fold_checkpoint_and_block_deletion(tmp_path):
-    """A block folded and checkpointed but still on disk (killed before its deletion) is
-    not folded twice."""
-    m = _matrices()
-    layout = blocks(N, BLOCK)
-    work = _work(tmp_path)
-    fold = SimilarityFold(N, K, DIMS, "cc")
-    folder = InOrderFold(work, fold, layout, checkpoint_s=1e9)
-    folder(0, _rows(m, *layout[1]))  # early: saved
-    folder(1, _rows(m, *layout[0]))  # in turn: folds 0, then 1 from disk
-    assert fold.folded == 2 and work.blocks_done() == {layout[1]}
-    work.save_fold(fold)  # the checkpoint's save, then the "kill" before deleting
-    again = InOrderFold(
-        work, work.load_fold(n=N, k=K, dims=DIMS, form="cc"), layout, checkpoint_s=1e9
+    _assert_same_fold(
+        work.load_fold(n=N, k=K, dims=DIMS, form="cc"),  # saved after every block (0 s)
+        reference,
     )
-    assert again.fold.folded == 2 and not work.blocks_done()
-    assert again.missing() == layout[2:]
-    for i, b in enumerate(layout[2:]):
-        again(i, _rows(m, *b))
-    _assert_same_fold(again.fold, _in_order(m, layout))
 
 
 def test_fold_checkpoint_of_another_layout_is_an_error(tmp_path):

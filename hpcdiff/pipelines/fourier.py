@@ -77,9 +77,9 @@ from hpcdiff.pipelines.fourier_frames import (
     scale_summary,
 )
 from hpcdiff.pipelines.fourier_work import (
+    BlockFolder,
     ChunkData,
     FourierWork,
-    InOrderFold,
     SimilarityRows,
 )
 from hpcdiff.pipelines.layout import FourierLayout
@@ -451,18 +451,18 @@ def run_fourier(
         merged_sym = merged_sym.symmetrised(fcfg.symmetrise)
 
     # 2. similarity row blocks: saved as they arrive when the dense matrices are written,
-    #    else folded in block order into per-frame partial results (SimilarityFold)
+    #    else folded as they arrive into per-frame partial results (SimilarityFold)
     t0 = time.perf_counter()
     sblocks = blocks(n, fcfg.similarity_block)
     dense = n <= fcfg.dense_similarity_max_frames
     fold = work.load_fold(n=n, k=fcfg.diffusion_knn, dims=fcfg.profile_dims, form=fcfg.profile_form)
     keep = finite.reshape(-1)
-    folder: InOrderFold | None = None
+    folder: BlockFolder | None = None
     if dense:
         have = work.blocks_done()
         missing = [b for b in sblocks if b not in have]
     else:
-        folder = InOrderFold(work, fold, sblocks, checkpoint_s=FOLD_CHECKPOINT_S)
+        folder = BlockFolder(work, fold, sblocks, checkpoint_s=FOLD_CHECKPOINT_S)
         missing = folder.missing()
     n_reused = len(sblocks) - len(missing)
     if missing:
@@ -533,7 +533,7 @@ def run_fourier(
         h5.attrs["dense_similarity_max_frames"] = fcfg.dense_similarity_max_frames
         for d in ds.values():
             _mirror(d, fcfg.similarity_block)
-        scores, sketch = fold.scores, fold.sketch
+        scores, sketch = fold.scores(), fold.sketch()
         knn_arc, knn_dist, knn_corr = fold.knn_arc, fold.knn_dist, fold.knn_corr
         overlap_hist, overlap_sum, pairs_with = fold.overlap_hist, fold.overlap_sum, fold.pairs_with
         for name, knn in (
@@ -571,7 +571,7 @@ def run_fourier(
     maps: dict[str, DiffusionMap] = {}
     score_name = "mean_cc" if fcfg.profile_form == "cc" else "mean_z"
     points = profile_points(
-        sketch.sketch,
+        sketch,
         score=scores.mean_cc if score_name == "mean_cc" else scores.mean_z,
         n_components=fcfg.profile_components,
         score_weight=fcfg.profile_score_weight,
