@@ -328,8 +328,10 @@ def run_fourier(
     """Run the Fourier job on a connected dask client and write its outputs.
 
     Stages: merge tasks in waves of ``[fourier] checkpoint_tasks`` (the accumulator saved
-    after each), similarity row blocks (each saved when it arrives), then the outputs, the
-    summary last, and the working folder removed.  A rerun of the same job resumes from
+    after each), similarity row blocks (each saved when it arrives; above
+    ``[fourier] dense_similarity_max_frames`` folded into per-frame partial results
+    instead, :class:`~hpcdiff.pipelines.fourier_work.SimilarityFold`), then the outputs,
+    the report (``report``), the summary last, and the working folder removed.  A rerun of the same job resumes from
     the working folder (:mod:`hpcdiff.pipelines.fourier_work`) and gives the same outputs
     as an uninterrupted run.
 
