@@ -27,7 +27,14 @@ Prints numbers, medians and ratios (not a test).  Sections:
    printed separately.
 5. scaling: the on-disk similarity stage (chunk files, row-block tasks reading columns
    from disk) on synthetic arcs, N = 500 ... 5000: CPU time per frame, peak memory of the
-   widest task, a fit of cost against N, and the plan for 10^4 and 10^5 frames.
+   widest task, a fit of cost against N, and the plan for 10^4 and 10^5 frames (CPU,
+   memory, and the similarity's disk in fourier.work before and after the fold).
+6. endtoend: ``hpcdiff simulate`` (small detector, half the frames diffuse) then
+   ``hpcdiff fourier`` with the default [fourier] and [fourier.cluster] (2 local workers)
+   on N frames, as subprocesses: wall, CPU (``os.wait4`` of the command and the workers it
+   waited for), peak resident memory of each process (``VmHWM`` polled), peak disk of
+   ``fourier.work``, output sizes, and whether the outputs are complete; with two N or
+   more, a fit ``CPU = a N + b N^2`` extrapolated to 10^4 and 10^5.
 
 Usage::
 
@@ -35,6 +42,8 @@ Usage::
     python benchmarks/bench_fourier.py --sections merge --merge-frames 6   # merge rows only
     python benchmarks/bench_fourier.py --quick                       # reduced sizes
     python benchmarks/bench_fourier.py --sections similarity --sizes 500 1000 2000
+    python -u benchmarks/bench_fourier.py --sections endtoend --endtoend-frames 1000 2000 \
+        --endtoend-dir /tmp/e2e                                      # end to end (minutes+)
 """
 
 from __future__ import annotations
@@ -820,7 +829,7 @@ def bench_scaling(
             "a requeue resume from fourier.work. N x N storage: up to [fourier] "
             "dense_similarity_max_frames every row block is saved (float32 CCs/distances + "
             "int32 overlaps, 16 bytes per upper-triangle pair, removed when the job ends); "
-            "above it each block is folded, in block order, into per-frame partial results "
+            "above it each block is folded, as it finishes, into per-frame partial results "
             "(similarity_fold.npz: score sums, profile sketch, kNN lists, overlaps) and "
             "dropped, and similarity.h5 holds only per-frame scores, the kNN graph and the "
             "overlaps' summary."
@@ -995,6 +1004,31 @@ def bench_endtoend(n_frames: int, root: Path, *, seed: int = 7, processes: int =
     return row
 
 
+def endtoend_fit(rows: list[dict], targets: tuple[int, ...] = (10_000, 100_000)) -> dict:
+    """Fit ``CPU-s = a N + b N^2`` (per-frame work + pairs) to the end-to-end rows and
+    extrapolate; also the log-log growth exponent.  Needs two rows or more."""
+    ok = [r for r in rows if r["fourier"]["rc"] == 0]
+    if len(ok) < 2:
+        return {}
+    ns = np.array([r["frames"] for r in ok], float)
+    cpu = np.array([r["fourier"]["cpu_s"] for r in ok])
+    (a, b), *_ = np.linalg.lstsq(np.stack([ns, ns**2], axis=1), cpu, rcond=None)
+    slope = float(np.polyfit(np.log(ns), np.log(cpu), 1)[0])
+    out = {"cpu_s_per_frame": float(a), "cpu_s_per_pair": float(2 * b), "exponent": slope}
+    print(
+        f"endtoend: fit over N = {', '.join(str(int(n)) for n in ns)}: CPU-s = {a:.3g} N + "
+        f"{b:.3g} N^2 (log-log slope {slope:.2f})"
+    )
+    for n in targets:
+        pred = a * n + b * n * n
+        out[f"predicted_cpu_s_{n}"] = float(pred)
+        print(
+            f"endtoend: predicted N={n:,}: {pred / 3600:,.2f} CPU-h; on 2 idle cores (2 "
+            f"workers) at best {pred / 2 / 3600:,.2f} h wall"
+        )
+    return out
+
+
 def _flat_rows(prefix: str, value: object, rows: list[dict]) -> None:
     """Numbers of a nested report as suite rows (``metric`` = dotted path)."""
     if isinstance(value, dict):
@@ -1099,7 +1133,8 @@ def main(argv: list[str] | None = None) -> int:
     if "endtoend" in args.sections:
         with tempfile.TemporaryDirectory(prefix="bench_e2e_") as tmp:
             base = args.endtoend_dir or Path(tmp)
-            report["endtoend"] = [bench_endtoend(n, base / f"n{n}") for n in args.endtoend_frames]
+            rows = [bench_endtoend(n, base / f"n{n}") for n in args.endtoend_frames]
+            report["endtoend"] = {"rows": rows, "fit": endtoend_fit(rows)}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

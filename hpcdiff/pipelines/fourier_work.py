@@ -154,8 +154,8 @@ class SimilarityFold:
     common-arc CC, image distance and image correlation
     (:class:`~hpcdiff.diffusion.BlockKnn`), the summed overlaps; and the pairs with a
     similarity and the histogram of the overlaps (their exact quantiles).  Memory and
-    checkpoint ``O(n (dims + 3 k))``: about 0.3 GiB at ``n = 10^5`` with the defaults,
-    where the saved blocks would be 75 GiB.
+    checkpoint ``O(n (2 dims + 3 k))`` (the sketch's two int64 limbs): 0.48 GiB at
+    ``n = 10^5`` with the defaults, where the saved blocks would be 75 GiB.
 
     The float sums are :class:`ExactSum` (the rest are integers, and the kNN lists break
     ties by index), so blocks may be folded in any order, as they finish, with the same
