@@ -173,3 +173,19 @@ def test_fold_checkpoint_of_another_layout_is_an_error(tmp_path):
     work.fold_file.write_bytes(b"not an npz")
     with pytest.raises(FormatError, match="damaged similarity checkpoint"):
         work.load_fold(n=N, k=K, dims=DIMS, form="cc")
+
+
+def test_saved_row_blocks_are_folded_and_dropped(tmp_path):
+    """Row blocks a stopped run saved (the dense path's files) are folded on resume, with
+    the same bits as blocks folded on arrival, and deleted."""
+    m = _matrices()
+    layout = blocks(N, BLOCK)
+    work = _work(tmp_path)
+    for b in layout[:2]:
+        work.save_block(_rows(m, *b))
+    folder = BlockFolder(work, SimilarityFold(N, K, DIMS, "cc"), layout, checkpoint_s=1e9)
+    assert not work.blocks_done() and work.fold_file.is_file()
+    assert folder.missing() == layout[2:]
+    for i, b in enumerate(reversed(layout[2:])):
+        folder(i, _rows(m, *b))
+    _assert_same_fold(folder.fold, _in_order(m, layout))

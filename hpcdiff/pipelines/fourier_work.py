@@ -363,6 +363,15 @@ class BlockFolder:
         self.work, self.fold, self.layout = work, fold, list(layout)
         self.checkpoint_s = float(checkpoint_s)
         self._last = time.monotonic()
+        # row blocks saved by a stopped run of the dense path's layout: fold, then drop them
+        saved = sorted(work.blocks_done())
+        for b in saved:
+            if b in self.layout and b not in fold.done:
+                fold.add(work.load_block(*b))
+        if saved:
+            self.checkpoint()
+            for b in saved:
+                work.block_path(*b).unlink(missing_ok=True)
 
     def missing(self) -> list[tuple[int, int]]:
         """Blocks not folded yet: the tasks to run."""
