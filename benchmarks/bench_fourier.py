@@ -34,7 +34,7 @@ Prints numbers, medians and ratios (not a test).  Sections:
    on N frames, as subprocesses: wall, CPU (``os.wait4`` of the command and the workers it
    waited for), peak resident memory of each process (``VmHWM`` polled), peak disk of
    ``fourier.work``, output sizes, and whether the outputs are complete; with two N or
-   more, a fit ``CPU = a N + b N^2`` extrapolated to 10^4 and 10^5.
+   more, a fit ``CPU = c + a N + b pairs`` extrapolated to 10^4 and 10^5.
 
 Usage::
 
@@ -1005,26 +1005,32 @@ def bench_endtoend(n_frames: int, root: Path, *, seed: int = 7, processes: int =
 
 
 def endtoend_fit(rows: list[dict], targets: tuple[int, ...] = (10_000, 100_000)) -> dict:
-    """Fit ``CPU-s = a N + b N^2`` (per-frame work + pairs) to the end-to-end rows and
-    extrapolate; also the log-log growth exponent.  Needs two rows or more."""
-    ok = [r for r in rows if r["fourier"]["rc"] == 0]
+    """Extrapolate the end-to-end CPU time: pairs cost ``b`` per pair (the similarity
+    tasks' summed seconds over the pairs, the least over the rows: task wall time, an
+    upper bound of their CPU time that other load on the node inflates), the rest ``c + a N`` (least squares over the rows: start-up, merge, scale pass,
+    outputs).  Needs two rows or more."""
+    ok = [r for r in rows if r["fourier"]["rc"] == 0 and r.get("timing_s")]
     if len(ok) < 2:
         return {}
     ns = np.array([r["frames"] for r in ok], float)
+    pairs = ns * (ns - 1) / 2
     cpu = np.array([r["fourier"]["cpu_s"] for r in ok])
-    (a, b), *_ = np.linalg.lstsq(np.stack([ns, ns**2], axis=1), cpu, rcond=None)
+    b = float(np.min([r["timing_s"]["similarity_task_sum"] for r in ok] / pairs))
+    (c, a), *_ = np.linalg.lstsq(np.stack([np.ones_like(ns), ns], axis=1), cpu - b * pairs)
     slope = float(np.polyfit(np.log(ns), np.log(cpu), 1)[0])
-    out = {"cpu_s_per_frame": float(a), "cpu_s_per_pair": float(2 * b), "exponent": slope}
+    out = {"cpu_s_fixed": float(c), "cpu_s_per_frame": float(a), "s_per_pair": b}
+    out["exponent_measured"] = slope
     print(
-        f"endtoend: fit over N = {', '.join(str(int(n)) for n in ns)}: CPU-s = {a:.3g} N + "
-        f"{b:.3g} N^2 (log-log slope {slope:.2f})"
+        f"endtoend: fit over N = {', '.join(str(int(n)) for n in ns)}: CPU-s = {c:.0f} + "
+        f"{a:.3f} N + {b * 1e6:.1f} us x N(N-1)/2 pairs (measured growth N^{slope:.2f})"
     )
     for n in targets:
-        pred = a * n + b * n * n
+        pred = c + a * n + b * n * (n - 1) / 2
         out[f"predicted_cpu_s_{n}"] = float(pred)
         print(
-            f"endtoend: predicted N={n:,}: {pred / 3600:,.2f} CPU-h; on 2 idle cores (2 "
-            f"workers) at best {pred / 2 / 3600:,.2f} h wall"
+            f"endtoend: predicted N={n:,}: {pred / 3600:,.2f} CPU-h (frames "
+            f"{(c + a * n) / 3600:,.2f}, pairs {b * n * (n - 1) / 2 / 3600:,.2f}); on 2 idle "
+            f"cores (2 workers) about {pred / 2 / 3600:,.2f} h wall"
         )
     return out
 
