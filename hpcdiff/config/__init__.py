@@ -522,7 +522,8 @@ class FourierConfig:
             "doc": "Above this many frames `similarity.h5` holds no dense N x N matrices "
             "(about 28 bytes per pair): only the per-frame scores, each frame's "
             "`diffusion_knn` nearest neighbours (indices and values) and a summary of the "
-            "overlaps.",
+            "overlaps; and the working folder keeps no N x N block (each is folded into "
+            "per-frame partial results as it finishes).",
         },
     )
     checkpoint_tasks: int = field(
