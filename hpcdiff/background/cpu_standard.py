@@ -44,6 +44,10 @@ except ImportError:  # pragma: no cover - exercised only where numba is missing
     numba = None  # type: ignore[assignment]
     HAVE_NUMBA = False
 
+#: Noise-sample value of a pixel not to use (the largest float32: finite, so that the
+#: moment sums multiply it by 0 instead of branching, and above any photon count used).
+UNUSED = float(np.finfo(np.float32).max)
+
 #: Widest ADU range of one ASIC's window counted by a histogram (else selection).
 HIST_MAX_BINS = 1 << 14
 
@@ -240,6 +244,7 @@ def _noise_sample(
     asic: np.ndarray,
     offset: np.ndarray,
     ev: np.ndarray,
+    evtab: np.ndarray,
     ped: np.ndarray,
     gain: np.ndarray,
     inv_e: np.float32,
@@ -250,31 +255,72 @@ def _noise_sample(
 ) -> None:
     """``g / P`` of the Bragg noise sample's pixels ``pix`` (in slab order: gathers in
     ring order measured 4x slower, a cache and TLB miss each) into ``noise[slot]`` (ring by
-    ring; NaN where not valid or not finite): the same floats as :func:`_pass1` computes there (the
+    ring; :data:`UNUSED` where not valid or not finite): the same floats as :func:`_pass1` computes there (the
     float32 operations of :meth:`~hpcdiff.cpu_corrections.FrameCorrections.__call__`,
     then ``/ unit``; written out in both loops: a jitted helper taking the arrays
     measured 8x slower here)."""
     hp = ped.size > 0
     hg = gain.size > 0
+    tab = evtab.size > 0
     divide = unit != np.float32(1)
     zero = np.float32(0)
+    unused = np.float32(UNUSED)
     for k in range(pix.size):
         p = pix[k]
+        a = asic[p]
         x = np.float32(raw[p])
         if hp:
             x = x - ped[p]
         if hg:
             x = x * gain[p]
-        x = (x * ev[p]) * inv_e
-        x = x - offset[asic[p]]
+        x = (x * (evtab[a] if tab else ev[p])) * inv_e
+        x = x - offset[a]
         if divide:
             x = x / unit
         ip = inv_pol[p]
         gp = x * ip
-        noise[slot[k]] = gp if ip != zero and np.isfinite(gp) else np.float32(np.nan)
+        noise[slot[k]] = gp if ip != zero and np.isfinite(gp) else unused
 
 
 _noise_sample = _jit(_noise_sample)
+
+
+def _corrected(
+    raw: np.ndarray,
+    pix: np.ndarray,
+    n: int,
+    asic: np.ndarray,
+    offset: np.ndarray,
+    ev: np.ndarray,
+    evtab: np.ndarray,
+    ped: np.ndarray,
+    gain: np.ndarray,
+    inv_e: np.float32,
+    unit: np.float32,
+    out: np.ndarray,
+) -> None:
+    """Corrected photons of the pixels ``pix[:n]`` into ``out[:n]`` (the floats of
+    :func:`_pass1`)."""
+    hp = ped.size > 0
+    hg = gain.size > 0
+    tab = evtab.size > 0
+    divide = unit != np.float32(1)
+    for k in range(n):
+        p = pix[k]
+        a = asic[p]
+        x = np.float32(raw[p])
+        if hp:
+            x = x - ped[p]
+        if hg:
+            x = x * gain[p]
+        x = (x * (evtab[a] if tab else ev[p])) * inv_e
+        x = x - offset[a]
+        if divide:
+            x = x / unit
+        out[k] = x
+
+
+_corrected = _jit(_corrected)
 
 
 def _pass1(
@@ -283,18 +329,19 @@ def _pass1(
     asic: np.ndarray,
     offset: np.ndarray,
     ev: np.ndarray,
+    evtab: np.ndarray,
     ped: np.ndarray,
     gain: np.ndarray,
     inv_e: np.float32,
     unit: np.float32,
     inv_pol: np.ndarray,
     threshold: np.ndarray,
-    g: np.ndarray,
     s1: np.ndarray,
     bad: np.ndarray,
     peaks: np.ndarray,
 ) -> int:
-    """Corrected photons ``g`` (every pixel), ring sums of ``g / P`` over the valid
+    """Corrected photons ``g`` of every pixel (not stored: what needs them later
+    recomputes them, :func:`_corrected`), ring sums of ``g / P`` over the valid
     finite pixels (``s1`` ``(4, n_rings + 1)`` float64, four banks against store-to-load
     chains), the count of valid non-finite pixels of each ring (``bad``), and the valid
     pixels whose finite ``g / P`` exceeds their ring's Bragg ``threshold`` (float32;
@@ -308,22 +355,23 @@ def _pass1(
     bad[:] = 0
     hp = ped.size > 0
     hg = gain.size > 0
+    tab = evtab.size > 0
     divide = unit != np.float32(1)
     n_rings1 = s1.shape[1]
     flat_s1 = s1.reshape(-1)
     zero = np.float32(0)
     n = 0
     for p in range(raw.size):
+        a = asic[p]
         x = np.float32(raw[p])
         if hp:
             x = x - ped[p]
         if hg:
             x = x * gain[p]
-        x = (x * ev[p]) * inv_e
-        x = x - offset[asic[p]]
+        x = (x * (evtab[a] if tab else ev[p])) * inv_e
+        x = x - offset[a]
         if divide:
             x = x / unit
-        g[p] = x
         ip = inv_pol[p]
         gp = x * ip
         r = ring[p]
@@ -350,14 +398,14 @@ def _bragg_thresholds(
     threshold: np.ndarray,
 ) -> None:
     """Per ring the float32 floor of ``mean + max(bragg_sigma std, min_excess)`` of the
-    sigma-clipped noise sample (non-NaN values; float64 moments), as
+    sigma-clipped noise sample (values below :data:`UNUSED`; float64 moments), as
     :func:`~hpcdiff.background.standard.clipped_ring_stats`; NaN without values.
     ``noise_start`` ``(n_rings + 1,)`` bounds of each ring's sample."""
     for r in range(noise_start.size - 1):
         a = noise_start[r]
         b = noise_start[r + 1]
         lo = -np.inf
-        hi = np.inf
+        hi = UNUSED / 2  # below the sentinel
         mean = np.nan
         std = np.nan
         for _ in range(max_iter + 1):
@@ -366,10 +414,10 @@ def _bragg_thresholds(
             m2 = 0.0
             for k in range(a, b):
                 v = np.float64(noise[k])
-                inside = (v >= lo) & (v <= hi)  # NaN never
-                s0 += 1.0 if inside else 0.0
-                m1 += v if inside else 0.0
-                m2 += v * v if inside else 0.0
+                w = np.float64((v >= lo) & (v <= hi))
+                s0 += w
+                m1 += v * w  # the sentinel times 0: 0
+                m2 += (v * v) * w
             if s0 == 0:
                 mean = np.nan
                 std = np.nan
@@ -441,24 +489,28 @@ _grow = _jit(_grow)
 
 
 def _finish(
-    g: np.ndarray,
-    ring: np.ndarray,
-    inv_pol: np.ndarray,
-    pol: np.ndarray,
-    mark: np.ndarray,
+    xd: np.ndarray,
     dropped: np.ndarray,
     n_dropped: int,
+    ring: np.ndarray,
+    inv_pol: np.ndarray,
     s1: np.ndarray,
     counts: np.ndarray,
     bad: np.ndarray,
     mean: np.ndarray,
-    guard_step: int,
+    xg: np.ndarray,
+    guard_pix: np.ndarray,
+    guard_ring: np.ndarray,
+    guard_pol: np.ndarray,
+    mark: np.ndarray,
     rn2: np.float32,
     gbuf: np.ndarray,
 ) -> int:
     """Ring means of ``g / P`` over the valid finite pixels less the dropped ones
-    (``mean`` ``(n_rings + 1,)`` float32, NaN: none), and the guard sample's noise units
-    (float64, into ``gbuf``; returns how many).  ``counts``: valid pixels of each ring."""
+    (``xd``: their corrected photons; ``mean`` ``(n_rings + 1,)`` float32, NaN: none),
+    and the noise units of the guard sample's pixels not dropped (``xg``: their
+    corrected photons) into ``gbuf`` (float64; returns how many).  ``counts``: valid
+    pixels of each ring."""
     n1 = mean.size
     total = np.zeros(n1, dtype=np.float64)
     cnt = np.zeros(n1, dtype=np.int64)
@@ -468,7 +520,7 @@ def _finish(
     zero = np.float32(0)
     for k in range(n_dropped):
         p = dropped[k]
-        gp = g[p] * inv_pol[p]
+        gp = xd[k] * inv_pol[p]
         if inv_pol[p] != zero and np.isfinite(gp):
             r = ring[p]
             total[r] -= gp
@@ -476,11 +528,11 @@ def _finish(
     for r in range(n1):
         mean[r] = np.float32(total[r] / cnt[r]) if cnt[r] > 0 else np.float32(np.nan)
     n = 0
-    for p in range(0, g.size, guard_step):
-        if inv_pol[p] == zero or mark[p]:
+    for k in range(guard_pix.size):
+        if mark[guard_pix[k]]:
             continue
-        bg = mean[ring[p]] * pol[p]
-        z = g[p] - bg
+        bg = mean[guard_ring[k]] * guard_pol[k]
+        z = xg[k] - bg
         if bg < zero:
             bg = zero
         z = z / np.sqrt(bg + rn2)
@@ -524,64 +576,82 @@ def _guard_scale(v: np.ndarray, n: int, clip: float, max_iter: int) -> float:
 _guard_scale = _jit(_guard_scale, fastmath={"reassoc"})
 
 
-def _scatter(
-    g: np.ndarray,
-    ring: np.ndarray,
-    pol: np.ndarray,
-    mark: np.ndarray,
+def _noise_units(
+    gring: np.ndarray,
+    gpol: np.ndarray,
     mean: np.ndarray,
     rn2: np.float32,
     divisor: np.float32,
     clip: np.float32,
-    indptr: np.ndarray,
-    cells: np.ndarray,
-    weights: np.ndarray,
-    num: np.ndarray,
+    z: np.ndarray,
+) -> None:
+    """Noise units ``(g - P m) / sqrt(max(P m, 0) + sigma^2)`` of the valid ring pixels
+    with a q-space column (``z``: their corrected photons ``g``, in place; ``gring``,
+    ``gpol`` their ring and polarisation), divided by the guard ``divisor`` and clipped
+    to ``+-clip`` (NaN stays NaN).  Branch-free: vectorised."""
+    scale = divisor != np.float32(1)
+    zero = np.float32(0)
+    nan = np.float32(np.nan)
+    for k in range(z.size):
+        bg = mean[gring[k]] * gpol[k]
+        x = z[k] - bg
+        x = x / np.sqrt((bg if bg > zero else zero) + rn2)
+        if scale:
+            x = x / divisor
+        x = x if np.isfinite(x) else nan  # not finite: dropped by _drop, not clipped
+        x = clip if x > clip else x  # NaN stays NaN
+        x = -clip if x < -clip else x
+        z[k] = x
+
+
+_noise_units = _jit(_noise_units)
+
+
+def _drop(
+    z: np.ndarray,
+    column: np.ndarray,
+    dropped: np.ndarray,
+    n_dropped: int,
+    cindptr: np.ndarray,
+    ccells: np.ndarray,
+    cweights: np.ndarray,
     lost: np.ndarray,
     lost2: np.ndarray,
 ) -> None:
-    """Noise units ``(g - P m) / sqrt(max(P m, 0) + sigma^2)`` of each pixel with a
-    q-space column (the valid ring pixels in the grid), divided by the guard ``divisor``,
-    clipped, added to the cells as ``num += w z``; pixels dropped or not finite add their
-    ``w`` and ``w^2`` to ``lost`` and ``lost2`` instead."""
-    num[:] = 0
+    """Zero the noise units of the dropped pixels (``column``: slab pixel -> index in
+    ``z``, -1: none) and of the non-finite ones, adding their columns' ``w``, ``w^2``
+    to ``lost``, ``lost2``."""
     lost[:] = 0
     lost2[:] = 0
-    scale = divisor != np.float32(1)
-    zero = np.float32(0)
-    cur = 0
-    acc = 0.0
-    for p in range(g.size):
-        e0 = indptr[p]
-        e1 = indptr[p + 1]
-        if e0 == e1:
-            continue
-        bg = mean[ring[p]] * pol[p]
-        z = g[p] - bg
-        if bg < zero:
-            bg = zero
-        z = z / np.sqrt(bg + rn2)
-        if np.isfinite(z) and not mark[p]:
-            if scale:
-                z = z / divisor
-            z = min(max(z, -clip), clip)
-            zz = np.float64(z)
-            for e in range(e0, e1):
-                c = cells[e]
-                if c != cur:  # a run of pixels in one cell adds in a register
-                    num[cur] += acc
-                    cur = c
-                    acc = 0.0
-                acc += weights[e] * zz
-        else:
-            for e in range(e0, e1):
-                w = np.float64(weights[e])
-                lost[cells[e]] += w
-                lost2[cells[e]] += w * w
-    num[cur] += acc
+    nan = np.float32(np.nan)
+    for k in range(n_dropped):
+        c = column[dropped[k]]
+        if c >= 0:
+            z[c] = nan
+    for c in range(z.size):
+        if not np.isfinite(z[c]):
+            z[c] = 0
+            for e in range(cindptr[c], cindptr[c + 1]):
+                w = np.float64(cweights[e])
+                lost[ccells[e]] += w
+                lost2[ccells[e]] += w * w
 
 
-_scatter = _jit(_scatter)
+_drop = _jit(_drop)
+
+
+def _cells(
+    indptr: np.ndarray, columns: np.ndarray, weights: np.ndarray, z: np.ndarray, num: np.ndarray
+) -> None:
+    """``num = matrix @ z`` (CSR; float64 sums)."""
+    for c in range(num.size):
+        acc = 0.0
+        for e in range(indptr[c], indptr[c + 1]):
+            acc += weights[e] * np.float64(z[columns[e]])
+        num[c] = acc
+
+
+_cells = _jit(_cells)
 
 
 def _unmark(mark: np.ndarray, pix: np.ndarray, n: int) -> None:
@@ -601,7 +671,6 @@ class _Scratch:
     def __init__(self, k: StandardKernel) -> None:
         n_pix = k.ring.size
         n1 = k.n_rings + 1
-        self.g = np.empty(n_pix, dtype=np.float32)
         self.mark = np.zeros(n_pix, dtype=np.uint8)
         self.pix = np.empty(n_pix, dtype=np.int32)
         self.noise = np.empty(int(k.noise_start[-1]), np.float32)
@@ -609,13 +678,16 @@ class _Scratch:
         self.bad = np.zeros(n1, dtype=np.int64)
         self.threshold = np.full(n1, np.inf, dtype=np.float32)
         self.mean = np.empty(n1, dtype=np.float32)
-        self.guard = np.empty(-(-n_pix // k.guard_step), dtype=np.float64)
+        self.guard = np.empty(k.guard_pix.size, dtype=np.float64)
+        self.xg = np.empty(k.guard_pix.size, dtype=np.float32)
+        self.xd = np.empty(n_pix, dtype=np.float32)
         self.level = np.empty(max(k.n_asics, 1), dtype=np.float32)
         self.offset = np.zeros(k.n_asics + 1, dtype=np.float32)
         self.fbuf = np.empty(max(k.max_voters, 1), dtype=np.float32)
         self.ibuf = np.empty(max(k.max_voters, 1), dtype=np.int64)
         self.hist = np.empty(HIST_MAX_BINS, dtype=np.int64)
         cells = k.den_static.size
+        self.z = np.empty(k.gpix.size, dtype=np.float32)
         self.num = np.empty(cells, dtype=np.float64)
         self.lost = np.empty(cells, dtype=np.float64)
         self.lost2 = np.empty(cells, dtype=np.float64)
@@ -657,18 +729,31 @@ class StandardKernel:
         self.noise_pix = noise.order[by_slab].astype(np.int32)
         self.noise_dest = by_slab.astype(np.int32)  # its slot in the ring-by-ring sample
         self.panel = np.ascontiguousarray(chain.panel_flat, dtype=np.int32)
-        # the guard sample: every step-th slab pixel that is in a ring (as guard_take)
-        self.guard_step = _guard_step(n_pix)
-        # resampling matrix: columns of the valid pixels, in slab order (CSC)
+        # the guard sample: every step-th slab pixel that is a valid ring pixel (as guard_take)
+        guard = np.arange(0, n_pix, _guard_step(n_pix))
+        self.guard_pix = guard[self.inv_pol[guard] != 0].astype(np.int32)
+        self.guard_ring = self.ring[self.guard_pix]
+        self.guard_pol = self.pol[self.guard_pix]
+        # resampling matrix: the columns of the valid pixels in the grid, in slab order
         coo = chain.matrix_valid.tocoo()
         cells = chain.size * chain.size
-        csc = scipy.sparse.csc_matrix(
-            (coo.data.astype(np.float32), (coo.row, order[coo.col])), shape=(cells, n_pix)
+        self.gpix = np.unique(order[coo.col]).astype(np.int32)
+        self.column = np.full(n_pix, -1, dtype=np.int32)
+        self.column[self.gpix] = np.arange(self.gpix.size, dtype=np.int32)
+        self.gring = self.ring[self.gpix]
+        self.gpol = self.pol[self.gpix]
+        csr = scipy.sparse.csr_matrix(
+            (coo.data.astype(np.float32), (coo.row, self.column[order[coo.col]])),
+            shape=(cells, self.gpix.size),
         )
+        csr.sort_indices()
+        csc = csr.tocsc()
         csc.sort_indices()
-        self.indptr = csc.indptr.astype(np.int32 if csc.nnz < 2**31 else np.int64)
-        self.cells = csc.indices.astype(np.int32)
-        self.weights = csc.data.astype(np.float32)
+        index = np.int32 if csr.nnz < 2**31 else np.int64
+        self.indptr, self.columns = csr.indptr.astype(index), csr.indices.astype(np.int32)
+        self.weights = csr.data.astype(np.float32)
+        self.cindptr, self.ccells = csc.indptr.astype(index), csc.indices.astype(np.int32)
+        self.cweights = csc.data.astype(np.float32)
         self.den_static = np.asarray(chain.den_static, np.float64)
         self.den2_static = np.asarray(chain.den2_static, np.float64)
         self.size = int(chain.size)
@@ -690,7 +775,7 @@ class StandardKernel:
         self.threshold = np.float32(c.threshold)
         plan = c.plan
         self.n_asics = 0 if plan is None else int(plan.n_asics)
-        self.asic = np.zeros(n_pix, dtype=np.int32)  # offset[n_asics]: 0
+        self.asic: np.ndarray = np.zeros(n_pix, dtype=np.int16)  # offset[n_asics]: 0
         self.voters = self.early = np.empty(0, np.int64)
         self.vstarts = self.estarts = np.zeros(1, np.int64)
         self.asics = np.empty(0, np.int64)
@@ -698,7 +783,7 @@ class StandardKernel:
         self.max_voters = 0
         self.hist_ok = False
         if plan is not None:
-            self.asic = plan.labels.astype(np.int32)
+            self.asic = plan.labels.astype(np.int16 if self.n_asics < 2**15 else np.int32)
             voters, counts = plan.voters
             early, ecounts = plan.voters_early
             self.voters, self.early = voters.astype(np.int64), early.astype(np.int64)
@@ -710,6 +795,15 @@ class StandardKernel:
                 self.scale = c.asic_scale.astype(np.float32)
                 used = self.scale[self.asics]
                 self.hist_ok = bool(np.isfinite(used).all() and (used > 0).all())
+        # one ev_per_adu per ASIC over the ring pixels: a table instead of the map
+        self.evtab = np.empty(0, np.float32)
+        if c.pedestal is None and c.gain is None:
+            inside = self.ring < n_rings
+            lab, val = self.asic[inside], self.ev[inside]
+            table = np.ones(self.n_asics + 1, np.float32)
+            table[lab] = val
+            if (table[lab] == val).all():
+                self.evtab = table
         self._local = threading.local()
 
     @classmethod
@@ -788,6 +882,7 @@ class StandardKernel:
                 self.asic,
                 s.offset,
                 self.ev,
+                self.evtab,
                 self.ped,
                 self.gain,
                 inv_e,
@@ -805,13 +900,13 @@ class StandardKernel:
             self.asic,
             s.offset,
             self.ev,
+            self.evtab,
             self.ped,
             self.gain,
             inv_e,
             f32_unit,
             self.inv_pol,
             s.threshold,
-            s.g,
             s.s1,
             s.bad,
             s.pix,
@@ -821,42 +916,45 @@ class StandardKernel:
             n_drop = _grow(
                 s.pix, n_peaks, self.grow, self.shape[0], self.shape[1], self.panel, s.mark
             )
+        correct = (self.asic, s.offset, self.ev, self.evtab, self.ped, self.gain, inv_e, f32_unit)
         try:
+            _corrected(flat, s.pix, n_drop, *correct, s.xd)
+            _corrected(flat, self.guard_pix, self.guard_pix.size, *correct, s.xg)
             n_guard = _finish(
-                s.g,
-                self.ring,
-                self.inv_pol,
-                self.pol,
-                s.mark,
+                s.xd,
                 s.pix,
                 n_drop,
+                self.ring,
+                self.inv_pol,
                 s.s1,
                 self.counts,
                 s.bad,
                 s.mean,
-                self.guard_step,
+                s.xg,
+                self.guard_pix,
+                self.guard_ring,
+                self.guard_pol,
+                s.mark,
                 self.rn2,
                 s.guard,
             )
             scale = _guard_scale(s.guard, n_guard, 4.0, 3)
             sc = scale if np.isfinite(scale) and scale > 0 else 1.0
             divisor = np.float32(sc / min(max(sc, 1.0 / self.guard), self.guard))
-            _scatter(
-                s.g,
-                self.ring,
-                self.pol,
-                s.mark,
-                s.mean,
-                self.rn2,
-                divisor,
-                self.clip,
-                self.indptr,
-                self.cells,
-                self.weights,
-                s.num,
+            _corrected(flat, self.gpix, self.gpix.size, *correct, s.z)
+            _noise_units(self.gring, self.gpol, s.mean, self.rn2, divisor, self.clip, s.z)
+            _drop(
+                s.z,
+                self.column,
+                s.pix,
+                n_drop,
+                self.cindptr,
+                self.ccells,
+                self.cweights,
                 s.lost,
                 s.lost2,
             )
+            _cells(self.indptr, self.columns, self.weights, s.z, s.num)
         finally:
             _unmark(s.mark, s.pix, n_drop)
         num = s.num.astype(np.float32)
