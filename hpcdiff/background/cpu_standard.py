@@ -31,18 +31,16 @@ numba, :func:`StandardKernel.build` returns None and the numpy chain runs.
 
 from __future__ import annotations
 
+import importlib.util
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-try:  # numba is an install requirement; the numpy chain stays the reference
-    import numba
-
-    HAVE_NUMBA = True
-except ImportError:  # pragma: no cover - exercised only where numba is missing
-    numba = None  # type: ignore[assignment]
-    HAVE_NUMBA = False
+#: Whether numba can be imported (it is imported, and the kernels compiled or loaded from
+#: its cache, only when a :class:`StandardKernel` is built: importing this module is cheap).
+HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 
 #: Noise-sample value of a pixel not to use (the largest float32: finite, so that the
 #: moment sums multiply it by 0 instead of branching, and above any photon count used).
@@ -52,10 +50,29 @@ UNUSED = float(np.finfo(np.float32).max)
 HIST_MAX_BINS = 1 << 14
 
 
-def _jit(fn: Any, **options: Any) -> Any:
-    if not HAVE_NUMBA:
-        return fn
-    return numba.njit(cache=True, nogil=True, error_model="numpy", **options)(fn)
+_KERNELS: dict[str, tuple[Callable[..., Any], dict[str, Any]]] = {}
+
+
+def _jit(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
+    """Register ``fn`` as a kernel; :func:`_compile` replaces it by its numba dispatcher."""
+    _KERNELS[fn.__name__] = (fn, options)
+    return fn
+
+
+def _compile() -> None:
+    """Swap every kernel of this module for ``numba.njit(cache=True, nogil=True)`` of it
+    (once; before any kernel runs, so that kernels calling kernels see dispatchers)."""
+    if _COMPILED:
+        return
+    import numba
+
+    module = globals()
+    for name, (fn, options) in _KERNELS.items():
+        module[name] = numba.njit(cache=True, nogil=True, error_model="numpy", **options)(fn)
+    _COMPILED.append(True)
+
+
+_COMPILED: list[bool] = []
 
 
 # --------------------------------------------------------------------------- kernels
@@ -761,6 +778,7 @@ class StandardKernel:
     def __init__(self, chain: Any, corrections: Any) -> None:
         import scipy.sparse
 
+        _compile()
         cfg = chain.cfg
         rings = chain.rings
         n_ss, n_fs = (int(v) for v in chain.shape)
