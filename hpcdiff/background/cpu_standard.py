@@ -656,24 +656,28 @@ def _noise_units(
     divisor: np.float32,
     clip: np.float32,
     z: np.ndarray,
-) -> None:
+) -> int:
     """Noise units ``(g - P m) / sqrt(max(P m, 0) + sigma^2)`` of the valid ring pixels
     with a q-space column (``z``: their corrected photons ``g``, in place; ``gring``,
     ``gpol`` their ring and polarisation), divided by the guard ``divisor`` and clipped
-    to ``+-clip`` (NaN stays NaN).  Branch-free: vectorised."""
+    to ``+-clip``; NaN where not finite (returns how many).  Branch-free: vectorised."""
     scale = divisor != np.float32(1)
     zero = np.float32(0)
     nan = np.float32(np.nan)
+    n_bad = 0
     for k in range(z.size):
         bg = mean[gring[k]] * gpol[k]
         x = z[k] - bg
         x = x / np.sqrt((bg if bg > zero else zero) + rn2)
         if scale:
             x = x / divisor
-        x = x if np.isfinite(x) else nan  # not finite: dropped by _drop, not clipped
+        finite = np.isfinite(x)
+        n_bad += 0 if finite else 1
+        x = x if finite else nan  # not finite: dropped by _drop, not clipped
         x = clip if x > clip else x  # NaN stays NaN
         x = -clip if x < -clip else x
         z[k] = x
+    return n_bad
 
 
 _noise_units = _jit(_noise_units)
@@ -689,17 +693,23 @@ def _drop(
     cweights: np.ndarray,
     lost: np.ndarray,
     lost2: np.ndarray,
+    n_bad: int,
 ) -> None:
     """Zero the noise units of the dropped pixels (``column``: slab pixel -> index in
-    ``z``, -1: none) and of the non-finite ones, adding their columns' ``w``, ``w^2``
-    to ``lost``, ``lost2``."""
+    ``z``, -1: none) and of the ``n_bad`` non-finite ones (a scan only when there are),
+    adding their columns' ``w``, ``w^2`` to ``lost``, ``lost2``, each pixel once."""
     lost[:] = 0
     lost2[:] = 0
-    nan = np.float32(np.nan)
     for k in range(n_dropped):
         c = column[dropped[k]]
-        if c >= 0:
-            z[c] = nan
+        if c >= 0 and np.isfinite(z[c]):  # a non-finite one is the scan's
+            z[c] = 0
+            for e in range(cindptr[c], cindptr[c + 1]):
+                w = np.float64(cweights[e])
+                lost[ccells[e]] += w
+                lost2[ccells[e]] += w * w
+    if n_bad == 0:
+        return
     for c in range(z.size):
         if not np.isfinite(z[c]):
             z[c] = 0
@@ -1013,7 +1023,7 @@ class StandardKernel:
             sc = scale if np.isfinite(scale) and scale > 0 else 1.0
             divisor = np.float32(sc / min(max(sc, 1.0 / self.guard), self.guard))
             _corrected(flat, self.gpix, self.gpix.size, *correct, s.z)
-            _noise_units(self.gring, self.gpol, s.mean, self.rn2, divisor, self.clip, s.z)
+            n_bad = _noise_units(self.gring, self.gpol, s.mean, self.rn2, divisor, self.clip, s.z)
             _drop(
                 s.z,
                 self.column,
@@ -1024,6 +1034,7 @@ class StandardKernel:
                 self.cweights,
                 s.lost,
                 s.lost2,
+                n_bad,
             )
             _cells(self.indptr, self.columns, self.weights, s.z, s.num)
         finally:
