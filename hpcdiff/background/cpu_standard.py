@@ -340,6 +340,50 @@ def _corrected(
 _corrected = _jit(_corrected)
 
 
+def _corrected_bg(
+    raw: np.ndarray,
+    pix: np.ndarray,
+    n: int,
+    asic: np.ndarray,
+    offset: np.ndarray,
+    ev: np.ndarray,
+    evtab: np.ndarray,
+    ped: np.ndarray,
+    gain: np.ndarray,
+    inv_e: np.float32,
+    unit: np.float32,
+    out: np.ndarray,
+    gring: np.ndarray,
+    gpol: np.ndarray,
+    mean: np.ndarray,
+    bg: np.ndarray,
+) -> None:
+    """:func:`_corrected` of the pixels with a q-space column, and their backgrounds
+    ``bg = mean[gring] * gpol`` (both gathers in one loop, so that
+    :func:`_noise_units` is a vectorised one)."""
+    hp = ped.size > 0
+    hg = gain.size > 0
+    tab = evtab.size > 0
+    divide = unit != np.float32(1)
+    for k in range(n):
+        p = pix[k]
+        a = asic[p]
+        x = np.float32(raw[p])
+        if hp:
+            x = x - ped[p]
+        if hg:
+            x = x * gain[p]
+        x = (x * (evtab[a] if tab else ev[p])) * inv_e
+        x = x - offset[a]
+        if divide:
+            x = x / unit
+        out[k] = x
+        bg[k] = mean[gring[k]] * gpol[k]
+
+
+_corrected_bg = _jit(_corrected_bg)
+
+
 def _pass1(
     raw: np.ndarray,
     ring: np.ndarray,
@@ -667,24 +711,17 @@ _count_nan = _jit(_count_nan, fastmath={"reassoc"})
 
 
 def _noise_units(
-    gring: np.ndarray,
-    gpol: np.ndarray,
-    mean: np.ndarray,
     rn2: np.float32,
     divisor: np.float32,
     clip: np.float32,
     z: np.ndarray,
     bg: np.ndarray,
 ) -> int:
-    """Noise units ``(g - P m) / sqrt(max(P m, 0) + sigma^2)`` of the valid ring pixels
-    with a q-space column (``z``: their corrected photons ``g``, in place; ``gring``,
-    ``gpol`` their ring and polarisation), divided by the guard ``divisor`` and clipped
-    to ``+-clip``; NaN where not finite (returns how many).
-
-    The backgrounds ``P m`` are gathered first into ``bg`` (scratch): without the gather
-    the second loop is vectorised (square roots and divisions 16 at a time)."""
-    for k in range(z.size):
-        bg[k] = mean[gring[k]] * gpol[k]
+    """Noise units ``(g - B) / sqrt(max(B, 0) + sigma^2)`` of the valid ring pixels with
+    a q-space column (``z``: their corrected photons ``g``, in place; ``bg``: their
+    backgrounds ``B = P m``, from :func:`_corrected_bg`), divided by the guard
+    ``divisor`` and clipped to ``+-clip``; NaN where not finite (returns how many).
+    Without gathers the loop is vectorised (square roots and divisions 16 at a time)."""
     zero = np.float32(0)
     nan = np.float32(np.nan)
     for k in range(z.size):
@@ -1042,10 +1079,18 @@ class StandardKernel:
             scale = _guard_scale(s.guard, n_guard, 4.0, 3)
             sc = scale if np.isfinite(scale) and scale > 0 else 1.0
             divisor = np.float32(sc / min(max(sc, 1.0 / self.guard), self.guard))
-            _corrected(flat, self.gpix, self.gpix.size, *correct, s.z)
-            n_bad = _noise_units(
-                self.gring, self.gpol, s.mean, self.rn2, divisor, self.clip, s.z, s.bg
+            _corrected_bg(
+                flat,
+                self.gpix,
+                self.gpix.size,
+                *correct,
+                s.z,
+                self.gring,
+                self.gpol,
+                s.mean,
+                s.bg,
             )
+            n_bad = _noise_units(self.rn2, divisor, self.clip, s.z, s.bg)
             _drop(
                 s.z,
                 self.column,
