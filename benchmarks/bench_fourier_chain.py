@@ -5,11 +5,15 @@ space groups, diffuse models, detectors; half or a third of the frames diffuse, 
 orientations in the stream, ``truth.h5`` the diffuse intensity on fractional hkl) are merged
 serially (``plan_frames`` + ``process_chunk``, the same functions the dask job runs) into a
 ``--grid``^3 hkl grid of half-width ``--max-hkl``; the merged map is compared with the
-truth (nearest truth voxel) overall and per |q| shell (nm^-1, no 2 pi), and with the truth
-minus its isotropic part (mean in thin |q| shells).
+truth (``--truth-sampling``: the mean of the truth voxels in each grid voxel, as the job's
+summary, or the nearest) overall and per |q| shell (nm^-1, no 2 pi), and with the truth
+minus its isotropic part (mean in thin |q| shells); per shell also CC* =
+sqrt(2 CC1/2 / (1 + CC1/2)) of the two half-maps smoothed alike (Karplus & Diederichs), the
+CC the data allow: a truth CC well below it is a systematic error of the map.
 
 Rows: ``all`` / ``diffuse`` (all oriented frames, or the labelled-diffuse ones), and with
-this checkout's chain ``scale0`` / ``scale1`` (no / one scale-refinement pass).  Run the
+this checkout's chain ``scale0`` / ``scale1`` (no / one scale-refinement pass,
+:func:`hpcdiff.pipelines.fourier_frames.scale_pass`; its decision printed).  Run the
 same script with ``PYTHONPATH=/work/main`` for the rows of main (no chain, no scales).
 Each row is scored per ``--smooth`` map: ``raw`` voxel means, ``auto`` (a normalised Gaussian
 smoothing whose width minimises the leave-one-voxel-out error, :mod:`hpcdiff.map_smooth`),
@@ -69,10 +73,17 @@ def simulate(name: str, spec: dict, n_frames: int) -> Path:
     return Path(sim.job) if sim.job else job
 
 
-def sampled_truth(grid, truth_path: Path) -> np.ndarray:
-    from hpcdiff.pipelines.fourier import read_truth
+def sampled_truth(grid, truth_path: Path, *, how: str = "mean") -> np.ndarray:
+    """The truth on the grid's voxels: ``"mean"`` of the truth voxels in each grid voxel
+    (:func:`hpcdiff.fourier_truth.resample_truth`, what the job's summary uses and what a
+    voxel mean of pixels estimates), or ``"nearest"`` truth voxel to each grid centre
+    (rounding half to even: with a truth twice as fine, always the lower neighbour)."""
+    from hpcdiff.fourier_truth import load_truth, resample_truth
 
-    volume, axes = read_truth(truth_path)
+    truth = load_truth(truth_path)
+    if how == "mean":
+        return resample_truth(truth, grid)
+    volume, axes = truth.volume, truth.axes
     centres = grid.axis()
     idx, masks = [], []
     for a in axes:
@@ -131,6 +142,27 @@ def smoothed(acc, smooth: str) -> tuple[np.ndarray, float]:
     return smoothed_mean(s, c, sigma_voxels=choice.sigma_voxels), choice.sigma_voxels
 
 
+def star(cc_half: float) -> float:
+    """``CC*`` of a half-map correlation (:func:`hpcdiff.map_smooth.cc_star`; NaN if none)."""
+    from hpcdiff.map_smooth import cc_star
+
+    v = cc_star(cc_half)
+    return float("nan") if v is None else v
+
+
+def half_maps(acc, sigma: float) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The two half-maps smoothed with ``sigma`` voxels (None without half-maps)."""
+    if getattr(acc, "half_a", None) is None:
+        return None, None
+    from hpcdiff.map_smooth import smoothed_mean
+
+    shape = acc.grid.shape
+    return tuple(  # type: ignore[return-value]
+        smoothed_mean(h.sums.reshape(shape), h.denominator().reshape(shape), sigma_voxels=sigma)
+        for h in (acc.half_a, acc.half_b())
+    )
+
+
 def measure(
     job_path: Path,
     *,
@@ -140,6 +172,7 @@ def measure(
     overrides: dict | None = None,
     which: tuple[str, ...] = ("all", "diffuse"),
     smooths: tuple[str, ...] = ("raw", "auto"),
+    truth_sampling: str = "mean",
 ) -> list[dict]:
     from hpcdiff.config import load_job
     from hpcdiff.pipelines import fourier as fj
@@ -158,7 +191,9 @@ def measure(
     )
     plan = fj.plan_frames(job)
     settings = fj.FourierSettings.from_job(job)
-    truth = sampled_truth(settings.grid, job.fourier.truth or job_path.parent / "truth.h5")
+    truth = sampled_truth(
+        settings.grid, job.fourier.truth or job_path.parent / "truth.h5", how=truth_sampling
+    )
     q = q_of_voxels(settings.grid, plan.orientations[0])
     iso = isotropic_removed(truth, q)
     assert plan.labels is not None
@@ -175,11 +210,16 @@ def measure(
         for p in passes if new_chain else [0]:
             cur = acc
             for _ in range(p):
-                from hpcdiff.pipelines.fourier_frames import reference_map
+                from hpcdiff.pipelines.fourier_frames import scale_pass
 
-                cur, _ = fj.process_chunk(plan, rows, settings, reference=reference_map(cur))
+                cur, decision = scale_pass(plan, rows, settings, cur)
+                d = decision.summary()
+                print(f"  scale pass ({name}): measurable {d['measurable']}, typical "
+                      f"{d['typical']}, left out {d['n_left_out']} of {len(rows)}, "
+                      f"fitted {d['fitted']}, error {d['error']}", flush=True)  # fmt: skip
             for smooth in smooths:
                 m, sigma = smoothed(cur, smooth)
+                ha, hb = half_maps(cur, sigma)
                 row = {
                     "frames": name,
                     "n_frames": len(rows),
@@ -202,25 +242,27 @@ def measure(
                     sel = (q >= lo) & (q < hi)
                     c, n = cc(m, truth, sel)
                     ci, _ = cc(m, iso, sel)
+                    ch = cc(ha, hb, sel)[0] if ha is not None else float("nan")
                     if n >= 10:
                         row["shells"].append(
                             {"q_min_nm_inv": lo, "q_max_nm_inv": hi, "cc": c, "cc_iso": ci,
-                             "voxels": n}
+                             "voxels": n, "cc_half": ch, "cc_star": star(ch)}
                         )  # fmt: skip
                 out.append(row)
                 shells = "  ".join(
                     f"[{s['q_min_nm_inv']:.1f},{s['q_max_nm_inv']:.1f}) "
-                    f"{s['cc']:.3f}/{s['cc_iso']:.3f} ({s['voxels']})"
+                    f"{s['cc']:.3f}/{s['cc_iso']:.3f}/{s['cc_star']:.2f} ({s['voxels']})"
                     for s in row["shells"]
                 )
                 best = max((s["cc"] for s in row["shells"]), default=float("nan"))
                 print(
                     f"  {row['chain']:4s} {name:7s} n={len(rows):3d} merged={cur.n_frames:3d} "
                     f"scale_passes={p} bragg={settings.bragg_radius_hkl:g} "
+                    f"bragg_q={getattr(settings, 'bragg_radius_per_nm', 0.0):g} "
                     f"smooth={smooth}(sigma {sigma:g} vox): CC {row['cc']:.3f}, "
                     f"iso-removed {row['cc_iso_removed']:.3f}, strongest shell {best:.3f}, "
                     f"CC1/2 {row['cc_half']:.3f}; "
-                    f"per shell CC/CC-iso (voxels): {shells}",
+                    f"per shell CC/CC-iso/CC* (voxels): {shells}",
                     flush=True,
                 )
     return out
@@ -240,6 +282,12 @@ def main(argv: list[str] | None = None) -> int:
         default=["raw", "auto"],
         help="maps to score: raw voxel means, auto (leave-one-voxel-out width), halves "
         "(half-map width), or sigmas",
+    )
+    ap.add_argument(
+        "--truth-sampling",
+        choices=["mean", "nearest"],
+        default="mean",
+        help="truth on the grid: mean of the truth voxels in each grid voxel, or nearest",
     )
     ap.add_argument("--rows", nargs="+", default=["all", "diffuse"], choices=["all", "diffuse"])
     ap.add_argument(
@@ -265,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
             overrides=overrides,
             which=tuple(args.rows),
             smooths=tuple(args.smooth),
+            truth_sampling=args.truth_sampling,
         )
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))

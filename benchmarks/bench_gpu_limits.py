@@ -15,6 +15,10 @@ stage per batch (upload + widening, cupy preprocessing, VGG16 bf16), and end to 
 ceiling (float32 and int16 frames) and of the compute ceiling.  VGG16 runs with random
 weights there: its speed does not depend on the weights, and no feature is kept.
 
+On any machine it also counts the host synchronisations of one batch of the device
+preprocessing chain with cupy emulated on numpy (target 0), and on a GPU it times that chain
+per batch, per recipe and stage (:mod:`device_prep_rows`).
+
 Run alone: ``python benchmarks/bench_gpu_limits.py [--quick] [--record PATH_STEM]``;
 ``benchmarks/gpu.sh`` runs it with the gpu-marked tests and writes the record.
 """
@@ -52,6 +56,8 @@ def run(quick: bool = False) -> dict:
     import torch
 
     title = "GPU limits: host-to-device bandwidth and bf16 matmul peak"
+    # the device chain's host syncs per batch, counted on the CPU (cupy emulated): any machine
+    sync_rows = _device_prep().sync_rows(quick=quick)
     if not torch.cuda.is_available():
         return {
             "title": title,
@@ -61,7 +67,8 @@ def run(quick: bool = False) -> dict:
                     "value": "none",
                     "unit": "",
                     "note": "no CUDA device on this machine: nothing measured",
-                }
+                },
+                *sync_rows,
             ],
         }
     dev = torch.device("cuda")
@@ -120,7 +127,20 @@ def run(quick: bool = False) -> dict:
         },
     ]
     rows += _data_path_rows(torch, quick=quick, h2d_pinned=h2d, peak=peak)
+    rows += sync_rows
+    try:  # device preprocessing per batch, per recipe and stage; ring median packed vs padded
+        rows += _device_prep().gpu_rows(batch=16 if quick else 32, repeats=3 if quick else 10)
+    except Exception:
+        rows.append(_row("device preprocessing rows", "error", "", traceback.format_exc()[-800:]))
     return {"title": title, "rows": rows, "limit_frames_per_s": min(transfer_limit, compute_limit)}
+
+
+def _device_prep():
+    """benchmarks/device_prep_rows.py, imported from this file's folder."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import device_prep_rows
+
+    return device_prep_rows
 
 
 def _row(metric: str, value: object, unit: str, note: str = "") -> dict:

@@ -4,7 +4,9 @@
 # frames, bf16 matmul peak, each stage per batch, end to end as a fraction of both limits).
 # Writes benchmarks/records/gpu-HOST-DATE.{json,txt} (+ .tests.txt, the pytest output, and
 # .feed.txt, benchmarks/bench_feed.py: reader processes and the device feed on this node).
-# Without a CUDA device it prints "no CUDA device: nothing measured" and exits 0.
+# Without a CUDA device it prints "no CUDA device: nothing measured", then the CPU rows of
+# benchmarks/device_prep_rows.py (host syncs per batch of the device chain, cupy emulated),
+# and exits 0.
 #
 # Usage: bash benchmarks/gpu.sh [--quick]      (PYTHON=... to pick the interpreter)
 set -u
@@ -14,6 +16,8 @@ PY=${PYTHON:-python}
 
 if ! "$PY" -c 'import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
     echo "no CUDA device: nothing measured"
+    # what needs no GPU: the device chain's host syncs per batch, counted with cupy emulated
+    "$PY" benchmarks/device_prep_rows.py --quick
     exit 0
 fi
 

@@ -198,6 +198,17 @@ def asic_index(panel_index: Any, *, asic_shape: tuple[int, int] | None = None) -
     return out
 
 
+def _counts(key: Any, size: int, xp: Any) -> Any:
+    """How often each of ``0 .. size - 1`` occurs in the int64 array ``key`` (entries
+    ``== size`` are not counted).  numpy: ``bincount``; cupy: one sort and a
+    ``searchsorted`` of the bin edges (cupy's ``bincount`` reads ``max(key)`` back to the
+    host to size its output)."""
+    if xp is np:
+        return np.bincount(key, minlength=size + 1)[:size]
+    edges = xp.searchsorted(xp.sort(key), xp.arange(size + 1, dtype=key.dtype))
+    return edges[1:] - edges[:-1]
+
+
 def _histogram_peak(
     rows: Any,
     ok: Any,
@@ -217,8 +228,10 @@ def _histogram_peak(
     b = xp.floor(xp.where(xp.isfinite(rel), (rel + threshold) / bin_width, -1)).astype(xp.int64)
     use = ok & (b >= 0) & (b < n_bins) & (labels >= 0)[None, :]
     seg_frame = labels[None, :] + n_seg * xp.arange(n)[:, None]
-    idx = (seg_frame * n_bins + b)[use]
-    hist = xp.bincount(idx, minlength=n * n_seg * n_bins).reshape(n, n_seg, n_bins)
+    size = n * n_seg * n_bins
+    # pixels not counted go to one extra bin past the end: static shapes, no mask indexing
+    key = xp.where(use, seg_frame * n_bins + b, size)
+    hist = _counts(key.ravel(), size, xp).reshape(n, n_seg, n_bins)
     peak = xp.argmax(hist, axis=2)
 
     def count(k: Any) -> Any:

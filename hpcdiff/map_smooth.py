@@ -349,6 +349,21 @@ def half_map_cc(mean_a: np.ndarray, mean_b: np.ndarray) -> tuple[float, int]:
     return (float(np.dot(a, b)) / den if den > 0 else float("nan")), n
 
 
+def cc_star(cc_half: float | None) -> float | None:
+    """``CC* = sqrt(2 CC1/2 / (1 + CC1/2))`` (Karplus & Diederichs 2012): the correlation the
+    full map (both halves merged) is expected to have with the noise-free signal the data
+    measure, from the correlation ``CC1/2`` of two half-maps with independent noise.
+
+    A truth correlation well below ``CC*`` is error the two halves share: systematic, not
+    noise (Bragg leftovers, a background misfit).  0 for ``CC1/2 <= 0`` (no measurable
+    signal); None for None or NaN.
+    """
+    if cc_half is None or not np.isfinite(cc_half):
+        return None
+    c = min(float(cc_half), 1.0)
+    return float(np.sqrt(2.0 * c / (1.0 + c))) if c > 0 else 0.0
+
+
 def smoothing_for(
     sums: np.ndarray,
     counts: np.ndarray,
@@ -368,6 +383,7 @@ def smoothing_for(
 __all__ = [
     "DEFAULT_SIGMAS",
     "SmoothingChoice",
+    "cc_star",
     "choose_sigma",
     "choose_sigma_halves",
     "half_map_cc",

@@ -441,6 +441,8 @@ class PixelDirections:
         wavelength_nm: float,
         grids: Sequence[Grid],
         bragg_radius_hkl: float = 0.0,
+        bragg_radius_per_nm: float = 0.0,
+        bragg_excitation_per_nm: float | None = None,
     ) -> list[np.ndarray]:
         """Flat voxel index of every pixel on each grid.
 
@@ -454,6 +456,20 @@ class PixelDirections:
             The grids.
         bragg_radius_hkl
             Pixels within this distance of an integer ``hkl`` get -1 on every grid.
+        bragg_radius_per_nm
+            Pixels within this ``|q|`` distance (nm^-1, no 2 pi) of the nearest
+            reciprocal-lattice point ``q_hkl`` get -1 on every grid as well (a Bragg spot
+            and its tails have a width in ``q``, set by mosaicity, divergence and bandwidth,
+            not in Miller indices: the same ``bragg_radius_hkl`` covers less of a spot
+            along a long cell axis).
+        bragg_excitation_per_nm
+            With ``bragg_radius_per_nm``: only lattice points within this distance
+            (nm^-1) of the frame's Ewald sphere (the excitation error ``|e|``, ``e =
+            |q_hkl + k_in| - 1/lambda``, ``k_in`` along +z) are masked: a point off the
+            sphere puts no Bragg peak on the detector, and the diffuse scattering around
+            it (a halo of correlated disorder) is kept.  Needs the directions as
+            ``k_out - k_in`` with ``|k| = 1`` (as the Fourier job builds them).  None: every
+            point.
 
         Returns
         -------
@@ -467,10 +483,18 @@ class PixelDirections:
         n = len(self)
         outs = [np.empty(n, np.int64) for _ in grids]
         bragg_t = None
-        if bragg_radius_hkl > 0:
+        if bragg_radius_hkl > 0 or bragg_radius_per_nm > 0:
             bragg_t = np.zeros((3, 4), np.float32)
             bragg_t[:, :3] = to_hkl.T
         r2 = np.float32(bragg_radius_hkl * bragg_radius_hkl)
+        # |q - q_hkl|^2 = d^T G* d, d = hkl - rint(hkl), G* = A A^T (nm^-2)
+        metric = (a @ a.T).astype(np.float32) if bragg_radius_per_nm > 0 else None
+        rq2 = np.float32(bragg_radius_per_nm * bragg_radius_per_nm)
+        # lattice point in direction units (|k| = 1): d_hkl = lambda * hkl @ A
+        to_dir = None
+        if metric is not None and bragg_excitation_per_nm is not None:
+            to_dir = (float(wavelength_nm) * a.T).astype(np.float32)
+            exc = np.float32(bragg_excitation_per_nm * float(wavelength_nm))
         scratch = _Scratch(min(n, _CHUNK))
         # chunks of pixels small enough that every step after the matmul runs in cache
         for start in range(0, n, _CHUNK):
@@ -480,9 +504,23 @@ class PixelDirections:
             if bragg_t is not None:
                 hkl = scratch.coords[:, : stop - start]
                 np.matmul(bragg_t, d, out=hkl)
-                hkl -= np.rint(hkl)
-                hkl *= hkl
-                near = hkl.sum(axis=0) <= r2
+                node = np.rint(hkl)
+                hkl -= node  # offset from the nearest lattice point
+                if metric is not None:
+                    gh = metric @ hkl
+                    gh *= hkl
+                    near = gh.sum(axis=0) <= rq2
+                    if to_dir is not None:
+                        dn = to_dir @ node
+                        dn[2] += 1.0  # d_hkl + k_in, |k_in| = 1
+                        dn *= dn
+                        near &= np.abs(np.sqrt(dn.sum(axis=0)) - 1.0) <= exc
+                    if bragg_radius_hkl > 0:
+                        hkl *= hkl
+                        near |= hkl.sum(axis=0) <= r2
+                else:
+                    hkl *= hkl
+                    near = hkl.sum(axis=0) <= r2
             for t, grid, out in zip(transforms, grids, outs, strict=True):
                 _flat_chunk(d, t, grid.shape, out[start:stop], scratch)
                 if near is not None:

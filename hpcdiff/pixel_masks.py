@@ -407,7 +407,9 @@ class PixelMasks:
         """True when some pixels are judged per frame (flags or a saturation map)."""
         return bool(self.flag_groups) or self.saturation is not None
 
-    def frame_bad(self, raw: Any, *, saturation: Any | None = None) -> Any | None:
+    def frame_bad(
+        self, raw: Any, *, saturation: Any | None = None, where: Sequence[Any] | None = None
+    ) -> Any | None:
         """Pixels bad in each frame by their raw value, or ``None`` when nothing is per frame.
 
         Parameters
@@ -416,6 +418,9 @@ class PixelMasks:
             ``(n, n_ss, n_fs)`` raw frames, ADU (numpy or cupy), before any correction.
         saturation
             :attr:`saturation` already on ``raw``'s device (optional).
+        where
+            The ``where`` maps of :attr:`flag_groups` already on ``raw``'s device, in order
+            (optional; saves uploading them for every batch).
 
         Returns
         -------
@@ -425,10 +430,10 @@ class PixelMasks:
             return None
         xp = array_module(raw)
         bad = None
-        for where, flags in self.flag_groups:  # whole frames at once, then the group's panels
+        for i, (group, flags) in enumerate(self.flag_groups):  # frames, then group's panels
             hit = flag_bad(raw, flags)
-            if where is not None:
-                hit &= xp.asarray(where)[None]
+            if group is not None:
+                hit &= (xp.asarray(group) if where is None else where[i])[None]
             bad = hit if bad is None else xp.logical_or(bad, hit, out=bad)
         if bad is None:
             bad = xp.zeros(raw.shape, dtype=bool)

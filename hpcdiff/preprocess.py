@@ -108,6 +108,16 @@ class PreprocessResult:
     bragg: Any
 
 
+def per_frame(values: np.ndarray, like: Any) -> Any:
+    """Host per-frame values ``(n,)`` as a factor for ``(n, n_ss, n_fs)`` arrays like
+    ``like``: a scalar of ``values``' dtype when every frame has the same value (no upload:
+    nothing the device must wait for), else an ``(n, 1, 1)`` array on ``like``'s device."""
+    values = np.asarray(values)
+    if values.size and (values == values.flat[0]).all():
+        return values.dtype.type(values.flat[0])
+    return array_module(like).asarray(values)[:, None, None]
+
+
 def _adu_per_ev_map(model: Any) -> np.ndarray | None:
     """Per-pixel ADU per eV from the geometry's panels; None if a panel lacks it."""
     geom = model.geom
@@ -279,6 +289,10 @@ class Preprocessor:
                     else xp.asarray(self.pixel_masks.saturation)
                 ),
             }
+            if self.pixel_masks is not None:  # flag_* panel groups, uploaded once
+                self._device[key]["flag_where"] = tuple(
+                    None if w is None else xp.asarray(w) for w, _ in self.pixel_masks.flag_groups
+                )
             if self.standard:
                 self._device[key]["polarisation"] = xp.asarray(self._polarisation())
         return self._device[key]
@@ -315,9 +329,8 @@ class Preprocessor:
         ``x`` is a float32 ``(n, n_ss, n_fs)`` batch this class owns (a fresh copy);
         ``energy`` the ``(n,)`` photon energies, eV.
         """
-        xp = array_module(x)
         x *= dev["ev_per_adu"][None]
-        x *= xp.asarray((1.0 / energy).astype(x.dtype))[:, None, None]
+        x *= per_frame((1.0 / energy).astype(x.dtype), x)
         return x
 
     def _energies(self, photon_energy_ev: Any, n: int) -> np.ndarray:
@@ -406,7 +419,9 @@ class Preprocessor:
         flagged = (
             None
             if self.pixel_masks is None
-            else self.pixel_masks.frame_bad(frames, saturation=dev["saturation"])
+            else self.pixel_masks.frame_bad(
+                frames, saturation=dev["saturation"], where=dev["flag_where"]
+            )
         )
         x = apply_pedestal_gain(frames, pedestal=dev["pedestal"], gain=dev["gain"])
         if flagged is not None:  # flag_* / saturation_map: bad in this frame, before all else
@@ -428,9 +443,8 @@ class Preprocessor:
                 stride=c.common_mode_stride,
             )
         if not c.convert_to_photons:
-            energy = xp.asarray(energies)
             gain = xp.where(dev["valid"], dev["adu_per_ev"], 1.0)
-            x = x * (gain[None] * energy[:, None, None]).astype(xp.float32)
+            x = x * (gain[None] * per_frame(energies, x)).astype(xp.float32)
         return x
 
     def _background(self, x: Any, valid: Any) -> Any:
@@ -516,7 +530,7 @@ class Preprocessor:
         n = x.shape[0]
         unit = self._photon_unit(photon_energy_ev, n)
         if not np.all(unit == 1):
-            x = x / xp.asarray(unit.astype(np.float32))[:, None, None]
+            x = x / per_frame(unit.astype(np.float32), x)
         dev = self._arrays(xp)
         pol = dev["polarisation"]
         valid = xp.broadcast_to(dev["valid"], x.shape) & xp.isfinite(x)
@@ -605,7 +619,7 @@ class Preprocessor:
             In [0, 1], ``size = image_size_px``; 0.5 is the neutral (masked / gap) value.
             Frame ``i``'s image depends on frame ``i`` alone.
         """
-        if isinstance(frames, np.ndarray):
+        if array_module(frames) is np:
             return self._numpy_images(frames, photon_energy_ev)
         return self._slab_images(frames, photon_energy_ev)
 
@@ -793,4 +807,4 @@ class Preprocessor:
         return found
 
 
-__all__ = ["PreprocessResult", "Preprocessor"]
+__all__ = ["PreprocessResult", "Preprocessor", "per_frame"]

@@ -8,14 +8,18 @@ A :class:`Segments` object groups the pixels of a detector slab by an integer la
 reused for every frame.  For cupy arrays the statistics are vectorised over all segments
 and all frames of a batch at once, with no Python loop over segments:
 
-* percentiles and medians place each segment's pixels in one row of a padded
-  ``(n, n_segments, max_size)`` array (equal-size segments such as ASICs need no padding)
-  and select the order statistics of every row at once with one ``partition`` call:
-  excluded pixels and padding are split between -inf and +inf so that the wanted order
-  statistic of every row lands in the same column (exact; a sort where that is
-  impossible);
-* means, clipped means and standard deviations use ``bincount`` over
-  ``frame * n_segments + label``.
+* percentiles and medians of equal-size segments (ASICs) are rows of a 2-D array whose
+  order statistics one ``partition`` call selects (excluded pixels split between -inf
+  and +inf so that the wanted order statistic of every row lands in the same column);
+  other float32 segments (|q| rings) sort the batch's real pixels once as uint64 keys
+  ``(frame, segment, value)`` and read each segment's order statistics at its offset
+  (no padding to the largest segment);
+* means, clipped means (a fixed number of passes) and standard deviations are masked
+  running sums differenced at the segment offsets.
+
+No device value is read back by the host (no ``bool``/``int`` of a device array, no
+boolean-mask indexing, no ``bincount``), so a batch runs without synchronisation;
+:mod:`hpcdiff.host_sync` checks that on a CPU.
 
 On the CPU (numpy arrays) two faster exact paths replace these: the pixels are gathered
 in segment order once, order statistics come from ``np.partition`` on each segment's
@@ -201,8 +205,11 @@ def percentile_rows(x: Any, ok: Any, q: float) -> Any:
 
     Rows may hold different numbers of valid entries.  The invalid entries of each row
     are set to -inf or +inf in such numbers that the two order statistics the percentile
-    needs fall in the same two columns for every row; one ``partition`` then finds them
-    all (O(size)).  Where no such split exists (extreme percentiles) the rows are sorted.
+    needs fall in the same two columns of every row, columns fixed by the row length
+    alone (``t = floor((L - 1) q / 100)`` and ``t + 1``); one ``partition`` then finds
+    them all (O(size)).  A row with ``c`` valid entries needs ``t - floor((c - 1) q / 100)
+    <= L - c`` entries at -inf, always available, so no value is read back to the host
+    (no synchronisation on a GPU).
 
     Parameters
     ----------
@@ -224,28 +231,32 @@ def percentile_rows(x: Any, ok: Any, q: float) -> Any:
     ok = ok & xp.isfinite(x)
     length = x.shape[-1]
     count = ok.sum(axis=-1)
-    pos = (count - 1).clip(0) * (q / 100.0)
-    lo = xp.floor(pos).astype(xp.int64)
-    step = (xp.minimum(lo + 1, (count - 1).clip(0)) - lo)[..., None]  # 0 or 1
-    frac = (pos - lo).astype(x.dtype)
-    inf = xp.asarray(np.inf, dtype=x.dtype)
-    target = int(lo.max()) if lo.size else 0
+    lo, step, frac = _linear_rule(count, q, x.dtype, xp)
+    if length == 0:
+        return xp.full(count.shape, np.nan, dtype=x.dtype)
+    inf = x.dtype.type(np.inf)
+    target = int(np.floor((length - 1) * (q / 100.0)))  # from the shape: no device read
     n_low = xp.where(count > 0, target - lo, 0)
-    if length and bool((n_low <= length - count).all()):
-        rank = xp.cumsum(~ok, axis=-1, dtype=xp.int32)  # 1-based rank among invalid entries
-        y = xp.where(ok, x, xp.where(rank <= n_low[..., None], -inf, inf))
-        second = min(target + 1, length - 1)
-        part = xp.partition(y, [target, second] if second > target else target, axis=-1)
-        a = part[..., target]
-        b = xp.where(step[..., 0] > 0, part[..., second], a)
-    else:
-        s = xp.sort(xp.where(ok, x, inf), axis=-1) if length else x
-        ilo = lo[..., None].clip(0, max(length - 1, 0))
-        a = xp.take_along_axis(s, ilo, axis=-1)[..., 0] if length else xp.zeros(lo.shape, x.dtype)
-        b = xp.take_along_axis(s, ilo + step, axis=-1)[..., 0] if length else a
+    rank = xp.cumsum(~ok, axis=-1, dtype=xp.int32)  # 1-based rank among invalid entries
+    y = xp.where(ok, x, xp.where(rank <= n_low[..., None], -inf, inf))
+    second = min(target + 1, length - 1)
+    part = xp.partition(y, [target, second] if second > target else target, axis=-1)
+    a = part[..., target]
+    b = xp.where(step > 0, part[..., second], a)
     with np.errstate(invalid="ignore"):
         out = a + (b - a) * frac
-    return xp.where(count > 0, out, xp.asarray(np.nan, dtype=x.dtype))
+    return xp.where(count > 0, out, x.dtype.type(np.nan))
+
+
+def _linear_rule(count: Any, q: float, dtype: Any, xp: ModuleType) -> tuple[Any, Any, Any]:
+    """numpy's ``"linear"`` rule for ``count`` values: the lower order statistic ``lo``
+    (0-based), ``step`` (0 or 1) to the upper one, and the weight ``frac`` (``dtype``)."""
+    top = (count - 1).clip(0)
+    pos = top * (q / 100.0)
+    lo = xp.floor(pos).astype(xp.int64)
+    step = xp.minimum(lo + 1, top) - lo
+    frac = (pos - lo).astype(dtype)
+    return lo, step, frac
 
 
 def segment_percentile(
@@ -279,6 +290,16 @@ def segment_percentile(
     if segments.uniform:
         size = int(segments.sizes[0])
         return percentile_rows(g.reshape(n, k, size), gok.reshape(n, k, size), q)
+    if g.dtype == np.float32:
+        return _percentile_packed(g, gok, segments, q, xp)
+    return _percentile_padded(g, gok, segments, q, xp)  # other dtypes
+
+
+def _percentile_padded(g: Any, gok: Any, segments: Segments, q: float, xp: ModuleType) -> Any:
+    """:func:`segment_percentile` through rows padded to the largest segment
+    (``(n, n_segments, max_size)``: 2.8 times the real pixels for CSPAD |q| rings), for
+    dtypes :func:`_percentile_packed` does not take (and to compare with it)."""
+    n, k = g.shape[0], segments.n_segments
     ix = segments.arrays(xp)
     width = int(segments.sizes.max()) if k else 0
     rows = xp.zeros((n, k, width), dtype=g.dtype)
@@ -286,6 +307,59 @@ def segment_percentile(
     rows[:, ix["sorted_labels"], ix["positions"]] = g
     rows_ok[:, ix["sorted_labels"], ix["positions"]] = gok
     return percentile_rows(rows, rows_ok, q)
+
+
+_SIGN = np.uint32(0x80000000)
+_ALL = np.uint32(0xFFFFFFFF)
+
+
+def orderable_bits(x: Any) -> Any:
+    """float32 -> uint32 whose unsigned order is the float order (-inf < ... < +inf < NaN
+    for positive NaNs): the sign bit flipped for positive values, every bit for negative."""
+    xp = array_module(x)
+    u = x.view(xp.uint32)
+    return u ^ xp.where(u >= _SIGN, _ALL, _SIGN).astype(xp.uint32, copy=False)
+
+
+def from_orderable_bits(k: Any) -> Any:
+    """The inverse of :func:`orderable_bits`: uint32 -> float32."""
+    xp = array_module(k)
+    flip = xp.where(k >= _SIGN, _SIGN, _ALL).astype(xp.uint32, copy=False)
+    return (k ^ flip).astype(xp.uint32, copy=False).view(xp.float32)
+
+
+def _percentile_packed(g: Any, gok: Any, segments: Segments, q: float, xp: ModuleType) -> Any:
+    """Device path of :func:`segment_percentile` for float32 pixels, without padding.
+
+    One sort of the batch's ``n m`` real pixels as uint64 keys ``(frame, segment) << 32 |
+    orderable bits of the value`` (excluded pixels get the largest low word, so they sort
+    after every valid value of their segment): each segment's valid values come out
+    sorted, in place, at the segment's offset ``i m + starts[s]`` (a CSR layout).  The
+    order statistics are read there, with the ``"linear"`` rule of
+    :func:`percentile_rows` (the same float32 arithmetic, so equal results).  Static
+    shapes, no host read.
+    """
+    n, m = g.shape
+    k = segments.n_segments
+    ix = segments.arrays(xp)
+    count = _segment_sums(gok.astype(xp.int64), segments, xp)  # (n, k) exact
+    lo, step, frac = _linear_rule(count, q, g.dtype, xp)
+    if m == 0:
+        return xp.full((n, k), np.nan, dtype=g.dtype)
+    low = xp.where(gok, orderable_bits(xp.ascontiguousarray(g)), _ALL).astype(xp.uint64)
+    seg = ix["sorted_labels"][None, :] + k * xp.arange(n, dtype=xp.int64)[:, None]
+    keys = (seg.astype(xp.uint64) << xp.uint64(32)) | low
+    ordered = xp.sort(keys.ravel())
+    base = ix["starts"][None, :] + m * xp.arange(n, dtype=xp.int64)[:, None]
+    last = n * m - 1
+    at_lo = xp.take(ordered, xp.clip(base + lo, 0, last))
+    at_hi = xp.take(ordered, xp.clip(base + lo + step, 0, last))
+    mask = xp.uint64(0xFFFFFFFF)
+    a = from_orderable_bits((at_lo & mask).astype(xp.uint32))
+    b = from_orderable_bits((at_hi & mask).astype(xp.uint32))
+    with np.errstate(invalid="ignore"):
+        out = a + (b - a) * frac
+    return xp.where(count > 0, out, np.float32(np.nan))
 
 
 def percentile_sorted_1d(v: np.ndarray, q: float) -> Any:
@@ -354,7 +428,7 @@ def segment_moments(
     g, gok, labels = _gather(values, segments, valid, xp)
     if xp is np:
         return _moments_sorted(g, gok, segments)
-    return _moments(g, gok, labels, segments.n_segments, xp)
+    return _moments_device(g, gok, segments, xp)
 
 
 def _gather(values: Any, segments: Segments, valid: Any | None, xp: ModuleType) -> tuple:
@@ -367,7 +441,24 @@ def _gather(values: Any, segments: Segments, valid: Any | None, xp: ModuleType) 
     return g, gok, ix["sorted_labels"]
 
 
+def _segment_sums(w: Any, segments: Segments, xp: ModuleType) -> Any:
+    """``(n, m)`` values in segment order (:func:`_gather`) -> ``(n, n_segments)`` sums.
+
+    Differences of one running sum at the segment offsets: static shapes and no scatter
+    (``bincount`` on cupy reads the largest index back to size its output).  Integer
+    sums are exact; float64 sums differ from a direct sum by the running sum's rounding,
+    about ``1e-16`` of the frame's total.
+    """
+    n = w.shape[0]
+    ix = segments.arrays(xp)
+    run = xp.concatenate([xp.zeros((n, 1), dtype=w.dtype), xp.cumsum(w, axis=1)], axis=1)
+    return xp.take(run, ix["starts"] + ix["sizes"], axis=1) - xp.take(run, ix["starts"], axis=1)
+
+
 def _moments(rows: Any, ok: Any, labels: Any, n_seg: int, xp: ModuleType) -> tuple[Any, Any, Any]:
+    """Count, mean and std per frame and label with ``bincount`` over
+    ``frame * n_seg + label`` (any pixel order): the reference the segment-order paths
+    are checked against (on cupy it reads back to the host: not used on the device)."""
     n = rows.shape[0]
     ok = xp.broadcast_to(ok, rows.shape)
     idx = (labels[None, :] + n_seg * xp.arange(n)[:, None])[ok]
@@ -381,6 +472,20 @@ def _moments(rows: Any, ok: Any, labels: Any, n_seg: int, xp: ModuleType) -> tup
         var = xp.maximum(s2 / cnt - mean * mean, 0.0)
     shape = (n, n_seg)
     return cnt.reshape(shape).astype(xp.int64), mean.reshape(shape), xp.sqrt(var).reshape(shape)
+
+
+def _moments_device(g: Any, ok: Any, segments: Segments, xp: ModuleType) -> tuple[Any, Any, Any]:
+    """Device path of :func:`segment_moments` on pixels gathered in segment order:
+    masked running sums (no boolean indexing, no ``bincount``), float64."""
+    ok = xp.broadcast_to(ok, g.shape)
+    cnt = _segment_sums(ok.astype(xp.int64), segments, xp)
+    w = xp.where(ok, g, 0).astype(xp.float64)
+    s1 = _segment_sums(w, segments, xp)
+    s2 = _segment_sums(w * w, segments, xp)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = s1 / cnt
+        var = xp.maximum(s2 / cnt - mean * mean, 0.0)
+    return cnt, mean, xp.sqrt(var)
 
 
 def _moments_sorted(g: np.ndarray, keep: np.ndarray, segments: Segments) -> tuple:
@@ -463,16 +568,14 @@ def segment_clipped_stats(
     g, ok, labels = _gather(values, segments, valid, xp)
     if xp is np:
         return _clipped_sorted(g, ok, segments, sigma, max_iter)
-    keep = ok
-    cnt, mean, std = _moments(g, keep, labels, segments.n_segments, xp)
+    # device path: always max_iter passes (a pass after convergence keeps the same pixels
+    # and gives the same moments), so no convergence test reads the device
+    _, mean, std = _moments_device(g, ok, segments, xp)
     for _ in range(max_iter):
         m = xp.take(mean, labels, axis=1)
         s = xp.take(std, labels, axis=1)
-        new = ok & (xp.abs(g - m) <= sigma * s)
-        if bool((new == keep).all()):
-            break
-        keep = new
-        cnt, mean, std = _moments(g, keep, labels, segments.n_segments, xp)
+        keep = ok & (xp.abs(g - m) <= sigma * s)
+        _, mean, std = _moments_device(g, keep, segments, xp)
     return mean, std
 
 
@@ -514,6 +617,8 @@ __all__ = [
     "percentile_sorted_1d",
     "as_segments",
     "expand",
+    "from_orderable_bits",
+    "orderable_bits",
     "segment_clipped_stats",
     "segment_median",
     "segment_moments",

@@ -95,18 +95,35 @@ def resampling_matrix(pixmap: PixelMapLike, size: int) -> tuple[Any, np.ndarray]
     return matrix, on
 
 
-_DEVICE: dict[int, tuple[Any, Any]] = {}
+_DEVICE: dict[tuple[int, int], tuple[Any, Any]] = {}
 
 
 def _on_device(matrix: Any) -> Any:
-    """The cupyx copy of a host CSR matrix, made once per matrix."""
-    hit = _DEVICE.get(id(matrix))
-    if hit is None or hit[0] is not matrix:
-        import cupyx.scipy.sparse
+    """The cupyx copy of a host CSR matrix, made once per matrix (and cupyx module)."""
+    import cupyx.scipy.sparse
 
+    key = (id(matrix), id(cupyx.scipy.sparse))
+    hit = _DEVICE.get(key)
+    if hit is None or hit[0] is not matrix:
         if len(_DEVICE) > 8:
             _DEVICE.clear()
-        hit = _DEVICE[id(matrix)] = (matrix, cupyx.scipy.sparse.csr_matrix(matrix))
+        hit = _DEVICE[key] = (matrix, cupyx.scipy.sparse.csr_matrix(matrix))
+    return hit[1]
+
+
+_INDICES: dict[tuple[int, int], tuple[Any, Any]] = {}
+
+
+def _on_indices(on: np.ndarray, xp: Any) -> Any:
+    """``flatnonzero(on)`` as an ``xp`` array, made once per mask and module: gathering with
+    it has a static output size, where indexing with the bool mask makes cupy count the
+    True entries on the host."""
+    key = (id(on), id(xp))
+    hit = _INDICES.get(key)
+    if hit is None or hit[0] is not on:
+        if len(_INDICES) > 8:
+            _INDICES.clear()
+        hit = _INDICES[key] = (on, xp.asarray(np.flatnonzero(on)))
     return hit[1]
 
 
@@ -153,11 +170,11 @@ def cnn_images(
     if limit is not None and limit <= 0:
         raise ValueError(f"limit must be > 0, got {limit}")
     matrix, on = resampling_matrix(pixmap, size)
-    on_x = xp.asarray(on)
-    flat = batch.reshape(n, -1)[:, on_x].astype(xp.float32)
+    on_x = _on_indices(on, xp)
+    flat = xp.take(batch.reshape(n, -1), on_x, axis=1).astype(xp.float32)
     ok = xp.isfinite(flat)
     if valid is not None:
-        ok &= xp.broadcast_to(valid, batch.shape).reshape(n, -1)[:, on_x]
+        ok &= xp.take(xp.broadcast_to(valid, batch.shape).reshape(n, -1), on_x, axis=1)
     flat = xp.where(ok, flat, xp.float32(0))
     if limit is None:
         lim = xp.abs(flat).max(axis=1) if flat.shape[1] else xp.zeros(n, dtype=xp.float32)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from hpcdiff.backend import array_module
 from hpcdiff.segments import Segments, as_segments, expand, segment_clipped_stats
 
@@ -49,6 +51,17 @@ def grow_mask(mask: Any, *, panel_index: Any | None = None, grow_px: int = 1) ->
                 moved = moved & (panel_index[ty, tx] == panel_index[sy, sx])
             out[..., ty, tx] |= moved
     return out
+
+
+def _floor(min_excess: Any, dtype: Any, xp: Any) -> Any:
+    """``min_excess`` as a scalar (host values all equal: nothing to upload) or an
+    ``(n, 1)`` array on the device, dtype ``dtype``."""
+    if array_module(min_excess) is np:
+        host = np.asarray(min_excess, dtype=dtype)
+        if host.ndim == 0 or (host.size and (host == host.flat[0]).all()):
+            return host.dtype.type(host.flat[0])
+    floor = xp.asarray(min_excess, dtype=dtype)
+    return floor[:, None] if floor.ndim == 1 else floor  # one value per frame
 
 
 def bragg_mask(
@@ -109,9 +122,7 @@ def bragg_mask(
     segs = as_segments(segments)
     noise_segs = segs.subsample(noise_stride)
     mean, std = segment_clipped_stats(batch, noise_segs, valid=valid, sigma=clip_sigma, max_iter=3)
-    floor = xp.asarray(min_excess, dtype=std.dtype)
-    if floor.ndim == 1:
-        floor = floor[:, None]  # one value per frame
+    floor = _floor(min_excess, std.dtype, xp)
     threshold = expand(mean + xp.maximum(k_sigma * std, floor), segs)
     with_noise = xp.isfinite(threshold)
     peaks = with_noise & (batch > xp.where(with_noise, threshold, 0))

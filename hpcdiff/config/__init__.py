@@ -350,6 +350,18 @@ class ParallelConfig:
     gpu: Literal["auto", "none", "local_rank"] = "auto"
     progress_interval_s: float = field(default=10.0, metadata={"check": positive})
     overlap_preprocess: bool = True
+    reader_processes: int | None = field(
+        default=None,
+        metadata={
+            "check": non_negative,
+            "doc": "Reader processes per rank that decompress frames in parallel into "
+            "shared-memory buffers of the file's dtype (h5py lets one thread decompress at a "
+            "time); 0: the one reader thread. Default: 0 where frames are preprocessed on the "
+            "CPU (preprocessing, not reading, limits those ranks); on ranks preprocessing on "
+            "a GPU, the rank's CPU threads minus one (1 to 8), to feed it thousands of "
+            "frames/s. Each process needs a core. Results are the same either way.",
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -538,6 +550,27 @@ class FourierConfig:
         default=None, metadata={"check": positive}
     )
     mask_bragg_radius_hkl: float = field(default=0.1, metadata={"check": non_negative})
+    mask_bragg_radius_per_nm: float = field(
+        default=0.04,
+        metadata={
+            "check": non_negative,
+            "doc": "Pixels within this |q| distance (nm^-1, no 2 pi) of a reciprocal-lattice "
+            "point (on the Ewald sphere: `mask_bragg_excitation_per_nm`) are left out of the "
+            "merge as well: Bragg tails have a width in q, not in hkl, and reach ~0.04 nm^-1 "
+            "in the simulator's frames (spot sigma 0.007, excitation sigma 0.004 nm^-1); set "
+            "it from the data's spot size. 0: only `mask_bragg_radius_hkl`.",
+        },
+    )
+    mask_bragg_excitation_per_nm: float | None = field(
+        default=0.012,
+        metadata={
+            "check": non_negative,
+            "doc": "With `mask_bragg_radius_per_nm`: mask only around lattice points within "
+            "this distance (nm^-1) of the frame's Ewald sphere (excitation error), the ones "
+            "that put a peak on the detector; the diffuse around points off the sphere (a "
+            "halo of correlated disorder) is kept. Unset: around every point.",
+        },
+    )
     symmetrise: Literal["none", "friedel", "laue"] = "none"
     min_overlap: int = field(default=20, metadata={"check": positive})
     frames_per_task: int = field(default=16, metadata={"check": positive})
@@ -583,28 +616,39 @@ class FourierConfig:
         default=None,
         metadata={
             "check": non_negative,
-            "doc": "Passes of per-frame scale refinement against the merged map (a least-"
-            "squares scale per frame, then a new merge; frames below `scale_min` left out); "
-            '0: none. Unset: 1 with `frames = "all"` (the pass picks the frames that carry '
-            "the map), 0 when the frames are already chosen diffuse (there the pass drops "
-            "weakly diffuse frames: whole-map truth CC 0.71 without, 0.64 with, "
-            "benchmarks/bench_fourier_chain.py).",
+            "doc": "Passes of per-frame scale refinement (each frame's scale fitted against "
+            "the smoothed map of the other half of the frames, with a jackknife error; "
+            "frames confidently below `scale_min` of the typical scale left out; a new "
+            "merge); 0: none. Unset: 1 for every `frames` choice (the pass changes nothing "
+            "when the scales cannot be told from noise). See hpcdiff/merge_scale.py.",
         },
     )
     scale_min: float = field(
-        default=0.2,
+        default=0.5,
         metadata={
             "check": non_negative,
-            "doc": "Frames whose refined scale is below this fraction of the merged map carry "
-            "no measurable diffuse signal and are left out of the refined merge.",
+            "doc": "A frame whose refined scale plus its standard error is below this "
+            "fraction of the typical scale (median of the frames with a significant scale) "
+            "carries no measurable copy of the map and is left out of the refined merge.",
+        },
+    )
+    scale_model: Literal["select", "shrunk"] = field(
+        default="select",
+        metadata={
+            "doc": "What the scale pass does with the frames it keeps: `select` merges them "
+            "unscaled; `shrunk` merges each as v / g with weight g^2 / var, its scale g "
+            "shrunk towards the typical scale by its error (measured worse on the tuning "
+            "sets, benchmarks/bench_fourier_chain.py).",
         },
     )
     merge_weights: Literal["inverse-variance", "none"] = field(
         default="inverse-variance",
         metadata={
             "doc": "How pixels weigh in each voxel's mean: `inverse-variance` by the inverse "
-            "of the frame chain's noise variance (Poisson + read noise of the background, "
-            "times g^2 after a scale pass), `none` equally (the plain mean).",
+            "of the frame chain's noise variance (Poisson + read noise of the background; "
+            "times the frame's measured noise ratio when that shows the frame is not photons, "
+            "hpcdiff/noise_model.py; times g^2 after a scale pass), `none` equally (the plain "
+            "mean).",
         },
     )
     map_smooth_sigma_voxels: float | None = field(
@@ -613,12 +657,12 @@ class FourierConfig:
             "check": non_negative,
             "doc": "Gaussian sigma (voxels) of the normalised convolution that gives the "
             "merged map (`intensity` in merged.h5; `intensity_raw` keeps the voxel means); "
-            "unset: chosen per run by leave-one-voxel-out prediction (hpcdiff.map_smooth, "
+            "unset: chosen per run by `map_smooth_rule` (hpcdiff.map_smooth, "
             "recorded in fourier_summary.json `map_smoothing`); 0: no smoothing.",
         },
     )
     map_smooth_rule: Literal["half-maps", "leave-one-out"] = field(
-        default="leave-one-out",
+        default="half-maps",
         metadata={
             "doc": "How an unset `map_smooth_sigma_voxels` is chosen: `half-maps` by the "
             "largest correlation of one half of the frames' (split by a hash of the frame "
@@ -626,7 +670,10 @@ class FourierConfig:
             "among the candidates "
             "(falls back to leave-one-out with fewer than 2 frames in a half); "
             "`leave-one-out` by predicting each voxel from its neighbours.  The rule and "
-            "each candidate's score are in fourier_summary.json `map_smoothing`.",
+            "each candidate's score are in fourier_summary.json `map_smoothing`.  Half-maps "
+            "is the default once Bragg tails are masked (`mask_bragg_radius_per_nm`): their "
+            "leftovers are shared by both halves and made the rule choose no smoothing (RM0); "
+            "chosen on A and B (benchmarks/bench_fourier_chain.py).",
         },
     )
     cluster: ClusterConfig = field(default_factory=ClusterConfig)

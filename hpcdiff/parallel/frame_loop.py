@@ -7,9 +7,11 @@ collect half after it lives in :mod:`hpcdiff.parallel.collect`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +82,7 @@ def distributed_map(
     stop: object = None,
     progress_interval_s: float = 10.0,
     timings: Timings | None = None,
+    plan: Callable[[list[tuple[int, int]]], AbstractContextManager[object]] | None = None,
 ) -> LoopOutcome:
     """Process every frame not yet done, each rank its own block, with checkpoints.
 
@@ -102,6 +105,15 @@ def distributed_map(
         A :class:`~hpcdiff.parallel.shards.ShardStore` opened by every rank on the same folder.
     stop
         A :class:`~hpcdiff.parallel.signals.StopFlag` (or any object with truth value).
+    plan
+        ``plan(ranges)``: a context manager entered with this rank's ``(start, stop)``
+        ranges, in the order ``read`` will be called, around the loop (e.g.
+        :meth:`hpcdiff.parallel.reader_pool.RawFrames.plan`, reader processes reading
+        them ahead).  When ``read`` is called, the ``prefetch_batches + 1`` batches it
+        returned last may still be in use (queued, or being processed): a reader that
+        reuses buffers needs ``prefetch_batches + 2`` of them (``keep`` of
+        :class:`~hpcdiff.parallel.reader_pool.RawFrames`; one fewer corrupts batches,
+        as tests/test_reader_pool.py shows).
 
     Returns
     -------
@@ -135,7 +147,8 @@ def distributed_map(
     stopped = False
     last_logged = -1
     last_report = time.perf_counter()
-    with Prefetcher(read, ranges, depth=prefetch_batches) as pf:
+    planned = plan(ranges) if plan is not None else contextlib.nullcontext()
+    with planned, Prefetcher(read, ranges, depth=prefetch_batches) as pf:
         batches_iter = iter(pf)
         while True:
             wait0 = pf.wait_s
@@ -157,6 +170,7 @@ def distributed_map(
                         store.write(buffer, config_hash=config_hash, rank=rank)
             step[2] = 1 if (stop is not None and stop) else 0
             step[3] = 1 if batch is not None else 0
+            batch = None  # let its buffers go (reader processes refill them)
             with timings.section("collective"):
                 total = allreduce_sum(comm, step)
             processed += int(total[0])

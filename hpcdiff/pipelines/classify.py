@@ -60,7 +60,9 @@ from hpcdiff.parallel.device_feed import DeviceUpload
 from hpcdiff.parallel.frame_loop import FrameBatch, LoopOutcome, distributed_map
 from hpcdiff.parallel.mpi import Comm
 from hpcdiff.parallel.placement import RankInfo, setup_rank
+from hpcdiff.parallel.reader_pool import rank_raw_frames
 from hpcdiff.parallel.shards import ShardStore
+from hpcdiff.parallel.stream_handoff import stream_ready
 from hpcdiff.pipelines.layout import ClassifyLayout
 from hpcdiff.progress import Timings, timings_table
 
@@ -142,15 +144,24 @@ class FrameReader:
     datasets mark bad become NaN (after the NaN check), i.e. invalid.
     """
 
-    def __init__(self, source: Any, *, timings: Timings | None = None, masks: Any = None) -> None:
+    def __init__(
+        self,
+        source: Any,
+        *,
+        timings: Timings | None = None,
+        masks: Any = None,
+        raw: Callable[[int, int], np.ndarray] | None = None,
+    ) -> None:
         self.source = source
         self.timings = timings if timings is not None else Timings()
         self.masks = masks if masks is not None and masks.frame_masks else None
+        # raw: read_raw of hpcdiff.parallel.reader_pool.RawFrames (reader processes)
+        self.raw = raw
 
     def _read(self, start: int, stop: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         with self.timings.section("read", stop - start):
             # frames in their stored dtype (int16 ADU stays int16): preprocessing widens once
-            read = getattr(self.source, "read_raw", self.source.read)
+            read = self.raw or getattr(self.source, "read_raw", self.source.read)
             return read(start, stop), self.source.frame_values(start, stop)
 
     def __call__(self, start: int, stop: int) -> FrameBatch:
@@ -289,7 +300,8 @@ class Featurizer:
 
     def images(self, batch: FrameBatch) -> Any:
         """``(n, 3, H, W)`` float32 CNN images of the batch's frames: numpy, or a cupy array
-        on :attr:`preprocess_gpu` (read by the feature extractor without a host copy)."""
+        on :attr:`preprocess_gpu` wrapped as :class:`~hpcdiff.parallel.stream_handoff.StreamReady`
+        (read by the feature extractor through DLPack, without a host copy or wait)."""
         n = len(batch.numbers)
         energy = batch.values.get("photon_energy_ev")
         if energy is None:
@@ -303,9 +315,9 @@ class Featurizer:
             with cupy.cuda.Device(self.preprocess_gpu):
                 assert self._upload is not None
                 images = self.preprocess(self._upload(batch.frames), photon_energy_ev=energy)
-                # done before the timing ends and before the CNN thread reads the images
-                cupy.cuda.get_current_stream().synchronize()
-            return images
+                # no host wait: an event on this stream that the CNN's stream waits on when
+                # it reads the images through DLPack (the timing covers the launches only)
+                return stream_ready(images)
 
     def prepare(self, batch: FrameBatch) -> FrameBatch:
         """Add the CNN images to ``batch`` (run in the reader thread, overlapping the CNN)."""
@@ -486,11 +498,22 @@ def _frame_stage(
             threads=info.threads,
         )
         store = ShardStore(shard_dir)
+        raw = rank_raw_frames(
+            source,
+            configured=job.parallel.reader_processes,
+            # where frames are preprocessed: a rank preprocessing on the CPU needs its cores
+            device=info.device if featurizer.preprocess_gpu is not None else "cpu",
+            threads=info.threads,
+            batch_size=job.features.batch_size,
+            keep=job.parallel.prefetch_batches + 2,  # see distributed_map(plan=)
+            timings=timings,
+        )
         outcome = distributed_map(
             comm,
             n_frames=run.n_frames,
+            plan=raw.plan,
             read=_reader(
-                FrameReader(source, timings=timings, masks=model.pixel_masks),
+                FrameReader(source, timings=timings, masks=model.pixel_masks, raw=raw.read_raw),
                 featurizer,
                 job.parallel.overlap_preprocess,
             ),
@@ -514,7 +537,7 @@ def _frame_stage(
         featurizer.extractor.weights_info,
         frame_ids,
         outputs,
-        featurizer.describe(),
+        {**featurizer.describe(), "reader": raw.describe()},
         overwrite,
     )
 

@@ -65,6 +65,7 @@ from hpcdiff.merge import (
     MergeAccumulator,
     reciprocal_metric,
 )
+from hpcdiff.noise_model import noise_summary
 from hpcdiff.parallel.signals import Preempted
 from hpcdiff.pipelines.fourier_frames import (
     ChainSettings,
@@ -102,6 +103,11 @@ class FourierSettings:
         Merge grid and common-arc similarity grid.
     bragg_radius_hkl
         Pixels this close to integer ``hkl`` are left out of both grids.
+    bragg_radius_per_nm
+        Pixels this close in ``|q|`` (nm^-1) to a reciprocal-lattice point are left out too.
+    bragg_excitation_per_nm
+        With ``bragg_radius_per_nm``: only points this close (nm^-1) to the frame's Ewald
+        sphere are masked (None: all).
     image_downsample
         Mean-pooling factor of the image-space frames.
     chain
@@ -114,6 +120,8 @@ class FourierSettings:
     similarity_grid: Grid
     bragg_radius_hkl: float = 0.0
     image_downsample: int = 8
+    bragg_radius_per_nm: float = 0.0
+    bragg_excitation_per_nm: float | None = None
     chain: ChainSettings = field(default_factory=ChainSettings)
 
     @classmethod
@@ -149,6 +157,8 @@ class FourierSettings:
             grid=grid,
             similarity_grid=similarity_grid,
             bragg_radius_hkl=f.mask_bragg_radius_hkl,
+            bragg_radius_per_nm=f.mask_bragg_radius_per_nm,
+            bragg_excitation_per_nm=f.mask_bragg_excitation_per_nm,
             image_downsample=f.image_downsample,
             chain=ChainSettings.from_job(job),
         )
@@ -222,6 +232,7 @@ def chunk_to_work(
         "seconds": part.seconds,
         "finite": finite,
         "shot": np.asarray(part.shot, np.float64),
+        "noise_ratio": np.asarray(part.noise_ratio, np.float64),
     }
 
 
@@ -395,6 +406,7 @@ def run_fourier(
     todo = [c for c in chunks if c not in set(done)]
     finite = work.load_finite() if done else None
     shots = work.load_shots(n) if done else np.full(n, np.nan)
+    noise_ratios = work.load_per_frame("noise_ratio", n) if done else np.full(n, np.nan)
     task_s = 0.0
     waves = [
         todo[i : i + fcfg.checkpoint_tasks] for i in range(0, len(todo), fcfg.checkpoint_tasks)
@@ -417,25 +429,31 @@ def run_fourier(
             task_s += float(rec["seconds"])
             finite = rec["finite"] if finite is None else finite & rec["finite"]
             shots[int(rec["start"]) : int(rec["stop"])] = rec["shot"]
+            noise_ratios[int(rec["start"]) : int(rec["stop"])] = rec["noise_ratio"]
         done = done + list(wave)
         assert finite is not None
         work.save_finite(finite)
         work.save_shots(shots)
+        work.save_per_frame("noise_ratio", noise_ratios)
         work.save_merge(merged, done)
         del mapped
         if w < len(waves) - 1:
             _check_stop(stop, "during the merge", work)
     t_merge = time.perf_counter() - t0
     _check_stop(stop, "after the merge", work)
+    noise = noise_summary(noise_ratios)
+    if noise["warning"]:
+        print(f"fourier: warning: {noise['warning']}", file=log, flush=True)
     if finite is None:
         finite = work.load_finite()
     merged_sym = merged.symmetrised(fcfg.symmetrise)
     frame_scales = None
     for _ in range(settings.chain.scale_passes):  # per-frame scales against the merged map
-        merged_sym, frame_scales = refine_scales(
+        refined, frame_scales = refine_scales(
             client, plan, settings, merged_sym, frames_per_task=fcfg.frames_per_task, log=log
         )
-        merged_sym = merged_sym.symmetrised(fcfg.symmetrise)
+        if refined is not None:  # None: every frame kept with scale 1
+            merged_sym = refined.symmetrised(fcfg.symmetrise)
 
     # 2. similarity row blocks, each saved as it arrives
     t0 = time.perf_counter()
@@ -595,6 +613,7 @@ def run_fourier(
         "n_multi_crystal_chunks": plan.n_multi_crystal,
         "frames": {"choice": plan.frames, "n_oriented": plan.n_oriented, "n_chosen": n},
         "frame_scales": scale_summary(shots, frame_scales, settings.chain.scale_min),
+        "noise_model": noise,
         "n_workers": worker_count(client),
         "grid": settings.grid.to_dict(),
         "similarity_grid": settings.similarity_grid.to_dict(),
@@ -655,6 +674,7 @@ def run_fourier(
             merged_sym,
             metric=reciprocal_metric(plan.orientations),
             n_shells=fcfg.truth_shells,
+            sigma_voxels=smoothing.sigma_voxels,
         )
     if truth is not None:
         summary["truth_correlation"] = truth_summary(
@@ -762,7 +782,11 @@ def _summary_text(summary: dict[str, Any]) -> str:
     if sm:
         lines.append(f"fourier: map smoothing sigma {sm['sigma_voxels']:g} voxels ({sm['method']})")
     if "cc_half" in summary:
-        lines.append(f"fourier: CC1/2 (half-maps) = {_cc_text(summary['cc_half']['cc'])}")
+        half = summary["cc_half"]
+        lines.append(
+            f"fourier: CC1/2 (half-maps) = {_cc_text(half['cc'])}, "
+            f"CC* = {_cc_text(half.get('cc_star'))}"
+        )
     if "truth_correlation" in summary:
         lines.extend(_truth_text(summary["truth_correlation"]))
     for name, rows in summary["auc"].items():
@@ -841,13 +865,16 @@ def smoothed_map(
 
 
 def half_map_summary(
-    merged: MergeAccumulator, *, metric: np.ndarray, n_shells: int
+    merged: MergeAccumulator, *, metric: np.ndarray, n_shells: int, sigma_voxels: float = 0.0
 ) -> dict[str, Any]:
     """The ``cc_half`` entry of ``fourier_summary.json``: the correlation of the two
     half-maps' unsmoothed voxel means (``CC1/2``; frames split by
     :func:`~hpcdiff.merge.frame_half`), overall and
     per resolution shell (shells of equal volume up to the largest compared ``|q|``, as in
-    ``truth_correlation``), with the full map's estimate ``2 CC / (1 + CC)``.
+    ``truth_correlation``), with the full map's estimate ``2 CC / (1 + CC)`` and
+    ``cc_star`` (:func:`hpcdiff.map_smooth.cc_star`: the correlation with the signal the data
+    allow, to set beside ``truth_correlation``); with ``sigma_voxels > 0`` the same for the
+    half-maps smoothed alike (``smoothed``: the bound for the smoothed map the job writes).
 
     Parameters
     ----------
@@ -857,32 +884,57 @@ def half_map_summary(
         ``(3, 3)`` reciprocal metric of the crystals, nm^-2 (unused for a grid in ``q``).
     n_shells
         Resolution shells.
+    sigma_voxels
+        Width (voxels) of the job's map smoothing; > 0 adds ``smoothed``.
     """
     from hpcdiff.fourier_truth import compare_maps, isotropic_width, voxel_q_abs
+    from hpcdiff.map_smooth import cc_star
 
     if merged.half_a is None:
         raise ValueError("the merge keeps no half-maps")
     a, b = merged.half_a, merged.half_b()
-    out = compare_maps(
-        a.intensity(),
-        b.intensity(),
-        voxel_q_abs(merged.grid, metric),
-        n_shells=n_shells,
-        isotropic_shell_width_per_nm=isotropic_width(merged.grid, metric),
-    )
-    cc = out["cc"]
-    return {
+    q_abs = voxel_q_abs(merged.grid, metric)
+    width = isotropic_width(merged.grid, metric)
+
+    def compared(map_a: np.ndarray, map_b: np.ndarray) -> dict[str, Any]:
+        out = compare_maps(
+            map_a, map_b, q_abs, n_shells=n_shells, isotropic_shell_width_per_nm=width
+        )
+        return {
+            "cc": out["cc"],
+            "cc_star": cc_star(out["cc"]),
+            "voxels": out["voxels"],
+            "shells": [
+                {
+                    **{k: row[k] for k in ("q_min_nm_inv", "q_max_nm_inv", "cc", "voxels")},
+                    "cc_star": cc_star(row["cc"]),
+                }
+                for row in out["shells"]
+            ],
+        }
+
+    raw = compared(a.intensity(), b.intensity())
+    cc = raw["cc"]
+    summary: dict[str, Any] = {
         "cc": cc,
-        "voxels": out["voxels"],
+        "voxels": raw["voxels"],
         "cc_full_estimate": None if cc is None or cc <= -1 else 2 * cc / (1 + cc),
+        "cc_star": raw["cc_star"],
         "frames": [a.n_frames, b.n_frames],
         "split": "by a hash of the global frame number (hpcdiff.merge.frame_half); "
         "unsmoothed voxel means",
-        "shells": [
-            {k: row[k] for k in ("q_min_nm_inv", "q_max_nm_inv", "cc", "voxels")}
-            for row in out["shells"]
-        ],
+        "shells": raw["shells"],
     }
+    if sigma_voxels > 0:
+        shape = merged.grid.shape
+        maps = [
+            smoothed_mean(
+                h.sums.reshape(shape), h.denominator().reshape(shape), sigma_voxels=sigma_voxels
+            )
+            for h in (a, b)
+        ]
+        summary["smoothed"] = {"sigma_voxels": float(sigma_voxels), **compared(*maps)}
+    return summary
 
 
 def write_merged(

@@ -367,6 +367,33 @@ class FourierWork:
             raise FormatError(self.shots_file, f"holds {shots.shape} shots, expected ({n},)")
         return shots
 
+    def save_per_frame(self, name: str, values: np.ndarray) -> None:
+        """Save ``(n,)`` float64 per-frame numbers as ``NAME.npy`` (e.g. the frames' noise
+        ratios; NaN for frames not merged yet; atomic)."""
+        path = self.root / f"{name}.npy"
+        tmp = _tmp_beside(path)
+        try:
+            with open(tmp, "wb") as fh:
+                np.save(fh, np.asarray(values, np.float64))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def load_per_frame(self, name: str, n: int) -> np.ndarray:
+        """The per-frame numbers :meth:`save_per_frame` saved, or ``(n,)`` NaN."""
+        path = self.root / f"{name}.npy"
+        if not path.exists():
+            return np.full(n, np.nan)
+        try:
+            values = np.asarray(np.load(path), np.float64)
+        except (OSError, ValueError) as exc:
+            raise FormatError(
+                path, f"damaged checkpoint ({exc}); delete {self.root} and rerun"
+            ) from None
+        if values.shape != (n,):
+            raise FormatError(path, f"holds {values.shape} values, expected ({n},)")
+        return values
+
     # ------------------------------------------------------------------ similarity blocks
     def block_path(self, start: int, stop: int) -> Path:
         return self.blocks_dir / f"block_{start:09d}_{stop:09d}.npz"

@@ -5,7 +5,7 @@ results can be checked against numpy.  Exit statuses as ``hpcdiff classify``: 0 
 75 stopped by SIGTERM/SIGUSR1 (resumable), 1 error.
 
 Usage: python loop_job.py OUT_DIR FILE.cxi [FILE.cxi ...] [--batch N] [--checkpoint K]
-       [--delay-s S] [--fail-rank R] [--pid-dir DIR]
+       [--delay-s S] [--fail-rank R] [--pid-dir DIR] [--reader-processes P]
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ import numpy as np
 from hpcdiff.io.cxi import FrameSource
 from hpcdiff.parallel.frame_loop import FrameBatch, distributed_map
 from hpcdiff.parallel.mpi import abort_on_error, get_comm
+from hpcdiff.parallel.reader_pool import RawFrames
 from hpcdiff.parallel.shards import ShardStore
 from hpcdiff.parallel.signals import EXIT_PREEMPTED, Preempted, stop_on_signals
 from hpcdiff.pipelines.classify import FrameReader
@@ -36,6 +37,7 @@ def main() -> int:
     p.add_argument("--delay-s", type=float, default=0.0)
     p.add_argument("--fail-rank", type=int, default=-1)
     p.add_argument("--pid-dir", type=Path)
+    p.add_argument("--reader-processes", type=int, default=0)
     args = p.parse_args()
     comm = get_comm()
     rank = comm.Get_rank()
@@ -62,10 +64,12 @@ def main() -> int:
                 )
             comm.Barrier()
             store = ShardStore(store_dir)
+            raw = RawFrames(source, processes=args.reader_processes, batch_size=args.batch)
             out = distributed_map(
                 comm,
                 n_frames=source.n_frames,
-                read=FrameReader(source),
+                plan=raw.plan,
+                read=FrameReader(source, raw=raw.read_raw),
                 process=process,
                 store=store,
                 config_hash="test",
