@@ -32,7 +32,7 @@ Decision (:func:`decide_scales`)
     frames and is then the median ``g`` of the frames kept (a fixed point: the significant
     frames alone are the strong ones), and a frame is left out only when its scale is
     *confidently* small,
-    ``g + 2 e < scale_min * g_typ`` (:data:`LEAVE_OUT_ERRORS`): a frame whose scale is uncertain is kept.  Kept frames
+    ``g + e < scale_min * g_typ``: a frame whose scale is uncertain is kept.  Kept frames
     are merged unscaled (``scale_model = "select"``), or (``"shrunk"``) as ``v / g'`` with
     weight ``g'^2 / var``, ``g'`` the scale shrunk towards ``g_typ`` by its error
     (``g' = (g / e^2 + g_typ / t^2) / (1 / e^2 + 1 / t^2)``, ``t^2`` the spread of the
@@ -56,11 +56,6 @@ MIN_SCALE_PIXELS = 50
 
 #: Contiguous pixel blocks of the jackknife error.
 JACKKNIFE_BLOCKS = 16
-
-#: A frame is left out only when its scale is this many jackknife errors below the threshold
-#: (``g + LEAVE_OUT_ERRORS * e < scale_min * g_typ``): one error left out about one in six
-#: diffuse frames whose scale sits at the threshold.
-LEAVE_OUT_ERRORS = 2.0
 
 #: Fraction of the fitted frames that must carry a significant scale (``g > 2 e``) for the
 #: scales to be used at all (by chance about 2%).
@@ -267,7 +262,7 @@ def decide_scales(
     fitted, error
         ``(n,)`` float :func:`fit_scale` results (NaN: not fitted; such frames are kept).
     scale_min
-        Frames with ``g + LEAVE_OUT_ERRORS * e < scale_min * g_typ`` are left out.
+        Frames with ``g + e < scale_min * g_typ`` are left out.
     model
         ``"select"``: kept frames merge with scale 1; ``"shrunk"``: with the shrunk scale.
 
@@ -293,12 +288,12 @@ def decide_scales(
     # frames kept, until it settles
     typ = float(np.median(g[sig]))
     for _ in range(TYPICAL_ITERATIONS):
-        left_out = fit & (g + LEAVE_OUT_ERRORS * e < scale_min * typ)
+        left_out = fit & (g + e < scale_min * typ)
         new = float(np.median(g[fit & ~left_out]))
         if not new > 0 or abs(new - typ) <= 1e-9 * typ:
             break
         typ = new
-    left_out = fit & (g + LEAVE_OUT_ERRORS * e < scale_min * typ)
+    left_out = fit & (g + e < scale_min * typ)
     scale[left_out] = 0.0
     prior_sd = float("nan")
     if model == "shrunk":
