@@ -176,8 +176,10 @@ def test_shot_intensity_is_divided_out(experiment):
 
 def test_scale_pass_leaves_out_frames_without_the_map(experiment):
     """Fitted against the other half's map, the diffuse frames carry the map (kept; of 8,
-    one whose slice the other half barely measures may fit low), the others a scale near 0
-    (left out); the refined merge holds exactly the kept frames."""
+    two whose slices the other half barely measures may fit low: with the Bragg |q| mask
+    one fits -0.11 +- 0.26 against a threshold of 0.2, and the one-error rule measured
+    better than two errors on held-out frames, H-cspad-real all-frames CC 0.504 vs 0.365),
+    the others a scale near 0 (left out); the refined merge holds exactly the kept frames."""
     job = load_job(experiment)
     plan = plan_frames(job)
     settings = FourierSettings.from_job(job)
@@ -186,7 +188,7 @@ def test_scale_pass_leaves_out_frames_without_the_map(experiment):
     second, decision = scale_pass(plan, rows, settings, first)
     diffuse = plan.labels == 1
     assert decision.measurable
-    assert decision.kept[diffuse].sum() >= diffuse.sum() - 1, decision.fitted
+    assert decision.kept[diffuse].sum() >= diffuse.sum() - 2, decision.fitted
     assert not decision.kept[~diffuse].any(), decision.fitted[~diffuse]
     assert second.n_frames == int(decision.kept.sum())
     g, e = decision.fitted, decision.error
