@@ -561,10 +561,10 @@ class FourierConfig:
             "in the simulator's frames (spot sigma 0.007, excitation sigma 0.004 nm^-1); set "
             'it from the data\'s spot size. 0: only `mask_bragg_radius_hkl`. "auto": '
             "measured before the merge on up to 50 frames (hpcdiff.bragg_radius): where the "
-            "residual's excess (noise units) near lattice points on the Ewald sphere falls "
-            "to the far-from-lattice level, bounded below by the stream's profile_radius "
-            "and above by 0.3 of the smallest reciprocal spacing; recorded in "
-            "fourier_summary.json (bragg_radius).",
+            "residual's excess (noise units) around lattice points on the Ewald sphere, "
+            "over that around points off it, is no longer significant; bounded below by the "
+            "stream's profile_radius and above by 0.5 of the smallest reciprocal spacing; "
+            "recorded in fourier_summary.json (bragg_radius) and the job's output.",
         },
     )
     mask_bragg_excitation_per_nm: float | None = field(
