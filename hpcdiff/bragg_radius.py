@@ -25,6 +25,8 @@ Radius
     ``SIGNIFICANCE`` (3) standard errors: beyond it no excess is detectable in the sample,
     and a single noisy bin neither ends the tail early nor stretches it.  Bins with fewer
     than ``MIN_REFERENCE_PIXELS`` pixels (inside the chain's own peak mask) are not judged.
+    With nothing to compare with (no sampled pixel near a point off the sphere or beyond
+    the upper bound) the radius is the upper bound.
 
 Bounds
     Lower: the stream's ``profile_radius`` (CrystFEL's reflection radius, nm^-1; the
