@@ -27,7 +27,14 @@ Prints numbers, medians and ratios (not a test).  Sections:
    printed separately.
 5. scaling: the on-disk similarity stage (chunk files, row-block tasks reading columns
    from disk) on synthetic arcs, N = 500 ... 5000: CPU time per frame, peak memory of the
-   widest task, a fit of cost against N, and the plan for 10^4 and 10^5 frames.
+   widest task, a fit of cost against N, and the plan for 10^4 and 10^5 frames (CPU,
+   memory, and the similarity's disk in fourier.work before and after the fold).
+6. endtoend: ``hpcdiff simulate`` (small detector, half the frames diffuse) then
+   ``hpcdiff fourier`` with the default [fourier] and [fourier.cluster] (2 local workers)
+   on N frames, as subprocesses: wall, CPU (``os.wait4`` of the command and the workers it
+   waited for), peak resident memory of each process (``VmHWM`` polled), peak disk of
+   ``fourier.work``, output sizes, and whether the outputs are complete; with two N or
+   more, a fit ``CPU = c + a N + b pairs`` extrapolated to 10^4 and 10^5.
 
 Usage::
 
@@ -35,6 +42,8 @@ Usage::
     python benchmarks/bench_fourier.py --sections merge --merge-frames 6   # merge rows only
     python benchmarks/bench_fourier.py --quick                       # reduced sizes
     python benchmarks/bench_fourier.py --sections similarity --sizes 500 1000 2000
+    python -u benchmarks/bench_fourier.py --sections endtoend --endtoend-frames 1000 2000 \
+        --endtoend-dir /tmp/e2e                                      # end to end (minutes+)
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -642,6 +652,21 @@ def bench_embedding(configs: dict[str, tuple[str, int]], n_frames: int) -> dict:
     return out
 
 
+def _similarity_disk_plan(n: int, *, block: int, f) -> dict:
+    """Bytes the similarity stage keeps in ``fourier.work`` at ``n`` frames: every row block
+    (the dense path: 16 bytes per upper-triangle pair, float32/int32), or the fold
+    checkpoint alone (measured by saving a :class:`SimilarityFold` of ``n`` frames; its
+    size does not depend on what it holds)."""
+    from hpcdiff.pipelines.fourier_work import FourierWork, SimilarityFold
+
+    with tempfile.TemporaryDirectory(prefix="bench_fold_") as tmp:
+        work = FourierWork(Path(tmp), "plan")
+        fold = SimilarityFold(n, f.diffusion_knn, f.profile_dims, f.profile_form)
+        work.save_fold(fold)
+        fold_bytes = work.fold_file.stat().st_size
+    return {"blocks_bytes": n * (n - 1) // 2 * 16, "fold_bytes": fold_bytes, "block_rows": block}
+
+
 def bench_scaling(
     sizes: list[int], *, grid_size: int, stride: int, block: int, n_distinct: int = 300
 ) -> dict:
@@ -758,17 +783,19 @@ def bench_scaling(
             f"scaling: widest-task memory ~ {m0 / 2**20:.0f} MiB + {m1 / 2**10:.1f} KiB x N "
             f"(linear fit over N >= {f.similarity_column_block})"
         )
+        plans = []
         for target, workers in ((10_000, 2), (100_000, 64)):
             cpu_total = a * target**2
             mem = m0 + m1 * target
+            disk = _similarity_disk_plan(target, block=block, f=f)
+            plans.append({"n": target, "workers": workers, **disk})
             print(
                 f"scaling: plan N={target:,}: similarity {cpu_total / 3600:,.1f} CPU-h "
                 f"({cpu_total / 3600 / workers:,.1f} h on {workers} one-thread workers), "
                 f"{-(-target // block)} row-block tasks; frames on disk "
                 f"{per_frame_disk * target / 2**30:.1f} GiB; per worker ~{mem / 2**30:.2f} GiB; "
                 f"client: sketch {target * f.profile_dims * 8 / 2**20:.0f} MiB, kNN "
-                f"{target * f.diffusion_knn * 16 / 2**20:.0f} MiB; saved blocks (float32/int32, "
-                f"upper triangle) {target**2 / 2 * 16 / 2**30:,.1f} GiB in fourier.work; "
+                f"{target * f.diffusion_knn * 16 / 2**20:.0f} MiB; "
                 + (
                     f"similarity.h5 dense {target**2 * 28 / 2**30:,.1f} GiB"
                     if target <= f.dense_similarity_max_frames
@@ -776,6 +803,20 @@ def bench_scaling(
                     f" MiB (N > dense_similarity_max_frames = {f.dense_similarity_max_frames})"
                 )
             )
+            print(
+                f"scaling: plan N={target:,}: similarity disk in fourier.work: before (every "
+                f"row block saved, float32/int32) {disk['blocks_bytes'] / 2**30:,.2f} GiB; after "
+                + (
+                    "(dense output wanted, N <= dense_similarity_max_frames = "
+                    f"{f.dense_similarity_max_frames}: the same blocks; with dense output off) "
+                    if target <= f.dense_similarity_max_frames
+                    else ""
+                )
+                + f"{disk['fold_bytes'] / 2**30:.3f} GiB: the fold checkpoint alone "
+                f"(similarity_fold.npz of a SimilarityFold of N={target:,}, measured; no row "
+                "block is written)"
+            )
+        res["plans"] = plans
         res["per_frame_disk_bytes"] = per_frame_disk
         workers = 64
         print(
@@ -785,12 +826,213 @@ def bench_scaling(
             f"{f.frames_per_task}, similarity_block = {block}; output.dir on the shared file "
             "system (workers read the chunk files there); walltime from the CPU-h above plus "
             "the merge (~1.5 CPU-s per CSPAD frame, issue #14); SIGUSR1 before the limit and "
-            "a requeue resume from fourier.work. N x N storage: the saved blocks are float32 "
-            "CCs/distances + int32 overlaps (16 bytes per upper-triangle pair, removed when the "
-            "job ends), and above [fourier] dense_similarity_max_frames similarity.h5 holds "
-            "only per-frame scores, the kNN graph and the overlaps' summary."
+            "a requeue resume from fourier.work. N x N storage: up to [fourier] "
+            "dense_similarity_max_frames every row block is saved (float32 CCs/distances + "
+            "int32 overlaps, 16 bytes per upper-triangle pair, removed when the job ends); "
+            "above it each block is folded, as it finishes, into per-frame partial results "
+            "(similarity_fold.npz: score sums, profile sketch, kNN lists, overlaps) and "
+            "dropped, and similarity.h5 holds only per-frame scores, the kNN graph and the "
+            "overlaps' summary."
         )
     return res
+
+
+def _tree_du(path: Path) -> int:
+    """Bytes allocated on disk under ``path`` (0 if absent)."""
+    if path.is_file():
+        return path.stat().st_blocks * 512
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_blocks * 512
+            except FileNotFoundError:  # removed while walking
+                pass
+    return total
+
+
+def _vm_hwm_bytes(pid: int) -> int:
+    """Peak resident set (``VmHWM`` of /proc/PID/status) of a live process, bytes."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return 0
+
+
+def _watched(cmd: list[str], *, log: Path, work: Path | None, poll_s: float = 1.0) -> dict:
+    """Run ``cmd``; wall, CPU (its own and its waited-for descendants', ``os.wait4``), the
+    peak resident set of every process in its tree (``VmHWM`` polled) and the peak disk
+    used by ``work`` (polled)."""
+    import psutil
+
+    t0 = time.perf_counter()
+    with open(log, "w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        peaks: dict[int, dict] = {}
+        disk_peak, last_du = 0, 0.0
+        while True:
+            done, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if done:
+                break
+            try:
+                tree = [
+                    psutil.Process(proc.pid),
+                    *psutil.Process(proc.pid).children(recursive=True),
+                ]
+            except psutil.NoSuchProcess:
+                tree = []
+            for p in tree:
+                hwm = _vm_hwm_bytes(p.pid)
+                if p.pid not in peaks:
+                    try:
+                        cmdline = " ".join(p.cmdline())
+                    except psutil.Error:
+                        cmdline = "?"
+                    spawned = "spawn_main" in cmdline or "forkserver" in cmdline
+                    worker = spawned and "resource_tracker" not in cmdline
+                    role = "main" if p.pid == proc.pid else "dask worker" if worker else "child"
+                    peaks[p.pid] = {"role": role, "cmdline": cmdline[:120], "peak_rss_bytes": 0}
+                peaks[p.pid]["peak_rss_bytes"] = max(peaks[p.pid]["peak_rss_bytes"], hwm)
+            if work is not None and time.perf_counter() - last_du > 10 * poll_s:
+                disk_peak = max(disk_peak, _tree_du(work))
+                last_du = time.perf_counter()
+            time.sleep(poll_s)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return {
+        "rc": proc.returncode,
+        "wall_s": time.perf_counter() - t0,
+        "cpu_s": usage.ru_utime + usage.ru_stime,
+        "cpu_user_s": usage.ru_utime,
+        "cpu_sys_s": usage.ru_stime,
+        "max_rss_of_waited_children_bytes": usage.ru_maxrss * 1024,
+        "processes": sorted(peaks.values(), key=lambda r: -r["peak_rss_bytes"]),
+        "work_disk_peak_bytes": disk_peak,
+    }
+
+
+def bench_endtoend(n_frames: int, root: Path, *, seed: int = 7, processes: int = 2) -> dict:
+    """``hpcdiff simulate`` (small detector) then ``hpcdiff fourier`` with the default
+    workers and sections on ``n_frames`` frames: wall, CPU, peak memory per process, disk
+    used by the work folder and the outputs, and whether the outputs are complete."""
+    import h5py
+
+    root.mkdir(parents=True, exist_ok=True)
+    sim_dir, out = root / "simulated", root / "out"
+    py = [sys.executable, "-m", "hpcdiff"]
+    if not (sim_dir / "job.toml").is_file():
+        sim = _watched(
+            [*py, "simulate", "--frames", str(n_frames), "--detector", "small", "--seed",
+             str(seed), "--diffuse-fraction", "0.5", "--frames-per-file", "500",
+             "--processes", str(processes), "--out", str(sim_dir)],
+            log=root / "simulate.log", work=None,
+        )  # fmt: skip
+        print(
+            f"endtoend: simulated {n_frames} frames (small detector, {processes} processes) in "
+            f"{sim['wall_s']:.0f} s wall, {sim['cpu_s']:.0f} CPU-s (rc {sim['rc']})"
+        )
+    else:
+        sim = {"reused": True}
+    job = root / "fourier.toml"
+    job.write_text(
+        (sim_dir / "job.toml").read_text().replace('frames = ["frames_*.cxi"]', "frames = "
+        + json.dumps([str(sim_dir / "frames_*.cxi")])).replace('"detector.geom"', json.dumps(
+        str(sim_dir / "detector.geom"))).replace('"orientations.stream"', json.dumps(str(
+        sim_dir / "orientations.stream"))).replace('"labels.h5"', json.dumps(str(sim_dir /
+        "labels.h5"))).replace('dir = "hpcdiff-out"', f"dir = {json.dumps(str(out))}")
+        + f"\n[fourier]\ntruth = {json.dumps(str(sim_dir / 'truth.h5'))}\n"
+    )  # fmt: skip
+    run = _watched([*py, "fourier", str(job)], log=root / "fourier.log", work=out / "fourier.work")
+    summary_path = out / "fourier_summary.json"
+    complete: dict[str, object] = {
+        name: (out / name).exists()
+        for name in ("merged.h5", "similarity.h5", "diffusion.h5", "fourier_summary.json",
+                     "report/index.html")
+    }  # fmt: skip
+    complete["work_folder_removed"] = not (out / "fourier.work").exists()
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+    if complete["diffusion.h5"]:
+        with h5py.File(out / "diffusion.h5") as h5:
+            coords = h5["common_arc"]["coords"][()]
+            complete["diffusion_rows"] = int(coords.shape[0])
+            complete["diffusion_coords_finite"] = bool(np.isfinite(coords).all())
+    complete["frames_merged"] = summary.get("n_frames_oriented")
+    outputs = {p.name: _tree_du(p) for p in out.iterdir() if p.name != "simulated"}
+    workers = [p for p in run["processes"] if p["role"] == "dask worker"]
+    row = {
+        "frames": n_frames,
+        "simulate": sim,
+        "fourier": run,
+        "peak_rss_per_worker_bytes": [p["peak_rss_bytes"] for p in workers],
+        "output_bytes": outputs,
+        "frames_on_disk_bytes": _tree_du(sim_dir),
+        "complete": complete,
+        "timing_s": summary.get("timing_s"),
+        "truth_cc": (summary.get("truth_correlation") or {}).get("cc"),
+        "best_common_arc_auc": max(
+            (r.get("auc_max", 0.0) for r in (summary.get("auc") or {}).get("common_arc", [])),
+            default=None,
+        ),
+        "n_workers": summary.get("n_workers"),
+    }
+    gib = 2**30
+    print(
+        f"endtoend: N={n_frames}: hpcdiff fourier (default [fourier] and [fourier.cluster]: "
+        f"{row['n_workers']} workers) rc {run['rc']}, {run['wall_s']:.0f} s wall, "
+        f"{run['cpu_s']:.0f} CPU-s ({run['cpu_user_s']:.0f} user + {run['cpu_sys_s']:.0f} sys), "
+        f"{run['cpu_s'] / n_frames * 1e3:.0f} CPU-ms per frame"
+    )
+    print(
+        "endtoend: peak resident memory per dask worker (VmHWM): "
+        + ", ".join(f"{b / gib:.2f} GiB" for b in row["peak_rss_per_worker_bytes"])
+        + "; client process "
+        + ", ".join(f"{p['peak_rss_bytes'] / gib:.2f} GiB" for p in run["processes"] if p["role"] == "main")
+        if run["processes"] else "endtoend: no process sampled"
+    )  # fmt: skip
+    print(
+        f"endtoend: disk: work folder peak {run['work_disk_peak_bytes'] / gib:.2f} GiB; outputs "
+        + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in sorted(outputs.items()))
+        + f"; simulated frames {row['frames_on_disk_bytes'] / gib:.2f} GiB"
+    )
+    print(f"endtoend: stage times (s): {row['timing_s']}")
+    print(f"endtoend: outputs complete: {complete}")
+    print(
+        f"endtoend: truth CC {row['truth_cc']}, best common-arc coordinate AUC {row['best_common_arc_auc']}"
+    )
+    return row
+
+
+def endtoend_fit(rows: list[dict], targets: tuple[int, ...] = (10_000, 100_000)) -> dict:
+    """Extrapolate the end-to-end CPU time: pairs cost ``b`` per pair (the similarity
+    tasks' summed seconds over the pairs, the least over the rows: task wall time, an
+    upper bound of their CPU time that other load on the node inflates), the rest ``c + a N`` (least squares over the rows: start-up, merge, scale pass,
+    outputs).  Needs two rows or more."""
+    ok = [r for r in rows if r["fourier"]["rc"] == 0 and r.get("timing_s")]
+    if len(ok) < 2:
+        return {}
+    ns = np.array([r["frames"] for r in ok], float)
+    pairs = ns * (ns - 1) / 2
+    cpu = np.array([r["fourier"]["cpu_s"] for r in ok])
+    b = float(np.min([r["timing_s"]["similarity_task_sum"] for r in ok] / pairs))
+    (c, a), *_ = np.linalg.lstsq(np.stack([np.ones_like(ns), ns], axis=1), cpu - b * pairs)
+    slope = float(np.polyfit(np.log(ns), np.log(cpu), 1)[0])
+    out = {"cpu_s_fixed": float(c), "cpu_s_per_frame": float(a), "s_per_pair": b}
+    out["exponent_measured"] = slope
+    print(
+        f"endtoend: fit over N = {', '.join(str(int(n)) for n in ns)}: CPU-s = {c:.0f} + "
+        f"{a:.3f} N + {b * 1e6:.1f} us x N(N-1)/2 pairs (measured growth N^{slope:.2f})"
+    )
+    for n in targets:
+        pred = c + a * n + b * n * (n - 1) / 2
+        out[f"predicted_cpu_s_{n}"] = float(pred)
+        print(
+            f"endtoend: predicted N={n:,}: {pred / 3600:,.2f} CPU-h (frames "
+            f"{(c + a * n) / 3600:,.2f}, pairs {b * n * (n - 1) / 2 / 3600:,.2f}); on 2 idle "
+            f"cores (2 workers) about {pred / 2 / 3600:,.2f} h wall"
+        )
+    return out
 
 
 def _flat_rows(prefix: str, value: object, rows: list[dict]) -> None:
@@ -822,7 +1064,7 @@ def main(argv: list[str] | None = None) -> int:
         "--sections",
         nargs="+",
         default=["merge", "cc", "similarity", "embedding", "scaling"],
-        choices=["merge", "cc", "similarity", "embedding", "scaling"],
+        choices=["merge", "cc", "similarity", "embedding", "scaling", "endtoend"],
     )
     p.add_argument("--quick", action="store_true", help="small sizes (a minute or two)")
     p.add_argument("--grid-size", type=int, default=200)
@@ -840,6 +1082,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument(
         "--scaling-stride", type=int, default=2, help="pixel sampling of the scaling rows"
+    )
+    p.add_argument(
+        "--endtoend-frames", type=int, nargs="+", default=[1000], help="N of the endtoend rows"
+    )
+    p.add_argument(
+        "--endtoend-dir",
+        type=Path,
+        help="keep the endtoend runs here (default: a temporary folder); a simulated "
+        "experiment already there is reused",
     )
     p.add_argument("--json", type=Path, help="also write the numbers here")
     args = p.parse_args(argv)
@@ -885,6 +1136,11 @@ def main(argv: list[str] | None = None) -> int:
             stride=args.scaling_stride,
             block=args.block,
         )
+    if "endtoend" in args.sections:
+        with tempfile.TemporaryDirectory(prefix="bench_e2e_") as tmp:
+            base = args.endtoend_dir or Path(tmp)
+            rows = [bench_endtoend(n, base / f"n{n}") for n in args.endtoend_frames]
+            report["endtoend"] = {"rows": rows, "fit": endtoend_fit(rows)}
     if args.json:
         args.json.write_text(json.dumps(report, indent=2))
     return 0

@@ -12,7 +12,8 @@ sqrt(2 CC1/2 / (1 + CC1/2)) of the two half-maps smoothed alike (Karplus & Diede
 CC the data allow: a truth CC well below it is a systematic error of the map.
 
 Rows: ``all`` / ``diffuse`` (all oriented frames, or the labelled-diffuse ones), and with
-this checkout's chain ``scale0`` / ``scale1`` (no / one scale-refinement pass).  Run the
+this checkout's chain ``scale0`` / ``scale1`` (no / one scale-refinement pass,
+:func:`hpcdiff.pipelines.fourier_frames.scale_pass`; its decision printed).  Run the
 same script with ``PYTHONPATH=/work/main`` for the rows of main (no chain, no scales).
 Each row is scored per ``--smooth`` map: ``raw`` voxel means, ``auto`` (a normalised Gaussian
 smoothing whose width minimises the leave-one-voxel-out error, :mod:`hpcdiff.map_smooth`),
@@ -213,9 +214,13 @@ def measure(
         for p in passes if new_chain else [0]:
             cur = acc
             for _ in range(p):
-                from hpcdiff.pipelines.fourier_frames import reference_map
+                from hpcdiff.pipelines.fourier_frames import scale_pass
 
-                cur, _ = fj.process_chunk(plan, rows, settings, reference=reference_map(cur))
+                cur, decision = scale_pass(plan, rows, settings, cur)
+                d = decision.summary()
+                print(f"  scale pass ({name}): measurable {d['measurable']}, typical "
+                      f"{d['typical']}, left out {d['n_left_out']} of {len(rows)}, "
+                      f"fitted {d['fitted']}, error {d['error']}", flush=True)  # fmt: skip
             for smooth in smooths:
                 m, sigma = smoothed(cur, smooth)
                 ha, hb = half_maps(cur, sigma)

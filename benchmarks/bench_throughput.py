@@ -16,7 +16,9 @@ int16 ADU (the Cheetah layout), cached under ``/tmp/hpcdiff-throughput-cache``.
 2. preprocess: frames per CPU-second of the default (``"standard"``) and the seed recipe,
    this checkout against ``--baseline`` (a git revision, default ``main``, exported to a
    temporary folder and run in a subprocess, alternating with this checkout's subprocess);
-   the images of both are compared (target >= 3x for the default, seed no slower);
+   the images of both are compared (target >= 3x for the default, seed no slower); for the
+   standard recipe also this checkout's numpy chain (``Preprocessor.cpu_kernel = False``)
+   beside its fused numba kernel;
 3. VGG16: images per second at ``batch`` against the bf16 (native bf16 CPUs) or fp32
    matmul bound measured here, interleaved (same process, same threads): the fraction of
    the bound's FLOP rate (target >= 70%); the fused path (default) beside the eager one,
@@ -157,6 +159,7 @@ _WORKER = r"""
 import json, sys, time, statistics
 import numpy as np
 root, frames_path, recipe, repeats, out = sys.argv[1:6]
+numpy_chain = sys.argv[6:7] == ["numpy"]
 sys.path.insert(0, root)
 from hpcdiff.config import BackgroundConfig, SimulateConfig
 from hpcdiff.geometry import DetectorModel
@@ -167,6 +170,8 @@ geom = simulated_geometry(cfg)
 model = DetectorModel.build(geom, clen_m=cfg.detector_distance_m, photon_energy_ev=cfg.photon_energy_ev)
 frames = np.load(frames_path)
 pre = Preprocessor(model, BackgroundConfig(preprocessing=recipe), threads=1)
+if numpy_chain:
+    pre.cpu_kernel = False  # the numpy ring-order chain instead of the fused kernel
 t0 = time.process_time()
 pre(frames[:1], photon_energy_ev=9500.0)
 first = time.process_time() - t0
@@ -201,9 +206,13 @@ def preprocess_rows(frames: np.ndarray, tmp: Path, baseline: str, repeats: int) 
     n = len(frames)
     for recipe in ("standard", "seed"):
         got: dict[str, list[dict[str, float]]] = {"baseline": [], "ours": []}
-        for _ in range(2):  # alternate the two subprocesses
-            for name, root in (("baseline", base_root), ("ours", ROOT)):
-                out = tmp / f"images_{name}_{recipe}.npy"
+        runs = [("baseline", base_root), ("ours", ROOT)]
+        if recipe == "standard":  # this checkout's numpy chain beside its fused kernel
+            got["ours numpy chain"] = []
+            runs.append(("ours numpy chain", ROOT))
+        for _ in range(2):  # alternate the subprocesses
+            for name, root in runs:
+                out = tmp / f"images_{name.replace(' ', '_')}_{recipe}.npy"
                 env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
                 res = subprocess.run(
                     [
@@ -214,6 +223,7 @@ def preprocess_rows(frames: np.ndarray, tmp: Path, baseline: str, repeats: int) 
                         recipe,
                         str(repeats),
                         str(out),
+                        *(["numpy"] if name.endswith("numpy chain") else []),
                     ],
                     capture_output=True,
                     text=True,
@@ -223,7 +233,7 @@ def preprocess_rows(frames: np.ndarray, tmp: Path, baseline: str, repeats: int) 
                 got[name].append(json.loads(res.stdout.strip().splitlines()[-1]))
         med = {k: statistics.median(r["cpu"] for r in v) for k, v in got.items()}
         wall = {k: statistics.median(r["wall"] for r in v) for k, v in got.items()}
-        for name in ("baseline", "ours"):
+        for name in got:
             show(
                 rows,
                 f"preprocess {recipe} {name}",
@@ -241,6 +251,15 @@ def preprocess_rows(frames: np.ndarray, tmp: Path, baseline: str, repeats: int) 
             "x (CPU)",
             f"wall {wall['baseline'] / wall['ours']:.2f}x; {target}; images max |diff| {np.abs(a - b).max():.1e}",
         )
+        if "ours numpy chain" in got:
+            c = np.load(tmp / f"images_ours_numpy_chain_{recipe}.npy")
+            show(
+                rows,
+                f"preprocess {recipe}: fused kernel / numpy chain",
+                med["ours numpy chain"] / med["ours"],
+                "x (CPU)",
+                f"wall {wall['ours numpy chain'] / wall['ours']:.2f}x; images max |diff| {np.abs(b - c).max():.1e}",
+            )
     return rows
 
 

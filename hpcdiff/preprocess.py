@@ -51,6 +51,7 @@ from hpcdiff.background import (
     panel_rectangles,
     radial_background,
 )
+from hpcdiff.background.cpu_standard import StandardKernel
 from hpcdiff.background.images import resampling_matrix
 from hpcdiff.background.standard import (
     StandardRingOrder,
@@ -221,6 +222,11 @@ class Preprocessor:
         self._ring_order: RingOrderImages | None = None
         self._qmatrix: Any = None
         self._frame_corrections: FrameCorrections | None = None
+        #: numpy frames of the standard recipe run the fused kernel where it applies
+        #: (:class:`~hpcdiff.background.cpu_standard.StandardKernel`); False: numpy chain
+        self.cpu_kernel = True
+        self._kernel: StandardKernel | None = None
+        self._kernel_built = False
 
     @classmethod
     def from_job(
@@ -648,6 +654,20 @@ class Preprocessor:
             )
         return self._ring_order
 
+    @property
+    def standard_kernel(self) -> StandardKernel | None:
+        """The fused CPU kernel of the standard recipe (built on first use), or None where
+        it does not apply (:attr:`cpu_kernel` off, no numba, settings it does not cover)."""
+        if not (self.cpu_kernel and self.standard):
+            return None
+        if not self._kernel_built:
+            fast = self.frame_corrections
+            chain = self.ring_order
+            if fast is not None and isinstance(chain, StandardRingOrder):
+                self._kernel = StandardKernel.build(chain, fast)
+            self._kernel_built = True
+        return self._kernel
+
     def prepare(self) -> None:
         """Build now what the numpy path builds on first use (detector maps, the ring-order
         chain with its resampling matrix, the per-frame corrections), so that the first
@@ -656,6 +676,7 @@ class Preprocessor:
         if self.cfg.method == "radial" or self.standard:
             _ = self.ring_order
             _ = self.frame_corrections
+            _ = self.standard_kernel
         else:
             resampling_matrix(self.pixmap, self.cfg.image_size_px)
 
@@ -690,8 +711,17 @@ class Preprocessor:
                 raise ValueError("photon energies must be finite and > 0 eV")
 
             ring_chain = chain if isinstance(chain, StandardRingOrder) else None
+            kernel = self.standard_kernel if ring_chain is not None else None
 
             def image(i: int) -> None:
+                if kernel is not None:
+                    out[i] = kernel.image(
+                        frames[i],
+                        photon_energy_ev=float(energy[i]),
+                        min_excess=float(min_excess[i]),
+                        unit=float(unit[i]),
+                    )
+                    return
                 if fast is not None and ring_chain is not None:
                     # gathered into ring order once; integer frames need no finiteness check
                     x = fast(frames[i], photon_energy_ev=float(energy[i]))
@@ -772,6 +802,8 @@ class Preprocessor:
         self._device.clear()
         self._ring_order = None
         self._frame_corrections = None
+        self._kernel = None
+        self._kernel_built = False
         return found
 
 

@@ -12,15 +12,14 @@ from test_fourier_job import ENERGY_EV, N_FRAMES, write_experiment
 
 from hpcdiff.config import load_job
 from hpcdiff.errors import ConfigError
-from hpcdiff.merge import FrameVoxels, Grid, MergeAccumulator
+from hpcdiff.merge_scale import half_reference
 from hpcdiff.pipelines.fourier import FourierSettings
 from hpcdiff.pipelines.fourier_frames import (
     FrameChain,
-    frame_scale,
     plan_frames,
     process_chunk,
     process_frames,
-    reference_map,
+    scale_pass,
 )
 
 DEAD = (10, 20)  # a pixel of panel p0 that reads 0 in every frame
@@ -99,16 +98,16 @@ def test_both_jobs_see_the_same_pixels_and_residual(experiment):
         assert np.isnan(mv.values[~mv.valid]).all()
 
 
-def test_scale_passes_follow_the_frame_choice_unless_set(experiment):
-    """Unset, the scale pass runs on all frames (it picks those that carry the map) and not
-    on frames already chosen diffuse; a number in the job file wins either way."""
+def test_scale_passes_default_to_one_pass_for_every_frame_choice(experiment):
+    """Unset, one scale pass runs whatever the frame choice (it keeps the frames whose
+    scale it cannot tell from noise); a number in the job file wins."""
     from hpcdiff.pipelines.fourier_frames import ChainSettings
 
     job = load_job(experiment)
     assert job.fourier.scale_passes is None
     assert ChainSettings.from_job(job).scale_passes == 1
     for frames in ("labelled-diffuse", "predicted-diffuse"):
-        assert ChainSettings.from_job(_with_fourier(job, frames=frames)).scale_passes == 0
+        assert ChainSettings.from_job(_with_fourier(job, frames=frames)).scale_passes == 1
         chosen = _with_fourier(job, frames=frames, scale_passes=2)
         assert ChainSettings.from_job(chosen).scale_passes == 2
     assert ChainSettings.from_job(_with_fourier(job, scale_passes=0)).scale_passes == 0
@@ -175,67 +174,27 @@ def test_shot_intensity_is_divided_out(experiment):
     np.testing.assert_allclose(three.sums, one.sums, rtol=1e-4, atol=1e-6 * np.abs(one.sums).max())
 
 
-def test_frame_scale_is_the_least_squares_scale_without_the_frame():
-    grid = Grid(6, 3.0)
-    rng = np.random.default_rng(0)
-    voxels = np.sort(rng.choice(grid.n_voxels, 40, replace=False))
-    truth = rng.normal(size=40) + 2.0
-    others = MergeAccumulator.empty(grid)
-    others.add_frame(FrameVoxels(voxels, truth * 3, np.full(40, 3)))  # 3 pixels per voxel
-    g = 0.37
-    frame = FrameVoxels(voxels, g * truth * 2, np.full(40, 2))  # 2 pixels per voxel
-    merged = others.copy().add_frame(frame)
-    ref = reference_map(merged)
-    g_fit, err = frame_scale(frame, reference=ref, noise=0.0)
-    assert g_fit == pytest.approx(g, rel=1e-5) and err == 0
-    # no other frame measured these voxels: no scale
-    alone = MergeAccumulator.empty(grid).add_frame(frame)
-    assert np.isnan(frame_scale(frame, reference=reference_map(alone), noise=0.0)[0])
-    # a map no stronger than its noise gives no scale
-    assert np.isnan(frame_scale(frame, reference=ref, noise=100.0)[0])
-
-
-def test_frame_scale_on_noisy_pixels_is_unbiased():
-    """With noisy pixels in the frame and in the map, the scale is found within its error
-    (the map's noise taken out: the plain least squares would be pulled towards 0); a frame
-    whose own signal is buried keeps a scale near the prior's 1."""
-    grid = Grid(40, 3.0)
-    rng = np.random.default_rng(1)
-    nv, sigma, g = 20000, 1.0, 0.37
-    voxels = np.sort(rng.choice(grid.n_voxels, nv, replace=False))
-    signal = rng.normal(size=nv)
-    others = MergeAccumulator.empty(grid)
-    others.add_frame(FrameVoxels(voxels, 3 * signal + rng.normal(scale=sigma * np.sqrt(3), size=nv), np.full(nv, 3)))  # fmt: skip
-    frame = FrameVoxels(voxels, 2 * g * signal + rng.normal(scale=sigma * np.sqrt(2), size=nv), np.full(nv, 2))  # fmt: skip
-    ref = reference_map(others.copy().add_frame(frame))
-    g_fit, err = frame_scale(frame, reference=ref, noise=sigma**2)
-    assert abs(g_fit - g) < 4 * err and err < 0.05
-    g_plain, _ = frame_scale(frame, reference=ref, noise=0.0)
-    assert g_plain < g - 0.05  # diluted by the map's noise
-    few = FrameVoxels(voxels[:60], frame.sums[:60], frame.counts[:60])
-    g_few, err_few = frame_scale(few, reference=ref, noise=3 * sigma**2)
-    assert err_few > 0.3 and g_few > g + 0.15  # pulled towards 1
-
-
 def test_scale_pass_leaves_out_frames_without_the_map(experiment):
-    """Against the merged map, frames carrying the map get scales near 1, the others near 0
-    (below scale_min: left out of the refined merge)."""
+    """Fitted against the other half's map, the diffuse frames carry the map (kept; of 8,
+    one whose slice the other half barely measures may fit low), the others a scale near 0
+    (left out); the refined merge holds exactly the kept frames."""
     job = load_job(experiment)
     plan = plan_frames(job)
     settings = FourierSettings.from_job(job)
     rows = range(len(plan))
     first, _ = process_chunk(plan, rows, settings)
-    second, frames = process_chunk(plan, rows, settings, reference=reference_map(first))
+    second, decision = scale_pass(plan, rows, settings, first)
     diffuse = plan.labels == 1
-    np.testing.assert_array_equal(second.n_frames, frames.merged.sum())
-    assert frames.merged[diffuse].all() and (frames.scale[diffuse] > 0.5).all()
-    # frames that measure their scale (small error) and carry no map are left out; a frame
-    # whose fit is noise keeps a scale near the prior's 1
-    measured = frames.scale_error < 0.2
-    assert measured[~diffuse].sum() >= 6
-    assert not frames.merged[~diffuse & measured].any()
-    assert (frames.scale[~diffuse & measured] < settings.chain.scale_min).all()
-    assert frames.similarity_frames == [] and frames.images.size == 0
+    assert decision.measurable
+    assert decision.kept[diffuse].sum() >= diffuse.sum() - 1, decision.fitted
+    assert not decision.kept[~diffuse].any(), decision.fitted[~diffuse]
+    assert second.n_frames == int(decision.kept.sum())
+    g, e = decision.fitted, decision.error
+    assert (np.abs(g[~diffuse]) < 3 * e[~diffuse] + 0.1 * decision.typical).all()
+    # the fit alone merges nothing and makes no similarity frames
+    _, fit = process_chunk(plan, rows, settings, reference=half_reference(first))
+    assert not fit.merged.any() and fit.similarity_frames == [] and fit.images.size == 0
+    np.testing.assert_allclose(fit.scale, g)
 
 
 def test_detector_shift_moves_the_pixels(experiment):
@@ -332,9 +291,11 @@ def test_job_on_the_labelled_diffuse_frames(experiment, tmp_path):
         "n_oriented": N_FRAMES,
         "n_chosen": 8,
     }
-    # frames already chosen diffuse: no scale pass by default, every chosen frame merged
-    assert summary["n_frames_oriented"] == 8 and result.merged.n_frames == 8
-    assert "refined" not in summary["frame_scales"]
+    # frames already chosen diffuse: the default scale pass runs and keeps them (a frame is
+    # left out only when its scale is confidently small)
+    scales = summary["frame_scales"]
+    assert summary["n_frames_oriented"] == 8 and "refined" in scales
+    assert result.merged.n_frames == 8 - scales["n_below_scale_min"] >= 7
     with h5py.File(tmp_path / "similarity.h5") as h5:
         assert h5["common_arc"].shape == (8, 8) and (h5["diffuse"][()] == 1).all()
 

@@ -75,7 +75,7 @@ class _Trigger:
         pass
 
 
-def _run(job_path: Path, out: Path, *, stop=None, log=None, force=False):
+def _run(job_path: Path, out: Path, *, stop=None, log=None, force=False, report=None):
     from distributed import Client
 
     from hpcdiff.pipelines.fourier import run_fourier
@@ -83,7 +83,9 @@ def _run(job_path: Path, out: Path, *, stop=None, log=None, force=False):
     job = load_job(job_path)
     with Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None) as c:
         with open(os.devnull, "w") as null:
-            return run_fourier(job, c, out_dir=out, stop=stop, log=log or null, force=force)
+            return run_fourier(
+                job, c, out_dir=out, stop=stop, log=log or null, force=force, report=report
+            )
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +133,36 @@ def test_kill_between_writes_is_finished_by_a_rerun(experiment, reference, tmp_p
         _run(experiment, tmp_path)
 
 
+def test_kill_before_the_report_is_finished_by_a_rerun(experiment, reference, tmp_path):
+    """The report comes before the summary: a run killed while writing its report has no
+    summary (it does not look finished), and the rerun writes the report, then the summary."""
+    from hpcdiff.pipelines.reports import write_fourier_report
+
+    def killed(_result):
+        (tmp_path / "report").mkdir()  # a report half written
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _run(experiment, tmp_path, report=killed)
+    assert (tmp_path / "diffusion.h5").exists() and (tmp_path / "merged.h5").exists()
+    assert not (tmp_path / "fourier_summary.json").exists()
+    assert (tmp_path / "fourier.work").is_dir()
+    summary_there = []
+
+    def report(result):
+        summary_there.append((tmp_path / "fourier_summary.json").exists())
+        return write_fourier_report(load_job(experiment), result, tmp_path)
+
+    result = _run(experiment, tmp_path, report=report)
+    assert summary_there == [False]
+    assert (tmp_path / "report" / "index.html").is_file()
+    assert json.loads((tmp_path / "fourier_summary.json").read_text()) == json.loads(
+        json.dumps(result.summary)
+    )
+    _assert_same(_outputs(tmp_path), reference)
+    assert not (tmp_path / "fourier.work").exists()
+
+
 def test_strays_without_checkpoints_are_refused(experiment, tmp_path):
     from hpcdiff.errors import OutputExistsError
 
@@ -163,6 +195,7 @@ def test_sigterm_exits_75_and_rerun_resumes(experiment, reference, tmp_path):
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert "resuming" in rerun.stderr
     _assert_same(_outputs(out), reference)
+    assert (out / "report" / "index.html").is_file()
     assert not (out / "fourier.work").exists()
 
 
@@ -179,3 +212,85 @@ def test_work_folder_of_another_job_is_refused_and_an_empty_one_reused(tmp_path)
     with pytest.raises(OutputExistsError, match="another Fourier job"):
         FourierWork(root, "bbbb").prepare(n_frames=4, force=False)
     assert FourierWork(root, "bbbb").prepare(n_frames=4, force=True) is False
+
+
+def _folded_job(experiment: Path) -> Path:
+    """The resume job with ``dense_similarity_max_frames`` below N: blocks are folded."""
+    job = experiment.with_name("job_folded.toml")
+    text = experiment.read_text()
+    assert "checkpoint_tasks = 1\n" in text
+    job.write_text(text.replace("checkpoint_tasks = 1\n", "checkpoint_tasks = 1\n"
+                                "dense_similarity_max_frames = 4\n"))  # fmt: skip
+    return job
+
+
+def _folded_outputs(out: Path) -> dict[str, np.ndarray]:
+    got = {}
+    with h5py.File(out / "similarity.h5") as h5:
+        assert not h5.attrs["dense_matrices"] and "common_arc" not in h5
+        for k in ("mean_z", "mean_cc", "significance", "mean_overlap"):
+            got[f"similarity/{k}"] = h5[k][()]
+        for g in ("common_arc", "image_distance", "image_correlation"):
+            for d in ("indices", "values"):
+                got[f"similarity/knn/{g}/{d}"] = h5[f"knn/{g}/{d}"][()]
+    with h5py.File(out / "diffusion.h5") as h5:
+        for g in ("common_arc", "image", "image_correlation"):
+            got[f"diffusion/{g}"] = h5[g]["coords"][()]
+    return got
+
+
+def test_stop_during_folded_similarity_resumes_to_the_same_result(
+    experiment, reference, tmp_path, monkeypatch
+):
+    """Above dense_similarity_max_frames no N x N block is kept: each is folded into the
+    per-frame partial results as it arrives and never written.  A stop part-way through
+    the similarity saves the fold; the rerun computes only the blocks not folded and gives
+    the uninterrupted run's result bit for bit, which is the dense run's (scores,
+    embedding)."""
+    from hpcdiff.pipelines.fourier_work import FourierWork, SimilarityFold
+
+    job = _folded_job(experiment)
+    folded: list[tuple[int, int]] = []
+    spilled: list[tuple[int, int]] = []
+    real_add, real_save = SimilarityFold.add, FourierWork.save_block
+
+    def add(self, rows):
+        real_add(self, rows)
+        folded.append((rows.start, rows.stop))
+
+    def save_block(self, rows):
+        spilled.append((rows.start, rows.stop))
+        real_save(self, rows)
+
+    monkeypatch.setattr(SimilarityFold, "add", add)
+    monkeypatch.setattr(FourierWork, "save_block", save_block)
+    whole = tmp_path / "whole"
+    _run(job, whole)
+    assert sorted(set(folded)) == sorted(folded) and len(folded) == N // 2  # each once
+    assert not spilled  # no row block is written
+    expected = _folded_outputs(whole)
+    for key in ("diffusion/common_arc", "diffusion/image", "diffusion/image_correlation"):
+        np.testing.assert_array_equal(expected[key], reference[key], err_msg=key)
+    np.testing.assert_array_equal(expected["similarity/mean_z"], reference["similarity/mean_z"])
+
+    class AfterThreeBlocks:
+        def __bool__(self) -> bool:
+            return len(folded) >= 3
+
+    folded.clear()
+    out = tmp_path / "stopped"
+    with pytest.raises(Preempted, match="during the similarity"):
+        _run(job, out, stop=AfterThreeBlocks())
+    work = out / "fourier.work"
+    with np.load(work / "similarity_fold.npz") as z:
+        n_folded = len(z["done"])
+        assert 3 <= n_folded < N // 2
+    assert not list((work / "similarity").glob("block_*.npz"))
+    assert not (out / "fourier_summary.json").exists()
+    folded.clear()
+    result = _run(job, out)
+    assert not spilled
+    assert result.summary["resumed"]["similarity_blocks_reused"] == n_folded
+    assert len(folded) == N // 2 - n_folded  # only the blocks not folded are computed
+    _assert_same(_folded_outputs(out), expected)
+    assert not work.exists()

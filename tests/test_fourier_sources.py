@@ -17,7 +17,7 @@ from hpcdiff.errors import FormatError
 from hpcdiff.io.cxi import FrameId
 from hpcdiff.io.sources.stream_match import FrameMatcher
 from hpcdiff.pipelines.fourier import FourierSettings
-from hpcdiff.pipelines.fourier_frames import plan_frames, process_chunk, reference_map
+from hpcdiff.pipelines.fourier_frames import plan_frames, process_chunk, scale_pass
 
 N = 6
 
@@ -181,7 +181,7 @@ def test_run_fourier_on_nxmx_frames(twins, tmp_path):
     settings = FourierSettings.from_job(job, plan=plan)
     serial, _ = process_chunk(plan, range(N), settings)
     for _ in range(settings.chain.scale_passes):  # the job's scale passes, as it runs them
-        serial, _ = process_chunk(plan, range(N), settings, reference=reference_map(serial))
+        serial, _ = scale_pass(plan, range(N), settings, serial)
     with (
         Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None),
         open(os.devnull, "w") as log,

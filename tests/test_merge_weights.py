@@ -1,5 +1,5 @@
 """Weighted merge: inverse-variance weighted voxel means, their weights through merge,
-symmetrising, save/load and the Fourier job's checkpoint, and the weighted scale fit."""
+symmetrising, save/load and the Fourier job's checkpoint."""
 
 from __future__ import annotations
 
@@ -8,12 +8,7 @@ import pytest
 
 from hpcdiff.errors import FormatError
 from hpcdiff.merge import Grid, MergeAccumulator, bin_frame
-from hpcdiff.pipelines.fourier_frames import (
-    VAR_FLOOR_FRACTION,
-    frame_scale,
-    pixel_weights,
-    reference_map,
-)
+from hpcdiff.pipelines.fourier_frames import VAR_FLOOR_FRACTION, pixel_weights
 
 GRID = Grid(6, 3.0)
 
@@ -131,29 +126,6 @@ def test_checkpoint_keeps_the_weights(tmp_path):
     plain = MergeAccumulator.empty(GRID).add_voxels(vox, vals)
     work.save_merge(plain, [(0, 2)])
     assert not work.load_merge(GRID)[0].weighted
-
-
-def test_weighted_scale_fit_leaves_the_frame_out():
-    """A frame that is 0.7 x the map, merged into the weighted reference, is fitted 0.7."""
-    rng = np.random.default_rng(5)
-    truth = rng.normal(size=GRID.n_voxels) + 3.0
-    acc = MergeAccumulator.empty(GRID, weighted=True)
-    for _ in range(4):  # other frames: the map with a little noise
-        vox = rng.integers(0, GRID.n_voxels, 3000)
-        var = rng.uniform(0.5, 2.0, vox.size) * 1e-4
-        acc.add_voxels(vox, truth[vox] + rng.normal(size=vox.size) * np.sqrt(var), weights=1 / var)
-    vox = rng.integers(0, GRID.n_voxels, 3000)
-    var = rng.uniform(0.5, 2.0, vox.size) * 1e-4
-    vals = 0.7 * truth[vox]  # noise-free copy at 0.7
-    w = pixel_weights(var)
-    acc.add_voxels(vox, vals, weights=w)  # the frame is in the reference (g = 1 weights)
-    ref = reference_map(acc)
-    frame = bin_frame(vals, vox)
-    own = (bin_frame(vals * w, vox).sums, bin_frame(w, vox).sums)
-    g, err = frame_scale(frame, reference=ref, noise=bin_frame(var, vox).sums, own=own)
-    assert g == pytest.approx(0.7, abs=2e-3) and err > 0
-    with pytest.raises(ValueError, match="own"):
-        frame_scale(frame, reference=ref, noise=bin_frame(var, vox).sums)
 
 
 def test_half_maps_survive_merge_symmetrise_and_checkpoint(tmp_path):

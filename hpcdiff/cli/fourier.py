@@ -120,14 +120,26 @@ def run(args: argparse.Namespace) -> int:
                 return 0
             if job.simulate is not None and not job.experiment.frames:
                 job = _simulated(job, out, force=args.force)
-            result = run_fourier(job, session.client, out_dir=out, force=args.force, stop=stop)
+            result = run_fourier(
+                job,
+                session.client,
+                out_dir=out,
+                force=args.force,
+                stop=stop,
+                report=lambda r: _report(job, r, out),
+            )
     except Preempted as exc:
         print(f"fourier: {exc} (exit status {EXIT_PREEMPTED})", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED
     print(f"fourier: outputs in {out}: " + ", ".join(p.name for p in result.outputs.values()))
+    return 0
+
+
+def _report(job: JobConfig, result: Any, out: Path) -> Path | None:
+    """The HTML report, written before the summary (the summary is the last output)."""
     from hpcdiff.pipelines.reports import write_fourier_report
 
     page = write_fourier_report(job, result, out)
     if page is not None:
-        print(f"fourier: report {page}")
-    return 0
+        print(f"fourier: report {page}", flush=True)
+    return page

@@ -523,7 +523,8 @@ class FourierConfig:
             "doc": "Above this many frames `similarity.h5` holds no dense N x N matrices "
             "(about 28 bytes per pair): only the per-frame scores, each frame's "
             "`diffusion_knn` nearest neighbours (indices and values) and a summary of the "
-            "overlaps.",
+            "overlaps; and the working folder keeps no N x N block (each is folded into "
+            "per-frame partial results as it finishes).",
         },
     )
     checkpoint_tasks: int = field(
@@ -623,28 +624,39 @@ class FourierConfig:
         default=None,
         metadata={
             "check": non_negative,
-            "doc": "Passes of per-frame scale refinement against the merged map (a least-"
-            "squares scale per frame, then a new merge; frames below `scale_min` left out); "
-            '0: none. Unset: 1 with `frames = "all"` (the pass picks the frames that carry '
-            "the map), 0 when the frames are already chosen diffuse (there the pass drops "
-            "weakly diffuse frames: whole-map truth CC 0.71 without, 0.64 with, "
-            "benchmarks/bench_fourier_chain.py).",
+            "doc": "Passes of per-frame scale refinement (each frame's scale fitted against "
+            "the smoothed map of the other half of the frames, with a jackknife error; "
+            "frames confidently below `scale_min` of the typical scale left out; a new "
+            "merge); 0: none. Unset: 1 for every `frames` choice (the pass changes nothing "
+            "when the scales cannot be told from noise). See hpcdiff/merge_scale.py.",
         },
     )
     scale_min: float = field(
-        default=0.2,
+        default=0.5,
         metadata={
             "check": non_negative,
-            "doc": "Frames whose refined scale is below this fraction of the merged map carry "
-            "no measurable diffuse signal and are left out of the refined merge.",
+            "doc": "A frame whose refined scale plus its standard error is below this "
+            "fraction of the typical scale (median of the frames with a significant scale) "
+            "carries no measurable copy of the map and is left out of the refined merge.",
+        },
+    )
+    scale_model: Literal["select", "shrunk"] = field(
+        default="select",
+        metadata={
+            "doc": "What the scale pass does with the frames it keeps: `select` merges them "
+            "unscaled; `shrunk` merges each as v / g with weight g^2 / var, its scale g "
+            "shrunk towards the typical scale by its error (measured worse on the tuning "
+            "sets, benchmarks/bench_fourier_chain.py).",
         },
     )
     merge_weights: Literal["inverse-variance", "none"] = field(
         default="inverse-variance",
         metadata={
             "doc": "How pixels weigh in each voxel's mean: `inverse-variance` by the inverse "
-            "of the frame chain's noise variance (Poisson + read noise of the background, "
-            "times g^2 after a scale pass), `none` equally (the plain mean).",
+            "of the frame chain's noise variance (Poisson + read noise of the background; "
+            "times the frame's measured noise ratio when that shows the frame is not photons, "
+            "hpcdiff/noise_model.py; times g^2 after a scale pass), `none` equally (the plain "
+            "mean).",
         },
     )
     map_smooth_sigma_voxels: float | None = field(

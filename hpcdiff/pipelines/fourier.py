@@ -29,7 +29,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -40,7 +40,6 @@ import numpy as np
 from hpcdiff.bragg_radius import bragg_radius_text
 from hpcdiff.config import JobConfig
 from hpcdiff.diffusion import (
-    BlockKnn,
     DiffusionMap,
     coordinate_aucs,
     diffusion_map_of_points,
@@ -66,6 +65,7 @@ from hpcdiff.merge import (
     MergeAccumulator,
     reciprocal_metric,
 )
+from hpcdiff.noise_model import noise_summary
 from hpcdiff.parallel.signals import Preempted
 from hpcdiff.pipelines.fourier_frames import (
     ChainSettings,
@@ -78,12 +78,15 @@ from hpcdiff.pipelines.fourier_frames import (
     refine_scales,
     scale_summary,
 )
-from hpcdiff.pipelines.fourier_work import ChunkData, FourierWork, SimilarityRows
+from hpcdiff.pipelines.fourier_work import (
+    BlockFolder,
+    ChunkData,
+    FourierWork,
+    SimilarityRows,
+)
 from hpcdiff.pipelines.layout import FourierLayout
 from hpcdiff.pipelines.requeue import refuse_finished, refuse_strays
 from hpcdiff.similarity import (
-    FrameScores,
-    ProfileSketch,
     SimilarityBlock,
     blocks,
     common_arc_rows,
@@ -243,6 +246,7 @@ def chunk_to_work(
         "seconds": part.seconds,
         "finite": finite,
         "shot": np.asarray(part.shot, np.float64),
+        "noise_ratio": np.asarray(part.noise_ratio, np.float64),
     }
 
 
@@ -288,6 +292,11 @@ def similarity_task(
         SimilarityBlock(start, stop, np.concatenate(corrs, axis=1), pix),
         time.perf_counter() - t0,
     )
+
+
+FOLD_CHECKPOINT_S = 60.0
+"""Least seconds between two saves of the folded similarity results (above
+``dense_similarity_max_frames``); a stop signal and the end of the stage always save."""
 
 
 def _work_hash(job: JobConfig) -> str:
@@ -337,12 +346,15 @@ def run_fourier(
     force: bool = False,
     log: IO[str] | None = None,
     stop: object = None,
+    report: Callable[[FourierResult], Path | None] | None = None,
 ) -> FourierResult:
     """Run the Fourier job on a connected dask client and write its outputs.
 
     Stages: merge tasks in waves of ``[fourier] checkpoint_tasks`` (the accumulator saved
-    after each), similarity row blocks (each saved when it arrives), then the outputs, the
-    summary last, and the working folder removed.  A rerun of the same job resumes from
+    after each), similarity row blocks (each saved when it arrives; above
+    ``[fourier] dense_similarity_max_frames`` folded into per-frame partial results
+    instead, :class:`~hpcdiff.pipelines.fourier_work.SimilarityFold`), then the outputs,
+    the report (``report``), the summary last, and the working folder removed.  A rerun of the same job resumes from
     the working folder (:mod:`hpcdiff.pipelines.fourier_work`) and gives the same outputs
     as an uninterrupted run.
 
@@ -362,6 +374,11 @@ def run_fourier(
     stop
         A :class:`~hpcdiff.parallel.signals.StopFlag` (or anything truthy when a stop is
         requested), looked at after each checkpoint.
+    report
+        Writes the run's report (e.g. the HTML report of
+        :func:`hpcdiff.pipelines.reports.write_fourier_report`) from the finished result,
+        after the other outputs and before the summary: a kill before the summary leaves
+        the working folder, and the rerun writes the report and the summary.
 
     Raises
     ------
@@ -418,6 +435,7 @@ def run_fourier(
     todo = [c for c in chunks if c not in set(done)]
     finite = work.load_finite() if done else None
     shots = work.load_shots(n) if done else np.full(n, np.nan)
+    noise_ratios = work.load_per_frame("noise_ratio", n) if done else np.full(n, np.nan)
     task_s = 0.0
     waves = [
         todo[i : i + fcfg.checkpoint_tasks] for i in range(0, len(todo), fcfg.checkpoint_tasks)
@@ -440,48 +458,65 @@ def run_fourier(
             task_s += float(rec["seconds"])
             finite = rec["finite"] if finite is None else finite & rec["finite"]
             shots[int(rec["start"]) : int(rec["stop"])] = rec["shot"]
+            noise_ratios[int(rec["start"]) : int(rec["stop"])] = rec["noise_ratio"]
         done = done + list(wave)
         assert finite is not None
         work.save_finite(finite)
         work.save_shots(shots)
+        work.save_per_frame("noise_ratio", noise_ratios)
         work.save_merge(merged, done)
         del mapped
         if w < len(waves) - 1:
             _check_stop(stop, "during the merge", work)
     t_merge = time.perf_counter() - t0
     _check_stop(stop, "after the merge", work)
+    noise = noise_summary(noise_ratios)
+    if noise["warning"]:
+        print(f"fourier: warning: {noise['warning']}", file=log, flush=True)
     if finite is None:
         finite = work.load_finite()
     merged_sym = merged.symmetrised(fcfg.symmetrise)
     frame_scales = None
     for _ in range(settings.chain.scale_passes):  # per-frame scales against the merged map
-        merged_sym, frame_scales = refine_scales(
+        refined, frame_scales = refine_scales(
             client, plan, settings, merged_sym, frames_per_task=fcfg.frames_per_task, log=log
         )
-        merged_sym = merged_sym.symmetrised(fcfg.symmetrise)
+        if refined is not None:  # None: every frame kept with scale 1
+            merged_sym = refined.symmetrised(fcfg.symmetrise)
 
-    # 2. similarity row blocks, each saved as it arrives
+    # 2. similarity row blocks: saved as they arrive when the dense matrices are written,
+    #    else folded as they arrive into per-frame partial results (SimilarityFold)
     t0 = time.perf_counter()
     sblocks = blocks(n, fcfg.similarity_block)
-    have = work.blocks_done()
-    missing = [b for b in sblocks if b not in have]
+    dense = n <= fcfg.dense_similarity_max_frames
+    fold = work.load_fold(n=n, k=fcfg.diffusion_knn, dims=fcfg.profile_dims, form=fcfg.profile_form)
     keep = finite.reshape(-1)
-    sim_task_s = 0.0
+    folder: BlockFolder | None = None
+    if dense:
+        have = work.blocks_done()
+        missing = [b for b in sblocks if b not in have]
+    else:
+        folder = BlockFolder(work, fold, sblocks, checkpoint_s=FOLD_CHECKPOINT_S)
+        missing = folder.missing()
+    n_reused = len(sblocks) - len(missing)
     if missing:
 
         def save(_i: int, rows: SimilarityRows) -> None:
-            nonlocal sim_task_s
             work.save_block(rows)
-            sim_task_s += rows.seconds
+
+        def stopped() -> None:
+            if folder is not None:
+                folder.checkpoint()
+            _check_stop(stop, "during the similarity", work)
 
         for_each_block(
             client,
             similarity_task,
             work,
             missing,
-            on_result=save,
+            on_result=save if folder is None else folder,
             stop=stop,
-            stopped=lambda: _check_stop(stop, "during the similarity", work),
+            stopped=stopped,
             label="similarity",
             log=log,
             n=n,
@@ -491,21 +526,15 @@ def run_fourier(
             column_block=fcfg.similarity_column_block,
             keep=keep,
         )
+        if folder is not None:
+            folder.checkpoint()  # all folded: a kill from here on recomputes nothing
     t_sim = time.perf_counter() - t0
     _check_stop(stop, "after the similarity", work)
 
-    # 3. one pass over the saved blocks, in order: similarity.h5, scores, sketch, kNN
+    # 3. similarity.h5 (the dense matrices in one pass over the saved blocks), scores,
+    #    sketch, kNN
     t0 = time.perf_counter()
     stamp = provenance(job.config_hash(), job=json.dumps(job.to_dict(), sort_keys=True))
-    scores = FrameScores(n)
-    sketch = ProfileSketch(n, dims=fcfg.profile_dims, seed=0, form=fcfg.profile_form)
-    knn_dist = BlockKnn(n, fcfg.diffusion_knn)
-    knn_corr = BlockKnn(n, fcfg.diffusion_knn, largest=True)
-    knn_arc = BlockKnn(n, fcfg.diffusion_knn, largest=True)
-    overlap_hist = np.zeros(0, np.int64)  # pairs per overlap value (exact median, O(max))
-    overlap_sum = np.zeros(n)
-    pairs_with = 0
-    dense = n <= fcfg.dense_similarity_max_frames
     outputs: dict[str, Path] = {}
     with atomic_path(files.similarity, force=True) as tmp, h5py.File(tmp, "w") as h5:
         _ids(h5, plan)
@@ -523,27 +552,10 @@ def run_fourier(
                 "Pearson CC over common voxels; NaN below min_overlap"
             )
             h5["common_arc"].attrs["min_overlap"] = fcfg.min_overlap
-        h5.attrs["dense_matrices"] = dense
-        h5.attrs["dense_similarity_max_frames"] = fcfg.dense_similarity_max_frames
-        for rows in work.iter_blocks(sblocks):
-            s, e = rows.start, rows.stop
-            scores.add(rows.common_arc)
-            sketch.add(rows.common_arc)
-            knn_dist.add(s, rows.image_distance.similarity)
-            knn_corr.add(s, rows.image_correlation.similarity)
-            knn_arc.add(s, rows.common_arc.similarity)
-            sim = rows.common_arc.similarity
-            upper = np.arange(s, n)[None, :] > np.arange(s, e)[:, None]
-            pairs_with += int(np.isfinite(sim[upper]).sum())
-            ovl_up = np.where(upper, rows.common_arc.overlap, 0)
-            overlap_sum[s:e] += ovl_up.sum(axis=1)
-            overlap_sum[s:] += ovl_up.sum(axis=0)
-            counts = np.bincount(rows.common_arc.overlap[upper].astype(np.int64))
-            if counts.size > overlap_hist.size:
-                overlap_hist = np.pad(overlap_hist, (0, counts.size - overlap_hist.size))
-            overlap_hist[: counts.size] += counts
-            if dense:
-                _write_upper(ds["common_arc"], s, e, sim, diagonal=1.0)
+            for rows in work.iter_blocks(sblocks):
+                s, e = rows.start, rows.stop
+                fold.add(rows)
+                _write_upper(ds["common_arc"], s, e, rows.common_arc.similarity, diagonal=1.0)
                 _write_upper(ds["overlap"], s, e, rows.common_arc.overlap, diagonal=None)
                 _write_upper(
                     ds["image_distance"], s, e, rows.image_distance.similarity, diagonal=0.0
@@ -551,8 +563,13 @@ def run_fourier(
                 _write_upper(
                     ds["image_correlation"], s, e, rows.image_correlation.similarity, diagonal=1.0
                 )
+        h5.attrs["dense_matrices"] = dense
+        h5.attrs["dense_similarity_max_frames"] = fcfg.dense_similarity_max_frames
         for d in ds.values():
             _mirror(d, fcfg.similarity_block)
+        scores, sketch = fold.scores(), fold.sketch()
+        knn_arc, knn_dist, knn_corr = fold.knn_arc, fold.knn_dist, fold.knn_corr
+        overlap_hist, overlap_sum, pairs_with = fold.overlap_hist, fold.overlap_sum, fold.pairs_with
         for name, knn in (
             ("common_arc", knn_arc),
             ("image_distance", knn_dist),
@@ -588,7 +605,7 @@ def run_fourier(
     maps: dict[str, DiffusionMap] = {}
     score_name = "mean_cc" if fcfg.profile_form == "cc" else "mean_z"
     points = profile_points(
-        sketch.sketch,
+        sketch,
         score=scores.mean_cc if score_name == "mean_cc" else scores.mean_z,
         n_components=fcfg.profile_components,
         score_weight=fcfg.profile_score_weight,
@@ -620,6 +637,7 @@ def run_fourier(
         "frame_scales": scale_summary(shots, frame_scales, settings.chain.scale_min),
         "bragg_radius": settings.bragg_profile
         or {"rule": "fixed", "radius_per_nm": settings.bragg_radius_per_nm},
+        "noise_model": noise,
         "n_workers": worker_count(client),
         "grid": settings.grid.to_dict(),
         "similarity_grid": settings.similarity_grid.to_dict(),
@@ -650,14 +668,15 @@ def run_fourier(
         "image_kernel_epsilon": eps["image"],
         "resumed": {
             "merge_tasks_reused": len(chunks) - len(todo),
-            "similarity_blocks_reused": len(sblocks) - len(missing),
+            "similarity_blocks_reused": n_reused,
         },
         "timing_s": {
             "merge_wall": t_merge,
             "merge_task_sum": task_s,
             "frames_per_s_per_worker": sum(e - s for s, e in todo) / task_s if task_s > 0 else None,
             "common_arc": t_sim,
-            "similarity_task_sum": sim_task_s,  # common arc and image space, one task per block
+            # common arc and image space, one task per block (reused blocks included)
+            "similarity_task_sum": fold.task_seconds,
             "embedding": t_embed,
         },
         "auc": {},
@@ -720,10 +739,7 @@ def run_fourier(
         outputs[f"plot_{name}"] = path
     summary["timing_s"]["total"] = time.perf_counter() - t_start
     summary["provenance"] = {k2: v for k2, v in stamp.items() if k2 != "job"}
-    outputs["summary"] = write_json(files.summary, summary, force=True)
-    work.remove()
-    print(_summary_text(summary), file=log, flush=True)
-    return FourierResult(
+    result = FourierResult(
         merged_sym,
         maps,
         frame_score,
@@ -732,6 +748,12 @@ def run_fourier(
         frame_ids=plan.frame_ids,
         labels=plan.labels,
     )
+    if report is not None:  # before the summary: the summary marks the set complete
+        report(result)
+    outputs["summary"] = write_json(files.summary, summary, force=True)
+    work.remove()
+    print(_summary_text(summary), file=log, flush=True)
+    return result
 
 
 def _hist_quantiles(hist: np.ndarray, qs: tuple[float, ...]) -> list[float]:

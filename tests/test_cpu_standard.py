@@ -1,0 +1,165 @@
+"""The fused CPU kernel of the standard recipe against the slab-order reference chain."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from hpcdiff.background import cpu_standard
+from hpcdiff.config import BackgroundConfig, CorrectionsConfig
+from hpcdiff.geometry import DetectorModel, small_geometry
+from hpcdiff.preprocess import Preprocessor
+
+pytestmark = pytest.mark.skipif(not cpu_standard.HAVE_NUMBA, reason="numba is not installed")
+
+ENERGY_EV = 9500.0
+STANDARD = BackgroundConfig(preprocessing="standard", read_noise_photons=0.12)
+
+
+@pytest.fixture(scope="module")
+def model() -> DetectorModel:
+    return DetectorModel.build(small_geometry(), photon_energy_ev=ENERGY_EV)
+
+
+def adu_per_photon(model: DetectorModel) -> float:
+    return float(model.geom.panels[0].adu_per_ev) * ENERGY_EV
+
+
+def adu_frames(model, n, *, seed=0, level=3.0, offsets=True, peaks=True, crystal=True):
+    """Float32 ADU frames: Poisson photons falling with |q|, read noise, per-panel
+    common-mode offsets, a few Bragg peaks and, on frame 1, ring-like diffuse contrast."""
+    rng = np.random.default_rng(seed)
+    q = np.nan_to_num(model.q_abs)
+    expected = level * (0.4 + np.exp(-q / 0.8)) * np.nan_to_num(model.polarisation, nan=1.0)
+    ph = rng.poisson(expected, (n, *model.slab_shape)).astype(np.float32)
+    ph += rng.normal(0, 0.12, ph.shape).astype(np.float32)
+    if crystal and n > 1:
+        ph[1] *= np.float32(1) + np.float32(0.3) * np.cos(q * 9.0).astype(np.float32)
+    if peaks:
+        for i in range(n):
+            for _ in range(4):
+                r = rng.integers(2, model.slab_shape[0] - 3)
+                c = rng.integers(2, model.slab_shape[1] - 3)
+                ph[i, r : r + 2, c : c + 2] += np.float32(300.0)
+    if offsets:
+        panel = np.asarray(model.panel_index)
+        off = rng.normal(0, 0.6, (n, panel.max() + 2)).astype(np.float32)
+        ph += off[:, panel]
+    return ph * np.float32(adu_per_photon(model))
+
+
+def preprocessors(model, cfg=STANDARD, corr=None, **kw) -> tuple[Preprocessor, Preprocessor]:
+    """The same preprocessor twice: with the kernel, and with the numpy ring-order chain."""
+    corr = corr or CorrectionsConfig()
+    fused = Preprocessor(model, cfg, corr, **kw)
+    numpy_chain = Preprocessor(model, cfg, corr, **kw)
+    numpy_chain.cpu_kernel = False
+    return fused, numpy_chain
+
+
+def check(model, frames, cfg=STANDARD, corr=None, *, atol=2e-5, **kw) -> np.ndarray:
+    fused, numpy_chain = preprocessors(model, cfg, corr, **kw)
+    assert fused.standard_kernel is not None and numpy_chain.standard_kernel is None
+    got = fused(frames, photon_energy_ev=ENERGY_EV)
+    size = cfg.image_size_px
+    assert got.shape == (len(frames), 3, size, size) and got.dtype == np.float32
+    reference = fused.images(fused.residual(frames, photon_energy_ev=ENERGY_EV))
+    np.testing.assert_allclose(got, reference, atol=atol)
+    np.testing.assert_allclose(got, numpy_chain(frames, photon_energy_ev=ENERGY_EV), atol=atol)
+    assert 0 <= got.min() and got.max() <= 1
+    return got
+
+
+@pytest.mark.parametrize("dtype", [np.int16, np.float32])
+def test_kernel_equals_reference_with_common_mode_and_peaks(model, dtype):
+    frames = adu_frames(model, 3, seed=1)
+    if dtype == np.int16:
+        frames = np.round(frames).astype(np.int16)  # Cheetah layout: integer ADU
+    got = check(model, frames)
+    assert np.ptp(got) > 0.2  # not a neutral image
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"mask_bragg": False},
+        {"q_cell": "mean", "q_smooth_per_nm": 0.08, "image_size_px": 96},
+        {"bragg_grow_px": 2, "q_max_per_nm": 2.5, "clip_sigma": 3.0},
+        {"bragg_grow_px": 0, "read_noise_photons": 0.0},
+        {"standard_guard": 1.05},  # the guard rescales every frame
+    ],
+)
+def test_kernel_equals_reference_for_settings(model, changes):
+    frames = np.round(adu_frames(model, 2, seed=2)).astype(np.int16)
+    check(model, frames, dataclasses.replace(STANDARD, **changes))
+
+
+def test_bad_pixels_non_finite_values_pedestal_and_gain(model):
+    frames = adu_frames(model, 2, seed=3)
+    frames[0, 4:6, 30:40] = np.nan  # e.g. a geometry without flags: NaN read as is
+    frames[1, 50, 7] = np.inf
+    bad = np.zeros(model.slab_shape, bool)
+    bad[:, 11] = True
+    bad[20:25, 60:70] = True
+    rng = np.random.default_rng(4)
+    pedestal = rng.normal(100, 5, model.slab_shape).astype(np.float32)
+    gain = rng.uniform(0.9, 1.1, model.slab_shape).astype(np.float32)
+    raw = (frames / gain + pedestal).astype(np.float32)
+    check(model, raw, bad_pixel_mask=bad, pedestal=pedestal, gain=gain)
+    check(model, frames, bad_pixel_mask=bad)
+
+
+def test_without_common_mode_or_photon_unit_and_on_threads(model):
+    frames = np.round(adu_frames(model, 4, seed=5, offsets=False)).astype(np.int16)
+    check(model, frames, corr=CorrectionsConfig(common_mode=False), threads=2)
+
+
+def test_frame_without_valid_pixels_is_neutral(model):
+    frames = np.zeros((1, *model.slab_shape), np.int16)
+    bad = np.ones(model.slab_shape, bool)
+    fused, _ = preprocessors(model, bad_pixel_mask=bad)
+    assert (fused(frames, photon_energy_ev=ENERGY_EV) == 0.5).all()
+
+
+def test_settings_outside_the_kernel_run_the_numpy_chain(model):
+    cfg = dataclasses.replace(STANDARD, compression="sqrt")
+    fused, _ = preprocessors(model, cfg)
+    assert fused.standard_kernel is None
+    seed = Preprocessor(model, BackgroundConfig(preprocessing="seed"))
+    assert seed.standard_kernel is None
+
+
+@pytest.mark.parametrize("integer", [True, False])
+def test_common_mode_levels_equal_the_plan_bit_for_bit(model, integer):
+    """The histogram (integer ADU) and selection paths give the levels of
+    :meth:`CommonModePlan.levels` exactly."""
+    fused, _ = preprocessors(model)
+    kernel = fused.standard_kernel
+    fast = fused.frame_corrections
+    assert kernel is not None and fast is not None and fast.plan is not None
+    frame = adu_frames(model, 1, seed=6)[0]
+    raw = np.round(frame).astype(np.int16) if integer else frame
+    inv_e = np.float32(1 / ENERGY_EV)
+    want = fast.plan.levels(fast._photons(raw, inv_e), threshold=fast.threshold)
+    got = np.full(kernel.n_asics, np.nan, np.float32)
+    s = kernel._scratch()
+    cpu_standard._levels(
+        raw.reshape(-1), kernel.voters, kernel.vstarts, kernel.early, kernel.estarts,
+        kernel.asics, kernel.scale, integer and kernel.hist_ok, kernel.ev, kernel.ped,
+        kernel.gain, inv_e, kernel.threshold, 2, got, s.fbuf, s.ibuf, s.hist,
+    )  # fmt: skip
+    np.testing.assert_array_equal(got, want)
+    assert kernel.hist_ok and np.isfinite(got).sum() >= 2  # (an empty window gives NaN)
+
+
+@pytest.mark.slow
+def test_cspad_int16_frames_equal_the_reference():
+    from hpcdiff.geometry import cspad_like_geometry
+
+    cspad = DetectorModel.build(cspad_like_geometry(), photon_energy_ev=ENERGY_EV)
+    frames = np.round(adu_frames(cspad, 2, seed=7, level=1.0)).astype(np.int16)
+    bad = np.zeros(cspad.slab_shape, bool)
+    bad[100:103, :] = True
+    check(cspad, frames, bad_pixel_mask=bad)
