@@ -191,6 +191,10 @@ def measure(
     )
     plan = fj.plan_frames(job)
     settings = fj.FourierSettings.from_job(job)
+    if getattr(settings, "bragg_profile", None):
+        from hpcdiff.bragg_radius import bragg_radius_text
+
+        print("  " + bragg_radius_text(settings.bragg_profile), flush=True)
     truth = sampled_truth(
         settings.grid, job.fourier.truth or job_path.parent / "truth.h5", how=truth_sampling
     )
@@ -227,6 +231,7 @@ def measure(
                     "chain": "new" if new_chain else "main",
                     "scale_passes": p,
                     "bragg_radius_hkl": settings.bragg_radius_hkl,
+                    "bragg_radius_per_nm": getattr(settings, "bragg_radius_per_nm", 0.0),
                     "smooth": smooth,
                     "sigma_voxels": sigma,
                     "cc": cc(m, truth)[0],

@@ -68,8 +68,9 @@ def test_q_radius_mask_is_the_same_for_a_rotated_crystal_and_detector():
 
 def test_fourier_config_q_radius_is_validated():
     f = FourierConfig()
-    assert f.mask_bragg_radius_per_nm > 0 and f.mask_bragg_excitation_per_nm is not None
-    assert 0 < f.mask_bragg_excitation_per_nm < f.mask_bragg_radius_per_nm
+    # the radius is measured from the frames by default (tests/test_bragg_radius.py)
+    assert f.mask_bragg_radius_per_nm == "auto" and f.mask_bragg_excitation_per_nm is not None
+    assert 0 < f.mask_bragg_excitation_per_nm
     assert FourierConfig(mask_bragg_radius_per_nm=0.03).mask_bragg_radius_per_nm == 0.03
     job = parse_job({"fourier": {"mask_bragg_radius_per_nm": 0.025}})
     assert job.fourier.mask_bragg_radius_per_nm == 0.025

@@ -24,6 +24,7 @@ from hpcdiff.config._schema import (
     build_section,
     fraction,
     non_negative,
+    non_negative_or_auto,
     positive,
     to_plain,
 )
@@ -551,15 +552,21 @@ class FourierConfig:
         default=None, metadata={"check": positive}
     )
     mask_bragg_radius_hkl: float = field(default=0.1, metadata={"check": non_negative})
-    mask_bragg_radius_per_nm: float = field(
-        default=0.04,
+    mask_bragg_radius_per_nm: float | Literal["auto"] = field(
+        default="auto",
         metadata={
-            "check": non_negative,
+            "check": non_negative_or_auto,
             "doc": "Pixels within this |q| distance (nm^-1, no 2 pi) of a reciprocal-lattice "
             "point (on the Ewald sphere: `mask_bragg_excitation_per_nm`) are left out of the "
-            "merge as well: Bragg tails have a width in q, not in hkl, and reach ~0.04 nm^-1 "
-            "in the simulator's frames (spot sigma 0.007, excitation sigma 0.004 nm^-1); set "
-            "it from the data's spot size. 0: only `mask_bragg_radius_hkl`.",
+            "merge as well: Bragg tails have a width in q, not in hkl, set by the data's spot "
+            "size (0.035-0.055 nm^-1 measured in the simulator's frames; real streams' "
+            'profile_radius is often 0.002-0.004). 0: only `mask_bragg_radius_hkl`. "auto" '
+            "(default): "
+            "measured before the merge on up to 50 frames (hpcdiff.bragg_radius): where the "
+            "residual's excess (noise units) around lattice points on the Ewald sphere, "
+            "over that around points off it, is no longer significant; bounded below by the "
+            "stream's profile_radius and above by 0.5 of the smallest reciprocal spacing; "
+            "recorded in fourier_summary.json (bragg_radius) and the job's output.",
         },
     )
     mask_bragg_excitation_per_nm: float | None = field(

@@ -31,6 +31,11 @@ def non_negative(value: Any) -> str | None:
     return None if value >= 0 else "must be >= 0"
 
 
+def non_negative_or_auto(value: Any) -> str | None:
+    """Field check: ``"auto"`` or a value >= 0."""
+    return None if value == "auto" or value >= 0 else 'must be >= 0 or "auto"'
+
+
 def fraction(value: Any) -> str | None:
     """Field check: the value must lie in [0, 1]."""
     return None if 0 <= value <= 1 else "must lie between 0 and 1"

@@ -30,13 +30,14 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import IO, Any, Literal
 
 import h5py
 import numpy as np
 
+from hpcdiff.bragg_radius import bragg_radius_text
 from hpcdiff.config import JobConfig
 from hpcdiff.diffusion import (
     DiffusionMap,
@@ -125,6 +126,7 @@ class FourierSettings:
     bragg_radius_per_nm: float = 0.0
     bragg_excitation_per_nm: float | None = None
     chain: ChainSettings = field(default_factory=ChainSettings)
+    bragg_profile: dict[str, Any] | None = None  # "auto" radius: what measured it
 
     @classmethod
     def from_job(cls, job: JobConfig, *, plan: FramePlan | None = None) -> FourierSettings:
@@ -155,15 +157,25 @@ class FourierSettings:
         grid, similarity_grid = (
             grid_from_config(f, size=s, plan=plan, q_max_per_nm=q_max) for s in sizes
         )
-        return cls(
+        settings = cls(
             grid=grid,
             similarity_grid=similarity_grid,
             bragg_radius_hkl=f.mask_bragg_radius_hkl,
-            bragg_radius_per_nm=f.mask_bragg_radius_per_nm,
+            bragg_radius_per_nm=0.0
+            if f.mask_bragg_radius_per_nm == "auto"
+            else f.mask_bragg_radius_per_nm,
             bragg_excitation_per_nm=f.mask_bragg_excitation_per_nm,
             image_downsample=f.image_downsample,
             chain=ChainSettings.from_job(job),
         )
+        if f.mask_bragg_radius_per_nm == "auto":  # measured on the job's frames
+            from hpcdiff.bragg_radius import measure_bragg_radius
+
+            prof = measure_bragg_radius(plan if plan is not None else plan_frames(job), settings)
+            settings = replace(
+                settings, bragg_radius_per_nm=prof.radius, bragg_profile=prof.to_dict()
+            )
+        return settings
 
 
 # --------------------------------------------------------------------------- merging
@@ -404,6 +416,8 @@ def run_fourier(
         file=log,
         flush=True,
     )
+    if settings.bragg_profile is not None:
+        print(bragg_radius_text(settings.bragg_profile), file=log, flush=True)
 
     # 1. merge: tasks in waves; after each wave the accumulator is saved
     t0 = time.perf_counter()
@@ -621,6 +635,8 @@ def run_fourier(
         "n_multi_crystal_chunks": plan.n_multi_crystal,
         "frames": {"choice": plan.frames, "n_oriented": plan.n_oriented, "n_chosen": n},
         "frame_scales": scale_summary(shots, frame_scales, settings.chain.scale_min),
+        "bragg_radius": settings.bragg_profile
+        or {"rule": "fixed", "radius_per_nm": settings.bragg_radius_per_nm},
         "noise_model": noise,
         "n_workers": worker_count(client),
         "grid": settings.grid.to_dict(),
@@ -790,6 +806,9 @@ def _summary_text(summary: dict[str, Any]) -> str:
         f"fourier: common-arc pairs with similarity {summary['pairs_with_similarity']}/{summary['pairs_total']} "
         f"(median overlap {summary['median_overlap']:.0f} voxels), {t['common_arc']:.1f} s",
     ]
+    br = summary.get("bragg_radius") or {}
+    if br.get("rule") == "auto":
+        lines.append(bragg_radius_text(br))
     sm = summary.get("map_smoothing", {})
     if sm:
         lines.append(f"fourier: map smoothing sigma {sm['sigma_voxels']:g} voxels ({sm['method']})")

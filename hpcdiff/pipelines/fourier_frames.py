@@ -196,6 +196,9 @@ class FramePlan:
     model_shift_m
         The chain's top-level detector shift ``(x, y)``, metres (the geometry's
         ``detector_shift_x/y``, frame 0's value where it names a dataset).
+    profile_radius_nm_inv
+        ``(n,)`` float64 each crystal's stream ``profile_radius`` (nm^-1; NaN where none),
+        or None.
     source_kind, detector
         The frame source that reads :attr:`files` (``"cxi"``, ``"nxmx"``, ``"euxfel"``,
         ``"psana2"``; never ``"auto"``) and its detector name: what each dask worker needs
@@ -221,6 +224,7 @@ class FramePlan:
     model_shift_m: tuple[float, float] = (0.0, 0.0)
     source_kind: str = "cxi"
     detector: str | None = None
+    profile_radius_nm_inv: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.numbers.size)
@@ -286,6 +290,7 @@ def plan_frames(job: JobConfig) -> FramePlan:
     stream = read_stream(exp.stream)
     found: dict[int, tuple[np.ndarray, float]] = {}
     shifts: dict[int, tuple[float, float]] = {}
+    radii: dict[int, float] = {}
     n_multi = 0
     for chunk in stream.chunks:
         if not chunk.crystals:
@@ -299,6 +304,8 @@ def plan_frames(job: JobConfig) -> FramePlan:
         energy = chunk.photon_energy_ev if chunk.photon_energy_ev is not None else np.nan
         found.setdefault(number, (chunk.crystals[0].reciprocal_matrix, float(energy)))
         shifts.setdefault(number, chunk.crystals[0].det_shift_mm or (0.0, 0.0))
+        radius = chunk.crystals[0].profile_radius_nm_inv
+        radii.setdefault(number, np.nan if radius is None else float(radius))
     if not found:
         raise FormatError(
             exp.stream,
@@ -340,6 +347,7 @@ def plan_frames(job: JobConfig) -> FramePlan:
         model_shift_m=(float(model.shift_m[0]), float(model.shift_m[1])),
         source_kind=kind,
         detector=exp.detector,
+        profile_radius_nm_inv=np.array([radii[i] for i in numbers], dtype=np.float64),
     )
 
 
