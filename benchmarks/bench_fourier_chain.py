@@ -24,9 +24,12 @@ gives the unweighted merge (inverse-variance weights are the default).
 ``--subsets N ...`` merges the frames among the first N of ONE simulated experiment of
 ``max(N)`` frames (nested subsets, so the curve is not confounded by different
 experiments) and ends with a table per row: frames merged, whole CC, the strongest shell's
-CC, CC1/2 and CC*, the smoothing width; and a fit of the shell that is strongest at the
-largest N to the noise-limited form CC(n) = c_inf sqrt(n / (n + n_half)) (n frames merged),
-with the n where it reaches 0.8 when c_inf > 0.8.
+CC, CC1/2 and CC*, the smoothing width, the CC of the noise-free map (the truth merged
+with the same voxel weights and smoothing: the ceiling the coverage, grid and smoothing
+leave; CC ~ CC* x noise-free when noise and smoothing are all that limit the map); and a
+fit of the shell that is strongest at the largest N to the noise-limited form
+CC(n) = c_inf sqrt(n / (n + n_half)) (n frames merged), with the n where it reaches 0.8
+when c_inf > 0.8.
 
 Usage::
 
@@ -172,6 +175,18 @@ def half_maps(acc, sigma: float) -> tuple[np.ndarray | None, np.ndarray | None]:
     )
 
 
+def noise_free(acc, truth: np.ndarray, sigma: float) -> np.ndarray:
+    """The map the merge would give without noise: the truth averaged with the merge's
+    voxel weights and smoothed with ``sigma`` voxels (its CC with the truth is the ceiling
+    that the coverage, the grid and the smoothing leave)."""
+    from hpcdiff.map_smooth import smoothed_mean
+
+    shape = acc.grid.shape
+    den = (acc.denominator() if hasattr(acc, "denominator") else acc.counts).reshape(shape)
+    den = np.where(np.isfinite(truth), den, 0.0)
+    return smoothed_mean(np.nan_to_num(truth) * den, den, sigma_voxels=sigma)
+
+
 def measure(
     job_path: Path,
     *,
@@ -234,6 +249,7 @@ def measure(
             for smooth in smooths:
                 m, sigma = smoothed(cur, smooth)
                 ha, hb = half_maps(cur, sigma)
+                ceiling = noise_free(cur, truth, sigma)
                 row = {
                     "frames": name,
                     "subset_first_frames": subset,
@@ -261,7 +277,8 @@ def measure(
                     if n >= 10:
                         row["shells"].append(
                             {"q_min_nm_inv": lo, "q_max_nm_inv": hi, "cc": c, "cc_iso": ci,
-                             "voxels": n, "cc_half": ch, "cc_star": star(ch)}
+                             "voxels": n, "cc_half": ch, "cc_star": star(ch),
+                             "cc_noise_free": cc(ceiling, truth, sel & np.isfinite(m))[0]}
                         )  # fmt: skip
                 out.append(row)
                 shells = "  ".join(
@@ -308,14 +325,16 @@ def subset_table(name: str, rows: list[dict]) -> None:
               f"(strongest shell per n; fit on [{sh['q_min_nm_inv']:g},"
               f"{sh['q_max_nm_inv']:g}) nm^-1, the strongest at the largest n)")  # fmt: skip
         print("  first_n merged whole_CC shell       shell_CC CC1/2  CC*   CC/CC* sigma "
-              "fixed_shell_CC fixed_CC*")  # fmt: skip
+              "noise_free fixed_shell_CC fixed_CC*")  # fmt: skip
         for r in group:
             best = max(r["shells"], key=lambda s: s["cc"])
             f = next((s for s in r["shells"] if s["q_min_nm_inv"] == sh["q_min_nm_inv"]), None)
             print(f"  {r['subset_first_frames']:7d} {r['n_merged']:6d} {r['cc']:8.3f} "
                   f"[{best['q_min_nm_inv']:.1f},{best['q_max_nm_inv']:.1f}) "
                   f"{best['cc']:8.3f} {best['cc_half']:5.3f} {best['cc_star']:5.3f} "
-                  f"{best['cc'] / best['cc_star']:6.2f} {r['sigma_voxels']:5.2f} "
+                  f"{best['cc'] / best['cc_star'] if best['cc_star'] > 0 else np.nan:6.2f} "
+                  f"{r['sigma_voxels']:5.2f} "
+                  f"{best['cc_noise_free']:10.3f} "
                   f"{f['cc'] if f else np.nan:14.3f} {f['cc_star'] if f else np.nan:9.3f}")  # fmt: skip
         n = np.array([r["n_merged"] for r in group], dtype=float)
         c = np.array(
