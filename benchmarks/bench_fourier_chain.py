@@ -21,9 +21,21 @@ smoothing whose width minimises the leave-one-voxel-out error, :mod:`hpcdiff.map
 0 included) or a fixed sigma in voxels; each row also prints the half-maps' CC1/2.  ``--fourier merge_weights='"none"'``
 gives the unweighted merge (inverse-variance weights are the default).
 
+``--subsets N ...`` merges the frames among the first N of ONE simulated experiment of
+``max(N)`` frames (nested subsets, so the curve is not confounded by different
+experiments) and ends with a table per row: frames merged, whole CC, the strongest shell's
+CC, CC1/2 and CC*, the smoothing width, the CC of the noise-free map (the truth merged
+with the same voxel weights and smoothing: the ceiling the coverage, grid and smoothing
+leave; CC ~ CC* x noise-free when noise and smoothing are all that limit the map); and a
+fit of the shell that is strongest at the largest N to the noise-limited form
+CC(n) = c_inf sqrt(n / (n + n_half)) (n frames merged), with the n where it reaches 0.8
+when c_inf > 0.8.
+
 Usage::
 
     python benchmarks/bench_fourier_chain.py --configs A H-triclinic --frames 160
+    python benchmarks/bench_fourier_chain.py --configs RM0 --rows diffuse --passes 1 \
+        --smooth halves --subsets 30 60 120 240 480
 """
 
 from __future__ import annotations
@@ -163,6 +175,18 @@ def half_maps(acc, sigma: float) -> tuple[np.ndarray | None, np.ndarray | None]:
     )
 
 
+def noise_free(acc, truth: np.ndarray, sigma: float) -> np.ndarray:
+    """The map the merge would give without noise: the truth averaged with the merge's
+    voxel weights and smoothed with ``sigma`` voxels (its CC with the truth is the ceiling
+    that the coverage, the grid and the smoothing leave)."""
+    from hpcdiff.map_smooth import smoothed_mean
+
+    shape = acc.grid.shape
+    den = (acc.denominator() if hasattr(acc, "denominator") else acc.counts).reshape(shape)
+    den = np.where(np.isfinite(truth), den, 0.0)
+    return smoothed_mean(np.nan_to_num(truth) * den, den, sigma_voxels=sigma)
+
+
 def measure(
     job_path: Path,
     *,
@@ -173,6 +197,7 @@ def measure(
     which: tuple[str, ...] = ("all", "diffuse"),
     smooths: tuple[str, ...] = ("raw", "auto"),
     truth_sampling: str = "mean",
+    subsets: tuple[int, ...] = (),
 ) -> list[dict]:
     from hpcdiff.config import load_job
     from hpcdiff.pipelines import fourier as fj
@@ -205,10 +230,14 @@ def measure(
         "all": np.arange(len(plan)),
         "diffuse": np.flatnonzero(plan.labels == 1),
     }
+    todo = [
+        (name, n, rows if n is None else rows[plan.numbers[rows] < n])
+        for name, rows in rows_of.items()
+        if name in which
+        for n in (subsets or (None,))
+    ]
     out = []
-    for name, rows in rows_of.items():
-        if name not in which:
-            continue
+    for name, subset, rows in todo:
         t0, c0 = time.perf_counter(), time.process_time()
         acc, _ = fj.process_chunk(plan, rows, settings)
         for p in passes if new_chain else [0]:
@@ -224,8 +253,10 @@ def measure(
             for smooth in smooths:
                 m, sigma = smoothed(cur, smooth)
                 ha, hb = half_maps(cur, sigma)
+                ceiling = noise_free(cur, truth, sigma)
                 row = {
                     "frames": name,
+                    "subset_first_frames": subset,
                     "n_frames": len(rows),
                     "n_merged": cur.n_frames,
                     "chain": "new" if new_chain else "main",
@@ -251,7 +282,8 @@ def measure(
                     if n >= 10:
                         row["shells"].append(
                             {"q_min_nm_inv": lo, "q_max_nm_inv": hi, "cc": c, "cc_iso": ci,
-                             "voxels": n, "cc_half": ch, "cc_star": star(ch)}
+                             "voxels": n, "cc_half": ch, "cc_star": star(ch),
+                             "cc_noise_free": cc(ceiling, truth, sel & np.isfinite(m))[0]}
                         )  # fmt: skip
                 out.append(row)
                 shells = "  ".join(
@@ -273,6 +305,67 @@ def measure(
     return out
 
 
+def noise_limited_fit(n: np.ndarray, c: np.ndarray) -> tuple[float, float]:
+    """``(c_inf, n_half)`` of CC(n) = c_inf sqrt(n / (n + n_half)), least squares."""
+    from scipy.optimize import curve_fit
+
+    def f(x: np.ndarray, c_inf: float, n_half: float) -> np.ndarray:
+        return c_inf * np.sqrt(x / (x + n_half))
+
+    ok = np.isfinite(c)
+    p, _ = curve_fit(f, n[ok], c[ok], p0=(min(1.0, c[ok].max() * 1.2), n[ok].mean()),
+                     bounds=([0.0, 0.0], [1.0, np.inf]))  # fmt: skip
+    return float(p[0]), float(p[1])
+
+
+def subset_table(name: str, rows: list[dict]) -> None:
+    """Print the CC-against-frames table and the noise-limited fit of one configuration."""
+    for (frames, passes, smooth), group in _groups(rows).items():
+        last = max(group, key=lambda r: r["n_merged"])
+        if not last["shells"]:
+            continue
+        fixed = max(range(len(last["shells"])), key=lambda i: last["shells"][i]["cc"])
+        sh = last["shells"][fixed]
+        print(f"{name} {frames} scale_passes={passes} smooth={smooth}: CC against frames "
+              f"(strongest shell per n; fit on [{sh['q_min_nm_inv']:g},"
+              f"{sh['q_max_nm_inv']:g}) nm^-1, the strongest at the largest n)")  # fmt: skip
+        print("  first_n merged whole_CC shell       shell_CC CC1/2  CC*   CC/CC* sigma "
+              "noise_free fixed_shell_CC fixed_CC*")  # fmt: skip
+        for r in group:
+            best = max(r["shells"], key=lambda s: s["cc"])
+            f = next((s for s in r["shells"] if s["q_min_nm_inv"] == sh["q_min_nm_inv"]), None)
+            print(f"  {r['subset_first_frames']:7d} {r['n_merged']:6d} {r['cc']:8.3f} "
+                  f"[{best['q_min_nm_inv']:.1f},{best['q_max_nm_inv']:.1f}) "
+                  f"{best['cc']:8.3f} {best['cc_half']:5.3f} {best['cc_star']:5.3f} "
+                  f"{best['cc'] / best['cc_star'] if best['cc_star'] > 0 else np.nan:6.2f} "
+                  f"{r['sigma_voxels']:5.2f} "
+                  f"{best['cc_noise_free']:10.3f} "
+                  f"{f['cc'] if f else np.nan:14.3f} {f['cc_star'] if f else np.nan:9.3f}")  # fmt: skip
+        n = np.array([r["n_merged"] for r in group], dtype=float)
+        c = np.array(
+            [
+                next((s["cc"] for s in r["shells"] if s["q_min_nm_inv"] == sh["q_min_nm_inv"]),
+                     np.nan)
+                for r in group
+            ]
+        )  # fmt: skip
+        if np.isfinite(c).sum() < 3:
+            continue
+        c_inf, n_half = noise_limited_fit(n, c)
+        reach = n_half * (0.8 / c_inf) ** 2 / (1 - (0.8 / c_inf) ** 2) if c_inf > 0.8 else None
+        print(f"  fit CC = c_inf sqrt(n/(n+n_half)): c_inf {c_inf:.3f}, n_half {n_half:.0f} "
+              f"merged frames; CC 0.8 at "
+              + (f"{reach:.0f} merged frames" if reach else "no n (c_inf <= 0.8)"),
+              flush=True)  # fmt: skip
+
+
+def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault((r["frames"], r["scale_passes"], r["smooth"]), []).append(r)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--configs", nargs="+", default=["A", "H-triclinic"])
@@ -281,6 +374,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-hkl", type=float, default=10.0)
     ap.add_argument("--passes", type=int, nargs="+", default=[0, 1])
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--subsets",
+        type=int,
+        nargs="+",
+        default=[],
+        metavar="N",
+        help="merge the frames among the first N of one experiment of max(N) frames "
+        "(overrides --frames) and print CC against frames with a noise-limited fit",
+    )
     ap.add_argument(
         "--smooth",
         nargs="+",
@@ -306,8 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.fourier)}
     specs = configs()
     report = {}
+    subsets = tuple(sorted(args.subsets))
     for name in args.configs:
-        job = simulate(name, specs[name], args.frames)
+        job = simulate(name, specs[name], subsets[-1] if subsets else args.frames)
         print(f"{name}: {specs[name].get('detector')} {specs[name].get('diffuse_model')} "
               f"{specs[name].get('space_group')} cell {specs[name].get('cell_nm')}", flush=True)  # fmt: skip
         report[name] = measure(
@@ -319,7 +422,10 @@ def main(argv: list[str] | None = None) -> int:
             which=tuple(args.rows),
             smooths=tuple(args.smooth),
             truth_sampling=args.truth_sampling,
+            subsets=subsets,
         )
+        if subsets:
+            subset_table(name, report[name])
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
