@@ -199,6 +199,50 @@ def test_scale_pass_leaves_out_frames_without_the_map(experiment):
     np.testing.assert_allclose(fit.scale, g)
 
 
+def test_scale_pass_on_the_cluster_merges_in_waves(experiment, monkeypatch):
+    """On a cluster the fit tasks return only their scales (no accumulator each) and the
+    refined merge runs in waves of ``wave_tasks``; one task per wave gives the serial
+    pass's decision and map."""
+    import os
+
+    from distributed import Client
+
+    import hpcdiff.parallel.dask_blocks as dask_blocks
+    from hpcdiff.pipelines.fourier_frames import refine_scales
+
+    job = load_job(experiment)
+    plan = plan_frames(job)
+    settings = FourierSettings.from_job(job)
+    rows = range(len(plan))
+    first, _ = process_chunk(plan, rows, settings)
+    serial, serial_decision = scale_pass(plan, rows, settings, first)
+    calls: list[tuple[str, int, bool]] = []
+    real = dask_blocks.map_blocks
+
+    def spy(client, fn, shared, blocks, **kw):
+        calls.append((kw.get("label", ""), len(blocks), kw.get("reduce") is not None))
+        return real(client, fn, shared, blocks, **kw)
+
+    monkeypatch.setattr(dask_blocks, "map_blocks", spy)
+    with (
+        Client(processes=False, n_workers=1, threads_per_worker=1, dashboard_address=None),
+        open(os.devnull, "w") as log,
+    ):
+        refined, decision = refine_scales(
+            Client.current(), plan, settings, first, frames_per_task=4, wave_tasks=1, log=log
+        )
+    np.testing.assert_array_equal(decision.kept, serial_decision.kept)
+    fit, *merges = calls
+    assert fit == ("scale fit", 4, False)
+    assert [m[1:] for m in merges] == [(1, True)] * 4
+    assert refined is not None
+    assert refined.n_frames == serial.n_frames
+    np.testing.assert_allclose(
+        refined.sums, serial.sums, rtol=1e-5, atol=1e-6 * np.abs(serial.sums).max()
+    )
+    np.testing.assert_array_equal(refined.counts, serial.counts)
+
+
 def test_detector_shift_moves_the_pixels(experiment):
     from hpcdiff.io.cxi import FrameSource
     from hpcdiff.io.geom import read_geom

@@ -479,7 +479,13 @@ def run_fourier(
     frame_scales = None
     for _ in range(settings.chain.scale_passes):  # per-frame scales against the merged map
         refined, frame_scales = refine_scales(
-            client, plan, settings, merged_sym, frames_per_task=fcfg.frames_per_task, log=log
+            client,
+            plan,
+            settings,
+            merged_sym,
+            frames_per_task=fcfg.frames_per_task,
+            wave_tasks=fcfg.checkpoint_tasks,
+            log=log,
         )
         if refined is not None:  # None: every frame kept with scale 1
             merged_sym = refined.symmetrised(fcfg.symmetrise)

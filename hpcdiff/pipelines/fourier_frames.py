@@ -1076,6 +1076,16 @@ def scale_task(
     )
 
 
+def scale_fit_task(
+    shared: ScalePass, start: int, stop: int, *, settings: FourierSettings
+) -> ChunkFrames:
+    """The fit of a scale pass for the plan's frames ``start:stop``: only the per-frame
+    scales and errors come back (the fit merges nothing; an accumulator per task, 200^3
+    voxels each, would pile up on the workers: at 10^4 frames 625 of them filled 67 GB of
+    dask spill space)."""
+    return scale_task(shared, start, stop, settings=settings)[1]
+
+
 def _fitted(parts: Sequence[ChunkFrames]) -> tuple[np.ndarray, np.ndarray]:
     return (
         np.concatenate([p.scale for p in parts]),
@@ -1097,11 +1107,14 @@ def refine_scales(
     merged: MergeAccumulator,
     *,
     frames_per_task: int,
+    wave_tasks: int = 32,
     log: IO[str] | None = None,
 ) -> tuple[MergeAccumulator | None, ScaleDecision]:
     """One scale pass on a dask cluster: each frame's scale against the other half's map
-    (tasks of the fit), the decision (:func:`~hpcdiff.merge_scale.decide_scales`), then the
-    frames merged again with their scales.
+    (tasks of the fit, returning only the scales), the decision
+    (:func:`~hpcdiff.merge_scale.decide_scales`), then the frames merged again with their
+    scales in waves of ``wave_tasks`` tasks (as the first merge: at most one wave of
+    accumulators exists at a time).
 
     Returns
     -------
@@ -1110,17 +1123,16 @@ def refine_scales(
         frame kept with scale 1: ``merged`` stands), and the decision in plan order.
     """
     from hpcdiff.merge_scale import half_reference
-    from hpcdiff.parallel.dask_blocks import map_blocks
+    from hpcdiff.parallel.dask_blocks import MappedBlocks, map_blocks
     from hpcdiff.pipelines.fourier import merge_accumulators
     from hpcdiff.similarity import blocks
 
     chunks = blocks(len(plan), frames_per_task)
-    fit = map_blocks(
+    fit: MappedBlocks[None] = map_blocks(
         client,
-        scale_task,
+        scale_fit_task,
         ScalePass(plan, reference=half_reference(merged)),
         chunks,
-        reduce=merge_accumulators,
         label="scale fit",
         log=log,
         settings=settings,
@@ -1128,18 +1140,23 @@ def refine_scales(
     decision = _decide(*_fitted(fit.parts), settings)
     if decision.changes_nothing:
         return None, decision
-    mapped = map_blocks(
-        client,
-        scale_task,
-        ScalePass(plan, scales=decision.scale),
-        chunks,
-        reduce=merge_accumulators,
-        label="scale merge",
-        log=log,
-        settings=settings,
-    )
-    assert mapped.reduced is not None
-    return mapped.reduced, decision
+    total: MergeAccumulator | None = None
+    waves = [chunks[i : i + wave_tasks] for i in range(0, len(chunks), max(1, wave_tasks))]
+    for w, wave in enumerate(waves):
+        mapped = map_blocks(
+            client,
+            scale_task,
+            ScalePass(plan, scales=decision.scale),
+            wave,
+            reduce=merge_accumulators,
+            label=f"scale merge (wave {w + 1}/{len(waves)})",
+            log=log,
+            settings=settings,
+        )
+        assert mapped.reduced is not None
+        total = mapped.reduced if total is None else merge_accumulators(total, mapped.reduced)
+        del mapped
+    return total, decision
 
 
 def scale_pass(
