@@ -228,12 +228,7 @@ class ScaleDecision:
     def summary(self) -> dict[str, Any]:
         """Numbers for ``fourier_summary.json`` (``frame_scales.refined``)."""
 
-        def stats(a: np.ndarray) -> dict[str, float] | None:
-            a = a[np.isfinite(a)]
-            if not a.size:
-                return None
-            q = np.percentile(a, [5, 50, 95])
-            return {"p5": float(q[0]), "median": float(q[1]), "p95": float(q[2])}
+        stats = percentile_stats
 
         return {
             "model": self.model,
@@ -246,6 +241,16 @@ class ScaleDecision:
             "n_left_out": int((self.scale <= 0).sum()),
             "prior_sd": None if not np.isfinite(self.prior_sd) else float(self.prior_sd),
         }
+
+
+def percentile_stats(values: np.ndarray) -> dict[str, float] | None:
+    """The 5th, 50th and 95th percentiles of the finite ``values`` (``p5``, ``median``,
+    ``p95``; None when none is finite), as the summaries print them."""
+    a = np.asarray(values)[np.isfinite(values)]
+    if not a.size:
+        return None
+    q = np.percentile(a, [5, 50, 95])
+    return {"p5": float(q[0]), "median": float(q[1]), "p95": float(q[2])}
 
 
 def decide_scales(

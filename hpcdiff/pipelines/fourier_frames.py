@@ -1181,12 +1181,7 @@ def scale_summary(
     intensities, and (after a scale pass) the last pass's :meth:`ScaleDecision.summary`
     as ``refined``, ``n_below_scale_min`` the frames it left out."""
 
-    def stats(a: np.ndarray) -> dict[str, float] | None:
-        a = a[np.isfinite(a)]
-        if not a.size:
-            return None
-        q = np.percentile(a, [5, 50, 95])
-        return {"p5": float(q[0]), "median": float(q[1]), "p95": float(q[2])}
+    from hpcdiff.merge_scale import percentile_stats as stats
 
     out: dict[str, Any] = {
         "shot": stats(shots),
