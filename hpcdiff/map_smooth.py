@@ -336,17 +336,9 @@ def half_map_cc(mean_a: np.ndarray, mean_b: np.ndarray) -> tuple[float, int]:
     (float, int)
         The correlation (NaN with fewer than 2 voxels or a constant map) and the voxels.
     """
-    a = np.asarray(mean_a, np.float64).ravel()
-    b = np.asarray(mean_b, np.float64).ravel()
-    if a.shape != b.shape:
-        raise ValueError(f"half-maps {a.shape} and {b.shape} differ in size")
-    ok = np.isfinite(a) & np.isfinite(b)
-    n = int(ok.sum())
-    if n < 2:
-        return float("nan"), n
-    a, b = a[ok] - a[ok].mean(), b[ok] - b[ok].mean()
-    den = float(np.sqrt(np.dot(a, a) * np.dot(b, b)))
-    return (float(np.dot(a, b)) / den if den > 0 else float("nan")), n
+    from hpcdiff.merge import map_correlation
+
+    return map_correlation(mean_a, mean_b)
 
 
 def cc_star(cc_half: float | None) -> float | None:
