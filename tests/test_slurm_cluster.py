@@ -64,19 +64,50 @@ def slurm_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SlurmClu
 
 
 def _wait(
-    condition: Callable[[], object], *, timeout_s: float, what: str, cluster: SlurmCluster
+    condition: Callable[[], object],
+    *,
+    timeout_s: float,
+    what: str,
+    cluster: SlurmCluster,
+    poll_s: float = 0.2,
 ) -> object:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        time.sleep(0.2)
+        time.sleep(poll_s)
     queue = cluster.run(["squeue"], check=False).stdout
     raise AssertionError(
         f"timed out after {timeout_s} s waiting for {what}\n{queue}\n"
         f"jobcomp: {cluster.job_states()}"
     )
+
+
+def _step_ranks(run_job: str, exclude: set[int]) -> list[int]:
+    """PIDs of the ranks running ``hpcdiff classify predict RUN_JOB`` (not srun, not the runner)."""
+    ranks = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) in exclude:
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        words = [w.decode(errors="replace") for w in argv if w]
+        if run_job in words and "predict" in words and Path(words[0]).name != "srun":
+            ranks.append(int(proc.name))
+    return sorted(ranks)
+
+
+def _signal_pending(pid: int, signum: int) -> bool:
+    """Whether ``signum`` waits, undelivered, on a (stopped) process."""
+    bit = 1 << (signum - 1)
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("SigPnd", "ShdPnd") and int(value.strip(), 16) & bit:
+            return True
+    return False
 
 
 def _finished(cluster: SlurmCluster, job_id: str) -> str | None:
@@ -187,22 +218,40 @@ def test_overnight_reprocessing_with_preemption(
     assert record["runs"] == ["r01", "r02", "r03"]
     assert "#SBATCH --array=0-2%2" in (out / "submissions" / "001" / "array.sbatch").read_text()
 
-    # signal r01's task once it has written its first checkpoint shard
+    # Signal r01's task once it has written its first checkpoint shard.  Its ranks are
+    # stopped (SIGSTOP) the moment the shard appears and continued only once the USR1 waits
+    # on both of them: on a quiet machine the 28 frames left take about a second, and a
+    # signal that arrives after the last batch rightly lets the run finish as "done".
     shards = out / "runs" / "r01" / "predict.shards"
+    state_file = out / "state" / "r01.json"
     _wait(
         lambda: any(shards.glob("shard-*.h5")),
         timeout_s=90,
         what="r01's first shard",
         cluster=slurm_cluster,
+        poll_s=0.01,
     )
-    # Signal the task's batch shell, as SLURM's --signal=B:USR1@N does ahead of the time
-    # limit.  (scancel --signal=USR1 --batch on an array task makes this slurmctld answer
-    # "Job can not be altered now" while scancel retries and signals again and again.)
-    state_file = out / "state" / "r01.json"
     runner_pid = json.loads(state_file.read_text())["pid"]
-    batch_pid = int(Path(f"/proc/{runner_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    assert b"slurm_script" in Path(f"/proc/{batch_pid}/cmdline").read_bytes()
-    os.kill(batch_pid, signal.SIGUSR1)
+    ranks = _step_ranks(record["run_jobs"][0], exclude={runner_pid, os.getpid()})
+    for pid in ranks:
+        os.kill(pid, signal.SIGSTOP)
+    assert len(ranks) == 2, f"expected r01's 2 ranks, found {ranks}"
+    try:
+        # Signal the task's batch shell, as SLURM's --signal=B:USR1@N does ahead of the time
+        # limit.  (scancel --signal=USR1 --batch on an array task makes this slurmctld answer
+        # "Job can not be altered now" while scancel retries and signals again and again.)
+        batch_pid = int(Path(f"/proc/{runner_pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        assert b"slurm_script" in Path(f"/proc/{batch_pid}/cmdline").read_bytes()
+        os.kill(batch_pid, signal.SIGUSR1)
+        # The wait only orders events; the run ending "preempted" below is the check.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not all(
+            _signal_pending(pid, signal.SIGUSR1) for pid in ranks
+        ):
+            time.sleep(0.05)
+    finally:
+        for pid in ranks:
+            os.kill(pid, signal.SIGCONT)
     _wait(
         lambda: json.loads(state_file.read_text())["state"] == "preempted",
         timeout_s=60,
