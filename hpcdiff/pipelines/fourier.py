@@ -453,7 +453,7 @@ def run_fourier(
             work=work,
         )
         assert mapped.reduced is not None
-        merged = merge_accumulators(merged, mapped.reduced)
+        merged = merged.merge(mapped.reduced)  # in place: the client's own copy
         for rec in mapped.parts:
             task_s += float(rec["seconds"])
             finite = rec["finite"] if finite is None else finite & rec["finite"]

@@ -1154,7 +1154,7 @@ def refine_scales(
             settings=settings,
         )
         assert mapped.reduced is not None
-        total = mapped.reduced if total is None else merge_accumulators(total, mapped.reduced)
+        total = mapped.reduced if total is None else total.merge(mapped.reduced)
         del mapped
     return total, decision
 
