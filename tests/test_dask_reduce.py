@@ -103,3 +103,36 @@ def test_stream_reduce_raises_the_first_task_error() -> None:
             stream_reduce(c, bad, {}, blocks, reduce=_add, in_flight=2, log=None)
         with pytest.raises(ValueError, match="in_flight"):
             stream_reduce(c, bad, {}, blocks, reduce=_add, in_flight=0, log=None)
+
+
+def test_local_cluster_scratch_is_private_announced_and_removed(tmp_path) -> None:
+    """The local cluster's workers spill into a private folder under the configured
+    directory; it is announced with its free space and removed when the cluster closes,
+    and a folder left by a dead job of this host is removed too."""
+    import io
+    import socket
+    import subprocess
+    import sys
+
+    from hpcdiff.config import ClusterConfig
+    from hpcdiff.parallel.dask_cluster import SCRATCH_PREFIX, open_cluster
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    stale = tmp_path / f"{SCRATCH_PREFIX}-{socket.gethostname()}-{int(dead.stdout)}-abcd"
+    (stale / "dask-scratch-space").mkdir(parents=True)
+    other = tmp_path / "someone-elses"  # not ours: left alone
+    other.mkdir()
+    cfg = ClusterConfig(
+        n_workers=1, threads_per_worker=1, memory_per_worker="1GiB", dashboard_address=None,
+        local_directory=str(tmp_path),
+    )  # fmt: skip
+    log = io.StringIO()
+    with open_cluster(cfg, log=log) as session:
+        dirs = session.client.run(lambda dask_worker: dask_worker.local_directory)
+        ours = [p for p in tmp_path.iterdir() if p.name.startswith(SCRATCH_PREFIX)]
+        assert len(ours) == 1 and ours[0] != stale
+        assert all(str(d).startswith(str(ours[0])) for d in dirs.values())
+    assert f"dask scratch (workers' spill): {ours[0]}" in log.getvalue()
+    assert " free" in log.getvalue()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["someone-elses"]
