@@ -66,6 +66,12 @@ def _add(*parts: np.ndarray) -> np.ndarray:
     return out
 
 
+def _add_in_place(first: np.ndarray, *rest: np.ndarray) -> np.ndarray:
+    for p in rest:
+        first += p
+    return first
+
+
 def test_stream_reduce_is_the_tree_in_any_completion_order() -> None:
     from distributed import Client
 
@@ -76,10 +82,10 @@ def test_stream_reduce_is_the_tree_in_any_completion_order() -> None:
     blocks = [(i, i + 1) for i in range(n)]
     with Client(processes=False, n_workers=2, threads_per_worker=2, dashboard_address=None) as c:
         shared = c.scatter({"values": values}, broadcast=True, hash=False)
-        for seed in (0, 1):  # two completion orders (random task durations)
+        for seed, add in ((0, _add), (1, _add_in_place)):  # two completion orders
             delays = np.random.default_rng(seed).uniform(0, 0.05, size=n)
             got = stream_reduce(
-                c, _block, shared, blocks, reduce=_add, in_flight=3, log=None, delays=delays
+                c, _block, shared, blocks, reduce=add, in_flight=3, log=None, delays=delays
             )
             np.testing.assert_array_equal(got.reduced, expected)
             assert got.parts == blocks  # the rest parts in block order

@@ -120,7 +120,10 @@ def stream_reduce(
     blocks
         ``(start, stop)`` ranges, one task each (at least one).
     reduce
-        Combines accumulators into a new one; must not modify its inputs.
+        Combines accumulators into a new one, or adds the others into the first in place
+        and returns it: each accumulator is the input of exactly one step and nothing
+        else holds it, so an in-place step only saves a copy (dask runs a step again only
+        after losing a worker, and then recomputes the inputs it held too).
     in_flight
         Most block tasks submitted and unfinished at once (>= 1).
     fan_in

@@ -182,11 +182,21 @@ class FourierSettings:
 
 
 def merge_accumulators(*accs: MergeAccumulator) -> MergeAccumulator:
-    """Sum of accumulators (a new one; inputs untouched): the tree-reduction step."""
+    """Sum of accumulators (a new one; inputs untouched)."""
     out = accs[0].copy()
     for a in accs[1:]:
         out.merge(a)
     return out
+
+
+def merge_into(first: MergeAccumulator, *rest: MergeAccumulator) -> MergeAccumulator:
+    """``first`` with ``rest`` added in place (the same sums, bit for bit, as
+    :func:`merge_accumulators`, without its copy): the step of the merge's streaming
+    reduction (:func:`~hpcdiff.parallel.dask_reduce.stream_reduce`), where each
+    accumulator is the input of one step only and is released after it."""
+    for a in rest:
+        first.merge(a)
+    return first
 
 
 # --------------------------------------------------------------------------- the job
@@ -446,7 +456,7 @@ def run_fourier(
             chunk_to_work,
             plan,
             wave,
-            reduce=merge_accumulators,
+            reduce=merge_into,
             label=f"merge (wave {w + 1}/{len(waves)})",
             log=log,
             settings=settings,
@@ -1094,6 +1104,7 @@ __all__ = [
     "FourierSettings",
     "FramePlan",
     "merge_accumulators",
+    "merge_into",
     "plan_frames",
     "process_chunk",
     "process_frames",

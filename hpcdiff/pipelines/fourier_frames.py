@@ -1124,7 +1124,7 @@ def refine_scales(
     """
     from hpcdiff.merge_scale import half_reference
     from hpcdiff.parallel.dask_blocks import MappedBlocks, map_blocks
-    from hpcdiff.pipelines.fourier import merge_accumulators
+    from hpcdiff.pipelines.fourier import merge_into
     from hpcdiff.similarity import blocks
 
     chunks = blocks(len(plan), frames_per_task)
@@ -1148,7 +1148,7 @@ def refine_scales(
             scale_task,
             ScalePass(plan, scales=decision.scale),
             wave,
-            reduce=merge_accumulators,
+            reduce=merge_into,
             label=f"scale merge (wave {w + 1}/{len(waves)})",
             log=log,
             settings=settings,
