@@ -33,7 +33,9 @@ Prints numbers, medians and ratios (not a test).  Sections:
    ``hpcdiff fourier`` with the default [fourier] and [fourier.cluster] (2 local workers)
    on N frames, as subprocesses: wall, CPU (``os.wait4`` of the command and the workers it
    waited for), peak resident memory of each process (``VmHWM`` polled), peak disk of
-   ``fourier.work``, output sizes, and whether the outputs are complete; with two N or
+   ``fourier.work``, the peak size of dask's scratch folder (``DASK_TEMPORARY_DIRECTORY``
+   set to ``<dir>/n<N>/dask-scratch``, polled every 2 s: what the workers spill) and what
+   is left there, output sizes, and whether the outputs are complete; with two N or
    more, a fit ``CPU = c + a N + b pairs`` extrapolated to 10^4 and 10^5.
 
 Usage::
