@@ -1,57 +1,22 @@
-"""Streaming reduction of block accumulators: a fixed tree (bit-for-bit the same result in
-any completion order), few tasks in flight, few accumulators held."""
+"""Streaming reduction of block accumulators: folded in block order (bit-for-bit the same
+result in any completion order), few blocks unfolded at a time; the local cluster's
+private scratch folder."""
 
 from __future__ import annotations
 
-import math
 import time
 
 import numpy as np
 import pytest
 
-from hpcdiff.parallel.dask_reduce import reduction_tree, stream_reduce
+from hpcdiff.parallel.dask_reduce import stream_reduce
 
 
-def _serial(values: list[np.ndarray], tree: list[tuple[int, ...]]) -> np.ndarray:
-    nodes = list(values)
-    for group in tree:
-        out = nodes[group[0]].copy()
-        for i in group[1:]:
-            out += nodes[i]
-        nodes.append(out)
-    return nodes[-1]
-
-
-def _levels(values: list[np.ndarray]) -> np.ndarray:
-    """The pairwise level-by-level reduction the merge has always used (merge.tree_merge)."""
-    level = list(values)
-    while len(level) > 1:
-        nxt = [level[i] + level[i + 1] for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0]
-
-
-@pytest.mark.parametrize("n", [1, 2, 3, 5, 7, 8, 13, 32])
-def test_tree_is_the_level_by_level_pairing(n: int) -> None:
-    rng = np.random.default_rng(n)
-    # magnitudes far apart: float addition is not associative on these
-    values = [rng.normal(size=16) * 10.0 ** rng.integers(-8, 9, size=16) for _ in range(n)]
-    tree = reduction_tree(n)
-    assert len(tree) == n - 1  # a binary tree: n - 1 steps
-    children = [c for g in tree for c in g]
-    assert sorted(children) == list(range(n + len(tree) - 1))  # every node but the root once
-    assert all(c < n + k for k, g in enumerate(tree) for c in g)  # children come first
-    np.testing.assert_array_equal(_serial(values, tree), _levels(values))
-
-
-def test_tree_fan_in_and_errors() -> None:
-    assert reduction_tree(5, fan_in=3) == [(0, 1, 2), (3, 4), (5, 6)]
-    with pytest.raises(ValueError, match="nothing"):
-        reduction_tree(0)
-    with pytest.raises(ValueError, match="fan_in"):
-        reduction_tree(4, fan_in=1)
+def _fold(values: list[np.ndarray]) -> np.ndarray:
+    out = values[0].copy()
+    for v in values[1:]:
+        out += v
+    return out
 
 
 def _block(shared: dict, start: int, stop: int, *, delays: np.ndarray):
@@ -72,27 +37,27 @@ def _add_in_place(first: np.ndarray, *rest: np.ndarray) -> np.ndarray:
     return first
 
 
-def test_stream_reduce_is_the_tree_in_any_completion_order() -> None:
+@pytest.mark.parametrize("n, in_flight", [(1, 2), (23, 1), (23, 3)])
+def test_stream_reduce_folds_in_block_order_whatever_finishes_first(n, in_flight) -> None:
     from distributed import Client
 
-    n = 23
     rng = np.random.default_rng(3)
+    # magnitudes far apart: float addition is not associative on these
     values = [rng.normal(size=64) * 10.0 ** rng.integers(-8, 9, size=64) for _ in range(n)]
-    expected = _serial(values, reduction_tree(n))
+    expected = _fold(values)
     blocks = [(i, i + 1) for i in range(n)]
     with Client(processes=False, n_workers=2, threads_per_worker=2, dashboard_address=None) as c:
         shared = c.scatter({"values": values}, broadcast=True, hash=False)
         for seed, add in ((0, _add), (1, _add_in_place)):  # two completion orders
             delays = np.random.default_rng(seed).uniform(0, 0.05, size=n)
             got = stream_reduce(
-                c, _block, shared, blocks, reduce=add, in_flight=3, log=None, delays=delays
-            )
+                c, _block, shared, blocks, reduce=add, in_flight=in_flight, log=None,
+                delays=delays,
+            )  # fmt: skip
             np.testing.assert_array_equal(got.reduced, expected)
             assert got.parts == blocks  # the rest parts in block order
-            assert got.most_in_flight <= 3
-            # held beside the running tasks: at most one waiting node per tree level
-            # plus the tasks in flight (never one per block)
-            assert got.most_held <= 3 + math.ceil(math.log2(n)) + 1 < n
+            # never more than in_flight blocks unfolded (their accumulators on the workers)
+            assert 1 <= got.most_unfolded <= in_flight
 
 
 def test_stream_reduce_raises_the_first_task_error() -> None:
@@ -109,6 +74,8 @@ def test_stream_reduce_raises_the_first_task_error() -> None:
             stream_reduce(c, bad, {}, blocks, reduce=_add, in_flight=2, log=None)
         with pytest.raises(ValueError, match="in_flight"):
             stream_reduce(c, bad, {}, blocks, reduce=_add, in_flight=0, log=None)
+        with pytest.raises(ValueError, match="nothing"):
+            stream_reduce(c, bad, {}, [], reduce=_add, in_flight=2, log=None)
 
 
 def test_local_cluster_scratch_is_private_announced_and_removed(tmp_path) -> None:

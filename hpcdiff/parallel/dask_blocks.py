@@ -2,12 +2,12 @@
 
 :func:`map_blocks` ships one shared object to every worker once, runs
 ``fn(shared, start, stop, **kwargs)`` for each block as a task, and either gathers the
-results in block order or, given ``reduce``, reduces the first item of every result
-on the workers as the tasks finish, with few tasks in flight (a mergeable accumulator;
-:func:`~hpcdiff.parallel.dask_reduce.stream_reduce`) while gathering the second.
-:func:`for_each_block` hands each result to a callback as it arrives (to save it) and
-stops early on request.  Pipelines hand them pure functions and
-never call the client.
+results in block order or, given ``reduce``, folds the first item of every result (a
+mergeable accumulator) in block order on the workers as the tasks finish, with few
+tasks in flight (:func:`~hpcdiff.parallel.dask_reduce.stream_reduce`), while gathering
+the second.  :func:`for_each_block` hands each result to a callback as it arrives (to
+save it) and stops early on request.  Pipelines hand them pure functions and never call
+the client.
 
 What is shared should be small (a plan, a folder's path): per-frame data goes to disk and
 each task reads what it needs, so nothing large is copied to every worker.
@@ -24,8 +24,8 @@ from hpcdiff.parallel.dask_cluster import track
 from hpcdiff.parallel.dask_reduce import stream_reduce, threads_of
 
 IN_FLIGHT_PER_THREAD = 2
-"""Block tasks in flight per worker thread when :func:`map_blocks` reduces: one running,
-one queued to start when it ends (the reduction steps run in between)."""
+"""Blocks submitted and not yet folded, per worker thread, when :func:`map_blocks`
+reduces: one running, one to start when it ends or finished and waiting for the fold."""
 
 R = TypeVar("R")
 
@@ -72,12 +72,12 @@ def map_blocks(
         ``(start, stop)`` ranges, one task each.
     reduce
         ``None``: gather every result.  Else ``fn`` returns ``(accumulator, rest)``; the
-        accumulators are combined with ``reduce(*accumulators)`` on the workers as they
-        finish (:func:`~hpcdiff.parallel.dask_reduce.stream_reduce`: a fixed tree, so the
+        accumulators are folded in block order with ``reduce(total, accumulator)`` on the
+        workers as they finish (:func:`~hpcdiff.parallel.dask_reduce.stream_reduce`: the
         result does not depend on the order the tasks finish in) and the ``rest`` parts
         gathered.
     in_flight
-        With ``reduce``: most block tasks submitted at once (default
+        With ``reduce``: most blocks submitted and not yet folded (default
         :data:`IN_FLIGHT_PER_THREAD` per worker thread), so the workers hold a few
         accumulators, not one per block.
     label, log

@@ -334,17 +334,21 @@ def tree_reduce(
 ) -> Any:
     """Reduce futures pairwise (``fan_in`` at a time) with ``combine``; returns one future.
 
-    The tree is :func:`~hpcdiff.parallel.dask_reduce.reduction_tree`.  Every step is
-    submitted at once: for many large results prefer
-    :func:`~hpcdiff.parallel.dask_reduce.stream_reduce`, which combines them as they
-    finish with few tasks in flight.
+    Every step is submitted at once: the workers may hold every input at once (for many
+    large results prefer :func:`~hpcdiff.parallel.dask_reduce.stream_reduce`).
     """
-    from hpcdiff.parallel.dask_reduce import reduction_tree
-
-    nodes = list(futures)
-    for group in reduction_tree(len(nodes), fan_in=fan_in):  # children before parents
-        nodes.append(client.submit(combine, *(nodes[i] for i in group), pure=False))
-    return nodes[-1]
+    if not futures:
+        raise ValueError("nothing to reduce")
+    if fan_in < 2:
+        raise ValueError(f"fan_in must be >= 2, got {fan_in}")
+    level = list(futures)
+    while len(level) > 1:
+        nxt = []
+        for i in range(0, len(level), fan_in):
+            group = level[i : i + fan_in]
+            nxt.append(group[0] if len(group) == 1 else client.submit(combine, *group, pure=False))
+        level = nxt
+    return level[0]
 
 
 __all__ = [

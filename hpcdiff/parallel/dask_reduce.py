@@ -1,19 +1,20 @@
-"""Map blocks and reduce their accumulators as they finish, with few tasks in flight.
+"""Map blocks and fold their accumulators in block order as they finish, few at a time.
 
 The Fourier job's merge tasks each return a large dense accumulator (a 200^3 grid with
-weights and half-maps is about 370 MB).  Submitted all at once with the reduction tree
-behind them, the tasks all run before any reduction (the scheduler prefers the tasks
-submitted first), every accumulator of a wave is held at once, and the workers spill
-gigabytes to dask's ``temporary-directory``.  :func:`stream_reduce` instead keeps at most
-``in_flight`` block tasks submitted, and submits each step of the reduction tree as soon
-as its inputs have finished, releasing them when it has combined them; a worker holds a
-few accumulators whatever the number of blocks.
+weights and half-maps is 384 MB).  Submitted all at once with a reduction tree behind
+them, the tasks all ran before any reduction (the scheduler prefers the tasks submitted
+first), every accumulator of a wave was held at once, and the workers spilled gigabytes
+to dask's ``temporary-directory``.  Even a tree whose steps are submitted as their inputs
+finish holds one waiting node per level (about ``log2(blocks)`` accumulators) beside the
+running tasks, enough to reach the workers' spill threshold.
 
-The tree is :func:`reduction_tree`, the same as
-:func:`~hpcdiff.parallel.dask_cluster.tree_reduce`'s (level by level, consecutive
-groups of ``fan_in``, an odd one out carried up), fixed by the number of blocks alone:
-the order in which the tasks finish changes when each step runs, never which
-accumulators it adds or in what order, so float sums come out bit for bit the same.
+:func:`stream_reduce` folds instead: ``total = reduce(total, block_i)`` for ``i`` in block
+order, each step submitted as soon as block ``i`` and every block before it have
+finished, with at most ``in_flight`` blocks submitted and not yet folded.  The workers
+hold the running total, the blocks not yet folded (at most ``in_flight``) and the running
+tasks' own memory, whatever the number of blocks; the accumulators stay on the workers
+(only the final total comes to the client).  The order of the sums is fixed by the block
+order alone, so the result does not depend on the order the tasks finish in, bit for bit.
 
 Pure dask plumbing: ``distributed`` is imported inside the function.
 """
@@ -28,39 +29,6 @@ from dataclasses import dataclass
 from typing import IO, Any
 
 
-def reduction_tree(n: int, *, fan_in: int = 2) -> list[tuple[int, ...]]:
-    """The reduction tree of ``n`` leaves, as its inner nodes.
-
-    Nodes ``0 .. n-1`` are the leaves; inner node ``n + k`` combines the nodes
-    ``tree[k]`` (in that order).  Level by level, each level's nodes are combined in
-    consecutive groups of ``fan_in`` (a last group of one is carried up unchanged), as
-    :func:`~hpcdiff.parallel.dask_cluster.tree_reduce` does.  The root is the last node
-    (``n + len(tree) - 1``), or leaf 0 when ``n == 1``.
-
-    Raises
-    ------
-    ValueError
-        ``n < 1`` or ``fan_in < 2``.
-    """
-    if n < 1:
-        raise ValueError("nothing to reduce")
-    if fan_in < 2:
-        raise ValueError(f"fan_in must be >= 2, got {fan_in}")
-    tree: list[tuple[int, ...]] = []
-    level = list(range(n))
-    while len(level) > 1:
-        nxt = []
-        for i in range(0, len(level), fan_in):
-            group = tuple(level[i : i + fan_in])
-            if len(group) == 1:
-                nxt.append(group[0])
-            else:
-                tree.append(group)
-                nxt.append(n + len(tree) - 1)
-        level = nxt
-    return tree
-
-
 @dataclass(frozen=True)
 class StreamedBlocks:
     """What :func:`stream_reduce` returns.
@@ -68,20 +36,18 @@ class StreamedBlocks:
     Attributes
     ----------
     reduced
-        The reduction of the blocks' accumulators (the first item of each result).
+        ``reduce`` folded over the blocks' accumulators (the first item of each result),
+        in block order.
     parts
         The second item of each block's result, in block order.
-    most_in_flight
-        The most block tasks submitted and unfinished at once.
-    most_held
-        The most finished, not yet combined accumulators (and combining steps) at once:
-        what the workers held beside the running block tasks.
+    most_unfolded
+        The most blocks submitted and not yet folded at once (running, finished and
+        waiting for an earlier block, or in a fold step): at most ``in_flight``.
     """
 
     reduced: Any
     parts: list[Any]
-    most_in_flight: int
-    most_held: int
+    most_unfolded: int
 
 
 def stream_reduce(
@@ -90,22 +56,21 @@ def stream_reduce(
     shared: Any,
     blocks: Sequence[tuple[int, int]],
     *,
-    reduce: Callable[..., Any],
+    reduce: Callable[[Any, Any], Any],
     in_flight: int,
-    fan_in: int = 2,
     label: str = "tasks",
     log: IO[str] | None = None,
     every_s: float = 5.0,
     **kwargs: Any,
 ) -> StreamedBlocks:
-    """Run ``fn(shared, start, stop, **kwargs) -> (accumulator, rest)`` per block and reduce
-    the accumulators with ``reduce(*accumulators)`` as they finish.
+    """Run ``fn(shared, start, stop, **kwargs) -> (accumulator, rest)`` per block and fold
+    the accumulators in block order with ``reduce(total, accumulator)`` as they finish.
 
-    At most ``in_flight`` block tasks are submitted at a time, in block order; each
-    inner node of :func:`reduction_tree` is submitted once its inputs have finished, and
-    the client then drops its references to them (the workers release them as soon as
-    the step has run).  Accumulators stay on the workers; only the ``rest`` parts and the
-    final reduction come to the client.
+    Blocks are submitted in order, at most ``in_flight`` of them not yet folded (a block
+    counts until the fold step that takes it has finished).  When block ``i`` and every
+    block before it have finished, the step ``reduce(total, block_i)`` is submitted (it
+    outranks the blocks submitted after it) and the client drops its references to both
+    inputs, so the workers release them once it has run.
 
     Parameters
     ----------
@@ -120,100 +85,94 @@ def stream_reduce(
     blocks
         ``(start, stop)`` ranges, one task each (at least one).
     reduce
-        Combines accumulators into a new one, or adds the others into the first in place
-        and returns it: each accumulator is the input of exactly one step and nothing
-        else holds it, so an in-place step only saves a copy (dask runs a step again only
-        after losing a worker, and then recomputes the inputs it held too).
+        ``reduce(total, accumulator)``: their sum, new or ``total`` added to in place
+        (each input belongs to this step alone: an in-place step only saves a copy; dask
+        runs a step again only after losing a worker, and then recomputes its inputs).
     in_flight
-        Most block tasks submitted and unfinished at once (>= 1).
-    fan_in
-        Accumulators per reduction step.
+        Most blocks submitted and not yet folded (>= 1).
     label, log, every_s
         Progress lines ``label: done/total tasks`` at most every ``every_s`` (default
         stderr).
 
     Raises
     ------
+    ValueError
+        No blocks, or ``in_flight < 1``.
     Exception
         The first task error, with its remote traceback; the other tasks are cancelled.
     """
     from distributed import as_completed
 
+    if not blocks:
+        raise ValueError("nothing to reduce")
     if in_flight < 1:
         raise ValueError(f"in_flight must be >= 1, got {in_flight}")
     log = log if log is not None else sys.stderr
     n = len(blocks)
-    tree = reduction_tree(n, fan_in=fan_in)
-    root = n + len(tree) - 1
-    parent: dict[int, int] = {c: n + k for k, group in enumerate(tree) for c in group}
-    finished: dict[int, Any] = {}  # node -> future of its accumulator, not yet combined
-    node_of: dict[str, int] = {}  # key of a running block task or step -> node
+    heads: dict[int, Any] = {}  # finished blocks not yet in a fold step
+    block_of: dict[str, int] = {}  # key of a running block task -> its block
+    step_of: dict[str, int] = {}  # key of a running fold step -> the block it folds in
     tails: list[Any] = [None] * n
-    live: set[Any] = set()  # block tasks, accumulators and steps the client references
+    live: set[Any] = set()  # futures to cancel on an error
     pending = as_completed()
-    next_block, running, done = 0, 0, 0
-    most_in_flight = most_held = 0
-    total: Any = None
+    submitted = folding = folded = done = most_unfolded = 0
+    total: Any = None  # future of the fold of blocks 0 .. folding-1
     t0 = last = time.monotonic()
 
-    def submit_block() -> None:
-        nonlocal next_block, running, most_in_flight
-        s, e = blocks[next_block]
-        fut = client.submit(fn, shared, s, e, pure=False, **kwargs)
-        node_of[fut.key], next_block, running = next_block, next_block + 1, running + 1
-        most_in_flight = max(most_in_flight, running)
-        live.add(fut)
-        pending.add(fut)
+    def submit_blocks() -> None:
+        nonlocal submitted, most_unfolded
+        while submitted < n and submitted - folded < in_flight:
+            s, e = blocks[submitted]
+            fut = client.submit(fn, shared, s, e, pure=False, **kwargs)
+            block_of[fut.key] = submitted
+            submitted += 1
+            live.add(fut)
+            pending.add(fut)
+        most_unfolded = max(most_unfolded, submitted - folded)
 
-    def node_done(node: int, acc: Any) -> None:
-        """``acc`` (a future in ``live``) holds node ``node``'s accumulator: submit the
-        step it completes, if any, and drop the step's inputs."""
-        nonlocal total
-        if node == root:
-            total = acc
-            return
-        finished[node] = acc
-        group = tree[parent[node] - n]
-        if all(c in finished for c in group):
-            inputs = [finished.pop(c) for c in group]
-            step = client.submit(reduce, *inputs, pure=False)
-            node_of[step.key] = parent[node]
-            live.add(step)
-            pending.add(step)
-            live.difference_update(inputs)  # the step holds them until it has run
+    def fold_ready() -> None:
+        nonlocal total, folding, folded
+        while folding in heads:
+            head = heads.pop(folding)
+            if total is None:  # block 0 starts the fold
+                total, folded = head, 1
+            else:
+                step = client.submit(reduce, total, head, pure=False)
+                step_of[step.key] = folding
+                live.difference_update((total, head))  # the step holds them until it has run
+                live.add(step)
+                pending.add(step)
+                total = step
+            folding += 1
 
     try:
-        while next_block < min(in_flight, n):
-            submit_block()
+        submit_blocks()
         for fut in pending:
             if fut.status == "error":
                 fut.result()  # re-raises the task's exception
-            node = node_of.pop(fut.key)
-            if node < n:  # a block task: split off its accumulator and its rest
+            if fut.key in step_of:  # a fold step has run
+                folded = max(folded, step_of.pop(fut.key) + 1)
+            else:  # a block: split off its accumulator and its rest
+                i = block_of.pop(fut.key)
                 live.discard(fut)
-                running -= 1
-                head = client.submit(operator.itemgetter(0), fut, pure=False)
-                tails[node] = client.submit(operator.itemgetter(1), fut, pure=False)
-                live.add(head)
-                node_done(node, head)  # a step submitted now outranks the next block
-                if next_block < n:
-                    submit_block()
+                heads[i] = client.submit(operator.itemgetter(0), fut, pure=False)
+                tails[i] = client.submit(operator.itemgetter(1), fut, pure=False)
+                live.update((heads[i], tails[i]))
                 done += 1
                 now = time.monotonic()
                 if now - last >= every_s or done == n:
                     print(f"{label}: {done}/{n} tasks ({now - t0:.1f} s)", file=log, flush=True)
                     last = now
-            else:
-                node_done(node, fut)
-            most_held = max(most_held, len(live) - running)
             del fut  # the workers release what no future references
-        assert total is not None
+            fold_ready()  # steps first: they outrank the blocks submitted after them
+            submit_blocks()
+        assert total is not None and folding == n
         parts = list(client.gather(tails))
         reduced = total.result()
     except BaseException:
-        client.cancel([*live, *(t for t in tails if t is not None)])
+        client.cancel(list(live))
         raise
-    return StreamedBlocks(reduced, parts, most_in_flight, most_held)
+    return StreamedBlocks(reduced, parts, most_unfolded)
 
 
 def threads_of(client: Any) -> int:
@@ -222,4 +181,4 @@ def threads_of(client: Any) -> int:
     return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
 
 
-__all__ = ["StreamedBlocks", "reduction_tree", "stream_reduce", "threads_of"]
+__all__ = ["StreamedBlocks", "stream_reduce", "threads_of"]
