@@ -13,9 +13,12 @@ Stages (each a pure function; dask only in :func:`run_fourier`):
    to ``hkl`` with the frame's orientation and binned on the merge grid (a dense
    :class:`~hpcdiff.merge.MergeAccumulator` per task) and on the similarity grid (sparse, per
    frame); the normalised residual is downsampled for the image-space similarity.
-3. The per-task accumulators are reduced in a dask tree, then ``scale_passes`` passes refine
-   a scale per frame against the merged map and merge again
-   (:func:`~hpcdiff.pipelines.fourier_frames.refine_scales`); per-frame sparse voxel sets
+3. The per-task accumulators are folded in task order on the workers as the tasks finish,
+   a few tasks in flight (:func:`~hpcdiff.parallel.dask_reduce.stream_reduce`: a worker
+   holds a few 200^3 accumulators, not one per task, and spills nothing to dask's scratch
+   folder), then ``scale_passes`` passes refine a scale per frame against the merged map
+   and merge again (:func:`~hpcdiff.pipelines.fourier_frames.refine_scales`); per-frame
+   sparse voxel sets
    become the sparse matrices of :mod:`hpcdiff.similarity`, whose row blocks run as dask tasks.
 4. Diffusion maps of the common-arc and image-space similarities, ROC AUC of each
    coordinate against the labels, PNG plots.
@@ -243,7 +246,7 @@ def chunk_to_work(
 ) -> tuple[MergeAccumulator, dict[str, Any]]:
     """One merge task: :func:`chunk_task`, its per-frame data written to ``work``.
 
-    Returns the accumulator (tree-reduced on the workers) and a small record: the task's
+    Returns the accumulator (folded on the workers) and a small record: the task's
     rows, seconds, which image pixels are finite in every frame of the task, and the
     frames' shot intensities.
     """

@@ -1113,8 +1113,8 @@ def refine_scales(
     """One scale pass on a dask cluster: each frame's scale against the other half's map
     (tasks of the fit, returning only the scales), the decision
     (:func:`~hpcdiff.merge_scale.decide_scales`), then the frames merged again with their
-    scales in waves of ``wave_tasks`` tasks (as the first merge: at most one wave of
-    accumulators exists at a time).
+    scales in waves of ``wave_tasks`` tasks, as the first merge (each wave's accumulators
+    folded on the workers as they finish, a few tasks in flight).
 
     Returns
     -------
