@@ -18,8 +18,8 @@ Stages (each a pure function; dask only in :func:`run_fourier`):
    holds a few 200^3 accumulators, not one per task, and spills nothing to dask's scratch
    folder), then ``scale_passes`` passes refine a scale per frame against the merged map
    and merge again (:func:`~hpcdiff.pipelines.fourier_frames.refine_scales`); per-frame
-   sparse voxel sets
-   become the sparse matrices of :mod:`hpcdiff.similarity`, whose row blocks run as dask tasks.
+   sparse voxel sets become the sparse matrices of :mod:`hpcdiff.similarity`, whose row
+   blocks run as dask tasks.
 4. Diffusion maps of the common-arc and image-space similarities, ROC AUC of each
    coordinate against the labels, PNG plots.
 
