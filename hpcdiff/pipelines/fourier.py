@@ -68,6 +68,7 @@ from hpcdiff.merge import (
     MergeAccumulator,
     reciprocal_metric,
 )
+from hpcdiff.merge_sparse import SparseAccumulator, add_into, compact
 from hpcdiff.noise_model import noise_summary
 from hpcdiff.parallel.signals import Preempted
 from hpcdiff.pipelines.fourier_frames import (
@@ -192,14 +193,18 @@ def merge_accumulators(*accs: MergeAccumulator) -> MergeAccumulator:
     return out
 
 
-def merge_into(first: MergeAccumulator, *rest: MergeAccumulator) -> MergeAccumulator:
-    """``first`` with ``rest`` added in place (the same sums, bit for bit, as
-    :func:`merge_accumulators`, without its copy): the step of the merge's streaming
-    reduction (:func:`~hpcdiff.parallel.dask_reduce.stream_reduce`), where each
-    accumulator is the input of one step only and is released after it."""
+def merge_into(
+    first: MergeAccumulator | SparseAccumulator, *rest: MergeAccumulator | SparseAccumulator
+) -> MergeAccumulator:
+    """``first`` with ``rest`` added in place (a compact ``first`` made dense first): the
+    step of the merge's streaming reduction
+    (:func:`~hpcdiff.parallel.dask_reduce.stream_reduce`), where each accumulator is the
+    input of one step only and is released after it.  The same sums, bit for bit, as
+    :func:`merge_accumulators` of the dense accumulators, without its copy."""
+    total = first.dense() if isinstance(first, SparseAccumulator) else first
     for a in rest:
-        first.merge(a)
-    return first
+        add_into(total, a)
+    return total
 
 
 # --------------------------------------------------------------------------- the job
@@ -243,17 +248,18 @@ class FourierResult:
 
 def chunk_to_work(
     plan: FramePlan, start: int, stop: int, *, settings: FourierSettings, work: FourierWork
-) -> tuple[MergeAccumulator, dict[str, Any]]:
+) -> tuple[MergeAccumulator | SparseAccumulator, dict[str, Any]]:
     """One merge task: :func:`chunk_task`, its per-frame data written to ``work``.
 
-    Returns the accumulator (folded on the workers) and a small record: the task's
+    Returns the accumulator in the voxels the task touched
+    (:func:`~hpcdiff.merge_sparse.compact`; folded on the workers) and a small record: the task's
     rows, seconds, which image pixels are finite in every frame of the task, and the
     frames' shot intensities.
     """
     acc, part = chunk_task(plan, start, stop, settings=settings)
     work.write_chunk(start, stop, ChunkData(part.numbers, part.similarity_frames, part.images))
     finite = np.all(np.isfinite(part.images), axis=0)
-    return acc, {
+    return compact(acc), {
         "start": start,
         "stop": stop,
         "seconds": part.seconds,
@@ -466,7 +472,7 @@ def run_fourier(
             work=work,
         )
         assert mapped.reduced is not None
-        merged = merged.merge(mapped.reduced)  # in place: the client's own copy
+        merged = add_into(merged, mapped.reduced)  # in place: the client's own copy
         for rec in mapped.parts:
             task_s += float(rec["seconds"])
             finite = rec["finite"] if finite is None else finite & rec["finite"]
