@@ -87,6 +87,8 @@ def test_local_cluster_scratch_is_private_announced_and_removed(tmp_path) -> Non
     import subprocess
     import sys
 
+    import dask
+
     from hpcdiff.config import ClusterConfig
     from hpcdiff.parallel.dask_cluster import SCRATCH_PREFIX, open_cluster
 
@@ -97,15 +99,18 @@ def test_local_cluster_scratch_is_private_announced_and_removed(tmp_path) -> Non
     other = tmp_path / "someone-elses"  # not ours: left alone
     other.mkdir()
     cfg = ClusterConfig(
-        n_workers=1, threads_per_worker=1, memory_per_worker="1GiB", dashboard_address=None,
-        local_directory=str(tmp_path),
+        n_workers=1, threads_per_worker=1, memory_per_worker="1GiB", dashboard_address=None
     )  # fmt: skip
     log = io.StringIO()
-    with open_cluster(cfg, log=log) as session:
+    # no local_directory: dask's temporary-directory (here the user's config) holds it
+    with (
+        dask.config.set({"temporary-directory": str(tmp_path)}),
+        open_cluster(cfg, log=log) as session,
+    ):
         dirs = session.client.run(lambda dask_worker: dask_worker.local_directory)
         ours = [p for p in tmp_path.iterdir() if p.name.startswith(SCRATCH_PREFIX)]
         assert len(ours) == 1 and ours[0] != stale
         assert all(str(d).startswith(str(ours[0])) for d in dirs.values())
     assert f"dask scratch (workers' spill): {ours[0]}" in log.getvalue()
     assert " free" in log.getvalue()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["someone-elses"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["someone-elses"]  # scheduler's too

@@ -146,6 +146,7 @@ def open_cluster(
                 dashboard_address=cfg.dashboard_address,
                 processes=True,
                 local_directory=str(scratch),
+                scheduler_kwargs={"local_directory": str(scratch)},  # nothing left outside
             )
             with cluster, Client(cluster) as client:
                 yield _announce(ClusterSession("local", client, cluster, _dashboard(client)), log)
