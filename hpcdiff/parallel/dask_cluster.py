@@ -230,7 +230,8 @@ def job_scratch(cfg: ClusterConfig, *, log: IO[str]) -> Iterator[Path]:
     earlier runs whose process is gone: a killed job's spill does not stay behind).
 
     Prints a warning when the folder's file system has less free space than the workers'
-    memory limits together (what they could spill before the nanny restarts them is more).
+    memory limits together (a rough scale only: dask sets no limit on what a worker
+    spills).
     """
     import shutil
     import socket
