@@ -33,7 +33,9 @@ Prints numbers, medians and ratios (not a test).  Sections:
    ``hpcdiff fourier`` with the default [fourier] and [fourier.cluster] (2 local workers)
    on N frames, as subprocesses: wall, CPU (``os.wait4`` of the command and the workers it
    waited for), peak resident memory of each process (``VmHWM`` polled), peak disk of
-   ``fourier.work``, output sizes, and whether the outputs are complete; with two N or
+   ``fourier.work``, the peak size of dask's scratch folder (``DASK_TEMPORARY_DIRECTORY``
+   set to ``<dir>/n<N>/dask-scratch``, polled every 2 s: what the workers spill) and what
+   is left there, output sizes, and whether the outputs are complete; with two N or
    more, a fit ``CPU = c + a N + b pairs`` extrapolated to 10^4 and 10^5.
 
 Usage::
@@ -862,17 +864,33 @@ def _vm_hwm_bytes(pid: int) -> int:
     return 0
 
 
-def _watched(cmd: list[str], *, log: Path, work: Path | None, poll_s: float = 1.0) -> dict:
+def _watched(
+    cmd: list[str],
+    *,
+    log: Path,
+    work: Path | None,
+    poll_s: float = 1.0,
+    scratch: Path | None = None,
+    scratch_poll_s: float = 2.0,
+) -> dict:
     """Run ``cmd``; wall, CPU (its own and its waited-for descendants', ``os.wait4``), the
-    peak resident set of every process in its tree (``VmHWM`` polled) and the peak disk
-    used by ``work`` (polled)."""
+    peak resident set of every process in its tree (``VmHWM`` polled), the peak disk
+    used by ``work`` (polled) and, given ``scratch``, the peak size of that folder (dask's
+    ``temporary-directory``, set for the command through ``DASK_TEMPORARY_DIRECTORY``:
+    what the workers spill, polled every ``scratch_poll_s``) and what is left in it at the
+    end."""
     import psutil
 
+    env = dict(os.environ)
+    if scratch is not None:
+        scratch.mkdir(parents=True, exist_ok=True)
+        env["DASK_TEMPORARY_DIRECTORY"] = str(scratch)
     t0 = time.perf_counter()
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env)
         peaks: dict[int, dict] = {}
         disk_peak, last_du = 0, 0.0
+        spill_peak, last_spill = 0, 0.0
         while True:
             done, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if done:
@@ -899,6 +917,9 @@ def _watched(cmd: list[str], *, log: Path, work: Path | None, poll_s: float = 1.
             if work is not None and time.perf_counter() - last_du > 10 * poll_s:
                 disk_peak = max(disk_peak, _tree_du(work))
                 last_du = time.perf_counter()
+            if scratch is not None and time.perf_counter() - last_spill >= scratch_poll_s:
+                spill_peak = max(spill_peak, _tree_du(scratch))
+                last_spill = time.perf_counter()
             time.sleep(poll_s)
     proc.returncode = os.waitstatus_to_exitcode(status)
     return {
@@ -910,6 +931,8 @@ def _watched(cmd: list[str], *, log: Path, work: Path | None, poll_s: float = 1.
         "max_rss_of_waited_children_bytes": usage.ru_maxrss * 1024,
         "processes": sorted(peaks.values(), key=lambda r: -r["peak_rss_bytes"]),
         "work_disk_peak_bytes": disk_peak,
+        "scratch_peak_bytes": spill_peak if scratch is not None else None,
+        "scratch_left_bytes": _tree_du(scratch) if scratch is not None else None,
     }
 
 
@@ -944,7 +967,12 @@ def bench_endtoend(n_frames: int, root: Path, *, seed: int = 7, processes: int =
         "labels.h5"))).replace('dir = "hpcdiff-out"', f"dir = {json.dumps(str(out))}")
         + f"\n[fourier]\ntruth = {json.dumps(str(sim_dir / 'truth.h5'))}\n"
     )  # fmt: skip
-    run = _watched([*py, "fourier", str(job)], log=root / "fourier.log", work=out / "fourier.work")
+    run = _watched(
+        [*py, "fourier", str(job)],
+        log=root / "fourier.log",
+        work=out / "fourier.work",
+        scratch=root / "dask-scratch",
+    )
     summary_path = out / "fourier_summary.json"
     complete: dict[str, object] = {
         name: (out / name).exists()
@@ -966,6 +994,8 @@ def bench_endtoend(n_frames: int, root: Path, *, seed: int = 7, processes: int =
         "simulate": sim,
         "fourier": run,
         "peak_rss_per_worker_bytes": [p["peak_rss_bytes"] for p in workers],
+        "scratch_peak_bytes": run["scratch_peak_bytes"],
+        "scratch_left_bytes": run["scratch_left_bytes"],
         "output_bytes": outputs,
         "frames_on_disk_bytes": _tree_du(sim_dir),
         "complete": complete,
@@ -995,6 +1025,10 @@ def bench_endtoend(n_frames: int, root: Path, *, seed: int = 7, processes: int =
         f"endtoend: disk: work folder peak {run['work_disk_peak_bytes'] / gib:.2f} GiB; outputs "
         + ", ".join(f"{k} {v / 2**20:.0f} MiB" for k, v in sorted(outputs.items()))
         + f"; simulated frames {row['frames_on_disk_bytes'] / gib:.2f} GiB"
+    )
+    print(
+        f"endtoend: dask scratch ({root / 'dask-scratch'}): peak {run['scratch_peak_bytes'] / gib:.2f} GiB "
+        f"(polled every 2 s), left after the run {run['scratch_left_bytes'] / 2**20:.1f} MiB"
     )
     print(f"endtoend: stage times (s): {row['timing_s']}")
     print(f"endtoend: outputs complete: {complete}")

@@ -115,7 +115,10 @@ KEY_DOCS: dict[str, str] = {
     "fourier.cluster.memory_per_worker": "Memory of each dask worker, e.g. `4GiB`.",
     "fourier.cluster.dashboard_address": "Address of the dask dashboard (`:0`: any free port).",
     "fourier.cluster.interface": "Network interface the dask workers use (e.g. `ib0`).",
-    "fourier.cluster.local_directory": "Scratch folder of the dask workers.",
+    "fourier.cluster.local_directory": "Scratch folder of the dask workers (what they spill); "
+    "a local cluster's workers use a private folder inside it, announced and removed at the "
+    "end. Unset: dask's `temporary-directory`, else `$TMPDIR` or `/tmp` (not the job's "
+    "output folder, often a shared file system).",
     "fourier.cluster.connect_timeout_s": "How long to wait for the scheduler and workers, s.",
     # [output]
     "output.dir": "Folder of the job's results; nothing there is overwritten without --force.",

@@ -2,11 +2,12 @@
 
 :func:`map_blocks` ships one shared object to every worker once, runs
 ``fn(shared, start, stop, **kwargs)`` for each block as a task, and either gathers the
-results in block order or, given ``reduce``, tree-reduces the first item of every result
-on the workers (a mergeable accumulator; :func:`~hpcdiff.parallel.dask_cluster.tree_reduce`)
-while gathering the second.  :func:`for_each_block` hands each result to a callback as it
-arrives (to save it) and stops early on request.  Pipelines hand them pure functions and
-never call the client.
+results in block order or, given ``reduce``, folds the first item of every result (a
+mergeable accumulator) in block order on the workers as the tasks finish, with few
+tasks in flight (:func:`~hpcdiff.parallel.dask_reduce.stream_reduce`), while gathering
+the second.  :func:`for_each_block` hands each result to a callback as it arrives (to
+save it) and stops early on request.  Pipelines hand them pure functions and never call
+the client.
 
 What is shared should be small (a plan, a folder's path): per-frame data goes to disk and
 each task reads what it needs, so nothing large is copied to every worker.
@@ -14,13 +15,17 @@ each task reads what it needs, so nothing large is copied to every worker.
 
 from __future__ import annotations
 
-import operator
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import IO, Any, Generic, TypeVar
 
-from hpcdiff.parallel.dask_cluster import track, tree_reduce
+from hpcdiff.parallel.dask_cluster import track
+from hpcdiff.parallel.dask_reduce import stream_reduce, threads_of
+
+IN_FLIGHT_PER_THREAD = 2
+"""Blocks submitted and not yet folded, per worker thread, when :func:`map_blocks`
+reduces: one running, one to start when it ends or finished and waiting for the fold."""
 
 R = TypeVar("R")
 
@@ -48,6 +53,7 @@ def map_blocks(
     blocks: Sequence[tuple[int, int]],
     *,
     reduce: Callable[..., R] | None = None,
+    in_flight: int | None = None,
     label: str = "tasks",
     log: IO[str] | None = None,
     **kwargs: Any,
@@ -66,8 +72,14 @@ def map_blocks(
         ``(start, stop)`` ranges, one task each.
     reduce
         ``None``: gather every result.  Else ``fn`` returns ``(accumulator, rest)``; the
-        accumulators are combined with ``reduce(*accumulators)`` in a tree on the workers
-        and the ``rest`` parts gathered.
+        accumulators are folded in block order with ``reduce(total, accumulator)`` on the
+        workers as they finish (:func:`~hpcdiff.parallel.dask_reduce.stream_reduce`: the
+        result does not depend on the order the tasks finish in) and the ``rest`` parts
+        gathered.
+    in_flight
+        With ``reduce``: most blocks submitted and not yet folded (default
+        :data:`IN_FLIGHT_PER_THREAD` per worker thread), so the workers hold a few
+        accumulators, not one per block.
     label, log
         Progress lines ``label: done/total tasks`` (default stderr).
 
@@ -79,18 +91,22 @@ def map_blocks(
     # hash=False: a fresh key per call, so a second map of the same object never waits on
     # the first call's copy being released
     shared_f = client.scatter(shared, broadcast=True, hash=False)
-    tasks = [client.submit(fn, shared_f, s, e, pure=False, **kwargs) for s, e in blocks]
     if reduce is None:
+        tasks = [client.submit(fn, shared_f, s, e, pure=False, **kwargs) for s, e in blocks]
         track(tasks, label, log=log)
         return MappedBlocks(None, list(client.gather(tasks)))
-    heads = [client.submit(operator.itemgetter(0), t) for t in tasks]
-    tails = [client.submit(operator.itemgetter(1), t) for t in tasks]
-    del tasks
-    total_f = tree_reduce(client, heads, reduce)
-    track(tails, label, log=log)
-    parts = list(client.gather(tails))
-    total: R = total_f.result()
-    return MappedBlocks(total, parts)
+    streamed = stream_reduce(
+        client,
+        fn,
+        shared_f,
+        blocks,
+        reduce=reduce,
+        in_flight=in_flight if in_flight is not None else IN_FLIGHT_PER_THREAD * threads_of(client),
+        label=label,
+        log=log,
+        **kwargs,
+    )
+    return MappedBlocks(streamed.reduced, streamed.parts)
 
 
 def for_each_block(
@@ -154,4 +170,4 @@ def worker_count(client: Any) -> int:
     return len(client.scheduler_info(n_workers=-1).get("workers", {}))
 
 
-__all__ = ["MappedBlocks", "for_each_block", "map_blocks", "worker_count"]
+__all__ = ["IN_FLIGHT_PER_THREAD", "MappedBlocks", "for_each_block", "map_blocks", "worker_count"]

@@ -4,7 +4,9 @@ One function, :func:`open_cluster`, turns a :class:`~hpcdiff.config.ClusterConfi
 connected :class:`distributed.Client`:
 
 ``local``
-    a :class:`distributed.LocalCluster` of ``n_workers`` processes (laptop, CI, one node);
+    a :class:`distributed.LocalCluster` of ``n_workers`` processes (laptop, CI, one node),
+    its workers' scratch in a private folder (:func:`job_scratch`) that is announced and
+    removed when the cluster closes;
 ``slurm``
     a :class:`dask_jobqueue.SLURMCluster`, one worker per SLURM job, scaled to
     ``n_workers`` (the job script comes from :func:`slurm_cluster`; nothing is submitted
@@ -23,10 +25,12 @@ dask, distributed, dask-jobqueue and dask-mpi are imported inside the functions.
 from __future__ import annotations
 
 import contextlib
+import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import IO, Any, cast
 
 from hpcdiff.config import ClusterConfig
@@ -134,16 +138,18 @@ def open_cluster(
     if cfg.kind == "local":
         from distributed import LocalCluster
 
-        cluster = LocalCluster(
-            n_workers=cfg.n_workers,
-            threads_per_worker=cfg.threads_per_worker,
-            memory_limit=cfg.memory_per_worker,
-            dashboard_address=cfg.dashboard_address,
-            processes=True,
-            local_directory=cfg.local_directory,
-        )
-        with cluster, Client(cluster) as client:
-            yield _announce(ClusterSession("local", client, cluster, _dashboard(client)), log)
+        with job_scratch(cfg, log=log) as scratch:
+            cluster = LocalCluster(
+                n_workers=cfg.n_workers,
+                threads_per_worker=cfg.threads_per_worker,
+                memory_limit=cfg.memory_per_worker,
+                dashboard_address=cfg.dashboard_address,
+                processes=True,
+                local_directory=str(scratch),
+                scheduler_kwargs={"local_directory": str(scratch)},  # nothing left outside
+            )
+            with cluster, Client(cluster) as client:
+                yield _announce(ClusterSession("local", client, cluster, _dashboard(client)), log)
     elif cfg.kind == "slurm":
         cluster = slurm_cluster(cfg)
         with cluster:
@@ -200,6 +206,89 @@ def _mpi_session(cfg: ClusterConfig, comm: Comm | None, log: IO[str]) -> Iterato
         dask_mpi.send_close_signal()
 
 
+SCRATCH_PREFIX = "hpcdiff-dask"
+"""Name prefix of a local cluster's private scratch folder (``PREFIX-HOST-PID-XXXX``)."""
+
+
+def scratch_base(cfg: ClusterConfig) -> Path:
+    """Where a local cluster's workers keep their scratch (spilled data): ``[fourier.cluster]
+    local_directory``, else dask's ``temporary-directory`` (the user's or the site's dask
+    config, ``DASK_TEMPORARY_DIRECTORY``), else the system's temporary folder (``$TMPDIR``,
+    which many SLURM sites point at node-local scratch)."""
+    import tempfile
+
+    import dask
+
+    configured = cfg.local_directory or dask.config.get("temporary-directory", None)
+    return Path(configured or tempfile.gettempdir()).expanduser()
+
+
+@contextlib.contextmanager
+def job_scratch(cfg: ClusterConfig, *, log: IO[str]) -> Iterator[Path]:
+    """A private scratch folder for a local cluster's workers, inside :func:`scratch_base`;
+    announced with its free space and removed on exit (with the folders of this host's
+    earlier runs whose process is gone: a killed job's spill does not stay behind).
+
+    Prints a warning when the folder's file system has less free space than the workers'
+    memory limits together (a rough scale only: dask sets no limit on what a worker
+    spills).
+    """
+    import shutil
+    import socket
+    import tempfile
+
+    from dask.utils import format_bytes, parse_bytes
+
+    base = scratch_base(cfg)
+    base.mkdir(parents=True, exist_ok=True)
+    host = socket.gethostname()
+    _purge_stale_scratch(base, host)
+    path = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}-{host}-{os.getpid()}-", dir=base))
+    try:
+        free = shutil.disk_usage(path).free
+        memory = cfg.n_workers * parse_bytes(cfg.memory_per_worker)
+        print(
+            f"dask scratch (workers' spill): {path} ({format_bytes(free)} free; "
+            "[fourier.cluster] local_directory or dask's temporary-directory to move it)",
+            file=log,
+            flush=True,
+        )
+        if free < memory:
+            print(
+                f"dask scratch: warning: {format_bytes(free)} free is less than the workers' "
+                f"memory ({cfg.n_workers} x {cfg.memory_per_worker}); a worker that spills "
+                "may fill this file system",
+                file=log,
+                flush=True,
+            )
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _purge_stale_scratch(base: Path, host: str) -> None:
+    """Remove ``base``'s scratch folders of this host's jobs whose process has ended."""
+    import shutil
+
+    for old in base.glob(f"{SCRATCH_PREFIX}-{host}-*-*"):
+        try:
+            pid = int(old.name[len(f"{SCRATCH_PREFIX}-{host}-") :].split("-")[0])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def _dashboard(client: Any) -> str | None:
     try:
         return client.dashboard_link
@@ -247,8 +336,8 @@ def tree_reduce(
 ) -> Any:
     """Reduce futures pairwise (``fan_in`` at a time) with ``combine``; returns one future.
 
-    Intermediate results are released as soon as the next level consumes them, so a
-    worker holds at most ``fan_in + 1`` partial results at once.
+    Every step is submitted at once: the workers may hold every input at once (for many
+    large results prefer :func:`~hpcdiff.parallel.dask_reduce.stream_reduce`).
     """
     if not futures:
         raise ValueError("nothing to reduce")
@@ -266,7 +355,9 @@ def tree_reduce(
 
 __all__ = [
     "ClusterSession",
+    "job_scratch",
     "open_cluster",
+    "scratch_base",
     "slurm_cluster",
     "slurm_cluster_kwargs",
     "track",

@@ -13,10 +13,13 @@ Stages (each a pure function; dask only in :func:`run_fourier`):
    to ``hkl`` with the frame's orientation and binned on the merge grid (a dense
    :class:`~hpcdiff.merge.MergeAccumulator` per task) and on the similarity grid (sparse, per
    frame); the normalised residual is downsampled for the image-space similarity.
-3. The per-task accumulators are reduced in a dask tree, then ``scale_passes`` passes refine
-   a scale per frame against the merged map and merge again
-   (:func:`~hpcdiff.pipelines.fourier_frames.refine_scales`); per-frame sparse voxel sets
-   become the sparse matrices of :mod:`hpcdiff.similarity`, whose row blocks run as dask tasks.
+3. The per-task accumulators are folded in task order on the workers as the tasks finish,
+   a few tasks in flight (:func:`~hpcdiff.parallel.dask_reduce.stream_reduce`: a worker
+   holds a few 200^3 accumulators, not one per task, and spills nothing to dask's scratch
+   folder), then ``scale_passes`` passes refine a scale per frame against the merged map
+   and merge again (:func:`~hpcdiff.pipelines.fourier_frames.refine_scales`); per-frame
+   sparse voxel sets become the sparse matrices of :mod:`hpcdiff.similarity`, whose row
+   blocks run as dask tasks.
 4. Diffusion maps of the common-arc and image-space similarities, ROC AUC of each
    coordinate against the labels, PNG plots.
 
@@ -65,6 +68,7 @@ from hpcdiff.merge import (
     MergeAccumulator,
     reciprocal_metric,
 )
+from hpcdiff.merge_sparse import SparseAccumulator, add_into, compact
 from hpcdiff.noise_model import noise_summary
 from hpcdiff.parallel.signals import Preempted
 from hpcdiff.pipelines.fourier_frames import (
@@ -182,11 +186,25 @@ class FourierSettings:
 
 
 def merge_accumulators(*accs: MergeAccumulator) -> MergeAccumulator:
-    """Sum of accumulators (a new one; inputs untouched): the tree-reduction step."""
+    """Sum of accumulators (a new one; inputs untouched)."""
     out = accs[0].copy()
     for a in accs[1:]:
         out.merge(a)
     return out
+
+
+def merge_into(
+    first: MergeAccumulator | SparseAccumulator, *rest: MergeAccumulator | SparseAccumulator
+) -> MergeAccumulator:
+    """``first`` with ``rest`` added in place (a compact ``first`` made dense first): the
+    step of the merge's streaming reduction
+    (:func:`~hpcdiff.parallel.dask_reduce.stream_reduce`), where each accumulator is the
+    input of one step only and is released after it.  The same sums, bit for bit, as
+    :func:`merge_accumulators` of the dense accumulators, without its copy."""
+    total = first.dense() if isinstance(first, SparseAccumulator) else first
+    for a in rest:
+        add_into(total, a)
+    return total
 
 
 # --------------------------------------------------------------------------- the job
@@ -230,17 +248,18 @@ class FourierResult:
 
 def chunk_to_work(
     plan: FramePlan, start: int, stop: int, *, settings: FourierSettings, work: FourierWork
-) -> tuple[MergeAccumulator, dict[str, Any]]:
+) -> tuple[MergeAccumulator | SparseAccumulator, dict[str, Any]]:
     """One merge task: :func:`chunk_task`, its per-frame data written to ``work``.
 
-    Returns the accumulator (tree-reduced on the workers) and a small record: the task's
+    Returns the accumulator in the voxels the task touched
+    (:func:`~hpcdiff.merge_sparse.compact`; folded on the workers) and a small record: the task's
     rows, seconds, which image pixels are finite in every frame of the task, and the
     frames' shot intensities.
     """
     acc, part = chunk_task(plan, start, stop, settings=settings)
     work.write_chunk(start, stop, ChunkData(part.numbers, part.similarity_frames, part.images))
     finite = np.all(np.isfinite(part.images), axis=0)
-    return acc, {
+    return compact(acc), {
         "start": start,
         "stop": stop,
         "seconds": part.seconds,
@@ -446,14 +465,14 @@ def run_fourier(
             chunk_to_work,
             plan,
             wave,
-            reduce=merge_accumulators,
+            reduce=merge_into,
             label=f"merge (wave {w + 1}/{len(waves)})",
             log=log,
             settings=settings,
             work=work,
         )
         assert mapped.reduced is not None
-        merged = merge_accumulators(merged, mapped.reduced)
+        merged = add_into(merged, mapped.reduced)  # in place: the client's own copy
         for rec in mapped.parts:
             task_s += float(rec["seconds"])
             finite = rec["finite"] if finite is None else finite & rec["finite"]
@@ -1094,6 +1113,7 @@ __all__ = [
     "FourierSettings",
     "FramePlan",
     "merge_accumulators",
+    "merge_into",
     "plan_frames",
     "process_chunk",
     "process_frames",

@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from hpcdiff.geometry import DetectorModel
     from hpcdiff.io.sources.base import FrameReaderSource
     from hpcdiff.merge_scale import HalfReference, ScaleDecision, ScaleModel
+    from hpcdiff.merge_sparse import SparseAccumulator
     from hpcdiff.pipelines.fourier import FourierSettings
     from hpcdiff.preprocess import Preprocessor, PreprocessResult
 
@@ -1076,6 +1077,16 @@ def scale_task(
     )
 
 
+def scale_merge_task(
+    shared: ScalePass, start: int, stop: int, *, settings: FourierSettings
+) -> tuple[MergeAccumulator | SparseAccumulator, None]:
+    """The merge of a scale pass for the plan's frames ``start:stop``: the accumulator in
+    the voxels the task touched (:func:`~hpcdiff.merge_sparse.compact`), nothing else."""
+    from hpcdiff.merge_sparse import compact
+
+    return compact(scale_task(shared, start, stop, settings=settings)[0]), None
+
+
 def scale_fit_task(
     shared: ScalePass, start: int, stop: int, *, settings: FourierSettings
 ) -> ChunkFrames:
@@ -1113,8 +1124,8 @@ def refine_scales(
     """One scale pass on a dask cluster: each frame's scale against the other half's map
     (tasks of the fit, returning only the scales), the decision
     (:func:`~hpcdiff.merge_scale.decide_scales`), then the frames merged again with their
-    scales in waves of ``wave_tasks`` tasks (as the first merge: at most one wave of
-    accumulators exists at a time).
+    scales in waves of ``wave_tasks`` tasks, as the first merge (each wave's accumulators
+    folded on the workers as they finish, a few tasks in flight).
 
     Returns
     -------
@@ -1123,8 +1134,9 @@ def refine_scales(
         frame kept with scale 1: ``merged`` stands), and the decision in plan order.
     """
     from hpcdiff.merge_scale import half_reference
+    from hpcdiff.merge_sparse import add_into
     from hpcdiff.parallel.dask_blocks import MappedBlocks, map_blocks
-    from hpcdiff.pipelines.fourier import merge_accumulators
+    from hpcdiff.pipelines.fourier import merge_into
     from hpcdiff.similarity import blocks
 
     chunks = blocks(len(plan), frames_per_task)
@@ -1145,16 +1157,17 @@ def refine_scales(
     for w, wave in enumerate(waves):
         mapped = map_blocks(
             client,
-            scale_task,
+            scale_merge_task,
             ScalePass(plan, scales=decision.scale),
             wave,
-            reduce=merge_accumulators,
+            reduce=merge_into,
             label=f"scale merge (wave {w + 1}/{len(waves)})",
             log=log,
             settings=settings,
         )
         assert mapped.reduced is not None
-        total = mapped.reduced if total is None else merge_accumulators(total, mapped.reduced)
+        # a wave of one task comes back compact: merge_into makes it dense
+        total = merge_into(mapped.reduced) if total is None else add_into(total, mapped.reduced)
         del mapped
     return total, decision
 
@@ -1212,5 +1225,6 @@ __all__ = [
     "refine_scales",
     "scale_pass",
     "scale_summary",
+    "scale_merge_task",
     "scale_task",
 ]
