@@ -331,28 +331,6 @@ def track(
             last = now
 
 
-def tree_reduce(
-    client: Any, futures: Sequence[Any], combine: Callable[..., Any], *, fan_in: int = 2
-) -> Any:
-    """Reduce futures pairwise (``fan_in`` at a time) with ``combine``; returns one future.
-
-    Every step is submitted at once: the workers may hold every input at once (for many
-    large results prefer :func:`~hpcdiff.parallel.dask_reduce.stream_reduce`).
-    """
-    if not futures:
-        raise ValueError("nothing to reduce")
-    if fan_in < 2:
-        raise ValueError(f"fan_in must be >= 2, got {fan_in}")
-    level = list(futures)
-    while len(level) > 1:
-        nxt = []
-        for i in range(0, len(level), fan_in):
-            group = level[i : i + fan_in]
-            nxt.append(group[0] if len(group) == 1 else client.submit(combine, *group, pure=False))
-        level = nxt
-    return level[0]
-
-
 __all__ = [
     "ClusterSession",
     "job_scratch",
@@ -361,5 +339,4 @@ __all__ = [
     "slurm_cluster",
     "slurm_cluster_kwargs",
     "track",
-    "tree_reduce",
 ]
