@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -975,7 +976,13 @@ class StandardKernel:
         return s
 
     def sums(
-        self, raw: np.ndarray, *, photon_energy_ev: float, min_excess: float, unit: float = 1.0
+        self,
+        raw: np.ndarray,
+        *,
+        photon_energy_ev: float,
+        min_excess: float,
+        unit: float = 1.0,
+        stages: dict[str, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cell sums ``sum(w z)``, ``sum(w)``, ``sum(w^2)`` of one raw frame.
 
@@ -989,6 +996,9 @@ class StandardKernel:
             Smallest excess of a Bragg peak over the ring level of ``I / P``, photons.
         unit
             The corrected values are divided by it (one photon in the corrections' unit).
+        stages
+            Optional: the calling thread's CPU seconds (``time.thread_time``) of each
+            stage are added to it under the names of :data:`STAGES` (for benchmarks).
 
         Returns
         -------
@@ -997,6 +1007,7 @@ class StandardKernel:
         """
         if raw.shape != self.shape:
             raise ValueError(f"frame shape {raw.shape}, the detector slab is {self.shape}")
+        lap = _Laps(stages)
         flat = np.ascontiguousarray(raw).reshape(-1)
         integer = np.issubdtype(flat.dtype, np.integer)
         if not (integer or np.issubdtype(flat.dtype, np.floating)):
@@ -1026,6 +1037,7 @@ class StandardKernel:
                 s.hist,
             )
             s.offset[:-1] = np.where(np.isfinite(s.level), s.level, np.float32(0))
+        lap("common-mode levels")
         f32_unit = np.float32(unit)
         if self.mask_bragg:
             _noise_sample(
@@ -1043,9 +1055,11 @@ class StandardKernel:
                 self.noise_dest,
                 s.noise,
             )
+            lap("Bragg noise sample")
             _bragg_thresholds(
                 s.noise, self.noise_start, 3.0, 3, self.bragg_sigma, float(min_excess), s.threshold
             )
+            lap("clipped ring statistics")
         tail = (inv_e, f32_unit, self.inv_pol, s.threshold, s.s1, s.bad, s.pix)
         if self.evtab.size and not (self.ped.size or self.gain.size):
             n_peaks = _pass1_table(flat, self.ring, self.asic, s.offset, self.evtab, *tail)
@@ -1061,11 +1075,13 @@ class StandardKernel:
                 self.gain,
                 *tail,
             )
+        lap("pass 1: corrections, ring sums, peaks")
         n_drop = 0
         if n_peaks:
             n_drop = _grow(
                 s.pix, n_peaks, self.grow, self.shape[0], self.shape[1], self.panel, s.mark
             )
+        lap("peak growth")
         correct = (self.asic, s.offset, self.ev, self.evtab, self.ped, self.gain, inv_e, f32_unit)
         try:
             _corrected(flat, s.pix, n_drop, *correct, s.xd)
@@ -1091,6 +1107,7 @@ class StandardKernel:
             scale = _guard_scale(s.guard, n_guard, 4.0, 3)
             sc = scale if np.isfinite(scale) and scale > 0 else 1.0
             divisor = np.float32(sc / min(max(sc, 1.0 / self.guard), self.guard))
+            lap("ring means, guard noise scale")
             _corrected_bg(
                 flat,
                 self.gpix,
@@ -1102,7 +1119,9 @@ class StandardKernel:
                 s.mean,
                 s.bg,
             )
+            lap("grid pixels: corrections, backgrounds")
             n_bad = _noise_units(self.rn2, divisor, self.clip, s.z, s.bg)
+            lap("noise units")
             _drop(
                 s.z,
                 self.column,
@@ -1115,26 +1134,36 @@ class StandardKernel:
                 s.lost2,
                 n_bad,
             )
+            lap("dropped pixels' weights")
             _cells(self.indptr, self.columns, self.weights, s.z, s.num)
+            lap("cell sums (resampling matrix)")
         finally:
             _unmark(s.mark, s.pix, n_drop)
         num = s.num.astype(np.float32)
         den = (self.den_static - s.lost).astype(np.float32)
         den2 = (self.den2_static - s.lost2).astype(np.float32)
+        lap("cell sums to float32")
         return num, den, den2
 
     def image(
-        self, raw: np.ndarray, *, photon_energy_ev: float, min_excess: float, unit: float = 1.0
+        self,
+        raw: np.ndarray,
+        *,
+        photon_energy_ev: float,
+        min_excess: float,
+        unit: float = 1.0,
+        stages: dict[str, float] | None = None,
     ) -> np.ndarray:
-        """``(3, size, size)`` float32 standard image of one raw frame (see :meth:`sums`),
-        equal to the numpy chain's up to float32 summation order."""
+        """``(3, size, size)`` float32 standard image of one raw frame (see :meth:`sums`;
+        ``stages`` as there), equal to the numpy chain's up to float32 summation order."""
         from hpcdiff.background.standard import grid_images
 
         num, den, den2 = self.sums(
-            raw, photon_energy_ev=photon_energy_ev, min_excess=min_excess, unit=unit
+            raw, photon_energy_ev=photon_energy_ev, min_excess=min_excess, unit=unit, stages=stages
         )
+        lap = _Laps(stages)
         shape = (1, self.size, self.size)
-        return grid_images(
+        out = grid_images(
             num.reshape(shape),
             den.reshape(shape),
             den2.reshape(shape),
@@ -1142,6 +1171,40 @@ class StandardKernel:
             cell=self.q_cell,
             smooth=self.smooth,
         )[0]
+        lap("image: smoothing, normalisation, RGB")
+        return out
+
+
+#: The stages :meth:`StandardKernel.sums` and :meth:`StandardKernel.image` time, in order.
+STAGES = (
+    "common-mode levels",
+    "Bragg noise sample",
+    "clipped ring statistics",
+    "pass 1: corrections, ring sums, peaks",
+    "peak growth",
+    "ring means, guard noise scale",
+    "grid pixels: corrections, backgrounds",
+    "noise units",
+    "dropped pixels' weights",
+    "cell sums (resampling matrix)",
+    "cell sums to float32",
+    "image: smoothing, normalisation, RGB",
+)
+
+
+class _Laps:
+    """Adds the calling thread's CPU seconds since the last call to ``stages[name]`` (a
+    no-op without ``stages``)."""
+
+    def __init__(self, stages: dict[str, float] | None) -> None:
+        self.stages = stages
+        self.t = time.thread_time() if stages is not None else 0.0
+
+    def __call__(self, name: str) -> None:
+        if self.stages is not None:
+            t = time.thread_time()
+            self.stages[name] = self.stages.get(name, 0.0) + t - self.t
+            self.t = t
 
 
 def _flat32(a: np.ndarray) -> np.ndarray:
@@ -1155,4 +1218,4 @@ def _guard_step(n_pix: int) -> int:
     return int(step) if step else 1
 
 
-__all__ = ["HAVE_NUMBA", "StandardKernel"]
+__all__ = ["HAVE_NUMBA", "STAGES", "StandardKernel"]
