@@ -685,6 +685,146 @@ def vgg_rows(frames: np.ndarray, model: Any, tmp: Path, batch: int, repeats: int
     return rows
 
 
+_E2E_WORKER = r"""
+import json, os, sys, time, statistics
+import numpy as np
+root, frames_path, cxi, batch, repeats, weights, detector, distance, ways = sys.argv[1:10]
+sys.path.insert(0, root)
+import torch
+from hpcdiff.config import BackgroundConfig, SimulateConfig
+from hpcdiff.features.extractor import FeatureExtractor
+from hpcdiff.geometry import DetectorModel
+from hpcdiff.io.cxi import FrameSource
+from hpcdiff.parallel.prefetch import Prefetcher
+from hpcdiff.preprocess import Preprocessor
+from hpcdiff.simulate.experiment import simulated_geometry
+cfg = SimulateConfig(detector=detector, detector_distance_m=float(distance), n_frames=1, seed=0)
+geom = simulated_geometry(cfg)
+model = DetectorModel.build(geom, clen_m=cfg.detector_distance_m, photon_energy_ev=cfg.photon_energy_ev)
+frames = np.load(frames_path)
+n, batch = len(frames), int(batch)
+pre = Preprocessor(model, BackgroundConfig(), threads=1)
+if hasattr(pre, "prepare"):
+    pre.prepare()
+images = pre(frames, photon_energy_ev=9500.0)
+ex = FeatureExtractor(weights, layer="pool5", device="cpu", batch_size=batch)
+threads = torch.get_num_threads()
+ranges = [(a, min(a + batch, n)) for a in range(0, n, batch)]
+
+def alone():
+    ex.extract(images)
+
+def prefetch(torch_threads=threads):
+    torch.set_num_threads(torch_threads)
+    try:
+        with FrameSource([cxi]) as src:
+            read = getattr(src, "read_raw", src.read)
+            def job(a, b):
+                return pre(read(a, b), photon_energy_ev=9500.0)
+            with Prefetcher(job, ranges, depth=2) as pf:
+                for imgs in pf:
+                    ex.extract(imgs)
+    finally:
+        torch.set_num_threads(threads)
+
+all_ways = {"alone": alone, "prefetch": prefetch,
+            "prefetch-torch1": lambda: prefetch(max(threads - 1, 1))}
+chosen = {k: all_ways[k] for k in ways.split(",")}
+for fn in chosen.values():
+    fn()
+got = {k: [] for k in chosen}
+for _ in range(int(repeats)):
+    for k, fn in chosen.items():
+        c0, w0 = time.process_time(), time.perf_counter()
+        fn()
+        got[k].append((time.process_time() - c0, time.perf_counter() - w0))
+print(json.dumps({k: v for k, v in got.items()}))
+"""
+
+
+def e2e_rows(
+    frames: np.ndarray, tmp: Path, baseline: str, batch: int, repeats: int, rounds: int = 2
+) -> list[Row]:
+    """End to end against VGG16 alone, this checkout beside ``baseline`` and libgomp's
+    default wait policy beside ``OMP_WAIT_POLICY=PASSIVE``, each in its own subprocess
+    (the policy is read once, when torch loads libgomp), the subprocesses alternating
+    ``rounds`` times; inside each, VGG16 alone and the pipeline interleaved ``repeats``
+    times.  Ratios are of medians within one subprocess (same threads, same moment);
+    beside the wall-clock ratio, the CPU-time ratio (what the ratio would be on cores
+    nobody else uses, when neither side leaves a core idle)."""
+    from hpcdiff.io.cxi import write_cxi
+
+    rows: list[Row] = []
+    frames_path = tmp / "e2e_frames.npy"
+    np.save(frames_path, frames)
+    cxi = write_cxi(tmp / "e2e_worker.cxi", frames, compression="lz4")
+    worker = tmp / "e2e_worker.py"
+    worker.write_text(_E2E_WORKER)
+    base_root = export_revision(baseline, tmp / "e2e_baseline")
+    weights = str(WEIGHTS) if WEIGHTS.is_file() else "random:0"
+    configs = [
+        ("baseline", base_root, None),
+        ("ours", ROOT, None),
+        ("baseline", base_root, "PASSIVE"),
+        ("ours", ROOT, "PASSIVE"),
+    ]
+    got: dict[tuple[str, str | None], dict[str, list[list[float]]]] = {}
+    for _ in range(rounds):
+        for name, root, policy in configs:
+            env = {
+                k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OMP_WAIT_POLICY")
+            }
+            if policy:
+                env["OMP_WAIT_POLICY"] = policy
+            res = subprocess.run(
+                [
+                    sys.executable,
+                    str(worker),
+                    str(root),
+                    str(frames_path),
+                    str(cxi),
+                    str(batch),
+                    str(repeats),
+                    weights,
+                    LAYOUT["detector"],
+                    str(LAYOUT["distance_m"]),
+                    "alone,prefetch,prefetch-torch1",
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            )
+            out = json.loads(res.stdout.strip().splitlines()[-1])
+            acc = got.setdefault((name, policy), {})
+            for k, v in out.items():
+                acc.setdefault(k, []).extend(v)
+    n = len(frames)
+    for (name, policy), ways in got.items():
+        label = f"{name}, OMP wait {policy or 'default'}"
+        a_cpu = statistics.median(c for c, _ in ways["alone"])
+        a_wall = statistics.median(w for _, w in ways["alone"])
+        show(
+            rows,
+            f"e2e {label}: VGG16 alone",
+            n / a_wall,
+            "images/s",
+            f"{1e3 * a_cpu / n:.1f} CPU ms/image",
+        )
+        for way in ("prefetch", "prefetch-torch1"):
+            c = statistics.median(c for c, _ in ways[way])
+            w = statistics.median(w for _, w in ways[way])
+            show(
+                rows,
+                f"e2e {label}: {way} / VGG16 alone",
+                a_wall / w,
+                "x (wall)",
+                f"CPU {a_cpu / c:.2f}x; {1e3 * c / n:.1f} CPU ms/frame; {n / w:.1f} frames/s; "
+                "target >= 0.8",
+            )
+    return rows
+
+
 # --------------------------------------------------------------------------- 5. start-up
 
 
@@ -721,7 +861,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only",
         nargs="+",
-        choices=("startup", "read", "preprocess", "prep-stages", "vgg", "vgg-variants"),
+        choices=("startup", "read", "preprocess", "prep-stages", "vgg", "e2e", "vgg-variants"),
         help="run only these parts (vgg-variants: only when named)",
     )
     p.add_argument(
@@ -763,6 +903,8 @@ def main(argv: list[str] | None = None) -> int:
             rows += prep_stage_rows(frames, model, tmp, args.repeats)
         if "vgg" in parts:
             rows += vgg_rows(frames, model, tmp, args.batch, args.repeats)
+        if "e2e" in parts:
+            rows += e2e_rows(frames, tmp, args.baseline, args.batch, args.repeats)
         if "vgg-variants" in parts:
             rows += vgg_variant_rows(args.batch, args.repeats)
     if args.json:
