@@ -163,3 +163,46 @@ def test_cspad_int16_frames_equal_the_reference():
     bad = np.zeros(cspad.slab_shape, bool)
     bad[100:103, :] = True
     check(cspad, frames, bad_pixel_mask=bad)
+
+
+def _clipped_thresholds_reference(noise, starts, sigma, max_iter, bragg_sigma, min_excess):
+    """Every clipping pass, in float64 numpy (no early end)."""
+    out = np.empty(starts.size - 1, np.float64)
+    for r in range(starts.size - 1):
+        v = noise[starts[r] : starts[r + 1]].astype(np.float64)
+        v = v[v < cpu_standard.UNUSED / 2]
+        lo, hi, mean, std = -np.inf, np.inf, np.nan, np.nan
+        for _ in range(max_iter + 1):
+            sel = v[(v >= lo) & (v <= hi)]
+            if sel.size == 0:
+                mean = std = np.nan
+                break
+            mean = sel.mean()
+            std = np.sqrt(max((sel * sel).mean() - mean * mean, 0.0))
+            lo, hi = mean - sigma * std, mean + sigma * std
+        out[r] = mean + max(bragg_sigma * std, min_excess)
+    return out
+
+
+def test_bragg_thresholds_early_end_equals_every_pass():
+    """The clipped statistics stop once a pass repeats the last moments; the thresholds
+    are those of all ``max_iter + 1`` passes (rings that converge at once, late, or have
+    outliers, an empty ring, one of UNUSED values only)."""
+    cpu_standard._compile()
+    rng = np.random.default_rng(3)
+    rings = [
+        rng.normal(2.0, 0.5, 400),
+        np.concatenate([rng.normal(1.0, 0.3, 300), [40.0, 55.0, 80.0]]),
+        np.concatenate([rng.normal(0.0, 1.0, 200), rng.normal(4.0, 1.0, 60)]),
+        np.array([], np.float64),
+        np.full(5, cpu_standard.UNUSED),
+        np.concatenate([rng.poisson(0.2, 500).astype(float), [cpu_standard.UNUSED] * 3]),
+    ]
+    noise = np.concatenate(rings).astype(np.float32)
+    starts = np.cumsum([0] + [len(r) for r in rings]).astype(np.int64)
+    got = np.full(len(rings), np.inf, np.float32)
+    cpu_standard._bragg_thresholds(noise, starts, 3.0, 3, 5.0, 0.5, got)
+    want = _clipped_thresholds_reference(noise, starts, 3.0, 3, 5.0, 0.5)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-6)
