@@ -206,3 +206,20 @@ def test_bragg_thresholds_early_end_equals_every_pass():
     assert np.array_equal(np.isnan(got), np.isnan(want))
     ok = ~np.isnan(want)
     np.testing.assert_allclose(got[ok], want[ok], rtol=1e-6)
+
+
+def test_pass1_skips_the_finiteness_test_only_where_bounded(model):
+    """Integer ADU times finite maps are finite unless an intermediate could pass the
+    float32 range (a tiny photon unit, a huge level)."""
+    kernel = Preprocessor(model, STANDARD).standard_kernel
+    assert kernel is not None and kernel.evtab.size
+    offset = np.zeros(kernel.n_asics + 1, np.float32)
+    inv_e = np.float32(1 / ENERGY_EV)
+    one = np.float32(1)
+    assert kernel._always_finite(np.dtype(np.int16), offset, inv_e, one)
+    assert kernel._always_finite(np.dtype(np.int32), offset, inv_e, one)
+    assert not kernel._always_finite(np.dtype(np.int16), offset, inv_e, np.float32(1e-38))
+    offset[0] = np.float32(3e38)
+    assert not kernel._always_finite(np.dtype(np.int16), offset, inv_e, one)
+    offset[0] = np.inf
+    assert not kernel._always_finite(np.dtype(np.int16), offset, inv_e, one)
