@@ -223,3 +223,14 @@ def test_pass1_skips_the_finiteness_test_only_where_bounded(model):
     assert not kernel._always_finite(np.dtype(np.int16), offset, inv_e, one)
     offset[0] = np.inf
     assert not kernel._always_finite(np.dtype(np.int16), offset, inv_e, one)
+
+
+@pytest.mark.parametrize("size, one_cell", [(64, True), (224, False)])
+def test_cell_sums_one_entry_per_pixel_and_general(model, size, one_cell):
+    """Grids coarse enough that every pixel lies in one cell take the in-order scatter
+    (:func:`_cells_one`), the others the CSR product: both equal the numpy chain."""
+    cfg = dataclasses.replace(STANDARD, image_size_px=size)
+    kernel = Preprocessor(model, cfg).standard_kernel
+    assert kernel is not None and kernel.one_cell is one_cell
+    frames = np.round(adu_frames(model, 2, seed=5)).astype(np.int16)
+    check(model, frames, cfg)
