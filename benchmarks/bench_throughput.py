@@ -690,6 +690,11 @@ import json, os, sys, time, statistics
 import numpy as np
 root, frames_path, cxi, batch, repeats, weights, detector, distance, ways = sys.argv[1:10]
 sys.path.insert(0, root)
+try:  # the process set-up of that revision's command line (not in older revisions)
+    from hpcdiff.parallel.malloc_env import keep_batch_buffers
+    keep_batch_buffers()
+except ImportError:
+    pass
 import torch
 from hpcdiff.config import BackgroundConfig, SimulateConfig
 from hpcdiff.features.extractor import FeatureExtractor
@@ -746,7 +751,9 @@ def e2e_rows(
     frames: np.ndarray, tmp: Path, baseline: str, batch: int, repeats: int, rounds: int = 2
 ) -> list[Row]:
     """End to end against VGG16 alone, this checkout beside ``baseline`` and libgomp's
-    default wait policy beside ``OMP_WAIT_POLICY=PASSIVE``, each in its own subprocess
+    default wait policy beside ``OMP_WAIT_POLICY=PASSIVE`` (what this checkout's command
+    line sets; its malloc settings, :mod:`hpcdiff.parallel.malloc_env`, are applied
+    where the revision has them), each in its own subprocess
     (the policy is read once, when torch loads libgomp), the subprocesses alternating
     ``rounds`` times; inside each, VGG16 alone and the pipeline interleaved ``repeats``
     times.  Ratios are of medians within one subprocess (same threads, same moment);
