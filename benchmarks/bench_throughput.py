@@ -7,6 +7,7 @@ Usage::
                                           [--only startup read preprocess prep-stages vgg
                                                   vgg-variants]
                                           [--detector cspad|small] [--distance-m 0.1]
+                                          [--bare-process]
 
 Every row is the median of ``repeats`` timed passes, CPU time (``time.process_time``,
 all threads of the process) beside wall time; every ratio is of two rows measured in this
@@ -32,6 +33,10 @@ int16 ADU (the Cheetah layout), cached under ``/tmp/hpcdiff-throughput-cache``.
 4. end to end: read + preprocess (prefetch thread) + VGG16 on ``frames`` frames against
    VGG16 alone on as many images, same layer, batch and threads (target >= 0.8x);
 5. start-up: CPU seconds of ``hpcdiff --help`` against ``python -c pass``.
+
+This process gets the command line's set-up first (:mod:`hpcdiff.parallel.omp_env`,
+:mod:`hpcdiff.parallel.malloc_env`) unless ``--bare-process``; ``--only e2e`` runs its
+subprocesses with either wait policy, each revision with its own malloc set-up.
 """
 
 from __future__ import annotations
@@ -879,7 +884,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--distance-m", type=float, default=0.1, help="simulated detector distance, m")
     p.add_argument("--json", type=Path, help="write the rows here")
+    p.add_argument(
+        "--bare-process",
+        action="store_true",
+        help="skip the command line's process set-up (OMP wait policy, malloc thresholds) "
+        "in this process",
+    )
     args = p.parse_args(argv)
+    setup = "bare process"
+    if not args.bare_process:  # as hpcdiff.cli.main, before torch is imported
+        from hpcdiff.parallel.malloc_env import keep_batch_buffers
+        from hpcdiff.parallel.omp_env import passive_omp_waits
+
+        passive_omp_waits()
+        setup = f"malloc thresholds raised: {keep_batch_buffers()}"
+    setup = f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, {setup}"
     if args.baseline is None:
         args.baseline = subprocess.run(
             ["git", "-C", str(ROOT), "merge-base", "HEAD", "main"],
@@ -890,7 +909,7 @@ def main(argv: list[str] | None = None) -> int:
     LAYOUT.update(detector=args.detector, distance_m=args.distance_m)
     print(
         f"baseline {args.baseline}; this checkout {ROOT}; detector {args.detector} at "
-        f"{args.distance_m:g} m",
+        f"{args.distance_m:g} m; this process: {setup}",
         flush=True,
     )
     frames, model = cspad_frames(args.frames)
