@@ -1056,18 +1056,13 @@ class StandardKernel:
         finite: a bound on each float32 intermediate (float64, with a margin) below the
         largest float32."""
         info = np.iinfo(dtype)
-        adu = float(max(abs(int(info.min)), int(info.max)))
-        with np.errstate(all="ignore"):
-            steps = np.array(
-                [
-                    adu * self.max_evtab,
-                    adu * self.max_evtab * float(inv_e),
-                    adu * self.max_evtab * float(inv_e) + float(np.abs(offset).max()),
-                ]
-            )
-            steps = np.append(steps, steps[-1] / abs(float(unit)))
-            steps = np.append(steps, steps[-1] * self.max_inv_pol)
-        return bool(np.isfinite(steps).all() and steps.max() < 0.5 * UNUSED)
+        top = 0.5 * UNUSED
+        m1 = max(-float(info.min), float(info.max)) * self.max_evtab  # |raw * ev|
+        m2 = m1 * float(inv_e) + float(np.abs(offset).max())  # photons less the level
+        m3 = m2 / abs(float(unit))
+        m4 = m3 * self.max_inv_pol
+        # NaN compares False: a NaN bound (a NaN map or level) is not finite
+        return bool(m1 < top and m2 < top and m3 < top and m4 < top)
 
     def _scratch(self) -> _Scratch:
         s = getattr(self._local, "scratch", None)
