@@ -28,16 +28,19 @@ threads run frames concurrently; each thread has its own scratch buffers.
 numba compiles the kernels on first use and caches them on disk (``cache=True``); without
 numba, :func:`StandardKernel.build` returns None and the numpy chain runs.
 
-Measured (``benchmarks/bench_throughput.py --frames 16 --batch 8 --repeats 5 --only
-preprocess``, 16 CSPAD int16 frames, one thread, 2-core machine shared with other jobs,
-medians of interleaved subprocesses): 25.4 ms CPU per frame against 38.2 for the numpy chain
-(1.50x) and 97.2 for the code of e4e1a71 (3.83x), images within 2.4e-7.  Per kernel (CPU
-ms per frame): pass 1 6.4, corrected grid pixels and backgrounds 3.3, cell sums 2.9,
-noise sample 2.8, common-mode levels 2.6, clipped ring moments 2.5, noise units 1.2, the
-rest 3.  One-time costs: compiling all kernels 4.1 s CPU (once per installation and
+Measured (``benchmarks/bench_throughput.py --frames 16 --batch 8 --repeats 3 --baseline
+fe5a3e2 --only preprocess prep-stages``, 16 CSPAD int16 frames at 0.1 m, one thread, 2-core
+machine shared with other jobs, medians of interleaved subprocesses): 19.8 ms CPU per
+frame against 31.4 for the numpy chain (1.59x) and 22.8 for fe5a3e2's kernel (1.15x),
+images equal to fe5a3e2's and within 2.4e-7 of the numpy chain's (at 0.15 m, twice the
+grid pixels: 26.9 against 30.7, 1.14x).  Per stage (``--only prep-stages``; CPU ms per
+frame at 0.1 m): pass 1 5.1, grid pixels' corrections and backgrounds 2.6, common-mode
+levels 2.5, noise sample 2.2, clipped ring statistics 2.0, cell sums 1.6, ring means and
+guard 1.1, noise units 0.9, dropped pixels 0.65, the rest 1.3; the read before it (lz4,
+``read_raw``) 3.1.  One-time costs: compiling all kernels 4.1 s CPU (once per installation and
 numba version: the cache), loading them from the cache 0.3 s, building the kernel's
 per-detector arrays 1.1 s (CSPAD; in ``Preprocessor.prepare``).  The loops that gather
-through a ring or ASIC index (pass 1, the samples, the cell sums) stay scalar; a
+through a ring or ASIC index (pass 1, the samples) stay scalar; a
 vectorised pass needs its inputs without gathers (:func:`_noise_units`).
 """
 
