@@ -144,7 +144,7 @@ def test_common_mode_levels_equal_the_plan_bit_for_bit(model, integer):
     inv_e = np.float32(1 / ENERGY_EV)
     want = fast.plan.levels(fast._photons(raw, inv_e), threshold=fast.threshold)
     got = np.full(kernel.n_asics, np.nan, np.float32)
-    s = kernel._scratch()
+    s = kernel._take()
     cpu_standard._levels(
         raw.reshape(-1), kernel.voters, kernel.vstarts, kernel.early, kernel.estarts,
         kernel.asics, kernel.scale, integer and kernel.hist_ok, kernel.ev, kernel.ped,
@@ -234,3 +234,30 @@ def test_cell_sums_one_entry_per_pixel_and_general(model, size, one_cell):
     assert kernel is not None and kernel.one_cell is one_cell
     frames = np.round(adu_frames(model, 2, seed=5)).astype(np.int16)
     check(model, frames, cfg)
+
+
+def test_scratch_buffers_are_reused_across_threads(model):
+    """Preprocessor threads are new for every batch: their frame-sized scratch buffers
+    are pooled, not made again per thread (one set per call under way)."""
+    import threading
+
+    fused, _ = preprocessors(model)
+    kernel = fused.standard_kernel
+    assert kernel is not None
+    frames = np.round(adu_frames(model, 4, seed=7)).astype(np.int16)
+    want = fused(frames, photon_energy_ev=ENERGY_EV)
+    assert len(kernel._pool) == 1
+
+    def one(i: int) -> None:
+        got = kernel.image(frames[i], photon_energy_ev=ENERGY_EV, min_excess=5.0)
+        np.testing.assert_allclose(got, want[i], atol=2e-6)
+
+    for i in range(2):  # one thread after another: the same set
+        t = threading.Thread(target=one, args=(i,))
+        t.start()
+        t.join()
+    assert len(kernel._pool) == 1
+    two = fused.__class__(model, STANDARD, threads=2)
+    two._kernel, two._kernel_built = kernel, True  # the same kernel, two threads at once
+    np.testing.assert_allclose(two(frames, photon_energy_ev=ENERGY_EV), want, atol=2e-6)
+    assert 1 <= len(kernel._pool) <= 2

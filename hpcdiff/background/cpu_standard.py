@@ -1040,7 +1040,10 @@ class StandardKernel:
             np.int64
         )
         self.max_inv_pol = float(np.abs(self.inv_pol).max()) if n_pix else 0.0
-        self._local = threading.local()
+        # scratch buffers of the calls under way, reused by later calls in any thread
+        # (Preprocessor threads are new for every batch)
+        self._pool: list[_Scratch] = []
+        self._pool_lock = threading.Lock()
 
     @classmethod
     def build(cls, chain: Any, corrections: Any) -> StandardKernel | None:
@@ -1067,11 +1070,16 @@ class StandardKernel:
         # NaN compares False: a NaN bound (a NaN map or level) is not finite
         return bool(m1 < top and m2 < top and m3 < top and m4 < top)
 
-    def _scratch(self) -> _Scratch:
-        s = getattr(self._local, "scratch", None)
-        if s is None:
-            s = self._local.scratch = _Scratch(self)
-        return s
+    def _take(self) -> _Scratch:
+        """A free set of scratch buffers (made when every set is in use)."""
+        with self._pool_lock:
+            if self._pool:
+                return self._pool.pop()
+        return _Scratch(self)
+
+    def _give(self, s: _Scratch) -> None:
+        with self._pool_lock:
+            self._pool.append(s)
 
     def sums(
         self,
@@ -1105,12 +1113,27 @@ class StandardKernel:
         """
         if raw.shape != self.shape:
             raise ValueError(f"frame shape {raw.shape}, the detector slab is {self.shape}")
+        s = self._take()
+        try:
+            return self._sums(s, raw, photon_energy_ev, min_excess, unit, stages)
+        finally:
+            self._give(s)
+
+    def _sums(
+        self,
+        s: _Scratch,
+        raw: np.ndarray,
+        photon_energy_ev: float,
+        min_excess: float,
+        unit: float,
+        stages: dict[str, float] | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`sums` with the scratch buffers ``s``."""
         lap = _Laps(stages)
         flat = np.ascontiguousarray(raw).reshape(-1)
         integer = np.issubdtype(flat.dtype, np.integer)
         if not (integer or np.issubdtype(flat.dtype, np.floating)):
             flat = flat.astype(np.float32)
-        s = self._scratch()
         inv_e = np.float32(1.0 / photon_energy_ev)
         if self.n_asics:
             s.level[:] = np.nan
