@@ -634,9 +634,13 @@ def vgg_rows(frames: np.ndarray, model: Any, tmp: Path, batch: int, repeats: int
 
     def end_to_end() -> None:
         with FrameSource([path]) as src:
+            first = [True]
 
             def read(a: int, b: int) -> np.ndarray:
-                return pre(src.read_raw(a, b), photon_energy_ev=ENERGY_EV)
+                # as the Featurizer: the first batch, which VGG16 waits for, on its threads too
+                fill = torch.get_num_threads() if first[0] else None
+                first[0] = False
+                return pre(src.read_raw(a, b), photon_energy_ev=ENERGY_EV, threads=fill)
 
             ranges = [(a, min(a + batch, n)) for a in range(0, n, batch)]
             with Prefetcher(read, ranges, depth=2) as pf:
@@ -724,13 +728,20 @@ ranges = [(a, min(a + batch, n)) for a in range(0, n, batch)]
 def alone():
     ex.extract(images)
 
+import inspect
+# as that revision's Featurizer: the first batch on the CNN's threads too, where it can
+fill = "threads" in inspect.signature(pre.__call__).parameters
+
 def prefetch(torch_threads=threads):
     torch.set_num_threads(torch_threads)
+    first = [fill]
     try:
         with FrameSource([cxi]) as src:
             read = getattr(src, "read_raw", src.read)
             def job(a, b):
-                return pre(read(a, b), photon_energy_ev=9500.0)
+                kw = {"threads": max(1, torch_threads)} if first[0] else {}
+                first[0] = False
+                return pre(read(a, b), photon_energy_ev=9500.0, **kw)
             with Prefetcher(job, ranges, depth=2) as pf:
                 for imgs in pf:
                     ex.extract(imgs)
