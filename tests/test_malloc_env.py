@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import subprocess
 import sys
@@ -28,8 +29,9 @@ print(faults() - before)
 
 
 def _faults(mode: str) -> int:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, check=True, env=env
     )
     return int(out.stdout.split()[-1])
 
@@ -43,5 +45,9 @@ def test_freed_batches_are_reused_not_faulted_in_again():
     assert on <= off // 10
 
 
-def test_returns_whether_it_applies():
+def test_returns_whether_it_applies(monkeypatch):
+    monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
     assert keep_batch_buffers() is (platform.libc_ver()[0] == "glibc")
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")  # the user's own tuning wins
+    assert keep_batch_buffers() is False

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
 
 #: ``mallopt`` parameters (glibc ``malloc.h``).
@@ -46,9 +47,13 @@ def keep_batch_buffers(
     Returns
     -------
     bool
-        True when both were set (glibc), False elsewhere (nothing changes).
+        True when both were set (glibc), False elsewhere (nothing changes), and where
+        the user tunes glibc's thresholds already (``MALLOC_MMAP_THRESHOLD_`` or
+        ``MALLOC_TRIM_THRESHOLD_`` set: glibc read them at start-up).
     """
     if platform.libc_ver()[0] != "glibc":
+        return False
+    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
         return False
     name = ctypes.util.find_library("c")
     if name is None:
