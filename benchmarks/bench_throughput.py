@@ -4,7 +4,10 @@ Usage::
 
     python benchmarks/bench_throughput.py [--frames 16] [--batch 8] [--repeats 3]
                                           [--baseline REV] [--skip-vgg]
-                                          [--only startup read preprocess vgg vgg-variants]
+                                          [--only startup read preprocess prep-stages vgg
+                                                  vgg-variants]
+                                          [--detector cspad|small] [--distance-m 0.1]
+                                          [--bare-process]
 
 Every row is the median of ``repeats`` timed passes, CPU time (``time.process_time``,
 all threads of the process) beside wall time; every ratio is of two rows measured in this
@@ -19,6 +22,8 @@ int16 ADU (the Cheetah layout), cached under ``/tmp/hpcdiff-throughput-cache``.
    the images of both are compared (target >= 3x for the default, seed no slower); for the
    standard recipe also this checkout's numpy chain (``Preprocessor.cpu_kernel = False``)
    beside its fused numba kernel;
+2b. prep-stages: CPU ms per frame of the read and of each stage of the fused kernel
+   (:data:`hpcdiff.background.cpu_standard.STAGES`), what the reader thread costs;
 3. VGG16: images per second at ``batch`` against the bf16 (native bf16 CPUs) or fp32
    matmul bound measured here, interleaved (same process, same threads): the fraction of
    the bound's FLOP rate (target >= 70%); the fused path (default) beside the eager one,
@@ -28,6 +33,10 @@ int16 ADU (the Cheetah layout), cached under ``/tmp/hpcdiff-throughput-cache``.
 4. end to end: read + preprocess (prefetch thread) + VGG16 on ``frames`` frames against
    VGG16 alone on as many images, same layer, batch and threads (target >= 0.8x);
 5. start-up: CPU seconds of ``hpcdiff --help`` against ``python -c pass``.
+
+This process gets the command line's set-up first (:mod:`hpcdiff.parallel.omp_env`,
+:mod:`hpcdiff.parallel.malloc_env`) unless ``--bare-process``; ``--only e2e`` runs its
+subprocesses with either wait policy, each revision with its own malloc set-up.
 """
 
 from __future__ import annotations
@@ -77,20 +86,40 @@ def show(rows: list[Row], metric: str, value: float, unit: str, note: str = "") 
 # --------------------------------------------------------------------------- data
 
 
-def cspad_frames(n: int) -> tuple[np.ndarray, Any]:
-    """``(n, 1480, 1552)`` int16 ADU frames of the built-in CSPAD simulation, and the
-    detector model."""
+#: The simulated detector of this run (``--detector``, ``--distance-m``): frames, the
+#: preprocessing subprocesses and the end-to-end rows all use it.
+LAYOUT: dict[str, Any] = {"detector": "cspad", "distance_m": 0.1}
+
+
+def simulate_config(n: int) -> Any:
     from hpcdiff.config import SimulateConfig
+
+    return SimulateConfig(
+        detector=LAYOUT["detector"],
+        detector_distance_m=LAYOUT["distance_m"],
+        n_frames=n,
+        seed=0,
+    )
+
+
+def cspad_frames(n: int) -> tuple[np.ndarray, Any]:
+    """``(n, n_ss, n_fs)`` int16 ADU frames of the built-in simulation of :data:`LAYOUT`
+    (CSPAD, 1480 x 1552, at 0.1 m unless told otherwise), and the detector model."""
     from hpcdiff.geometry import DetectorModel
     from hpcdiff.simulate import build_simulator
     from hpcdiff.simulate.experiment import simulated_geometry
 
-    cfg = SimulateConfig(detector="cspad", n_frames=n, seed=0)
+    cfg = simulate_config(n)
     geom = simulated_geometry(cfg)
     model = DetectorModel.build(
         geom, clen_m=cfg.detector_distance_m, photon_energy_ev=cfg.photon_energy_ev
     )
-    path = CACHE / f"cspad_int16_{n}.npy"
+    name = (
+        "cspad"
+        if (cfg.detector, cfg.detector_distance_m) == ("cspad", 0.1)
+        else (f"{cfg.detector}_{cfg.detector_distance_m:g}m")
+    )
+    path = CACHE / f"{name}_int16_{n}.npy"
     if path.is_file():
         return np.load(path), model
     sim = build_simulator(cfg, geom)
@@ -158,14 +187,14 @@ def reader_rows(frames: np.ndarray, tmp: Path, batch: int, repeats: int) -> list
 _WORKER = r"""
 import json, sys, time, statistics
 import numpy as np
-root, frames_path, recipe, repeats, out = sys.argv[1:6]
-numpy_chain = sys.argv[6:7] == ["numpy"]
+root, frames_path, recipe, repeats, out, detector, distance = sys.argv[1:8]
+numpy_chain = sys.argv[8:9] == ["numpy"]
 sys.path.insert(0, root)
 from hpcdiff.config import BackgroundConfig, SimulateConfig
 from hpcdiff.geometry import DetectorModel
 from hpcdiff.preprocess import Preprocessor
 from hpcdiff.simulate.experiment import simulated_geometry
-cfg = SimulateConfig(detector="cspad", n_frames=1, seed=0)
+cfg = SimulateConfig(detector=detector, detector_distance_m=float(distance), n_frames=1, seed=0)
 geom = simulated_geometry(cfg)
 model = DetectorModel.build(geom, clen_m=cfg.detector_distance_m, photon_energy_ev=cfg.photon_energy_ev)
 frames = np.load(frames_path)
@@ -223,6 +252,8 @@ def preprocess_rows(frames: np.ndarray, tmp: Path, baseline: str, repeats: int) 
                         recipe,
                         str(repeats),
                         str(out),
+                        LAYOUT["detector"],
+                        str(LAYOUT["distance_m"]),
                         *(["numpy"] if name.endswith("numpy chain") else []),
                     ],
                     capture_output=True,
@@ -260,6 +291,95 @@ def preprocess_rows(frames: np.ndarray, tmp: Path, baseline: str, repeats: int) 
                 "x (CPU)",
                 f"wall {wall['ours numpy chain'] / wall['ours']:.2f}x; images max |diff| {np.abs(b - c).max():.1e}",
             )
+    return rows
+
+
+def prep_stage_rows(frames: np.ndarray, model: Any, tmp: Path, repeats: int) -> list[Row]:
+    """Where the CPU time of read + preprocess goes, per frame, in this checkout.
+
+    The read (:meth:`FrameSource.read_raw` into a reused buffer, lz4 and uncompressed,
+    one frame at a time as the reader thread does per batch), then the stages of the
+    fused kernel (:data:`~hpcdiff.background.cpu_standard.STAGES`: each kernel call timed
+    by the thread's CPU clock, in the same pass over the same frames), then what
+    :class:`~hpcdiff.preprocess.Preprocessor` adds around the kernel.  Medians over
+    ``repeats`` passes over all frames; CPU ms per frame.
+    """
+    from hpcdiff.background.cpu_standard import STAGES
+    from hpcdiff.config import BackgroundConfig
+    from hpcdiff.io.cxi import FrameSource, write_cxi
+    from hpcdiff.preprocess import Preprocessor
+
+    rows: list[Row] = []
+    n = len(frames)
+    read_ms: dict[str, float] = {}
+    for compression in ("lz4", "none"):
+        path = write_cxi(tmp / f"stages_{compression}.cxi", frames, compression=compression)
+        with FrameSource([path]) as src:
+            buf = np.empty((1, *src.slab_shape), dtype=src.dtype)
+
+            def read(src: Any = src, buf: np.ndarray = buf) -> None:
+                for i in range(n):
+                    src.read_raw(i, i + 1, out=buf)
+
+            cpu, wall = timed(read, repeats)
+        read_ms[compression] = 1e3 * cpu / n
+        show(
+            rows,
+            f"stage: read {compression} (read_raw, {frames.dtype})",
+            read_ms[compression],
+            "CPU ms/frame",
+            f"wall {1e3 * wall / n:.2f} ms/frame",
+        )
+    pre = Preprocessor(model, BackgroundConfig(), threads=1)
+    pre.prepare()
+    kernel = pre.standard_kernel
+    if kernel is None:
+        show(rows, "stage: no fused kernel (numba missing?)", float("nan"), "")
+        return rows
+    energy = np.full(n, ENERGY_EV)
+    min_excess = pre.bragg_min_excess(energy, n)
+    unit = pre._photon_unit(energy, n)
+
+    def stages_pass() -> dict[str, float]:
+        got: dict[str, float] = {}
+        for i in range(n):
+            kernel.image(
+                frames[i],
+                photon_energy_ev=ENERGY_EV,
+                min_excess=float(min_excess[i]),
+                unit=float(unit[i]),
+                stages=got,
+            )
+        return got
+
+    stages_pass()  # warm-up
+    passes = [stages_pass() for _ in range(repeats)]
+    calls = []
+    for _ in range(repeats):
+        c0 = time.thread_time()
+        pre(frames, photon_energy_ev=ENERGY_EV)
+        calls.append(time.thread_time() - c0)
+    total = 0.0
+    for name in STAGES:
+        ms = 1e3 * statistics.median(p.get(name, 0.0) for p in passes) / n
+        total += ms
+        show(rows, f"stage: {name}", ms, "CPU ms/frame")
+    call_ms = 1e3 * statistics.median(calls) / n
+    show(rows, "stage: kernel stages, sum", total, "CPU ms/frame")
+    show(
+        rows,
+        "stage: Preprocessor call (one thread)",
+        call_ms,
+        "CPU ms/frame",
+        f"{call_ms - total:+.2f} around the kernel",
+    )
+    show(
+        rows,
+        "stage: read lz4 + preprocess",
+        read_ms["lz4"] + call_ms,
+        "CPU ms/frame",
+        "what the reader thread costs per frame",
+    )
     return rows
 
 
@@ -514,9 +634,13 @@ def vgg_rows(frames: np.ndarray, model: Any, tmp: Path, batch: int, repeats: int
 
     def end_to_end() -> None:
         with FrameSource([path]) as src:
+            first = [True]
 
             def read(a: int, b: int) -> np.ndarray:
-                return pre(src.read_raw(a, b), photon_energy_ev=ENERGY_EV)
+                # as the Featurizer: the first batch, which VGG16 waits for, on its threads too
+                fill = torch.get_num_threads() if first[0] else None
+                first[0] = False
+                return pre(src.read_raw(a, b), photon_energy_ev=ENERGY_EV, threads=fill)
 
             ranges = [(a, min(a + batch, n)) for a in range(0, n, batch)]
             with Prefetcher(read, ranges, depth=2) as pf:
@@ -570,6 +694,160 @@ def vgg_rows(frames: np.ndarray, model: Any, tmp: Path, batch: int, repeats: int
     return rows
 
 
+_E2E_WORKER = r"""
+import json, os, sys, time, statistics
+import numpy as np
+root, frames_path, cxi, batch, repeats, weights, detector, distance, ways = sys.argv[1:10]
+sys.path.insert(0, root)
+try:  # the process set-up of that revision's command line (not in older revisions)
+    from hpcdiff.parallel.malloc_env import keep_batch_buffers
+    keep_batch_buffers()
+except ImportError:
+    pass
+import torch
+from hpcdiff.config import BackgroundConfig, SimulateConfig
+from hpcdiff.features.extractor import FeatureExtractor
+from hpcdiff.geometry import DetectorModel
+from hpcdiff.io.cxi import FrameSource
+from hpcdiff.parallel.prefetch import Prefetcher
+from hpcdiff.preprocess import Preprocessor
+from hpcdiff.simulate.experiment import simulated_geometry
+cfg = SimulateConfig(detector=detector, detector_distance_m=float(distance), n_frames=1, seed=0)
+geom = simulated_geometry(cfg)
+model = DetectorModel.build(geom, clen_m=cfg.detector_distance_m, photon_energy_ev=cfg.photon_energy_ev)
+frames = np.load(frames_path)
+n, batch = len(frames), int(batch)
+pre = Preprocessor(model, BackgroundConfig(), threads=1)
+if hasattr(pre, "prepare"):
+    pre.prepare()
+images = pre(frames, photon_energy_ev=9500.0)
+ex = FeatureExtractor(weights, layer="pool5", device="cpu", batch_size=batch)
+threads = torch.get_num_threads()
+ranges = [(a, min(a + batch, n)) for a in range(0, n, batch)]
+
+def alone():
+    ex.extract(images)
+
+import inspect
+# as that revision's Featurizer: the first batch on the CNN's threads too, where it can
+fill = "threads" in inspect.signature(pre.__call__).parameters
+
+def prefetch(torch_threads=threads):
+    torch.set_num_threads(torch_threads)
+    first = [fill]
+    try:
+        with FrameSource([cxi]) as src:
+            read = getattr(src, "read_raw", src.read)
+            def job(a, b):
+                kw = {"threads": max(1, torch_threads)} if first[0] else {}
+                first[0] = False
+                return pre(read(a, b), photon_energy_ev=9500.0, **kw)
+            with Prefetcher(job, ranges, depth=2) as pf:
+                for imgs in pf:
+                    ex.extract(imgs)
+    finally:
+        torch.set_num_threads(threads)
+
+all_ways = {"alone": alone, "prefetch": prefetch,
+            "prefetch-torch1": lambda: prefetch(max(threads - 1, 1))}
+chosen = {k: all_ways[k] for k in ways.split(",")}
+for fn in chosen.values():
+    fn()
+got = {k: [] for k in chosen}
+for _ in range(int(repeats)):
+    for k, fn in chosen.items():
+        c0, w0 = time.process_time(), time.perf_counter()
+        fn()
+        got[k].append((time.process_time() - c0, time.perf_counter() - w0))
+print(json.dumps({k: v for k, v in got.items()}))
+"""
+
+
+def e2e_rows(
+    frames: np.ndarray, tmp: Path, baseline: str, batch: int, repeats: int, rounds: int = 2
+) -> list[Row]:
+    """End to end against VGG16 alone, this checkout beside ``baseline`` and libgomp's
+    default wait policy beside ``OMP_WAIT_POLICY=PASSIVE`` (what this checkout's command
+    line sets; its malloc settings, :mod:`hpcdiff.parallel.malloc_env`, are applied
+    where the revision has them), each in its own subprocess
+    (the policy is read once, when torch loads libgomp), the subprocesses alternating
+    ``rounds`` times; inside each, VGG16 alone and the pipeline interleaved ``repeats``
+    times.  Ratios are of medians within one subprocess (same threads, same moment);
+    beside the wall-clock ratio, the CPU-time ratio (what the ratio would be on cores
+    nobody else uses, when neither side leaves a core idle)."""
+    from hpcdiff.io.cxi import write_cxi
+
+    rows: list[Row] = []
+    frames_path = tmp / "e2e_frames.npy"
+    np.save(frames_path, frames)
+    cxi = write_cxi(tmp / "e2e_worker.cxi", frames, compression="lz4")
+    worker = tmp / "e2e_worker.py"
+    worker.write_text(_E2E_WORKER)
+    base_root = export_revision(baseline, tmp / "e2e_baseline")
+    weights = str(WEIGHTS) if WEIGHTS.is_file() else "random:0"
+    configs = [
+        ("baseline", base_root, None),
+        ("ours", ROOT, None),
+        ("baseline", base_root, "PASSIVE"),
+        ("ours", ROOT, "PASSIVE"),
+    ]
+    got: dict[tuple[str, str | None], dict[str, list[list[float]]]] = {}
+    for _ in range(rounds):
+        for name, root, policy in configs:
+            env = {
+                k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "OMP_WAIT_POLICY")
+            }
+            if policy:
+                env["OMP_WAIT_POLICY"] = policy
+            res = subprocess.run(
+                [
+                    sys.executable,
+                    str(worker),
+                    str(root),
+                    str(frames_path),
+                    str(cxi),
+                    str(batch),
+                    str(repeats),
+                    weights,
+                    LAYOUT["detector"],
+                    str(LAYOUT["distance_m"]),
+                    "alone,prefetch,prefetch-torch1",
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            )
+            out = json.loads(res.stdout.strip().splitlines()[-1])
+            acc = got.setdefault((name, policy), {})
+            for k, v in out.items():
+                acc.setdefault(k, []).extend(v)
+    n = len(frames)
+    for (name, policy), ways in got.items():
+        label = f"{name}, OMP wait {policy or 'default'}"
+        a_cpu = statistics.median(c for c, _ in ways["alone"])
+        a_wall = statistics.median(w for _, w in ways["alone"])
+        show(
+            rows,
+            f"e2e {label}: VGG16 alone",
+            n / a_wall,
+            "images/s",
+            f"{1e3 * a_cpu / n:.1f} CPU ms/image",
+        )
+        for way in ("prefetch", "prefetch-torch1"):
+            c = statistics.median(c for c, _ in ways[way])
+            w = statistics.median(w for _, w in ways[way])
+            show(
+                rows,
+                f"e2e {label}: {way} / VGG16 alone",
+                a_wall / w,
+                "x (wall)",
+                f"CPU {a_cpu / c:.2f}x; {1e3 * c / n:.1f} CPU ms/frame; {n / w:.1f} frames/s; "
+                "target >= 0.8",
+            )
+    return rows
+
+
 # --------------------------------------------------------------------------- 5. start-up
 
 
@@ -606,11 +884,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--only",
         nargs="+",
-        choices=("startup", "read", "preprocess", "vgg", "vgg-variants"),
+        choices=("startup", "read", "preprocess", "prep-stages", "vgg", "e2e", "vgg-variants"),
         help="run only these parts (vgg-variants: only when named)",
     )
+    p.add_argument(
+        "--detector",
+        choices=("cspad", "small"),
+        default="cspad",
+        help="simulated detector (a layout to check the numbers on besides CSPAD)",
+    )
+    p.add_argument("--distance-m", type=float, default=0.1, help="simulated detector distance, m")
     p.add_argument("--json", type=Path, help="write the rows here")
+    p.add_argument(
+        "--bare-process",
+        action="store_true",
+        help="skip the command line's process set-up (OMP wait policy, malloc thresholds) "
+        "in this process",
+    )
     args = p.parse_args(argv)
+    setup = "bare process"
+    if not args.bare_process:  # as hpcdiff.cli.main, before torch is imported
+        from hpcdiff.parallel.malloc_env import keep_batch_buffers
+        from hpcdiff.parallel.omp_env import passive_omp_waits
+
+        passive_omp_waits()
+        setup = f"malloc thresholds raised: {keep_batch_buffers()}"
+    setup = f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'default')}, {setup}"
     if args.baseline is None:
         args.baseline = subprocess.run(
             ["git", "-C", str(ROOT), "merge-base", "HEAD", "main"],
@@ -618,12 +917,17 @@ def main(argv: list[str] | None = None) -> int:
             text=True,
             check=True,
         ).stdout.strip()
-    print(f"baseline {args.baseline}; this checkout {ROOT}", flush=True)
+    LAYOUT.update(detector=args.detector, distance_m=args.distance_m)
+    print(
+        f"baseline {args.baseline}; this checkout {ROOT}; detector {args.detector} at "
+        f"{args.distance_m:g} m; this process: {setup}",
+        flush=True,
+    )
     frames, model = cspad_frames(args.frames)
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="hpcdiff-throughput-") as d:
         tmp = Path(d)
-        parts = set(args.only or ("startup", "read", "preprocess", "vgg"))
+        parts = set(args.only or ("startup", "read", "preprocess", "prep-stages", "vgg"))
         if args.skip_vgg:
             parts.discard("vgg")
         if "startup" in parts:
@@ -632,8 +936,12 @@ def main(argv: list[str] | None = None) -> int:
             rows += reader_rows(frames, tmp, args.batch, args.repeats)
         if "preprocess" in parts:
             rows += preprocess_rows(frames, tmp, args.baseline, args.repeats)
+        if "prep-stages" in parts:
+            rows += prep_stage_rows(frames, model, tmp, args.repeats)
         if "vgg" in parts:
             rows += vgg_rows(frames, model, tmp, args.batch, args.repeats)
+        if "e2e" in parts:
+            rows += e2e_rows(frames, tmp, args.baseline, args.batch, args.repeats)
         if "vgg-variants" in parts:
             rows += vgg_variant_rows(args.batch, args.repeats)
     if args.json:

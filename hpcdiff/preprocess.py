@@ -602,7 +602,7 @@ class Preprocessor:
             limit=self.limit,
         )
 
-    def __call__(self, frames: Any, *, photon_energy_ev: Any) -> Any:
+    def __call__(self, frames: Any, *, photon_energy_ev: Any, threads: int | None = None) -> Any:
         """CNN images of raw frames.
 
         Parameters
@@ -612,6 +612,9 @@ class Preprocessor:
             :attr:`threads` threads; the radial chain in ring order) or cupy (one batch).
         photon_energy_ev
             Scalar or ``(n,)`` photon energy of each frame, eV.
+        threads
+            CPU threads for this call's numpy frames instead of :attr:`threads` (e.g. all
+            the CNN's while it waits for its first batch).
 
         Returns
         -------
@@ -620,7 +623,7 @@ class Preprocessor:
             Frame ``i``'s image depends on frame ``i`` alone.
         """
         if array_module(frames) is np:
-            return self._numpy_images(frames, photon_energy_ev)
+            return self._numpy_images(frames, photon_energy_ev, threads=threads)
         return self._slab_images(frames, photon_energy_ev)
 
     def _slab_images(self, frames: Any, photon_energy_ev: Any) -> Any:
@@ -688,7 +691,9 @@ class Preprocessor:
             return np.full(n, self.cfg.bragg_min_photons)
         return self._photon_unit(photon_energy_ev, n) * self.cfg.bragg_min_photons
 
-    def _numpy_images(self, frames: np.ndarray, photon_energy_ev: Any) -> np.ndarray:
+    def _numpy_images(
+        self, frames: np.ndarray, photon_energy_ev: Any, *, threads: int | None = None
+    ) -> np.ndarray:
         """The numpy path of :meth:`__call__`: one frame at a time, on :attr:`threads`.
 
         With the radial background, :meth:`correct` then :attr:`ring_order` (the same
@@ -748,15 +753,15 @@ class Preprocessor:
             def image(i: int) -> None:
                 out[i : i + 1] = self._slab_images(frames[i : i + 1], energy[i : i + 1])
 
-        self._each(image, n)
+        self._each(image, n, threads=threads)
         return out
 
-    def _each(self, fn: Callable[[int], None], n: int) -> None:
+    def _each(self, fn: Callable[[int], None], n: int, *, threads: int | None = None) -> None:
         """``fn(i)`` for ``i`` in ``range(n)``, on up to :attr:`threads` threads.
 
         The first exception of any call is raised here, once every call has ended.
         """
-        workers = min(self.threads, n)
+        workers = min(self.threads if threads is None else max(int(threads), 1), n)
         if workers <= 1:
             for i in range(n):
                 fn(i)

@@ -144,7 +144,7 @@ def test_common_mode_levels_equal_the_plan_bit_for_bit(model, integer):
     inv_e = np.float32(1 / ENERGY_EV)
     want = fast.plan.levels(fast._photons(raw, inv_e), threshold=fast.threshold)
     got = np.full(kernel.n_asics, np.nan, np.float32)
-    s = kernel._scratch()
+    s = kernel._take()
     cpu_standard._levels(
         raw.reshape(-1), kernel.voters, kernel.vstarts, kernel.early, kernel.estarts,
         kernel.asics, kernel.scale, integer and kernel.hist_ok, kernel.ev, kernel.ped,
@@ -163,3 +163,101 @@ def test_cspad_int16_frames_equal_the_reference():
     bad = np.zeros(cspad.slab_shape, bool)
     bad[100:103, :] = True
     check(cspad, frames, bad_pixel_mask=bad)
+
+
+def _clipped_thresholds_reference(noise, starts, sigma, max_iter, bragg_sigma, min_excess):
+    """Every clipping pass, in float64 numpy (no early end)."""
+    out = np.empty(starts.size - 1, np.float64)
+    for r in range(starts.size - 1):
+        v = noise[starts[r] : starts[r + 1]].astype(np.float64)
+        v = v[v < cpu_standard.UNUSED / 2]
+        lo, hi, mean, std = -np.inf, np.inf, np.nan, np.nan
+        for _ in range(max_iter + 1):
+            sel = v[(v >= lo) & (v <= hi)]
+            if sel.size == 0:
+                mean = std = np.nan
+                break
+            mean = sel.mean()
+            std = np.sqrt(max((sel * sel).mean() - mean * mean, 0.0))
+            lo, hi = mean - sigma * std, mean + sigma * std
+        out[r] = mean + max(bragg_sigma * std, min_excess)
+    return out
+
+
+def test_bragg_thresholds_early_end_equals_every_pass():
+    """The clipped statistics stop once a pass repeats the last moments; the thresholds
+    are those of all ``max_iter + 1`` passes (rings that converge at once, late, or have
+    outliers, an empty ring, one of UNUSED values only)."""
+    cpu_standard._compile()
+    rng = np.random.default_rng(3)
+    rings = [
+        rng.normal(2.0, 0.5, 400),
+        np.concatenate([rng.normal(1.0, 0.3, 300), [40.0, 55.0, 80.0]]),
+        np.concatenate([rng.normal(0.0, 1.0, 200), rng.normal(4.0, 1.0, 60)]),
+        np.array([], np.float64),
+        np.full(5, cpu_standard.UNUSED),
+        np.concatenate([rng.poisson(0.2, 500).astype(float), [cpu_standard.UNUSED] * 3]),
+    ]
+    noise = np.concatenate(rings).astype(np.float32)
+    starts = np.cumsum([0] + [len(r) for r in rings]).astype(np.int64)
+    got = np.full(len(rings), np.inf, np.float32)
+    cpu_standard._bragg_thresholds(noise, starts, 3.0, 3, 5.0, 0.5, got)
+    want = _clipped_thresholds_reference(noise, starts, 3.0, 3, 5.0, 0.5)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(got[ok], want[ok], rtol=1e-6)
+
+
+def test_pass1_skips_the_finiteness_test_only_where_bounded(model):
+    """Integer ADU times finite maps are finite unless an intermediate could pass the
+    float32 range (a tiny photon unit, a huge level)."""
+    kernel = Preprocessor(model, STANDARD).standard_kernel
+    assert kernel is not None and kernel.evtab.size
+    offset = np.zeros(kernel.n_asics + 1, np.float32)
+    inv_e = np.float32(1 / ENERGY_EV)
+    one = np.float32(1)
+    assert kernel._always_finite(np.dtype(np.int16), offset, inv_e, one)
+    assert kernel._always_finite(np.dtype(np.int32), offset, inv_e, one)
+    assert not kernel._always_finite(np.dtype(np.int16), offset, inv_e, np.float32(1e-38))
+    offset[0] = np.float32(3e38)
+    assert not kernel._always_finite(np.dtype(np.int16), offset, inv_e, one)
+    offset[0] = np.inf
+    assert not kernel._always_finite(np.dtype(np.int16), offset, inv_e, one)
+
+
+@pytest.mark.parametrize("size, one_cell", [(64, True), (224, False)])
+def test_cell_sums_one_entry_per_pixel_and_general(model, size, one_cell):
+    """Grids coarse enough that every pixel lies in one cell take the in-order scatter
+    (:func:`_cells_one`), the others the CSR product: both equal the numpy chain."""
+    cfg = dataclasses.replace(STANDARD, image_size_px=size)
+    kernel = Preprocessor(model, cfg).standard_kernel
+    assert kernel is not None and kernel.one_cell is one_cell
+    frames = np.round(adu_frames(model, 2, seed=5)).astype(np.int16)
+    check(model, frames, cfg)
+
+
+def test_scratch_buffers_are_reused_across_threads(model):
+    """Preprocessor threads are new for every batch: their frame-sized scratch buffers
+    are pooled, not made again per thread (one set per call under way)."""
+    import threading
+
+    fused, _ = preprocessors(model)
+    kernel = fused.standard_kernel
+    assert kernel is not None
+    frames = np.round(adu_frames(model, 4, seed=7)).astype(np.int16)
+    want = fused(frames, photon_energy_ev=ENERGY_EV)
+    assert len(kernel._pool) == 1
+
+    def one(i: int) -> None:
+        got = kernel.image(frames[i], photon_energy_ev=ENERGY_EV, min_excess=5.0)
+        np.testing.assert_allclose(got, want[i], atol=2e-6)
+
+    for i in range(2):  # one thread after another: the same set
+        t = threading.Thread(target=one, args=(i,))
+        t.start()
+        t.join()
+    assert len(kernel._pool) == 1
+    two = fused.__class__(model, STANDARD, threads=2)
+    two._kernel, two._kernel_built = kernel, True  # the same kernel, two threads at once
+    np.testing.assert_allclose(two(frames, photon_energy_ev=ENERGY_EV), want, atol=2e-6)
+    assert 1 <= len(kernel._pool) <= 2

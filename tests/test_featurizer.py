@@ -86,3 +86,26 @@ def test_gpu_rank_preprocesses_with_cupy_on_its_device(model, job):
     assert isinstance(batch.prepared, cupy.ndarray) and batch.prepared.device.id == 0
     np.testing.assert_allclose(cupy.asnumpy(batch.prepared), cpu.images(_batch(model)), atol=1e-4)
     np.testing.assert_allclose(fz.features(batch), want, rtol=5e-2, atol=5e-2)
+
+
+def test_cpu_rank_preprocesses_its_first_batch_on_the_cnn_threads_too(model, job, monkeypatch):
+    """The CNN has nothing to do until the first batch is ready: that batch is
+    preprocessed on the CNN's threads as well, the others on the rank's own; the images
+    are the same."""
+    import torch
+
+    fz = Featurizer(job, model=model, device="cpu", timings=Timings(), threads=1)
+    seen: list[int | None] = []
+    call = Preprocessor.__call__
+
+    def spy(self, frames, *, photon_energy_ev, threads=None):
+        seen.append(threads)
+        return call(self, frames, photon_energy_ev=photon_energy_ev, threads=threads)
+
+    monkeypatch.setattr(Preprocessor, "__call__", spy)
+    first, second = fz.images(_batch(model)), fz.images(_batch(model))
+    assert seen == [max(1, torch.get_num_threads()), None]
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_array_equal(
+        first, fz.preprocess(_batch(model).frames, photon_energy_ev=ENERGY_EV, threads=3)
+    )

@@ -28,16 +28,19 @@ threads run frames concurrently; each thread has its own scratch buffers.
 numba compiles the kernels on first use and caches them on disk (``cache=True``); without
 numba, :func:`StandardKernel.build` returns None and the numpy chain runs.
 
-Measured (``benchmarks/bench_throughput.py --frames 16 --batch 8 --repeats 5 --only
-preprocess``, 16 CSPAD int16 frames, one thread, 2-core machine shared with other jobs,
-medians of interleaved subprocesses): 25.4 ms CPU per frame against 38.2 for the numpy chain
-(1.50x) and 97.2 for the code of e4e1a71 (3.83x), images within 2.4e-7.  Per kernel (CPU
-ms per frame): pass 1 6.4, corrected grid pixels and backgrounds 3.3, cell sums 2.9,
-noise sample 2.8, common-mode levels 2.6, clipped ring moments 2.5, noise units 1.2, the
-rest 3.  One-time costs: compiling all kernels 4.1 s CPU (once per installation and
+Measured (``benchmarks/bench_throughput.py --frames 16 --batch 8 --repeats 3 --baseline
+fe5a3e2 --only preprocess prep-stages``, 16 CSPAD int16 frames at 0.1 m, one thread, 2-core
+machine shared with other jobs, medians of interleaved subprocesses): 19.8 ms CPU per
+frame against 31.4 for the numpy chain (1.59x) and 22.8 for fe5a3e2's kernel (1.15x),
+images equal to fe5a3e2's and within 2.4e-7 of the numpy chain's (at 0.15 m, twice the
+grid pixels: 26.9 against 30.7, 1.14x).  Per stage (``--only prep-stages``; CPU ms per
+frame at 0.1 m): pass 1 5.1, grid pixels' corrections and backgrounds 2.6, common-mode
+levels 2.5, noise sample 2.2, clipped ring statistics 2.0, cell sums 1.6, ring means and
+guard 1.1, noise units 0.9, dropped pixels 0.65, the rest 1.3; the read before it (lz4,
+``read_raw``) 3.1.  One-time costs: compiling all kernels 4.1 s CPU (once per installation and
 numba version: the cache), loading them from the cache 0.3 s, building the kernel's
 per-detector arrays 1.1 s (CSPAD; in ``Preprocessor.prepare``).  The loops that gather
-through a ring or ASIC index (pass 1, the samples, the cell sums) stay scalar; a
+through a ring or ASIC index (pass 1, the samples) stay scalar; a
 vectorised pass needs its inputs without gathers (:func:`_noise_units`).
 """
 
@@ -45,6 +48,7 @@ from __future__ import annotations
 
 import importlib.util
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -57,6 +61,9 @@ HAVE_NUMBA = importlib.util.find_spec("numba") is not None
 #: Noise-sample value of a pixel not to use (the largest float32: finite, so that the
 #: moment sums multiply it by 0 instead of branching, and above any photon count used).
 UNUSED = float(np.finfo(np.float32).max)
+
+#: Interleaved partial ring sums of the first pass (a power of 2).
+N_BANKS = 8
 
 #: Widest ADU range of one ASIC's window counted by a histogram (else selection).
 HIST_MAX_BINS = 1 << 14
@@ -396,6 +403,46 @@ def _corrected_bg(
 _corrected_bg = _jit(_corrected_bg)
 
 
+def _corrected_bg_runs(
+    raw: np.ndarray,
+    gpix: np.ndarray,
+    runs: np.ndarray,
+    asic: np.ndarray,
+    offset: np.ndarray,
+    evtab: np.ndarray,
+    inv_e: np.float32,
+    unit: np.float32,
+    out: np.ndarray,
+    gring: np.ndarray,
+    gpol: np.ndarray,
+    mean: np.ndarray,
+    bg: np.ndarray,
+) -> None:
+    """:func:`_corrected_bg` with one ``ev_per_adu`` per ASIC (``evtab``, no pedestal or
+    gain), run by run: ``runs`` ``(n_runs + 1,)`` bounds in ``gpix`` of runs of
+    consecutive slab pixels of one ASIC (the grid pixels of a CSPAD frame make 6,544), so
+    that the ASIC's scale and level are read once a run and the frame is read in order
+    (the same floats; measured 1.3x faster)."""
+    divide = unit != np.float32(1)
+    for q in range(runs.size - 1):
+        k0 = runs[q]
+        k1 = runs[q + 1]
+        p0 = gpix[k0]
+        a = asic[p0]
+        sc = evtab[a]
+        off = offset[a]
+        for j in range(k1 - k0):
+            x = (np.float32(raw[p0 + j]) * sc) * inv_e
+            x = x - off
+            if divide:
+                x = x / unit
+            out[k0 + j] = x
+            bg[k0 + j] = mean[gring[k0 + j]] * gpol[k0 + j]
+
+
+_corrected_bg_runs = _jit(_corrected_bg_runs)
+
+
 def _pass1(
     raw: np.ndarray,
     ring: np.ndarray,
@@ -412,11 +459,14 @@ def _pass1(
     s1: np.ndarray,
     bad: np.ndarray,
     peaks: np.ndarray,
+    banks: np.ndarray,
 ) -> int:
     """Corrected photons ``g`` of every pixel (not stored: what needs them later
     recomputes them, :func:`_corrected`), ring sums of ``g / P`` over the valid
-    finite pixels (``s1`` ``(n_rings + 1,)`` float64: a run of pixels in one ring adds in
-    a register, 1.8x faster than banked sums in memory), the count of valid non-finite pixels of each ring (``bad``), and the valid
+    finite pixels (``s1`` ``(n_rings + 1,)`` float64; pixel ``p`` adds to bank ``p %
+    N_BANKS`` of ``banks`` ``(N_BANKS * (n_rings + 1),)``, so that neighbours in one ring
+    do not wait on each other's sums: 1.15x faster than a run of one ring's pixels added
+    in a register and flushed at every change of ring, a branch that mispredicts), the count of valid non-finite pixels of each ring (``bad``), and the valid
     pixels whose finite ``g / P`` exceeds their ring's Bragg ``threshold`` (float32;
     ``+inf``: none) listed in ``peaks``; returns how many.
 
@@ -432,8 +482,8 @@ def _pass1(
     divide = unit != np.float32(1)
     zero = np.float32(0)
     n = 0
-    cur = 0
-    acc = 0.0
+    n1 = s1.size
+    banks[:] = 0
     for p in range(raw.size):
         a = asic[p]
         x = np.float32(raw[p])
@@ -448,18 +498,18 @@ def _pass1(
         ip = inv_pol[p]
         gp = x * ip
         r = ring[p]
-        if r != cur:
-            s1[cur] += acc
-            cur = r
-            acc = 0.0
         if np.isfinite(gp):
-            acc += gp  # 0 where not valid
+            banks[(p & (N_BANKS - 1)) * n1 + r] += gp  # 0 where not valid
             if gp > threshold[r] and ip != zero:
                 peaks[n] = p
                 n += 1
         elif ip != zero:
             bad[r] += 1
-    s1[cur] += acc
+    for r in range(n1):
+        t = 0.0
+        for b in range(N_BANKS):
+            t += banks[b * n1 + r]
+        s1[r] = t
     return n
 
 
@@ -479,16 +529,20 @@ def _pass1_table(
     s1: np.ndarray,
     bad: np.ndarray,
     peaks: np.ndarray,
+    banks: np.ndarray,
+    finite: bool,
 ) -> int:
     """:func:`_pass1` without pedestal or gain maps, one ``ev_per_adu`` per ASIC
-    (``evtab``): the loop without those choices (measured 1.7x faster)."""
+    (``evtab``): the loop without those choices (measured 1.7x faster).  ``finite``: every
+    ``g / P`` is known to be finite (integer ``raw``, finite ``evtab``, ``offset`` and
+    ``inv_pol``): no test per pixel (1.1x faster)."""
     s1[:] = 0
     bad[:] = 0
     divide = unit != np.float32(1)
     zero = np.float32(0)
     n = 0
-    cur = 0
-    acc = 0.0
+    n1 = s1.size
+    banks[:] = 0
     for p in range(raw.size):
         a = asic[p]
         x = (np.float32(raw[p]) * evtab[a]) * inv_e
@@ -498,18 +552,18 @@ def _pass1_table(
         ip = inv_pol[p]
         gp = x * ip
         r = ring[p]
-        if r != cur:
-            s1[cur] += acc
-            cur = r
-            acc = 0.0
-        if np.isfinite(gp):
-            acc += gp  # 0 where not valid
+        if finite or np.isfinite(gp):
+            banks[(p & (N_BANKS - 1)) * n1 + r] += gp  # 0 where not valid
             if gp > threshold[r] and ip != zero:
                 peaks[n] = p
                 n += 1
         elif ip != zero:
             bad[r] += 1
-    s1[cur] += acc
+    for r in range(n1):
+        t = 0.0
+        for b in range(N_BANKS):
+            t += banks[b * n1 + r]
+        s1[r] = t
     return n
 
 
@@ -527,7 +581,9 @@ def _bragg_thresholds(
 ) -> None:
     """Per ring the float32 floor of ``mean + max(bragg_sigma std, min_excess)`` of the
     sigma-clipped noise sample (values below :data:`UNUSED`; float64 moments), as
-    :func:`~hpcdiff.background.standard.clipped_ring_stats`; NaN without values.
+    :func:`~hpcdiff.background.standard.clipped_ring_stats`; NaN without values.  A
+    pass whose moments equal the previous pass's ends the iterations: the window, and so
+    every later pass, would be the same (exact; most rings converge before ``max_iter``).
     ``noise_start`` ``(n_rings + 1,)`` bounds of each ring's sample."""
     for r in range(noise_start.size - 1):
         a = noise_start[r]
@@ -536,6 +592,7 @@ def _bragg_thresholds(
         hi = UNUSED / 2  # below the sentinel
         mean = np.nan
         std = np.nan
+        last = (-1.0, 0.0, 0.0)
         for _ in range(max_iter + 1):
             s0 = 0.0
             m1 = 0.0
@@ -550,6 +607,9 @@ def _bragg_thresholds(
                 mean = np.nan
                 std = np.nan
                 break
+            if (s0, m1, m2) == last:
+                break  # the same moments give the same window: every later pass is this one
+            last = (s0, m1, m2)
             mean = m1 / s0
             var = m2 / s0 - mean * mean
             std = np.sqrt(var if var > 0 else 0.0)
@@ -804,6 +864,19 @@ def _cells(
 _cells = _jit(_cells)
 
 
+def _cells_one(cell: np.ndarray, weight: np.ndarray, z: np.ndarray, num: np.ndarray) -> None:
+    """:func:`_cells` where every column has one entry (``cell``, ``weight`` of each,
+    nearest-cell binning): ``num[cell] += weight z`` in column order, the same float64
+    additions in the same order as the CSR rows, read in order instead of gathered
+    (measured 2.4x faster on a CSPAD frame, 2.9x with twice the grid pixels)."""
+    num[:] = 0
+    for c in range(z.size):
+        num[cell[c]] += np.float64(weight[c]) * np.float64(z[c])
+
+
+_cells_one = _jit(_cells_one)
+
+
 def _unmark(mark: np.ndarray, pix: np.ndarray, n: int) -> None:
     for k in range(n):
         mark[pix[k]] = 0
@@ -825,6 +898,7 @@ class _Scratch:
         self.pix = np.empty(n_pix, dtype=np.int32)
         self.noise = np.empty(int(k.noise_start[-1]), np.float32)
         self.s1 = np.zeros(n1, dtype=np.float64)
+        self.banks = np.zeros(N_BANKS * n1, dtype=np.float64)
         self.bad = np.zeros(n1, dtype=np.int64)
         self.threshold = np.full(n1, np.inf, dtype=np.float32)
         self.mean = np.empty(n1, dtype=np.float32)
@@ -906,6 +980,8 @@ class StandardKernel:
         self.weights = csr.data.astype(np.float32)
         self.cindptr, self.ccells = csc.indptr.astype(index), csc.indices.astype(np.int32)
         self.cweights = csc.data.astype(np.float32)
+        #: every grid pixel lies in one cell (ccells, cweights: its cell and weight)
+        self.one_cell = bool((np.diff(self.cindptr) == 1).all())
         self.den_static = np.asarray(chain.den_static, np.float64)
         self.den2_static = np.asarray(chain.den2_static, np.float64)
         self.size = int(chain.size)
@@ -956,7 +1032,18 @@ class StandardKernel:
             table[lab] = val
             if (table[lab] == val).all():
                 self.evtab = table
-        self._local = threading.local()
+        # largest |ev_per_adu| and |1 / P|: bound |g / P| of integer frames (NaN: not finite)
+        self.max_evtab = float(np.abs(self.evtab).max()) if self.evtab.size else np.nan
+        # runs of consecutive grid pixels of one ASIC (for _corrected_bg_runs)
+        step = (np.diff(self.gpix) != 1) | (np.diff(self.asic[self.gpix]) != 0)
+        self.gruns = np.concatenate(([0], np.flatnonzero(step) + 1, [self.gpix.size])).astype(
+            np.int64
+        )
+        self.max_inv_pol = float(np.abs(self.inv_pol).max()) if n_pix else 0.0
+        # scratch buffers of the calls under way, reused by later calls in any thread
+        # (Preprocessor threads are new for every batch)
+        self._pool: list[_Scratch] = []
+        self._pool_lock = threading.Lock()
 
     @classmethod
     def build(cls, chain: Any, corrections: Any) -> StandardKernel | None:
@@ -968,14 +1055,40 @@ class StandardKernel:
             return None
         return cls(chain, corrections)
 
-    def _scratch(self) -> _Scratch:
-        s = getattr(self._local, "scratch", None)
-        if s is None:
-            s = self._local.scratch = _Scratch(self)
-        return s
+    def _always_finite(
+        self, dtype: np.dtype, offset: np.ndarray, inv_e: np.float32, unit: np.float32
+    ) -> bool:
+        """Whether every ``g / P`` of :func:`_pass1_table` on integer ADU of ``dtype`` is
+        finite: a bound on each float32 intermediate (float64, with a margin) below the
+        largest float32."""
+        info = np.iinfo(dtype)
+        top = 0.5 * UNUSED
+        m1 = max(-float(info.min), float(info.max)) * self.max_evtab  # |raw * ev|
+        m2 = m1 * float(inv_e) + float(np.abs(offset).max())  # photons less the level
+        m3 = m2 / abs(float(unit))
+        m4 = m3 * self.max_inv_pol
+        # NaN compares False: a NaN bound (a NaN map or level) is not finite
+        return bool(m1 < top and m2 < top and m3 < top and m4 < top)
+
+    def _take(self) -> _Scratch:
+        """A free set of scratch buffers (made when every set is in use)."""
+        with self._pool_lock:
+            if self._pool:
+                return self._pool.pop()
+        return _Scratch(self)
+
+    def _give(self, s: _Scratch) -> None:
+        with self._pool_lock:
+            self._pool.append(s)
 
     def sums(
-        self, raw: np.ndarray, *, photon_energy_ev: float, min_excess: float, unit: float = 1.0
+        self,
+        raw: np.ndarray,
+        *,
+        photon_energy_ev: float,
+        min_excess: float,
+        unit: float = 1.0,
+        stages: dict[str, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Cell sums ``sum(w z)``, ``sum(w)``, ``sum(w^2)`` of one raw frame.
 
@@ -989,6 +1102,9 @@ class StandardKernel:
             Smallest excess of a Bragg peak over the ring level of ``I / P``, photons.
         unit
             The corrected values are divided by it (one photon in the corrections' unit).
+        stages
+            Optional: the calling thread's CPU seconds (``time.thread_time``) of each
+            stage are added to it under the names of :data:`STAGES` (for benchmarks).
 
         Returns
         -------
@@ -997,11 +1113,27 @@ class StandardKernel:
         """
         if raw.shape != self.shape:
             raise ValueError(f"frame shape {raw.shape}, the detector slab is {self.shape}")
+        s = self._take()
+        try:
+            return self._sums(s, raw, photon_energy_ev, min_excess, unit, stages)
+        finally:
+            self._give(s)
+
+    def _sums(
+        self,
+        s: _Scratch,
+        raw: np.ndarray,
+        photon_energy_ev: float,
+        min_excess: float,
+        unit: float,
+        stages: dict[str, float] | None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`sums` with the scratch buffers ``s``."""
+        lap = _Laps(stages)
         flat = np.ascontiguousarray(raw).reshape(-1)
         integer = np.issubdtype(flat.dtype, np.integer)
         if not (integer or np.issubdtype(flat.dtype, np.floating)):
             flat = flat.astype(np.float32)
-        s = self._scratch()
         inv_e = np.float32(1.0 / photon_energy_ev)
         if self.n_asics:
             s.level[:] = np.nan
@@ -1026,6 +1158,7 @@ class StandardKernel:
                 s.hist,
             )
             s.offset[:-1] = np.where(np.isfinite(s.level), s.level, np.float32(0))
+        lap("common-mode levels")
         f32_unit = np.float32(unit)
         if self.mask_bragg:
             _noise_sample(
@@ -1043,12 +1176,15 @@ class StandardKernel:
                 self.noise_dest,
                 s.noise,
             )
+            lap("Bragg noise sample")
             _bragg_thresholds(
                 s.noise, self.noise_start, 3.0, 3, self.bragg_sigma, float(min_excess), s.threshold
             )
-        tail = (inv_e, f32_unit, self.inv_pol, s.threshold, s.s1, s.bad, s.pix)
+            lap("clipped ring statistics")
+        tail = (inv_e, f32_unit, self.inv_pol, s.threshold, s.s1, s.bad, s.pix, s.banks)
         if self.evtab.size and not (self.ped.size or self.gain.size):
-            n_peaks = _pass1_table(flat, self.ring, self.asic, s.offset, self.evtab, *tail)
+            finite = integer and self._always_finite(flat.dtype, s.offset, inv_e, f32_unit)
+            n_peaks = _pass1_table(flat, self.ring, self.asic, s.offset, self.evtab, *tail, finite)
         else:
             n_peaks = _pass1(
                 flat,
@@ -1061,11 +1197,13 @@ class StandardKernel:
                 self.gain,
                 *tail,
             )
+        lap("pass 1: corrections, ring sums, peaks")
         n_drop = 0
         if n_peaks:
             n_drop = _grow(
                 s.pix, n_peaks, self.grow, self.shape[0], self.shape[1], self.panel, s.mark
             )
+        lap("peak growth")
         correct = (self.asic, s.offset, self.ev, self.evtab, self.ped, self.gain, inv_e, f32_unit)
         try:
             _corrected(flat, s.pix, n_drop, *correct, s.xd)
@@ -1091,18 +1229,38 @@ class StandardKernel:
             scale = _guard_scale(s.guard, n_guard, 4.0, 3)
             sc = scale if np.isfinite(scale) and scale > 0 else 1.0
             divisor = np.float32(sc / min(max(sc, 1.0 / self.guard), self.guard))
-            _corrected_bg(
-                flat,
-                self.gpix,
-                self.gpix.size,
-                *correct,
-                s.z,
-                self.gring,
-                self.gpol,
-                s.mean,
-                s.bg,
-            )
+            lap("ring means, guard noise scale")
+            if self.evtab.size and not (self.ped.size or self.gain.size):
+                _corrected_bg_runs(
+                    flat,
+                    self.gpix,
+                    self.gruns,
+                    self.asic,
+                    s.offset,
+                    self.evtab,
+                    inv_e,
+                    f32_unit,
+                    s.z,
+                    self.gring,
+                    self.gpol,
+                    s.mean,
+                    s.bg,
+                )
+            else:
+                _corrected_bg(
+                    flat,
+                    self.gpix,
+                    self.gpix.size,
+                    *correct,
+                    s.z,
+                    self.gring,
+                    self.gpol,
+                    s.mean,
+                    s.bg,
+                )
+            lap("grid pixels: corrections, backgrounds")
             n_bad = _noise_units(self.rn2, divisor, self.clip, s.z, s.bg)
+            lap("noise units")
             _drop(
                 s.z,
                 self.column,
@@ -1115,26 +1273,39 @@ class StandardKernel:
                 s.lost2,
                 n_bad,
             )
-            _cells(self.indptr, self.columns, self.weights, s.z, s.num)
+            lap("dropped pixels' weights")
+            if self.one_cell:
+                _cells_one(self.ccells, self.cweights, s.z, s.num)
+            else:
+                _cells(self.indptr, self.columns, self.weights, s.z, s.num)
+            lap("cell sums (resampling matrix)")
         finally:
             _unmark(s.mark, s.pix, n_drop)
         num = s.num.astype(np.float32)
         den = (self.den_static - s.lost).astype(np.float32)
         den2 = (self.den2_static - s.lost2).astype(np.float32)
+        lap("cell sums to float32")
         return num, den, den2
 
     def image(
-        self, raw: np.ndarray, *, photon_energy_ev: float, min_excess: float, unit: float = 1.0
+        self,
+        raw: np.ndarray,
+        *,
+        photon_energy_ev: float,
+        min_excess: float,
+        unit: float = 1.0,
+        stages: dict[str, float] | None = None,
     ) -> np.ndarray:
-        """``(3, size, size)`` float32 standard image of one raw frame (see :meth:`sums`),
-        equal to the numpy chain's up to float32 summation order."""
+        """``(3, size, size)`` float32 standard image of one raw frame (see :meth:`sums`;
+        ``stages`` as there), equal to the numpy chain's up to float32 summation order."""
         from hpcdiff.background.standard import grid_images
 
         num, den, den2 = self.sums(
-            raw, photon_energy_ev=photon_energy_ev, min_excess=min_excess, unit=unit
+            raw, photon_energy_ev=photon_energy_ev, min_excess=min_excess, unit=unit, stages=stages
         )
+        lap = _Laps(stages)
         shape = (1, self.size, self.size)
-        return grid_images(
+        out = grid_images(
             num.reshape(shape),
             den.reshape(shape),
             den2.reshape(shape),
@@ -1142,6 +1313,40 @@ class StandardKernel:
             cell=self.q_cell,
             smooth=self.smooth,
         )[0]
+        lap("image: smoothing, normalisation, RGB")
+        return out
+
+
+#: The stages :meth:`StandardKernel.sums` and :meth:`StandardKernel.image` time, in order.
+STAGES = (
+    "common-mode levels",
+    "Bragg noise sample",
+    "clipped ring statistics",
+    "pass 1: corrections, ring sums, peaks",
+    "peak growth",
+    "ring means, guard noise scale",
+    "grid pixels: corrections, backgrounds",
+    "noise units",
+    "dropped pixels' weights",
+    "cell sums (resampling matrix)",
+    "cell sums to float32",
+    "image: smoothing, normalisation, RGB",
+)
+
+
+class _Laps:
+    """Adds the calling thread's CPU seconds since the last call to ``stages[name]`` (a
+    no-op without ``stages``)."""
+
+    def __init__(self, stages: dict[str, float] | None) -> None:
+        self.stages = stages
+        self.t = time.thread_time() if stages is not None else 0.0
+
+    def __call__(self, name: str) -> None:
+        if self.stages is not None:
+            t = time.thread_time()
+            self.stages[name] = self.stages.get(name, 0.0) + t - self.t
+            self.t = t
 
 
 def _flat32(a: np.ndarray) -> np.ndarray:
@@ -1155,4 +1360,4 @@ def _guard_step(n_pix: int) -> int:
     return int(step) if step else 1
 
 
-__all__ = ["HAVE_NUMBA", "StandardKernel"]
+__all__ = ["HAVE_NUMBA", "STAGES", "StandardKernel"]

@@ -62,7 +62,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     from hpcdiff.io.outputs import quiet_h5py_write_cleanup
+    from hpcdiff.parallel.malloc_env import keep_batch_buffers
+    from hpcdiff.parallel.omp_env import passive_omp_waits
 
+    passive_omp_waits()  # before torch loads libgomp: its threads sleep, not spin, when idle
+    keep_batch_buffers()  # batch-sized arrays reuse freed memory instead of fresh pages
     quiet_h5py_write_cleanup()  # a full disk is one line, not h5py's cleanup tracebacks
     try:
         status = args.func(args)

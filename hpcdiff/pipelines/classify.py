@@ -288,6 +288,13 @@ class Featurizer:
             batch_size=fc.batch_size,
         )
         self.timings = timings
+        # the first batch is preprocessed while the CNN waits for it: on a CPU rank with
+        # the CNN's threads too (then the rank's own; hpcdiff.preprocess threads=)
+        self._fill_threads = 0
+        if device == "cpu":
+            import torch
+
+            self._fill_threads = torch.get_num_threads()
 
     def describe(self) -> dict[str, Any]:
         """Where and how this rank preprocesses and extracts features (for run reports)."""
@@ -308,7 +315,9 @@ class Featurizer:
             energy = np.full(n, self.default_energy_ev)
         with self.timings.section("preprocess", n):
             if self.preprocess_gpu is None:
-                return self.preprocess(batch.frames, photon_energy_ev=energy)
+                fill, self._fill_threads = self._fill_threads, 0
+                threads = max(self.preprocess.threads, fill) if fill else None
+                return self.preprocess(batch.frames, photon_energy_ev=energy, threads=threads)
             import cupy
 
             # the current cupy device is per thread: this may run in the reader thread
