@@ -1150,19 +1150,6 @@ class MergeAccumulator:
         return mean.reshape(self.grid.shape)
 
 
-def tree_merge(accumulators: list[MergeAccumulator]) -> MergeAccumulator:
-    """Merge a list of accumulators pairwise (the serial form of the dask tree reduction)."""
-    if not accumulators:
-        raise ValueError("nothing to merge")
-    level = list(accumulators)
-    while len(level) > 1:
-        nxt = [level[i] + level[i + 1] for i in range(0, len(level) - 1, 2)]
-        if len(level) % 2:
-            nxt.append(level[-1])
-        level = nxt
-    return level[0]
-
-
 def map_correlation(a: np.ndarray, b: np.ndarray) -> tuple[float, int]:
     """Pearson correlation of two maps over the voxels finite in both.
 
@@ -1235,5 +1222,4 @@ __all__ = [
     "map_frame",
     "map_frame_grids",
     "reciprocal_metric",
-    "tree_merge",
 ]

@@ -37,7 +37,7 @@ class MappedBlocks(Generic[R]):
     Attributes
     ----------
     reduced
-        The tree-reduced first items (``reduce`` given), else ``None``.
+        The first items folded in block order (``reduce`` given), else ``None``.
     parts
         Per block, in block order: the whole result, or its second item when reduced.
     """

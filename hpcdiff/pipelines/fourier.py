@@ -185,14 +185,6 @@ class FourierSettings:
 # --------------------------------------------------------------------------- merging
 
 
-def merge_accumulators(*accs: MergeAccumulator) -> MergeAccumulator:
-    """Sum of accumulators (a new one; inputs untouched)."""
-    out = accs[0].copy()
-    for a in accs[1:]:
-        out.merge(a)
-    return out
-
-
 def merge_into(
     first: MergeAccumulator | SparseAccumulator, *rest: MergeAccumulator | SparseAccumulator
 ) -> MergeAccumulator:
@@ -200,7 +192,8 @@ def merge_into(
     step of the merge's streaming reduction
     (:func:`~hpcdiff.parallel.dask_reduce.stream_reduce`), where each accumulator is the
     input of one step only and is released after it.  The same sums, bit for bit, as
-    :func:`merge_accumulators` of the dense accumulators, without its copy."""
+    ``a + b + ...`` (:meth:`MergeAccumulator.__add__`) of the dense accumulators, without
+    its copies."""
     total = first.dense() if isinstance(first, SparseAccumulator) else first
     for a in rest:
         add_into(total, a)
@@ -1112,7 +1105,6 @@ __all__ = [
     "FourierResult",
     "FourierSettings",
     "FramePlan",
-    "merge_accumulators",
     "merge_into",
     "plan_frames",
     "process_chunk",
