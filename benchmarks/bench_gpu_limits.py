@@ -29,26 +29,17 @@ import argparse
 import datetime as dt
 import json
 import platform
-import statistics
 import sys
 import time
 import traceback
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from device_prep_rows import median_time  # noqa: E402
+
 CSPAD_SLAB = (1480, 1552)
 FRAME_BYTES = CSPAD_SLAB[0] * CSPAD_SLAB[1] * 4
 VGG16_FLOP_PER_IMAGE = 2 * 15.47e9
-
-
-def _median_time(fn, *, repeats: int, sync) -> float:
-    times = []
-    for _ in range(repeats):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def run(quick: bool = False) -> dict:
@@ -79,7 +70,7 @@ def run(quick: bool = False) -> dict:
     for pinned in (True, False):
         host = torch.empty(n_bytes // 4, dtype=torch.float32, pin_memory=pinned)
         dst = torch.empty_like(host, device=dev)
-        t = _median_time(
+        t = median_time(
             lambda h=host, d=dst: d.copy_(h, non_blocking=True), repeats=repeats, sync=sync
         )
         rows.append(
@@ -94,7 +85,7 @@ def run(quick: bool = False) -> dict:
     n = 8192
     a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-    t = _median_time(lambda: a @ b, repeats=repeats, sync=sync)
+    t = median_time(lambda: a @ b, repeats=repeats, sync=sync)
     peak = 2 * n**3 / t
     rows.append(
         {
@@ -136,8 +127,7 @@ def run(quick: bool = False) -> dict:
 
 
 def _device_prep():
-    """benchmarks/device_prep_rows.py, imported from this file's folder."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    """benchmarks/device_prep_rows.py (imported from this file's folder)."""
     import device_prep_rows
 
     return device_prep_rows
@@ -172,7 +162,7 @@ def _data_path_rows(torch, *, quick: bool, h2d_pinned: float, peak: float) -> li
         for pinned in (False, True):
             host = torch.zeros((batch, n_pix), dtype=dtype, pin_memory=pinned)
             dst = torch.empty_like(host, device=dev)
-            t = _median_time(
+            t = median_time(
                 lambda h=host, d=dst: d.copy_(h, non_blocking=True), repeats=repeats, sync=sync
             )
             kind = "pinned" if pinned else "pageable"
@@ -218,7 +208,7 @@ def _stage_rows(torch, *, batch: int, repeats: int, limits: dict, quick: bool) -
         up.consumed(s)
         return up.upload(s, up.fill(s, frames))
 
-    t = _median_time(upload, repeats=repeats, sync=sync)
+    t = median_time(upload, repeats=repeats, sync=sync)
     rates = [batch / t]
     rows.append(
         _row(
@@ -235,7 +225,7 @@ def _stage_rows(torch, *, batch: int, repeats: int, limits: dict, quick: bool) -
         pre = Preprocessor(model, BackgroundConfig(), CorrectionsConfig())
         dev_frames = handoff(upload(), "cupy")
         pre(dev_frames, photon_energy_ev=9500.0)  # warm-up: kernels, tables on the device
-        t = _median_time(
+        t = median_time(
             lambda: pre(dev_frames, photon_energy_ev=9500.0), repeats=repeats, sync=sync
         )
         rates.append(batch / t)
@@ -250,7 +240,7 @@ def _stage_rows(torch, *, batch: int, repeats: int, limits: dict, quick: bool) -
     )
     images = torch.rand((batch, 3, 224, 224), device="cuda")
     extractor.extract(images)
-    t = _median_time(lambda: extractor.extract(images), repeats=repeats, sync=sync)
+    t = median_time(lambda: extractor.extract(images), repeats=repeats, sync=sync)
     rates.append(batch / t)
     rows.append(
         _row(

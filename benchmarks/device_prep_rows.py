@@ -143,7 +143,8 @@ def _ring_median_rows(model, det: str, *, quick: bool) -> list[dict]:
     return rows
 
 
-def _median_time(fn: Callable[[], object], *, repeats: int, sync: Callable[[], None]) -> float:
+def median_time(fn: Callable[[], object], *, repeats: int, sync: Callable[[], None]) -> float:
+    """Median wall seconds of ``fn()`` over ``repeats`` calls, ``sync()`` before and after each."""
     times = []
     for _ in range(repeats):
         sync()
@@ -175,7 +176,7 @@ def gpu_rows(*, batch: int = 32, repeats: int = 10, quick: bool = False) -> list
         try:
             pre = Preprocessor(model, _config(recipe), CorrectionsConfig())
             pre(frames, photon_energy_ev=ENERGY_EV)  # warm-up: tables, kernels
-            t = _median_time(
+            t = median_time(
                 lambda p=pre: p(frames, photon_energy_ev=ENERGY_EV), repeats=repeats, sync=sync
             )
             rows.append(
@@ -198,7 +199,7 @@ def gpu_rows(*, batch: int = 32, repeats: int = 10, quick: bool = False) -> list
             )
             del corrected
             for stage, fn in stages:
-                t = _median_time(fn, repeats=repeats, sync=sync)
+                t = median_time(fn, repeats=repeats, sync=sync)
                 rows.append(_row(f"  stage {stage} ({recipe})", t * 1e3, "ms", f"batch {batch}"))
             sync()
             try:
@@ -223,7 +224,7 @@ def gpu_rows(*, batch: int = 32, repeats: int = 10, quick: bool = False) -> list
     for name, fn in (("packed-key sort", _percentile_packed), ("padded rows", _percentile_padded)):
         try:
             fn(g, gok, segs, 50.0, cupy)
-            t = _median_time(lambda f=fn: f(g, gok, segs, 50.0, cupy), repeats=repeats, sync=sync)
+            t = median_time(lambda f=fn: f(g, gok, segs, 50.0, cupy), repeats=repeats, sync=sync)
             rows.append(_row(f"ring median on the device, {name}", t * 1e3, "ms", f"batch {batch}"))
         except Exception:
             rows.append(_row(f"ring median, {name}", "error", "", traceback.format_exc()[-600:]))
