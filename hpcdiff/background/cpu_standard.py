@@ -443,6 +443,20 @@ def _corrected_bg_runs(
 _corrected_bg_runs = _jit(_corrected_bg_runs)
 
 
+def _fold_banks(banks: np.ndarray, s1: np.ndarray) -> None:
+    """``s1[r]`` = the sum of ring ``r``'s :data:`N_BANKS` interleaved banks, bank by bank
+    (``banks`` ``(N_BANKS * n_rings,)`` float64, bank-major)."""
+    n1 = s1.size
+    for r in range(n1):
+        t = 0.0
+        for b in range(N_BANKS):
+            t += banks[b * n1 + r]
+        s1[r] = t
+
+
+_fold_banks = _jit(_fold_banks)
+
+
 def _pass1(
     raw: np.ndarray,
     ring: np.ndarray,
@@ -505,11 +519,7 @@ def _pass1(
                 n += 1
         elif ip != zero:
             bad[r] += 1
-    for r in range(n1):
-        t = 0.0
-        for b in range(N_BANKS):
-            t += banks[b * n1 + r]
-        s1[r] = t
+    _fold_banks(banks, s1)
     return n
 
 
@@ -559,11 +569,7 @@ def _pass1_table(
                 n += 1
         elif ip != zero:
             bad[r] += 1
-    for r in range(n1):
-        t = 0.0
-        for b in range(N_BANKS):
-            t += banks[b * n1 + r]
-        s1[r] = t
+    _fold_banks(banks, s1)
     return n
 
 
